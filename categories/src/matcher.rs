@@ -1,0 +1,379 @@
+//! The compiled, immutable [`Matcher`].
+
+use std::collections::HashMap;
+
+use crate::import::{MatcherBuilder, Palette};
+use crate::normalize::{fast_host, is_ip, normalize_host, split_url, strip_www};
+use crate::table::{hash_finish, hash_key, hash_start, hash_step, Table, MAX_VALUE};
+use crate::{CategoryError, CategoryId, CategorySet, Usage};
+
+/// One url entry: a path (in `url_arena`) under a host of `url_hosts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UrlEntry {
+    pub(crate) off: u32,
+    pub(crate) len: u32,
+    pub(crate) set: u32,
+}
+
+/// Compiled regexes, present only when expressions are enabled.
+pub(crate) struct Regexes {
+    pub(crate) set: regex::RegexSet,
+    pub(crate) cats: Vec<CategoryId>,
+}
+
+/// Immutable compiled matcher (`Send + Sync`). See the crate docs for the
+/// matching rules.
+pub struct Matcher {
+    pub(crate) names: Vec<String>,
+    pub(crate) usage: Vec<Option<Usage>>,
+    pub(crate) palette: Vec<CategorySet>,
+    pub(crate) domains: Table,
+    pub(crate) exceptions: Table,
+    pub(crate) url_hosts: Table,
+    /// `url_ranges[i]..url_ranges[i+1]` are the entries of url host `i`.
+    pub(crate) url_ranges: Vec<u32>,
+    pub(crate) url_entries: Vec<UrlEntry>,
+    pub(crate) url_arena: Vec<u8>,
+    pub(crate) expr_src: Vec<(CategoryId, String)>,
+    pub(crate) expressions_enabled: bool,
+    pub(crate) regexes: Option<Regexes>,
+}
+
+fn palette_overflow() -> CategoryError {
+    CategoryError::InvalidInput {
+        path: "<builder>".into(),
+        reason: "too many distinct category combinations".into(),
+    }
+}
+
+impl Matcher {
+    pub(crate) fn compile(b: MatcherBuilder) -> Result<Matcher, CategoryError> {
+        let mut palette = Palette::default();
+        // Domains: merge duplicates (same name in several categories).
+        let mut uniq: HashMap<&[u8], u32> = HashMap::with_capacity(b.dom_items.len());
+        let mut sets: Vec<(u32, CategorySet)> = Vec::new();
+        for &(off, cat) in &b.dom_items {
+            let key = b.domain_key(off);
+            let idx = *uniq.entry(key).or_insert_with(|| {
+                sets.push((off, CategorySet::empty()));
+                (sets.len() - 1) as u32
+            });
+            sets[idx as usize].1.insert(cat);
+        }
+        drop(uniq);
+        let mut vals = Vec::with_capacity(sets.len());
+        for &(_, s) in &sets {
+            let v = palette.intern(s);
+            if v > MAX_VALUE {
+                return Err(palette_overflow());
+            }
+            vals.push(v);
+        }
+        let domains = Table::build(
+            sets.len(),
+            sets.iter()
+                .zip(&vals)
+                .map(|(&(off, _), &v)| (b.domain_key(off), v)),
+        );
+        drop(sets);
+        drop(vals);
+
+        // Exceptions.
+        let mut exc: HashMap<&str, CategorySet> = HashMap::new();
+        for (h, c) in &b.exceptions {
+            exc.entry(h.as_str()).or_default().insert(*c);
+        }
+        let mut exc: Vec<(&str, u32)> = exc
+            .into_iter()
+            .map(|(h, s)| (h, palette.intern(s)))
+            .collect();
+        exc.sort_unstable();
+        let exceptions = Table::build(exc.len(), exc.iter().map(|&(h, v)| (h.as_bytes(), v)));
+
+        // Urls: group by host, sorted paths, merged duplicates.
+        let mut urls: Vec<(&str, &str, CategoryId)> = b
+            .urls
+            .iter()
+            .map(|(h, p, c)| (h.as_str(), p.as_str(), *c))
+            .collect();
+        urls.sort_unstable();
+        let mut hosts: Vec<(&str, u32)> = Vec::new();
+        let mut url_ranges = Vec::new();
+        let mut url_entries: Vec<UrlEntry> = Vec::new();
+        let mut url_arena = Vec::new();
+        let mut i = 0;
+        while i < urls.len() {
+            let host = urls[i].0;
+            hosts.push((host, hosts.len() as u32));
+            url_ranges.push(url_entries.len() as u32);
+            while i < urls.len() && urls[i].0 == host {
+                let path = urls[i].1;
+                let mut s = CategorySet::empty();
+                while i < urls.len() && urls[i].0 == host && urls[i].1 == path {
+                    s.insert(urls[i].2);
+                    i += 1;
+                }
+                let off = url_arena.len() as u32;
+                url_arena.extend_from_slice(path.as_bytes());
+                url_entries.push(UrlEntry {
+                    off,
+                    len: path.len() as u32,
+                    set: palette.intern(s),
+                });
+            }
+        }
+        url_ranges.push(url_entries.len() as u32);
+        if palette.sets.len() as u64 > MAX_VALUE as u64 {
+            return Err(palette_overflow());
+        }
+        let url_hosts = Table::build(hosts.len(), hosts.iter().map(|&(h, v)| (h.as_bytes(), v)));
+
+        let expr_src: Vec<(CategoryId, String)> = b
+            .expressions
+            .iter()
+            .map(|(c, r, _, _)| (*c, r.clone()))
+            .collect();
+        let regexes = if b.expressions_enabled {
+            for (_, re, file, line) in &b.expressions {
+                if let Err(e) = regex::Regex::new(re) {
+                    return Err(CategoryError::BadRegex {
+                        file: file.clone(),
+                        line: *line,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            Some(compile_regexes(&expr_src)?)
+        } else {
+            None
+        };
+        let mut url_entries = url_entries;
+        url_entries.shrink_to_fit();
+        url_arena.shrink_to_fit();
+        let mut pal = palette.sets;
+        pal.shrink_to_fit();
+        Ok(Matcher {
+            names: b.names,
+            usage: b.usage,
+            palette: pal,
+            domains,
+            exceptions,
+            url_hosts,
+            url_ranges,
+            url_entries,
+            url_arena,
+            expr_src,
+            expressions_enabled: b.expressions_enabled,
+            regexes,
+        })
+    }
+
+    /// Category names; a [`CategoryId`] indexes this slice.
+    pub fn category_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Id of a category by name.
+    pub fn category_id(&self, name: &str) -> Option<CategoryId> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| i as CategoryId)
+    }
+
+    /// Name of a category (`""` for an unknown id).
+    pub fn category_name(&self, id: CategoryId) -> &str {
+        self.names
+            .get(id as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    /// `usage` metadata (UT1 `usage` file: black / white), if known.
+    pub fn category_usage(&self, id: CategoryId) -> Option<Usage> {
+        self.usage.get(id as usize).copied().flatten()
+    }
+
+    /// Names of the categories in `set`.
+    pub fn names(&self, set: CategorySet) -> Vec<&str> {
+        set.iter()
+            .map(|id| self.category_name(id))
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    /// Whether expressions are compiled and matched.
+    pub fn expressions_enabled(&self) -> bool {
+        self.expressions_enabled
+    }
+
+    /// Categories of a request. `host` as seen in the request (any case, may
+    /// carry a port / trailing dot / be an IP literal, IPv6 in brackets ok);
+    /// `path` = path + optional query, normally starting with `/` (may be
+    /// empty).
+    pub fn lookup(&self, host: &str, path: &str) -> CategorySet {
+        let mut buf = [0u8; 256];
+        match fast_host(host, &mut buf) {
+            Some(n) => self.lookup_norm(&buf[..n], path),
+            None => match normalize_host(host) {
+                Ok(h) => self.lookup_norm(h.as_bytes(), path),
+                Err(_) => CategorySet::empty(),
+            },
+        }
+    }
+
+    /// Convenience: full URL (`http://h:p/path?q`, `https://...`, or
+    /// `host/path`).
+    pub fn lookup_url(&self, url: &str) -> CategorySet {
+        let (host, path) = split_url(url);
+        self.lookup(host, path)
+    }
+
+    /// `host` is normalised (lowercase ASCII, no port/trailing dot).
+    fn lookup_norm(&self, host: &[u8], path: &str) -> CategorySet {
+        let ip = is_ip(host);
+        let mut set = CategorySet::empty();
+        let mut excluded = CategorySet::empty();
+        let check_exc = !self.exceptions.is_empty();
+        if ip {
+            let h = hash_key(host);
+            if let Some(v) = self.domains.get(h, host) {
+                set = set.union(self.palette[v as usize]);
+            }
+            if check_exc {
+                if let Some(v) = self.exceptions.get(h, host) {
+                    excluded = self.palette[v as usize];
+                }
+            }
+        } else if !self.domains.is_empty() || check_exc {
+            let mut h = hash_start();
+            let mut i = host.len();
+            while i > 0 {
+                i -= 1;
+                h = hash_step(h, host[i]);
+                if i == 0 || host[i - 1] == b'.' {
+                    let fh = hash_finish(h);
+                    let suffix = &host[i..];
+                    if let Some(v) = self.domains.get(fh, suffix) {
+                        set = set.union(self.palette[v as usize]);
+                    }
+                    if check_exc {
+                        if let Some(v) = self.exceptions.get(fh, suffix) {
+                            excluded = excluded.union(self.palette[v as usize]);
+                        }
+                    }
+                }
+            }
+        }
+        if !self.url_hosts.is_empty() {
+            let uh = if ip { host } else { strip_www(host) };
+            if let Some(hi) = self.url_hosts.get(hash_key(uh), uh) {
+                set = set.union(self.url_lookup(hi as usize, path));
+            }
+        }
+        if let Some(rx) = &self.regexes {
+            let mut target = String::with_capacity(host.len() + path.len() + 1);
+            target.push_str(std::str::from_utf8(host).unwrap_or(""));
+            if !path.starts_with('/') {
+                target.push('/');
+            }
+            target.push_str(&path.to_ascii_lowercase());
+            for m in rx.set.matches(&target).iter() {
+                set.insert(rx.cats[m]);
+            }
+        }
+        if excluded.is_empty() {
+            set
+        } else {
+            set.difference(excluded)
+        }
+    }
+
+    /// Union of the sets of every url entry of host `hi` that is a prefix of
+    /// the (lowercased) `path`.
+    fn url_lookup(&self, hi: usize, path: &str) -> CategorySet {
+        let lo = self.url_ranges[hi] as usize;
+        let hi_end = self.url_ranges[hi + 1] as usize;
+        let entries = &self.url_entries[lo..hi_end];
+        let path = path.split('#').next().unwrap_or("");
+        let raw = path.as_bytes();
+        let owned: Vec<u8>;
+        let mut q: &[u8] =
+            if raw.first() != Some(&b'/') || raw.iter().any(|b| b.is_ascii_uppercase()) {
+                let mut o = Vec::with_capacity(raw.len() + 1);
+                if raw.first() != Some(&b'/') {
+                    o.push(b'/');
+                }
+                o.extend(raw.iter().map(|b| b.to_ascii_lowercase()));
+                owned = o;
+                &owned
+            } else {
+                raw
+            };
+        let key = |e: &UrlEntry| &self.url_arena[e.off as usize..(e.off + e.len) as usize];
+        let mut set = CategorySet::empty();
+        // Find every entry that is a prefix of q: take the largest entry <= q;
+        // if it is a prefix, record it and continue with q minus its last
+        // byte; else continue with q cut to the common prefix. Each step
+        // shortens q, so this ends after at most |q| + 1 binary searches
+        // (in practice one or two).
+        loop {
+            let n = entries.partition_point(|e| key(e) <= q);
+            if n == 0 {
+                break;
+            }
+            let e = &entries[n - 1];
+            let k = key(e);
+            if q.starts_with(k) {
+                set = set.union(self.palette[e.set as usize]);
+                if k.is_empty() {
+                    break;
+                }
+                q = &q[..k.len() - 1];
+            } else {
+                let l = k.iter().zip(q).take_while(|(a, b)| a == b).count();
+                q = &q[..l];
+            }
+        }
+        set
+    }
+
+    /// Heap bytes owned by the matcher (arenas, tables, palette, names).
+    pub fn heap_bytes(&self) -> usize {
+        let mut n =
+            self.domains.heap_bytes() + self.exceptions.heap_bytes() + self.url_hosts.heap_bytes();
+        n += self.url_ranges.capacity() * 4
+            + self.url_entries.capacity() * std::mem::size_of::<UrlEntry>();
+        n += self.url_arena.capacity();
+        n += self.palette.capacity() * std::mem::size_of::<CategorySet>();
+        n += self.names.iter().map(|s| s.capacity() + 24).sum::<usize>();
+        n += self.usage.capacity() * std::mem::size_of::<Option<Usage>>();
+        n += self
+            .expr_src
+            .iter()
+            .map(|(_, s)| s.capacity() + 32)
+            .sum::<usize>();
+        n
+    }
+
+    /// Number of distinct entries (domains + url entries + exceptions +
+    /// expressions).
+    pub fn entry_count(&self) -> usize {
+        self.domains.len + self.url_entries.len() + self.exceptions.len + self.expr_src.len()
+    }
+}
+
+pub(crate) fn compile_regexes(src: &[(CategoryId, String)]) -> Result<Regexes, CategoryError> {
+    let set = regex::RegexSetBuilder::new(src.iter().map(|(_, r)| r.as_str()))
+        .size_limit(64 << 20)
+        .build()
+        .map_err(|e| CategoryError::BadRegex {
+            file: "<expressions>".into(),
+            line: 0,
+            reason: e.to_string(),
+        })?;
+    Ok(Regexes {
+        set,
+        cats: src.iter().map(|(c, _)| *c).collect(),
+    })
+}

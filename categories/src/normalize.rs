@@ -1,0 +1,229 @@
+//! Host / URL normalisation shared by the importers and the lookup path.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Longest host name we accept (DNS limit).
+pub(crate) const MAX_HOST: usize = 253;
+
+/// Normalises a host as the matcher does: trims, lowercases, strips a port and
+/// one trailing dot, converts IDN to punycode (UTS #46 via the `idna` crate),
+/// and canonicalises IP literals (IPv6 with or without brackets, printed without
+/// brackets in RFC 5952 form). Underscores are accepted (they occur in real
+/// lists). Returns `Err(reason)` for anything else that is not a host name.
+pub fn normalize_host(host: &str) -> Result<String, String> {
+    let h = host.trim();
+    if h.is_empty() {
+        return Err("empty host".into());
+    }
+    // Bracketed IPv6, optionally with a port.
+    if let Some(rest) = h.strip_prefix('[') {
+        let end = rest.find(']').ok_or("unterminated '[' in host")?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || (after.starts_with(':') && is_port(&after[1..]))) {
+            return Err(format!("junk after IPv6 literal: {after:?}"));
+        }
+        return rest[..end]
+            .parse::<Ipv6Addr>()
+            .map(|a| a.to_string())
+            .map_err(|_| format!("invalid IPv6 address {:?}", &rest[..end]));
+    }
+    let colons = h.bytes().filter(|&b| b == b':').count();
+    if colons > 1 {
+        return h
+            .parse::<Ipv6Addr>()
+            .map(|a| a.to_string())
+            .map_err(|_| format!("invalid IPv6 address {h:?}"));
+    }
+    let h = match h.rfind(':') {
+        Some(i) if is_port(&h[i + 1..]) => &h[..i],
+        Some(_) => return Err("invalid port".into()),
+        None => h,
+    };
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.is_empty() {
+        return Err("empty host".into());
+    }
+    if let Ok(ip) = h.parse::<Ipv4Addr>() {
+        return Ok(ip.to_string());
+    }
+    let ascii = if h.is_ascii() {
+        h.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(h).map_err(|e| format!("invalid IDN host: {e}"))?
+    };
+    validate_ascii_host(ascii.as_bytes())?;
+    Ok(ascii)
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks a lowercased ASCII host: labels of 1..=63 chars out of `a-z0-9-_`.
+pub(crate) fn validate_ascii_host(h: &[u8]) -> Result<(), String> {
+    if h.len() > MAX_HOST {
+        return Err(format!("host longer than {MAX_HOST} bytes"));
+    }
+    for label in h.split(|&b| b == b'.') {
+        if label.is_empty() {
+            return Err("empty label".into());
+        }
+        if label.len() > 63 {
+            return Err("label longer than 63 bytes".into());
+        }
+        if let Some(&b) = label
+            .iter()
+            .find(|&&b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'))
+        {
+            return Err(format!("invalid character {:?} in host", b as char));
+        }
+    }
+    Ok(())
+}
+
+/// True if `h` (normalised) is an IP literal.
+pub(crate) fn is_ip(h: &[u8]) -> bool {
+    if h.contains(&b':') {
+        return true; // only IPv6 literals contain ':' after normalisation
+    }
+    h.iter().all(|b| b.is_ascii_digit() || *b == b'.')
+        && std::str::from_utf8(h).is_ok_and(|s| s.parse::<Ipv4Addr>().is_ok())
+}
+
+/// Strips one leading `www`/`web`/`ftp` label, optionally followed by digits
+/// (`www.`, `www2.`, `ftp1.`, `web.`), as squidGuard does for url entries and
+/// requests. IP literals and hosts that would become empty are left alone.
+pub(crate) fn strip_www(h: &[u8]) -> &[u8] {
+    if h.len() < 4 {
+        return h;
+    }
+    let pre = &h[..3];
+    if pre != b"www" && pre != b"web" && pre != b"ftp" {
+        return h;
+    }
+    let mut i = 3;
+    while i < h.len() && h[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i + 1 < h.len() && h[i] == b'.' {
+        &h[i + 1..]
+    } else {
+        h
+    }
+}
+
+/// Fast, allocation-free normalisation for the lookup path. Writes the
+/// lowercased host (no port, no trailing dot) into `buf` and returns its
+/// length, or `None` when the slow path ([`normalize_host`]) is needed
+/// (non-ASCII, IPv6, or anything odd).
+#[inline]
+pub(crate) fn fast_host(host: &str, buf: &mut [u8; 256]) -> Option<usize> {
+    let b = host.as_bytes();
+    let mut end = b.len();
+    // Port: find the last ':'; any other ':' means IPv6 -> slow path.
+    if let Some(i) = b.iter().rposition(|&c| c == b':') {
+        if b[..i].contains(&b':') || b.first() == Some(&b'[') {
+            return None;
+        }
+        end = i;
+    }
+    if end > 0 && b[end - 1] == b'.' {
+        end -= 1;
+    }
+    if end == 0 || end > MAX_HOST {
+        return None;
+    }
+    for (d, &c) in buf.iter_mut().zip(&b[..end]) {
+        if c >= 0x80 || c <= b' ' {
+            return None;
+        }
+        *d = c.to_ascii_lowercase();
+    }
+    Some(end)
+}
+
+/// Splits a URL (`scheme://userinfo@host:port/path?q#f`, or `host/path`)
+/// into (host incl. port, path incl. query, without fragment).
+pub(crate) fn split_url(url: &str) -> (&str, &str) {
+    let u = url.trim();
+    let u = match u.find("://") {
+        Some(i)
+            if u[..i]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') =>
+        {
+            &u[i + 3..]
+        }
+        _ => u,
+    };
+    let (authority, rest) = match u.find(['/', '?', '#']) {
+        Some(i) => (&u[..i], &u[i..]),
+        None => (u, ""),
+    };
+    let host = match authority.rfind('@') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    let path = match rest.find('#') {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    (host, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            normalize_host("WWW.Example.COM.").unwrap(),
+            "www.example.com"
+        );
+        assert_eq!(normalize_host("example.com:8080").unwrap(), "example.com");
+        assert_eq!(normalize_host("example.com.:443").unwrap(), "example.com");
+        assert_eq!(normalize_host("bücher.de").unwrap(), "xn--bcher-kva.de");
+        assert_eq!(
+            normalize_host("xn--bcher-kva.de").unwrap(),
+            "xn--bcher-kva.de"
+        );
+        assert_eq!(
+            normalize_host("under_score.example").unwrap(),
+            "under_score.example"
+        );
+        assert_eq!(normalize_host("[2001:DB8::1]:443").unwrap(), "2001:db8::1");
+        assert_eq!(normalize_host("2001:db8:0:0::1").unwrap(), "2001:db8::1");
+        assert_eq!(normalize_host("10.0.0.1:80").unwrap(), "10.0.0.1");
+        assert!(normalize_host("").is_err());
+        assert!(normalize_host("a..b").is_err());
+        assert!(normalize_host("bad host").is_err());
+        assert!(normalize_host("a/b").is_err());
+        assert!(normalize_host("example.com:http").is_err());
+        assert!(normalize_host(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn www() {
+        assert_eq!(strip_www(b"www.example.com"), b"example.com");
+        assert_eq!(strip_www(b"ftp2.example.com"), b"example.com");
+        assert_eq!(strip_www(b"web.example.com"), b"example.com");
+        assert_eq!(strip_www(b"www123.a"), b"a");
+        assert_eq!(strip_www(b"wwwx.example.com"), b"wwwx.example.com");
+        assert_eq!(strip_www(b"www"), b"www");
+        assert_eq!(strip_www(b"www."), b"www.");
+        assert_eq!(strip_www(b"example.com"), b"example.com");
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            split_url("http://u:p@Host:81/a/b?q=1#frag"),
+            ("Host:81", "/a/b?q=1")
+        );
+        assert_eq!(split_url("https://h"), ("h", ""));
+        assert_eq!(split_url("h/x"), ("h", "/x"));
+        assert_eq!(split_url("h?x"), ("h", "?x"));
+        assert_eq!(split_url("http://[::1]:8080/p"), ("[::1]:8080", "/p"));
+    }
+}

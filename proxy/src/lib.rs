@@ -1,1 +1,29 @@
+//! komugate: secure web gateway / ZTNA edge proxy.
+//!
+//! Data path (see shared DESIGN.md): listener -> identity -> location ->
+//! decision -> block / forward / tunnel -> egress -> access record.
+//! One module per hop:
+//! - [`server`]: accept loops, client admission, HTTP/1.1 or HTTP/2 by ALPN
+//! - [`device_auth`]: device certificates on the mTLS listener
+//! - [`http_proxy`]: forwarding and CONNECT, calling the one decision point
+//! - [`decision`]: the decision point ([`decision::Runtime::decide`])
+//! - [`egress`] / [`upstream`]: DNS, destination guard, bound connects, pools
+//! - [`tunnel`]: bidirectional relay with half-close and idle timeout
+//! - [`access_log`], [`metrics`], [`admin`]: observability
+//! - [`pki`]: CA and certificate helpers; [`config`]: gateway configuration
 
+pub mod access_log;
+pub mod admin;
+pub mod block_page;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod device_auth;
+pub mod egress;
+pub mod gateway;
+pub mod http_proxy;
+pub mod metrics;
+pub mod pki;
+pub mod server;
+pub mod tunnel;
+pub mod upstream;

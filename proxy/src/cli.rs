@@ -1,0 +1,233 @@
+//! The `komugate` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+
+#[derive(Parser)]
+#[command(name = "komugate", version, about = "komugate: secure web gateway / ZTNA edge proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the embedded demo configuration without --config).
+    Serve {
+        /// Gateway configuration file (TOML); see `komugate config default`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides [data] dir).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Certificate authorities and certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the device CA, the inspection CA and the gateway's server certificate.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Subject alternative names of the server certificate (default: localhost, 127.0.0.1).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Overwrite existing keys and certificates.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a device certificate signed by the device CA.
+    IssueDevice {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        device: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Output prefix: writes PREFIX.pem and PREFIX.key.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 730)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the embedded default configuration (commented TOML).
+    Default,
+    /// Check a configuration file.
+    Check { file: PathBuf },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Serve { config, data } => serve(config.as_deref(), data),
+        Command::Pki(cmd) => pki(cmd),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => Config::load(&file).map(|_| println!("{}: ok", file.display())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("komugate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KOMUGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn pki(cmd: PkiCommand) -> Result<()> {
+    match cmd {
+        PkiCommand::Init { dir, sans, force } => {
+            let sans = if sans.is_empty() { default_sans() } else { sans };
+            crate::pki::init(&dir, &sans, force)?;
+            println!("PKI written to {}", dir.display());
+            println!("  device-ca.pem/.key    signs device certificates");
+            println!("  inspect-ca.pem/.key   the CA laptops trust (TLS inspection, gateway certificate)");
+            println!("  server.pem/.key       the gateway's certificate for {}", sans.join(", "));
+            Ok(())
+        }
+        PkiCommand::IssueDevice { dir, device, groups, out, days, force } => {
+            let (cert, key) = crate::pki::issue_device(
+                &dir,
+                &crate::pki::DeviceCertOptions { device_id: &device, groups: &groups, days },
+                &out,
+                force,
+            )?;
+            println!("device certificate for {device}: {} (key {})", cert.display(), key.display());
+            Ok(())
+        }
+    }
+}
+
+fn default_sans() -> Vec<String> {
+    vec!["localhost".to_string(), "127.0.0.1".to_string()]
+}
+
+/// Loads the config (or the embedded default), applies `--data`, prepares
+/// the PKI of the embedded demo.
+pub fn prepare(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<Config> {
+    let mut config = match config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded_default(),
+    };
+    if let Some(d) = data {
+        config.data.dir = d;
+    }
+    std::fs::create_dir_all(&config.data.dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data.dir.display()))?;
+    if config.data.create_pki {
+        let pki_dir = config.data.dir.join("pki");
+        if crate::pki::ensure(&pki_dir, &default_sans())? {
+            tracing::info!("created the demo PKI in {}", pki_dir.display());
+        }
+        if !config.data.demo_device.is_empty() {
+            let prefix = pki_dir.join("demo-device");
+            if !prefix.with_extension("pem").exists() {
+                crate::pki::issue_device(
+                    &pki_dir,
+                    &crate::pki::DeviceCertOptions { device_id: &config.data.demo_device, groups: &["demo".to_string()], days: 730 },
+                    &prefix,
+                    false,
+                )?;
+            }
+        }
+    }
+    Ok(config)
+}
+
+fn serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
+    let config = prepare(config_path, data)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let drain = Duration::from_secs(config.limits.drain_secs);
+        let running = crate::gateway::start(config).await?;
+        print_banner(&running);
+        wait_for_signal().await;
+        eprintln!("komugate: shutting down: no new connections; draining for up to {drain:?}");
+        running.shutdown(drain).await;
+        Ok(())
+    })
+}
+
+fn print_banner(running: &crate::gateway::Running) {
+    let config = &running.gateway.config;
+    let addrs = &running.addrs;
+    let data = &config.data.dir;
+    println!("komugate {} is running", env!("CARGO_PKG_VERSION"));
+    if let Some(a) = addrs.plain {
+        println!("  plain HTTP proxy   http://{a}  (clients: {})", config.listen.plain_clients.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(a) = addrs.mtls {
+        println!("  mTLS HTTPS proxy   https://{a}  (device certificate required)");
+    }
+    if let Some(a) = addrs.admin {
+        println!("  admin              http://{a}/metrics  http://{a}/healthz");
+    }
+    println!("  access log         {}", config.data_path(&config.log.access_log).display());
+    if let (Some(admin), Some(plain)) = (addrs.admin, addrs.plain) {
+        println!("\nTry it (the request goes through the proxy to the admin listener):");
+        println!("  curl -x http://{plain} http://{admin}/healthz");
+        println!("  curl -x http://{plain} http://blocked.example/      # blocked: 403 + block page");
+    }
+    if let (Some(admin), Some(mtls)) = (addrs.admin, addrs.mtls) {
+        let pki = data.join("pki");
+        let demo = pki.join("demo-device");
+        if demo.with_extension("pem").exists() {
+            println!(
+                "  curl --proxy https://localhost:{} --proxy-cacert {} --proxy-cert {} --proxy-key {} http://{admin}/healthz",
+                mtls.port(),
+                pki.join("inspect-ca.pem").display(),
+                demo.with_extension("pem").display(),
+                demo.with_extension("key").display(),
+            );
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

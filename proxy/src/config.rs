@@ -1,0 +1,273 @@
+//! Gateway configuration: listeners, TLS material, DNS, egress, limits.
+//!
+//! The file is TOML; unknown keys are errors so a typo never silently turns
+//! a security setting off. The embedded default (`default_config.toml`) is
+//! what `komugate serve` runs with no `--config`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The embedded default configuration, with its comments.
+pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data: DataConfig,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    pub egress: EgressConfig,
+    #[serde(default)]
+    pub decision: DecisionConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub create_pki: bool,
+    #[serde(default)]
+    pub demo_device: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    #[serde(default)]
+    pub plain: String,
+    #[serde(default)]
+    pub plain_clients: Vec<IpNet>,
+    #[serde(default)]
+    pub mtls: String,
+    #[serde(default)]
+    pub admin: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub device_ca: PathBuf,
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    #[serde(default)]
+    pub revoked_serials: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+fn default_cache_entries() -> usize {
+    4096
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { servers: Vec::new(), cache_entries: default_cache_entries() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default)]
+    pub allow_destinations: Vec<IpNet>,
+    #[serde(default)]
+    pub fixed: Vec<FixedEgress>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedEgress {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub source: IpAddr,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionConfig {
+    #[serde(default)]
+    pub blocked_hosts: Vec<String>,
+    #[serde(default)]
+    pub allowed_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_secs: u64,
+    pub max_connections_per_device: usize,
+    pub max_streams_per_connection: u32,
+    pub drain_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 65536,
+            max_headers: 100,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_secs: 300,
+            max_connections_per_device: 256,
+            max_streams_per_connection: 256,
+            drain_secs: 30,
+        }
+    }
+}
+
+impl Limits {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_access_log")]
+    pub access_log: PathBuf,
+}
+
+fn default_access_log() -> PathBuf {
+    PathBuf::from("access.log")
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { access_log: default_access_log() }
+    }
+}
+
+impl Config {
+    /// Parses configuration text; `origin` names the file in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let place = match e.span() {
+                Some(span) => {
+                    let (line, col) = line_col(text, span.start);
+                    format!("{origin}:{line}:{col}")
+                }
+                None => origin.to_string(),
+            };
+            anyhow::anyhow!("{place}: invalid configuration: {}", e.message())
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn embedded_default() -> Config {
+        Config::parse(DEFAULT_CONFIG, "<embedded default>")
+            .expect("the embedded default configuration is valid (tested)")
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        for (name, addr) in [("plain", &self.listen.plain), ("mtls", &self.listen.mtls), ("admin", &self.listen.admin)] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                bail!("{origin}: [listen] {name} = {addr:?} is not an address like \"127.0.0.1:3128\"");
+            }
+        }
+        if !self.listen.plain.is_empty() && self.listen.plain_clients.is_empty() {
+            bail!("{origin}: [listen] plain is enabled but plain_clients is empty; list the in-site CIDRs allowed to use it (no open proxy)");
+        }
+        for fixed in &self.egress.fixed {
+            if fixed.hosts.is_empty() {
+                bail!("{origin}: [[egress.fixed]] {:?} has no hosts", fixed.name);
+            }
+        }
+        if self.limits.max_header_bytes < 8192 {
+            bail!("{origin}: [limits] max_header_bytes must be at least 8192");
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the config against the data directory.
+    pub fn data_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.data.dir.join(p)
+        }
+    }
+
+    pub fn listen_addr(spec: &str) -> Option<SocketAddr> {
+        if spec.is_empty() {
+            None
+        } else {
+            spec.parse().ok()
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listen.plain, "127.0.0.1:3128");
+        assert_eq!(c.listen.mtls, "127.0.0.1:8443");
+        assert_eq!(c.listen.admin, "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_position() {
+        let text = DEFAULT_CONFIG.replace("[limits]\n", "[limits]\nmax_headerz = 3\n");
+        let err = Config::parse(&text, "gw.toml").unwrap_err().to_string();
+        assert!(err.contains("gw.toml:"), "{err}");
+        assert!(err.contains("max_headerz"), "{err}");
+    }
+
+    #[test]
+    fn plain_listener_needs_client_cidrs() {
+        let text = DEFAULT_CONFIG.replace("plain_clients = [\"127.0.0.0/8\", \"::1/128\"]", "plain_clients = []");
+        let err = Config::parse(&text, "gw.toml").unwrap_err().to_string();
+        assert!(err.contains("no open proxy"), "{err}");
+    }
+}

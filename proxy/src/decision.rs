@@ -1,0 +1,212 @@
+//! The one decision point. Every plain request, every CONNECT tunnel (and
+//! later every inspected inner request) calls [`Runtime::decide`]; the
+//! answer says allow or block (with the deciding rule's name) and which
+//! egress source address to use. What is inside `decide` is replaced by the
+//! policy engine; the call sites stay.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::device_auth::DeviceIdentity;
+
+/// Which listener a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Plain HTTP/1.1 forward proxy, in-site CIDRs only; anonymous clients.
+    Plain,
+    /// HTTPS proxy with a device certificate.
+    Mtls,
+}
+
+impl ListenerKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Plain => "plain",
+            ListenerKind::Mtls => "mtls",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    /// A forwarded HTTP request (absolute-form URL).
+    Http,
+    /// A CONNECT tunnel to host:port.
+    Connect,
+}
+
+/// What the decision point sees of a request.
+#[derive(Debug, Clone)]
+pub struct RequestInfo<'a> {
+    pub listener: ListenerKind,
+    pub device: Option<&'a DeviceIdentity>,
+    pub client: SocketAddr,
+    pub kind: RequestKind,
+    pub method: &'a str,
+    /// Lowercase host name or IP literal, without brackets or port.
+    pub host: &'a str,
+    pub port: u16,
+    /// Path and query ("" for CONNECT).
+    pub path: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Block,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Name of the rule that decided (`default` when none matched).
+    pub rule: String,
+    /// Shown on the block page.
+    pub message: Option<String>,
+    /// Source address the upstream socket is bound to (fixed egress).
+    pub egress_source: Option<IpAddr>,
+    /// Name of the egress pool that chose `egress_source`.
+    pub egress_name: Option<String>,
+}
+
+impl Decision {
+    pub fn is_blocked(&self) -> bool {
+        self.verdict == Verdict::Block
+    }
+}
+
+/// A host pattern: `*.example.com` (subdomains only), `.example.com`
+/// (domain and subdomains) or `example.com` (exactly).
+#[derive(Debug, Clone)]
+pub enum HostPattern {
+    Exact(String),
+    Subdomains(String),
+    DomainAndSubdomains(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> HostPattern {
+        let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        if let Some(rest) = s.strip_prefix("*.") {
+            HostPattern::Subdomains(rest.to_string())
+        } else if let Some(rest) = s.strip_prefix('.') {
+            HostPattern::DomainAndSubdomains(rest.to_string())
+        } else {
+            HostPattern::Exact(s)
+        }
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        let is_sub = |d: &str| host.len() > d.len() && host.ends_with(d) && host.as_bytes()[host.len() - d.len() - 1] == b'.';
+        match self {
+            HostPattern::Exact(d) => host == d,
+            HostPattern::Subdomains(d) => is_sub(d),
+            HostPattern::DomainAndSubdomains(d) => host == d || is_sub(d),
+        }
+    }
+}
+
+struct FixedEgressRule {
+    name: String,
+    hosts: Vec<HostPattern>,
+    source: IpAddr,
+}
+
+/// The running decision state: swapped atomically on reload.
+pub struct Runtime {
+    pub generation: u64,
+    blocked_hosts: Vec<HostPattern>,
+    allowed_ports: Vec<u16>,
+    fixed_egress: Vec<FixedEgressRule>,
+}
+
+impl Runtime {
+    pub fn from_config(config: &Config, generation: u64) -> Runtime {
+        Runtime {
+            generation,
+            blocked_hosts: config.decision.blocked_hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+            allowed_ports: config.decision.allowed_ports.clone(),
+            fixed_egress: config
+                .egress
+                .fixed
+                .iter()
+                .map(|f| FixedEgressRule {
+                    name: f.name.clone(),
+                    hosts: f.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+                    source: f.source,
+                })
+                .collect(),
+        }
+    }
+
+    /// The decision for one request or tunnel. Pure: no I/O.
+    pub fn decide(&self, req: &RequestInfo) -> Decision {
+        let egress = self.fixed_egress.iter().find(|f| f.hosts.iter().any(|p| p.matches(req.host)));
+        let mut decision = Decision {
+            verdict: Verdict::Allow,
+            rule: "default".to_string(),
+            message: None,
+            egress_source: egress.map(|e| e.source),
+            egress_name: egress.map(|e| e.name.clone()),
+        };
+        if !self.allowed_ports.is_empty() && !self.allowed_ports.contains(&req.port) {
+            decision.verdict = Verdict::Block;
+            decision.rule = "allowed-ports".into();
+            decision.message = Some(format!("port {} is not an allowed destination port", req.port));
+        } else if self.blocked_hosts.iter().any(|p| p.matches(req.host)) {
+            decision.verdict = Verdict::Block;
+            decision.rule = "blocked-hosts".into();
+            decision.message = Some(format!("{} is on the blocked host list", req.host));
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: &str, port: u16) -> RequestInfo<'_> {
+        RequestInfo {
+            listener: ListenerKind::Plain,
+            device: None,
+            client: "127.0.0.1:1".parse().unwrap(),
+            kind: RequestKind::Http,
+            method: "GET",
+            host,
+            port,
+            path: "/",
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(HostPattern::parse("*.c4th.example").matches("a.c4th.example"));
+        assert!(!HostPattern::parse("*.c4th.example").matches("c4th.example"));
+        assert!(!HostPattern::parse("*.c4th.example").matches("xc4th.example"));
+        assert!(HostPattern::parse(".g.example").matches("g.example"));
+        assert!(HostPattern::parse(".g.example").matches("x.g.example"));
+        assert!(!HostPattern::parse("g.example").matches("x.g.example"));
+        assert!(HostPattern::parse("G.Example.").matches("g.example"));
+    }
+
+    #[test]
+    fn default_config_decisions() {
+        let rt = Runtime::from_config(&Config::embedded_default(), 1);
+        let d = rt.decide(&req("blocked.example", 80));
+        assert!(d.is_blocked());
+        assert_eq!(d.rule, "blocked-hosts");
+        assert!(rt.decide(&req("www.gambling.example", 80)).is_blocked());
+        assert!(!rt.decide(&req("ok.example", 80)).is_blocked());
+        let d = rt.decide(&req("ok.example", 25));
+        assert_eq!(d.rule, "allowed-ports");
+        let d = rt.decide(&req("www.c4th.example", 443));
+        assert_eq!(d.egress_name.as_deref(), Some("city-fixed-ip"));
+        assert_eq!(d.egress_source, Some("127.0.0.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,422 @@
+//! Egress: name resolution (hickory, cached), the destination address
+//! guard (no loopback / private / metadata unless allowed), and upstream
+//! TCP connects bound to the decision's source address, with a
+//! happy-eyeballs style fallback across the resolved addresses.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::TokioResolver;
+use ipnet::IpNet;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::config::{DnsConfig, EgressConfig};
+use crate::metrics::Metrics;
+
+/// Why an upstream connection was not made. Shown to the user on the error
+/// page and written to the access record.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("destination {addr} ({class}) is not allowed by the gateway configuration; add it to [egress] allow_destinations if it must be reachable")]
+    ForbiddenDestination { addr: IpAddr, class: AddressClass },
+    #[error("cannot connect to {host}:{port}: {reason}")]
+    Connect { host: String, port: u16, reason: String },
+    #[error("connecting to {host}:{port} timed out")]
+    Timeout { host: String, port: u16 },
+}
+
+impl EgressError {
+    /// Refused by the gateway's own rules (403) rather than an upstream failure (502/504).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, EgressError::ForbiddenDestination { .. })
+    }
+}
+
+/// What kind of address a destination is, for the destination guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressClass {
+    Public,
+    Loopback,
+    LinkLocal,
+    Private,
+    Metadata,
+    Unspecified,
+    Multicast,
+    Broadcast,
+    SharedCgnat,
+    Documentation,
+}
+
+impl std::fmt::Display for AddressClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            AddressClass::Public => "public",
+            AddressClass::Loopback => "loopback",
+            AddressClass::LinkLocal => "link-local",
+            AddressClass::Private => "private",
+            AddressClass::Metadata => "cloud metadata",
+            AddressClass::Unspecified => "unspecified",
+            AddressClass::Multicast => "multicast",
+            AddressClass::Broadcast => "broadcast",
+            AddressClass::SharedCgnat => "shared address space (CGNAT)",
+            AddressClass::Documentation => "documentation",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Classifies an address. IPv4-mapped and IPv4-compatible IPv6 forms are
+/// classified as the IPv4 address they carry, so `::ffff:127.0.0.1` is loopback.
+pub fn classify(addr: IpAddr) -> AddressClass {
+    match addr {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return classify_v4(v4);
+            }
+            classify_v6(v6)
+        }
+    }
+}
+
+fn classify_v4(a: Ipv4Addr) -> AddressClass {
+    let o = a.octets();
+    if a == Ipv4Addr::new(169, 254, 169, 254) || a == Ipv4Addr::new(100, 100, 100, 200) {
+        // AWS/GCP/Azure and Alibaba metadata endpoints.
+        AddressClass::Metadata
+    } else if a.is_loopback() {
+        AddressClass::Loopback
+    } else if a.is_link_local() {
+        AddressClass::LinkLocal
+    } else if a.is_private() {
+        AddressClass::Private
+    } else if a.is_unspecified() || o[0] == 0 {
+        AddressClass::Unspecified
+    } else if a.is_broadcast() {
+        AddressClass::Broadcast
+    } else if a.is_multicast() || o[0] >= 240 {
+        AddressClass::Multicast
+    } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+        AddressClass::SharedCgnat
+    } else if a.is_documentation() {
+        AddressClass::Documentation
+    } else {
+        AddressClass::Public
+    }
+}
+
+fn classify_v6(a: Ipv6Addr) -> AddressClass {
+    let seg = a.segments();
+    if a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+        AddressClass::Metadata
+    } else if a.is_loopback() {
+        AddressClass::Loopback
+    } else if a.is_unspecified() {
+        AddressClass::Unspecified
+    } else if (seg[0] & 0xffc0) == 0xfe80 {
+        AddressClass::LinkLocal
+    } else if (seg[0] & 0xfe00) == 0xfc00 || (seg[0] & 0xffc0) == 0xfec0 {
+        // Unique local addresses, and the deprecated site-local range.
+        AddressClass::Private
+    } else if a.is_multicast() {
+        AddressClass::Multicast
+    } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
+        AddressClass::Documentation
+    } else {
+        AddressClass::Public
+    }
+}
+
+/// The destination guard: public addresses pass, everything else only when
+/// an `allow_destinations` CIDR covers it.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationGuard {
+    allowed: Vec<IpNet>,
+}
+
+impl DestinationGuard {
+    pub fn new(allowed: Vec<IpNet>) -> Self {
+        DestinationGuard { allowed }
+    }
+
+    pub fn check(&self, addr: IpAddr) -> Result<(), EgressError> {
+        let class = classify(addr);
+        // Documentation ranges are not routable; treat them like public so a
+        // misconfigured test simply fails to connect rather than being hidden.
+        if matches!(class, AddressClass::Public | AddressClass::Documentation) {
+            return Ok(());
+        }
+        let canonical = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+            v4 => v4,
+        };
+        if self.allowed.iter().any(|net| net.contains(&canonical)) {
+            return Ok(());
+        }
+        Err(EgressError::ForbiddenDestination { addr: canonical, class })
+    }
+}
+
+/// A DNS resolver with a TTL-respecting answer cache in front of hickory's,
+/// so that hits are visible as a metric.
+pub struct Resolver {
+    inner: TokioResolver,
+    cache: Mutex<HashMap<String, (Arc<Vec<IpAddr>>, Instant)>>,
+    max_entries: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Resolver {
+    pub fn new(config: &DnsConfig, metrics: Arc<Metrics>) -> anyhow::Result<Resolver> {
+        let provider = TokioConnectionProvider::default();
+        let builder = if config.servers.is_empty() {
+            TokioResolver::builder(provider)
+                .map_err(|e| anyhow::anyhow!("cannot read the system DNS configuration (/etc/resolv.conf): {e}; set [dns] servers"))?
+        } else {
+            let mut group = NameServerConfigGroup::new();
+            for server in &config.servers {
+                let single = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+                group.merge(single);
+            }
+            TokioResolver::builder_with_config(ResolverConfig::from_parts(None, vec![], group), provider)
+        };
+        let mut builder = builder;
+        builder.options_mut().cache_size = config.cache_entries.max(16);
+        builder.options_mut().timeout = Duration::from_secs(3);
+        builder.options_mut().attempts = 2;
+        Ok(Resolver {
+            inner: builder.build(),
+            cache: Mutex::new(HashMap::new()),
+            max_entries: config.cache_entries.max(16),
+            metrics,
+        })
+    }
+
+    /// Resolves a host name (or parses an IP literal) to its addresses.
+    pub async fn resolve(&self, host: &str) -> Result<Arc<Vec<IpAddr>>, EgressError> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(Arc::new(vec![ip]));
+        }
+        let key = host.trim_end_matches('.').to_ascii_lowercase();
+        let now = Instant::now();
+        if let Some((addrs, until)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if *until > now {
+                self.metrics.dns_cache_hits.inc();
+                return Ok(addrs.clone());
+            }
+        }
+        self.metrics.dns_cache_misses.inc();
+        let started = Instant::now();
+        // A trailing dot makes the name fully qualified: no search-domain surprises.
+        let lookup = self.inner.lookup_ip(format!("{key}.")).await;
+        self.metrics.dns_lookup_seconds.observe(started.elapsed().as_secs_f64());
+        let lookup = lookup.map_err(|e| EgressError::Resolve { host: key.clone(), reason: e.to_string() })?;
+        let addrs: Vec<IpAddr> = lookup.iter().collect();
+        if addrs.is_empty() {
+            return Err(EgressError::Resolve { host: key, reason: "no addresses".into() });
+        }
+        let addrs = Arc::new(addrs);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= self.max_entries {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= self.max_entries {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (addrs.clone(), lookup.valid_until()));
+        Ok(addrs)
+    }
+}
+
+/// Everything needed to open upstream connections.
+pub struct Egress {
+    pub resolver: Resolver,
+    pub guard: DestinationGuard,
+    pub connect_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// Delay before racing the next address (RFC 8305 suggests 250 ms).
+const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
+impl Egress {
+    pub fn new(dns: &DnsConfig, egress: &EgressConfig, metrics: Arc<Metrics>) -> anyhow::Result<Egress> {
+        Ok(Egress {
+            resolver: Resolver::new(dns, metrics.clone())?,
+            guard: DestinationGuard::new(egress.allow_destinations.clone()),
+            connect_timeout: Duration::from_millis(egress.connect_timeout_ms),
+            metrics,
+        })
+    }
+
+    /// Resolves `host`, checks every address against the guard, and connects
+    /// (bound to `source` when given). Returns the stream and the local
+    /// address actually used.
+    pub async fn connect(&self, host: &str, port: u16, source: Option<IpAddr>) -> Result<TcpStream, EgressError> {
+        let addrs = self.resolver.resolve(host).await?;
+        // Refuse if ANY answer is forbidden: a name that resolves to both a
+        // public and an internal address is a rebinding attempt.
+        for addr in addrs.iter() {
+            self.guard.check(*addr)?;
+        }
+        let candidates = order_for_happy_eyeballs(&addrs, source);
+        if candidates.is_empty() {
+            return Err(EgressError::Connect {
+                host: host.to_string(),
+                port,
+                reason: format!("no address of the family of the egress source {}", source.map(|s| s.to_string()).unwrap_or_default()),
+            });
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.connect_timeout, race(candidates, port, source)).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        match result {
+            Ok(Ok(stream)) => {
+                self.metrics.upstream_connect_seconds.with_label_values(&["ok"]).observe(elapsed);
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(reason)) => {
+                self.metrics.upstream_connect_seconds.with_label_values(&["error"]).observe(elapsed);
+                Err(EgressError::Connect { host: host.to_string(), port, reason })
+            }
+            Err(_) => {
+                self.metrics.upstream_connect_seconds.with_label_values(&["timeout"]).observe(elapsed);
+                Err(EgressError::Timeout { host: host.to_string(), port })
+            }
+        }
+    }
+}
+
+/// Interleaves IPv6 and IPv4 (IPv6 first, RFC 8305 §4), keeping only the
+/// family of a fixed source address when one is set.
+fn order_for_happy_eyeballs(addrs: &[IpAddr], source: Option<IpAddr>) -> Vec<IpAddr> {
+    let (v6, v4): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv6());
+    let mut out = Vec::with_capacity(addrs.len());
+    let (mut i6, mut i4) = (v6.into_iter(), v4.into_iter());
+    loop {
+        let (a, b) = (i6.next(), i4.next());
+        if a.is_none() && b.is_none() {
+            break;
+        }
+        out.extend(a);
+        out.extend(b);
+    }
+    if let Some(src) = source {
+        out.retain(|a| a.is_ipv6() == src.is_ipv6());
+    }
+    out
+}
+
+/// Starts a connect to each candidate in turn, HAPPY_EYEBALLS_DELAY apart
+/// (or as soon as the previous one fails); the first success wins.
+async fn race(candidates: Vec<IpAddr>, port: u16, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let mut pending = FuturesUnordered::new();
+    let mut next = candidates.into_iter();
+    let mut last_error = String::from("no addresses");
+    if let Some(first) = next.next() {
+        pending.push(connect_one(SocketAddr::new(first, port), source));
+    }
+    loop {
+        if pending.is_empty() {
+            return Err(last_error);
+        }
+        let delay = tokio::time::sleep(HAPPY_EYEBALLS_DELAY);
+        tokio::pin!(delay);
+        tokio::select! {
+            Some(result) = pending.next() => match result {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    last_error = e;
+                    if let Some(addr) = next.next() {
+                        pending.push(connect_one(SocketAddr::new(addr, port), source));
+                    }
+                }
+            },
+            _ = &mut delay => {
+                if let Some(addr) = next.next() {
+                    pending.push(connect_one(SocketAddr::new(addr, port), source));
+                }
+            }
+        }
+    }
+}
+
+async fn connect_one(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let socket = if addr.is_ipv6() { TcpSocket::new_v6() } else { TcpSocket::new_v4() }
+        .map_err(|e| format!("socket: {e}"))?;
+    if let Some(src) = source {
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .map_err(|e| format!("cannot bind egress source {src}: {e} (is the address configured on this host?)"))?;
+    }
+    socket.connect(addr).await.map_err(|e| format!("{addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> AddressClass {
+        classify(s.parse().unwrap())
+    }
+
+    #[test]
+    fn classifier_ranges() {
+        assert_eq!(c("10.1.2.3"), AddressClass::Private);
+        assert_eq!(c("172.16.0.1"), AddressClass::Private);
+        assert_eq!(c("172.31.255.255"), AddressClass::Private);
+        assert_eq!(c("172.32.0.1"), AddressClass::Public);
+        assert_eq!(c("192.168.1.1"), AddressClass::Private);
+        assert_eq!(c("169.254.1.1"), AddressClass::LinkLocal);
+        assert_eq!(c("169.254.169.254"), AddressClass::Metadata);
+        assert_eq!(c("127.0.0.1"), AddressClass::Loopback);
+        assert_eq!(c("127.8.9.10"), AddressClass::Loopback);
+        assert_eq!(c("::1"), AddressClass::Loopback);
+        assert_eq!(c("fc00::1"), AddressClass::Private);
+        assert_eq!(c("fdff:ffff::1"), AddressClass::Private);
+        assert_eq!(c("fe80::1"), AddressClass::LinkLocal);
+        assert_eq!(c("fd00:ec2::254"), AddressClass::Metadata);
+        assert_eq!(c("::ffff:127.0.0.1"), AddressClass::Loopback);
+        assert_eq!(c("::ffff:10.0.0.1"), AddressClass::Private);
+        assert_eq!(c("0.0.0.0"), AddressClass::Unspecified);
+        assert_eq!(c("::"), AddressClass::Unspecified);
+        assert_eq!(c("100.64.0.1"), AddressClass::SharedCgnat);
+        assert_eq!(c("8.8.8.8"), AddressClass::Public);
+        assert_eq!(c("2606:4700::1111"), AddressClass::Public);
+        assert_eq!(c("224.0.0.1"), AddressClass::Multicast);
+        assert_eq!(c("255.255.255.255"), AddressClass::Broadcast);
+    }
+
+    #[test]
+    fn guard_allows_only_listed_internal_ranges() {
+        let guard = DestinationGuard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(guard.check("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(guard.check("::ffff:127.0.0.1".parse().unwrap()).is_ok());
+        assert!(guard.check("8.8.8.8".parse().unwrap()).is_ok());
+        let err = guard.check("169.254.169.254".parse().unwrap()).unwrap_err();
+        assert!(err.is_forbidden());
+        assert!(err.to_string().contains("cloud metadata"));
+        assert!(guard.check("10.0.0.1".parse().unwrap()).is_err());
+        assert!(guard.check("::1".parse().unwrap()).is_err());
+        assert!(DestinationGuard::default().check("127.0.0.1".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn happy_eyeballs_order_interleaves_and_filters_by_source_family() {
+        let addrs: Vec<IpAddr> = ["1.1.1.1", "2.2.2.2", "::1", "::2"].iter().map(|s| s.parse().unwrap()).collect();
+        let order = order_for_happy_eyeballs(&addrs, None);
+        assert_eq!(order[0], "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(order[1], "1.1.1.1".parse::<IpAddr>().unwrap());
+        let v4_only = order_for_happy_eyeballs(&addrs, Some("127.0.0.2".parse().unwrap()));
+        assert!(v4_only.iter().all(|a| a.is_ipv4()));
+    }
+}

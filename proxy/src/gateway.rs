@@ -1,0 +1,157 @@
+//! The running gateway: shared state, listeners started from a config,
+//! graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::AccessLog;
+use crate::config::Config;
+use crate::decision::Runtime;
+use crate::egress::Egress;
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamPools;
+
+/// State shared by every connection.
+pub struct Gateway {
+    pub config: Config,
+    /// The decision state; replaced atomically on reload.
+    pub runtime: ArcSwap<Runtime>,
+    pub egress: Arc<Egress>,
+    pub pools: UpstreamPools,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+    /// Cancelled on SIGTERM / Ctrl-C: listeners stop accepting.
+    pub shutdown: CancellationToken,
+    /// Every connection and tunnel task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    device_connections: Mutex<HashMap<String, usize>>,
+}
+
+/// Addresses the listeners actually bound (port 0 in tests becomes real).
+#[derive(Debug, Clone, Default)]
+pub struct BoundAddrs {
+    pub plain: Option<SocketAddr>,
+    pub mtls: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// A started gateway.
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub addrs: BoundAddrs,
+    log_writer: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, waits up to `drain` for connections and tunnels to
+    /// finish, then flushes the access log.
+    pub async fn shutdown(self, drain: Duration) {
+        let Running { gateway, log_writer, .. } = self;
+        gateway.shutdown.cancel();
+        gateway.tasks.close();
+        if tokio::time::timeout(drain, gateway.tasks.wait()).await.is_err() {
+            tracing::warn!("drain time of {drain:?} over; closing the remaining connections");
+        }
+        drop(gateway);
+        let _ = tokio::time::timeout(Duration::from_secs(5), log_writer).await;
+    }
+}
+
+impl Gateway {
+    /// Counts a connection of `device`; `None` if it is over its limit.
+    pub fn device_connection(self: &Arc<Self>, device: &str) -> Option<DeviceConnectionGuard> {
+        let mut map = self.device_connections.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(device.to_string()).or_insert(0);
+        if *n >= self.config.limits.max_connections_per_device {
+            return None;
+        }
+        *n += 1;
+        Some(DeviceConnectionGuard { gateway: self.clone(), device: device.to_string() })
+    }
+}
+
+pub struct DeviceConnectionGuard {
+    gateway: Arc<Gateway>,
+    device: String,
+}
+
+impl Drop for DeviceConnectionGuard {
+    fn drop(&mut self) {
+        let mut map = self.gateway.device_connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.device) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.device);
+            }
+        }
+    }
+}
+
+/// Binds the configured listeners and starts serving.
+pub async fn start(config: Config) -> Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let egress = Arc::new(Egress::new(&config.dns, &config.egress, metrics.clone())?);
+    let log_path = config.data_path(&config.log.access_log);
+    let (access_log, log_writer) = AccessLog::start(&log_path, metrics.clone()).await?;
+    let runtime = Runtime::from_config(&config, 1);
+
+    let tls = if let Some(_) = Config::listen_addr(&config.listen.mtls) {
+        Some(
+            crate::device_auth::server_config(&crate::device_auth::DeviceAuthConfig {
+                server_cert: config.data_path(&config.tls.server_cert),
+                server_key: config.data_path(&config.tls.server_key),
+                device_ca: config.data_path(&config.tls.device_ca),
+                crls: config.tls.crls.iter().map(|p| config.data_path(p)).collect(),
+                revoked_serials: (!config.tls.revoked_serials.is_empty())
+                    .then(|| config.data_path(std::path::Path::new(&config.tls.revoked_serials))),
+            })
+            .context("cannot set up the mTLS listener's TLS")?,
+        )
+    } else {
+        None
+    };
+
+    let gateway = Arc::new(Gateway {
+        pools: UpstreamPools::new(egress.clone()),
+        egress,
+        runtime: ArcSwap::from_pointee(runtime),
+        metrics,
+        access_log,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        device_connections: Mutex::new(HashMap::new()),
+        config,
+    });
+
+    let mut addrs = BoundAddrs::default();
+    if let Some(addr) = Config::listen_addr(&gateway.config.listen.plain) {
+        let listener = bind(addr, "plain").await?;
+        addrs.plain = Some(listener.local_addr()?);
+        tokio::spawn(crate::server::serve_plain(gateway.clone(), listener));
+    }
+    if let (Some(addr), Some(tls)) = (Config::listen_addr(&gateway.config.listen.mtls), tls) {
+        let listener = bind(addr, "mtls").await?;
+        addrs.mtls = Some(listener.local_addr()?);
+        tokio::spawn(crate::server::serve_mtls(gateway.clone(), listener, tls));
+    }
+    if let Some(addr) = Config::listen_addr(&gateway.config.listen.admin) {
+        let listener = bind(addr, "admin").await?;
+        addrs.admin = Some(listener.local_addr()?);
+        tokio::spawn(crate::admin::serve_admin(gateway.clone(), listener));
+    }
+    Ok(Running { gateway, addrs, log_writer })
+}
+
+async fn bind(addr: SocketAddr, name: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ([listen] {name}); is another process using the port?"))
+}

@@ -1,0 +1,513 @@
+//! HTTP handling on both proxy listeners: absolute-form forwarding (with
+//! WebSocket upgrades) and CONNECT tunnels over HTTP/1.1 and HTTP/2. Every
+//! request goes through [`crate::decision::Runtime::decide`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+
+use crate::access_log::{rfc3339, AccessLog, AccessRecord};
+use crate::block_page::{self, BlockInfo};
+use crate::decision::{Decision, ListenerKind, RequestInfo, RequestKind};
+use crate::device_auth::DeviceIdentity;
+use crate::egress::EgressError;
+use crate::gateway::Gateway;
+use crate::upstream::{egress_error, EgressInfo, UpstreamBody};
+
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone)]
+pub struct ConnContext {
+    pub listener: ListenerKind,
+    pub client: SocketAddr,
+    pub device: Option<DeviceIdentity>,
+}
+
+fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
+    resp.map(|b| b.map_err(|never| match never {}).boxed())
+}
+
+/// The hyper service function for both proxy listeners.
+pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnContext>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let mut record = AccessRecord {
+        time: rfc3339(SystemTime::now()),
+        listener: conn.listener.label(),
+        device: conn.device.as_ref().map(|d| d.device_id.clone()),
+        groups: conn.device.as_ref().map(|d| d.cert_groups.clone()).unwrap_or_default(),
+        client: conn.client.to_string(),
+        method: req.method().to_string(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let result = if req.method() == Method::CONNECT {
+        connect(&gw, &conn, req, &mut record, started).await
+    } else {
+        forward(&gw, &conn, req, &mut record, started).await
+    };
+    Ok(match result {
+        Ok(resp) => resp,
+        Err(resp) => {
+            // Refused before reaching an upstream: log now.
+            record.status = resp.status().as_u16();
+            record.duration_ms = started.elapsed().as_millis() as u64;
+            if record.decision.is_empty() {
+                record.decision = "error";
+            }
+            gw.metrics.requests_total.with_label_values(&[kind_label(&record), record.decision]).inc();
+            gw.access_log.submit(record);
+            resp
+        }
+    })
+}
+
+fn kind_label(record: &AccessRecord) -> &'static str {
+    if record.method == "CONNECT" {
+        "connect"
+    } else {
+        "http"
+    }
+}
+
+type Refusal = Response<ProxyBody>;
+
+fn bad_request(ja: &str, en: &str) -> Refusal {
+    let mut resp = full(block_page::error_response(StatusCode::BAD_REQUEST, ja, en));
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Host (lowercase, no brackets, no trailing dot) and port of a request target.
+fn target_of(uri: &Uri, default_port: u16) -> Option<(String, u16)> {
+    let authority = uri.authority()?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, authority.port_u16().unwrap_or(default_port)))
+}
+
+fn decide(gw: &Gateway, conn: &ConnContext, kind: RequestKind, method: &str, host: &str, port: u16, path: &str) -> Decision {
+    let runtime = gw.runtime.load();
+    runtime.decide(&RequestInfo {
+        listener: conn.listener,
+        device: conn.device.as_ref(),
+        client: conn.client,
+        kind,
+        method,
+        host,
+        port,
+        path,
+    })
+}
+
+fn blocked(conn: &ConnContext, decision: &Decision, target: &str, record: &mut AccessRecord) -> Refusal {
+    record.decision = "block";
+    record.rule = decision.rule.clone();
+    let time = rfc3339(SystemTime::now());
+    full(block_page::blocked_response(&BlockInfo {
+        target,
+        rule: &decision.rule,
+        message: decision.message.as_deref(),
+        category: None,
+        device: conn.device.as_ref().map(|d| d.device_id.as_str()),
+        time: &time,
+        contact: None,
+    }))
+}
+
+fn egress_refusal(conn: &ConnContext, err: &EgressError, target: &str, record: &mut AccessRecord) -> Refusal {
+    record.error = Some(err.to_string());
+    match err {
+        EgressError::ForbiddenDestination { .. } => {
+            record.decision = "block";
+            record.rule = "destination-guard".into();
+            let message = err.to_string();
+            let time = rfc3339(SystemTime::now());
+            full(block_page::blocked_response(&BlockInfo {
+                target,
+                rule: "destination-guard",
+                message: Some(&message),
+                category: None,
+                device: conn.device.as_ref().map(|d| d.device_id.as_str()),
+                time: &time,
+                contact: None,
+            }))
+        }
+        EgressError::Timeout { .. } => full(block_page::error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "接続先のサーバーが時間内に応答しませんでした。",
+            &err.to_string(),
+        )),
+        EgressError::Resolve { .. } | EgressError::Connect { .. } => full(block_page::error_response(
+            StatusCode::BAD_GATEWAY,
+            "接続先のサーバーに接続できませんでした。",
+            &err.to_string(),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------- CONNECT
+
+async fn connect(
+    gw: &Arc<Gateway>,
+    conn: &Arc<ConnContext>,
+    req: Request<Incoming>,
+    record: &mut AccessRecord,
+    started: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let Some((host, port)) = target_of(req.uri(), 443) else {
+        return Err(bad_request("CONNECT の接続先 (host:port) が不正です。", "CONNECT needs an authority-form target host:port."));
+    };
+    let target = format!("{}:{port}", bracket(&host));
+    record.target = target.clone();
+    let decision = decide(gw, conn, RequestKind::Connect, "CONNECT", &host, port, "");
+    if decision.is_blocked() {
+        return Err(blocked(conn, &decision, &target, record));
+    }
+    record.rule = decision.rule.clone();
+    let upstream = match gw.egress.connect(&host, port, decision.egress_source).await {
+        Ok(s) => s,
+        Err(e) => return Err(egress_refusal(conn, &e, &target, record)),
+    };
+    record.decision = "allow";
+    record.status = 200;
+    record.egress = upstream.local_addr().ok().map(|a| a.ip().to_string());
+    let gw2 = gw.clone();
+    let mut record = std::mem::take(record);
+    gw.tasks.spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                record.error = Some(format!("client upgrade failed: {e}"));
+                finish_tunnel(&gw2, record, started, Default::default());
+                return;
+            }
+        };
+        gw2.metrics.tunnels_open.inc();
+        let stats = crate::tunnel::relay(TokioIo::new(upgraded), upstream, gw2.config.limits.idle_timeout()).await;
+        gw2.metrics.tunnels_open.dec();
+        if stats.idle_timeout {
+            record.error = Some("idle timeout".into());
+        }
+        finish_tunnel(&gw2, record, started, stats);
+    });
+    Ok(Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed()))
+}
+
+fn finish_tunnel(gw: &Gateway, mut record: AccessRecord, started: Instant, stats: crate::tunnel::RelayStats) {
+    record.bytes_up = stats.up;
+    record.bytes_down = stats.down;
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    gw.metrics.bytes_total.with_label_values(&["up"]).inc_by(stats.up);
+    gw.metrics.bytes_total.with_label_values(&["down"]).inc_by(stats.down);
+    gw.metrics.requests_total.with_label_values(&["connect", record.decision]).inc();
+    gw.access_log.submit(record);
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+// ---------------------------------------------------------------- forwarding
+
+/// Headers that describe one hop only (RFC 9110 §7.6.1), plus the
+/// proxy-specific ones that must never reach an upstream.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade_ws = headers.get_all(header::UPGRADE).iter().any(|v| v.to_str().map(|s| s.trim().eq_ignore_ascii_case("websocket")).unwrap_or(false));
+    upgrade_ws && connection_tokens(headers).iter().any(|t| t == "upgrade")
+}
+
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Removes hop-by-hop headers. A WebSocket upgrade keeps `Upgrade:
+/// websocket` and `Connection: upgrade` so the next hop can switch protocols.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
+    for name in connection_tokens(headers) {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            if !(websocket && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+    if websocket {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = upgrade {
+            headers.insert(header::UPGRADE, u);
+        }
+    }
+}
+
+fn add_via(headers: &mut HeaderMap, version: Version) {
+    let proto = match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{proto} komugate")) {
+        headers.append(header::VIA, v);
+    }
+}
+
+async fn forward(
+    gw: &Arc<Gateway>,
+    conn: &Arc<ConnContext>,
+    mut req: Request<Incoming>,
+    record: &mut AccessRecord,
+    started: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let uri = req.uri().clone();
+    record.target = uri.to_string();
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(bad_request(
+                &format!("{other}:// の URL はプロキシで直接扱えません。CONNECT を使ってください。"),
+                &format!("{other}:// URLs cannot be forwarded; use CONNECT."),
+            ))
+        }
+        None => {
+            return Err(bad_request(
+                "プロキシへのリクエストは絶対 URL (http://host/path) で送ってください。",
+                "This is a proxy: send absolute-form requests (GET http://host/path).",
+            ))
+        }
+    }
+    let Some((host, port)) = target_of(&uri, 80) else {
+        return Err(bad_request("URL のホスト名が不正です。", "The request URL has no valid host."));
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let decision = decide(gw, conn, RequestKind::Http, req.method().as_str(), &host, port, path);
+    if decision.is_blocked() {
+        return Err(blocked(conn, &decision, &record.target.clone(), record));
+    }
+    record.rule = decision.rule.clone();
+
+    let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let version = req.version();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    add_via(&mut parts.headers, version);
+    // RFC 9112 §3.2.2: the absolute-form authority replaces any Host header.
+    if let Some(authority) = uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    parts.version = Version::HTTP_11;
+    let up = Arc::new(AtomicU64::new(0));
+    let body: UpstreamBody = Counted { inner: body, counter: up.clone() }.boxed();
+    let upstream_req = Request::from_parts(parts, body);
+
+    let client = gw.pools.client(decision.egress_source);
+    let mut resp = match client.request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let target = record.target.clone();
+            if let Some(ee) = egress_error(&e) {
+                return Err(egress_refusal(conn, ee, &target, record));
+            }
+            record.error = Some(format!("upstream: {e}"));
+            return Err(full(block_page::error_response(
+                StatusCode::BAD_GATEWAY,
+                "接続先のサーバーから正しい応答がありませんでした。",
+                &format!("The upstream server did not answer properly: {e}"),
+            )));
+        }
+    };
+    record.decision = "allow";
+    record.status = resp.status().as_u16();
+    record.egress = resp.extensions().get::<EgressInfo>().map(|i| i.local.ip().to_string());
+
+    if websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let gw2 = gw.clone();
+        let mut rec = std::mem::take(record);
+        let client_upgrade = client_upgrade.expect("set when websocket");
+        gw.tasks.spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let stats = crate::tunnel::relay(TokioIo::new(c), TokioIo::new(u), gw2.config.limits.idle_timeout()).await;
+                    finish_tunnel(&gw2, rec, started, stats);
+                }
+                Err(e) => {
+                    rec.error = Some(format!("websocket upgrade failed: {e}"));
+                    finish_tunnel(&gw2, rec, started, Default::default());
+                }
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        add_via(&mut parts.headers, Version::HTTP_11);
+        return Ok(Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed()));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    add_via(&mut parts.headers, Version::HTTP_11);
+    let done = AccessOnDrop {
+        record: Some(std::mem::take(record)),
+        log: gw.access_log.clone(),
+        metrics: gw.metrics.clone(),
+        started,
+        up,
+        down: Arc::new(AtomicU64::new(0)),
+    };
+    let down = done.down.clone();
+    let body = Counted { inner: body, counter: down }.with_guard(done).boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// A body that counts the data bytes passing through it.
+struct Counted<B> {
+    inner: B,
+    counter: Arc<AtomicU64>,
+}
+
+impl<B> Counted<B> {
+    fn with_guard(self, guard: AccessOnDrop) -> Guarded<Counted<B>> {
+        Guarded { inner: self, _guard: guard }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll {
+            if let Some(data) = frame.data_ref() {
+                self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        poll
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Keeps the access record alive until the response body is finished (or
+/// the client goes away), then writes it with the final byte counts.
+struct Guarded<B> {
+    inner: B,
+    _guard: AccessOnDrop,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Guarded<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct AccessOnDrop {
+    record: Option<AccessRecord>,
+    log: AccessLog,
+    metrics: Arc<crate::metrics::Metrics>,
+    started: Instant,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl Drop for AccessOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.bytes_up = self.up.load(Ordering::Relaxed);
+            record.bytes_down = self.down.load(Ordering::Relaxed);
+            record.duration_ms = self.started.elapsed().as_millis() as u64;
+            self.metrics.bytes_total.with_label_values(&["up"]).inc_by(record.bytes_up);
+            self.metrics.bytes_total.with_label_values(&["down"]).inc_by(record.bytes_down);
+            self.metrics.requests_total.with_label_values(&["http", record.decision]).inc();
+            self.log.submit(record);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("proxy-foo", HeaderValue::from_static("x"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("trailer", HeaderValue::from_static("x-t"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn websocket_upgrade_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_websocket_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+}

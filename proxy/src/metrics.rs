@@ -1,0 +1,114 @@
+//! Prometheus metrics, all named `komugate_*`, served on the admin listener.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections_total: IntCounterVec,
+    pub connections_open: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
+    pub requests_total: IntCounterVec,
+    pub bytes_total: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub upstream_connect_seconds: HistogramVec,
+    pub dns_cache_hits: IntCounter,
+    pub dns_cache_misses: IntCounter,
+    pub dns_lookup_seconds: Histogram,
+    pub tunnels_open: IntGauge,
+    pub access_log_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            connections_total: IntCounterVec::new(
+                Opts::new("komugate_connections_total", "Accepted client connections by listener"),
+                &["listener"],
+            )
+            .expect("metric"),
+            connections_open: IntGaugeVec::new(
+                Opts::new("komugate_connections_open", "Open client connections by listener"),
+                &["listener"],
+            )
+            .expect("metric"),
+            connections_refused: IntCounterVec::new(
+                Opts::new("komugate_connections_refused_total", "Client connections refused before any request"),
+                &["listener", "reason"],
+            )
+            .expect("metric"),
+            requests_total: IntCounterVec::new(
+                Opts::new("komugate_requests_total", "Requests and tunnels by kind and decision"),
+                &["kind", "decision"],
+            )
+            .expect("metric"),
+            bytes_total: IntCounterVec::new(
+                Opts::new("komugate_bytes_total", "Payload bytes relayed, by direction (up = client to upstream)"),
+                &["direction"],
+            )
+            .expect("metric"),
+            tls_handshake_failures: IntCounterVec::new(
+                Opts::new("komugate_tls_handshake_failures_total", "Failed client TLS handshakes by reason"),
+                &["listener", "reason"],
+            )
+            .expect("metric"),
+            upstream_connect_seconds: HistogramVec::new(
+                HistogramOpts::new("komugate_upstream_connect_seconds", "Time to establish an upstream TCP connection")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                &["result"],
+            )
+            .expect("metric"),
+            dns_cache_hits: IntCounter::new("komugate_dns_cache_hits_total", "DNS answers served from cache")
+                .expect("metric"),
+            dns_cache_misses: IntCounter::new("komugate_dns_cache_misses_total", "DNS lookups sent to a server")
+                .expect("metric"),
+            dns_lookup_seconds: Histogram::with_opts(
+                HistogramOpts::new("komugate_dns_lookup_seconds", "DNS lookup time on cache misses")
+                    .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            )
+            .expect("metric"),
+            tunnels_open: IntGauge::new("komugate_tunnels_open", "CONNECT tunnels currently open").expect("metric"),
+            access_log_dropped: IntCounter::new(
+                "komugate_access_log_dropped_total",
+                "Access records dropped because the log writer could not keep up",
+            )
+            .expect("metric"),
+            registry,
+        };
+        let r = &m.registry;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.connections_total.clone()),
+            Box::new(m.connections_open.clone()),
+            Box::new(m.connections_refused.clone()),
+            Box::new(m.requests_total.clone()),
+            Box::new(m.bytes_total.clone()),
+            Box::new(m.tls_handshake_failures.clone()),
+            Box::new(m.upstream_connect_seconds.clone()),
+            Box::new(m.dns_cache_hits.clone()),
+            Box::new(m.dns_cache_misses.clone()),
+            Box::new(m.dns_lookup_seconds.clone()),
+            Box::new(m.tunnels_open.clone()),
+            Box::new(m.access_log_dropped.clone()),
+        ];
+        for c in collectors {
+            r.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// Text exposition format for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,184 @@
+//! Accept loops for the two proxy listeners: client admission (CIDRs on
+//! the plain listener, device certificates on the mTLS one), protocol
+//! selection (HTTP/1.1 or HTTP/2 by ALPN), limits and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::decision::ListenerKind;
+use crate::gateway::Gateway;
+use crate::http_proxy::{handle, ConnContext};
+
+/// Plain HTTP/1.1 forward proxy: only clients from `plain_clients` CIDRs.
+pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { tracing::warn!("plain listener accept: {e}"); continue; }
+            },
+        };
+        let peer_ip = canonical_ip(peer);
+        if !gw.config.listen.plain_clients.iter().any(|net| net.contains(&peer_ip)) {
+            gw.metrics.connections_refused.with_label_values(&["plain", "client_not_allowed"]).inc();
+            tracing::info!("plain listener: refused {peer}: not in [listen] plain_clients");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let ctx = Arc::new(ConnContext { listener: ListenerKind::Plain, client: peer, device: None });
+        let gw2 = gw.clone();
+        gw.tasks.spawn(async move {
+            serve_http1(gw2, ctx, stream).await;
+        });
+    }
+}
+
+fn canonical_ip(addr: SocketAddr) -> std::net::IpAddr {
+    match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(addr.ip()),
+        v4 => v4,
+    }
+}
+
+/// HTTPS proxy with mutual TLS: the device certificate is verified by
+/// rustls during the handshake; failures are counted by reason.
+pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { tracing::warn!("mtls listener accept: {e}"); continue; }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gw2 = gw.clone();
+        let acceptor = acceptor.clone();
+        gw.tasks.spawn(async move {
+            let handshake = tokio::time::timeout(gw2.config.limits.header_read_timeout(), acceptor.accept(stream)).await;
+            let tls = match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    let reason = crate::device_auth::handshake_failure_reason(&e);
+                    gw2.metrics.tls_handshake_failures.with_label_values(&["mtls", reason]).inc();
+                    tracing::info!("mtls: TLS handshake with {peer} failed ({reason}): {e}");
+                    return;
+                }
+                Err(_) => {
+                    gw2.metrics.tls_handshake_failures.with_label_values(&["mtls", "timeout"]).inc();
+                    tracing::info!("mtls: TLS handshake with {peer} timed out");
+                    return;
+                }
+            };
+            let (_, conn) = tls.get_ref();
+            let identity = match crate::device_auth::identity_of(conn) {
+                Ok(id) => id,
+                Err(e) => {
+                    gw2.metrics.tls_handshake_failures.with_label_values(&["mtls", "no_device_id"]).inc();
+                    tracing::info!("mtls: {peer}: certificate carries no device id: {e:#}");
+                    return;
+                }
+            };
+            let h2 = conn.alpn_protocol() == Some(b"h2");
+            let Some(_slot) = gw2.device_connection(&identity.device_id) else {
+                gw2.metrics.connections_refused.with_label_values(&["mtls", "device_connection_limit"]).inc();
+                tracing::warn!("mtls: device {} is over its connection limit; refusing {peer}", identity.device_id);
+                return;
+            };
+            let ctx = Arc::new(ConnContext { listener: ListenerKind::Mtls, client: peer, device: Some(identity) });
+            if h2 {
+                serve_http2(gw2, ctx, tls).await;
+            } else {
+                serve_http1(gw2, ctx, tls).await;
+            }
+        });
+    }
+}
+
+struct OpenConnection<'a> {
+    gw: &'a Gateway,
+    listener: &'static str,
+}
+
+impl<'a> OpenConnection<'a> {
+    fn new(gw: &'a Gateway, listener: &'static str) -> Self {
+        gw.metrics.connections_total.with_label_values(&[listener]).inc();
+        gw.metrics.connections_open.with_label_values(&[listener]).inc();
+        OpenConnection { gw, listener }
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.gw.metrics.connections_open.with_label_values(&[self.listener]).dec();
+    }
+}
+
+async fn serve_http1<S>(gw: Arc<Gateway>, ctx: Arc<ConnContext>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _open = OpenConnection::new(&gw, ctx.listener.label());
+    let limits = &gw.config.limits;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout())
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let gw_svc = gw.clone();
+    let ctx_svc = ctx.clone();
+    let service = service_fn(move |req| handle(gw_svc.clone(), ctx_svc.clone(), req));
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => log_conn_end(&ctx, result),
+        _ = gw.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            log_conn_end(&ctx, conn.await);
+        }
+    }
+}
+
+async fn serve_http2<S>(gw: Arc<Gateway>, ctx: Arc<ConnContext>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _open = OpenConnection::new(&gw, ctx.listener.label());
+    let limits = &gw.config.limits;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size((limits.max_header_bytes as u32).max(16 * 1024))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    let gw_svc = gw.clone();
+    let ctx_svc = ctx.clone();
+    let service = service_fn(move |req| handle(gw_svc.clone(), ctx_svc.clone(), req));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => log_conn_end(&ctx, result),
+        _ = gw.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            log_conn_end(&ctx, conn.await);
+        }
+    }
+}
+
+fn log_conn_end(ctx: &ConnContext, result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!("{} connection from {} ended: {e}", ctx.listener.label(), ctx.client);
+    }
+}

@@ -145,9 +145,9 @@ pub fn identity_from_cert(cert: &CertificateDer) -> Result<DeviceIdentity> {
                 match &device_id {
                     None => device_id = Some(id.to_string()),
                     Some(prev) if prev == id => {}
-                    Some(prev) => bail!(
-                        "client certificate names two devices ({prev:?} and {id:?})"
-                    ),
+                    Some(prev) => {
+                        bail!("client certificate names two devices ({prev:?} and {id:?})")
+                    }
                 }
             } else if let Some(g) = strip_prefix_ci(uri, GROUP_URN_PREFIX) {
                 if !g.is_empty() && !groups.iter().any(|x| x == g) {
@@ -299,22 +299,26 @@ struct DeviceCertVerifier {
 fn subject_key_id(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
     use x509_parser::extensions::ParsedExtension;
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let ski = x.iter_extensions().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-        _ => None,
-    });
+    let ski = x
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        });
     ski
 }
 
 fn authority_key_id(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
     use x509_parser::extensions::ParsedExtension;
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let aki = x.iter_extensions().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::AuthorityKeyIdentifier(a) => {
-            a.key_identifier.as_ref().map(|k| k.0.to_vec())
-        }
-        _ => None,
-    });
+    let aki = x
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        });
     aki
 }
 
@@ -337,7 +341,10 @@ impl ClientCertVerifier for DeviceCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = match self.inner.verify_client_cert(end_entity, intermediates, now) {
+        let verified = match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
             Ok(v) => v,
             // webpki builds paths by subject name only, so a cert from a *different* CA
             // with the same name (typically an old PKI after `pki init --force`) fails
@@ -348,15 +355,17 @@ impl ClientCertVerifier for DeviceCertVerifier {
                     && authority_key_id(end_entity)
                         .is_some_and(|aki| !self.anchor_key_ids.contains(&aki)) =>
             {
-                return Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                ));
             }
             Err(e) => return Err(e),
         };
         if !self.revoked.is_empty() {
             let (_, x) = x509_parser::parse_x509_certificate(end_entity.as_ref())
                 .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-            let serial = pki::parse_serial_hex(&pki::serial_to_hex(x.raw_serial()))
-                .unwrap_or_default();
+            let serial =
+                pki::parse_serial_hex(&pki::serial_to_hex(x.raw_serial())).unwrap_or_default();
             if self.revoked.contains(&serial) {
                 tracing::debug!(serial = %pki::serial_to_hex(x.raw_serial()), "client certificate serial is on the deny list");
                 return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
@@ -409,7 +418,12 @@ mod tests {
             let device_ca =
                 CaMaterial::load(&paths.device_ca_cert(), &paths.device_ca_key()).unwrap();
             let inspect_ca_der = pki::load_certs(&paths.inspect_ca_cert()).unwrap().remove(0);
-            Fixture { dir, paths, device_ca, inspect_ca_der }
+            Fixture {
+                dir,
+                paths,
+                device_ca,
+                inspect_ca_der,
+            }
         }
 
         fn config(&self, crls: Vec<PathBuf>, revoked: Option<PathBuf>) -> DeviceAuthConfig {
@@ -454,7 +468,10 @@ mod tests {
             }
             other => panic!("expected refusal {want}, got {other:?}"),
         }
-        assert!(client_res.is_err(), "client must not get application data through");
+        assert!(
+            client_res.is_err(),
+            "client must not get application data through"
+        );
     }
 
     #[tokio::test]
@@ -462,9 +479,15 @@ mod tests {
         let f = Fixture::new("da-good");
         let groups = vec!["teachers".to_string(), "school-07".to_string()];
         let (nb, na) = valid_now();
-        let cert = f.device_ca.issue_device("laptop-0815", &groups, nb, na).unwrap();
+        let cert = f
+            .device_ca
+            .issue_device("laptop-0815", &groups, nb, na)
+            .unwrap();
         let server = server_config(&f.config(vec![], None)).unwrap();
-        assert_eq!(server.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            server.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         for tls12 in [false, true] {
             let (outcome, client_res) =
                 handshake(server.clone(), f.client(Some(&cert), tls12), "localhost").await;
@@ -515,11 +538,21 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let expired = f
             .device_ca
-            .issue_device("old", &[], now - Duration::days(10), now - Duration::days(1))
+            .issue_device(
+                "old",
+                &[],
+                now - Duration::days(10),
+                now - Duration::days(1),
+            )
             .unwrap();
         let future = f
             .device_ca
-            .issue_device("new", &[], now + Duration::days(1), now + Duration::days(10))
+            .issue_device(
+                "new",
+                &[],
+                now + Duration::days(1),
+                now + Duration::days(10),
+            )
             .unwrap();
         let server = server_config(&f.config(vec![], None)).unwrap();
         expect_refused(server.clone(), f.client(Some(&expired), false), "expired").await;
@@ -533,7 +566,9 @@ mod tests {
         let (nb, na) = valid_now();
         let bad = f.device_ca.issue_device("stolen", &[], nb, na).unwrap();
         let good = f.device_ca.issue_device("fine", &[], nb, na).unwrap();
-        let bad_serial = identity_from_cert(&bad.cert_der().unwrap()).unwrap().serial_hex;
+        let bad_serial = identity_from_cert(&bad.cert_der().unwrap())
+            .unwrap()
+            .serial_hex;
         // openssl-style: uppercase with colons and a leading 00, plus comments.
         let colon = bad_serial
             .to_uppercase()
@@ -543,17 +578,26 @@ mod tests {
             .collect::<Vec<_>>()
             .join(":");
         let list = f.dir.join("revoked.txt");
-        fs::write(&list, format!("# lost on the train 2025-04-01\n\n00:{colon}   # pc stolen\n0xdeadbeef\n")).unwrap();
+        fs::write(
+            &list,
+            format!("# lost on the train 2025-04-01\n\n00:{colon}   # pc stolen\n0xdeadbeef\n"),
+        )
+        .unwrap();
         let server = server_config(&f.config(vec![], Some(list.clone()))).unwrap();
         expect_refused(server.clone(), f.client(Some(&bad), false), "revoked").await;
         expect_refused(server.clone(), f.client(Some(&bad), true), "revoked").await;
         let (outcome, res) = handshake(server, f.client(Some(&good), false), "localhost").await;
-        assert!(matches!(outcome, ServerOutcome::Accepted { .. }), "{outcome:?}");
+        assert!(
+            matches!(outcome, ServerOutcome::Accepted { .. }),
+            "{outcome:?}"
+        );
         res.unwrap();
 
         // A bad line is reported with file and line number.
         fs::write(&list, "abcd\nnot-hex\n").unwrap();
-        let e = server_config(&f.config(vec![], Some(list))).unwrap_err().to_string();
+        let e = server_config(&f.config(vec![], Some(list)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("revoked.txt:2") && e.contains("not-hex"), "{e}");
     }
 
@@ -561,9 +605,14 @@ mod tests {
     async fn crl_revokes_cert() {
         let f = Fixture::new("da-crl");
         let (nb, na) = valid_now();
-        let bad = f.device_ca.issue_device("revoked-by-crl", &[], nb, na).unwrap();
+        let bad = f
+            .device_ca
+            .issue_device("revoked-by-crl", &[], nb, na)
+            .unwrap();
         let good = f.device_ca.issue_device("still-fine", &[], nb, na).unwrap();
-        let bad_serial = identity_from_cert(&bad.cert_der().unwrap()).unwrap().serial_hex;
+        let bad_serial = identity_from_cert(&bad.cert_der().unwrap())
+            .unwrap()
+            .serial_hex;
 
         // Signed with rcgen's CertificateRevocationListParams by the (reloaded) device CA.
         let crl_pem = f.device_ca.sign_crl(&[bad_serial], 1, 7).unwrap();
@@ -572,7 +621,10 @@ mod tests {
         let server = server_config(&f.config(vec![crl_path.clone()], None)).unwrap();
         expect_refused(server.clone(), f.client(Some(&bad), false), "revoked").await;
         let (outcome, res) = handshake(server, f.client(Some(&good), false), "localhost").await;
-        assert!(matches!(outcome, ServerOutcome::Accepted { .. }), "{outcome:?}");
+        assert!(
+            matches!(outcome, ServerOutcome::Accepted { .. }),
+            "{outcome:?}"
+        );
         res.unwrap();
 
         // DER CRL works too.
@@ -588,7 +640,10 @@ mod tests {
         fs::write(&other_crl, other.sign_crl(&["01".into()], 1, 7).unwrap()).unwrap();
         let server = server_config(&f.config(vec![other_crl], None)).unwrap();
         let (outcome, res) = handshake(server, f.client(Some(&good), false), "localhost").await;
-        assert!(matches!(outcome, ServerOutcome::Accepted { .. }), "{outcome:?}");
+        assert!(
+            matches!(outcome, ServerOutcome::Accepted { .. }),
+            "{outcome:?}"
+        );
         res.unwrap();
     }
 
@@ -607,7 +662,9 @@ mod tests {
             rcgen::SanType::URI("https://example.com/".try_into().unwrap()),
         ];
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = params.signed_by(&key, ca.certificate(), ca.key_pair()).unwrap();
+        let cert = params
+            .signed_by(&key, ca.certificate(), ca.key_pair())
+            .unwrap();
         let id = identity_from_cert(cert.der()).unwrap();
         assert_eq!(id.device_id, "PC-001");
         assert_eq!(id.cert_groups, vec!["a".to_string()]);
@@ -617,9 +674,14 @@ mod tests {
     fn failure_reason_mapping() {
         use std::io::{Error, ErrorKind};
         let wrap = |e: rustls::Error| Error::new(ErrorKind::InvalidData, e);
-        assert_eq!(handshake_failure_reason(&wrap(rustls::Error::NoCertificatesPresented)), "no_client_cert");
         assert_eq!(
-            handshake_failure_reason(&wrap(rustls::Error::InvalidCertificate(CertificateError::BadSignature))),
+            handshake_failure_reason(&wrap(rustls::Error::NoCertificatesPresented)),
+            "no_client_cert"
+        );
+        assert_eq!(
+            handshake_failure_reason(&wrap(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature
+            ))),
             "bad_cert"
         );
         assert_eq!(
@@ -628,9 +690,18 @@ mod tests {
             ))),
             "protocol"
         );
-        assert_eq!(handshake_failure_reason(&Error::from(ErrorKind::TimedOut)), "timeout");
-        assert_eq!(handshake_failure_reason(&Error::from(ErrorKind::UnexpectedEof)), "io");
-        assert_eq!(handshake_failure_reason(&Error::from(ErrorKind::ConnectionReset)), "io");
+        assert_eq!(
+            handshake_failure_reason(&Error::from(ErrorKind::TimedOut)),
+            "timeout"
+        );
+        assert_eq!(
+            handshake_failure_reason(&Error::from(ErrorKind::UnexpectedEof)),
+            "io"
+        );
+        assert_eq!(
+            handshake_failure_reason(&Error::from(ErrorKind::ConnectionReset)),
+            "io"
+        );
     }
 
     #[test]
@@ -643,7 +714,10 @@ mod tests {
         let mut cfg = f.config(vec![], None);
         cfg.server_key = f.paths.device_ca_key(); // wrong key for server.pem
         let e = format!("{:#}", server_config(&cfg).unwrap_err());
-        assert!(e.contains("server.pem") && e.contains("device-ca.key"), "{e}");
+        assert!(
+            e.contains("server.pem") && e.contains("device-ca.key"),
+            "{e}"
+        );
         let cfg = f.config(vec![f.paths.server_cert()], None); // a cert is not a CRL
         let e = format!("{:#}", server_config(&cfg).unwrap_err());
         assert!(e.contains("server.pem"), "{e}");

@@ -200,7 +200,10 @@ impl CaMaterial {
     /// Checks that the certificate is a CA and that the key matches it.
     pub fn load(cert_pem_path: &Path, key_pem_path: &Path) -> Result<Self> {
         let certs = load_certs(cert_pem_path)?;
-        let cert_der = certs.into_iter().next().expect("load_certs never returns empty");
+        let cert_der = certs
+            .into_iter()
+            .next()
+            .expect("load_certs never returns empty");
         let key_pem = fs::read_to_string(key_pem_path)
             .with_context(|| format!("reading CA private key {}", key_pem_path.display()))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| {
@@ -325,8 +328,8 @@ impl CaMaterial {
         params.serial_number = Some(random_serial()?);
         params.not_before = now - BACKDATE;
         // Total validity period (including the backdate) stays within 825 days.
-        params.not_after = params.not_before + Duration::days(SERVER_VALIDITY_DAYS)
-            - Duration::minutes(1);
+        params.not_after =
+            params.not_before + Duration::days(SERVER_VALIDITY_DAYS) - Duration::minutes(1);
         if params.not_after > self.not_after {
             params.not_after = self.not_after;
         }
@@ -355,8 +358,8 @@ impl CaMaterial {
         let revoked_certs = revoked_serials_hex
             .iter()
             .map(|s| {
-                let bytes = parse_serial_hex(s)
-                    .ok_or_else(|| anyhow!("not a hex serial number: {s:?}"))?;
+                let bytes =
+                    parse_serial_hex(s).ok_or_else(|| anyhow!("not a hex serial number: {s:?}"))?;
                 Ok(RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&bytes),
                     revocation_time: now - Duration::minutes(1),
@@ -432,12 +435,42 @@ pub fn init(dir: &Path, sans: &[String], force: bool) -> Result<PkiPaths> {
     let inspect_ca = generate_ca(INSPECT_CA_CN)?;
     let server = inspect_ca.issue_server(&sans)?;
 
-    write_file(&paths.device_ca_key(), device_ca.key_pem().as_bytes(), KEY_MODE, force)?;
-    write_file(&paths.device_ca_cert(), device_ca.cert_pem().as_bytes(), CERT_MODE, force)?;
-    write_file(&paths.inspect_ca_key(), inspect_ca.key_pem().as_bytes(), KEY_MODE, force)?;
-    write_file(&paths.inspect_ca_cert(), inspect_ca.cert_pem().as_bytes(), CERT_MODE, force)?;
-    write_file(&paths.server_key(), server.key_pem.as_bytes(), KEY_MODE, force)?;
-    write_file(&paths.server_cert(), server.cert_pem.as_bytes(), CERT_MODE, force)?;
+    write_file(
+        &paths.device_ca_key(),
+        device_ca.key_pem().as_bytes(),
+        KEY_MODE,
+        force,
+    )?;
+    write_file(
+        &paths.device_ca_cert(),
+        device_ca.cert_pem().as_bytes(),
+        CERT_MODE,
+        force,
+    )?;
+    write_file(
+        &paths.inspect_ca_key(),
+        inspect_ca.key_pem().as_bytes(),
+        KEY_MODE,
+        force,
+    )?;
+    write_file(
+        &paths.inspect_ca_cert(),
+        inspect_ca.cert_pem().as_bytes(),
+        CERT_MODE,
+        force,
+    )?;
+    write_file(
+        &paths.server_key(),
+        server.key_pem.as_bytes(),
+        KEY_MODE,
+        force,
+    )?;
+    write_file(
+        &paths.server_cert(),
+        server.cert_pem.as_bytes(),
+        CERT_MODE,
+        force,
+    )?;
     tracing::info!(dir = %dir.display(), sans = ?sans, "created komugate PKI");
     Ok(paths)
 }
@@ -510,14 +543,23 @@ pub fn issue_device(
     }
     let ca = CaMaterial::load(&paths.device_ca_cert(), &paths.device_ca_key())?;
     let now = OffsetDateTime::now_utc();
-    let not_after = now + Duration::days(i64::from(opts.days));
+    let mut not_after = now + Duration::days(i64::from(opts.days));
     if not_after > ca.not_after() {
-        let left = (ca.not_after() - now).whole_days();
+        // A cert cannot usefully outlive its CA; clamp rather than fail, so the embedded
+        // default (which issues a demo device cert at startup) keeps working late in the
+        // CA's life.
+        tracing::warn!(
+            days = opts.days,
+            ca_not_after = %ca.not_after(),
+            "device cert would outlive the device CA; shortening it to the CA's expiry"
+        );
+        not_after = ca.not_after();
+    }
+    if not_after <= now {
         bail!(
-            "a {}-day device cert would outlive the device CA (expires {}); use --days {} or less",
-            opts.days,
-            ca.not_after(),
-            left.max(0)
+            "the device CA {} expired on {}; re-create the PKI (komugate pki init --force)",
+            paths.device_ca_cert().display(),
+            ca.not_after()
         );
     }
     let issued = ca.issue_device(opts.device_id, opts.groups, now - BACKDATE, not_after)?;
@@ -535,8 +577,8 @@ pub fn issue_device(
 /// Load all certificates from a PEM file (DER files holding one certificate are accepted
 /// too). Errors name the file and say what is wrong.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bytes = fs::read(path)
-        .with_context(|| format!("reading certificate file {}", path.display()))?;
+    let bytes =
+        fs::read(path).with_context(|| format!("reading certificate file {}", path.display()))?;
     if !contains(&bytes, b"-----BEGIN") {
         // Maybe DER.
         if x509_parser::parse_x509_certificate(&bytes).is_ok() {
@@ -573,8 +615,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 
 /// Load the first private key (PKCS#8, SEC1 EC or PKCS#1 RSA PEM) from a file.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let bytes = fs::read(path)
-        .with_context(|| format!("reading private key file {}", path.display()))?;
+    let bytes =
+        fs::read(path).with_context(|| format!("reading private key file {}", path.display()))?;
     warn_if_key_readable(path);
     match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(k) => Ok(k),
@@ -650,7 +692,10 @@ pub fn parse_serial_hex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&padded[i..i + 2], 16).expect("checked hex"))
         .collect();
-    let first_nonzero = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+    let first_nonzero = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len() - 1);
     bytes.drain(..first_nonzero);
     Some(bytes)
 }
@@ -745,8 +790,16 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
             | u32::from(*chunk.get(2).unwrap_or(&0));
         b64.push(B64[(v >> 18) as usize & 63] as char);
         b64.push(B64[(v >> 12) as usize & 63] as char);
-        b64.push(if n > 1 { B64[(v >> 6) as usize & 63] as char } else { '=' });
-        b64.push(if n > 2 { B64[v as usize & 63] as char } else { '=' });
+        b64.push(if n > 1 {
+            B64[(v >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        b64.push(if n > 2 {
+            B64[v as usize & 63] as char
+        } else {
+            '='
+        });
     }
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
@@ -763,7 +816,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 fn with_suffix(prefix: &Path, suffix: &str) -> Result<PathBuf> {
     if prefix.as_os_str().is_empty() || prefix.file_name().is_none() {
-        bail!("--out must be a file prefix such as certs/laptop-001, got {:?}", prefix);
+        bail!(
+            "--out must be a file prefix such as certs/laptop-001, got {:?}",
+            prefix
+        );
     }
     let mut s = prefix.as_os_str().to_owned();
     s.push(suffix);
@@ -832,9 +888,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<()
                 "{} already exists; pass --force to overwrite it",
                 path.display()
             ),
-            Err(e) => {
-                return Err(e).with_context(|| format!("creating {}", path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
         };
         return write_into(&mut f, path);
     }
@@ -849,8 +903,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<()
     let mut f = open_new(&tmp, mode).with_context(|| format!("creating {}", tmp.display()))?;
     let res = write_into(&mut f, &tmp).and_then(|_| {
         drop(f);
-        fs::rename(&tmp, path)
-            .with_context(|| format!("replacing {}", path.display()))
+        fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
     });
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -970,7 +1023,10 @@ pub(crate) mod test_support {
         let name = rustls_pki_types::ServerName::try_from(server_name.to_string()).unwrap();
         let client = async {
             let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-            let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+            let mut tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
             tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
             let mut buf = [0u8; 4];
             tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
@@ -1022,11 +1078,19 @@ mod tests {
         let dir = tempdir("pki-init").join("nested");
         let paths = init(&dir, &[], false).unwrap();
         assert_eq!(mode_of(&dir), 0o700);
-        for k in [paths.device_ca_key(), paths.inspect_ca_key(), paths.server_key()] {
+        for k in [
+            paths.device_ca_key(),
+            paths.inspect_ca_key(),
+            paths.server_key(),
+        ] {
             assert_eq!(mode_of(&k), 0o600, "{}", k.display());
             load_private_key(&k).unwrap();
         }
-        for c in [paths.device_ca_cert(), paths.inspect_ca_cert(), paths.server_cert()] {
+        for c in [
+            paths.device_ca_cert(),
+            paths.inspect_ca_cert(),
+            paths.server_cert(),
+        ] {
             assert_eq!(mode_of(&c), 0o644, "{}", c.display());
             assert_eq!(load_certs(&c).unwrap().len(), 1);
         }
@@ -1042,7 +1106,13 @@ mod tests {
         ] {
             let der = load_certs(&p).unwrap().remove(0);
             let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
-            let got_cn = x.subject().iter_common_name().next().unwrap().as_str().unwrap();
+            let got_cn = x
+                .subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap();
             assert_eq!(got_cn, cn);
             let bc = x.basic_constraints().unwrap().unwrap().value;
             assert!(bc.ca);
@@ -1062,7 +1132,10 @@ mod tests {
         // Refuses to overwrite, names the file and the flag, and leaves files untouched.
         let before = fs::read(paths.device_ca_key()).unwrap();
         let err = init(&dir, &[], false).unwrap_err().to_string();
-        assert!(err.contains("device-ca.key") && err.contains("--force"), "{err}");
+        assert!(
+            err.contains("device-ca.key") && err.contains("--force"),
+            "{err}"
+        );
         assert_eq!(fs::read(paths.device_ca_key()).unwrap(), before);
         // ensure() sees a complete PKI.
         assert!(!ensure(&dir, &[]).unwrap());
@@ -1073,7 +1146,12 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o644),
         )
         .unwrap();
-        init(&dir, &["gw.example.jp".into(), "10.1.2.3".into(), "::1".into()], true).unwrap();
+        init(
+            &dir,
+            &["gw.example.jp".into(), "10.1.2.3".into(), "::1".into()],
+            true,
+        )
+        .unwrap();
         assert_ne!(fs::read(paths.device_ca_key()).unwrap(), before);
         assert_eq!(mode_of(&paths.server_key()), 0o600);
         assert_eq!(
@@ -1100,14 +1178,19 @@ mod tests {
         assert!(!ensure(&dir, &[]).unwrap());
         fs::remove_file(PkiPaths::new(&dir).inspect_ca_key()).unwrap();
         let err = ensure(&dir, &[]).unwrap_err().to_string();
-        assert!(err.contains("inspect-ca.key") && err.contains("incomplete"), "{err}");
+        assert!(
+            err.contains("inspect-ca.key") && err.contains("incomplete"),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn init_rejects_bad_san_without_writing() {
         let dir = tempdir("pki-badsan");
-        let err = init(&dir, &["bad name".into()], false).unwrap_err().to_string();
+        let err = init(&dir, &["bad name".into()], false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad name"), "{err}");
         assert!(PkiPaths::new(&dir).all().iter().all(|p| !p.exists()));
         fs::remove_dir_all(&dir).ok();
@@ -1197,27 +1280,60 @@ mod tests {
         assert!((730 * 86400..=731 * 86400).contains(&life), "{life}");
 
         // No overwrite without force; force works.
-        let e = issue_device(&dir, &opts, &out, false).unwrap_err().to_string();
+        let e = issue_device(&dir, &opts, &out, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("laptop.001.pem") && e.contains("--force"), "{e}");
         let before = fs::read(&cert).unwrap();
         issue_device(&dir, &opts, &out, true).unwrap();
         assert_ne!(fs::read(&cert).unwrap(), before);
 
         // Bad ids / groups / days.
-        for (id, g) in [("", "ok"), ("a:b", "ok"), ("a b", "ok"), ("ok", "x:y"), ("ok", "")] {
+        for (id, g) in [
+            ("", "ok"),
+            ("a:b", "ok"),
+            ("a b", "ok"),
+            ("ok", "x:y"),
+            ("ok", ""),
+        ] {
             let groups = vec![g.to_string()];
-            let o = DeviceCertOptions { device_id: id, groups: &groups, days: 30 };
+            let o = DeviceCertOptions {
+                device_id: id,
+                groups: &groups,
+                days: 30,
+            };
             let e = issue_device(&dir, &o, &dir.join("bad"), false).unwrap_err();
             assert!(!dir.join("bad.pem").exists(), "{e}");
         }
-        let o = DeviceCertOptions { device_id: "ok", groups: &[], days: 0 };
+        let o = DeviceCertOptions {
+            device_id: "ok",
+            groups: &[],
+            days: 0,
+        };
         assert!(issue_device(&dir, &o, &dir.join("bad"), false).is_err());
-        let o = DeviceCertOptions { device_id: "ok", groups: &[], days: 3650 };
-        let e = issue_device(&dir, &o, &dir.join("bad"), false).unwrap_err().to_string();
-        assert!(e.contains("outlive"), "{e}");
+        // Longer than the CA lives: clamped to the CA's expiry.
+        let o = DeviceCertOptions {
+            device_id: "long",
+            groups: &[],
+            days: 3650,
+        };
+        let (long, _) = issue_device(&dir, &o, &dir.join("long"), false).unwrap();
+        let ca = load_certs(&PkiPaths::new(&dir).device_ca_cert())
+            .unwrap()
+            .remove(0);
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca).unwrap();
+        let der = load_certs(&long).unwrap().remove(0);
+        let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(x.validity().not_after, ca.validity().not_after);
         // Never clobbers the PKI itself, even with force.
-        let o = DeviceCertOptions { device_id: "ok", groups: &[], days: 30 };
-        let e = issue_device(&dir, &o, &dir.join("device-ca"), true).unwrap_err().to_string();
+        let o = DeviceCertOptions {
+            device_id: "ok",
+            groups: &[],
+            days: 30,
+        };
+        let e = issue_device(&dir, &o, &dir.join("device-ca"), true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PKI file"), "{e}");
         fs::remove_dir_all(&dir).ok();
     }
@@ -1230,7 +1346,11 @@ mod tests {
         let dir = tempdir("pki-tls");
         let paths = init(&dir, &[], false).unwrap();
         let groups = vec!["staff".to_string()];
-        let opts = DeviceCertOptions { device_id: "pc-42", groups: &groups, days: 30 };
+        let opts = DeviceCertOptions {
+            device_id: "pc-42",
+            groups: &groups,
+            days: 30,
+        };
         let (cert, key) = issue_device(&dir, &opts, &dir.join("pc-42"), false).unwrap();
 
         let server_cfg = server_config(&DeviceAuthConfig {

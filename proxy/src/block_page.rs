@@ -61,14 +61,15 @@ pub fn blocked_response<B: From<Bytes>>(info: &BlockInfo) -> Response<B> {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
-    if let Ok(v) = http::HeaderValue::from_str(info.rule) {
+    // Header values must be visible ASCII: non-ASCII rule names (日本語) are
+    // percent-encoded rather than dropped.
+    let encoded: String = info
+        .rule
+        .bytes()
+        .map(|b| if b.is_ascii_graphic() && b != b'%' || b == b' ' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    if let Ok(v) = http::HeaderValue::from_str(&encoded) {
         h.insert("komugate-rule", v);
-    } else {
-        // Non-ASCII rule names are percent-encoded rather than dropped.
-        let enc: String = info.rule.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
-        if let Ok(v) = http::HeaderValue::from_str(&enc) {
-            h.insert("komugate-rule", v);
-        }
     }
     resp
 }

@@ -51,7 +51,12 @@ pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnContext>, req: Request<Incom
         ..Default::default()
     };
     let started = Instant::now();
-    let result = if req.method() == Method::CONNECT {
+    let result = if req.headers().contains_key(crate::framing_guard::FRAMING_ERROR_HEADER) {
+        Err(bad_request(
+            "Content-Length と Transfer-Encoding の両方を含むリクエストは受け付けません。",
+            "A request with both Content-Length and Transfer-Encoding is refused (request smuggling risk).",
+        ))
+    } else if req.method() == Method::CONNECT {
         connect(&gw, &conn, req, &mut record, started).await
     } else {
         forward(&gw, &conn, req, &mut record, started).await

@@ -20,6 +20,7 @@ pub mod config;
 pub mod decision;
 pub mod device_auth;
 pub mod egress;
+pub mod framing_guard;
 pub mod gateway;
 pub mod http_proxy;
 pub mod metrics;

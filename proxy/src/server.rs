@@ -139,6 +139,7 @@ where
     let gw_svc = gw.clone();
     let ctx_svc = ctx.clone();
     let service = service_fn(move |req| handle(gw_svc.clone(), ctx_svc.clone(), req));
+    let stream = crate::framing_guard::FramingGuard::new(stream, limits.max_header_bytes);
     let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -1,1 +1,355 @@
-//! placeholder
+//! komugate policy: the policy document model, validation with
+//! `file:line:column` errors, compilation, evaluation, explain, and the
+//! squidGuard importer.
+//!
+//! Pure library: no async, no network; the only I/O is reading the policy
+//! file and the files it names (registry CSV, block/allow lists).
+//!
+//! The document format is described in `examples/policy.toml` (a complete,
+//! commented example) and in [`compile`]'s module docs.
+
+mod compile;
+mod diag;
+mod eval;
+pub mod pattern;
+mod registry;
+mod squidguard;
+
+pub use compile::{check, Summary};
+pub use diag::{Diagnostic, PolicyErrors};
+pub use eval::{Decision, Egress, Location, Request, Scheme};
+pub use pattern::{HostPattern, PortRange, TimeWindow, Weekdays};
+pub use registry::{GroupBits, MAX_GROUPS};
+pub use squidguard::import_squidguard;
+
+use komugate_categories::{CategorySet, Matcher};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// What a rule (or the default) does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Action {
+    Allow,
+    Block,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Block => "block",
+        })
+    }
+}
+
+/// How a CONNECT tunnel is handled (filled by the TLS-inspection issue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum TunnelMode {
+    Inspect,
+    Bypass,
+}
+
+/// Reserved hook for the CASB issue: `casb = { tenant_restriction = true, upload = "block", download = "allow" }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct CasbHook {
+    pub tenant_restriction: Option<bool>,
+    pub upload: Option<Action>,
+    pub download: Option<Action>,
+}
+
+/// Reserved hook for the firewall/IPS issue: `firewall = { ips = true }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct FirewallHook {
+    pub ips: Option<bool>,
+}
+
+/// Whom to contact, shown on the block page (`[contact]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Contact {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub url: Option<String>,
+}
+
+/// `[tenant]`: the board's cloud tenants (used by tenant restriction later).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Tenants {
+    /// Microsoft tenant ids (GUIDs) and/or tenant domains.
+    pub microsoft: Vec<String>,
+    /// Google Workspace domains.
+    pub google: Vec<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Site {
+    pub name: String,
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// Recognised by a signed site assertion rather than (only) by CIDRs.
+    pub assertion: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Group {
+    pub name: String,
+    pub aliases: Vec<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct App {
+    pub name: String,
+    pub hosts: Vec<String>,
+    #[serde(skip)]
+    pub(crate) patterns: Vec<HostPattern>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EgressPool {
+    pub name: String,
+    pub source: IpAddr,
+    pub hosts: Vec<String>,
+    #[serde(skip)]
+    pub(crate) patterns: Vec<HostPattern>,
+}
+
+/// Counts from loading block/allow lists (invalid lines are warnings, not errors,
+/// for third-party blocklists).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ImportSummary {
+    pub sources: Vec<SourceReport>,
+    pub files: usize,
+    pub domains: usize,
+    pub urls: usize,
+    pub expressions: usize,
+    pub invalid_lines: usize,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SourceReport {
+    pub path: PathBuf,
+    pub format: String,
+    pub categories: Vec<String>,
+    pub files: usize,
+    pub domains: usize,
+    pub urls: usize,
+    pub expressions: usize,
+    pub invalid_lines: usize,
+    /// The first few invalid lines, as `file:line: reason`.
+    pub first_errors: Vec<String>,
+}
+
+/// Where the matching conditions on location point.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct LocSet {
+    pub sites: Vec<usize>,
+    pub any_site: bool,
+    pub offsite: bool,
+}
+
+pub(crate) const SCHEME_HTTP: u8 = 1;
+pub(crate) const SCHEME_HTTPS: u8 = 2;
+pub(crate) const SCHEME_CONNECT: u8 = 4;
+
+/// A compiled rule. Every `Option` condition is "any" when `None`.
+#[derive(Clone, Debug)]
+pub(crate) struct Rule {
+    pub name: String,
+    /// `file:line` where the rule is defined.
+    pub origin: String,
+    pub groups: Option<GroupBits>,
+    pub devices: Option<Vec<String>>,
+    pub locations: Option<LocSet>,
+    pub categories: Option<CategorySet>,
+    pub category_names: Option<Vec<String>>,
+    pub apps: Option<Vec<usize>>,
+    pub hosts: Option<Vec<HostPattern>>,
+    pub ports: Option<Vec<PortRange>>,
+    pub schemes: Option<u8>,
+    pub methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub time: Option<TimeWindow>,
+    pub days: Option<Weekdays>,
+    pub action: Action,
+    pub message: Option<String>,
+    pub tunnel: Option<TunnelMode>,
+    pub egress: Option<usize>,
+    pub casb: Option<CasbHook>,
+    pub firewall: Option<FirewallHook>,
+}
+
+/// A per-group policy: the concatenation of the rule sets it names.
+#[derive(Clone, Debug)]
+pub(crate) struct GroupPolicy {
+    pub name: String,
+    /// `None` = applies to everyone (a catch-all policy).
+    pub groups: Option<GroupBits>,
+    pub rules: Vec<usize>,
+    pub default_action: Option<Action>,
+}
+
+/// A compiled, immutable policy (Send + Sync). Cheap to share behind an `Arc`.
+pub struct Policy {
+    pub(crate) file: PathBuf,
+    pub(crate) tz_offset: i32,
+    pub(crate) default_action: Action,
+    pub(crate) default_message: Option<String>,
+    pub(crate) default_tunnel: Option<TunnelMode>,
+    pub(crate) contact: Contact,
+    pub(crate) tenants: Tenants,
+    pub(crate) sites: Vec<Site>,
+    pub(crate) site_index: HashMap<String, usize>,
+    /// (network, site index) in document order; first match wins.
+    pub(crate) site_nets: Vec<(ipnet::IpNet, usize)>,
+    pub(crate) groups: Vec<Group>,
+    /// group names and aliases → index
+    pub(crate) group_index: HashMap<String, usize>,
+    pub(crate) registry: registry::Registry,
+    pub(crate) apps: Vec<App>,
+    pub(crate) egress: Vec<EgressPool>,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) policies: Vec<GroupPolicy>,
+    pub(crate) matcher: Matcher,
+    /// Visible (blocklist) categories, i.e. not the internal `@allow`/`@deny` ones.
+    pub(crate) visible: CategorySet,
+    pub(crate) allow_global: CategorySet,
+    pub(crate) deny_global: CategorySet,
+    /// (group index, allow, deny)
+    pub(crate) group_lists: Vec<(usize, CategorySet, CategorySet)>,
+    pub(crate) source_files: Vec<PathBuf>,
+    pub(crate) digest: String,
+    pub(crate) import: ImportSummary,
+}
+
+impl Policy {
+    /// Reads, validates and compiles a policy file (and the files it names).
+    pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_str(&text, path),
+            Err(e) => Err(PolicyErrors(vec![Diagnostic::new(
+                path,
+                0,
+                0,
+                format!("cannot read policy file: {e}"),
+            )])),
+        }
+    }
+
+    /// Validates and compiles policy text; `file` names it in errors and is the
+    /// base for relative paths.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, file: &Path) -> Result<Policy, PolicyErrors> {
+        compile::compile(text, file).map(|(p, _)| p)
+    }
+
+    /// Which site a client address belongs to (first site in document order
+    /// whose CIDRs contain it), or `Offsite`.
+    pub fn locate(&self, client_ip: IpAddr) -> Location {
+        match self.locate_index(client_ip) {
+            Some(i) => Location::Site(self.sites[i].name.clone()),
+            None => Location::Offsite,
+        }
+    }
+
+    pub(crate) fn locate_index(&self, ip: IpAddr) -> Option<usize> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.site_nets
+            .iter()
+            .find(|(n, _)| n.contains(&ip))
+            .map(|(_, i)| *i)
+    }
+
+    /// Every file read to build this policy (for file-watch reload).
+    pub fn source_files(&self) -> Vec<PathBuf> {
+        self.source_files.clone()
+    }
+
+    pub fn contact(&self) -> &Contact {
+        &self.contact
+    }
+
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    pub fn apps(&self) -> &[App] {
+        &self.apps
+    }
+
+    pub fn egress_pools(&self) -> &[EgressPool] {
+        &self.egress
+    }
+
+    /// The policy file this was built from.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// 64-bit FNV-1a (hex) over the policy text and every file it read.
+    pub fn generation_digest(&self) -> String {
+        self.digest.clone()
+    }
+
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    pub fn import_report(&self) -> &ImportSummary {
+        &self.import
+    }
+
+    /// Number of devices in the registry.
+    pub fn device_count(&self) -> usize {
+        self.registry.devices.len()
+    }
+
+    /// The user and group names the registry gives a device.
+    pub fn device(&self, id: &str) -> Option<(&str, Vec<&str>)> {
+        self.registry.devices.get(id).map(|d| {
+            (
+                d.user.as_str(),
+                d.groups
+                    .iter()
+                    .map(|g| self.groups[g].name.as_str())
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// 64-bit FNV-1a.
+pub(crate) struct Fnv(u64);
+impl Fnv {
+    pub fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<T: Send + Sync>() {}
+    #[test]
+    fn policy_is_send_sync() {
+        assert_send_sync::<super::Policy>();
+    }
+}

@@ -1,0 +1,458 @@
+//! Evaluation: one pure function from a request context to a [`Decision`].
+
+use crate::pattern::local_day_minute;
+use crate::registry::GroupBits;
+use crate::{Action, CasbHook, FirewallHook, Policy, Rule, TunnelMode};
+use crate::{SCHEME_CONNECT, SCHEME_HTTP, SCHEME_HTTPS};
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Scheme {
+    Http,
+    Https,
+    Connect,
+}
+
+impl Scheme {
+    fn bit(self) -> u8 {
+        match self {
+            Scheme::Http => SCHEME_HTTP,
+            Scheme::Https => SCHEME_HTTPS,
+            Scheme::Connect => SCHEME_CONNECT,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::Connect => "connect",
+        }
+    }
+}
+
+/// Everything the decision depends on.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    /// From the device certificate; `None` on the plain in-site listener.
+    pub device: Option<&'a str>,
+    /// Groups carried in the device certificate (unioned with the registry's).
+    pub cert_groups: &'a [String],
+    pub client_ip: IpAddr,
+    /// `Some` = already established (site assertion); `None` = `policy.locate(client_ip)`.
+    pub location: Option<Location>,
+    pub scheme: Scheme,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    /// Path + query ("" or "/" for CONNECT).
+    pub path: &'a str,
+    pub time: std::time::SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Location {
+    Site(String),
+    Offsite,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Site(s) => write!(f, "site {s}"),
+            Location::Offsite => write!(f, "offsite"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Egress {
+    pub pool: String,
+    pub source: IpAddr,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Decision {
+    pub action: Action,
+    /// The deciding rule's name; `"default"`, `"allow-list"`, `"deny-list"` or
+    /// `"deny-list:<group>"` for the built-in steps.
+    pub rule: String,
+    /// `file:line` of the deciding rule (None for built-in steps).
+    pub rule_origin: Option<String>,
+    /// The `[[policy]]` selected by the user's groups, if the document has any.
+    pub policy: Option<String>,
+    pub message: Option<String>,
+    pub location: Location,
+    pub device: Option<String>,
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    pub categories: Vec<String>,
+    pub app: Option<String>,
+    pub egress: Option<Egress>,
+    pub tunnel: Option<TunnelMode>,
+    pub casb: Option<CasbHook>,
+    pub firewall: Option<FirewallHook>,
+    /// The request as evaluated (for explain).
+    pub request: String,
+}
+
+impl Decision {
+    pub fn is_blocked(&self) -> bool {
+        self.action == Action::Block
+    }
+
+    /// Human-readable multi-line explanation.
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "request:    {}", self.request);
+        let _ = writeln!(s, "location:   {}", self.location);
+        let _ = writeln!(
+            s,
+            "device:     {}",
+            self.device.as_deref().unwrap_or("(none)")
+        );
+        let _ = writeln!(
+            s,
+            "user:       {}",
+            self.user.as_deref().unwrap_or("(unknown)")
+        );
+        let _ = writeln!(
+            s,
+            "groups:     {}",
+            if self.groups.is_empty() {
+                "(none)".to_string()
+            } else {
+                self.groups.join(", ")
+            }
+        );
+        let _ = writeln!(
+            s,
+            "categories: {}",
+            if self.categories.is_empty() {
+                "(none)".to_string()
+            } else {
+                self.categories.join(", ")
+            }
+        );
+        let _ = writeln!(s, "app:        {}", self.app.as_deref().unwrap_or("(none)"));
+        if let Some(p) = &self.policy {
+            let _ = writeln!(s, "policy:     {p}");
+        }
+        match &self.rule_origin {
+            Some(o) => {
+                let _ = writeln!(s, "rule:       {} ({o})", self.rule);
+            }
+            None => {
+                let _ = writeln!(s, "rule:       {}", self.rule);
+            }
+        }
+        let _ = writeln!(s, "action:     {}", self.action);
+        if let Some(m) = &self.message {
+            let _ = writeln!(s, "message:    {m}");
+        }
+        match &self.egress {
+            Some(e) => {
+                let _ = writeln!(s, "egress:     {} (source {})", e.pool, e.source);
+            }
+            None => {
+                let _ = writeln!(s, "egress:     default");
+            }
+        }
+        if let Some(t) = self.tunnel {
+            let _ = writeln!(
+                s,
+                "tunnel:     {}",
+                if t == TunnelMode::Inspect {
+                    "inspect"
+                } else {
+                    "bypass"
+                }
+            );
+        }
+        s
+    }
+}
+
+fn norm_host(h: &str) -> Cow<'_, str> {
+    let h = h
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h);
+    let trimmed = h.strip_suffix('.').unwrap_or(h);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+struct Ctx<'a> {
+    device: Option<&'a str>,
+    groups: GroupBits,
+    site: Option<usize>,
+    offsite: bool,
+    cats: komugate_categories::CategorySet,
+    app: Option<usize>,
+    host: &'a str,
+    port: u16,
+    scheme: u8,
+    method: &'a str,
+    path: &'a str,
+    day: u8,
+    minute: u16,
+}
+
+impl Rule {
+    #[inline]
+    fn matches(&self, c: &Ctx<'_>) -> bool {
+        if let Some(g) = &self.groups {
+            if !g.intersects(&c.groups) {
+                return false;
+            }
+        }
+        if let Some(s) = self.schemes {
+            if s & c.scheme == 0 {
+                return false;
+            }
+        }
+        if let Some(l) = &self.locations {
+            let ok = if c.offsite {
+                l.offsite
+            } else {
+                l.any_site || c.site.is_some_and(|i| l.sites.contains(&i))
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(a) = &self.apps {
+            if !c.app.is_some_and(|i| a.contains(&i)) {
+                return false;
+            }
+        }
+        if let Some(p) = &self.ports {
+            if !p.iter().any(|r| r.contains(c.port)) {
+                return false;
+            }
+        }
+        if let Some(m) = &self.methods {
+            if !m.iter().any(|m| m.eq_ignore_ascii_case(c.method)) {
+                return false;
+            }
+        }
+        if let Some(d) = &self.devices {
+            if !c.device.is_some_and(|dev| d.iter().any(|x| x == dev)) {
+                return false;
+            }
+        }
+        if let Some(cs) = &self.categories {
+            if !cs.intersects(&c.cats) {
+                return false;
+            }
+        }
+        if let Some(h) = &self.hosts {
+            if !h.iter().any(|p| p.matches(c.host)) {
+                return false;
+            }
+        }
+        if let Some(p) = &self.paths {
+            if !p.iter().any(|p| c.path.starts_with(p.as_str())) {
+                return false;
+            }
+        }
+        if self.time.is_some() || self.days.is_some() {
+            let days = self.days.unwrap_or(crate::Weekdays::ALL);
+            match self.time {
+                None => {
+                    if !days.contains(c.day) {
+                        return false;
+                    }
+                }
+                Some(w) if !w.overnight() => {
+                    if !(days.contains(c.day) && w.start <= c.minute && c.minute < w.end) {
+                        return false;
+                    }
+                }
+                Some(w) => {
+                    // Overnight: the part after midnight belongs to the previous day's window.
+                    let late = c.minute >= w.start && days.contains(c.day);
+                    let early = c.minute < w.end && days.contains((c.day + 6) % 7);
+                    if !(late || early) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+impl Policy {
+    /// The decision for one request. Pure; the same function backs the proxy,
+    /// `komugate policy explain` and `/admin/explain`.
+    pub fn evaluate(&self, req: &Request<'_>) -> Decision {
+        let host = norm_host(req.host);
+        let (site, location) = match &req.location {
+            Some(Location::Site(name)) => (
+                self.site_index.get(name).copied(),
+                Location::Site(name.clone()),
+            ),
+            Some(Location::Offsite) => (None, Location::Offsite),
+            None => match self.locate_index(req.client_ip) {
+                Some(i) => (Some(i), Location::Site(self.sites[i].name.clone())),
+                None => (None, Location::Offsite),
+            },
+        };
+        let offsite = location == Location::Offsite;
+        let mut groups = GroupBits::default();
+        let mut user = None;
+        if let Some(dev) = req.device {
+            if let Some(e) = self.registry.devices.get(dev) {
+                groups = e.groups;
+                user = Some(e.user.clone());
+            }
+        }
+        let mut extra_groups: Vec<String> = Vec::new();
+        for g in req.cert_groups {
+            match self.group_index.get(g.as_str()) {
+                Some(i) => groups.insert(*i),
+                None => extra_groups.push(g.clone()),
+            }
+        }
+        let cats = self.matcher.lookup(&host, req.path);
+        let app = self
+            .apps
+            .iter()
+            .position(|a| a.patterns.iter().any(|p| p.matches(&host)));
+        let (day, minute) = local_day_minute(req.time, self.tz_offset);
+        let ctx = Ctx {
+            device: req.device,
+            groups,
+            site,
+            offsite,
+            cats,
+            app,
+            host: &host,
+            port: req.port,
+            scheme: req.scheme.bit(),
+            method: req.method,
+            path: req.path,
+            day,
+            minute,
+        };
+
+        // 1. deny lists, 2. allow lists, 3. the user's policy rules, 4. default.
+        let mut decided: Option<(Action, String, Option<&Rule>)> = None;
+        if cats.intersects(&self.deny_global) {
+            decided = Some((Action::Block, "deny-list".into(), None));
+        }
+        if decided.is_none() {
+            for (g, _, deny) in &self.group_lists {
+                if groups.contains(*g) && cats.intersects(deny) {
+                    decided = Some((
+                        Action::Block,
+                        format!("deny-list:{}", self.groups[*g].name),
+                        None,
+                    ));
+                    break;
+                }
+            }
+        }
+        if decided.is_none() {
+            let allowed = cats.intersects(&self.allow_global)
+                || self
+                    .group_lists
+                    .iter()
+                    .any(|(g, allow, _)| groups.contains(*g) && cats.intersects(allow));
+            if allowed {
+                decided = Some((Action::Allow, "allow-list".into(), None));
+            }
+        }
+        let policy = self
+            .policies
+            .iter()
+            .find(|p| p.groups.as_ref().map_or(true, |g| g.intersects(&groups)));
+        if decided.is_none() {
+            if let Some(p) = policy {
+                for &ri in &p.rules {
+                    let r = &self.rules[ri];
+                    if r.matches(&ctx) {
+                        decided = Some((r.action, r.name.clone(), Some(r)));
+                        break;
+                    }
+                }
+            }
+        }
+        let (action, rule_name, rule) = decided.unwrap_or_else(|| {
+            let a = policy
+                .and_then(|p| p.default_action)
+                .unwrap_or(self.default_action);
+            (a, "default".into(), None)
+        });
+        let message = match rule.and_then(|r| r.message.clone()) {
+            Some(m) => Some(m),
+            None if action == Action::Block => self.default_message.clone(),
+            None => None,
+        };
+        let egress_idx = rule.and_then(|r| r.egress).or_else(|| {
+            self.egress
+                .iter()
+                .position(|e| e.patterns.iter().any(|p| p.matches(&host)))
+        });
+        let mut group_names: Vec<String> =
+            groups.iter().map(|g| self.groups[g].name.clone()).collect();
+        group_names.extend(extra_groups);
+        let categories: Vec<String> = cats
+            .iter()
+            .filter(|c| self.visible.contains(*c))
+            .map(|c| self.matcher.category_name(c).to_string())
+            .collect();
+        let request = match req.scheme {
+            Scheme::Connect => format!("CONNECT {}:{} from {}", host, req.port, req.client_ip),
+            s => {
+                let default_port = if s == Scheme::Http { 80 } else { 443 };
+                let port = if req.port == default_port || req.port == 0 {
+                    String::new()
+                } else {
+                    format!(":{}", req.port)
+                };
+                format!(
+                    "{} {}://{}{}{} from {}",
+                    req.method,
+                    s.as_str(),
+                    host,
+                    port,
+                    req.path,
+                    req.client_ip
+                )
+            }
+        };
+        Decision {
+            action,
+            rule: rule_name,
+            rule_origin: rule.map(|r| r.origin.clone()),
+            policy: policy
+                .filter(|_| {
+                    self.policies.len() > 1
+                        || self.policies.first().is_some_and(|p| p.name != "main")
+                })
+                .map(|p| p.name.clone()),
+            message,
+            location,
+            device: req.device.map(str::to_string),
+            user,
+            groups: group_names,
+            categories,
+            app: app.map(|i| self.apps[i].name.clone()),
+            egress: egress_idx.map(|i| crate::Egress {
+                pool: self.egress[i].name.clone(),
+                source: self.egress[i].source,
+            }),
+            tunnel: rule.and_then(|r| r.tunnel).or(self.default_tunnel),
+            casb: rule.and_then(|r| r.casb.clone()),
+            firewall: rule.and_then(|r| r.firewall.clone()),
+            request,
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The shipped example policy models the board's rules.
+
+use komugate_policy::*;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn example() -> Policy {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
+    match Policy::load(&p) {
+        Ok(p) => p,
+        Err(e) => panic!("example policy does not load:\n{e}"),
+    }
+}
+
+/// Monday 2024-04-01 at `hh:mm` JST.
+fn jst(hh: u64, mm: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_711_897_200 + hh * 3600 + mm * 60)
+}
+
+fn req<'a>(device: Option<&'a str>, ip: &str, url: &'a str) -> Request<'a> {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    Request {
+        device,
+        cert_groups: &[],
+        client_ip: ip.parse::<IpAddr>().unwrap(),
+        location: None,
+        scheme: if scheme == "http" {
+            Scheme::Http
+        } else {
+            Scheme::Https
+        },
+        method: "GET",
+        host,
+        port: if scheme == "http" { 80 } else { 443 },
+        path: if path.is_empty() { "/" } else { path },
+        time: jst(10, 0),
+    }
+}
+
+const SCHOOL: &str = "203.0.113.3"; // 豊科南小学校
+const HOME: &str = "192.0.2.77";
+
+#[test]
+fn example_loads_and_locates() {
+    let p = example();
+    assert_eq!(p.sites().len(), 19);
+    assert_eq!(
+        p.locate(SCHOOL.parse().unwrap()),
+        Location::Site("豊科南小学校".into())
+    );
+    assert_eq!(
+        p.locate("203.0.113.130".parse().unwrap()),
+        Location::Site("明科中学校".into())
+    );
+    assert_eq!(
+        p.locate("198.51.100.20".parse().unwrap()),
+        Location::Site("教育委員会事務局".into())
+    );
+    assert_eq!(p.locate(HOME.parse().unwrap()), Location::Offsite);
+    assert_eq!(p.device_count(), 6);
+    assert_eq!(p.device("PC-B-0002").unwrap().0, "ito, akira");
+    assert!(p.source_files().iter().any(|f| f.ends_with("registry.csv")));
+    assert!(p
+        .source_files()
+        .iter()
+        .any(|f| f.ends_with("gambling/domains")));
+    assert_eq!(p.generation_digest().len(), 16);
+    assert_eq!(
+        p.contact().email.as_deref(),
+        Some("ict@azumino-school.ed.jp")
+    );
+    let s =
+        check(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml")).unwrap();
+    assert_eq!(s.policies.len(), 2);
+}
+
+#[test]
+fn c4th_blocked_offsite_allowed_at_school_with_fixed_egress() {
+    let p = example();
+    let d = p.evaluate(&req(
+        Some("PC-T-0001"),
+        HOME,
+        "https://www.c4th.example/login",
+    ));
+    assert!(d.is_blocked(), "{}", d.explain());
+    assert_eq!(d.rule, "C4th 校外禁止");
+    assert_eq!(d.app.as_deref(), Some("c4th"));
+    let d = p.evaluate(&req(
+        Some("PC-T-0001"),
+        SCHOOL,
+        "https://www.c4th.example/login",
+    ));
+    assert!(!d.is_blocked(), "{}", d.explain());
+    assert_eq!(
+        d.egress,
+        Some(Egress {
+            pool: "city-fixed-ip".into(),
+            source: "198.51.100.7".parse().unwrap()
+        })
+    );
+    // telework staff are not excepted for C4th
+    let d = p.evaluate(&req(Some("PC-T-0002"), HOME, "https://www.c4th.example/"));
+    assert!(d.is_blocked());
+    // the plain in-site listener: no device
+    let d = p.evaluate(&req(None, SCHOOL, "https://c4th.example/"));
+    assert!(!d.is_blocked());
+    assert_eq!(d.egress.unwrap().pool, "city-fixed-ip");
+    // nightly maintenance window, even at school
+    let mut r = req(Some("PC-T-0001"), SCHOOL, "https://www.c4th.example/");
+    r.time = jst(3, 0);
+    assert_eq!(p.evaluate(&r).rule, "C4th 夜間メンテナンス");
+}
+
+#[test]
+fn hyakumon_offsite_only_for_telework() {
+    let p = example();
+    let d = p.evaluate(&req(
+        Some("PC-T-0001"),
+        HOME,
+        "https://hyakumon.example/q/1",
+    ));
+    assert!(d.is_blocked());
+    assert_eq!(d.rule, "百問繚乱 校外禁止");
+    let d = p.evaluate(&req(
+        Some("PC-T-0002"),
+        HOME,
+        "https://hyakumon.example/q/1",
+    ));
+    assert!(!d.is_blocked(), "{}", d.explain());
+    assert_eq!(d.rule, "百問繚乱 テレワーク");
+    assert_eq!(d.policy.as_deref(), Some("テレワーク承認者"));
+    assert_eq!(
+        d.egress.as_ref().unwrap().source.to_string(),
+        "198.51.100.7"
+    );
+    let d = p.evaluate(&req(Some("PC-B-0001"), HOME, "https://hyakumon.example/"));
+    assert!(!d.is_blocked());
+    // telework group carried in the certificate only
+    let groups = vec!["telework".to_string()];
+    let mut r = req(Some("PC-UNKNOWN"), HOME, "https://hyakumon.example/");
+    r.cert_groups = &groups;
+    assert!(!p.evaluate(&r).is_blocked());
+    // at school, everyone
+    assert!(!p
+        .evaluate(&req(Some("PC-T-0001"), SCHOOL, "https://hyakumon.example/"))
+        .is_blocked());
+}
+
+#[test]
+fn ut1_excerpt_entries_blocked_for_everyone() {
+    let p = example();
+    for (url, cat) in [
+        ("https://020sextoy.com/sk/item", "adult"),
+        ("https://0-casino.info/", "gambling"),
+        ("https://www.0-casino.info/", "gambling"),
+        ("http://0-1-x.009418154.xyz/", "malware"),
+        ("https://0000usdtvip.com/login", "phishing"),
+    ] {
+        for (dev, ip) in [
+            (Some("PC-T-0001"), SCHOOL),
+            (Some("PC-T-0002"), HOME),
+            (None, SCHOOL),
+            (Some("PC-A-0001"), HOME),
+        ] {
+            let d = p.evaluate(&req(dev, ip, url));
+            assert!(d.is_blocked(), "{url} from {ip}: {}", d.explain());
+            assert_eq!(d.rule, "UT1 有害カテゴリ");
+            assert_eq!(d.categories, vec![cat.to_string()]);
+        }
+    }
+    assert!(!p
+        .evaluate(&req(None, SCHOOL, "https://020sextoy.com/other"))
+        .is_blocked());
+    assert!(!p
+        .evaluate(&req(None, SCHOOL, "https://www.mext.go.jp/"))
+        .is_blocked());
+}
+
+#[test]
+fn lists_and_connect_ports() {
+    let p = example();
+    let d = p.evaluate(&req(Some("PC-B-0002"), SCHOOL, "https://games.example/"));
+    assert_eq!(
+        (d.is_blocked(), d.rule.as_str()),
+        (true, "deny-list:事務局")
+    );
+    assert!(!p
+        .evaluate(&req(Some("PC-T-0001"), SCHOOL, "https://games.example/"))
+        .is_blocked());
+    let d = p.evaluate(&req(None, SCHOOL, "https://www.pref.nagano.lg.jp/"));
+    assert_eq!(d.rule, "allow-list");
+    let mut r = req(None, SCHOOL, "https://example.org/");
+    r.scheme = Scheme::Connect;
+    r.port = 22;
+    r.path = "";
+    assert_eq!(p.evaluate(&r).rule, "443 以外への CONNECT");
+    r.port = 443;
+    assert_eq!(p.evaluate(&r).rule, "default");
+}
+
+#[test]
+fn explain_example() {
+    let p = example();
+    let d = p.evaluate(&req(
+        Some("PC-T-0001"),
+        HOME,
+        "https://www.c4th.example/login",
+    ));
+    let text = d.explain();
+    for needle in [
+        "request:    GET https://www.c4th.example/login from 192.0.2.77",
+        "location:   offsite",
+        "user:       tanaka.hanako",
+        "groups:     教職員",
+        "app:        c4th",
+        "policy:     全職員",
+        "rule:       C4th 校外禁止 (",
+        "action:     block",
+        "egress:     city-fixed-ip (source 198.51.100.7)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["action"], "Block");
+    assert_eq!(json["rule"], "C4th 校外禁止");
+    assert_eq!(json["location"], "Offsite");
+    assert_eq!(json["egress"]["source"], "198.51.100.7");
+}
+
+#[test]
+fn hospital_classroom_by_assertion() {
+    let p = example();
+    let mut r = req(Some("PC-H-0001"), HOME, "https://www.c4th.example/");
+    r.location = Some(Location::Site("院内学級".into()));
+    let d = p.evaluate(&r);
+    assert!(!d.is_blocked(), "{}", d.explain());
+    assert_eq!(d.location, Location::Site("院内学級".into()));
+}
+
+/// The full UT1 sample (skipped when absent).
+#[test]
+fn full_ut1_sample() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/blocklists/ut1");
+    if !root.join("gambling/domains").exists() {
+        eprintln!("skipping: {} not found", root.display());
+        return;
+    }
+    let text = format!(
+        r#"
+[[site]]
+name = "school"
+cidrs = ["127.0.10.0/24"]
+[[categories.source]]
+format = "squidguard"
+path = "{}"
+only = ["adult", "gambling", "malware", "phishing"]
+[[rule]]
+name = "ut1"
+categories = ["adult", "gambling", "malware", "phishing"]
+action = "block"
+"#,
+        root.display()
+    );
+    let p = Policy::from_str(
+        &text,
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("full.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        p.import_report().domains > 400_000,
+        "{:?}",
+        p.import_report().domains
+    );
+    let read_last = |rel: &str| -> String {
+        let t = std::fs::read_to_string(root.join(rel)).unwrap();
+        t.lines()
+            .filter(|l| !l.trim().is_empty())
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    for (rel, cat) in [
+        ("gambling/domains", "gambling"),
+        ("malware/domains", "malware"),
+        ("phishing/domains", "phishing"),
+    ] {
+        let host = read_last(rel);
+        let d = p.evaluate(&req(None, "127.0.10.5", &format!("https://{host}/")));
+        assert!(d.is_blocked(), "{host}: {}", d.explain());
+        assert!(d.categories.contains(&cat.to_string()));
+    }
+    let u = read_last("adult/urls");
+    let d = p.evaluate(&req(None, "127.0.10.5", &format!("https://{u}")));
+    assert!(d.is_blocked(), "{u}: {}", d.explain());
+    assert!(!p
+        .evaluate(&req(None, "127.0.10.5", "https://www.mext.go.jp/"))
+        .is_blocked());
+}

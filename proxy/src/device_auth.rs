@@ -11,6 +11,8 @@
 //!   colons and `0x` allowed, case-insensitive, leading zeros ignored) rejects listed
 //!   certs with `CertificateError::Revoked`. Both are read when the config is built:
 //!   reloading means building a new config (done together with the policy reload).
+//!   Resumed sessions are not re-verified, but the session cache lives in the config,
+//!   so after a reload every device does a full handshake against the new lists.
 //! * [`identity_from_cert`] / [`identity_of`] turn the verified cert into a
 //!   [`DeviceIdentity`]; [`handshake_failure_reason`] maps a failed accept to a metric label.
 
@@ -46,6 +48,9 @@ pub struct DeviceAuthConfig {
 
 /// ALPN protocols offered by the proxy listener, in preference order.
 pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Resumable sessions kept per server config (about 1 KiB each with the client cert).
+pub const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
 /// Build the rustls server config for the mTLS proxy listener.
 pub fn server_config(cfg: &DeviceAuthConfig) -> Result<Arc<rustls::ServerConfig>> {
@@ -106,6 +111,11 @@ pub fn server_config(cfg: &DeviceAuthConfig) -> Result<Arc<rustls::ServerConfig>
             )
         })?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // Laptops open tens of connections each at the 08:00 peak: let them resume instead
+    // of repeating the full ECDHE + client-cert verification every time. The cache
+    // belongs to this config, so a reload (new config, new CRLs / deny list) also ends
+    // resumption of sessions established under the old lists.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     tracing::debug!(
         device_ca = %cfg.device_ca.display(),
         crls = n_crls,
@@ -492,8 +502,13 @@ mod tests {
             let (outcome, client_res) =
                 handshake(server.clone(), f.client(Some(&cert), tls12), "localhost").await;
             match outcome {
-                ServerOutcome::Accepted { identity, alpn } => {
+                ServerOutcome::Accepted {
+                    identity,
+                    alpn,
+                    resumed,
+                } => {
                     assert_eq!(identity.device_id, "laptop-0815");
+                    assert!(!resumed);
                     assert_eq!(identity.cert_groups, groups);
                     let der = cert.cert_der().unwrap();
                     let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
@@ -504,6 +519,37 @@ mod tests {
                 other => panic!("tls12={tls12}: {other:?}"),
             }
             client_res.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn resumed_session_keeps_identity() {
+        let f = Fixture::new("da-resume");
+        let groups = vec!["g1".to_string()];
+        let (nb, na) = valid_now();
+        let cert = f
+            .device_ca
+            .issue_device("resumer", &groups, nb, na)
+            .unwrap();
+        let server = server_config(&f.config(vec![], None)).unwrap();
+        for tls12 in [false, true] {
+            let client = f.client(Some(&cert), tls12);
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                let (outcome, res) = handshake(server.clone(), client.clone(), "localhost").await;
+                res.unwrap();
+                match outcome {
+                    ServerOutcome::Accepted {
+                        identity, resumed, ..
+                    } => {
+                        assert_eq!(identity.device_id, "resumer");
+                        assert_eq!(identity.cert_groups, groups);
+                        kinds.push(resumed);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(kinds, vec![false, true], "tls12={tls12}");
         }
     }
 

@@ -982,6 +982,7 @@ pub(crate) mod test_support {
         Accepted {
             identity: crate::device_auth::DeviceIdentity,
             alpn: Option<Vec<u8>>,
+            resumed: bool,
         },
         Refused {
             reason: &'static str,
@@ -1007,11 +1008,16 @@ pub(crate) mod test_support {
                     let (_, conn) = tls.get_ref();
                     let identity = crate::device_auth::identity_of(conn).unwrap();
                     let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+                    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                     let mut buf = [0u8; 4];
                     tls.read_exact(&mut buf).await.unwrap();
                     tls.write_all(b"pong").await.unwrap();
                     tls.shutdown().await.ok();
-                    ServerOutcome::Accepted { identity, alpn }
+                    ServerOutcome::Accepted {
+                        identity,
+                        alpn,
+                        resumed,
+                    }
                 }
                 Err(e) => ServerOutcome::Refused {
                     reason: crate::device_auth::handshake_failure_reason(&e),
@@ -1046,7 +1052,7 @@ pub(crate) mod test_support {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::test_support::*;
     use super::*;

@@ -49,33 +49,48 @@ fn palette_overflow() -> CategoryError {
 impl Matcher {
     pub(crate) fn compile(b: MatcherBuilder) -> Result<Matcher, CategoryError> {
         let mut palette = Palette::default();
-        // Domains: merge duplicates (same name in several categories).
+        // Domains: merge duplicates (same name in several categories). Most
+        // names have one category, so keep (offset, category) per unique name
+        // and a side map only for the names with several.
         let mut uniq: HashMap<&[u8], u32> = HashMap::with_capacity(b.dom_items.len());
-        let mut sets: Vec<(u32, CategorySet)> = Vec::new();
+        let mut firsts: Vec<(u32, CategoryId)> = Vec::new();
+        let mut multi: HashMap<u32, CategorySet> = HashMap::new();
         for &(off, cat) in &b.dom_items {
             let key = b.domain_key(off);
-            let idx = *uniq.entry(key).or_insert_with(|| {
-                sets.push((off, CategorySet::empty()));
-                (sets.len() - 1) as u32
-            });
-            sets[idx as usize].1.insert(cat);
+            let next = firsts.len() as u32;
+            let idx = *uniq.entry(key).or_insert(next);
+            if idx == next {
+                firsts.push((off, cat));
+            } else if firsts[idx as usize].1 != cat {
+                let first = firsts[idx as usize].1;
+                multi
+                    .entry(idx)
+                    .or_insert_with(|| [first].into_iter().collect())
+                    .insert(cat);
+            }
         }
         drop(uniq);
-        let mut vals = Vec::with_capacity(sets.len());
-        for &(_, s) in &sets {
+        let mut vals = Vec::with_capacity(firsts.len());
+        for (i, &(_, c)) in firsts.iter().enumerate() {
+            let s = match multi.get(&(i as u32)) {
+                Some(s) => *s,
+                None => [c].into_iter().collect(),
+            };
             let v = palette.intern(s);
             if v > MAX_VALUE {
                 return Err(palette_overflow());
             }
             vals.push(v);
         }
+        drop(multi);
         let domains = Table::build(
-            sets.len(),
-            sets.iter()
+            firsts.len(),
+            firsts
+                .iter()
                 .zip(&vals)
                 .map(|(&(off, _), &v)| (b.domain_key(off), v)),
         );
-        drop(sets);
+        drop(firsts);
         drop(vals);
 
         // Exceptions.

@@ -1,1 +1,43 @@
+//! Fixtures for komugate integration tests: real sockets on loopback, real
+//! TLS, a real (local, authoritative) DNS server.
+//!
+//! - [`upstream`]: HTTP upstream recording what it saw, TLS upstream with
+//!   its own CA, TCP echo server
+//! - [`dns`]: hickory-server authority for the `test.` zone
+//! - [`gw`]: a gateway in a tempdir, mTLS client helpers, access log and
+//!   metrics readers
+//! - [`raw`]: raw HTTP/1.1 over TCP
 
+pub mod dns;
+pub mod gw;
+pub mod raw;
+pub mod upstream;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Runs `f` until it returns `Some`, polling every 50 ms, at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every test gets at most this long (tests must stay fast).
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(10), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: did not finish within 10 s"),
+    }
+}

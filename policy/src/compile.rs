@@ -10,7 +10,9 @@
 //! [defaults]  action = "allow"|"block", message, tunnel = "inspect"|"bypass"
 //! [tenant]    microsoft = [guid, domain], google = [domain]
 //! [registry]  path = "registry.csv"    # device_id,user,groups
-//! [[site]]    name, cidrs = [..], assertion = true|false
+//! [[site]]    name, cidrs = [..], assertion = true|false,
+//!             beacon_key = "base64 Ed25519 public key", pac_direct = [..]
+//! [pac]       direct = [host patterns, IPs, CIDRs], proxy = "HTTPS host:port"
 //! [[group]]   name, aliases = [..], allow/deny = [entries], allow_files/deny_files = [paths]
 //! [categories] allow, deny, allow_files, deny_files, expressions = bool
 //! [[categories.source]] format = squidguard|hosts|plain|adblock|auto|domainlist|urllist,
@@ -108,6 +110,7 @@ const TOP_KEYS: &[&str] = &[
     "tenant",
     "registry",
     "site",
+    "pac",
     "group",
     "categories",
     "egress",
@@ -737,13 +740,13 @@ fn parse_rule(
         parse_conds(cx, w, &what, n, &mut c);
     }
     let action = if t.contains_key("action") {
-        cx.action(t, "action", &what)
+        cx.action(t, "action", &what).unwrap_or(Action::Block)
     } else {
         cx.err(
             tspan,
             format!("missing `action` in {what} (\"allow\" or \"block\")"),
         );
-        None
+        Action::Block
     };
     let message = cx.str(t, "message", &what).map(|(m, _)| m);
     let tunnel = cx.tunnel(t, &what);
@@ -796,7 +799,7 @@ fn parse_rule(
             paths: c.paths,
             time: c.time,
             days: c.days,
-            action: action?,
+            action,
             message,
             tunnel,
             egress,
@@ -965,8 +968,42 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
             continue;
         };
         let what = format!("site `{name}`");
-        cx.keys(t, &what, &["name", "cidrs", "assertion", "description"]);
+        cx.keys(
+            t,
+            &what,
+            &[
+                "name",
+                "cidrs",
+                "assertion",
+                "description",
+                "beacon_key",
+                "pac_direct",
+            ],
+        );
         let assertion = cx.bool(t, "assertion", &what).unwrap_or(false);
+        let beacon_key = match cx.str(t, "beacon_key", &what) {
+            Some((k, sp)) => match decode_key32(&k) {
+                Some(key) => Some(key),
+                None => {
+                    cx.err(
+                        &sp,
+                        format!(
+                            "`beacon_key` of {what} is not a base64 Ed25519 public key (32 bytes); \
+                             paste the line printed by `komugate pki beacon-key`"
+                        ),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut pac_direct = Vec::new();
+        for (d, sp) in cx.strs(t, "pac_direct", &what).unwrap_or_default() {
+            match check_pac_direct(&d) {
+                Ok(()) => pac_direct.push(d),
+                Err(e) => cx.err(&sp, format!("`pac_direct` of {what}: {e}")),
+            }
+        }
         let mut cidrs = Vec::new();
         for (c, sp) in cx.strs(t, "cidrs", &what).unwrap_or_default() {
             let parsed = c
@@ -1012,7 +1049,27 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
             name,
             cidrs,
             assertion,
+            beacon_key,
+            pac_direct,
         });
+    }
+
+    // [pac]
+    let mut pac = Pac::default();
+    if let Some((t, _)) = cx.table(root, "pac") {
+        cx.keys(t, "[pac]", &["direct", "proxy"]);
+        for (d, sp) in cx.strs(t, "direct", "[pac]").unwrap_or_default() {
+            match check_pac_direct(&d) {
+                Ok(()) => pac.direct.push(d),
+                Err(e) => cx.err(&sp, format!("`direct` in [pac]: {e}")),
+            }
+        }
+        if let Some((p, sp)) = cx.str(t, "proxy", "[pac]") {
+            match check_pac_proxy(&p) {
+                Ok(()) => pac.proxy = Some(p),
+                Err(e) => cx.err(&sp, format!("`proxy` in [pac]: {e}")),
+            }
+        }
     }
 
     // [[group]]
@@ -1606,6 +1663,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         contact,
         tenants,
         sites,
+        pac,
         site_index,
         site_nets,
         groups,
@@ -1625,6 +1683,66 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         import,
     };
     Ok((policy, summary))
+}
+
+/// Standard base64 (padding optional) of exactly 32 bytes.
+fn decode_key32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim().trim_end_matches('=');
+    let mut bits: u32 = 0;
+    let mut nbits = 0;
+    let mut out = Vec::with_capacity(32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | v as u32;
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    out.try_into().ok()
+}
+
+/// A PAC `DIRECT` entry: an IP, a CIDR or a host pattern. Only characters
+/// that are safe inside a generated JavaScript string literal.
+fn check_pac_direct(d: &str) -> Result<(), String> {
+    if d.parse::<ipnet::IpNet>().is_ok() || d.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if !d
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*' | '_'))
+    {
+        return Err(format!(
+            "`{d}` is not an IP, a CIDR or a host pattern like \"*.school.local\" (ASCII / punycode only)"
+        ));
+    }
+    HostPattern::parse(d)
+        .map(|_| ())
+        .map_err(|e| format!("`{d}`: {e}"))
+}
+
+/// `HTTPS host:port` or `PROXY host:port`.
+fn check_pac_proxy(p: &str) -> Result<(), String> {
+    let bad = || format!("`{p}` is not like \"HTTPS gw.example.jp:8443\" or \"PROXY host:port\"");
+    let (kind, hostport) = p.trim().split_once(' ').ok_or_else(bad)?;
+    let (host, port) = hostport.trim().rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    if !matches!(kind, "HTTPS" | "PROXY") || !host_ok || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 fn fill_report(rep: &mut SourceReport, r: &komugate_categories::ImportReport) {

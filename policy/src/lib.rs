@@ -374,3 +374,16 @@ mod send_sync {
         assert_send_sync::<super::Policy>();
     }
 }
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("file", &self.file)
+            .field("generation", &self.digest)
+            .field("sites", &self.sites.len())
+            .field("groups", &self.groups.len())
+            .field("rules", &self.rules.len())
+            .field("devices", &self.registry.devices.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -30,6 +30,59 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[location]`: sites, beacon keys and PAC lists (issue 6).
+    #[serde(default)]
+    pub location: crate::beacon::LocationConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub inspect: InspectConfig,
+}
+
+/// TLS inspection (`[inspect]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectConfig {
+    /// The inspection CA that signs minted leaves (laptops trust it).
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    /// Lifetime of a minted leaf certificate.
+    pub leaf_validity_hours: u64,
+    /// Minted certificates kept in memory.
+    pub cache_entries: usize,
+    /// Extra CA bundle (PEM) trusted for upstream servers besides the webpki roots; "" = none.
+    pub upstream_ca: String,
+    /// Bytes that are not TLS on a tunnel marked for inspection: "block" or "tunnel".
+    pub non_tls: NonTlsAction,
+    /// CONNECT hosts to inspect when no policy file decides it ("*" = all).
+    pub hosts: Vec<String>,
+    /// Hosts never inspected (added to the built-in list).
+    pub bypass_hosts: Vec<String>,
+    /// Use the built-in list of hosts that break under inspection.
+    pub builtin_bypass: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonTlsAction {
+    Block,
+    Tunnel,
+}
+
+impl Default for InspectConfig {
+    fn default() -> Self {
+        InspectConfig {
+            ca_cert: PathBuf::from("pki/inspect-ca.pem"),
+            ca_key: PathBuf::from("pki/inspect-ca.key"),
+            leaf_validity_hours: 24 * 7,
+            cache_entries: 10_000,
+            upstream_ca: String::new(),
+            non_tls: NonTlsAction::Block,
+            hosts: Vec::new(),
+            bypass_hosts: Vec::new(),
+            builtin_bypass: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,21 +206,57 @@ impl Limits {
     }
 }
 
+/// `[log]`: access logs kept a year (see `crate::logs`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    #[serde(default = "default_access_log")]
+    /// The live file (this hour, JSON lines); its folder is the log directory
+    /// (closed hours in `segments/`, spill and shipping queues).
     pub access_log: PathBuf,
-}
-
-fn default_access_log() -> PathBuf {
-    PathBuf::from("access.log")
+    /// Closed hours older than this many days are deleted by the daily sweep.
+    pub retention_days: u32,
+    /// The live file is fsynced at least this often.
+    pub fsync_interval_ms: u64,
+    /// Rotation period in seconds, aligned to the clock (3600 = on the hour).
+    pub rotate_secs: u64,
+    /// Records queued for the writer before the on-disk spill queue is used.
+    pub channel_capacity: usize,
+    /// Records queued for the spill queue before records are dropped (counted).
+    pub spill_capacity: usize,
+    /// zstd level for closed hours (1-19).
+    pub zstd_level: i32,
+    /// Hash-chained audit log of administration (`komugate audit verify`).
+    pub audit_log: PathBuf,
+    /// Display offset for times in search output and the admin export.
+    pub display_utc_offset: String,
+    pub syslog: crate::logs::ship::SyslogTarget,
+    pub clickhouse: crate::logs::ship::ClickHouseTarget,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { access_log: default_access_log() }
+        LogConfig {
+            access_log: PathBuf::from("logs/access.log"),
+            retention_days: 365,
+            fsync_interval_ms: 1000,
+            rotate_secs: 3600,
+            channel_capacity: 65_536,
+            spill_capacity: 1_000_000,
+            zstd_level: 6,
+            audit_log: PathBuf::from("audit.log"),
+            display_utc_offset: "+09:00".into(),
+            syslog: Default::default(),
+            clickhouse: Default::default(),
+        }
     }
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*` API endpoints (`GET /admin/logs`); "" = those endpoints are off.
+    pub token: String,
 }
 
 impl Config {
@@ -211,6 +300,20 @@ impl Config {
             if fixed.hosts.is_empty() {
                 bail!("{origin}: [[egress.fixed]] {:?} has no hosts", fixed.name);
             }
+        }
+        if self.log.retention_days == 0 || self.log.fsync_interval_ms == 0 || self.log.fsync_interval_ms > 1000 {
+            bail!("{origin}: [log] retention_days must be at least 1 and fsync_interval_ms between 1 and 1000");
+        }
+        if self.log.rotate_secs == 0 || 86_400 % self.log.rotate_secs != 0 {
+            bail!("{origin}: [log] rotate_secs must divide a day (3600 = hourly)");
+        }
+        crate::logs::query::parse_offset(&self.log.display_utc_offset)
+            .map_err(|e| anyhow::anyhow!("{origin}: [log] display_utc_offset: {e}"))?;
+        if self.log.syslog.enabled && self.log.syslog.address.is_empty() {
+            bail!("{origin}: [log.syslog] enabled but address is empty; set it to the receiver's \"host:port\"");
+        }
+        if self.log.clickhouse.enabled && !self.log.clickhouse.url.starts_with("http://") {
+            bail!("{origin}: [log.clickhouse] enabled but url is not like \"http://127.0.0.1:8123\"");
         }
         if self.limits.max_header_bytes < 8192 {
             bail!("{origin}: [limits] max_header_bytes must be at least 8192");

@@ -52,6 +52,8 @@ pub struct RequestInfo<'a> {
     pub port: u16,
     /// Path and query ("" for CONNECT).
     pub path: &'a str,
+    /// `http`, `https` (an inspected inner request) or `` for CONNECT.
+    pub scheme: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,6 +61,16 @@ pub struct RequestInfo<'a> {
 pub enum Verdict {
     Allow,
     Block,
+}
+
+/// What to do with an allowed CONNECT tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelMode {
+    /// Decrypt with a minted certificate and decide every inner request.
+    Inspect,
+    /// Relay the bytes untouched.
+    Bypass,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +84,10 @@ pub struct Decision {
     pub egress_source: Option<IpAddr>,
     /// Name of the egress pool that chose `egress_source`.
     pub egress_name: Option<String>,
+    /// For tunnels: inspect or bypass.
+    pub tunnel: TunnelMode,
+    /// Categories of the destination (names), for the block page and logs.
+    pub categories: Vec<String>,
 }
 
 impl Decision {
@@ -92,6 +108,9 @@ pub enum HostPattern {
 impl HostPattern {
     pub fn parse(s: &str) -> HostPattern {
         let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        if s == "*" {
+            return HostPattern::DomainAndSubdomains(String::new());
+        }
         if let Some(rest) = s.strip_prefix("*.") {
             HostPattern::Subdomains(rest.to_string())
         } else if let Some(rest) = s.strip_prefix('.') {
@@ -102,7 +121,7 @@ impl HostPattern {
     }
 
     pub fn matches(&self, host: &str) -> bool {
-        let is_sub = |d: &str| host.len() > d.len() && host.ends_with(d) && host.as_bytes()[host.len() - d.len() - 1] == b'.';
+        let is_sub = |d: &str| d.is_empty() || host.len() > d.len() && host.ends_with(d) && host.as_bytes()[host.len() - d.len() - 1] == b'.';
         match self {
             HostPattern::Exact(d) => host == d,
             HostPattern::Subdomains(d) => is_sub(d),
@@ -123,7 +142,29 @@ pub struct Runtime {
     blocked_hosts: Vec<HostPattern>,
     allowed_ports: Vec<u16>,
     fixed_egress: Vec<FixedEgressRule>,
+    inspect_hosts: Vec<HostPattern>,
+    bypass_hosts: Vec<HostPattern>,
 }
+
+/// Hosts that break under inspection (certificate pinning, OS update
+/// channels, device management). Policy can extend or override this list.
+pub const BUILTIN_BYPASS: &[&str] = &[
+    ".windowsupdate.com",
+    ".update.microsoft.com",
+    ".delivery.mp.microsoft.com",
+    ".do.dsp.mp.microsoft.com",
+    ".manage.microsoft.com",
+    ".wns.windows.com",
+    ".notify.windows.com",
+    ".events.data.microsoft.com",
+    ".smartscreen.microsoft.com",
+    ".push.apple.com",
+    ".ess.apple.com",
+    "gdmf.apple.com",
+    "mesu.apple.com",
+    "android.clients.google.com",
+    "mtalk.google.com",
+];
 
 impl Runtime {
     pub fn from_config(config: &Config, generation: u64) -> Runtime {
@@ -141,6 +182,15 @@ impl Runtime {
                     source: f.source,
                 })
                 .collect(),
+            inspect_hosts: config.inspect.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+            bypass_hosts: config
+                .inspect
+                .bypass_hosts
+                .iter()
+                .map(String::as_str)
+                .chain(config.inspect.builtin_bypass.then_some(BUILTIN_BYPASS).unwrap_or_default().iter().copied())
+                .map(HostPattern::parse)
+                .collect(),
         }
     }
 
@@ -153,7 +203,15 @@ impl Runtime {
             message: None,
             egress_source: egress.map(|e| e.source),
             egress_name: egress.map(|e| e.name.clone()),
+            tunnel: TunnelMode::Bypass,
+            categories: Vec::new(),
         };
+        if req.kind == RequestKind::Connect
+            && self.inspect_hosts.iter().any(|p| p.matches(req.host))
+            && !self.bypass_hosts.iter().any(|p| p.matches(req.host))
+        {
+            decision.tunnel = TunnelMode::Inspect;
+        }
         if !self.allowed_ports.is_empty() && !self.allowed_ports.contains(&req.port) {
             decision.verdict = Verdict::Block;
             decision.rule = "allowed-ports".into();
@@ -181,6 +239,7 @@ mod tests {
             host,
             port,
             path: "/",
+            scheme: "http",
         }
     }
 

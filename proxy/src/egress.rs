@@ -30,6 +30,8 @@ pub enum EgressError {
     Connect { host: String, port: u16, reason: String },
     #[error("connecting to {host}:{port} timed out")]
     Timeout { host: String, port: u16 },
+    #[error("TLS with {host}:{port} failed: {error}")]
+    Tls { host: String, port: u16, error: std::io::Error },
 }
 
 impl EgressError {

@@ -26,8 +26,12 @@ pub struct Gateway {
     pub runtime: ArcSwap<Runtime>,
     pub egress: Arc<Egress>,
     pub pools: UpstreamPools,
+    /// TLS inspection (minting, cache); None when the inspection CA is not configured.
+    pub inspector: Option<Arc<crate::inspect::Inspector>>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// Sites, site assertions (beacon keys, replay cache) and PAC lists.
+    pub sites: crate::beacon::SiteAssertions,
     /// Cancelled on SIGTERM / Ctrl-C: listeners stop accepting.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so shutdown can wait for them.
@@ -99,8 +103,7 @@ impl Drop for DeviceConnectionGuard {
 pub async fn start(config: Config) -> Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let egress = Arc::new(Egress::new(&config.dns, &config.egress, metrics.clone())?);
-    let log_path = config.data_path(&config.log.access_log);
-    let (access_log, log_writer) = AccessLog::start(&log_path, metrics.clone()).await?;
+    let (access_log, log_writer) = AccessLog::start(&config, metrics.clone()).await?;
     let runtime = Runtime::from_config(&config, 1);
 
     let tls = if let Some(_) = Config::listen_addr(&config.listen.mtls) {
@@ -119,8 +122,24 @@ pub async fn start(config: Config) -> Result<Running> {
         None
     };
 
+    let upstream_ca = (!config.inspect.upstream_ca.is_empty()).then(|| config.data_path(std::path::Path::new(&config.inspect.upstream_ca)));
+    let upstream_tls = crate::upstream::upstream_tls_config(upstream_ca.as_deref()).context("[inspect] upstream_ca")?;
+    let inspector = if config.data_path(&config.inspect.ca_key).exists() {
+        Some(Arc::new(crate::inspect::Inspector::new(&config, &metrics)?))
+    } else {
+        if !config.inspect.hosts.is_empty() {
+            anyhow::bail!(
+                "[inspect] hosts is set but the inspection CA key {} does not exist; run `komugate pki init`",
+                config.data_path(&config.inspect.ca_key).display()
+            );
+        }
+        None
+    };
+    let sites = crate::beacon::SiteAssertions::from_config(&config, &metrics.registry)?;
     let gateway = Arc::new(Gateway {
-        pools: UpstreamPools::new(egress.clone()),
+        sites,
+        pools: UpstreamPools::new(egress.clone(), upstream_tls),
+        inspector,
         egress,
         runtime: ArcSwap::from_pointee(runtime),
         metrics,

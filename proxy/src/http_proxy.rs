@@ -23,7 +23,7 @@ use crate::decision::{Decision, ListenerKind, RequestInfo, RequestKind};
 use crate::device_auth::DeviceIdentity;
 use crate::egress::EgressError;
 use crate::gateway::Gateway;
-use crate::upstream::{egress_error, EgressInfo, UpstreamBody};
+use crate::upstream::{egress_error, tls_error, EgressInfo, UpstreamAlpn, UpstreamBody};
 
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
@@ -35,21 +35,39 @@ pub struct ConnContext {
     pub device: Option<DeviceIdentity>,
 }
 
-fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
+pub fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
     resp.map(|b| b.map_err(|never| match never {}).boxed())
 }
 
-/// The hyper service function for both proxy listeners.
-pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnContext>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-    let mut record = AccessRecord {
+/// A fresh access record for a request from `conn`.
+pub fn new_record(conn: &ConnContext, method: &str) -> AccessRecord {
+    AccessRecord {
         time: rfc3339(SystemTime::now()),
         listener: conn.listener.label(),
         device: conn.device.as_ref().map(|d| d.device_id.clone()),
         groups: conn.device.as_ref().map(|d| d.cert_groups.clone()).unwrap_or_default(),
         client: conn.client.to_string(),
-        method: req.method().to_string(),
+        method: method.to_string(),
         ..Default::default()
-    };
+    }
+}
+
+/// Logs a request that was answered by the gateway itself (blocked,
+/// refused or failed before an upstream response) and returns the answer.
+pub fn log_refusal(gw: &Gateway, mut record: AccessRecord, resp: Refusal, started: Instant) -> Response<ProxyBody> {
+    record.status = resp.status().as_u16();
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    if record.decision.is_empty() {
+        record.decision = "error";
+    }
+    gw.metrics.requests_total.with_label_values(&[kind_label(&record), record.decision]).inc();
+    gw.access_log.submit(record);
+    resp
+}
+
+/// The hyper service function for both proxy listeners.
+pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnContext>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let mut record = new_record(&conn, req.method().as_str());
     let started = Instant::now();
     let result = if req.headers().contains_key(crate::framing_guard::FRAMING_ERROR_HEADER) {
         Err(bad_request(
@@ -63,17 +81,7 @@ pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnContext>, req: Request<Incom
     };
     Ok(match result {
         Ok(resp) => resp,
-        Err(resp) => {
-            // Refused before reaching an upstream: log now.
-            record.status = resp.status().as_u16();
-            record.duration_ms = started.elapsed().as_millis() as u64;
-            if record.decision.is_empty() {
-                record.decision = "error";
-            }
-            gw.metrics.requests_total.with_label_values(&[kind_label(&record), record.decision]).inc();
-            gw.access_log.submit(record);
-            resp
-        }
+        Err(resp) => log_refusal(&gw, record, resp, started),
     })
 }
 
@@ -85,9 +93,9 @@ fn kind_label(record: &AccessRecord) -> &'static str {
     }
 }
 
-type Refusal = Response<ProxyBody>;
+pub type Refusal = Response<ProxyBody>;
 
-fn bad_request(ja: &str, en: &str) -> Refusal {
+pub fn bad_request(ja: &str, en: &str) -> Refusal {
     let mut resp = full(block_page::error_response(StatusCode::BAD_REQUEST, ja, en));
     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
@@ -103,7 +111,28 @@ fn target_of(uri: &Uri, default_port: u16) -> Option<(String, u16)> {
     Some((host, authority.port_u16().unwrap_or(default_port)))
 }
 
-fn decide(gw: &Gateway, conn: &ConnContext, kind: RequestKind, method: &str, host: &str, port: u16, path: &str) -> Decision {
+/// Where a request goes: scheme, host (lowercase, no brackets) and port.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scheme: &'static str,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// `scheme://host[:port]` without a default port.
+    fn origin(&self) -> String {
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        if self.port == default {
+            format!("{}://{}", self.scheme, bracket(&self.host))
+        } else {
+            format!("{}://{}:{}", self.scheme, bracket(&self.host), self.port)
+        }
+    }
+}
+
+/// Calls the decision point for a request on `conn`.
+pub fn decide(gw: &Gateway, conn: &ConnContext, kind: RequestKind, method: &str, target: &Target, path: &str) -> Decision {
     let runtime = gw.runtime.load();
     runtime.decide(&RequestInfo {
         listener: conn.listener,
@@ -111,13 +140,14 @@ fn decide(gw: &Gateway, conn: &ConnContext, kind: RequestKind, method: &str, hos
         client: conn.client,
         kind,
         method,
-        host,
-        port,
+        host: &target.host,
+        port: target.port,
         path,
+        scheme: if kind == RequestKind::Connect { "" } else { target.scheme },
     })
 }
 
-fn blocked(conn: &ConnContext, decision: &Decision, target: &str, record: &mut AccessRecord) -> Refusal {
+pub fn blocked(conn: &ConnContext, decision: &Decision, target: &str, record: &mut AccessRecord) -> Refusal {
     record.decision = "block";
     record.rule = decision.rule.clone();
     let time = rfc3339(SystemTime::now());
@@ -125,6 +155,36 @@ fn blocked(conn: &ConnContext, decision: &Decision, target: &str, record: &mut A
         target,
         rule: &decision.rule,
         message: decision.message.as_deref(),
+        category: (!decision.categories.is_empty()).then(|| decision.categories.join(", ")).as_deref(),
+        device: conn.device.as_ref().map(|d| d.device_id.as_str()),
+        time: &time,
+        contact: None,
+    }))
+}
+
+/// The block page for an upstream whose certificate failed verification:
+/// never re-signed, never a valid-looking response.
+fn invalid_certificate(conn: &ConnContext, err: &rustls::Error, target: &str, record: &mut AccessRecord) -> Refusal {
+    record.decision = "block";
+    record.rule = "upstream-certificate-invalid".into();
+    record.error = Some(format!("upstream certificate: {err}"));
+    tracing::warn!(target, device = ?conn.device.as_ref().map(|d| &d.device_id), "upstream certificate invalid: {err}");
+    let reason = match err {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => "サイトの証明書の有効期限が切れています。 / The site's certificate has expired.".to_string(),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => {
+            "サイトの証明書がこのホスト名用ではありません。 / The site's certificate is not valid for this host name.".to_string()
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            "サイトの証明書の発行元が信頼されていません。 / The site's certificate is issued by an unknown CA.".to_string()
+        }
+        other => format!("サイトの証明書が不正です。 / The site's certificate is invalid: {other}"),
+    };
+    let time = rfc3339(SystemTime::now());
+    full(block_page::blocked_response(&BlockInfo {
+        target,
+        rule: "upstream-certificate-invalid",
+        message: Some(&reason),
         category: None,
         device: conn.device.as_ref().map(|d| d.device_id.as_str()),
         time: &time,
@@ -155,6 +215,11 @@ fn egress_refusal(conn: &ConnContext, err: &EgressError, target: &str, record: &
             "接続先のサーバーが時間内に応答しませんでした。",
             &err.to_string(),
         )),
+        EgressError::Tls { .. } => full(block_page::error_response(
+            StatusCode::BAD_GATEWAY,
+            "接続先のサーバーと TLS で接続できませんでした。",
+            &err.to_string(),
+        )),
         EgressError::Resolve { .. } | EgressError::Connect { .. } => full(block_page::error_response(
             StatusCode::BAD_GATEWAY,
             "接続先のサーバーに接続できませんでした。",
@@ -175,13 +240,35 @@ async fn connect(
     let Some((host, port)) = target_of(req.uri(), 443) else {
         return Err(bad_request("CONNECT の接続先 (host:port) が不正です。", "CONNECT needs an authority-form target host:port."));
     };
-    let target = format!("{}:{port}", bracket(&host));
+    let dest = Target { scheme: "https", host, port };
+    let target = format!("{}:{port}", bracket(&dest.host));
     record.target = target.clone();
-    let decision = decide(gw, conn, RequestKind::Connect, "CONNECT", &host, port, "");
+    let decision = decide(gw, conn, RequestKind::Connect, "CONNECT", &dest, "");
     if decision.is_blocked() {
         return Err(blocked(conn, &decision, &target, record));
     }
     record.rule = decision.rule.clone();
+    if decision.tunnel == crate::decision::TunnelMode::Inspect {
+        if let Some(inspector) = gw.inspector.clone() {
+            record.decision = "allow";
+            record.status = 200;
+            let mut tunnel_record = std::mem::take(record);
+            let (gw2, conn2) = (gw.clone(), conn.clone());
+            gw.tasks.spawn(async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(upgraded) => {
+                        crate::inspect::run(gw2, conn2, inspector, TokioIo::new(upgraded), dest, decision, tunnel_record, started).await
+                    }
+                    Err(e) => {
+                        tunnel_record.error = Some(format!("client upgrade failed: {e}"));
+                        finish_tunnel(&gw2, tunnel_record, started, Default::default());
+                    }
+                }
+            });
+            return Ok(Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed()));
+        }
+    }
+    let (host, port) = (dest.host, dest.port);
     let upstream = match gw.egress.connect(&host, port, decision.egress_source).await {
         Ok(s) => s,
         Err(e) => return Err(egress_refusal(conn, &e, &target, record)),
@@ -211,7 +298,7 @@ async fn connect(
     Ok(Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed()))
 }
 
-fn finish_tunnel(gw: &Gateway, mut record: AccessRecord, started: Instant, stats: crate::tunnel::RelayStats) {
+pub fn finish_tunnel(gw: &Gateway, mut record: AccessRecord, started: Instant, stats: crate::tunnel::RelayStats) {
     record.bytes_up = stats.up;
     record.bytes_down = stats.down;
     record.duration_ms = started.elapsed().as_millis() as u64;
@@ -221,7 +308,7 @@ fn finish_tunnel(gw: &Gateway, mut record: AccessRecord, started: Instant, stats
     gw.access_log.submit(record);
 }
 
-fn bracket(host: &str) -> String {
+pub fn bracket(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -301,7 +388,7 @@ fn add_via(headers: &mut HeaderMap, version: Version) {
 async fn forward(
     gw: &Arc<Gateway>,
     conn: &Arc<ConnContext>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     record: &mut AccessRecord,
     started: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -325,10 +412,28 @@ async fn forward(
     let Some((host, port)) = target_of(&uri, 80) else {
         return Err(bad_request("URL のホスト名が不正です。", "The request URL has no valid host."));
     };
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let decision = decide(gw, conn, RequestKind::Http, req.method().as_str(), &host, port, path);
+    relay_request(gw, conn, req, Target { scheme: "http", host, port }, UpstreamAlpn::None, record, started).await
+}
+
+/// Decides one HTTP request and, if allowed, relays it to `target` and
+/// streams the response back. Used for plain forwarded requests and for
+/// every request inside an inspected tunnel.
+pub async fn relay_request(
+    gw: &Arc<Gateway>,
+    conn: &Arc<ConnContext>,
+    mut req: Request<Incoming>,
+    target: Target,
+    alpn: UpstreamAlpn,
+    record: &mut AccessRecord,
+    started: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
+    let origin = target.origin();
+    record.target = format!("{origin}{path}");
+    let decision = decide(gw, conn, RequestKind::Http, req.method().as_str(), &target, &path);
     if decision.is_blocked() {
-        return Err(blocked(conn, &decision, &record.target.clone(), record));
+        let shown = record.target.clone();
+        return Err(blocked(conn, &decision, &shown, record));
     }
     record.rule = decision.rule.clone();
 
@@ -338,24 +443,30 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, websocket);
     add_via(&mut parts.headers, version);
-    // RFC 9112 §3.2.2: the absolute-form authority replaces any Host header.
-    if let Some(authority) = uri.authority() {
-        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-            parts.headers.insert(header::HOST, v);
-        }
+    // RFC 9112 §3.2.2: the target authority replaces any Host header.
+    let authority = origin.split_once("://").map(|(_, a)| a.to_string()).unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        parts.headers.insert(header::HOST, v);
     }
+    parts.uri = match format!("{origin}{path}").parse::<Uri>() {
+        Ok(u) => u,
+        Err(_) => return Err(bad_request("URL が不正です。", "The request URL is invalid.")),
+    };
     parts.version = Version::HTTP_11;
     let up = Arc::new(AtomicU64::new(0));
     let body: UpstreamBody = Counted { inner: body, counter: up.clone() }.boxed();
     let upstream_req = Request::from_parts(parts, body);
 
-    let client = gw.pools.client(decision.egress_source);
+    let client = gw.pools.client(decision.egress_source, alpn);
     let mut resp = match client.request(upstream_req).await {
         Ok(r) => r,
         Err(e) => {
-            let target = record.target.clone();
+            let shown = record.target.clone();
+            if let Some(tls) = tls_error(&e) {
+                return Err(invalid_certificate(conn, tls, &shown, record));
+            }
             if let Some(ee) = egress_error(&e) {
-                return Err(egress_refusal(conn, ee, &target, record));
+                return Err(egress_refusal(conn, ee, &shown, record));
             }
             record.error = Some(format!("upstream: {e}"));
             return Err(full(block_page::error_response(
@@ -369,11 +480,10 @@ async fn forward(
     record.status = resp.status().as_u16();
     record.egress = resp.extensions().get::<EgressInfo>().map(|i| i.local.ip().to_string());
 
-    if websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status()) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let gw2 = gw.clone();
         let mut rec = std::mem::take(record);
-        let client_upgrade = client_upgrade.expect("set when websocket");
         gw.tasks.spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {

@@ -382,6 +382,36 @@ impl CaMaterial {
         crl.pem().context("encoding CRL")
     }
 
+    /// Mint a TLS-inspection leaf for `host` (DNS name or IP literal): a fresh
+    /// ECDSA P-256 key, a random serial, serverAuth, valid for `validity`
+    /// after a one-hour backdate (clock skew), never beyond the CA's expiry.
+    /// Returned as DER, ready for rustls.
+    pub fn mint_inspection_leaf(
+        &self,
+        host: &str,
+        validity: Duration,
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(random_serial()?);
+        params.not_before = now - BACKDATE;
+        params.not_after = (now + validity).min(self.not_after);
+        params.use_authority_key_identifier_extension = true;
+        params.subject_alt_names = vec![server_san(host)?];
+        let key = new_key()?;
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .with_context(|| format!("minting an inspection certificate for {host}"))?;
+        let key_der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Ok((cert.der().clone(), key_der))
+    }
+
     fn sign_leaf(&self, params: CertificateParams, what: &str) -> Result<IssuedCert> {
         let key = new_key()?;
         let cert = params
@@ -725,7 +755,7 @@ fn new_key() -> Result<KeyPair> {
     KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating ECDSA P-256 key")
 }
 
-fn random_serial() -> Result<SerialNumber> {
+pub(crate) fn random_serial() -> Result<SerialNumber> {
     let mut buf = [0u8; 20];
     rustls::crypto::ring::default_provider()
         .secure_random

@@ -14,6 +14,7 @@ use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::egress::{Egress, EgressError};
 
@@ -28,41 +29,66 @@ pub struct EgressInfo {
     pub remote: SocketAddr,
 }
 
-/// An upstream TCP stream that reports its addresses to the pool.
-pub struct EgressStream {
-    io: TokioIo<tokio::net::TcpStream>,
-    info: EgressInfo,
+/// An upstream stream (plain TCP, or TLS for inspected HTTPS) that reports
+/// its addresses and negotiated protocol to the pool.
+pub enum EgressStream {
+    Plain { io: TokioIo<TcpStream>, info: EgressInfo },
+    Tls { io: TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, info: EgressInfo, h2: bool },
 }
 
 impl Connection for EgressStream {
     fn connected(&self) -> Connected {
-        Connected::new().extra(self.info)
+        match self {
+            EgressStream::Plain { info, .. } => Connected::new().extra(*info),
+            EgressStream::Tls { info, h2, .. } => {
+                let c = Connected::new().extra(*info);
+                if *h2 {
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
+            }
+        }
     }
 }
 
 impl hyper::rt::Read for EgressStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        match self.get_mut() {
+            EgressStream::Plain { io, .. } => Pin::new(io).poll_read(cx, buf),
+            EgressStream::Tls { io, .. } => Pin::new(io).poll_read(cx, buf),
+        }
     }
 }
 
 impl hyper::rt::Write for EgressStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        match self.get_mut() {
+            EgressStream::Plain { io, .. } => Pin::new(io).poll_write(cx, buf),
+            EgressStream::Tls { io, .. } => Pin::new(io).poll_write(cx, buf),
+        }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        match self.get_mut() {
+            EgressStream::Plain { io, .. } => Pin::new(io).poll_flush(cx),
+            EgressStream::Tls { io, .. } => Pin::new(io).poll_flush(cx),
+        }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        match self.get_mut() {
+            EgressStream::Plain { io, .. } => Pin::new(io).poll_shutdown(cx),
+            EgressStream::Tls { io, .. } => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }
 
-/// Connector used by the pooled client: DNS, destination guard, bind, connect.
+/// Connector used by the pooled clients: DNS, destination guard, bind,
+/// connect, and for `https` URIs a strictly verified TLS handshake.
 #[derive(Clone)]
 pub struct EgressConnector {
     egress: Arc<Egress>,
     source: Option<IpAddr>,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl tower_service::Service<Uri> for EgressConnector {
@@ -77,45 +103,121 @@ impl tower_service::Service<Uri> for EgressConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let egress = self.egress.clone();
         let source = self.source;
+        let tls = self.tls.clone();
         Box::pin(async move {
             let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-            let port = uri.port_u16().unwrap_or(80);
+            let https = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let stream = egress.connect(&host, port, source).await?;
             let info = EgressInfo {
                 local: stream.local_addr().map_err(|e| EgressError::Connect { host: host.clone(), port, reason: e.to_string() })?,
                 remote: stream.peer_addr().map_err(|e| EgressError::Connect { host: host.clone(), port, reason: e.to_string() })?,
             };
-            Ok(EgressStream { io: TokioIo::new(stream), info })
+            if !https {
+                return Ok(EgressStream::Plain { io: TokioIo::new(stream), info });
+            }
+            let Some(tls) = tls else {
+                return Err(EgressError::Connect { host, port, reason: "https upstream without a TLS configuration".into() });
+            };
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| EgressError::Connect { host: host.clone(), port, reason: format!("invalid server name: {e}") })?;
+            let tls_stream = tls.connect(name, stream).await.map_err(|e| EgressError::Tls { host: host.clone(), port, error: e })?;
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            Ok(EgressStream::Tls { io: TokioIo::new(tls_stream), info, h2 })
         })
     }
 }
 
-/// The pools, keyed by egress source.
+/// Which application protocols to offer an HTTPS upstream: the same ones
+/// the client offered us (ALPN mirroring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamAlpn {
+    /// Plain HTTP upstream.
+    None,
+    Http1,
+    H2AndHttp1,
+}
+
+/// The pools, keyed by egress source and ALPN offer. Inside one client the
+/// pool is keyed by scheme + host + port, so a connection is reused only for
+/// the same (host, port, egress).
 pub struct UpstreamPools {
     egress: Arc<Egress>,
-    clients: Mutex<HashMap<Option<IpAddr>, UpstreamClient>>,
+    tls_h1: Arc<rustls::ClientConfig>,
+    tls_h2: Arc<rustls::ClientConfig>,
+    clients: Mutex<HashMap<(Option<IpAddr>, UpstreamAlpn), UpstreamClient>>,
 }
 
 impl UpstreamPools {
-    pub fn new(egress: Arc<Egress>) -> Self {
-        UpstreamPools { egress, clients: Mutex::new(HashMap::new()) }
+    /// `tls` is the verifying client config (roots, no ALPN); ALPN variants are derived from it.
+    pub fn new(egress: Arc<Egress>, tls: rustls::ClientConfig) -> Self {
+        let mut h1 = tls.clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut h2 = tls;
+        h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        UpstreamPools { egress, tls_h1: Arc::new(h1), tls_h2: Arc::new(h2), clients: Mutex::new(HashMap::new()) }
     }
 
-    pub fn client(&self, source: Option<IpAddr>) -> UpstreamClient {
+    pub fn client(&self, source: Option<IpAddr>, alpn: UpstreamAlpn) -> UpstreamClient {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
-            .entry(source)
+            .entry((source, alpn))
             .or_insert_with(|| {
+                let tls = match alpn {
+                    UpstreamAlpn::None => None,
+                    UpstreamAlpn::Http1 => Some(tokio_rustls::TlsConnector::from(self.tls_h1.clone())),
+                    UpstreamAlpn::H2AndHttp1 => Some(tokio_rustls::TlsConnector::from(self.tls_h2.clone())),
+                };
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(60))
                     .pool_max_idle_per_host(32)
                     .set_host(false)
-                    .build(EgressConnector { egress: self.egress.clone(), source })
+                    .build(EgressConnector { egress: self.egress.clone(), source, tls })
             })
             .clone()
     }
+}
+
+/// The verifying TLS client config for upstreams: webpki roots plus an
+/// optional extra CA bundle; host names are always verified.
+pub fn upstream_tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        for cert in crate::pki::load_certs(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("{}: not a usable CA certificate: {e}", path.display()))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Finds a rustls error (e.g. an invalid upstream certificate) in an error chain.
+pub fn tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        if let Some(EgressError::Tls { error, .. }) = e.downcast_ref::<EgressError>() {
+            if let Some(inner) = error.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(inner);
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(inner);
+            }
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// Finds the egress error in a client error's source chain.

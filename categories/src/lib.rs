@@ -71,7 +71,10 @@
 //! tag) is probed once per label suffix, using a right-to-left hash so all
 //! suffix hashes come out of one pass over the host. Url entries are a
 //! second table keyed by (www-stripped) host pointing to a sorted run of
-//! paths searched by binary search. Distinct category sets are interned in
+//! paths searched by binary search. A one-hash Bloom filter (~8 bits per
+//! key, ~1 MiB for UT1) sits in front of both tables so that suffixes that
+//! are in no list rarely touch the big table; the remaining probes are
+//! issued together so their cache misses overlap. Distinct category sets are interned in
 //! a palette. [`Matcher::write_snapshot`] dumps these arrays behind a
 //! versioned, CRC-32-checked header so they load with a few `memcpy`s.
 

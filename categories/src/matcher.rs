@@ -37,6 +37,44 @@ pub struct Matcher {
     pub(crate) expr_src: Vec<(CategoryId, String)>,
     pub(crate) expressions_enabled: bool,
     pub(crate) regexes: Option<Regexes>,
+    /// One-hash Bloom filter (~8 bits per key) over the keys of `domains`,
+    /// `exceptions` and `url_hosts`: a label suffix whose bit is clear is
+    /// in none of the tables, so most probes of a miss never leave cache.
+    pub(crate) filter: Vec<u64>,
+}
+
+/// Bit of the filter for a key hash (bits independent of the table index,
+/// which uses the high bits, and of the tag, which uses the low 8).
+#[inline(always)]
+pub(crate) fn filter_bit(filter: &[u64], h: u64) -> bool {
+    let bits = filter.len() as u64 * 64;
+    if bits == 0 {
+        return false;
+    }
+    let b = (h >> 8) & (bits - 1);
+    filter[(b >> 6) as usize] & (1 << (b & 63)) != 0
+}
+
+pub(crate) fn build_filter(tables: &[&Table]) -> Vec<u64> {
+    let n: usize = tables.iter().map(|t| t.len).sum();
+    if n == 0 {
+        return Vec::new();
+    }
+    let bits = (n * 8).next_power_of_two().max(64);
+    let mut f = vec![0u64; bits / 64];
+    for t in tables {
+        for &s in &t.slots {
+            if s == crate::table::EMPTY {
+                continue;
+            }
+            let off = (s & 0xffff_ffff) as usize;
+            let len = t.arena[off] as usize;
+            let h = hash_key(&t.arena[off + 1..off + 1 + len]);
+            let b = (h >> 8) & (bits as u64 - 1);
+            f[(b >> 6) as usize] |= 1 << (b & 63);
+        }
+    }
+    f
 }
 
 fn palette_overflow() -> CategoryError {
@@ -167,7 +205,9 @@ impl Matcher {
         url_arena.shrink_to_fit();
         let mut pal = palette.sets;
         pal.shrink_to_fit();
+        let filter = build_filter(&[&domains, &exceptions, &url_hosts]);
         Ok(Matcher {
+            filter,
             names: b.names,
             usage: b.usage,
             palette: pal,
@@ -250,6 +290,7 @@ impl Matcher {
         let mut set = CategorySet::empty();
         let mut excluded = CategorySet::empty();
         let check_exc = !self.exceptions.is_empty();
+        let mut url_hash = None;
         if ip {
             let h = hash_key(host);
             if let Some(v) = self.domains.get(h, host) {
@@ -261,28 +302,73 @@ impl Matcher {
                 }
             }
         } else if !self.domains.is_empty() || check_exc {
+            // One right-to-left pass gives every label-suffix hash. Touch all
+            // their home slots (and the url-host slot) before probing, so the
+            // cache misses overlap instead of queueing one after another.
+            const MAXS: usize = 24;
+            let mut starts = [0usize; MAXS];
+            let mut hashes = [0u64; MAXS];
+            let mut n = 0;
+            // The url-host key is the www-stripped host: a label suffix too.
+            let url_start = host.len() - strip_www(host).len();
             let mut h = hash_start();
             let mut i = host.len();
             while i > 0 {
                 i -= 1;
                 h = hash_step(h, host[i]);
+                if i == url_start {
+                    url_hash = Some(hash_finish(h));
+                }
                 if i == 0 || host[i - 1] == b'.' {
-                    let fh = hash_finish(h);
-                    let suffix = &host[i..];
-                    if let Some(v) = self.domains.get(fh, suffix) {
-                        set = set.union(self.palette[v as usize]);
-                    }
-                    if check_exc {
-                        if let Some(v) = self.exceptions.get(fh, suffix) {
-                            excluded = excluded.union(self.palette[v as usize]);
+                    if n == MAXS {
+                        // Absurdly deep host: fall back to probing as we go.
+                        let fh = hash_finish(h);
+                        if let Some(v) = self.domains.get(fh, &host[i..]) {
+                            set = set.union(self.palette[v as usize]);
                         }
+                        if check_exc {
+                            if let Some(v) = self.exceptions.get(fh, &host[i..]) {
+                                excluded = excluded.union(self.palette[v as usize]);
+                            }
+                        }
+                    } else {
+                        let fh = hash_finish(h);
+                        if filter_bit(&self.filter, fh) {
+                            starts[n] = i;
+                            hashes[n] = fh;
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            let mut touch = 0u64;
+            for &fh in &hashes[..n] {
+                touch ^= self.domains.home_slot(fh);
+            }
+            if let Some(uhh) = url_hash {
+                if filter_bit(&self.filter, uhh) {
+                    touch ^= self.url_hosts.home_slot(uhh);
+                }
+            }
+            std::hint::black_box(touch);
+            for k in 0..n {
+                let suffix = &host[starts[k]..];
+                if let Some(v) = self.domains.get(hashes[k], suffix) {
+                    set = set.union(self.palette[v as usize]);
+                }
+                if check_exc {
+                    if let Some(v) = self.exceptions.get(hashes[k], suffix) {
+                        excluded = excluded.union(self.palette[v as usize]);
                     }
                 }
             }
         }
         if !self.url_hosts.is_empty() {
             let uh = if ip { host } else { strip_www(host) };
-            if let Some(hi) = self.url_hosts.get(hash_key(uh), uh) {
+            let uhh = url_hash.unwrap_or_else(|| hash_key(uh));
+            if !filter_bit(&self.filter, uhh) {
+                // no url entries for this host
+            } else if let Some(hi) = self.url_hosts.get(uhh, uh) {
                 set = set.union(self.url_lookup(hi as usize, path));
             }
         }
@@ -368,6 +454,7 @@ impl Matcher {
             .iter()
             .map(|(_, s)| s.capacity() + 32)
             .sum::<usize>();
+        n += self.filter.capacity() * 8;
         n
     }
 

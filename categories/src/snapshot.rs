@@ -11,7 +11,7 @@ use crate::table::Table;
 use crate::{CategoryError, CategoryId, CategorySet, Usage};
 
 pub(crate) const MAGIC: &[u8; 8] = b"KMGCAT\x00\x1a";
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 4;
 
 pub(crate) fn file_has_magic(path: &Path) -> Result<bool, CategoryError> {
@@ -166,6 +166,7 @@ impl Matcher {
             p.u32(*c as u32);
             p.bytes(r.as_bytes());
         }
+        p.u64s(&self.filter);
         let payload = p.0;
         let mut head = Vec::with_capacity(HEADER_LEN);
         head.extend_from_slice(MAGIC);
@@ -272,6 +273,10 @@ impl Matcher {
             }
             expr_src.push((c as CategoryId, r.string()?));
         }
+        let filter = r.u64s()?;
+        if !filter.is_empty() && !filter.len().is_power_of_two() {
+            return Err("bad filter size".into());
+        }
         if !r.b.is_empty() {
             return Err("trailing bytes in payload".into());
         }
@@ -313,6 +318,7 @@ impl Matcher {
             expr_src,
             expressions_enabled,
             regexes,
+            filter,
         })
     }
 }

@@ -88,6 +88,17 @@ impl Table {
         self.len == 0
     }
 
+    /// Value of the first slot probed for hash `h` (used to pull the cache
+    /// line in early; `EMPTY` for an empty table).
+    #[inline]
+    pub(crate) fn home_slot(&self, h: u64) -> u64 {
+        let cap = self.slots.len();
+        if cap == 0 {
+            return EMPTY;
+        }
+        self.slots[index(h, cap)]
+    }
+
     /// Looks up `key` whose [`hash_key`] is `h`.
     #[inline]
     pub(crate) fn get(&self, h: u64, key: &[u8]) -> Option<u32> {

@@ -146,28 +146,34 @@ pub(crate) fn fast_host(host: &str, buf: &mut [u8; 256]) -> Option<usize> {
 /// into (host incl. port, path incl. query, without fragment).
 pub(crate) fn split_url(url: &str) -> (&str, &str) {
     let u = url.trim();
-    let u = match u.find("://") {
-        Some(i)
-            if u[..i]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') =>
-        {
-            &u[i + 3..]
+    let b = u.as_bytes();
+    // Scheme: letters/digits/+-. followed by "://".
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b':' {
+            if b[i + 1..].starts_with(b"//") {
+                start = i + 3;
+            }
+            break;
         }
-        _ => u,
-    };
-    let (authority, rest) = match u.find(['/', '?', '#']) {
-        Some(i) => (&u[..i], &u[i..]),
-        None => (u, ""),
-    };
+        if !(c.is_ascii_alphanumeric() || c == b'+' || c == b'-' || c == b'.') {
+            break;
+        }
+    }
+    let rest = &b[start..];
+    let end = rest
+        .iter()
+        .position(|&c| c == b'/' || c == b'?' || c == b'#')
+        .unwrap_or(rest.len());
+    let authority = &u[start..start + end];
+    let mut path = &u[start + end..];
     let host = match authority.rfind('@') {
         Some(i) => &authority[i + 1..],
         None => authority,
     };
-    let path = match rest.find('#') {
-        Some(i) => &rest[..i],
-        None => rest,
-    };
+    if let Some(i) = path.find('#') {
+        path = &path[..i];
+    }
     (host, path)
 }
 
@@ -225,5 +231,7 @@ mod tests {
         assert_eq!(split_url("h/x"), ("h", "/x"));
         assert_eq!(split_url("h?x"), ("h", "?x"));
         assert_eq!(split_url("http://[::1]:8080/p"), ("[::1]:8080", "/p"));
+        assert_eq!(split_url("example.com:8080/p"), ("example.com:8080", "/p"));
+        assert_eq!(split_url("HTTPS://a.b"), ("a.b", ""));
     }
 }

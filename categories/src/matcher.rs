@@ -200,7 +200,6 @@ impl Matcher {
         } else {
             None
         };
-        let mut url_entries = url_entries;
         url_entries.shrink_to_fit();
         url_arena.shrink_to_fit();
         let mut pal = palette.sets;

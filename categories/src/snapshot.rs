@@ -92,9 +92,8 @@ impl<'a> R<'a> {
     }
     fn len(&mut self, elem: usize) -> Res<usize> {
         let n = self.u64()?;
-        if n.checked_mul(elem as u64)
-            .map_or(true, |t| t > self.b.len() as u64)
-        {
+        let fits = matches!(n.checked_mul(elem as u64), Some(t) if t <= self.b.len() as u64);
+        if !fits {
             return Err("length field exceeds payload".into());
         }
         Ok(n as usize)

@@ -209,7 +209,7 @@ fn squidguard_dir_gz_split_usage() {
     let cut2 = text.find("ee.test").unwrap();
     std::fs::write(a.join("domains.0"), &text[..cut1]).unwrap();
     std::fs::write(a.join("domains.1"), &text[cut1..cut2]).unwrap();
-    std::fs::write(a.join("domains.2.gz"), gz(text[cut2..].as_bytes())).unwrap();
+    std::fs::write(a.join("domains.2.gz"), gz(&text.as_bytes()[cut2..])).unwrap();
     std::fs::write(a.join("urls"), "Porn.example/Videos\n").unwrap();
     std::fs::write(a.join("expressions"), "(porn|xxx)\n").unwrap();
     std::fs::write(a.join("very_restrictive_expression"), "sex\n").unwrap();
@@ -321,7 +321,7 @@ fn snapshot_roundtrip_and_corruption() {
     std::fs::write(&p, &buf).unwrap();
     let m2 = Matcher::read_snapshot(&p).unwrap();
     assert_eq!(m2.category_names(), m.category_names());
-    assert_eq!(m2.heap_bytes() > 0, true);
+    assert!(m2.heap_bytes() > 0);
     for u in [
         "a.test",
         "x.a.test",

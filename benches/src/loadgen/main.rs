@@ -1,0 +1,240 @@
+//! komugate-loadgen: the school-morning load generator, its fast local
+//! origin, idle-tunnel memory measurement and the side-by-side table.
+//!
+//! ```text
+//! komugate-loadgen origin --http 127.0.0.1:18080 --https 127.0.0.1:18443 --ca-out origin-ca.pem
+//! komugate-loadgen run --proxy mtls://127.0.0.1:8443 --pki DIR --trust origin-ca.pem \
+//!     --devices 800 --ramp 60 --ops-per-device 20 --mix http=5,connect=3,blocked=1,download=0 ...
+//! komugate-loadgen idle --proxy mtls://127.0.0.1:8443 --pki DIR --tunnels 10000 --proxy-pid PID
+//! komugate-loadgen compare --title T --left squid.json --right komugate.json
+//! ```
+
+mod client;
+mod idle;
+mod origin;
+mod procstat;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "komugate-loadgen", about = "komugate school-morning load generator")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fast local origin (HTTP and HTTPS) for benchmarks.
+    Origin {
+        #[arg(long)]
+        http: Vec<SocketAddr>,
+        #[arg(long)]
+        https: Vec<SocketAddr>,
+        /// Extra DNS names in the HTTPS certificate.
+        #[arg(long)]
+        san: Vec<String>,
+        /// Write the origin CA certificate (PEM) here.
+        #[arg(long)]
+        ca_out: Option<PathBuf>,
+        /// Default response delay in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
+    /// Run a workload through a proxy and report.
+    Run(RunArgs),
+    /// Hold idle CONNECT tunnels open and report proxy memory per tunnel.
+    Idle {
+        #[command(flatten)]
+        common: RunArgs,
+        #[arg(long, default_value_t = 1000)]
+        tunnels: usize,
+        /// Tunnels (HTTP/2 streams) per device connection.
+        #[arg(long, default_value_t = 200)]
+        per_conn: usize,
+        /// CONNECT targets, round robin (several ports avoid ephemeral-port exhaustion).
+        #[arg(long, value_delimiter = ',')]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+    },
+    /// Markdown table of two reports side by side with the ratio right ÷ left.
+    Compare {
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        left: PathBuf,
+        #[arg(long, default_value = "Squid")]
+        left_name: String,
+        #[arg(long)]
+        right: PathBuf,
+        #[arg(long, default_value = "komugate")]
+        right_name: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// plain://IP:PORT (HTTP forward proxy) or mtls://IP:PORT (device certificates).
+    #[arg(long)]
+    proxy: String,
+    #[arg(long, default_value = "localhost")]
+    proxy_name: String,
+    /// CA of the proxy's server certificate (default PKI/inspect-ca.pem).
+    #[arg(long)]
+    proxy_ca: Option<PathBuf>,
+    /// komugate PKI dir (device-ca.pem/.key) to issue device certificates from.
+    #[arg(long)]
+    pki: Option<PathBuf>,
+    /// Roots for TLS inside tunnels (origin CA, inspection CA); repeatable.
+    #[arg(long)]
+    trust: Vec<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    origin_http: String,
+    #[arg(long, default_value = "127.0.0.1:18443")]
+    origin_https: String,
+    /// CONNECT target of inspected traffic (a Microsoft 365 name mapped to the origin by DNS).
+    #[arg(long, default_value = "outlook.office365.com:443")]
+    inspect_target: String,
+    #[arg(long, default_value = "http://blocked.example/")]
+    blocked_url: String,
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// All devices wake within this many seconds.
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
+    /// Keep going this many seconds after the ramp (closed loop).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Operations per device (default: unlimited with --duration, else 10).
+    #[arg(long)]
+    ops_per_device: Option<u64>,
+    /// Concurrent operations per device.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Share of devices using HTTP/2 to the proxy (mTLS).
+    #[arg(long, default_value_t = 0.5)]
+    h2_share: f64,
+    #[arg(long, default_value = "http=5,connect=3,blocked=1")]
+    mix: String,
+    /// Small response size (bytes).
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// Large body size (bytes) for upload/download.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    large: usize,
+    #[arg(long, default_value_t = 1)]
+    requests_per_tunnel: u32,
+    /// Make every Nth operation fetch /status/500 from the origin (fault injection).
+    #[arg(long, default_value_t = 0)]
+    inject_error_every: u64,
+    #[arg(long, default_value_t = 60.0)]
+    op_timeout: f64,
+    /// Pid of the proxy: CPU seconds and peak RSS are read from /proc.
+    #[arg(long)]
+    proxy_pid: Option<u32>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    md: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn config(&self) -> Result<client::RunConfig> {
+        let duration = self.duration.map(Duration::from_secs_f64);
+        Ok(client::RunConfig {
+            label: self.label.clone(),
+            proxy: client::ProxySpec::parse(&self.proxy)?,
+            proxy_name: self.proxy_name.clone(),
+            proxy_ca: self.proxy_ca.clone(),
+            pki: self.pki.clone(),
+            trust: self.trust.clone(),
+            origin_http: self.origin_http.clone(),
+            origin_https: self.origin_https.clone(),
+            inspect_target: self.inspect_target.clone(),
+            blocked_url: self.blocked_url.clone(),
+            devices: self.devices,
+            ramp: Duration::from_secs_f64(self.ramp),
+            duration,
+            ops_per_device: self.ops_per_device.or(if duration.is_some() { None } else { Some(10) }),
+            concurrency: self.concurrency,
+            h2_share: self.h2_share,
+            mix: client::parse_mix(&self.mix)?,
+            size: self.size,
+            large: self.large,
+            requests_per_tunnel: self.requests_per_tunnel,
+            inject_error_every: self.inject_error_every,
+            op_timeout: Duration::from_secs_f64(self.op_timeout),
+            proxy_pid: self.proxy_pid,
+        })
+    }
+}
+
+fn write_out(json: &Option<PathBuf>, md: &Option<PathBuf>, value: &impl serde::Serialize, markdown: &str) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    match json {
+        Some(p) => std::fs::write(p, &text).with_context(|| format!("cannot write {}", p.display()))?,
+        None => println!("{text}"),
+    }
+    if let Some(p) = md {
+        std::fs::write(p, markdown).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    eprintln!("{markdown}");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Origin { http, https, san, ca_out, delay_ms } => {
+            let o = origin::start(origin::OriginOptions { http, https, sans: san, ca_out, default_delay: Duration::from_millis(delay_ms) }).await?;
+            println!("origin ready: http {:?} https {:?}", o.http, o.https);
+            tokio::signal::ctrl_c().await?;
+        }
+        Cmd::Run(args) => {
+            let cfg = args.config()?;
+            let sampler = cfg.proxy_pid.map(procstat::Sampler::start);
+            let mut report = client::run(cfg).await?;
+            if let Some(s) = sampler {
+                report.proxy_usage = Some(s.finish().await);
+            }
+            write_out(&args.json, &args.md, &report, &report.markdown())?;
+        }
+        Cmd::Idle { common, tunnels, per_conn, targets, hold } => {
+            let pid = common.proxy_pid.context("idle needs --proxy-pid")?;
+            let targets = if targets.is_empty() { vec![common.origin_http.clone()] } else { targets };
+            let r = idle::run(common.config()?, tunnels, per_conn, targets, Duration::from_secs(hold), pid).await?;
+            let md = format!(
+                "| idle tunnels open | {} of {} over {} connections |\n| proxy RSS before / with connections / with tunnels | {:.1} / {:.1} / {:.1} MiB |\n| memory per tunnel | {:.1} KiB ({:.1} KiB with its share of connections) |\n| errors | {:?} |\n",
+                r.tunnels_open,
+                r.tunnels_requested,
+                r.connections,
+                r.proxy_rss_before_kib as f64 / 1024.0,
+                r.proxy_rss_connections_kib as f64 / 1024.0,
+                r.proxy_rss_tunnels_kib as f64 / 1024.0,
+                r.kib_per_tunnel,
+                r.kib_per_tunnel_with_connections,
+                r.errors
+            );
+            write_out(&common.json, &common.md, &r, &md)?;
+        }
+        Cmd::Compare { title, left, left_name, right, right_name } => {
+            let l: stats::Report = serde_json::from_str(&std::fs::read_to_string(&left)?)?;
+            let r: stats::Report = serde_json::from_str(&std::fs::read_to_string(&right)?)?;
+            print!("{}", stats::compare_markdown(&title, &left_name, &l, &right_name, &r));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

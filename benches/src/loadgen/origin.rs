@@ -1,0 +1,158 @@
+//! The fast local origin: hyper HTTP/1.1 on one or more loopback ports and
+//! HTTPS (rustls) with a throwaway CA, so the origin is never the bottleneck.
+//!
+//! Routes (any host):
+//! - `GET /bytes/N[?delay=MS]` → N bytes (zeros), after MS milliseconds
+//! - `GET /status/C` → status C, small body (used to inject errors)
+//! - `POST|PUT *` → reads the whole body, answers its length as text
+//! - anything else → `200 ok`
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// Largest body the origin serves in one response.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+pub struct OriginOptions {
+    pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    /// Extra DNS SANs for the HTTPS certificate (e.g. Microsoft 365 names).
+    pub sans: Vec<String>,
+    /// Where to write the origin CA certificate (PEM) that clients trust.
+    pub ca_out: Option<PathBuf>,
+    pub default_delay: Duration,
+}
+
+pub struct Origin {
+    pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    #[allow(dead_code)]
+    pub ca_pem: String,
+}
+
+fn zeros() -> Bytes {
+    static ZEROS: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    ZEROS.get_or_init(|| Bytes::from(vec![0u8; MAX_BODY])).clone()
+}
+
+async fn respond(req: Request<Incoming>, default_delay: Duration) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let mut delay = default_delay;
+    for kv in query.split('&') {
+        if let Some(v) = kv.strip_prefix("delay=") {
+            if let Ok(ms) = v.parse::<u64>() {
+                delay = Duration::from_millis(ms);
+            }
+        }
+    }
+    if req.method() == Method::POST || req.method() == Method::PUT {
+        let mut body = req.into_body();
+        let mut n: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        n += d.len() as u64;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return Ok(Response::new(Full::new(Bytes::from(n.to_string()))));
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n = n.parse::<usize>().unwrap_or(0).min(MAX_BODY);
+        return Ok(Response::new(Full::new(zeros().slice(..n))));
+    }
+    if let Some(c) = path.strip_prefix("/status/") {
+        let code = c.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"status\n")));
+        *resp.status_mut() = code;
+        return Ok(resp);
+    }
+    Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+}
+
+async fn serve_conn<S>(io: S, delay: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| respond(req, delay));
+    // No timer: idle connections (idle-tunnel scenario) stay open.
+    let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(io), svc).await;
+}
+
+/// Binds every listener and serves in background tasks.
+pub async fn start(opts: OriginOptions) -> Result<Origin> {
+    let ca = komugate::pki::generate_ca("komugate-loadgen origin CA")?;
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    sans.extend(opts.sans.iter().cloned());
+    let leaf = ca.issue_server(&sans)?;
+    let ca_pem = ca.cert_pem();
+    if let Some(p) = &opts.ca_out {
+        std::fs::write(p, &ca_pem).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.cert_der()?], leaf.key_der()?)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let delay = opts.default_delay;
+    let mut origin = Origin { http: Vec::new(), https: Vec::new(), ca_pem };
+    for addr in &opts.http {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("origin: cannot listen on {addr}"))?;
+        origin.http.push(l.local_addr()?);
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                tokio::spawn(serve_conn(s, delay));
+            }
+        });
+    }
+    for addr in &opts.https {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("origin: cannot listen on {addr}"))?;
+        origin.https.push(l.local_addr()?);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(s).await {
+                        serve_conn(tls, delay).await;
+                    }
+                });
+            }
+        });
+    }
+    Ok(origin)
+}

@@ -1,0 +1,91 @@
+//! Loadgen against the real gateway (in process, plain listener) and the
+//! local origin: an injected origin error is counted, blocked requests are
+//! not errors, tunnels work.
+
+use std::time::Duration;
+
+use crate::client::{parse_mix, ProxySpec, RunConfig};
+use crate::origin::{start, OriginOptions};
+
+async fn gateway(data: &std::path::Path) -> komugate::gateway::Running {
+    let text = komugate::config::DEFAULT_CONFIG
+        .replace("dir = \"./komugate-data\"", &format!("dir = {:?}", data.display().to_string()))
+        .replace("create_pki = true", "create_pki = false")
+        .replace("plain = \"127.0.0.1:3128\"", "plain = \"127.0.0.1:0\"")
+        .replace("mtls = \"127.0.0.1:8443\"", "mtls = \"\"")
+        .replace("admin = \"127.0.0.1:9090\"", "admin = \"\"")
+        .replace("allowed_ports = [80, 443, 8080, 8443, 9090]", "allowed_ports = []");
+    let config = komugate::config::Config::parse(&text, "test").expect("test config");
+    komugate::gateway::start(config).await.expect("gateway starts")
+}
+
+fn config(proxy: std::net::SocketAddr, origin: &crate::origin::Origin, ca: std::path::PathBuf, mix: &str) -> RunConfig {
+    RunConfig {
+        label: "test".into(),
+        proxy: ProxySpec::Plain(proxy),
+        proxy_name: "localhost".into(),
+        proxy_ca: None,
+        pki: None,
+        trust: vec![ca],
+        origin_http: origin.http[0].to_string(),
+        origin_https: origin.https[0].to_string(),
+        inspect_target: "outlook.office365.com:443".into(),
+        blocked_url: "http://blocked.example/".into(),
+        devices: 1,
+        ramp: Duration::ZERO,
+        duration: None,
+        ops_per_device: Some(20),
+        concurrency: 1,
+        h2_share: 0.0,
+        mix: parse_mix(mix).expect("mix"),
+        size: 1000,
+        large: 100_000,
+        requests_per_tunnel: 2,
+        inject_error_every: 0,
+        op_timeout: Duration::from_secs(10),
+        proxy_pid: None,
+    }
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("komugate-loadgen-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("tempdir");
+    d
+}
+
+#[tokio::test]
+async fn counts_an_injected_error_and_nothing_else() {
+    let dir = tempdir("inject");
+    let ca = dir.join("origin-ca.pem");
+    let origin = start(OriginOptions {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        https: vec!["127.0.0.1:0".parse().unwrap()],
+        sans: vec![],
+        ca_out: Some(ca.clone()),
+        default_delay: Duration::ZERO,
+    })
+    .await
+    .expect("origin");
+    let gw = gateway(&dir).await;
+    let proxy = gw.addrs.plain.expect("plain listener");
+
+    // 20 plain GETs, every 7th fetches /status/500: exactly 2 errors.
+    let mut cfg = config(proxy, &origin, ca.clone(), "http=1");
+    cfg.inject_error_every = 7;
+    let r = crate::client::run(cfg).await.expect("run");
+    assert_eq!(r.errors.get("status_500"), Some(&2), "{:?}", r.errors);
+    assert_eq!(r.errors_total, 2, "{:?}", r.errors);
+    assert_eq!(r.operations_ok, 18);
+
+    // Mixed, no injection: blocked (403) counts as success, tunnels and uploads work.
+    let cfg = config(proxy, &origin, ca, "http=2,connect=2,blocked=1,upload=1,download=1");
+    let r = crate::client::run(cfg).await.expect("run");
+    assert_eq!(r.errors_total, 0, "{:?}", r.errors);
+    assert_eq!(r.operations_ok, 20);
+    assert!(r.per_kind.contains_key("blocked") && r.per_kind.contains_key("connect"), "{:?}", r.per_kind.keys());
+    assert!(r.tls_handshakes > 0);
+    assert!(r.bytes_up >= 100_000);
+
+    gw.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,6 +29,12 @@ struct HttpsUpstream {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl HttpsUpstream {
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+}
+
 impl Drop for HttpsUpstream {
     fn drop(&mut self) {
         self.task.abort();

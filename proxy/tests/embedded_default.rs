@@ -87,6 +87,12 @@ impl Serve {
         );
     }
 
+    /// The access log path the banner names.
+    fn access_log(&self) -> PathBuf {
+        let line = self.banner.iter().find(|l| l.trim_start().starts_with("access log")).expect("banner names the access log");
+        PathBuf::from(line.trim_start().trim_start_matches("access log").trim())
+    }
+
     fn curl_lines(&self) -> Vec<String> {
         self.banner.iter().map(|l| l.trim()).filter(|l| l.starts_with("curl ")).map(str::to_string).collect()
     }
@@ -173,7 +179,9 @@ fn embedded_default_banner_curl_lines_work_and_sigterm_exits_zero() {
     }
     assert_eq!(healthz, 2, "plain and mTLS healthz lines: {curls:#?}");
     // The healthz requests really went through the proxy (not directly).
-    let log = wait_for_log(&data.join("access.log"), "/healthz", 2);
+    let log_path = serve.access_log();
+    assert!(log_path.starts_with(&data), "access log {} is inside the data dir", log_path.display());
+    let log = wait_for_log(&log_path, "/healthz", 2);
     assert!(log.matches("/healthz").count() >= 2, "access log:\n{log}");
     assert!(log.contains("\"listener\":\"mtls\"") && log.contains("demo-laptop"), "mTLS request with the demo device:\n{log}");
     assert!(log.contains("blocked.example"), "{log}");

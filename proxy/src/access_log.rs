@@ -33,6 +33,9 @@ pub struct AccessRecord {
     /// Local address of the upstream socket (the egress IP the upstream sees).
     pub egress: Option<String>,
     pub error: Option<String>,
+    /// IPS / threat-intel events in detail (sid, msg, action, list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips_events: Vec<crate::ips::IpsEvent>,
 }
 
 pub fn rfc3339(t: SystemTime) -> String {

@@ -33,6 +33,9 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// IPS rules and threat-intel lists (`komugate ips check FILE`).
+    #[command(subcommand)]
+    Ips(crate::ips::cli::IpsCommand),
 }
 
 #[derive(Subcommand)]
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, data } => serve(config.as_deref(), data),
         Command::Pki(cmd) => pki(cmd),
+        Command::Ips(cmd) => crate::ips::cli::run(cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");
             Ok(())

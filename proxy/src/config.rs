@@ -37,6 +37,15 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub inspect: InspectConfig,
+    /// `[ips]`: Suricata rules files (issue 6).
+    #[serde(default)]
+    pub ips: crate::ips::IpsConfig,
+    /// `[threat_intel]`: known-bad IP/CIDR and domain lists.
+    #[serde(default)]
+    pub threat_intel: crate::ips::ThreatIntelConfig,
+    /// `[doh]`: DNS over HTTPS on the mTLS listener.
+    #[serde(default)]
+    pub doh: crate::doh::DohConfig,
 }
 
 /// TLS inspection (`[inspect]`).
@@ -288,6 +297,7 @@ impl Config {
     }
 
     fn validate(&self, origin: &str) -> Result<()> {
+        self.doh.blocked_answer().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         for (name, addr) in [("plain", &self.listen.plain), ("mtls", &self.listen.mtls), ("admin", &self.listen.admin)] {
             if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
                 bail!("{origin}: [listen] {name} = {addr:?} is not an address like \"127.0.0.1:3128\"");

@@ -201,6 +201,11 @@ impl Resolver {
         })
     }
 
+    /// The hickory resolver itself (DoH forwards whole queries through it).
+    pub fn hickory(&self) -> &TokioResolver {
+        &self.inner
+    }
+
     /// Resolves a host name (or parses an IP literal) to its addresses.
     pub async fn resolve(&self, host: &str) -> Result<Arc<Vec<IpAddr>>, EgressError> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');

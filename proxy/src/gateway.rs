@@ -32,6 +32,8 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// Sites, site assertions (beacon keys, replay cache) and PAC lists.
     pub sites: crate::beacon::SiteAssertions,
+    /// IPS rules and threat-intel lists (`crate::ips`); swap on reload.
+    pub ips: ArcSwap<crate::ips::Security>,
     /// Cancelled on SIGTERM / Ctrl-C: listeners stop accepting.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so shutdown can wait for them.
@@ -136,8 +138,10 @@ pub async fn start(config: Config) -> Result<Running> {
         None
     };
     let sites = crate::beacon::SiteAssertions::from_config(&config, &metrics.registry)?;
+    let ips = crate::ips::Security::from_config(&config)?;
     let gateway = Arc::new(Gateway {
         sites,
+        ips: ArcSwap::from_pointee(ips),
         pools: UpstreamPools::new(egress.clone(), upstream_tls),
         inspector,
         egress,

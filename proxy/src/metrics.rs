@@ -19,6 +19,12 @@ pub struct Metrics {
     pub dns_lookup_seconds: Histogram,
     pub tunnels_open: IntGauge,
     pub access_log_dropped: IntCounter,
+    /// IPS rule matches by action (alert, drop).
+    pub ips_events: IntCounterVec,
+    /// Connections and DNS queries refused by threat-intel lists, by where the hit was seen.
+    pub threat_intel_blocks: IntCounterVec,
+    /// DNS-over-HTTPS queries by result (allow, block, error).
+    pub doh_queries: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +82,15 @@ impl Metrics {
                 "Access records dropped because the log writer could not keep up",
             )
             .expect("metric"),
+            ips_events: IntCounterVec::new(Opts::new("komugate_ips_events_total", "IPS rule matches by action"), &["action"])
+                .expect("metric"),
+            threat_intel_blocks: IntCounterVec::new(
+                Opts::new("komugate_threat_intel_blocks_total", "Destinations refused by threat-intel lists, by where seen"),
+                &["via"],
+            )
+            .expect("metric"),
+            doh_queries: IntCounterVec::new(Opts::new("komugate_doh_queries_total", "DNS-over-HTTPS queries by result"), &["result"])
+                .expect("metric"),
             registry,
         };
         let r = &m.registry;
@@ -92,6 +107,9 @@ impl Metrics {
             Box::new(m.dns_lookup_seconds.clone()),
             Box::new(m.tunnels_open.clone()),
             Box::new(m.access_log_dropped.clone()),
+            Box::new(m.ips_events.clone()),
+            Box::new(m.threat_intel_blocks.clone()),
+            Box::new(m.doh_queries.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");

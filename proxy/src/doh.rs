@@ -1,0 +1,450 @@
+//! DNS over HTTPS (RFC 8484) on the mTLS listener: `GET /dns-query?dns=`
+//! (base64url) and `POST /dns-query` (`application/dns-message`), for
+//! device-authenticated clients only.
+//!
+//! Each query is checked, in order, against the threat-intel domain lists,
+//! the IPS `dns.query` (and `alert dns` payload) rules, and the decision
+//! point (as a CONNECT to the name on port 443, so DNS follows the same
+//! category and policy rules as the web). Blocked names get NXDOMAIN or the
+//! configured block-page address (`[doh] blocked_answer`). Allowed queries
+//! are resolved with hickory (the gateway's `[dns]` servers); answers whose
+//! addresses or CNAME targets are threat-intel listed are blocked as well.
+//! Every query is one access record (method `DNS`, target the name).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::rr::rdata::{A, AAAA};
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
+use hickory_resolver::proto::ProtoErrorKind;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::access_log::{rfc3339, AccessRecord};
+use crate::decision::{ListenerKind, RequestInfo, RequestKind};
+use crate::gateway::Gateway;
+use crate::http_proxy::{ConnContext, ProxyBody};
+use crate::ips::http::{add_events, event_context};
+
+pub const PATH: &str = "/dns-query";
+const CONTENT_TYPE: &str = "application/dns-message";
+/// Largest DNS message (RFC 8484 §6 allows up to 65535 bytes).
+const MAX_MESSAGE: usize = 65535;
+
+/// `[doh]` in the gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DohConfig {
+    /// Answer DoH at `/dns-query` on the mTLS listener.
+    pub enabled: bool,
+    /// `"nxdomain"`, or an IP address (the block page server) returned for
+    /// A (IPv4) / AAAA (IPv6) queries of blocked names.
+    pub blocked_answer: String,
+    /// TTL of blocked answers, seconds.
+    pub blocked_ttl: u32,
+}
+
+impl Default for DohConfig {
+    fn default() -> Self {
+        DohConfig {
+            enabled: true,
+            blocked_answer: "nxdomain".into(),
+            blocked_ttl: 60,
+        }
+    }
+}
+
+/// What a blocked name resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockedAnswer {
+    NxDomain,
+    Address(IpAddr),
+}
+
+impl DohConfig {
+    pub fn blocked_answer(&self) -> Result<BlockedAnswer, String> {
+        let v = self.blocked_answer.trim();
+        if v.eq_ignore_ascii_case("nxdomain") {
+            return Ok(BlockedAnswer::NxDomain);
+        }
+        v.parse::<IpAddr>().map(BlockedAnswer::Address).map_err(|_| {
+            format!("[doh] blocked_answer = {v:?} must be \"nxdomain\" or an IP address (the block page server)")
+        })
+    }
+}
+
+/// Whether a request on the proxy listeners is a DoH request to the
+/// gateway itself (origin-form `/dns-query`, or an `https://` h2 request
+/// with that path, on the mTLS listener).
+pub fn is_doh(conn: &ConnContext, req: &Request<Incoming>) -> bool {
+    conn.listener == ListenerKind::Mtls
+        && req.method() != Method::CONNECT
+        && req.uri().path() == PATH
+        && req.uri().scheme_str() != Some("http")
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn bad(status: StatusCode, msg: &str) -> Response<ProxyBody> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from(format!("{msg}\n")),
+    )
+}
+
+/// Serves one DoH request and writes its access record.
+pub async fn serve(
+    gw: &Arc<Gateway>,
+    conn: &ConnContext,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let mut record = AccessRecord {
+        time: rfc3339(SystemTime::now()),
+        listener: conn.listener.label(),
+        device: conn.device.as_ref().map(|d| d.device_id.clone()),
+        groups: conn
+            .device
+            .as_ref()
+            .map(|d| d.cert_groups.clone())
+            .unwrap_or_default(),
+        client: conn.client.to_string(),
+        method: "DNS".into(),
+        target: PATH.into(),
+        decision: "error",
+        ..Default::default()
+    };
+    let resp = match read_query(gw, req).await {
+        Err(resp) => resp,
+        Ok(bytes) => match Message::from_vec(&bytes) {
+            Err(e) => bad(StatusCode::BAD_REQUEST, &format!("not a DNS message: {e}")),
+            Ok(query) => {
+                let answer = answer(gw, conn, &query, &bytes, &mut record).await;
+                match answer.to_vec() {
+                    Ok(wire) => {
+                        let mut resp = respond(StatusCode::OK, CONTENT_TYPE, Bytes::from(wire));
+                        let ttl = answer
+                            .answers()
+                            .iter()
+                            .map(|r| r.ttl())
+                            .min()
+                            .unwrap_or(0)
+                            .min(300);
+                        if let Ok(v) = HeaderValue::from_str(&format!("max-age={ttl}")) {
+                            resp.headers_mut().insert(header::CACHE_CONTROL, v);
+                        }
+                        resp
+                    }
+                    Err(e) => {
+                        record.error = Some(format!("cannot encode the DNS answer: {e}"));
+                        bad(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "cannot encode the DNS answer",
+                        )
+                    }
+                }
+            }
+        },
+    };
+    record.status = resp.status().as_u16();
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    gw.metrics
+        .doh_queries
+        .with_label_values(&[record.decision])
+        .inc();
+    gw.metrics
+        .requests_total
+        .with_label_values(&["doh", record.decision])
+        .inc();
+    gw.access_log.submit(record);
+    resp
+}
+
+async fn read_query(gw: &Gateway, req: Request<Incoming>) -> Result<Vec<u8>, Response<ProxyBody>> {
+    if !gw.config.doh.enabled {
+        return Err(bad(
+            StatusCode::NOT_FOUND,
+            "DNS over HTTPS is disabled on this gateway ([doh] enabled = false)",
+        ));
+    }
+    match *req.method() {
+        Method::GET => {
+            let query = req.uri().query().unwrap_or("");
+            let Some(param) = query.split('&').find_map(|kv| kv.strip_prefix("dns=")) else {
+                return Err(bad(
+                    StatusCode::BAD_REQUEST,
+                    "GET /dns-query needs a ?dns= parameter (base64url DNS message, RFC 8484)",
+                ));
+            };
+            let param = param.trim_end_matches('=');
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(param)
+                .map_err(|e| {
+                    bad(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the dns= parameter is not base64url: {e}"),
+                    )
+                })
+        }
+        Method::POST => {
+            let ct = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(CONTENT_TYPE)
+            {
+                return Err(bad(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "POST /dns-query needs Content-Type: application/dns-message",
+                ));
+            }
+            let body = Limited::new(req.into_body(), MAX_MESSAGE)
+                .collect()
+                .await
+                .map_err(|e| {
+                    bad(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("cannot read the DNS message (at most {MAX_MESSAGE} bytes): {e}"),
+                    )
+                })?;
+            Ok(body.to_bytes().to_vec())
+        }
+        _ => {
+            let mut resp = bad(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET or POST for /dns-query",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            Err(resp)
+        }
+    }
+}
+
+fn response_for(query: &Message) -> Message {
+    let mut resp = Message::new();
+    resp.set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_checking_disabled(query.checking_disabled());
+    for q in query.queries() {
+        resp.add_query(q.clone());
+    }
+    if query.extensions().is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        resp.set_edns(edns);
+    }
+    resp
+}
+
+/// The reply to one query message.
+async fn answer(
+    gw: &Gateway,
+    conn: &ConnContext,
+    query: &Message,
+    wire: &[u8],
+    record: &mut AccessRecord,
+) -> Message {
+    let mut resp = response_for(query);
+    if query.message_type() != MessageType::Query || query.queries().len() != 1 {
+        record.error = Some("not a query with exactly one question".into());
+        resp.set_response_code(ResponseCode::FormErr);
+        return resp;
+    }
+    if query.op_code() != OpCode::Query {
+        record.error = Some(format!("unsupported opcode {:?}", query.op_code()));
+        resp.set_response_code(ResponseCode::NotImp);
+        return resp;
+    }
+    let q: &Query = &query.queries()[0];
+    let name = q
+        .name()
+        .to_ascii()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    record.target = name.clone();
+    let ctx = event_context(gw, conn, &name);
+    let sec = gw.ips.load_full();
+
+    // 1. Threat intel on the name.
+    if let Some(hit) = sec.intel.check_host(&name) {
+        let event = ctx.threat("dns", &name, &hit);
+        record.rule = event.rule_name();
+        add_events(record, [event]);
+        return blocked(gw, resp, q, record);
+    }
+    // 2. IPS dns rules.
+    if sec.engine.has_dns_rules() {
+        let events = ctx.ips("dns", &sec.engine.scan_dns_query(&name, Some(wire)));
+        let drop = events.iter().find(|e| e.is_drop()).map(|e| e.rule_name());
+        add_events(record, events);
+        if let Some(rule) = drop {
+            record.rule = rule;
+            return blocked(gw, resp, q, record);
+        }
+    }
+    // 3. The decision point, as for a CONNECT to name:443.
+    let decision = gw.runtime.load().decide(&RequestInfo {
+        listener: conn.listener,
+        device: conn.device.as_ref(),
+        client: conn.client,
+        kind: RequestKind::Connect,
+        method: "CONNECT",
+        host: &name,
+        port: 443,
+        path: "",
+        scheme: "",
+        location: None,
+    });
+    record.rule = decision.rule.clone();
+    if decision.is_blocked() {
+        return blocked(gw, resp, q, record);
+    }
+    // 4. Resolve.
+    match gw
+        .egress
+        .resolver
+        .hickory()
+        .lookup(q.name().clone(), q.query_type())
+        .await
+    {
+        Ok(lookup) => {
+            let records: Vec<Record> = lookup.records().to_vec();
+            for r in &records {
+                let listed = match r.data() {
+                    RData::A(a) => sec
+                        .intel
+                        .check_ip(IpAddr::V4(a.0))
+                        .map(|h| (a.0.to_string(), h)),
+                    RData::AAAA(a) => sec
+                        .intel
+                        .check_ip(IpAddr::V6(a.0))
+                        .map(|h| (a.0.to_string(), h)),
+                    RData::CNAME(c) => {
+                        let target = c.0.to_ascii();
+                        sec.intel
+                            .check_host(&target)
+                            .map(|h| (target.trim_end_matches('.').to_string(), h))
+                    }
+                    _ => None,
+                };
+                if let Some((what, hit)) = listed {
+                    let event = ctx.threat("dns-answer", &format!("{name} ({what})"), &hit);
+                    record.rule = event.rule_name();
+                    add_events(record, [event]);
+                    return blocked(gw, resp, q, record);
+                }
+            }
+            record.decision = "allow";
+            resp.insert_answers(records);
+            resp.set_response_code(ResponseCode::NoError);
+        }
+        Err(e) => {
+            record.decision = "allow";
+            match e.proto().map(|p| p.kind()) {
+                Some(ProtoErrorKind::NoRecordsFound {
+                    response_code, soa, ..
+                }) => {
+                    resp.set_response_code(*response_code);
+                    if let Some(soa) = soa {
+                        resp.add_name_server(soa.as_ref().clone().into_record_of_rdata());
+                    }
+                }
+                _ => {
+                    record.decision = "error";
+                    record.error = Some(format!("resolving {name}: {e}"));
+                    resp.set_response_code(ResponseCode::ServFail);
+                }
+            }
+        }
+    }
+    resp
+}
+
+fn blocked(gw: &Gateway, mut resp: Message, q: &Query, record: &mut AccessRecord) -> Message {
+    record.decision = "block";
+    let ttl = gw.config.doh.blocked_ttl;
+    match gw
+        .config
+        .doh
+        .blocked_answer()
+        .unwrap_or(BlockedAnswer::NxDomain)
+    {
+        BlockedAnswer::NxDomain => {
+            resp.set_response_code(ResponseCode::NXDomain);
+        }
+        BlockedAnswer::Address(ip) => {
+            resp.set_response_code(ResponseCode::NoError);
+            match (q.query_type(), ip) {
+                (RecordType::A, IpAddr::V4(v4)) => {
+                    resp.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(v4))));
+                }
+                (RecordType::AAAA, IpAddr::V6(v6)) => {
+                    resp.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        ttl,
+                        RData::AAAA(AAAA(v6)),
+                    ));
+                }
+                // Other types: no data (NOERROR, empty answer).
+                _ => {}
+            }
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_answer_config() {
+        let mut c = DohConfig::default();
+        assert_eq!(c.blocked_answer(), Ok(BlockedAnswer::NxDomain));
+        c.blocked_answer = "192.0.2.1".into();
+        assert_eq!(
+            c.blocked_answer(),
+            Ok(BlockedAnswer::Address("192.0.2.1".parse().unwrap()))
+        );
+        c.blocked_answer = "block-page".into();
+        assert!(c.blocked_answer().unwrap_err().contains("nxdomain"));
+    }
+
+    #[test]
+    fn response_mirrors_query() {
+        let mut q = Message::new();
+        q.set_id(4242).set_recursion_desired(true);
+        q.add_query(Query::query("a.example.".parse().unwrap(), RecordType::A));
+        let r = response_for(&q);
+        assert_eq!(r.id(), 4242);
+        assert_eq!(r.message_type(), MessageType::Response);
+        assert!(r.recursion_desired());
+        assert_eq!(r.queries().len(), 1);
+        let wire = r.to_vec().unwrap();
+        assert_eq!(Message::from_vec(&wire).unwrap().id(), 4242);
+    }
+}

@@ -1,0 +1,262 @@
+//! IPS signatures (a Suricata rule subset) and threat-intelligence lists.
+//!
+//! - [`rule`]: the rule parser; unsupported rules are skipped with a reason
+//! - [`pcre`]: PCRE to `regex` translation
+//! - [`engine`]: compiled rule set and the scanning API used by the data
+//!   path (`scan_http_request`, `scan_http_request_body_chunk`,
+//!   `scan_http_response_body_chunk`, `scan_tls_sni`, `scan_dns_query`,
+//!   `scan_stream_prefix`)
+//! - [`threat_intel`]: known-bad IPs/CIDRs and domains
+//! - [`sni`]: ClientHello server-name parser for tunnels
+//! - [`tunnel`]: inspection of the first bytes of CONNECT tunnels
+//! - [`http`]: hooks for forwarded (and, later, inspected) HTTP requests
+//!
+//! Every hit becomes an [`IpsEvent`] in the access record (field `ips`), a
+//! `tracing` line with sid, msg, device and destination, and a metric
+//! (`komugate_ips_events_total{action}`, `komugate_threat_intel_blocks_total{via}`).
+
+pub mod cli;
+pub mod engine;
+pub mod http;
+pub mod pcre;
+pub mod rule;
+pub mod sni;
+pub mod threat_intel;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use engine::{BodyScan, Direction, HttpRequestBuffers, IpsEngine, IpsMatch, LoadReport};
+pub use rule::{Action, Buffer};
+pub use threat_intel::{ThreatHit, ThreatIntel};
+
+use crate::metrics::Metrics;
+
+/// `[ips]` in the gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpsConfig {
+    /// Suricata rules files (relative to the data directory).
+    pub rules: Vec<PathBuf>,
+    /// Bytes inspected at the start of each direction of a raw tunnel.
+    pub stream_depth: usize,
+    /// Bytes of a request or response body inspected.
+    pub body_depth: usize,
+}
+
+impl Default for IpsConfig {
+    fn default() -> Self {
+        IpsConfig {
+            rules: Vec::new(),
+            stream_depth: 8192,
+            body_depth: 65536,
+        }
+    }
+}
+
+/// `[threat_intel]` in the gateway configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreatIntelConfig {
+    /// Lists of IPs / CIDRs / domains (relative to the data directory).
+    pub lists: Vec<PathBuf>,
+}
+
+/// The loaded IPS rules and threat-intel lists (swap on reload).
+pub struct Security {
+    pub engine: IpsEngine,
+    pub intel: ThreatIntel,
+    pub stream_depth: usize,
+    pub body_depth: usize,
+    pub report: LoadReport,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            engine: IpsEngine::empty(),
+            intel: ThreatIntel::default(),
+            stream_depth: IpsConfig::default().stream_depth,
+            body_depth: IpsConfig::default().body_depth,
+            report: LoadReport::default(),
+        }
+    }
+}
+
+impl Security {
+    /// Loads `[ips] rules` and `[threat_intel] lists` (paths relative to
+    /// the data directory). Unreadable files are errors; skipped rules and
+    /// invalid list lines are logged.
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Security> {
+        let rule_paths: Vec<PathBuf> = config
+            .ips
+            .rules
+            .iter()
+            .map(|p| config.data_path(p))
+            .collect();
+        let list_paths: Vec<PathBuf> = config
+            .threat_intel
+            .lists
+            .iter()
+            .map(|p| config.data_path(p))
+            .collect();
+        let (engine, report) = IpsEngine::load(&rule_paths)?;
+        let (intel, lists) = ThreatIntel::load(&list_paths)?;
+        if !rule_paths.is_empty() {
+            tracing::info!(
+                "IPS: {} rules loaded, {} skipped (run `komugate ips check FILE` for the reasons)",
+                report.loaded,
+                report.skipped_total()
+            );
+        }
+        for l in &lists {
+            tracing::info!(
+                "threat intel list {}: {} addresses/networks, {} domains",
+                l.name,
+                l.ips,
+                l.domains
+            );
+            for (line, text) in l.invalid.iter().take(5) {
+                tracing::warn!(
+                    "threat intel list {} line {line}: not an address, CIDR or domain: {text:?}",
+                    l.name
+                );
+            }
+        }
+        Ok(Security {
+            engine,
+            intel,
+            stream_depth: config.ips.stream_depth.max(64),
+            body_depth: config.ips.body_depth,
+            report,
+        })
+    }
+}
+
+/// One IPS or threat-intel hit, as written in the access record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IpsEvent {
+    /// Where it was seen: `http`, `http-body`, `sni`, `dns`, `stream`, or for
+    /// threat intel the checked name/address kind (`host`, `address`, `sni`, `dns-answer`).
+    pub source: &'static str,
+    /// `alert` or `drop` (threat-intel hits are always `drop`).
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rev: Option<u32>,
+    pub msg: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classtype: Option<String>,
+    /// Threat intel: the list and the entry that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+}
+
+impl IpsEvent {
+    pub fn is_drop(&self) -> bool {
+        self.action == "drop"
+    }
+
+    /// The rule name written to the access record and block page when
+    /// this event blocks: `ips:<sid>` or `threat-intel`.
+    pub fn rule_name(&self) -> String {
+        match self.sid {
+            Some(sid) => format!("ips:{sid}"),
+            None => "threat-intel".to_string(),
+        }
+    }
+
+    /// The reason shown on the block page.
+    pub fn message(&self) -> String {
+        match (&self.list, &self.entry) {
+            (Some(list), Some(entry)) => format!("{} ({list}: {entry})", self.msg),
+            _ => match self.sid {
+                Some(sid) => format!("IPS signature {sid}: {}", self.msg),
+                None => self.msg.clone(),
+            },
+        }
+    }
+}
+
+/// Who and where, for the event log line and metrics.
+#[derive(Clone)]
+pub struct EventContext {
+    pub metrics: Arc<Metrics>,
+    pub device: Option<String>,
+    pub client: SocketAddr,
+    /// `host:port` or URL.
+    pub target: String,
+}
+
+impl EventContext {
+    /// Logs and counts IPS matches, returning their access-record events.
+    pub fn ips(&self, source: &'static str, matches: &[IpsMatch]) -> Vec<IpsEvent> {
+        matches
+            .iter()
+            .map(|m| {
+                let action = m.action.label();
+                self.metrics.ips_events.with_label_values(&[action]).inc();
+                tracing::warn!(
+                    target: "komugate::ips",
+                    sid = m.sid,
+                    rev = m.rev,
+                    action,
+                    source,
+                    device = self.device.as_deref().unwrap_or("-"),
+                    client = %self.client,
+                    destination = %self.target,
+                    "IPS {action} sid {}: {}",
+                    m.sid,
+                    m.msg
+                );
+                IpsEvent {
+                    source,
+                    action,
+                    sid: Some(m.sid),
+                    rev: Some(m.rev),
+                    msg: m.msg.to_string(),
+                    classtype: m.classtype.as_deref().map(str::to_string),
+                    list: None,
+                    entry: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Logs and counts a threat-intel hit (always a block).
+    pub fn threat(&self, via: &'static str, checked: &str, hit: &ThreatHit) -> IpsEvent {
+        self.metrics
+            .threat_intel_blocks
+            .with_label_values(&[via])
+            .inc();
+        tracing::warn!(
+            target: "komugate::ips",
+            list = %hit.list,
+            entry = %hit.entry,
+            via,
+            device = self.device.as_deref().unwrap_or("-"),
+            client = %self.client,
+            destination = %self.target,
+            "threat intel: {checked} is listed in {} ({}); refused",
+            hit.list,
+            hit.entry
+        );
+        IpsEvent {
+            source: via,
+            action: "drop",
+            sid: None,
+            rev: None,
+            msg: format!("{checked} is a known-bad destination"),
+            classtype: None,
+            list: Some(hit.list.clone()),
+            entry: Some(hit.entry.clone()),
+        }
+    }
+}

@@ -69,11 +69,14 @@ pub fn log_refusal(gw: &Gateway, mut record: AccessRecord, resp: Refusal, starte
 pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnContext>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let mut record = new_record(&conn, req.method().as_str());
     let started = Instant::now();
+    gw.sites.observe(conn.device.as_ref(), conn.client, req.headers());
     let result = if req.headers().contains_key(crate::framing_guard::FRAMING_ERROR_HEADER) {
         Err(bad_request(
             "Content-Length と Transfer-Encoding の両方を含むリクエストは受け付けません。",
             "A request with both Content-Length and Transfer-Encoding is refused (request smuggling risk).",
         ))
+    } else if conn.listener == ListenerKind::Mtls && crate::pac::is_pac_request(&req) {
+        return Ok(full(crate::pac::gateway_response(&gw, conn.device.as_ref(), conn.client, &req)));
     } else if req.method() == Method::CONNECT {
         connect(&gw, &conn, req, &mut record, started).await
     } else {
@@ -144,6 +147,7 @@ pub fn decide(gw: &Gateway, conn: &ConnContext, kind: RequestKind, method: &str,
         port: target.port,
         path,
         scheme: if kind == RequestKind::Connect { "" } else { target.scheme },
+        location: gw.sites.location(conn.device.as_ref(), conn.client),
     })
 }
 
@@ -170,7 +174,14 @@ fn invalid_certificate(conn: &ConnContext, err: &rustls::Error, target: &str, re
     record.error = Some(format!("upstream certificate: {err}"));
     tracing::warn!(target, device = ?conn.device.as_ref().map(|d| &d.device_id), "upstream certificate invalid: {err}");
     let reason = match err {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => "サイトの証明書の有効期限が切れています。 / The site's certificate has expired.".to_string(),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. }) => {
+            "サイトの証明書の有効期限が切れています。 / The site's certificate has expired.".to_string()
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYetContext { .. }) => {
+            "サイトの証明書はまだ有効になっていません。 / The site's certificate is not valid yet.".to_string()
+        }
         rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
         | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => {
             "サイトの証明書がこのホスト名用ではありません。 / The site's certificate is not valid for this host name.".to_string()

@@ -122,3 +122,122 @@ impl CertMinter {
         self.ca.cert_der()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minter(capacity: usize) -> CertMinter {
+        let ca = crate::pki::generate_ca("komugate inspection CA").unwrap();
+        CertMinter::new(ca, Duration::from_secs(7 * 24 * 3600), capacity, MintMetrics::register(&Registry::new()))
+    }
+
+    #[tokio::test]
+    async fn serials_are_unique_and_names_right() {
+        let m = minter(1000);
+        let mut serials = std::collections::HashSet::new();
+        for i in 0..100 {
+            let host = format!("host{i}.example");
+            let config = m.config_for(&host).await.unwrap();
+            let der = certificate_of(&config, &host);
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            assert!(serials.insert(cert.raw_serial().to_vec()), "duplicate serial");
+            let san = cert.subject_alternative_name().unwrap().unwrap();
+            assert!(format!("{:?}", san.value.general_names).contains(&host));
+            assert_eq!(cert.issuer().to_string(), "CN=komugate inspection CA, O=komugate");
+            let validity = cert.validity();
+            let secs = validity.not_after.timestamp() - validity.not_before.timestamp();
+            assert!((7 * 86400..=7 * 86400 + 3700).contains(&secs), "validity {secs}s");
+        }
+        assert_eq!(m.metrics.misses.get(), 100);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_mint_once_and_repeats_hit() {
+        let m = Arc::new(minter(1000));
+        let tasks: Vec<_> = (0..50).map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move { m.config_for("same.example").await.unwrap() })
+        }).collect();
+        let mut configs = Vec::new();
+        for t in tasks {
+            configs.push(t.await.unwrap());
+        }
+        assert_eq!(m.metrics.misses.get(), 1, "single flight");
+        assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
+        m.config_for("same.example").await.unwrap();
+        assert!(m.metrics.hits.get() >= 1);
+    }
+
+    #[tokio::test]
+    async fn cache_is_bounded() {
+        let m = minter(10);
+        for i in 0..25 {
+            m.config_for(&format!("h{i}.example")).await.unwrap();
+        }
+        assert_eq!(m.metrics.cache_size.get(), 10);
+        // The oldest entries were evicted: asking again mints anew.
+        m.config_for("h0.example").await.unwrap();
+        assert_eq!(m.metrics.misses.get(), 26);
+    }
+
+    /// Does a real handshake with the config and returns the leaf it presents.
+    fn certificate_of(config: &HostConfig, host: &str) -> Vec<u8> {
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), rustls_pki_types::ServerName::try_from(host.to_string()).unwrap()).unwrap();
+        let mut s = rustls::ServerConnection::new(config.clone()).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() {
+                break;
+            }
+        }
+        c.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    #[derive(Debug)]
+    struct AcceptAny;
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        }
+    }
+}

@@ -1,14 +1,15 @@
-//! Access records: one JSON line per request or tunnel, written by a
-//! background task so the data path never waits on the disk.
+//! Access records: one JSON line per request or tunnel, handed to the log
+//! writer ([`crate::logs::writer`]) so the data path never waits on the disk.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 
+use crate::config::Config;
+use crate::logs::audit::AuditLog;
+use crate::logs::ship::ShipStop;
+use crate::logs::writer::{self, LogMetrics, Submitter, WriterSettings};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -33,6 +34,21 @@ pub struct AccessRecord {
     /// Local address of the upstream socket (the egress IP the upstream sees).
     pub egress: Option<String>,
     pub error: Option<String>,
+    /// Signed-in user, when known (filled by identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Site name from location ("offsite" outside the sites).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// URL categories of the target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    /// CASB application (m365, google, c4th ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// IPS signature id(s) that fired, comma-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ips: Option<String>,
     /// IPS / threat-intel events in detail (sid, msg, action, list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips_events: Vec<crate::ips::IpsEvent>,
@@ -46,73 +62,65 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// Cloneable handle the data path uses to submit records.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<AccessRecord>,
-    metrics: Arc<Metrics>,
+    submitter: Submitter,
+    metrics: Arc<LogMetrics>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl AccessLog {
-    /// Opens (appending) `path` and starts the writer task. The returned join
+    /// Starts the log writer for `config`'s `[log]` (recovering what a crash
+    /// left), the shipping threads and the audit log. The returned join
     /// handle finishes after every handle is dropped and the file is synced.
-    pub async fn start(path: &Path, metrics: Arc<Metrics>) -> anyhow::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+    pub async fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
+        let log = &config.log;
+        let audit_path = config.data_path(&log.audit_log);
+        let audit = Arc::new(AuditLog::open(&audit_path).map_err(anyhow::Error::msg)?);
+        let targets = crate::logs::ship::targets(&log.syslog, &log.clickhouse, log.retention_days)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut s = WriterSettings::new(config.data_path(&log.access_log));
+        s.retention_days = log.retention_days;
+        s.fsync_interval = std::time::Duration::from_millis(log.fsync_interval_ms.clamp(1, 1000));
+        s.rotate_secs = log.rotate_secs;
+        s.channel_capacity = log.channel_capacity;
+        s.spill_capacity = log.spill_capacity;
+        s.zstd_level = log.zstd_level;
+        s.ship_queues = targets.iter().map(|t| t.name().to_string()).collect();
+        s.audit = Some(audit.clone());
+        let dir = s.dir();
+        let (submitter, handle, lm) = tokio::task::spawn_blocking(move || writer::start(s, &metrics))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open access log {}: {e}", path.display()))?;
-        let (tx, rx) = mpsc::channel(65536);
-        let handle = tokio::spawn(writer(file, rx, path.to_path_buf()));
-        Ok((AccessLog { tx, metrics }, handle))
+            .map_err(|e| anyhow::anyhow!("log writer: {e}"))?
+            .map_err(|e| anyhow::anyhow!("cannot start the access log in {}: {e}", dir.display()))?;
+        let stop = ShipStop::default();
+        for t in targets {
+            crate::logs::ship::spawn(&dir, t, lm.clone(), stop.clone())
+                .map_err(|e| anyhow::anyhow!("cannot start log shipping: {e}"))?;
+        }
+        let join = tokio::task::spawn_blocking(move || {
+            handle.join();
+            stop.stop();
+        });
+        Ok((AccessLog { submitter, metrics: lm, audit: Some(audit) }, join))
     }
 
     /// Never blocks: if the writer is behind by a whole channel, the record
-    /// is counted as dropped and a warning logged.
+    /// goes to the on-disk spill queue; only if that is full too is it
+    /// dropped (counted in `komugate_access_log_dropped_total`, logged).
     pub fn submit(&self, record: AccessRecord) {
-        if self.tx.try_send(record).is_err() {
-            self.metrics.access_log_dropped.inc();
-            tracing::warn!("access log writer is behind; record dropped (komugate_access_log_dropped_total)");
-        }
+        self.submitter.submit(record);
     }
-}
 
-async fn writer(mut file: tokio::fs::File, mut rx: mpsc::Receiver<AccessRecord>, path: PathBuf) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut dirty = false;
-    loop {
-        tokio::select! {
-            record = rx.recv() => match record {
-                Some(record) => {
-                    if serde_json::to_writer(&mut buf, &record).is_ok() {
-                        buf.push(b'\n');
-                    }
-                    // Drain what is queued before touching the disk.
-                    while let Ok(record) = rx.try_recv() {
-                        if serde_json::to_writer(&mut buf, &record).is_ok() {
-                            buf.push(b'\n');
-                        }
-                        if buf.len() > 1 << 20 { break; }
-                    }
-                    if let Err(e) = file.write_all(&buf).await {
-                        tracing::error!("cannot write access log {}: {e}", path.display());
-                    }
-                    buf.clear();
-                    dirty = true;
-                }
-                None => break,
-            },
-            _ = tick.tick() => {
-                if dirty {
-                    if let Err(e) = file.sync_data().await {
-                        tracing::error!("cannot sync access log {}: {e}", path.display());
-                    }
-                    dirty = false;
-                }
-            }
-        }
+    /// Flushes and fsyncs what was submitted before (blocking; tests, admin).
+    pub fn sync(&self, timeout: std::time::Duration) -> bool {
+        self.submitter.sync(timeout)
     }
-    let _ = file.sync_all().await;
+
+    /// The audit log of administration (policy reloads, CA changes, sweeps).
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.as_ref()
+    }
+
+    pub fn log_metrics(&self) -> &Arc<LogMetrics> {
+        &self.metrics
+    }
 }

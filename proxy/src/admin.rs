@@ -51,6 +51,7 @@ async fn admin_request(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Respo
             }
         }
         "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render()),
+        "/admin/logs" => crate::logs::admin_http::handle(&gw, &req).await,
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz or /metrics\n"),
     })
 }

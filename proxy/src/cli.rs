@@ -33,6 +33,12 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Search, export and maintain the access logs.
+    #[command(subcommand)]
+    Logs(crate::logs::cli::LogsCommand),
+    /// The audit log of administration.
+    #[command(subcommand)]
+    Audit(crate::logs::cli::AuditCommand),
     /// IPS rules and threat-intel lists (`komugate ips check FILE`).
     #[command(subcommand)]
     Ips(crate::ips::cli::IpsCommand),
@@ -83,6 +89,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, data } => serve(config.as_deref(), data),
         Command::Pki(cmd) => pki(cmd),
+        Command::Logs(cmd) => crate::logs::cli::run_logs(cmd),
+        Command::Audit(cmd) => crate::logs::cli::run_audit(cmd),
         Command::Ips(cmd) => crate::ips::cli::run(cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");

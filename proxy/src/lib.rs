@@ -24,6 +24,7 @@ pub mod egress;
 pub mod framing_guard;
 pub mod gateway;
 pub mod http_proxy;
+pub mod logs;
 pub mod ips;
 pub mod metrics;
 pub mod pki;

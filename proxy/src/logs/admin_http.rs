@@ -1,0 +1,189 @@
+//! `GET /admin/logs?since=-1d&host=*.example.com&format=csv` on the admin
+//! listener: the same filters as `komugate logs search` (`since`, `until`,
+//! `device`, `user`, `group`, `site`, `host`, `url_contains`, `action`,
+//! `rule`, `category`, `app`, `ips`, `limit`, `utc_offset`) and
+//! `format=json|csv|xlsx` (default json: one JSON object per line).
+//! Requires `Authorization: Bearer <[admin] token>`; with no token
+//! configured the endpoint is off (403).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use super::export::{OutputFormat, Sink};
+use super::query::parse_offset;
+use crate::gateway::Gateway;
+
+/// Default and maximum rows per response (the body is built in memory).
+pub const DEFAULT_LIMIT: u64 = 10_000;
+pub const MAX_LIMIT: u64 = 1_000_000;
+
+fn reply(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(h * 16 + l);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `a=1&b=x%20y` into pairs.
+pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn token_ok(expected: &str, req_header: Option<&HeaderValue>) -> bool {
+    let Some(got) = req_header.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    let (a, b) = (expected.as_bytes(), got.trim().as_bytes());
+    // Constant time in the token's length.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
+    let token = gw.config.admin.token.trim();
+    if token.is_empty() {
+        return reply(StatusCode::FORBIDDEN, "log search is off: set [admin] token in the gateway configuration");
+    }
+    if !token_ok(token, req.headers().get(header::AUTHORIZATION)) {
+        let mut r = reply(StatusCode::UNAUTHORIZED, "missing or wrong admin token: send Authorization: Bearer <[admin] token>");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    if req.method() != http::Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    let params = parse_query_string(req.uri().query().unwrap_or(""));
+    let get = |k: &str| params.iter().rev().find(|(n, _)| n == k || n.replace('-', "_") == k).map(|(_, v)| v.as_str());
+    const KNOWN: [&str; 16] = [
+        "since", "until", "device", "user", "group", "site", "host", "url_contains", "action", "rule", "category", "app",
+        "ips", "limit", "format", "utc_offset",
+    ];
+    if let Some((k, _)) = params.iter().find(|(k, _)| !KNOWN.contains(&k.replace('-', "_").as_str())) {
+        return reply(StatusCode::BAD_REQUEST, format!("unknown parameter {k:?}; known: {}", KNOWN.join(", ")));
+    }
+    let offset = match parse_offset(get("utc_offset").unwrap_or("+09:00")) {
+        Ok(o) => o,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+    };
+    let limit = match get("limit").map(str::parse::<u64>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => return reply(StatusCode::BAD_REQUEST, format!("limit must be 1..={MAX_LIMIT}")),
+    };
+    let format = match get("format").unwrap_or("json").parse::<OutputFormat>() {
+        Ok(OutputFormat::Table) => OutputFormat::Json,
+        Ok(f) => f,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+    };
+    let q = match super::cli::build_query(
+        get("since"),
+        get("until"),
+        offset,
+        [
+            get("device"),
+            get("user"),
+            get("group"),
+            get("site"),
+            get("host"),
+            get("url_contains"),
+            get("action"),
+            get("rule"),
+            get("category"),
+            get("app"),
+            get("ips"),
+        ],
+        Some(limit),
+    ) {
+        Ok(q) => q,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+    };
+    let dir = super::cli::log_dir(&gw.config);
+    let result = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, super::SearchStats)> {
+        let mut sink = Sink::new(format, Vec::new(), offset)?;
+        let stats = super::search(&dir, &q, |r| sink.write(&r).map(|_| true))?;
+        Ok((sink.finish()?, stats))
+    })
+    .await;
+    let (body, stats) = match result {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return reply(StatusCode::INTERNAL_SERVER_ERROR, format!("log search failed: {e}")),
+        Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, format!("log search failed: {e}")),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let (ctype, name) = match format {
+        OutputFormat::Csv => ("text/csv; charset=utf-8", Some("komugate-logs.csv")),
+        OutputFormat::Xlsx => ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", Some("komugate-logs.xlsx")),
+        _ => ("application/x-ndjson", None),
+    };
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if let Some(n) = name {
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{n}\"")) {
+            r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    for (k, v) in [
+        ("komugate-records", stats.records_matched.to_string()),
+        ("komugate-limit-reached", stats.limit_reached.to_string()),
+        ("komugate-segments-opened", stats.segments_opened.to_string()),
+        ("komugate-segments-skipped", stats.segments_skipped_by_index.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings() {
+        let p = parse_query_string("host=*.example.com&url-contains=a%2Fb+c&x=%E5%B1%B1&bad=%zz&end=%4");
+        assert_eq!(p[0], ("host".into(), "*.example.com".into()));
+        assert_eq!(p[1], ("url-contains".into(), "a/b c".into()));
+        assert_eq!(p[2].1, "山");
+        assert_eq!(p[3].1, "%zz");
+        assert_eq!(p[4].1, "%4");
+    }
+
+    #[test]
+    fn tokens() {
+        let h = HeaderValue::from_static("Bearer s3cret");
+        assert!(token_ok("s3cret", Some(&h)));
+        assert!(!token_ok("s3cre", Some(&h)));
+        assert!(!token_ok("s3cret", None));
+    }
+}

@@ -1,0 +1,372 @@
+//! `komugate logs …` and `komugate audit …`.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use super::export::{OutputFormat, Sink};
+use super::query::{current_ms, parse_offset, parse_time, Glob, Query};
+use super::search::search;
+
+#[derive(Subcommand)]
+pub enum LogsCommand {
+    /// Search access logs (closed hours and the live file), streaming the results.
+    Search(SearchArgs),
+    /// Compact closed live files left in closing/ into segments now.
+    Compact {
+        #[command(flatten)]
+        loc: LogDirArgs,
+    },
+    /// Delete day folders older than the retention period now (the gateway does this daily).
+    Sweep {
+        #[command(flatten)]
+        loc: LogDirArgs,
+        #[arg(long, default_value_t = 365)]
+        retention_days: u32,
+    },
+    /// (tests) Write generated records through the writer until killed,
+    /// printing "acked N" after each fsync.
+    #[command(hide = true)]
+    WriteTest {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Records per second.
+        #[arg(long, default_value_t = 20000)]
+        rate: u64,
+        #[arg(long, default_value_t = 3600)]
+        rotate_secs: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit log's hash chain; exit status 1 if anything is wrong.
+    Verify {
+        /// The audit log (default: [log] audit_log of the configuration).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+/// Where the logs are: `--dir`, or the configuration's log folder.
+#[derive(Args, Clone, Default)]
+pub struct LogDirArgs {
+    /// Log directory (the folder of [log] access_log, e.g. komugate-data/logs).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Gateway configuration to take the log directory from.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides [data] dir).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl LogDirArgs {
+    pub fn resolve(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        let mut config = match &self.config {
+            Some(p) => crate::config::Config::load(p)?,
+            None => crate::config::Config::embedded_default(),
+        };
+        if let Some(d) = &self.data {
+            config.data.dir = d.clone();
+        }
+        Ok(log_dir(&config))
+    }
+}
+
+/// The log directory of a configuration.
+pub fn log_dir(config: &crate::config::Config) -> PathBuf {
+    let live = config.data_path(&config.log.access_log);
+    match live.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[derive(Args, Default)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub loc: LogDirArgs,
+    /// Start (inclusive): ISO 8601, today, yesterday, now, -7d, -12h ...
+    #[arg(long)]
+    pub since: Option<String>,
+    /// End (exclusive), same forms as --since.
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub group: Option<String>,
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Host glob: example.com, *.example.com, ad?.*.net (case-insensitive).
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub url_contains: Option<String>,
+    /// allow, block or error.
+    #[arg(long)]
+    pub action: Option<String>,
+    #[arg(long)]
+    pub rule: Option<String>,
+    #[arg(long)]
+    pub category: Option<String>,
+    #[arg(long)]
+    pub app: Option<String>,
+    /// IPS signature id.
+    #[arg(long)]
+    pub ips: Option<String>,
+    /// table, json, csv or xlsx (default: from --out's extension, else table).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Output file (default: standard output; xlsx needs a file unless piped).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// UTC offset for times without a zone and for displayed times.
+    #[arg(long, default_value = "+09:00")]
+    pub utc_offset: String,
+    /// Print what the search read (files skipped by the index ...) to stderr.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// Builds a query from textual filters (shared with `GET /admin/logs`).
+#[allow(clippy::too_many_arguments)]
+pub fn build_query(
+    since: Option<&str>,
+    until: Option<&str>,
+    offset_min: i32,
+    fields: [Option<&str>; 11],
+    limit: Option<u64>,
+) -> Result<Query, String> {
+    let now = current_ms();
+    let t = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(|s| parse_time(s, now, offset_min)).transpose();
+    let s = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_string);
+    let [device, user, group, site, host, url_contains, action, rule, category, app, ips] = fields;
+    let q = Query {
+        since_ms: t(since)?,
+        until_ms: t(until)?,
+        device: s(device),
+        user: s(user),
+        group: s(group),
+        site: s(site),
+        host: host.filter(|h| !h.is_empty()).map(Glob::new),
+        url_contains: s(url_contains),
+        action: s(action),
+        rule: s(rule),
+        category: s(category),
+        app: s(app),
+        ips: s(ips),
+        limit,
+    };
+    if let (Some(a), Some(b)) = (q.since_ms, q.until_ms) {
+        if a >= b {
+            return Err("--since must be before --until".into());
+        }
+    }
+    Ok(q)
+}
+
+pub fn run_logs(cmd: LogsCommand) -> Result<()> {
+    match cmd {
+        LogsCommand::Search(a) => run_search(a),
+        LogsCommand::Compact { loc } => {
+            let dir = loc.resolve()?;
+            let mut n = 0;
+            for f in super::layout::closing_files(&dir) {
+                if let Some(seg) = super::writer::compact(&dir, &f, 6).with_context(|| format!("cannot compact {}", f.display()))? {
+                    println!("{}", seg.display());
+                    n += 1;
+                }
+            }
+            eprintln!("{n} file(s) compacted");
+            Ok(())
+        }
+        LogsCommand::Sweep { loc, retention_days } => {
+            let dir = loc.resolve()?;
+            let rep = super::writer::sweep(&dir, retention_days, current_ms())
+                .with_context(|| format!("retention sweep of {}", dir.display()))?;
+            println!(
+                "kept days from {}; deleted {} day folder(s) ({} files, {} bytes)",
+                rep.cutoff_day,
+                rep.deleted_days.len(),
+                rep.files,
+                rep.bytes
+            );
+            Ok(())
+        }
+        LogsCommand::WriteTest { dir, rate, rotate_secs } => write_test(&dir, rate, rotate_secs),
+    }
+}
+
+fn run_search(a: SearchArgs) -> Result<()> {
+    let dir = a.loc.resolve()?;
+    let offset = parse_offset(&a.utc_offset).map_err(anyhow::Error::msg)?;
+    let format = match (&a.format, &a.out) {
+        (Some(f), _) => f.parse::<OutputFormat>().map_err(anyhow::Error::msg)?,
+        (None, Some(p)) => match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("csv") => OutputFormat::Csv,
+            Some("xlsx") => OutputFormat::Xlsx,
+            Some("json") | Some("jsonl") | Some("ndjson") => OutputFormat::Json,
+            _ => OutputFormat::Table,
+        },
+        (None, None) => OutputFormat::Table,
+    };
+    let q = build_query(
+        a.since.as_deref(),
+        a.until.as_deref(),
+        offset,
+        [
+            a.device.as_deref(),
+            a.user.as_deref(),
+            a.group.as_deref(),
+            a.site.as_deref(),
+            a.host.as_deref(),
+            a.url_contains.as_deref(),
+            a.action.as_deref(),
+            a.rule.as_deref(),
+            a.category.as_deref(),
+            a.app.as_deref(),
+            a.ips.as_deref(),
+        ],
+        a.limit,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(p).with_context(|| format!("cannot create the output file {}", p.display()))?,
+        )),
+        None => Box::new(io::BufWriter::with_capacity(1 << 16, io::stdout().lock())),
+    };
+    let mut sink = Sink::new(format, out, offset)?;
+    let result = search(&dir, &q, |r| sink.write(&r).map(|_| true));
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) => bail!("search in {}: {e}", dir.display()),
+    };
+    match sink.finish() {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) => bail!("cannot write the results: {e}"),
+    }
+    for e in &stats.errors {
+        eprintln!("komugate: warning: skipped an unreadable file: {e}");
+    }
+    if a.stats {
+        eprintln!(
+            "{} record(s) matched{}; scanned {} records; segments: {} total, {} skipped by index, {} opened; blocks {} read, {} skipped; {} live file(s); {:.3} s",
+            stats.records_matched,
+            if stats.limit_reached { " (limit reached)" } else { "" },
+            stats.records_scanned,
+            stats.segments_total,
+            stats.segments_skipped_by_index,
+            stats.segments_opened,
+            stats.blocks_read,
+            stats.blocks_skipped,
+            stats.live_files,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(p) = &a.out {
+        eprintln!("{} record(s) written to {}", stats.records_matched, p.display());
+    }
+    Ok(())
+}
+
+pub fn run_audit(cmd: AuditCommand) -> Result<()> {
+    match cmd {
+        AuditCommand::Verify { file, config, data } => {
+            let path = match file {
+                Some(f) => f,
+                None => {
+                    let mut c = match &config {
+                        Some(p) => crate::config::Config::load(p)?,
+                        None => crate::config::Config::embedded_default(),
+                    };
+                    if let Some(d) = data {
+                        c.data.dir = d;
+                    }
+                    c.data_path(&c.log.audit_log)
+                }
+            };
+            let rep = super::audit::verify(&path).map_err(anyhow::Error::msg)?;
+            if rep.problems.is_empty() {
+                println!("{}: ok, {} entries, head {}", path.display(), rep.entries, rep.head);
+                Ok(())
+            } else {
+                for p in &rep.problems {
+                    println!("{}: {p}", path.display());
+                }
+                bail!(
+                    "the audit log {} has been tampered with or damaged ({} problem(s) in {} entries)",
+                    path.display(),
+                    rep.problems.len(),
+                    rep.entries
+                )
+            }
+        }
+    }
+}
+
+/// A generated record for tests and benchmarks.
+pub fn sample_record(i: u64, time: std::time::SystemTime) -> crate::access_log::AccessRecord {
+    crate::access_log::AccessRecord {
+        time: crate::access_log::rfc3339(time),
+        listener: "mtls",
+        device: Some(format!("T-{:04}", i % 800)),
+        groups: vec!["teachers".into()],
+        client: format!("10.1.{}.{}:{}", i % 17, i % 250, 30000 + i % 30000),
+        method: "CONNECT".into(),
+        target: format!("host{}.example:443", i % 500),
+        decision: "allow",
+        rule: "default".into(),
+        status: 200,
+        bytes_up: i % 5000,
+        bytes_down: i % 100_000,
+        duration_ms: i % 3000,
+        user: Some(format!("seq-{i}")),
+        ..Default::default()
+    }
+}
+
+fn write_test(dir: &Path, rate: u64, rotate_secs: u64) -> Result<()> {
+    let metrics = crate::metrics::Metrics::new();
+    let mut s = super::writer::WriterSettings::new(dir.join("access.log"));
+    s.rotate_secs = rotate_secs;
+    let (sub, _handle, _) = super::writer::start(s, &metrics)?;
+    let start = Instant::now();
+    let mut i = 0u64;
+    let stdout = io::stdout();
+    loop {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while i < due {
+            sub.submit(sample_record(i, std::time::SystemTime::now()));
+            i += 1;
+        }
+        // Every record submitted so far is fsynced once this returns.
+        if sub.sync(Duration::from_secs(5)) {
+            let mut o = stdout.lock();
+            let _ = writeln!(o, "acked {i}");
+            let _ = o.flush();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -77,6 +77,8 @@ pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnContext>, req: Request<Incom
         ))
     } else if conn.listener == ListenerKind::Mtls && crate::pac::is_pac_request(&req) {
         return Ok(full(crate::pac::gateway_response(&gw, conn.device.as_ref(), conn.client, &req)));
+    } else if crate::doh::is_doh(&conn, &req) {
+        return Ok(crate::doh::serve(&gw, &conn, req).await);
     } else if req.method() == Method::CONNECT {
         connect(&gw, &conn, req, &mut record, started).await
     } else {
@@ -259,6 +261,9 @@ async fn connect(
         return Err(blocked(conn, &decision, &target, record));
     }
     record.rule = decision.rule.clone();
+    if let Err(resp) = crate::ips::http::check_destination(gw, conn, &dest.host, &target, record).await {
+        return Err(full(resp));
+    }
     if decision.tunnel == crate::decision::TunnelMode::Inspect {
         if let Some(inspector) = gw.inspector.clone() {
             record.decision = "allow";
@@ -289,6 +294,7 @@ async fn connect(
     record.egress = upstream.local_addr().ok().map(|a| a.ip().to_string());
     let gw2 = gw.clone();
     let mut record = std::mem::take(record);
+    let ips_ctx = crate::ips::http::event_context(gw, conn, &target);
     gw.tasks.spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
@@ -299,7 +305,9 @@ async fn connect(
             }
         };
         gw2.metrics.tunnels_open.inc();
-        let stats = crate::tunnel::relay(TokioIo::new(upgraded), upstream, gw2.config.limits.idle_timeout()).await;
+        let idle = gw2.config.limits.idle_timeout();
+        let (stats, ips_events) = crate::ips::tunnel::relay(gw2.ips.load_full(), ips_ctx, port, TokioIo::new(upgraded), upstream, idle).await;
+        crate::ips::http::apply_events(&mut record, ips_events);
         gw2.metrics.tunnels_open.dec();
         if stats.idle_timeout {
             record.error = Some("idle timeout".into());
@@ -452,6 +460,8 @@ pub async fn relay_request(
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let version = req.version();
     let (mut parts, body) = req.into_parts();
+    let ips = crate::ips::http::inspect_request(gw, conn, &parts.method, &parts.uri, &parts.headers, &target.host, target.port, body, record);
+    let body = ips.await.map_err(full)?;
     strip_hop_by_hop(&mut parts.headers, websocket);
     add_via(&mut parts.headers, version);
     // RFC 9112 §3.2.2: the target authority replaces any Host header.

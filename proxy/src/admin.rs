@@ -15,7 +15,7 @@ use crate::gateway::Gateway;
 
 pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = gw.shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -24,7 +24,10 @@ pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener) {
         };
         let gw2 = gw.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| admin_request(gw2.clone(), req));
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(crate::pac::Peer(peer));
+                admin_request(gw2.clone(), req)
+            });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
@@ -51,6 +54,7 @@ async fn admin_request(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Respo
             }
         }
         "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render()),
+        "/proxy.pac" => crate::pac::admin_response(&gw, &req),
         "/admin/logs" => crate::logs::admin_http::handle(&gw, &req).await,
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz or /metrics\n"),
     })

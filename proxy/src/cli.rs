@@ -30,6 +30,10 @@ enum Command {
     /// Certificate authorities and certificates.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Laptop client: local HTTP/SOCKS5/DNS proxy over one mTLS HTTP/2 connection to the gateway.
+    Client(crate::client::ClientArgs),
+    /// Site beacon: signs short-lived site assertions for devices on this site's LAN.
+    Beacon(crate::beacon::BeaconArgs),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -46,6 +50,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PkiCommand {
+    /// Make a site beacon's Ed25519 key pair (PREFIX.key, PREFIX.pub) for `komugate beacon`.
+    BeaconKey(crate::beacon::BeaconKeyArgs),
     /// Create the device CA, the inspection CA and the gateway's server certificate.
     Init {
         #[arg(long)]
@@ -89,6 +95,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, data } => serve(config.as_deref(), data),
         Command::Pki(cmd) => pki(cmd),
+        Command::Client(args) => crate::client::run(args),
+        Command::Beacon(args) => crate::beacon::run_beacon_cli(args),
         Command::Logs(cmd) => crate::logs::cli::run_logs(cmd),
         Command::Audit(cmd) => crate::logs::cli::run_audit(cmd),
         Command::Ips(cmd) => crate::ips::cli::run(cmd),
@@ -115,6 +123,7 @@ fn init_tracing() {
 
 fn pki(cmd: PkiCommand) -> Result<()> {
     match cmd {
+        PkiCommand::BeaconKey(args) => crate::beacon::run_beacon_key_cli(args),
         PkiCommand::Init { dir, sans, force } => {
             let sans = if sans.is_empty() { default_sans() } else { sans };
             crate::pki::init(&dir, &sans, force)?;

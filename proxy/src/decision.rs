@@ -54,6 +54,9 @@ pub struct RequestInfo<'a> {
     pub path: &'a str,
     /// `http`, `https` (an inspected inner request) or `` for CONNECT.
     pub scheme: &'a str,
+    /// `Some(Site)` when a valid site assertion placed the device at a site
+    /// (see `crate::beacon`); `None` = locate by the client address.
+    pub location: Option<komugate_policy::Location>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -240,6 +243,7 @@ mod tests {
             port,
             path: "/",
             scheme: "http",
+            location: None,
         }
     }
 

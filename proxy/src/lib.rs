@@ -14,8 +14,10 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod beacon;
 pub mod block_page;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod decision;
 pub mod device_auth;
@@ -27,6 +29,7 @@ pub mod http_proxy;
 pub mod logs;
 pub mod ips;
 pub mod metrics;
+pub mod pac;
 pub mod pki;
 pub mod server;
 pub mod tunnel;

@@ -1,0 +1,486 @@
+//! The one mTLS HTTP/2 connection to the gateway: connect, keepalive
+//! PINGs, reconnect with exponential backoff and jitter, site assertions,
+//! and opening CONNECT streams / sending requests on it.
+//!
+//! While the connection is down, [`Link::sender`] returns `None` at once
+//! (callers answer 502 / a SOCKS failure immediately) and wakes the
+//! reconnect loop, so traffic resumes as soon as the gateway is back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::config::ClientConfig;
+use crate::beacon::ASSERTION_HEADER;
+
+pub type LinkBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Why a stream could not be opened.
+#[derive(Debug)]
+pub enum StreamError {
+    /// No gateway connection (the text says why).
+    Down(String),
+    /// The gateway answered, but not 200 (e.g. 403 block page): status and body.
+    Refused {
+        status: StatusCode,
+        headers: http::HeaderMap,
+        body: Bytes,
+    },
+    /// The connection failed while opening the stream, or no answer in time.
+    Failed(String),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Down(why) => write!(f, "the komugate gateway is unreachable ({why})"),
+            StreamError::Refused { status, .. } => write!(f, "the gateway refused: {status}"),
+            StreamError::Failed(why) => write!(f, "gateway stream failed: {why}"),
+        }
+    }
+}
+
+pub struct Link {
+    cfg: ClientConfig,
+    tls: Arc<rustls::ClientConfig>,
+    device_id: String,
+    sender: Mutex<Option<SendRequest<LinkBody>>>,
+    assertion: Mutex<Option<String>>,
+    last_error: Mutex<String>,
+    wake: Notify,
+    /// Connections established so far (1 after the first connect).
+    pub connects: AtomicU64,
+    /// Authority used in `https://` requests to the gateway itself.
+    authority: String,
+    /// The gateway's PAC file, as last fetched.
+    pub(crate) gateway_pac: Mutex<Option<String>>,
+}
+
+impl Link {
+    pub fn new(cfg: ClientConfig) -> Result<Link> {
+        let certs = crate::pki::load_certs(&cfg.cert).context("--cert")?;
+        let key = crate::pki::load_private_key(&cfg.key).context("--key")?;
+        let device = crate::device_auth::identity_from_cert(&certs[0])
+            .with_context(|| format!("{}: not a device certificate", cfg.cert.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in crate::pki::load_certs(&cfg.ca).context("--ca")? {
+            roots
+                .add(ca)
+                .map_err(|e| anyhow!("{}: unusable CA certificate: {e}", cfg.ca.display()))?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| {
+            anyhow!(
+                "{} / {}: the device key does not match the certificate: {e}",
+                cfg.cert.display(),
+                cfg.key.display()
+            )
+        })?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let authority = match cfg.server.rsplit_once(':') {
+            Some((_, port)) => {
+                let name = cfg.tls_name();
+                if name.contains(':') {
+                    format!("[{name}]:{port}")
+                } else {
+                    format!("{name}:{port}")
+                }
+            }
+            None => cfg.server.clone(),
+        };
+        Ok(Link {
+            device_id: device.device_id,
+            tls: Arc::new(tls),
+            sender: Mutex::new(None),
+            assertion: Mutex::new(None),
+            last_error: Mutex::new("not connected yet".into()),
+            wake: Notify::new(),
+            connects: AtomicU64::new(0),
+            authority,
+            gateway_pac: Mutex::new(None),
+            cfg,
+        })
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The current connection, or `None` (and a reconnect is triggered).
+    pub fn sender(&self) -> Option<SendRequest<LinkBody>> {
+        let s = self
+            .sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match s {
+            Some(s) if !s.is_closed() => Some(s),
+            _ => {
+                self.wake.notify_one();
+                None
+            }
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|s| !s.is_closed())
+    }
+
+    fn down_reason(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The current site assertion, if a beacon gave one.
+    pub fn assertion(&self) -> Option<String> {
+        self.assertion
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn decorate<B>(&self, req: &mut Request<B>) {
+        if let Some(token) = self.assertion() {
+            if let Ok(v) = HeaderValue::from_str(&token) {
+                req.headers_mut().insert(ASSERTION_HEADER, v);
+            }
+        }
+    }
+
+    /// Opens a CONNECT stream to `authority` (host:port).
+    pub async fn tunnel(&self, authority: &str) -> Result<Upgraded, StreamError> {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority)
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .map_err(|e| StreamError::Failed(format!("bad CONNECT target {authority:?}: {e}")))?;
+        self.decorate(&mut req);
+        let resp = self.send(req).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refused(resp).await);
+        }
+        hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| StreamError::Failed(format!("CONNECT stream: {e}")))
+    }
+
+    /// Sends a request (absolute URI) on the connection.
+    pub async fn request(
+        &self,
+        mut req: Request<LinkBody>,
+    ) -> Result<Response<Incoming>, StreamError> {
+        self.decorate(&mut req);
+        self.send(req).await
+    }
+
+    /// A request to the gateway itself (`https://gateway/path`).
+    pub async fn gateway_request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, StreamError> {
+        let uri = format!("https://{}{path}", self.authority);
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(ct) = content_type {
+            b = b
+                .header(http::header::CONTENT_TYPE, ct)
+                .header(http::header::ACCEPT, ct);
+        }
+        let req = b
+            .body(
+                http_body_util::Full::new(body)
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .map_err(|e| StreamError::Failed(e.to_string()))?;
+        self.request(req).await
+    }
+
+    async fn send(&self, mut req: Request<LinkBody>) -> Result<Response<Incoming>, StreamError> {
+        *req.version_mut() = http::Version::HTTP_2;
+        let Some(mut sender) = self.sender() else {
+            return Err(StreamError::Down(self.down_reason()));
+        };
+        let timeout = self.cfg.connect_timeout() + Duration::from_secs(10);
+        match tokio::time::timeout(timeout, async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        })
+        .await
+        {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                if sender.is_closed() {
+                    self.wake.notify_one();
+                    Err(StreamError::Down(format!("connection lost: {e}")))
+                } else {
+                    Err(StreamError::Failed(e.to_string()))
+                }
+            }
+            Err(_) => Err(StreamError::Failed(format!(
+                "no answer from the gateway within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// The reconnect loop; returns when `shutdown` is cancelled.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let min = Duration::from_millis(self.cfg.backoff_min_ms);
+        let max = Duration::from_millis(self.cfg.backoff_max_ms);
+        let mut backoff = min;
+        let mut failures = 0u64;
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.connect_once() => r,
+            };
+            match attempt {
+                Ok(conn) => {
+                    backoff = min;
+                    failures = 0;
+                    let n = self.connects.fetch_add(1, Ordering::SeqCst) + 1;
+                    tracing::info!(
+                        "connected to the gateway {} (connection #{n})",
+                        self.cfg.server
+                    );
+                    let refresher = tokio::spawn(self.clone().refresh_loop());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => { refresher.abort(); return; }
+                        r = conn => {
+                            let why = match r { Ok(()) => "closed by the gateway".to_string(), Err(e) => e.to_string() };
+                            tracing::warn!("gateway connection lost: {why}; reconnecting");
+                            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = format!("connection lost: {why}");
+                        }
+                    }
+                    refresher.abort();
+                    *self.sender.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    // An assertion is bound to the connection it was first used on.
+                    *self.assertion.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(
+                            "cannot connect to the gateway {} (attempt {failures}): {e:#}",
+                            self.cfg.server
+                        );
+                    }
+                    *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = format!("{e:#}");
+                }
+            }
+            let delay = jitter(backoff);
+            backoff = (backoff * 2).min(max);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {},
+                // Demand (a local connection while down): retry soon, not at full backoff.
+                _ = self.wake.notified() => tokio::time::sleep(jitter(min)).await,
+            }
+        }
+    }
+
+    /// TCP + TLS (ALPN h2) + HTTP/2 handshake; publishes the sender after
+    /// asking the beacons for an assertion. Returns the connection future.
+    async fn connect_once(
+        &self,
+    ) -> Result<impl std::future::Future<Output = Result<(), hyper::Error>>> {
+        let timeout = self.cfg.connect_timeout();
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&self.cfg.server))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "TCP connect to {} timed out after {timeout:?}",
+                    self.cfg.server
+                )
+            })?
+            .with_context(|| format!("TCP connect to {}", self.cfg.server))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(self.cfg.tls_name())
+            .map_err(|e| anyhow!("server name {:?}: {e}", self.cfg.tls_name()))?;
+        let tls = tokio::time::timeout(timeout, tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp))
+            .await
+            .map_err(|_| anyhow!("TLS handshake with {} timed out", self.cfg.server))?
+            .with_context(|| format!("TLS handshake with {} (is --ca the CA of the gateway's certificate, and the device certificate valid?)", self.cfg.server))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            bail!(
+                "the gateway {} did not negotiate HTTP/2 (ALPN h2)",
+                self.cfg.server
+            );
+        }
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(self.cfg.keepalive()))
+            .keep_alive_timeout(self.cfg.keepalive_timeout())
+            .keep_alive_while_idle(true)
+            .handshake::<_, LinkBody>(TokioIo::new(tls))
+            .await
+            .context("HTTP/2 handshake with the gateway")?;
+        // Drive the connection while the beacon is asked.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = done_tx.send(conn.await);
+        });
+        self.fetch_assertion().await;
+        *self.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        Ok(async move { done_rx.await.unwrap_or(Ok(())) })
+    }
+
+    async fn refresh_loop(self: Arc<Self>) {
+        let every = Duration::from_secs(self.cfg.beacon_refresh_secs.max(1));
+        self.fetch_pac().await;
+        loop {
+            tokio::time::sleep(every).await;
+            self.fetch_assertion().await;
+            self.fetch_pac().await;
+        }
+    }
+
+    /// Asks the configured beacons (first answer wins) for an assertion.
+    async fn fetch_assertion(&self) {
+        if self.cfg.beacons.is_empty() {
+            return;
+        }
+        let mut got = None;
+        for url in &self.cfg.beacons {
+            match fetch_token(url, &self.device_id).await {
+                Ok(t) => {
+                    got = Some(t);
+                    break;
+                }
+                Err(e) => tracing::debug!("beacon {url}: {e:#}"),
+            }
+        }
+        let mut cur = self.assertion.lock().unwrap_or_else(|e| e.into_inner());
+        match (&got, cur.is_some()) {
+            (Some(_), false) => tracing::info!("site beacon reachable: sending site assertions"),
+            (None, true) => tracing::info!("no site beacon reachable: off-site"),
+            _ => {}
+        }
+        *cur = got;
+    }
+
+    async fn fetch_pac(&self) {
+        match self
+            .gateway_request(Method::GET, "/proxy.pac", None, Bytes::new())
+            .await
+        {
+            Ok(resp) if resp.status() == StatusCode::OK => {
+                if let Ok(body) = collect_limited(resp.into_body(), 1 << 20).await {
+                    if let Ok(text) = String::from_utf8(body.to_vec()) {
+                        *self.gateway_pac.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+                    }
+                }
+            }
+            Ok(resp) => tracing::debug!("gateway /proxy.pac: {}", resp.status()),
+            Err(e) => tracing::debug!("gateway /proxy.pac: {e}"),
+        }
+    }
+}
+
+/// `GET <beacon>?device=ID` over plain HTTP with a 2 s limit.
+async fn fetch_token(url: &str, device: &str) -> Result<String> {
+    let uri: http::Uri = url.parse().map_err(|e| anyhow!("{e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let limit = Duration::from_secs(2);
+    let fut = async {
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let path = format!("{}?device={device}", uri.path());
+        let req = Request::builder()
+            .uri(path)
+            .header(
+                http::header::HOST,
+                uri.authority().map(|a| a.as_str()).unwrap_or("beacon"),
+            )
+            .body(Empty::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = collect_limited(resp.into_body(), 8192).await?;
+        if status != StatusCode::OK {
+            bail!("beacon answered {status}");
+        }
+        Ok::<_, anyhow::Error>(String::from_utf8_lossy(&body).trim().to_string())
+    };
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| anyhow!("no answer within {limit:?}"))?
+}
+
+/// Reads a body up to `max` bytes.
+pub async fn collect_limited<B>(body: B, max: usize) -> Result<Bytes>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limited = http_body_util::Limited::new(body, max);
+    limited
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| anyhow!("{e}"))
+}
+
+async fn refused(resp: Response<Incoming>) -> StreamError {
+    let status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(5), collect_limited(body, 256 * 1024))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    StreamError::Refused {
+        status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.0).
+fn jitter(d: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    let r = ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map(|_| u16::from_le_bytes(b))
+        .unwrap_or(32768);
+    d.mul_f64(0.5 + (r as f64 / 65536.0) * 0.5)
+}

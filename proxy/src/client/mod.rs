@@ -1,0 +1,134 @@
+//! `komugate client`: the laptop side of the anywhere tunnel.
+//!
+//! One mTLS HTTP/2 connection to the gateway ([`link::Link`]) carries every
+//! local connection: CONNECT (from the local HTTP proxy or SOCKS5) as an
+//! HTTP/2 CONNECT stream (RFC 9113 §8.5), plain `http://` requests as
+//! HTTP/2 requests (so the gateway still sees and filters the full URL),
+//! DNS as DoH requests (RFC 8484). Site assertions from a reachable beacon
+//! ride along in a header (see [`crate::beacon`]).
+
+pub mod config;
+pub mod link;
+pub mod local;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ClientArgs, ClientConfig};
+pub use link::Link;
+
+/// A started client.
+pub struct RunningClient {
+    pub http: Option<SocketAddr>,
+    pub socks: Option<SocketAddr>,
+    pub dns: Option<SocketAddr>,
+    pub link: Arc<Link>,
+    shutdown: CancellationToken,
+}
+
+impl RunningClient {
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for RunningClient {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Binds the local listeners and starts the gateway connection.
+pub async fn start(cfg: ClientConfig) -> Result<RunningClient> {
+    cfg.validate()?;
+    let link = Arc::new(Link::new(cfg.clone())?);
+    let shutdown = CancellationToken::new();
+    let mut running = RunningClient {
+        http: None,
+        socks: None,
+        dns: None,
+        link: link.clone(),
+        shutdown: shutdown.clone(),
+    };
+    if let Some(addr) = crate::config::Config::listen_addr(&cfg.http) {
+        let l = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (--http); is another proxy using the port?")
+        })?;
+        let bound = l.local_addr()?;
+        running.http = Some(bound);
+        tokio::spawn(local::serve_http(
+            link.clone(),
+            l,
+            format!("PROXY {bound}"),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(addr) = crate::config::Config::listen_addr(&cfg.socks) {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--socks)"))?;
+        running.socks = Some(l.local_addr()?);
+        tokio::spawn(local::serve_socks(link.clone(), l, shutdown.clone()));
+    }
+    if let Some(addr) = crate::config::Config::listen_addr(&cfg.dns) {
+        let s = UdpSocket::from_std(
+            local::bind_udp(addr)
+                .with_context(|| format!("cannot listen on {addr}/udp (--dns)"))?,
+        )?;
+        running.dns = Some(s.local_addr()?);
+        tokio::spawn(local::serve_dns(link.clone(), s, shutdown.clone()));
+    }
+    tokio::spawn(link.clone().run(shutdown.clone()));
+    Ok(running)
+}
+
+/// `komugate client`: runs until SIGTERM / Ctrl-C.
+pub fn run(args: ClientArgs) -> Result<()> {
+    let cfg = ClientConfig::from_args(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let running = start(cfg.clone()).await?;
+        println!(
+            "komugate client for device {} → gateway {}",
+            running.link.device_id(),
+            cfg.server
+        );
+        if let Some(a) = running.http {
+            println!("  HTTP proxy   http://{a}   PAC: http://{a}/proxy.pac");
+        }
+        if let Some(a) = running.socks {
+            println!("  SOCKS5       socks5h://{a}");
+        }
+        if let Some(a) = running.dns {
+            println!("  DNS          {a} (udp) → gateway DoH");
+        }
+        for b in &cfg.beacons {
+            println!("  site beacon  {b}");
+        }
+        wait_for_signal().await;
+        running.shutdown();
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

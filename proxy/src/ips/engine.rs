@@ -68,7 +68,13 @@ impl HttpRequestBuffers {
     ) -> HttpRequestBuffers {
         let mut raw = Vec::with_capacity(512);
         for (name, value) in headers {
-            raw.extend_from_slice(name.as_str().as_bytes());
+            // Names in their usual wire form (`User-Agent`): HTTP/1.1 clients
+            // send them so, and rules are written against that.
+            let mut upper = true;
+            for b in name.as_str().bytes() {
+                raw.push(if upper { b.to_ascii_uppercase() } else { b });
+                upper = b == b'-';
+            }
             raw.extend_from_slice(b": ");
             raw.extend_from_slice(value.as_bytes());
             raw.extend_from_slice(b"\r\n");
@@ -723,16 +729,18 @@ fn chain(
             } else {
                 0
             };
+            // A relative pcre sees the buffer from the previous match on
+            // (so `^` anchors there, as in Suricata).
+            let hay = &buf[start..];
             if p.negated {
-                return !p.regex.is_match_at(buf, start)
-                    && chain(conds, i + 1, buf, lower, prev_end, budget);
+                return !p.regex.is_match(hay) && chain(conds, i + 1, buf, lower, prev_end, budget);
             }
-            let mut from = start;
-            while from <= buf.len() {
-                let Some(m) = p.regex.find_at(buf, from) else {
+            let mut from = 0;
+            while from <= hay.len() {
+                let Some(m) = p.regex.find_at(hay, from) else {
                     return false;
                 };
-                if chain(conds, i + 1, buf, lower, m.end(), budget) {
+                if chain(conds, i + 1, buf, lower, start + m.end(), budget) {
                     return true;
                 }
                 if *budget == 0 {
@@ -844,7 +852,7 @@ mod tests {
         let (e, report) = engine(&rules);
         assert_eq!(report.loaded, 10, "{}", report.summary());
         assert_eq!(stream(&e, b"abcxyz"), vec![1, 2, 3, 6, 7, 8, 9]);
-        assert_eq!(stream(&e, b"ABCxyz"), vec![2]);
+        assert_eq!(stream(&e, b"ABCxyz"), vec![2, 9]);
         assert_eq!(stream(&e, b"..abc..xyz"), vec![1, 2, 4, 5, 7, 9]);
         assert_eq!(stream(&e, b"abc nope abc"), vec![1, 2, 3, 4, 8, 10]);
         assert_eq!(stream(&e, b"nothing"), Vec::<u32>::new());

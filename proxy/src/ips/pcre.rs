@@ -30,14 +30,14 @@ pub fn translate(inner: &str) -> Result<Translated, Skip> {
         .rfind('/')
         .ok_or_else(|| Skip::new("syntax error", "pcre has no closing '/'"))?;
     let (pattern, flags) = (&body[..end], &body[end + 1..]);
-    let mut prefix = String::from("(?-u");
+    let mut flags_on = String::new();
     let mut anchored = false;
     let mut relative = false;
     let mut buffer = None;
     for f in flags.chars() {
         match f {
-            'i' | 's' | 'm' | 'x' => prefix.push(f),
-            'G' => prefix.push('U'),
+            'i' | 's' | 'm' | 'x' => flags_on.push(f),
+            'G' => flags_on.push('U'),
             'A' => anchored = true,
             'R' => relative = true,
             'U' | 'I' => buffer = Some(Buffer::HttpUri),
@@ -51,7 +51,8 @@ pub fn translate(inner: &str) -> Result<Translated, Skip> {
             other => return Err(unsupported(&format!("flag {other}"), "")),
         }
     }
-    prefix.push(')');
+    // Inline flags on, Unicode off: `(?is-u)`.
+    let prefix = format!("(?{flags_on}-u)");
     let body = translate_pattern(pattern)?;
     let full = if anchored {
         format!("{prefix}\\A(?:{body})")

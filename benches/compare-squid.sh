@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# School-morning load test: komugate side by side with Squid, in one run, on
+# this machine. Installs what is missing (squid-openssl from the distribution),
+# builds komugate and komugate-loadgen (release), starts the fast local origin,
+# komugate and Squid on loopback ports with configs in a temp dir, runs the
+# identical workloads through both, then the scale scenarios against
+# komugate, and writes the "## Load test" section of benches/RESULTS.md.
+#
+# Usage:  benches/compare-squid.sh
+# Environment (defaults in brackets):
+#   SCENARIOS  which parts to run ["compare morning idle"]; also: prefecture soak
+#   DUR        seconds per side-by-side workload [20]
+#   CLIENTS    concurrent clients per side-by-side workload [50]
+#   MORNING_DEVICES / MORNING_RAMP        [800 / 60]   this board
+#   PREF_DEVICES / PREF_RAMP              [8000 / 300] a prefecture
+#   IDLE_TUNNELS                          [50000] (capped by the hard fd limit)
+#   SOAK_MINUTES                          [30]
+#   WRITE_RESULTS  1 = rewrite "## Load test" in benches/RESULTS.md [1]
+#   KEEP_TMP       1 = keep the temp dir (configs, logs, JSON) [0]
+#   SKIP_BUILD     1 = use the release binaries already in the target dir [0]
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+COMMAND="$(for v in SCENARIOS DUR CLIENTS MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
+SCENARIOS="${SCENARIOS:-compare morning idle}"
+DUR="${DUR:-20}"
+CLIENTS="${CLIENTS:-50}"
+MORNING_DEVICES="${MORNING_DEVICES:-800}"
+MORNING_RAMP="${MORNING_RAMP:-60}"
+PREF_DEVICES="${PREF_DEVICES:-8000}"
+PREF_RAMP="${PREF_RAMP:-300}"
+IDLE_TUNNELS="${IDLE_TUNNELS:-50000}"
+SOAK_MINUTES="${SOAK_MINUTES:-30}"
+WRITE_RESULTS="${WRITE_RESULTS:-1}"
+has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+log() { printf '\n=== %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- fd limits
+# Raise the soft limit as far as the hard limit allows; try to raise the hard
+# limit too (works as root with CAP_SYS_RESOURCE, not in every container).
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)"
+FD_LIMIT="$(ulimit -n)"
+log "open-file limit: $FD_LIMIT"
+
+# ---------------------------------------------------------------- packages
+need=()
+if ! command -v squid >/dev/null 2>&1; then need+=(squid-openssl); fi
+if ! command -v getconf >/dev/null 2>&1; then need+=(libc-bin); fi
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  made_policy=0
+  # Do not let the package start a system-wide Squid on :3128.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"
+  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+SQUID_VERSION="$(squid -v | head -1)"
+SSL_BUMP=0
+if squid -v | grep -q -- '--with-openssl' && [ -x /usr/lib/squid/security_file_certgen ]; then SSL_BUMP=1; fi
+
+# ---------------------------------------------------------------- build
+log "building komugate and komugate-loadgen (release)"
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cargo build --release -q -p komugate -p komugate-benches --bin komugate --bin komugate-loadgen
+fi
+TARGET="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+KG="$TARGET/release/komugate"
+LG="$TARGET/release/komugate-loadgen"
+KG_VERSION="$("$KG" --version 2>/dev/null || echo komugate) ($(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- proxy 2>/dev/null || echo '+dirty'))"
+
+# ---------------------------------------------------------------- temp dir
+W="$(mktemp -d /tmp/komugate-load.XXXXXX)"
+chmod 755 "$W"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  if [ "${KEEP_TMP:-0}" != 1 ]; then rm -rf "$W"; else echo "kept $W" >&2; fi
+}
+trap cleanup EXIT
+
+ORIGIN_HTTP=127.0.0.1:18080
+ORIGIN_HTTPS=127.0.0.1:18443
+ORIGIN_DNS=127.0.0.1:15353
+KG_PLAIN=127.0.0.1:23128
+KG_MTLS=127.0.0.1:28443
+KG_ADMIN=127.0.0.1:29090
+SQ_PLAIN=127.0.0.1:33128
+SQ_BUMP=127.0.0.1:33129
+M365=outlook.office365.com
+
+wait_port() { # host:port
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
+
+log "origin"
+"$LG" origin --http "$ORIGIN_HTTP" --http 127.0.0.1:18081 --http 127.0.0.1:18082 --http 127.0.0.1:18083 \
+  --https "$ORIGIN_HTTPS" --san "$M365" --dns "$ORIGIN_DNS" --ca-out "$W/origin-ca.pem" >"$W/origin.log" 2>&1 &
+PIDS+=($!)
+wait_port "$ORIGIN_HTTPS"
+
+# ---------------------------------------------------------------- komugate
+log "komugate"
+set_key() { # file section key value: replace `key = ...` inside [section]
+  awk -v s="[$2]" -v k="$3" -v v="$4" '
+    /^\[/ { cur=$0 }
+    cur==s && $0 ~ "^"k" *=" { print k" = "v; next }
+    { print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
+}
+KCONF="$W/komugate.toml"
+"$KG" config default >"$KCONF"
+set_key "$KCONF" listen plain "\"$KG_PLAIN\""
+set_key "$KCONF" listen mtls "\"$KG_MTLS\""
+set_key "$KCONF" listen admin "\"$KG_ADMIN\""
+set_key "$KCONF" dns servers "[\"$ORIGIN_DNS\"]"
+set_key "$KCONF" decision allowed_ports "[]"
+set_key "$KCONF" limits idle_timeout_secs 3600
+set_key "$KCONF" limits max_streams_per_connection 256
+set_key "$KCONF" inspect upstream_ca "\"$W/origin-ca.pem\""
+set_key "$KCONF" inspect hosts "[\"*.office365.com\"]"
+INSPECT=0
+if grep -q '^\[inspect\]' "$KCONF"; then INSPECT=1; fi
+"$KG" config check "$KCONF" >/dev/null
+"$KG" serve --config "$KCONF" --data "$W/kg" >"$W/komugate.log" 2>&1 &
+KG_PID=$!
+PIDS+=($KG_PID)
+wait_port "$KG_MTLS"
+wait_port "$KG_PLAIN"
+PKI="$W/kg/pki"
+
+# ---------------------------------------------------------------- squid
+log "squid ($SQUID_VERSION, ssl-bump: $SSL_BUMP)"
+SQ="$W/squid"
+mkdir -p "$SQ"
+printf '127.0.0.1 %s\n' "$M365" >"$SQ/hosts"
+cat "$PKI/inspect-ca.pem" "$PKI/inspect-ca.key" >"$SQ/bump.pem"
+cat >"$SQ/squid.conf" <<EOF
+# Squid as a school IT vendor would deploy it: forward proxy + CONNECT,
+# no disk cache (a proxy, not a cache, like komugate), access log on.
+http_port $SQ_PLAIN
+workers 1
+pid_filename $SQ/squid.pid
+cache_log $SQ/cache.log
+access_log stdio:$SQ/access.log
+coredump_dir $SQ
+cache deny all
+cache_mem 64 MB
+pinger_enable off
+max_filedescriptors $FD_LIMIT
+shutdown_lifetime 1 seconds
+hosts_file $SQ/hosts
+dns_nameservers 127.0.0.1
+acl blocked dstdomain blocked.example
+http_access deny blocked
+acl loopback src 127.0.0.0/8
+http_access allow loopback
+http_access deny all
+EOF
+if [ "$SSL_BUMP" = 1 ]; then
+  /usr/lib/squid/security_file_certgen -c -s "$SQ/ssl_db" -M 16MB >/dev/null
+  cat >>"$SQ/squid.conf" <<EOF
+# ssl-bump with the same inspection CA komugate uses.
+http_port $SQ_BUMP ssl-bump tls-cert=$SQ/bump.pem generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
+sslcrtd_program /usr/lib/squid/security_file_certgen -s $SQ/ssl_db -M 16MB
+sslcrtd_children 5
+acl step1 at_step SslBump1
+ssl_bump peek step1
+ssl_bump bump all
+tls_outgoing_options cafile=$W/origin-ca.pem
+EOF
+fi
+chown -R proxy:proxy "$SQ" 2>/dev/null || true
+squid -N -f "$SQ/squid.conf" >"$SQ/stdout.log" 2>&1 &
+SQ_PID=$!
+PIDS+=($SQ_PID)
+wait_port "$SQ_PLAIN"
+
+# ---------------------------------------------------------------- workloads
+OUT="$W/out"
+mkdir -p "$OUT"
+COMMON=(--trust "$W/origin-ca.pem" --trust "$PKI/inspect-ca.pem" --origin-http "$ORIGIN_HTTP" --origin-https "$ORIGIN_HTTPS"
+        --inspect-target "$M365:${ORIGIN_HTTPS##*:}" --pki "$PKI")
+TABLES="$W/tables.md"
+: >"$TABLES"
+
+loadgen() { # name proxy pid args...
+  local name="$1" proxy="$2" pid="$3"; shift 3
+  "$LG" run --label "$name" --proxy "$proxy" --proxy-pid "$pid" "${COMMON[@]}" --json "$OUT/$name.json" "$@" >/dev/null 2>"$OUT/$name.err" \
+    || { echo "loadgen $name failed:" >&2; tail -5 "$OUT/$name.err" >&2; return 1; }
+  tail -n +2 "$OUT/$name.err" | grep -v '^$' >&2 || true
+}
+
+side_by_side() { # title name args...  (Squid first, then komugate, same args)
+  local title="$1" name="$2"; shift 2
+  log "$title"
+  loadgen "$name-squid" "plain://$SQ_PLAIN" "$SQ_PID" "$@"
+  loadgen "$name-komugate" "plain://$KG_PLAIN" "$KG_PID" "$@"
+  "$LG" compare --title "$title" --left "$OUT/$name-squid.json" --right "$OUT/$name-komugate.json" >>"$TABLES"
+  echo >>"$TABLES"
+}
+
+if has compare; then
+  echo "### Side by side with Squid ($CLIENTS clients, $DUR s per workload, closed loop)" >>"$TABLES"
+  echo >>"$TABLES"
+  SB=(--devices "$CLIENTS" --duration "$DUR" --size 4096)
+  side_by_side "Plain HTTP forward, 4 KiB responses, keep-alive" forward "${SB[@]}" --mix http=1
+  side_by_side "CONNECT (bypassed HTTPS): new tunnel + TLS handshake + one 4 KiB GET per operation" connect "${SB[@]}" --mix connect=1
+  side_by_side "Morning mix: http 5 : CONNECT 3 : blocked 1" mix "${SB[@]}" --mix http=5,connect=3,blocked=1
+  side_by_side "Large bodies: 10 MiB down and 10 MiB up (4 clients)" large --devices 4 --duration "$DUR" --mix download=1,upload=1
+  if [ "$INSPECT" = 1 ] && [ "$SSL_BUMP" = 1 ]; then
+    log "Inspected HTTPS"
+    loadgen inspect-squid "plain://$SQ_BUMP" "$SQ_PID" "${SB[@]}" --mix inspect=1 --requests-per-tunnel 4
+    loadgen inspect-komugate "plain://$KG_PLAIN" "$KG_PID" "${SB[@]}" --mix inspect=1 --requests-per-tunnel 4
+    "$LG" compare --title "Inspected HTTPS ($M365 → local origin): CONNECT + TLS MITM + 4 GETs per tunnel (Squid ssl-bump vs komugate inspect)" \
+      --left "$OUT/inspect-squid.json" --right "$OUT/inspect-komugate.json" >>"$TABLES"
+    echo >>"$TABLES"
+  else
+    printf '#### Inspected HTTPS\n\nnot available yet (komugate [inspect]: %s, Squid ssl-bump: %s)\n\n' "$INSPECT" "$SSL_BUMP" >>"$TABLES"
+  fi
+fi
+
+MIX_MORNING="http=40,connect=30,blocked=10,download=1,upload=1"
+[ "$INSPECT" = 1 ] && MIX_MORNING="$MIX_MORNING,inspect=15"
+
+scenario() { # title name devices ramp ops args...
+  local title="$1" name="$2" devices="$3" ramp="$4" ops="$5"; shift 5
+  log "$title"
+  loadgen "$name" "mtls://$KG_MTLS" "$KG_PID" --devices "$devices" --ramp "$ramp" --ops-per-device "$ops" \
+    --concurrency 4 --h2-share 0.5 --mix "$MIX_MORNING" "$@"
+  { echo "#### $title"; echo; sed -n '/^\*\*/,$p' "$OUT/$name.err"; echo; } >>"$TABLES"
+}
+
+if has morning; then
+  scenario "Scale point: $MORNING_DEVICES devices waking within $MORNING_RAMP s (this board), mTLS device certs, half HTTP/1.1 CONNECT, half HTTP/2 multiplexed CONNECT, 20 operations per device (mix $MIX_MORNING, large = 10 MiB)" \
+    morning "$MORNING_DEVICES" "$MORNING_RAMP" 20
+fi
+if has prefecture; then
+  scenario "Scale point: $PREF_DEVICES devices waking within $PREF_RAMP s (a prefecture), same device behaviour" \
+    prefecture "$PREF_DEVICES" "$PREF_RAMP" 20
+fi
+
+if has idle; then
+  # Each idle tunnel costs komugate one upstream socket (client side is
+  # multiplexed over HTTP/2), and the origin one socket: cap by the fd limit.
+  n="$IDLE_TUNNELS"
+  cap=$((FD_LIMIT - 2000))
+  note=""
+  if [ "$n" -gt "$cap" ]; then note=" (asked for $n; capped to $cap by the hard open-file limit $FD_LIMIT of this machine)"; n="$cap"; fi
+  log "idle tunnels: $n$note"
+  "$LG" idle --proxy "mtls://$KG_MTLS" --proxy-pid "$KG_PID" "${COMMON[@]}" --tunnels "$n" --per-conn 200 \
+    --targets 127.0.0.1:18080,127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083 --hold 5 --json "$OUT/idle.json" >/dev/null 2>"$OUT/idle.err" \
+    || { tail -5 "$OUT/idle.err" >&2; exit 1; }
+  { echo "#### Scale point: idle tunnels held open$note"; echo; echo "| figure | value |"; echo "|---|---|"
+    grep '^|' "$OUT/idle.err"; echo; echo "Target: ≤ 20 KiB per tunnel."; echo; } >>"$TABLES"
+fi
+
+if has soak; then
+  log "soak: $SOAK_MINUTES minutes at the board's peak"
+  RSSLOG="$OUT/soak-rss.tsv"
+  ( for m in $(seq 0 "$SOAK_MINUTES"); do
+      printf '%s\t%s\n' "$m" "$(awk '/VmRSS/ {print $2}' "/proc/$KG_PID/status")" >>"$RSSLOG"; sleep 60; done ) &
+  SAMPLER=$!
+  PIDS+=($SAMPLER)
+  # The board's peak: 800 devices active, 4 concurrent operations each, closed loop.
+  loadgen soak "mtls://$KG_MTLS" "$KG_PID" --devices "$MORNING_DEVICES" --ramp 60 --duration "$((SOAK_MINUTES * 60))" \
+    --concurrency 1 --h2-share 0.5 --mix "$MIX_MORNING"
+  kill "$SAMPLER" 2>/dev/null || true
+  { echo "#### Soak: $SOAK_MINUTES minutes, $MORNING_DEVICES devices in a closed loop"; echo
+    sed -n '/^\*\*/,$p' "$OUT/soak.err"; echo; echo "| minute | komugate RSS (MiB) |"; echo "|---:|---:|"
+    awk -F'\t' '{ printf "| %s | %.1f |\n", $1, $2/1024 }' "$RSSLOG"; echo; } >>"$TABLES"
+fi
+
+# ---------------------------------------------------------------- report
+CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+SECTION="$W/section.md"
+{
+  echo "## Load test"
+  echo
+  echo "Produced by \`benches/compare-squid.sh\` on $(date -u +%Y-%m-%dT%H:%MZ). Exact command:"
+  echo
+  echo '```'
+  echo "$COMMAND"
+  echo '```'
+  echo
+  echo "- Machine: $(nproc) cores, $CPU_MODEL, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr); open-file limit $FD_LIMIT"
+  echo "- komugate: $KG_VERSION, release build; Squid: $SQUID_VERSION (Debian package, 1 worker, no disk cache, ssl-bump: $([ "$SSL_BUMP" = 1 ] && echo yes || echo no))"
+  echo "- Load generator: \`komugate-loadgen\` (same binary, same arguments for both proxies; only \`--proxy\` differs); origin: \`komugate-loadgen origin\` (hyper, loopback)"
+  echo "- Everything (load generator, origin, proxy) shares the same cores, so absolute figures understate both proxies; compare the ratios, which come from one run."
+  echo "- Side-by-side workloads use each proxy's plain listener (Squid has no device-certificate mTLS listener); the scale points use komugate's mTLS listener with one device certificate per device."
+  echo "- Latency = one operation, from its start to the last body byte (a CONNECT operation includes the tunnel set-up and the TLS handshake to the origin)."
+  echo
+  cat "$TABLES"
+} >"$SECTION"
+cat "$SECTION"
+if [ "$WRITE_RESULTS" = 1 ]; then
+  RES="$ROOT/benches/RESULTS.md"
+  touch "$RES"
+  # Replace the "## Load test" section (up to the next "## " heading), keep the others.
+  awk -v f="$SECTION" '
+    BEGIN { while ((getline l < f) > 0) sec = sec l "\n" }
+    /^## / { if (skip) skip = 0; if ($0 == "## Load test") { printf "%s", sec; done = 1; skip = 1; next } }
+    !skip { print }
+    END { if (!done) { print ""; printf "%s", sec } }' "$RES" >"$RES.tmp" && mv "$RES.tmp" "$RES"
+  log "wrote the Load test section of $RES"
+fi

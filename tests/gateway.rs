@@ -667,3 +667,28 @@ async fn c14_health_and_metrics() {
     })
     .await
 }
+
+/// An idle keep-alive connection to the admin listener (a Prometheus
+/// scraper, or the gateway's own upstream pool after proxying to /healthz as
+/// the banner suggests) must not hold up shutdown or the final log flush.
+#[tokio::test]
+async fn c13_shutdown_is_prompt_with_idle_admin_keepalive() {
+    within("check 13 (admin keep-alive)", async {
+        let mut gw = TestGateway::start(|_, _| {}).await;
+        let up = HttpUpstream::start("127.0.0.1").await;
+        let r = raw::proxy_get(gw.plain(), &format!("http://{}/before-shutdown", up.addr)).await.unwrap();
+        assert_eq!(r.status, 200);
+        let mut scraper = RawConn::connect(gw.admin()).await;
+        scraper.send(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        assert_eq!(scraper.read_response(false).await.unwrap().status, 200);
+
+        let running = gw.running.take().unwrap();
+        let t = Instant::now();
+        running.shutdown(Duration::from_secs(2)).await;
+        let took = t.elapsed();
+        let log = std::fs::read_to_string(&gw.access_log).unwrap();
+        assert!(log.contains("/before-shutdown"), "access log flushed on shutdown:\n{log}");
+        assert!(took < Duration::from_millis(2500), "shutdown with nothing in flight took {took:?}");
+    })
+    .await
+}

@@ -692,3 +692,92 @@ async fn c13_shutdown_is_prompt_with_idle_admin_keepalive() {
     })
     .await
 }
+
+// ------------------------------------------------------------------ extra edges
+
+/// h2 CONNECT refusals carry the same 403 + `komugate-rule` as HTTP/1.1,
+/// and CONNECT over HTTP/1.1 works on the mTLS listener too.
+#[tokio::test]
+async fn x_mtls_h2_connect_refusals_and_h1_connect() {
+    within("mTLS CONNECT refusals", async {
+        let gw = TestGateway::start(|c, _| c.egress.allow_destinations = vec!["127.0.0.1/32".parse().unwrap()]).await;
+        let echo = EchoServer::start().await;
+        let pki = gw.tls();
+        let device = pki.device("laptop-9", &["staff"]);
+        let tls = tls_connect(gw.mtls(), pki.client_config(Some(&device), &[b"h2"])).await.unwrap();
+        let (client, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        for (target, rule) in [
+            ("www.gambling.test:443".to_string(), "blocked-hosts"),
+            (format!("127.0.0.2:{}", echo.addr.port()), "destination-guard"),
+        ] {
+            let mut client = client.clone().ready().await.unwrap();
+            let req = Request::builder().method(Method::CONNECT).uri(target.as_str()).body(()).unwrap();
+            let (resp, _send) = client.send_request(req, false).unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 403, "h2 CONNECT {target}");
+            assert_eq!(resp.headers().get("komugate-rule").map(|v| v.to_str().unwrap()), Some(rule), "h2 CONNECT {target}");
+        }
+        let rec = gw.access_record(|r| r["rule"] == "blocked-hosts").await;
+        assert_eq!(rec["device"], "laptop-9");
+        assert_eq!(rec["listener"], "mtls");
+        assert_eq!(echo.accepts(), 0);
+
+        // HTTP/1.1 CONNECT on the mTLS listener.
+        let tls = tls_connect(gw.mtls(), pki.client_config(Some(&device), &[b"http/1.1"])).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let mut c = RawConn::new(tls);
+        c.send(&connect_req(&echo.addr.to_string())).await.unwrap();
+        assert_eq!(c.read_head().await.unwrap().status, 200);
+        c.send(b"over h1 in TLS").await.unwrap();
+        assert_eq!(c.read_exact_n(14).await.unwrap(), b"over h1 in TLS");
+        gw.shutdown().await;
+    })
+    .await
+}
+
+/// A tunnel nobody uses is closed after `idle_timeout_secs` and logged so.
+#[tokio::test]
+async fn x_idle_tunnel_is_closed() {
+    within("idle tunnel", async {
+        let gw = TestGateway::start(|c, _| c.limits.idle_timeout_secs = 1).await;
+        let echo = EchoServer::start().await;
+        let mut c = RawConn::connect(gw.plain()).await;
+        c.send(&connect_req(&echo.addr.to_string())).await.unwrap();
+        assert_eq!(c.read_head().await.unwrap().status, 200);
+        c.send(b"x").await.unwrap();
+        assert_eq!(c.read_exact_n(1).await.unwrap(), b"x");
+        let t = Instant::now();
+        assert!(c.closed_within(Duration::from_secs(4)).await, "idle tunnel must be closed");
+        assert!(t.elapsed() >= Duration::from_millis(800), "closed too early: {:?}", t.elapsed());
+        let rec = gw.access_record(|r| r["method"] == "CONNECT").await;
+        assert_eq!(rec["error"], "idle timeout");
+        gw.shutdown().await;
+    })
+    .await
+}
+
+/// Absolute-form target wins over a conflicting Host header (RFC 9112
+/// §3.2.2); origin-form and https:// requests to the proxy are 400.
+#[tokio::test]
+async fn x_host_header_and_request_forms() {
+    within("request forms", async {
+        let gw = TestGateway::start(|_, _| {}).await;
+        let up = HttpUpstream::start("127.0.0.1").await;
+        let r = raw::request(
+            gw.plain(),
+            format!("GET http://{}/h HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n", up.addr).as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(up.seen()[0].headers["host"], up.addr.to_string().as_str());
+        let r = raw::request(gw.plain(), format!("GET /h HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", up.addr).as_bytes()).await.unwrap();
+        assert_eq!(r.status, 400, "origin-form to a proxy");
+        let r = raw::proxy_get(gw.plain(), &format!("https://{}/h", up.addr)).await.unwrap();
+        assert_eq!(r.status, 400, "https:// absolute-form");
+        assert_eq!(up.seen().len(), 1);
+        gw.shutdown().await;
+    })
+    .await
+}

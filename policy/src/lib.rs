@@ -318,6 +318,21 @@ impl Policy {
     }
 
     /// 64-bit FNV-1a (hex) over the policy text and every file it read.
+    /// Each rule as (name, a canonical text of its conditions and actions),
+    /// in document order, for the reload audit's "rules changed" summary.
+    /// The text leaves out where the rule is written, so moving a rule
+    /// within the file is not a change.
+    pub fn rule_summaries(&self) -> Vec<(String, String)> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.origin.clear();
+                (r.name.clone(), format!("{r:?}"))
+            })
+            .collect()
+    }
+
     pub fn generation_digest(&self) -> String {
         self.digest.clone()
     }

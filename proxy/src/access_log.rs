@@ -46,12 +46,19 @@ pub struct AccessRecord {
     /// CASB application (m365, google, c4th ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// Policy generation that decided (0 = none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// IPS signature id(s) that fired, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ips: Option<String>,
     /// IPS / threat-intel events in detail (sid, msg, action, list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips_events: Vec<crate::ips::IpsEvent>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub fn rfc3339(t: SystemTime) -> String {

@@ -1,4 +1,5 @@
-//! Admin listener: `/metrics` (Prometheus), `/healthz`.
+//! Admin listener: `/metrics` (Prometheus), `/healthz`, `/proxy.pac`, and
+//! the token-protected API: `/admin/reload`, `/admin/explain`, `/admin/logs`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -56,6 +57,73 @@ async fn admin_request(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Respo
         "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render()),
         "/proxy.pac" => crate::pac::admin_response(&gw, &req),
         "/admin/logs" => crate::logs::admin_http::handle(&gw, &req).await,
+        "/admin/reload" => reload(&gw, &req).await,
+        "/admin/explain" => explain(&gw, &req),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz or /metrics\n"),
     })
+}
+
+/// `Err(response)` unless the request carries `Authorization: Bearer <[admin] token>`.
+fn authorize(gw: &Gateway, req: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
+    let token = gw.config.admin.token.trim();
+    if token.is_empty() {
+        return Err(text(StatusCode::FORBIDDEN, "text/plain", "the admin API is off: set [admin] token in the gateway configuration\n"));
+    }
+    if !crate::logs::admin_http::token_ok(token, req.headers().get(header::AUTHORIZATION)) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "text/plain", "missing or wrong admin token: send Authorization: Bearer <[admin] token>\n");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        return Err(r);
+    }
+    Ok(())
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    body.push(b'\n');
+    text(status, "application/json", body)
+}
+
+/// `POST /admin/reload`: rebuild and swap the policy; 200 with the new
+/// generation, or 422 with every validation error (the old policy stays).
+async fn reload(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(r) = authorize(gw, req) {
+        return r;
+    }
+    if req.method() != http::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST /admin/reload\n");
+    }
+    let source = crate::logs::audit::ReloadSource::Api { token_name: "admin".into() };
+    match gw.reload(source).await {
+        Ok(r) => json(StatusCode::OK, serde_json::json!({"result": "ok", "generation": r.generation, "digest": r.digest})),
+        Err(e) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({
+                "result": "error",
+                "generation_in_force": gw.runtime.load().generation,
+                "errors": e.lines().collect::<Vec<_>>(),
+            }),
+        ),
+    }
+}
+
+/// `GET /admin/explain?device=ID&from=IP&url=URL[&method=M]`: the decision
+/// the proxy would make, computed by the same function.
+fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(r) = authorize(gw, req) {
+        return r;
+    }
+    let query = req.uri().query().unwrap_or("");
+    let params: std::collections::HashMap<String, String> = crate::logs::admin_http::parse_query_string(query).into_iter().collect();
+    let q = |k: &str| params.get(k).map(String::as_str);
+    let (Some(from), Some(url)) = (q("from"), q("url")) else {
+        return text(StatusCode::BAD_REQUEST, "text/plain", "usage: /admin/explain?device=ID&from=IP&url=URL[&method=GET]\n");
+    };
+    let runtime = gw.runtime.load();
+    let Some(policy) = &runtime.policy else {
+        return text(StatusCode::CONFLICT, "text/plain", "no policy file is configured ([policy] file); decisions come from the [decision] lists\n");
+    };
+    match crate::explain::explain(policy, q("device"), from, url, q("method").unwrap_or("GET")) {
+        Ok(decision) => json(StatusCode::OK, serde_json::json!({"generation": runtime.generation, "decision": decision, "text": decision.explain()})),
+        Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    }
 }

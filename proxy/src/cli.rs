@@ -43,6 +43,12 @@ enum Command {
     /// The audit log of administration.
     #[command(subcommand)]
     Audit(crate::logs::cli::AuditCommand),
+    /// Policy tools: check, explain, import a squidGuard configuration.
+    #[command(subcommand)]
+    Policy(crate::cli_policy::PolicyCommand),
+    /// Blocklist tools: look URLs up, compile a snapshot.
+    #[command(subcommand)]
+    Categories(crate::cli_policy::CategoriesCommand),
     /// IPS rules and threat-intel lists (`komugate ips check FILE`).
     #[command(subcommand)]
     Ips(crate::ips::cli::IpsCommand),
@@ -50,6 +56,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PkiCommand {
+    /// Print the inspection CA certificate (what laptops must trust), as PEM or DER.
+    ExportCa {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "pem")]
+        format: CaFormat,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Make a site beacon's Ed25519 key pair (PREFIX.key, PREFIX.pub) for `komugate beacon`.
     BeaconKey(crate::beacon::BeaconKeyArgs),
     /// Create the device CA, the inspection CA and the gateway's server certificate.
@@ -81,6 +97,12 @@ enum PkiCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CaFormat {
+    Pem,
+    Der,
+}
+
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the embedded default configuration (commented TOML).
@@ -100,6 +122,8 @@ pub fn main() -> ExitCode {
         Command::Logs(cmd) => crate::logs::cli::run_logs(cmd),
         Command::Audit(cmd) => crate::logs::cli::run_audit(cmd),
         Command::Ips(cmd) => crate::ips::cli::run(cmd),
+        Command::Policy(cmd) => return exit_code(crate::cli_policy::run_policy(cmd)),
+        Command::Categories(cmd) => return exit_code(crate::cli_policy::run_categories(cmd)),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");
             Ok(())
@@ -115,6 +139,13 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn exit_code(result: Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("komugate: error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KOMUGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -124,6 +155,24 @@ fn init_tracing() {
 fn pki(cmd: PkiCommand) -> Result<()> {
     match cmd {
         PkiCommand::BeaconKey(args) => crate::beacon::run_beacon_key_cli(args),
+        PkiCommand::ExportCa { dir, format, out } => {
+            let path = crate::pki::PkiPaths::new(&dir).inspect_ca_cert();
+            // Parsing validates the file; PEM output is the file itself.
+            let certs = crate::pki::load_certs(&path)?;
+            let der = certs.into_iter().next().context("the inspection CA file holds no certificate")?;
+            let bytes = match format {
+                CaFormat::Der => der.to_vec(),
+                CaFormat::Pem => std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+            };
+            match out {
+                Some(out) => std::fs::write(&out, bytes).with_context(|| format!("cannot write {}", out.display()))?,
+                None => {
+                    use std::io::Write as _;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+            }
+            Ok(())
+        }
         PkiCommand::Init { dir, sans, force } => {
             let sans = if sans.is_empty() { default_sans() } else { sans };
             crate::pki::init(&dir, &sans, force)?;
@@ -252,3 +301,4 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+

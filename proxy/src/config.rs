@@ -37,6 +37,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub inspect: InspectConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// `[ips]`: Suricata rules files (issue 6).
     #[serde(default)]
     pub ips: crate::ips::IpsConfig,
@@ -257,6 +259,24 @@ impl Default for LogConfig {
             syslog: Default::default(),
             clickhouse: Default::default(),
         }
+    }
+}
+
+/// `[policy]`: the policy document that decides (replaces `[decision]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Policy file (TOML, see examples/policy.toml); "" = the simple `[decision]` lists.
+    pub file: String,
+    /// Reload when the policy file or any file it includes changes.
+    pub watch: bool,
+    /// How often the watched files are checked.
+    pub watch_interval_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { file: String::new(), watch: true, watch_interval_ms: 2000 }
     }
 }
 

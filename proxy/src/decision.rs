@@ -5,6 +5,8 @@
 //! policy engine; the call sites stay.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -91,6 +93,15 @@ pub struct Decision {
     pub tunnel: TunnelMode,
     /// Categories of the destination (names), for the block page and logs.
     pub categories: Vec<String>,
+    /// Policy generation that decided.
+    pub generation: u64,
+    /// Location (site name or `offsite`), user, groups and app when a policy decided.
+    pub site: Option<String>,
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    pub app: Option<String>,
+    /// Whom to contact, for the block page (from the policy's `[contact]`).
+    pub contact: Option<String>,
 }
 
 impl Decision {
@@ -142,6 +153,13 @@ struct FixedEgressRule {
 /// The running decision state: swapped atomically on reload.
 pub struct Runtime {
     pub generation: u64,
+    /// The compiled policy (categories and registry included), when `[policy] file` is set.
+    pub policy: Option<Arc<komugate_policy::Policy>>,
+    /// Digest of every input of this generation (audit log).
+    pub digest: String,
+    /// (rule name, canonical text) for the reload audit's diff summary.
+    pub rule_digests: Vec<(String, String)>,
+    contact: Option<String>,
     blocked_hosts: Vec<HostPattern>,
     allowed_ports: Vec<u16>,
     fixed_egress: Vec<FixedEgressRule>,
@@ -170,9 +188,29 @@ pub const BUILTIN_BYPASS: &[&str] = &[
 ];
 
 impl Runtime {
+    /// Builds the decision state for `config`: loads and validates the
+    /// policy file when one is configured. Slow (blocklists): call it off
+    /// the hot path.
+    pub fn build(config: &Config, generation: u64) -> Result<Runtime, String> {
+        let mut runtime = Runtime::from_config(config, generation);
+        if let Some(path) = policy_path(config) {
+            let policy = komugate_policy::Policy::load(&path).map_err(|e| e.to_string())?;
+            runtime.contact = format_contact(policy.contact());
+            runtime.digest = policy.generation_digest();
+            runtime.rule_digests = policy.rule_summaries();
+            runtime.policy = Some(Arc::new(policy));
+        }
+        Ok(runtime)
+    }
+
+    /// The simple-lists runtime (no policy file).
     pub fn from_config(config: &Config, generation: u64) -> Runtime {
         Runtime {
             generation,
+            policy: None,
+            digest: String::from("simple-lists"),
+            rule_digests: Vec::new(),
+            contact: None,
             blocked_hosts: config.decision.blocked_hosts.iter().map(|h| HostPattern::parse(h)).collect(),
             allowed_ports: config.decision.allowed_ports.clone(),
             fixed_egress: config
@@ -199,6 +237,43 @@ impl Runtime {
 
     /// The decision for one request or tunnel. Pure: no I/O.
     pub fn decide(&self, req: &RequestInfo) -> Decision {
+        match &self.policy {
+            Some(policy) => {
+                let decision = policy.evaluate(&policy_request(req, SystemTime::now()));
+                self.from_policy(req, decision)
+            }
+            None => self.decide_simple(req),
+        }
+    }
+
+    /// Maps the policy's decision onto the data path's; inspection is
+    /// refused for hosts on the bypass lists whatever the rule says.
+    pub fn from_policy(&self, req: &RequestInfo, d: komugate_policy::Decision) -> Decision {
+        let tunnel = match d.tunnel {
+            Some(komugate_policy::TunnelMode::Inspect) if !self.bypass_hosts.iter().any(|p| p.matches(req.host)) => TunnelMode::Inspect,
+            _ => TunnelMode::Bypass,
+        };
+        Decision {
+            verdict: if d.is_blocked() { Verdict::Block } else { Verdict::Allow },
+            rule: d.rule,
+            message: d.message,
+            egress_source: d.egress.as_ref().map(|e| e.source),
+            egress_name: d.egress.map(|e| e.pool),
+            tunnel,
+            categories: d.categories,
+            generation: self.generation,
+            site: Some(match d.location {
+                komugate_policy::Location::Site(s) => s,
+                komugate_policy::Location::Offsite => "offsite".to_string(),
+            }),
+            user: d.user,
+            groups: d.groups,
+            app: d.app,
+            contact: self.contact.clone(),
+        }
+    }
+
+    fn decide_simple(&self, req: &RequestInfo) -> Decision {
         let egress = self.fixed_egress.iter().find(|f| f.hosts.iter().any(|p| p.matches(req.host)));
         let mut decision = Decision {
             verdict: Verdict::Allow,
@@ -208,6 +283,12 @@ impl Runtime {
             egress_name: egress.map(|e| e.name.clone()),
             tunnel: TunnelMode::Bypass,
             categories: Vec::new(),
+            generation: self.generation,
+            site: None,
+            user: None,
+            groups: Vec::new(),
+            app: None,
+            contact: None,
         };
         if req.kind == RequestKind::Connect
             && self.inspect_hosts.iter().any(|p| p.matches(req.host))
@@ -226,6 +307,41 @@ impl Runtime {
         }
         decision
     }
+}
+
+/// The policy file configured in `[policy] file`, resolved against the data dir.
+pub fn policy_path(config: &Config) -> Option<std::path::PathBuf> {
+    (!config.policy.file.is_empty()).then(|| config.data_path(std::path::Path::new(&config.policy.file)))
+}
+
+/// The policy engine's view of a request; the one conversion used by the
+/// proxy, `/admin/explain` and `komugate policy explain`.
+pub fn policy_request<'a>(req: &'a RequestInfo<'a>, time: SystemTime) -> komugate_policy::Request<'a> {
+    let client_ip = match req.client.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(req.client.ip()),
+        v4 => v4,
+    };
+    komugate_policy::Request {
+        device: req.device.map(|d| d.device_id.as_str()),
+        cert_groups: req.device.map(|d| d.cert_groups.as_slice()).unwrap_or(&[]),
+        client_ip,
+        location: req.location.clone(),
+        scheme: match (req.kind, req.scheme) {
+            (RequestKind::Connect, _) => komugate_policy::Scheme::Connect,
+            (_, "https") => komugate_policy::Scheme::Https,
+            _ => komugate_policy::Scheme::Http,
+        },
+        method: req.method,
+        host: req.host,
+        port: req.port,
+        path: req.path,
+        time,
+    }
+}
+
+fn format_contact(c: &komugate_policy::Contact) -> Option<String> {
+    let parts: Vec<&str> = [&c.name, &c.phone, &c.email, &c.url].into_iter().filter_map(|p| p.as_deref()).collect();
+    (!parts.is_empty()).then(|| parts.join(" / "))
 }
 
 #[cfg(test)]

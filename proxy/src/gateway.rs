@@ -24,6 +24,8 @@ pub struct Gateway {
     pub config: Config,
     /// The decision state; replaced atomically on reload.
     pub runtime: ArcSwap<Runtime>,
+    /// Serialises reloads (see `reload.rs`).
+    pub reload_lock: tokio::sync::Mutex<()>,
     pub egress: Arc<Egress>,
     pub pools: UpstreamPools,
     /// TLS inspection (minting, cache); None when the inspection CA is not configured.
@@ -106,7 +108,13 @@ pub async fn start(config: Config) -> Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let egress = Arc::new(Egress::new(&config.dns, &config.egress, metrics.clone())?);
     let (access_log, log_writer) = AccessLog::start(&config, metrics.clone()).await?;
-    let runtime = Runtime::from_config(&config, 1);
+    let runtime = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Runtime::build(&config, 1))
+            .await
+            .context("building the policy")?
+            .map_err(|e| anyhow::anyhow!("the policy is not valid; komugate will not start with it:\n{e}"))?
+    };
 
     let tls = if let Some(_) = Config::listen_addr(&config.listen.mtls) {
         Some(
@@ -146,6 +154,7 @@ pub async fn start(config: Config) -> Result<Running> {
         inspector,
         egress,
         runtime: ArcSwap::from_pointee(runtime),
+        reload_lock: tokio::sync::Mutex::new(()),
         metrics,
         access_log,
         shutdown: CancellationToken::new(),
@@ -170,6 +179,13 @@ pub async fn start(config: Config) -> Result<Running> {
         addrs.admin = Some(listener.local_addr()?);
         tokio::spawn(crate::admin::serve_admin(gateway.clone(), listener));
     }
+    if let Some(policy) = &gateway.runtime.load().policy {
+        // The policy's sites also drive site assertions and PAC files.
+        gateway.sites.set_directory(crate::beacon::SiteDirectory::from_policy(policy));
+    }
+    gateway.metrics.policy_generation.set(1);
+    crate::reload::spawn_sighup(gateway.clone());
+    crate::reload::spawn_file_watch(gateway.clone());
     Ok(Running { gateway, addrs, log_writer })
 }
 

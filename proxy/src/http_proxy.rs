@@ -153,19 +153,36 @@ pub fn decide(gw: &Gateway, conn: &ConnContext, kind: RequestKind, method: &str,
     })
 }
 
+/// Copies what the decision knows (rule, location, user, categories, app,
+/// policy generation) into the access record.
+pub fn note_decision(record: &mut AccessRecord, decision: &Decision) {
+    record.rule = decision.rule.clone();
+    record.site = decision.site.clone();
+    record.user = decision.user.clone();
+    record.categories = decision.categories.clone();
+    record.app = decision.app.clone();
+    record.generation = decision.generation;
+    if !decision.groups.is_empty() {
+        record.groups = decision.groups.clone();
+    }
+}
+
 pub fn blocked(conn: &ConnContext, decision: &Decision, target: &str, record: &mut AccessRecord) -> Refusal {
     record.decision = "block";
-    record.rule = decision.rule.clone();
+    note_decision(record, decision);
     let time = rfc3339(SystemTime::now());
-    full(block_page::blocked_response(&BlockInfo {
+    let categories = decision.categories.join(", ");
+    let mut resp = full(block_page::blocked_response(&BlockInfo {
         target,
         rule: &decision.rule,
         message: decision.message.as_deref(),
-        category: (!decision.categories.is_empty()).then(|| decision.categories.join(", ")).as_deref(),
+        category: (!categories.is_empty()).then_some(categories.as_str()),
         device: conn.device.as_ref().map(|d| d.device_id.as_str()),
         time: &time,
-        contact: None,
-    }))
+        contact: decision.contact.as_deref(),
+    }));
+    resp.headers_mut().insert("komugate-policy-generation", HeaderValue::from(decision.generation));
+    resp
 }
 
 /// The block page for an upstream whose certificate failed verification:
@@ -260,7 +277,7 @@ async fn connect(
     if decision.is_blocked() {
         return Err(blocked(conn, &decision, &target, record));
     }
-    record.rule = decision.rule.clone();
+    note_decision(record, &decision);
     if let Err(resp) = crate::ips::http::check_destination(gw, conn, &dest.host, &target, record).await {
         return Err(full(resp));
     }
@@ -454,7 +471,7 @@ pub async fn relay_request(
         let shown = record.target.clone();
         return Err(blocked(conn, &decision, &shown, record));
     }
-    record.rule = decision.rule.clone();
+    note_decision(record, &decision);
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub threat_intel_blocks: IntCounterVec,
     /// DNS-over-HTTPS queries by result (allow, block, error).
     pub doh_queries: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub policy_generation: IntGauge,
 }
 
 impl Metrics {
@@ -91,6 +93,12 @@ impl Metrics {
             .expect("metric"),
             doh_queries: IntCounterVec::new(Opts::new("komugate_doh_queries_total", "DNS-over-HTTPS queries by result"), &["result"])
                 .expect("metric"),
+            policy_reloads: IntCounterVec::new(
+                Opts::new("komugate_policy_reloads_total", "Policy reloads by result (ok, error)"),
+                &["result"],
+            )
+            .expect("metric"),
+            policy_generation: IntGauge::new("komugate_policy_generation", "Policy generation in force").expect("metric"),
             registry,
         };
         let r = &m.registry;

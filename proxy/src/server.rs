@@ -25,19 +25,38 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
                 Err(e) => { tracing::warn!("plain listener accept: {e}"); continue; }
             },
         };
-        let peer_ip = canonical_ip(peer);
-        if !gw.config.listen.plain_clients.iter().any(|net| net.contains(&peer_ip)) {
-            gw.metrics.connections_refused.with_label_values(&["plain", "client_not_allowed"]).inc();
-            tracing::info!("plain listener: refused {peer}: not in [listen] plain_clients");
-            drop(stream);
-            continue;
-        }
         let _ = stream.set_nodelay(true);
-        let ctx = Arc::new(ConnContext { listener: ListenerKind::Plain, client: peer, device: None });
         let gw2 = gw.clone();
         gw.tasks.spawn(async move {
+            let mut stream = stream;
+            let Some(client) = client_address(&gw2, "plain", &mut stream, peer).await else { return };
+            let client_ip = canonical_ip(client);
+            if !gw2.config.listen.plain_clients.iter().any(|net| net.contains(&client_ip)) {
+                gw2.metrics.connections_refused.with_label_values(&["plain", "client_not_allowed"]).inc();
+                tracing::info!("plain listener: refused {client} (via {peer}): not in [listen] plain_clients");
+                return;
+            }
+            let ctx = Arc::new(ConnContext { listener: ListenerKind::Plain, client, device: None });
             serve_http1(gw2, ctx, stream).await;
         });
+    }
+}
+
+/// The client address: the TCP peer, or, when the peer is a load balancer in
+/// `[listen] proxy_protocol_from`, the source its PROXY header carries (the
+/// header is then required). From other peers no header is read.
+async fn client_address(gw: &Gateway, listener: &'static str, stream: &mut tokio::net::TcpStream, peer: SocketAddr) -> Option<SocketAddr> {
+    let peer_ip = canonical_ip(peer);
+    if !gw.config.listen.proxy_protocol_from.iter().any(|net| net.contains(&peer_ip)) {
+        return Some(peer);
+    }
+    match crate::proxy_protocol::read_header(stream, gw.config.limits.header_read_timeout()).await {
+        Ok(header) => Some(header.client(peer)),
+        Err(e) => {
+            gw.metrics.connections_refused.with_label_values(&[listener, "proxy_protocol"]).inc();
+            tracing::info!("{listener} listener: {peer}: {e}");
+            None
+        }
     }
 }
 
@@ -64,6 +83,8 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls
         let gw2 = gw.clone();
         let acceptor = acceptor.clone();
         gw.tasks.spawn(async move {
+            let mut stream = stream;
+            let Some(peer) = client_address(&gw2, "mtls", &mut stream, peer).await else { return };
             let handshake = tokio::time::timeout(gw2.config.limits.header_read_timeout(), acceptor.accept(stream)).await;
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,

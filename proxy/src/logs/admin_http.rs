@@ -61,7 +61,7 @@ pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn token_ok(expected: &str, req_header: Option<&HeaderValue>) -> bool {
+pub(crate) fn token_ok(expected: &str, req_header: Option<&HeaderValue>) -> bool {
     let Some(got) = req_header.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) else {
         return false;
     };

@@ -1,0 +1,138 @@
+//! `komugate policy …` and `komugate categories …`: the administrators'
+//! tools for the policy document and the blocklists.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file; lists every error as file:line:column and exits non-zero.
+    Check { file: PathBuf },
+    /// Show how the policy decides a request: location, groups, categories, rule, action, egress.
+    Explain {
+        file: PathBuf,
+        /// Device id (as in its certificate); omit for an anonymous in-site client.
+        #[arg(long)]
+        device: Option<String>,
+        /// Client address the request comes from (decides the location).
+        #[arg(long)]
+        from: String,
+        /// http://… or https://… URL (or host:port with --method CONNECT).
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a squidGuard.conf into a komugate policy (TOML on stdout or --out).
+    ImportSquidguard {
+        file: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CategoriesCommand {
+    /// Print each URL's categories, one line per URL: `URL<TAB>cat1,cat2` (`-` for none).
+    Lookup {
+        /// A squidGuard/UT1 directory or a compiled snapshot file.
+        #[arg(long)]
+        lists: PathBuf,
+        urls: Vec<String>,
+    },
+    /// Compile a squidGuard/UT1 directory into a snapshot file that loads fast.
+    Compile {
+        src: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs a policy command; `check` and validation failures exit 1 with every error listed.
+pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check { file } => match komugate_policy::check(&file) {
+            Ok(summary) => {
+                println!("{}: ok", file.display());
+                println!("{summary:#?}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{}: {} error(s); the policy was not accepted", file.display(), errors.0.len());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        PolicyCommand::Explain { file, device, from, url, method, json } => {
+            let policy = load(&file)?;
+            let decision = crate::explain::explain(&policy, device.as_deref(), &from, &url, &method)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&decision)?);
+            } else {
+                print!("{}", decision.explain());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::ImportSquidguard { file, out } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            match komugate_policy::import_squidguard(&text, &file) {
+                Ok(toml) => {
+                    match out {
+                        Some(out) => {
+                            std::fs::write(&out, toml).with_context(|| format!("cannot write {}", out.display()))?;
+                            eprintln!("wrote {}; check it with `komugate policy check {}`", out.display(), out.display());
+                        }
+                        None => print!("{toml}"),
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn load(file: &Path) -> Result<komugate_policy::Policy> {
+    komugate_policy::Policy::load(file).map_err(|e| anyhow!("{}: the policy is not valid:\n{e}", file.display()))
+}
+
+pub fn run_categories(cmd: CategoriesCommand) -> Result<ExitCode> {
+    match cmd {
+        CategoriesCommand::Lookup { lists, urls } => {
+            let (matcher, report) = komugate_categories::load_path(&lists).map_err(|e| anyhow!("{}: {e}", lists.display()))?;
+            report_import(&lists, &report);
+            for url in urls {
+                let names = matcher.names(matcher.lookup_url(&url));
+                println!("{url}\t{}", if names.is_empty() { "-".to_string() } else { names.join(",") });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CategoriesCommand::Compile { src, out } => {
+            let (matcher, report) = komugate_categories::load_path(&src).map_err(|e| anyhow!("{}: {e}", src.display()))?;
+            report_import(&src, &report);
+            let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            matcher.write_snapshot(std::io::BufWriter::new(file)).map_err(|e| anyhow!("writing {}: {e}", out.display()))?;
+            eprintln!("{}: {} entries in {} categories, {} bytes in memory", out.display(), matcher.entry_count(), matcher.category_names().len(), matcher.heap_bytes());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Invalid lines are reported (count + the first few with file:line) on stderr.
+fn report_import(src: &Path, report: &komugate_categories::ImportReport) {
+    if report.invalid_lines > 0 {
+        eprintln!("{}: {} unreadable or invalid line(s) skipped; the rest imported:", src.display(), report.invalid_lines);
+        for e in &report.first_errors {
+            eprintln!("  {e}");
+        }
+    }
+}

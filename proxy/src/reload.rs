@@ -1,0 +1,161 @@
+//! Policy hot reload. A new [`Runtime`] (policy + categories + registry) is
+//! built off the hot path, validated, and swapped in atomically; requests
+//! already being decided keep the generation they loaded. A failure keeps
+//! the running generation and is reported (log line, metric, audit entry,
+//! HTTP error body). Triggers: SIGHUP, a change of the policy file or any
+//! file it includes (polled), `POST /admin/reload`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::decision::Runtime;
+use crate::gateway::Gateway;
+use crate::logs::audit::{AuditEvent, DiffSummary, ReloadSource};
+
+/// Result of a successful reload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub digest: String,
+}
+
+impl Gateway {
+    /// Rebuilds the decision state from the configured policy file and swaps
+    /// it in. Reloads are serialised; the build runs on a blocking thread.
+    pub async fn reload(self: &Arc<Self>, source: ReloadSource) -> Result<Reloaded, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let old = self.runtime.load_full();
+        let generation = old.generation + 1;
+        let config = self.config.clone();
+        let built = tokio::task::spawn_blocking(move || Runtime::build(&config, generation))
+            .await
+            .unwrap_or_else(|e| Err(format!("the policy build task failed: {e}")));
+        let result = match built {
+            Ok(runtime) => {
+                let runtime = Arc::new(runtime);
+                if let Some(policy) = &runtime.policy {
+                    self.sites.set_directory(crate::beacon::SiteDirectory::from_policy(policy));
+                }
+                self.runtime.store(runtime.clone());
+                self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.policy_generation.set(generation as i64);
+                tracing::info!(generation, digest = %runtime.digest, ?source, "policy reloaded");
+                Ok(Reloaded { generation, digest: runtime.digest.clone() })
+            }
+            Err(error) => {
+                self.metrics.policy_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(?source, "policy reload failed; generation {} stays in force:\n{error}", old.generation);
+                Err(error)
+            }
+        };
+        if let Some(audit) = self.access_log.audit() {
+            let (ok, error, new_generation, new_digest, diff) = match &result {
+                Ok(r) => {
+                    let new = self.runtime.load();
+                    (true, None, Some(r.generation), Some(r.digest.clone()), DiffSummary::of_rules(&old.rule_digests, &new.rule_digests))
+                }
+                Err(e) => (false, Some(e.clone()), None, None, DiffSummary::default()),
+            };
+            let event = AuditEvent::PolicyReload {
+                source,
+                ok,
+                error,
+                old_generation: old.generation,
+                new_generation,
+                old_digest: old.digest.clone(),
+                new_digest,
+                diff,
+            };
+            if let Err(e) = audit.append(event) {
+                tracing::error!("cannot write the audit log: {e}");
+            }
+        }
+        result
+    }
+}
+
+/// Reloads on SIGHUP until shutdown.
+pub fn spawn_sighup(gw: Arc<Gateway>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; use POST /admin/reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = gw.shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() { return; }
+                    let _ = gw.reload(ReloadSource::Sighup).await;
+                }
+            }
+        }
+    });
+}
+
+/// Size and modification time of each watched file (None = missing).
+type Snapshot = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+
+fn snapshot(files: &[PathBuf]) -> Snapshot {
+    files
+        .iter()
+        .map(|f| {
+            let meta = std::fs::metadata(f).ok().map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            (f.clone(), meta)
+        })
+        .collect()
+}
+
+/// The policy file and every file it read (lists, registry), for watching.
+fn watched_files(gw: &Gateway) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = crate::decision::policy_path(&gw.config).into_iter().collect();
+    if let Some(policy) = &gw.runtime.load().policy {
+        files.extend(policy.source_files());
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Polls the watched files; reloads once a change has settled (two equal
+/// polls in a row), so a file caught half-written is not loaded.
+pub fn spawn_file_watch(gw: Arc<Gateway>) {
+    if crate::decision::policy_path(&gw.config).is_none() || !gw.config.policy.watch {
+        return;
+    }
+    let every = Duration::from_millis(gw.config.policy.watch_interval_ms.max(100));
+    tokio::spawn(async move {
+        let mut files = watched_files(&gw);
+        let mut loaded = snapshot(&files);
+        let mut pending: Option<Snapshot> = None;
+        loop {
+            tokio::select! {
+                _ = gw.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = tokio::task::spawn_blocking({
+                let files = files.clone();
+                move || snapshot(&files)
+            })
+            .await
+            .unwrap_or_default();
+            if now == loaded {
+                pending = None;
+                continue;
+            }
+            if pending.as_ref() != Some(&now) {
+                pending = Some(now);
+                continue;
+            }
+            let changed = now.iter().zip(loaded.iter()).find(|(a, b)| a != b).map(|(a, _)| a.0.display().to_string()).unwrap_or_default();
+            let _ = gw.reload(ReloadSource::FileWatch { path: changed }).await;
+            // Whatever the outcome, wait for the next change before trying again.
+            files = watched_files(&gw);
+            loaded = snapshot(&files);
+            pending = None;
+        }
+    });
+}

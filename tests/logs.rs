@@ -313,8 +313,10 @@ fn xlsx_has_header_filter_freeze_datetimes_and_continues_on_new_sheets() {
     assert!(matches!(s1.get((0, 1)), Some(Data::String(h)) if h.contains("device")));
     match s1.get((1, 0)) {
         Some(Data::DateTime(dt)) => {
-            let d = dt.as_datetime().unwrap();
-            assert_eq!(d.to_string(), "2025-04-02 08:30:00", "a real date-time cell in JST");
+            use komugate::logs::record::days_from_civil;
+            // Excel serial days since 1899-12-30: 2025-04-02 08:30:00 JST.
+            let want = (days_from_civil(2025, 4, 2) - days_from_civil(1899, 12, 30)) as f64 + 8.5 / 24.0;
+            assert!((dt.as_f64() - want).abs() < 1e-6, "a real date-time cell in JST: {} vs {want}", dt.as_f64());
         }
         other => panic!("time cell is {other:?}"),
     }

@@ -99,10 +99,10 @@ pub struct SearchArgs {
     #[command(flatten)]
     pub loc: LogDirArgs,
     /// Start (inclusive): ISO 8601, today, yesterday, now, -7d, -12h ...
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub since: Option<String>,
     /// End (exclusive), same forms as --since.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub until: Option<String>,
     #[arg(long)]
     pub device: Option<String>,

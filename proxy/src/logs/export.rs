@@ -62,9 +62,10 @@ pub const COLUMNS: [(&str, f64); 21] = [
 ];
 
 fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 21] {
-    let t = format_with_offset(r.time_ms, offset_min, true);
+    // "YYYY-MM-DD HH:MM:SS.mmm" in local time; the header names the offset.
+    let t = format_with_offset(r.time_ms, offset_min, true).replace('T', " ");
     [
-        t.replace('T', " "),
+        t.get(..23).unwrap_or(&t).to_string(),
         r.device.clone(),
         r.user.clone(),
         r.groups.join(","),

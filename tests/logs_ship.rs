@@ -1,0 +1,262 @@
+//! Issue 8 point 6: shipping to a real rsyslog and a real ClickHouse
+//! (Debian packages, started here on loopback with their own config in a
+//! tempdir). The target is stopped mid-stream and started again; every
+//! record must arrive exactly once. Skipped, loudly, when the binary is
+//! absent (`.ci/run` installs them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use komugate::logs::ship::{self, ClickHouse, ClickHouseTarget, ShipStop, Syslog, SyslogTarget, Target};
+use komugate::logs::writer::{self, WriterSettings};
+use komugate::metrics::Metrics;
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+fn skip(what: &str) {
+    eprintln!("\n!!!!! SKIPPED: {what} is not installed; run .ci/run (apt-get install rsyslog clickhouse-server) to run this test !!!!!\n");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Stops a child politely (SIGTERM) so it flushes what it accepted.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+struct Feed {
+    sub: komugate::logs::writer::Submitter,
+    handle: Option<komugate::logs::writer::WriterHandle>,
+    stop: ShipStop,
+    next: u64,
+}
+
+impl Feed {
+    fn start(dir: &Path, target: Box<dyn Target>) -> Feed {
+        let metrics = Metrics::new();
+        let mut s = WriterSettings::new(dir.join("access.log"));
+        s.fsync_interval = Duration::from_millis(100);
+        s.ship_queues = vec![target.name().to_string()];
+        let (sub, handle, lm) = writer::start(s, &metrics).unwrap();
+        let stop = ShipStop::default();
+        ship::spawn(dir, target, lm, stop.clone()).unwrap();
+        Feed { sub, handle: Some(handle), stop, next: 0 }
+    }
+    /// Submits `n` records over `over`.
+    fn send(&mut self, n: u64, over: Duration) {
+        let per = over / n.max(1) as u32;
+        for _ in 0..n {
+            self.sub.submit(komugate::logs::cli::sample_record(self.next, SystemTime::now()));
+            self.next += 1;
+            if self.next % 50 == 0 {
+                std::thread::sleep(per * 50);
+            }
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // Shippers stop; the writer thread ends with the test process.
+        self.stop.stop();
+        let _ = self.handle.take();
+    }
+}
+
+fn count_exactly_once(ids: &[String], n: u64) {
+    let mut sorted: Vec<&String> = ids.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len() as u64, n, "every record arrived");
+    assert_eq!(ids.len() as u64, n, "no record arrived twice");
+}
+
+#[test]
+fn syslog_outage_loses_nothing_and_duplicates_nothing() {
+    let Some(rsyslogd) = find_binary("rsyslogd") else { return skip("rsyslogd") };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = tmp.path().join("received.log");
+    let conf = tmp.path().join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{wd}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{port}\" address=\"127.0.0.1\")\n\
+             template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\naction(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
+            wd = tmp.path().display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let c = Command::new(&rsyslogd)
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(tmp.path().join("rsyslog.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rsyslogd");
+        assert!(wait_port(port, Duration::from_secs(10)), "rsyslogd listens on {port}");
+        c
+    };
+    let mut rs = start();
+    let logs = tmp.path().join("logs");
+    let target = Syslog::new(SyslogTarget {
+        enabled: true,
+        address: format!("127.0.0.1:{port}"),
+        hostname: Some("gw-test".into()),
+        app_name: "komugate".into(),
+        max_buffer_mb: 64,
+        batch_records: 300,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut feed = Feed::start(&logs, Box::new(target));
+    feed.send(1000, Duration::from_millis(700));
+    terminate(&mut rs); // target down mid-stream
+    feed.send(1000, Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::fs::remove_file(tmp.path().join("rsyslog.pid"));
+    let mut rs = start(); // back
+    feed.send(1000, Duration::from_millis(700));
+    let n = feed.next;
+    let read_ids = || -> Vec<String> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                assert!(l.starts_with("<") && l.contains(" komugate - access [komugate@32473 id="), "RFC 5424: {l}");
+                let json = &l[l.find("] {")? + 2..];
+                let v: serde_json::Value = serde_json::from_str(json).ok()?;
+                Some(v["user"].as_str()?.to_string())
+            })
+            .collect()
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end && (read_ids().len() as u64) < n {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    terminate(&mut rs);
+    count_exactly_once(&read_ids(), n);
+}
+
+fn clickhouse_config(dir: &Path, http: u16, tcp: u16) -> PathBuf {
+    let d = dir.display();
+    std::fs::write(
+        dir.join("users.xml"),
+        "<?xml version=\"1.0\"?><yandex><profiles><default></default></profiles><users><default><password></password>\
+         <networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>\
+         <quotas><default></default></quotas></yandex>",
+    )
+    .unwrap();
+    let conf = dir.join("config.xml");
+    std::fs::write(
+        &conf,
+        format!(
+            "<?xml version=\"1.0\"?><yandex><logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>\
+             <http_port>{http}</http_port><tcp_port>{tcp}</tcp_port><listen_host>127.0.0.1</listen_host>\
+             <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><user_files_path>{d}/user_files/</user_files_path>\
+             <format_schema_path>{d}/format_schemas/</format_schema_path><users_config>{d}/users.xml</users_config>\
+             <default_profile>default</default_profile><default_database>default</default_database>\
+             <mark_cache_size>104857600</mark_cache_size><uncompressed_cache_size>104857600</uncompressed_cache_size>\
+             <timezone>UTC</timezone></yandex>"
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+#[test]
+fn clickhouse_outage_loses_nothing_and_old_partitions_are_dropped() {
+    let Some(server) = find_binary("clickhouse-server") else { return skip("clickhouse-server") };
+    let tmp = tempfile::tempdir().unwrap();
+    let (http, tcp) = (free_port(), free_port());
+    let conf = clickhouse_config(tmp.path(), http, tcp);
+    let start = || {
+        let c = Command::new(&server)
+            .arg(format!("--config-file={}", conf.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start clickhouse-server");
+        assert!(wait_port(http, Duration::from_secs(30)), "clickhouse listens on {http}");
+        c
+    };
+    let mut ch = start();
+    let cfg = ClickHouseTarget {
+        enabled: true,
+        url: format!("http://127.0.0.1:{http}"),
+        batch_records: 400,
+        max_buffer_mb: 64,
+        ..Default::default()
+    };
+    let logs = tmp.path().join("logs");
+    let mut feed = Feed::start(&logs, Box::new(ClickHouse::new(cfg.clone(), 365).unwrap()));
+    feed.send(1000, Duration::from_millis(700));
+    terminate(&mut ch);
+    feed.send(1000, Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ch = start();
+    feed.send(1000, Duration::from_millis(700));
+    let n = feed.next;
+    let q = ClickHouse::new(cfg.clone(), 365).unwrap();
+    let counts = || -> (u64, u64) {
+        let r = q.query("SELECT count(), uniqExact(user) FROM komugate.access_log FORMAT TabSeparated", b"").unwrap_or_default();
+        let mut it = r.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end && counts().1 < n {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (total, unique) = counts();
+    assert_eq!(unique, n, "every record arrived");
+    assert_eq!(total, n, "no record arrived twice");
+
+    // Retention on a server without TTL: partitions older than the period go.
+    let mut target = ClickHouse::new(cfg, 365).unwrap();
+    let old = komugate::logs::record::now_ms() - 400 * 86_400_000;
+    let rec = komugate::logs::record::LogRecord { time_ms: old, host: "old.example".into(), ..Default::default() };
+    target.send(&[ship::Shipped { id: "old:1".into(), rec }]).unwrap();
+    let dropped = target.drop_old_partitions(komugate::logs::record::now_ms()).unwrap();
+    assert_eq!(dropped, vec![komugate::logs::record::utc_day(old)]);
+    let left = q.query("SELECT count() FROM komugate.access_log WHERE host = 'old.example' FORMAT TabSeparated", b"").unwrap();
+    assert_eq!(left.trim(), "0");
+    drop(feed);
+    terminate(&mut ch);
+}

@@ -117,6 +117,11 @@ pub struct ListenConfig {
     pub mtls: String,
     #[serde(default)]
     pub admin: String,
+    /// Load balancer addresses that put a PROXY protocol (v2 or v1) header in
+    /// front of every connection; only from these is a header read (and
+    /// required), and its source address becomes the client address.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -34,6 +34,7 @@ pub mod ips;
 pub mod metrics;
 pub mod pac;
 pub mod pki;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
 pub mod tunnel;

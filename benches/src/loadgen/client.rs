@@ -378,13 +378,18 @@ impl Worker {
             .await
             .map_err(|e| err("origin_tls")(e.to_string()))?;
         rec.handshakes += 1;
+        // Host carries the port when it is not 443 (a bumping proxy rebuilds the URL from it).
+        let host_header = match target.rsplit_once(':') {
+            Some((_, "443")) | None => server_name.to_string(),
+            Some(_) => target.to_string(),
+        };
         let (mut s, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls)).await.map_err(|e| err("origin_http")(e.to_string()))?;
         let conn = tokio::spawn(conn);
         for _ in 0..self.shared.cfg.requests_per_tunnel.max(1) {
             s.ready().await.map_err(|e| err("origin_http")(e.to_string()))?;
             let req = Request::builder()
                 .uri(path)
-                .header(http::header::HOST, server_name)
+                .header(http::header::HOST, host_header.as_str())
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| err("config")(e.to_string()))?;
             let resp = s.send_request(req).await.map_err(|e| err("origin_http")(e.to_string()))?;

@@ -46,6 +46,9 @@ enum Cmd {
         /// Default response delay in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Also answer DNS (UDP) on this address: every A query → 127.0.0.1.
+        #[arg(long)]
+        dns: Option<SocketAddr>,
     },
     /// Run a workload through a proxy and report.
     Run(RunArgs),
@@ -195,8 +198,8 @@ fn write_out(json: &Option<PathBuf>, md: &Option<PathBuf>, value: &impl serde::S
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Origin { http, https, san, ca_out, delay_ms } => {
-            let o = origin::start(origin::OriginOptions { http, https, sans: san, ca_out, default_delay: Duration::from_millis(delay_ms) }).await?;
+        Cmd::Origin { http, https, san, ca_out, delay_ms, dns } => {
+            let o = origin::start(origin::OriginOptions { http, https, sans: san, ca_out, default_delay: Duration::from_millis(delay_ms), dns }).await?;
             println!("origin ready: http {:?} https {:?}", o.http, o.https);
             tokio::signal::ctrl_c().await?;
         }

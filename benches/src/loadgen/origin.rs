@@ -33,6 +33,9 @@ pub struct OriginOptions {
     /// Where to write the origin CA certificate (PEM) that clients trust.
     pub ca_out: Option<PathBuf>,
     pub default_delay: Duration,
+    /// UDP DNS responder answering every A query with 127.0.0.1 (so
+    /// "Microsoft 365" names reach this origin through the proxy's resolver).
+    pub dns: Option<SocketAddr>,
 }
 
 pub struct Origin {
@@ -154,5 +157,41 @@ pub async fn start(opts: OriginOptions) -> Result<Origin> {
             }
         });
     }
+    if let Some(addr) = opts.dns {
+        let sock = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("origin: cannot bind DNS {addr}"))?;
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+                if let Some(answer) = dns_answer(&buf[..n]) {
+                    let _ = sock.send_to(&answer, from).await;
+                }
+            }
+        });
+    }
     Ok(origin)
+}
+
+/// Minimal DNS: A → 127.0.0.1 (TTL 300), anything else → NOERROR, no answer.
+pub fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
+    if q.len() < 12 || u16::from_be_bytes([q[4], q[5]]) != 1 {
+        return None;
+    }
+    let mut i = 12;
+    while i < q.len() && q[i] != 0 {
+        i += 1 + q[i] as usize;
+    }
+    let qend = i + 5;
+    if qend > q.len() {
+        return None;
+    }
+    let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+    let mut r = Vec::with_capacity(qend + 16);
+    r.extend_from_slice(&q[0..2]);
+    r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, if qtype == 1 { 1 } else { 0 }, 0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..qend]);
+    if qtype == 1 {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(r)
 }

@@ -63,6 +63,7 @@ async fn counts_an_injected_error_and_nothing_else() {
         sans: vec![],
         ca_out: Some(ca.clone()),
         default_delay: Duration::ZERO,
+        dns: None,
     })
     .await
     .expect("origin");
@@ -88,4 +89,19 @@ async fn counts_an_injected_error_and_nothing_else() {
 
     gw.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dns_answers_a_with_loopback() {
+    // Query id 0x1234, RD, one question: outlook.office365.com A IN.
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["outlook", "office365", "com"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let r = crate::origin::dns_answer(&q).expect("answer");
+    assert_eq!(&r[0..2], &[0x12, 0x34]);
+    assert_eq!(&r[6..8], &[0, 1], "one answer");
+    assert_eq!(&r[r.len() - 4..], &[127, 0, 0, 1]);
 }

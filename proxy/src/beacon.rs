@@ -94,6 +94,12 @@ fn hex(bytes: &[u8]) -> String {
 /// A beacon's signing key.
 pub struct BeaconKey(SigningKey);
 
+impl std::fmt::Debug for BeaconKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BeaconKey(public {})", self.public_base64())
+    }
+}
+
 impl BeaconKey {
     pub fn generate() -> Result<BeaconKey> {
         Ok(BeaconKey(SigningKey::from_bytes(&random_bytes::<32>()?)))

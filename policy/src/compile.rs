@@ -16,7 +16,9 @@
 //! [[group]]   name, aliases = [..], allow/deny = [entries], allow_files/deny_files = [paths]
 //! [categories] allow, deny, allow_files, deny_files, expressions = bool
 //! [[categories.source]] format = squidguard|hosts|plain|adblock|auto|domainlist|urllist,
-//!                       path, only = [..] (squidguard), category (other formats)
+//!                       path, only = [..] (squidguard), category (other formats),
+//!                       url (downloaded into `path` by the gateway), refresh = "6h",
+//!                       sha256 | sha256_url, max_bytes, max_invalid_ratio, max_shrink
 //! [[egress]]  name, source = IP, hosts = [patterns]
 //! [[app]]     name, hosts = [patterns]
 //! [[rule]]    name, <conditions>, action, message, tunnel, egress, casb, firewall
@@ -1199,6 +1201,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
     let mut declared: HashSet<String> = HashSet::new();
     let mut import = ImportSummary::default();
     let mut global_lists: Vec<ListSpec> = Vec::new();
+    let mut remote_sources: Vec<RemoteSource> = Vec::new();
     if let Some((ct, _)) = cx.table(root, "categories") {
         cx.keys(
             ct,
@@ -1217,11 +1220,28 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         }
         for (t, tsp) in cx.tables(ct, "source", "categories.source") {
             let what = "[[categories.source]]";
-            cx.keys(t, what, &["format", "path", "only", "category"]);
+            cx.keys(
+                t,
+                what,
+                &[
+                    "format",
+                    "path",
+                    "only",
+                    "category",
+                    "url",
+                    "refresh",
+                    "sha256",
+                    "sha256_url",
+                    "max_bytes",
+                    "max_invalid_ratio",
+                    "max_shrink",
+                ],
+            );
             let format = cx.req_str(t, "format", what, &tsp);
             let path = cx.req_str(t, "path", what, &tsp);
             let only = cx.strs(t, "only", what);
             let category = cx.str(t, "category", what);
+            let remote = remote_source(&mut cx, t, what);
             let (Some((format, fsp)), Some((rel, psp))) = (format, path) else {
                 continue;
             };
@@ -1231,6 +1251,36 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
                 format: format.clone(),
                 ..Default::default()
             };
+            let mut remote = remote.map(|mut r| {
+                r.path = abs.clone();
+                r.format = format.clone();
+                r.only = only
+                    .as_ref()
+                    .map(|o| o.iter().map(|(s, _)| s.clone()).collect());
+                r.category = category.as_ref().map(|(c, _)| c.clone());
+                r.present = abs.exists();
+                r
+            });
+            if let Some(r) = remote.as_mut().filter(|r| !r.present) {
+                // Not downloaded yet: the source is empty (its categories are
+                // declared so rules naming them validate) until the gateway's
+                // first download, which it starts at once.
+                let names: Vec<String> = if format == "squidguard" {
+                    r.only.clone().unwrap_or_default()
+                } else {
+                    r.category.clone().into_iter().collect()
+                };
+                declared.extend(names.iter().cloned());
+                rep.categories = names;
+                rep.first_errors.push(format!(
+                    "`{rel}` ({}) does not exist yet: the source is empty until it is downloaded from {}",
+                    abs.display(),
+                    r.url
+                ));
+                remote_sources.push(r.clone());
+                import.sources.push(rep);
+                continue;
+            }
             match format.as_str() {
                 "squidguard" => {
                     if let Some((_, sp)) = &category {
@@ -1357,6 +1407,10 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
                     ));
                     continue;
                 }
+            }
+            if let Some(mut r) = remote {
+                r.entries = rep.domains + rep.urls + rep.expressions;
+                remote_sources.push(r);
             }
             import.files += rep.files;
             import.domains += rep.domains;
@@ -1681,6 +1735,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         source_files: files,
         digest,
         import,
+        remote_sources,
     };
     Ok((policy, summary))
 }
@@ -1743,6 +1798,166 @@ fn check_pac_proxy(p: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// The download keys of a `[[categories.source]]` (None without `url`;
+/// the other keys are then errors). `path`, `format`, `only`, `category`,
+/// `entries` and `present` are filled in by the caller.
+fn remote_source(cx: &mut Cx<'_>, t: &dyn TableLike, what: &str) -> Option<RemoteSource> {
+    const KEYS: &[&str] = &[
+        "refresh",
+        "sha256",
+        "sha256_url",
+        "max_bytes",
+        "max_invalid_ratio",
+        "max_shrink",
+    ];
+    let Some((url, usp)) = cx.str(t, "url", what) else {
+        for k in KEYS {
+            if t.contains_key(k) {
+                let sp = key_span(t, k);
+                cx.err(&sp, format!("`{k}` in {what} is only used with `url` (a list downloaded by the gateway)"));
+            }
+        }
+        return None;
+    };
+    let mut bad = false;
+    if let Err(e) = check_http_url(&url) {
+        cx.err(&usp, format!("`url` in {what}: {e}"));
+        bad = true;
+    }
+    let mut refresh = REMOTE_DEFAULT_REFRESH;
+    if let Some((r, sp)) = cx.str(t, "refresh", what) {
+        match parse_duration(&r) {
+            Ok(d) if d < REMOTE_MIN_REFRESH => {
+                cx.err(&sp, format!("`refresh` in {what} is too short: `{r}` (at least 5m; lists are large and their servers shared)"));
+                bad = true;
+            }
+            Ok(d) => refresh = d,
+            Err(e) => {
+                cx.err(&sp, format!("`refresh` in {what}: {e}"));
+                bad = true;
+            }
+        }
+    }
+    let sha256 = cx.str(t, "sha256", what).and_then(|(h, sp)| {
+        let h = h.trim().to_ascii_lowercase();
+        if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(h)
+        } else {
+            cx.err(&sp, format!("`sha256` in {what} must be 64 hex digits"));
+            bad = true;
+            None
+        }
+    });
+    let sha256_url = cx.str(t, "sha256_url", what).and_then(|(u, sp)| {
+        if sha256.is_some() {
+            cx.err(
+                &sp,
+                format!("use either `sha256` or `sha256_url` in {what}, not both"),
+            );
+            bad = true;
+        }
+        match check_http_url(&u) {
+            Ok(()) => Some(u),
+            Err(e) => {
+                cx.err(&sp, format!("`sha256_url` in {what}: {e}"));
+                bad = true;
+                None
+            }
+        }
+    });
+    let mut max_bytes = REMOTE_DEFAULT_MAX_BYTES;
+    if let Some(item) = t.get("max_bytes") {
+        match item.as_integer() {
+            Some(n) if n > 0 => max_bytes = n as u64,
+            _ => {
+                cx.err(
+                    &item.span(),
+                    format!("`max_bytes` in {what} must be a positive integer (bytes)"),
+                );
+                bad = true;
+            }
+        }
+    }
+    let mut ratio = |key: &str, default: f64, cx: &mut Cx<'_>| -> f64 {
+        let Some(item) = t.get(key) else {
+            return default;
+        };
+        let v = item
+            .as_float()
+            .or_else(|| item.as_integer().map(|i| i as f64));
+        match v {
+            Some(v) if (0.0..=1.0).contains(&v) => v,
+            _ => {
+                cx.err(
+                    &item.span(),
+                    format!("`{key}` in {what} must be a number from 0 to 1"),
+                );
+                bad = true;
+                default
+            }
+        }
+    };
+    let max_invalid_ratio = ratio("max_invalid_ratio", REMOTE_DEFAULT_MAX_INVALID_RATIO, cx);
+    let max_shrink = ratio("max_shrink", REMOTE_DEFAULT_MAX_SHRINK, cx);
+    if bad {
+        return None;
+    }
+    Some(RemoteSource {
+        url,
+        path: PathBuf::new(),
+        format: String::new(),
+        only: None,
+        category: None,
+        refresh,
+        sha256,
+        sha256_url,
+        max_bytes,
+        max_invalid_ratio,
+        max_shrink,
+        entries: 0,
+        present: false,
+    })
+}
+
+/// `http://host[:port]/...` or `https://...`.
+fn check_http_url(u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{u}` is not an http:// or https:// URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty()
+        || authority.contains('@')
+        || authority.chars().any(|c| c.is_whitespace())
+    {
+        return Err(format!(
+            "`{u}` has no usable host (user:password@ is not supported)"
+        ));
+    }
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{u}` contains spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// `90s`, `30m`, `6h`, `1d` (one number and a unit).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (use e.g. 30m, 6h, 1d)"))?;
+    let secs = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("`{s}` is not a duration (use e.g. 30m, 6h, 1d)")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
 fn fill_report(rep: &mut SourceReport, r: &komugate_categories::ImportReport) {

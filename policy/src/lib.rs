@@ -154,6 +154,42 @@ pub struct SourceReport {
     pub first_errors: Vec<String>,
 }
 
+/// A `[[categories.source]]` with a `url`: the gateway downloads it every
+/// `refresh` into `path` (a directory for `format = "squidguard"`, unpacked
+/// from a tar.gz; a file otherwise) and reloads. See `komugate::list_update`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RemoteSource {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Absolute local path the list is stored at and loaded from.
+    pub path: PathBuf,
+    pub format: String,
+    /// `only` of a squidguard source (None = every category in the archive).
+    pub only: Option<Vec<String>>,
+    /// `category` of a single-list source.
+    pub category: Option<String>,
+    pub refresh: std::time::Duration,
+    /// Expected SHA-256 of the download (lowercase hex).
+    pub sha256: Option<String>,
+    /// URL of a checksum file (`<hex>` or `<hex>  name`) fetched with the list.
+    pub sha256_url: Option<String>,
+    pub max_bytes: u64,
+    /// Refuse a download when invalid lines / all lines exceeds this.
+    pub max_invalid_ratio: f64,
+    /// Refuse a download with fewer than (1 - max_shrink) × the current entries.
+    pub max_shrink: f64,
+    /// Entries (domains + urls + expressions) loaded from `path` by this policy.
+    pub entries: usize,
+    /// False when `path` did not exist yet (the source is empty until the first download).
+    pub present: bool,
+}
+
+pub const REMOTE_DEFAULT_REFRESH: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub const REMOTE_MIN_REFRESH: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+pub const REMOTE_DEFAULT_MAX_BYTES: u64 = 512 * 1024 * 1024;
+pub const REMOTE_DEFAULT_MAX_INVALID_RATIO: f64 = 0.01;
+pub const REMOTE_DEFAULT_MAX_SHRINK: f64 = 0.5;
+
 /// Where the matching conditions on location point.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct LocSet {
@@ -235,6 +271,7 @@ pub struct Policy {
     pub(crate) source_files: Vec<PathBuf>,
     pub(crate) digest: String,
     pub(crate) import: ImportSummary,
+    pub(crate) remote_sources: Vec<RemoteSource>,
 }
 
 impl Policy {
@@ -343,6 +380,11 @@ impl Policy {
 
     pub fn import_report(&self) -> &ImportSummary {
         &self.import
+    }
+
+    /// The `[[categories.source]]` entries with a `url` (downloaded by the gateway).
+    pub fn remote_sources(&self) -> &[RemoteSource] {
+        &self.remote_sources
     }
 
     /// Number of devices in the registry.

@@ -118,6 +118,8 @@ impl Metrics {
             Box::new(m.ips_events.clone()),
             Box::new(m.threat_intel_blocks.clone()),
             Box::new(m.doh_queries.clone()),
+            Box::new(m.policy_reloads.clone()),
+            Box::new(m.policy_generation.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");

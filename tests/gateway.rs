@@ -130,6 +130,7 @@ async fn c02_websocket_upgrade_passes_through() {
         let seen = up.seen();
         assert_eq!(seen[0].headers["upgrade"], "websocket");
         assert_eq!(seen[0].headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        drop(c); // see c13_drain_timeout_closes_remaining_tunnels
         gw.shutdown().await;
     })
     .await
@@ -628,6 +629,31 @@ async fn c13_graceful_shutdown_drains_open_tunnel() {
     .await
 }
 
+/// When the drain time is over, the remaining tunnels are closed (the log
+/// says "closing the remaining connections") and shutdown returns.
+#[tokio::test]
+async fn c13_drain_timeout_closes_remaining_tunnels() {
+    within("check 13 (drain timeout)", async {
+        let mut gw = TestGateway::start(|_, _| {}).await;
+        let echo = EchoServer::start().await;
+        let mut c = RawConn::connect(gw.plain()).await;
+        c.send(&connect_req(&echo.addr.to_string())).await.unwrap();
+        assert_eq!(c.read_head().await.unwrap().status, 200);
+        c.send(b"ping").await.unwrap();
+        assert_eq!(c.read_exact_n(4).await.unwrap(), b"ping");
+        let running = gw.running.take().unwrap();
+        let t = Instant::now();
+        let shutdown = tokio::spawn(running.shutdown(Duration::from_secs(1)));
+        assert!(c.closed_within(Duration::from_secs(3)).await, "the tunnel is closed when the drain time is over");
+        tokio::time::timeout(Duration::from_secs(3), shutdown).await.expect("shutdown returns").unwrap();
+        let took = t.elapsed();
+        assert!(took < Duration::from_millis(2000), "shutdown(drain = 1 s) took {took:?}");
+        let log = std::fs::read_to_string(&gw.access_log).unwrap();
+        assert!(log.contains("\"CONNECT\""), "the cut tunnel is logged:\n{log}");
+    })
+    .await
+}
+
 // ------------------------------------------------------------------ 14
 
 #[tokio::test]
@@ -731,6 +757,7 @@ async fn x_mtls_h2_connect_refusals_and_h1_connect() {
         assert_eq!(c.read_head().await.unwrap().status, 200);
         c.send(b"over h1 in TLS").await.unwrap();
         assert_eq!(c.read_exact_n(14).await.unwrap(), b"over h1 in TLS");
+        drop((c, client)); // see c13_drain_timeout_closes_remaining_tunnels
         gw.shutdown().await;
     })
     .await

@@ -51,6 +51,17 @@ cidrs = ["203.0.113.0/29"]
 
 [pac]
 direct = ["*.school.local", "10.0.0.0/8"]
+
+[[rule]]
+name = "no blocked.test"
+hosts = ["blocked.test"]
+action = "block"
+
+[[rule]]
+name = "c4th only at a site"
+host = "www.c4th.test"
+location = "offsite"
+action = "block"
 "#,
             beacon_key.public_base64()
         );
@@ -62,7 +73,7 @@ direct = ["*.school.local", "10.0.0.0/8"]
             .local_addr()
             .unwrap();
         config.listen.mtls = free.to_string();
-        config.location.policy = "policy.toml".into();
+        config.policy.file = "policy.toml".into();
         config
             .egress
             .allow_destinations
@@ -478,6 +489,20 @@ impl H2Conn {
         H2Conn(s)
     }
 
+    /// Status of a CONNECT to `target` with `assertion`.
+    async fn connect(&mut self, target: &str, assertion: Option<&str>) -> u16 {
+        let mut req = http::Request::connect(target);
+        if let Some(a) = assertion {
+            req = req.header(komugate::beacon::ASSERTION_HEADER, a);
+        }
+        self.0
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     async fn location(&mut self, assertion: Option<&str>) -> String {
         let mut req = http::Request::get("https://localhost/proxy.pac");
         if let Some(a) = assertion {
@@ -544,14 +569,19 @@ async fn valid_site_assertion_moves_device_to_the_site() {
         ),
         "DIRECT"
     );
+    // The hospital's policy applies: C4th (blocked off-site) is allowed.
     let up = HttpUpstream::start("127.0.0.1").await;
-    let (code, _, _, _) = curl(&[
-        "-x",
-        &format!("http://{local}"),
-        &format!("http://127.0.0.1:{}/", up.addr.port()),
-    ])
-    .await;
+    let c4th = format!("http://www.c4th.test:{}/", up.addr.port());
+    let (code, body, _, _) = curl(&["-x", &format!("http://{local}"), &c4th]).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, _, _) = curl(&["-p", "-x", &format!("http://{local}"), &c4th]).await;
     assert_eq!(code, 200);
+    // The same device without a beacon is off-site: blocked.
+    let offsite = gw.client("PC-H-0001", vec![], false).await;
+    let (code, body, _, _) =
+        curl(&["-x", &format!("http://{}", offsite.http.unwrap()), &c4th]).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("c4th only at a site"), "{body}");
     assert!(gw.metric("komugate_site_assertions_total", &[("result", "ok")]) >= 2.0);
     assert_eq!(
         gw.metric("komugate_site_assertions_total", &[("result", "replayed")]),
@@ -608,6 +638,14 @@ async fn forged_expired_replayed_and_other_device_assertions_are_refused() {
     });
     assert_eq!(other.location(Some(&future)).await, "offsite");
     assert_eq!(other.location(Some("garbage")).await, "offsite");
+    // Decisions follow: C4th is blocked off-site, allowed at the site.
+    let up = HttpUpstream::start("127.0.0.1").await;
+    let c4th = format!("www.c4th.test:{}", up.addr.port());
+    assert_eq!(other.connect(&c4th, Some(&forged)).await, 403);
+    assert_eq!(b.connect(&c4th, Some(&valid)).await, 403, "replayed");
+    let mut c = H2Conn::open(&gw, "PC-H-0003").await;
+    let good = key.issue(HOSPITAL, "PC-H-0003", now).unwrap();
+    assert_eq!(c.connect(&c4th, Some(&good)).await, 200);
     // A refused assertion also withdraws a valid one on that connection.
     let fresh = key.issue(HOSPITAL, "PC-H-0002", now).unwrap();
     assert_eq!(
@@ -617,10 +655,10 @@ async fn forged_expired_replayed_and_other_device_assertions_are_refused() {
     assert_eq!(other.location(Some(&forged)).await, "offsite");
 
     for (result, n) in [
-        ("ok", 3.0),
-        ("replayed", 1.0),
+        ("ok", 4.0),
+        ("replayed", 2.0),
         ("wrong_device", 1.0),
-        ("bad_signature", 2.0),
+        ("bad_signature", 3.0),
         ("expired", 1.0),
         ("from_future", 1.0),
         ("malformed", 1.0),

@@ -422,7 +422,7 @@ impl SiteDirectory {
         }
     }
 
-    /// Loads the policy file and takes its sites (see [`LocationConfig`]).
+    /// Loads a policy file and takes its sites.
     pub fn load(path: &Path) -> Result<SiteDirectory> {
         let policy = komugate_policy::Policy::load(path).map_err(|e| anyhow!("{e}"))?;
         Ok(SiteDirectory::from_policy(&policy))
@@ -442,16 +442,6 @@ impl SiteDirectory {
     pub fn site(&self, name: &str) -> Option<&SiteEntry> {
         self.sites.iter().find(|s| s.name == name)
     }
-}
-
-/// Gateway configuration `[location]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LocationConfig {
-    /// Policy file whose `[[site]]`s (CIDRs, `beacon_key`, `pac_direct`) and
-    /// `[pac]` the gateway uses for site assertions and PAC files; "" = no
-    /// sites (every assertion is refused, PAC files send all to the gateway).
-    pub policy: String,
 }
 
 /// Result of the latest valid assertion on one connection.
@@ -492,19 +482,13 @@ impl SiteAssertions {
         }
     }
 
-    /// From the gateway configuration (`[location] policy`).
+    /// Empty until the policy is loaded: `gateway::start` and every reload
+    /// call [`SiteAssertions::set_directory`] with the `[policy] file`'s sites.
     pub fn from_config(
-        config: &crate::config::Config,
+        _config: &crate::config::Config,
         registry: &prometheus::Registry,
     ) -> Result<SiteAssertions> {
-        let dir = if config.location.policy.is_empty() {
-            SiteDirectory::default()
-        } else {
-            let path = config.data_path(Path::new(&config.location.policy));
-            SiteDirectory::load(&path)
-                .with_context(|| format!("[location] policy = {:?}", config.location.policy))?
-        };
-        Ok(SiteAssertions::new(dir, registry))
+        Ok(SiteAssertions::new(SiteDirectory::default(), registry))
     }
 
     pub fn directory(&self) -> Arc<SiteDirectory> {

@@ -30,9 +30,6 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub log: LogConfig,
-    /// `[location]`: sites, beacon keys and PAC lists (issue 6).
-    #[serde(default)]
-    pub location: crate::beacon::LocationConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]

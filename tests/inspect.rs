@@ -287,3 +287,123 @@ async fn client_rejecting_the_minted_certificate_is_counted() {
     .expect("client reject counted by SNI");
     gw.shutdown().await;
 }
+
+/// A policy that inspects every tunnel and blocks one URL path: the rule
+/// sees inside HTTPS, over an HTTP/2 CONNECT on the mTLS listener.
+#[tokio::test]
+async fn url_path_rule_inside_https_over_h2_connect() {
+    let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();
+    let upstream = https_upstream(&upstream_ca, "plain.test", Validity::Good).await;
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[defaults]\naction = \"allow\"\ntunnel = \"inspect\"\n\n\
+         [[rule]]\nname = \"no secret path\"\nscheme = \"https\"\npaths = [\"/secret\"]\naction = \"block\"\nmessage = \"この資料は閲覧できません。\"\n",
+    )
+    .unwrap();
+    let policy_path = policy.display().to_string();
+    let gw = inspecting_gateway(&upstream_ca, move |c| {
+        c.inspect.hosts = Vec::new();
+        c.policy.file = policy_path;
+    })
+    .await;
+    let authority = format!("plain.test:{}", upstream.addr.port());
+
+    // HTTP/2 to the gateway with a device certificate, CONNECT as an h2 stream.
+    let device = gw.tls().device("T-100", &["teachers"]);
+    let gw_tls = komugate_tests::gw::tls_connect(gw.mtls(), gw.tls().client_config(Some(&device), &[b"h2"])).await.unwrap();
+    let (h2, conn) = h2::client::handshake(gw_tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let req = http::Request::builder().method("CONNECT").uri(authority.as_str()).body(()).unwrap();
+    let (resp, send) = h2.send_request(req, false).unwrap();
+    let resp = within("h2 CONNECT", resp).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let tunnel = H2Tunnel::new(send, resp.into_body());
+
+    let tls = tokio_rustls::TlsConnector::from(trust_only(gw.tls().server_ca(), &[b"http/1.1"]))
+        .connect(ServerName::try_from("plain.test").unwrap(), tunnel)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let mut answers = Vec::new();
+    for path in ["/public/a", "/secret/report", "/public/b"] {
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(get(&authority, path, false)).await.unwrap();
+        let status = resp.status();
+        let rule = resp.headers().get("komugate-rule").map(|v| v.to_str().unwrap().to_string());
+        let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
+        answers.push((status, rule, body));
+    }
+    assert_eq!(answers[0].0, StatusCode::OK);
+    assert_eq!(answers[0].2, "secure /public/a via http/1.1");
+    assert_eq!(answers[1].0, StatusCode::FORBIDDEN);
+    assert_eq!(answers[1].1.as_deref(), Some("no secret path"));
+    assert!(answers[1].2.contains("この資料は閲覧できません。") && answers[1].2.contains("T-100"));
+    assert_eq!(answers[2].0, StatusCode::OK, "the same inspected connection keeps serving after a block");
+    let rec = gw.access_record(|r| r["target"].as_str().map(|t| t.ends_with("/secret/report")).unwrap_or(false)).await;
+    assert_eq!(rec["decision"], "block");
+    assert_eq!(rec["device"], "T-100");
+    gw.shutdown().await;
+}
+
+/// An HTTP/2 CONNECT stream as AsyncRead + AsyncWrite.
+struct H2Tunnel {
+    send: h2::SendStream<Bytes>,
+    recv: h2::RecvStream,
+    pending: Bytes,
+}
+
+impl H2Tunnel {
+    fn new(send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Self {
+        H2Tunnel { send, recv, pending: Bytes::new() }
+    }
+}
+
+impl tokio::io::AsyncRead for H2Tunnel {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.pending = data;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(std::io::Error::other(e))),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for H2Tunnel {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        self.send.reserve_capacity(buf.len());
+        match self.send.poll_capacity(cx) {
+            Poll::Ready(Some(Ok(n))) => {
+                let n = n.min(buf.len());
+                self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(std::io::Error::other)?;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(std::io::Error::other(e))),
+            Poll::Ready(None) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let _ = self.send.send_data(Bytes::new(), true);
+        std::task::Poll::Ready(Ok(()))
+    }
+}

@@ -1,5 +1,6 @@
 //! Admin listener: `/metrics` (Prometheus), `/healthz`, `/proxy.pac`, and
-//! the token-protected API: `/admin/reload`, `/admin/explain`, `/admin/logs`.
+//! the token-protected API: `/admin/reload`, `/admin/explain`, `/admin/logs`,
+//! `/admin/lists` and `POST /admin/lists/update` (downloaded category lists).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -59,6 +60,10 @@ async fn admin_request(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Respo
         "/admin/logs" => crate::logs::admin_http::handle(&gw, &req).await,
         "/admin/reload" => reload(&gw, &req).await,
         "/admin/explain" => explain(&gw, &req),
+        "/admin/lists" | "/admin/lists/update" => match authorize(&gw, &req) {
+            Ok(()) => crate::list_update::admin(&gw, &req).await,
+            Err(r) => r,
+        },
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz or /metrics\n"),
     })
 }

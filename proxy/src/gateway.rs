@@ -26,6 +26,8 @@ pub struct Gateway {
     pub runtime: ArcSwap<Runtime>,
     /// Serialises reloads (see `reload.rs`).
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Downloaded category lists: status and metrics (see `list_update.rs`).
+    pub list_updates: crate::list_update::ListUpdates,
     pub egress: Arc<Egress>,
     pub pools: UpstreamPools,
     /// TLS inspection (minting, cache); None when the inspection CA is not configured.
@@ -155,6 +157,7 @@ pub async fn start(config: Config) -> Result<Running> {
         egress,
         runtime: ArcSwap::from_pointee(runtime),
         reload_lock: tokio::sync::Mutex::new(()),
+        list_updates: crate::list_update::ListUpdates::new(&metrics.registry),
         metrics,
         access_log,
         shutdown: CancellationToken::new(),
@@ -186,6 +189,7 @@ pub async fn start(config: Config) -> Result<Running> {
     gateway.metrics.policy_generation.set(1);
     crate::reload::spawn_sighup(gateway.clone());
     crate::reload::spawn_file_watch(gateway.clone());
+    crate::list_update::spawn(gateway.clone());
     Ok(Running { gateway, addrs, log_writer })
 }
 

@@ -40,6 +40,8 @@ pub enum ReloadSource {
     Sighup,
     Api { token_name: String },
     Startup,
+    /// A downloaded category list was swapped in (or rolled back); see `list_update.rs`.
+    ListUpdate { url: String },
 }
 
 /// Short summary of what changed between two policy generations.

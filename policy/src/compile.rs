@@ -20,8 +20,16 @@
 //!                       url (downloaded into `path` by the gateway), refresh = "6h",
 //!                       sha256 | sha256_url, max_bytes, max_invalid_ratio, max_shrink
 //! [[egress]]  name, source = IP, hosts = [patterns]
-//! [[app]]     name, hosts = [patterns]
+//! [[app]]     name, hosts = [patterns], title, vendor, category, certifications,
+//!             tenant_provider, tenant_hosts, own, upload_paths, download_paths,
+//!             download_params, sync_paths, sync_user_agents (a built-in catalog
+//!             app of the same name is overridden key by key)
+//! [casb]      catalog = true|false, upload_threshold, inspect_max_bytes,
+//!             over_cap = "allow"|"block", [[casb.dlp]] name, action,
+//!             my_number = true | keywords = [..] | regex = ".."
 //! [[rule]]    name, <conditions>, action, message, tunnel, egress, casb, firewall
+//!             (conditions include app, app_category, app_tenant = "own"|"other";
+//!             a rule with `casb` and no `action` only sets CASB controls)
 //! [[ruleset]] name, [[ruleset.rule]] ...
 //! [[policy]]  name, groups = [..] (omit = everyone), rulesets = [..], default
 //! ```
@@ -120,6 +128,7 @@ const TOP_KEYS: &[&str] = &[
     "rule",
     "ruleset",
     "policy",
+    "casb",
 ];
 const COND_KEYS: &[&str] = &[
     "group",
@@ -132,6 +141,9 @@ const COND_KEYS: &[&str] = &[
     "categories",
     "app",
     "apps",
+    "app_category",
+    "app_categories",
+    "app_tenant",
     "host",
     "hosts",
     "port",
@@ -506,6 +518,8 @@ struct Conds {
     locations: Option<LocSet>,
     categories: Option<(CategorySet, Vec<String>)>,
     apps: Option<Vec<usize>>,
+    app_categories: Option<u16>,
+    app_tenant: Option<bool>,
     hosts: Option<Vec<HostPattern>>,
     ports: Option<Vec<PortRange>>,
     schemes: Option<u8>,
@@ -600,6 +614,36 @@ fn parse_conds(cx: &mut Cx<'_>, t: &dyn TableLike, what: &str, n: &Names<'_>, c:
             .filter_map(|(a, sp)| cx.resolve("app", a, sp, &n.apps, &n.app_names))
             .collect();
         set!(apps, "apps", Some(ids));
+    }
+    if let Some(v) = cx.cond_strs(t, "app_category", "app_categories", what) {
+        let mut bits = 0u16;
+        for (c, sp) in v {
+            match crate::casb::category_bit(&c) {
+                Some(b) => bits |= b,
+                None => cx.err(
+                    &sp,
+                    format!(
+                        "unknown app category `{c}` (one of {}){}",
+                        crate::casb::APP_CATEGORIES.join(", "),
+                        suggest(&c, crate::casb::APP_CATEGORIES.iter().copied())
+                    ),
+                ),
+            }
+        }
+        set!(app_categories, "app_category", Some(bits));
+    }
+    if let Some((v, sp)) = cx.str(t, "app_tenant", what) {
+        match v.as_str() {
+            "own" => set!(app_tenant, "app_tenant", Some(true)),
+            "other" => set!(app_tenant, "app_tenant", Some(false)),
+            _ => cx.err(
+                &sp,
+                format!(
+                    "invalid app_tenant `{v}` (use \"own\" or \"other\"){}",
+                    suggest(&v, ["own", "other"])
+                ),
+            ),
+        }
     }
     if let Some(v) = cx.cond_strs(t, "host", "hosts", what) {
         let mut pats = Vec::new();
@@ -728,6 +772,8 @@ fn parse_rule(
         locations: None,
         categories: None,
         apps: None,
+        app_categories: None,
+        app_tenant: None,
         hosts: None,
         ports: None,
         schemes: None,
@@ -741,8 +787,11 @@ fn parse_rule(
         cx.keys(w, &format!("`when` of {what}"), COND_KEYS);
         parse_conds(cx, w, &what, n, &mut c);
     }
+    let decides = t.contains_key("action") || !t.contains_key("casb");
     let action = if t.contains_key("action") {
         cx.action(t, "action", &what).unwrap_or(Action::Block)
+    } else if !decides {
+        Action::Allow
     } else {
         cx.err(
             tspan,
@@ -759,11 +808,12 @@ fn parse_rule(
     let casb = match cx.table(t, "casb") {
         Some((ct, _)) => {
             let w = format!("`casb` of {what}");
-            cx.keys(ct, &w, &["tenant_restriction", "upload", "download"]);
+            cx.keys(ct, &w, &["tenant_restriction", "upload", "download", "dlp"]);
             Some(CasbHook {
                 tenant_restriction: cx.bool(ct, "tenant_restriction", &w),
                 upload: cx.action(ct, "upload", &w),
                 download: cx.action(ct, "download", &w),
+                dlp: cx.bool(ct, "dlp", &w),
             })
         }
         None => None,
@@ -794,6 +844,8 @@ fn parse_rule(
             categories,
             category_names,
             apps: c.apps,
+            app_categories: c.app_categories,
+            app_tenant: c.app_tenant,
             hosts: c.hosts,
             ports: c.ports,
             schemes: c.schemes,
@@ -807,6 +859,7 @@ fn parse_rule(
             egress,
             casb,
             firewall,
+            decides,
         },
         nspan,
     ))
@@ -818,6 +871,8 @@ fn has_conditions(r: &Rule) -> bool {
         || r.locations.is_some()
         || r.categories.is_some()
         || r.apps.is_some()
+        || r.app_categories.is_some()
+        || r.app_tenant.is_some()
         || r.hosts.is_some()
         || r.ports.is_some()
         || r.schemes.is_some()
@@ -849,6 +904,8 @@ fn covers(a: &Rule, b: &Rule) -> bool {
             b.iter().all(|x| a.contains(x))
         })
         && dim(&a.apps, &b.apps, |a, b| b.iter().all(|x| a.contains(x)))
+        && dim(&a.app_categories, &b.app_categories, |a, b| b & !a == 0)
+        && dim(&a.app_tenant, &b.app_tenant, |a, b| a == b)
         && dim(&a.hosts, &b.hosts, |a, b| {
             b.iter()
                 .all(|x| a.contains(x) || a.contains(&HostPattern::Any))
@@ -927,7 +984,48 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
     // [tenant]
     let mut tenants = Tenants::default();
     if let Some((t, _)) = cx.table(root, "tenant") {
-        cx.keys(t, "[tenant]", &["microsoft", "google"]);
+        cx.keys(
+            t,
+            "[tenant]",
+            &[
+                "microsoft",
+                "google",
+                "sharepoint",
+                "microsoft_context",
+                "tenant_restrictions_v2",
+                "youtube_restrict",
+            ],
+        );
+        for (v, sp) in cx.strs(t, "sharepoint", "[tenant]").unwrap_or_default() {
+            let ok = !v.is_empty()
+                && v.len() <= 63
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !v.starts_with('-');
+            if ok {
+                tenants.sharepoint.push(v.to_ascii_lowercase());
+            } else {
+                cx.err(&sp, format!("invalid sharepoint tenant name `{v}` (the `azumino` of azumino.sharepoint.com)"));
+            }
+        }
+        if let Some((v, sp)) = cx.str(t, "microsoft_context", "[tenant]") {
+            if is_guid(&v) {
+                tenants.microsoft_context = Some(v);
+            } else {
+                cx.err(&sp, format!("invalid microsoft_context `{v}` (expected the directory (tenant) id GUID)"));
+            }
+        }
+        if let Some((v, sp)) = cx.str(t, "tenant_restrictions_v2", "[tenant]") {
+            match v.split_once(':') {
+                Some((a, b)) if is_guid(a) && is_guid(b) => tenants.tenant_restrictions_v2 = Some(v),
+                _ => cx.err(&sp, format!("invalid tenant_restrictions_v2 `{v}` (expected \"<tenant-id>:<policy-id>\", two GUIDs)")),
+            }
+        }
+        if let Some((v, sp)) = cx.str(t, "youtube_restrict", "[tenant]") {
+            match v.as_str() {
+                "Strict" | "Moderate" => tenants.youtube_restrict = Some(v),
+                _ => cx.err(&sp, format!("invalid youtube_restrict `{v}` (use \"Strict\" or \"Moderate\"){}", suggest(&v, ["Strict", "Moderate"]))),
+            }
+        }
         for (key, out) in [
             ("microsoft", &mut tenants.microsoft),
             ("google", &mut tenants.google),
@@ -1172,7 +1270,28 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         }
     }
 
-    // [[app]]
+    // [casb] (the catalog switch is needed before [[app]])
+    let casb_table = cx.table(root, "casb");
+    let use_catalog = match casb_table {
+        Some((ct, _)) => cx.bool(ct, "catalog", "[casb]").unwrap_or(true),
+        None => true,
+    };
+    let mut catalog_apps: Vec<App> = Vec::new();
+    let mut catalog = None;
+    if use_catalog {
+        match crate::casb::parse_catalog(crate::casb::BUILTIN_CATALOG).and_then(|c| {
+            let apps = c.app.iter().map(catalog_app).collect::<Result<Vec<_>, _>>()?;
+            Ok((c, apps))
+        }) {
+            Ok((c, a)) => {
+                catalog_apps = a;
+                catalog = Some(c);
+            }
+            Err(e) => cx.err(&None, e),
+        }
+    }
+
+    // [[app]]: policy apps first (document order), then the remaining catalog apps.
     let mut apps: Vec<App> = Vec::new();
     let mut app_index = HashMap::new();
     for (t, tsp) in cx.tables(root, "app", "app") {
@@ -1180,22 +1299,41 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
             continue;
         };
         let what = format!("app `{name}`");
-        cx.keys(t, &what, &["name", "hosts", "description"]);
-        let (hosts, patterns) = host_list(&mut cx, t, &what);
-        if patterns.is_empty() && !t.contains_key("hosts") {
+        cx.keys(t, &what, APP_KEYS);
+        let base = catalog_apps.iter().position(|a| a.name == name).map(|i| catalog_apps.remove(i));
+        let from_catalog = base.is_some();
+        let mut app = base.unwrap_or_else(|| App { name: name.clone(), ..Default::default() });
+        if t.contains_key("hosts") {
+            let (hosts, patterns) = host_list(&mut cx, t, &what);
+            app.hosts = hosts;
+            app.patterns = patterns;
+        } else if !from_catalog {
             cx.err(&tsp, format!("{what} has no `hosts`"));
+        }
+        override_app(&mut cx, t, &what, &mut app);
+        if !from_catalog && app.category.is_empty() {
+            app.category = "other".into();
         }
         if app_index.contains_key(&name) {
             cx.err(&nsp, format!("duplicate app `{name}`"));
             continue;
         }
         app_index.insert(name.clone(), apps.len());
-        apps.push(App {
-            name,
-            hosts,
-            patterns,
-        });
+        apps.push(app);
     }
+    for app in catalog_apps {
+        app_index.insert(app.name.clone(), apps.len());
+        apps.push(app);
+    }
+    for app in &mut apps {
+        app.own_patterns = app
+            .tenant_hosts
+            .iter()
+            .flat_map(|t| tenants.sharepoint.iter().map(move |n| t.replace("{tenant}", n)))
+            .filter_map(|h| HostPattern::parse(&h).ok())
+            .collect();
+    }
+    let casb_settings = casb_section(&mut cx, casb_table, catalog.as_ref(), &tenants);
 
     // [categories]
     let mut declared: HashSet<String> = HashSet::new();
@@ -1625,7 +1763,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
             *included.entry(rj).or_default() += 1;
             if let Some(&ri) = p.rules[..j]
                 .iter()
-                .find(|&&ri| covers(&rules[ri], &rules[rj]))
+                .find(|&&ri| rules[ri].decides && rules[rj].decides && covers(&rules[ri], &rules[rj]))
             {
                 let e = shadowed
                     .entry(rj)
@@ -1708,6 +1846,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         source_files: files.clone(),
         digest: digest.clone(),
     };
+    let has_casb_rules = rules.iter().any(|r| r.casb.is_some());
     let policy = Policy {
         file: file.to_path_buf(),
         tz_offset,
@@ -1736,6 +1875,8 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         digest,
         import,
         remote_sources,
+        has_casb_rules,
+        casb: casb_settings,
     };
     Ok((policy, summary))
 }
@@ -1982,4 +2123,282 @@ fn host_list(cx: &mut Cx<'_>, t: &dyn TableLike, what: &str) -> (Vec<String>, Ve
         }
     }
     (hosts, pats)
+}
+
+const APP_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "description",
+    "title",
+    "vendor",
+    "category",
+    "certifications",
+    "tenant_provider",
+    "tenant_hosts",
+    "own",
+    "upload_paths",
+    "download_paths",
+    "download_params",
+    "sync_paths",
+    "sync_user_agents",
+];
+
+fn is_guid(v: &str) -> bool {
+    v.len() == 36
+        && v.chars().enumerate().all(|(i, ch)| {
+            if [8, 13, 18, 23].contains(&i) {
+                ch == '-'
+            } else {
+                ch.is_ascii_hexdigit()
+            }
+        })
+}
+
+/// A catalog entry as an [`App`] (host patterns parsed).
+fn catalog_app(a: &crate::casb::CatalogApp) -> Result<App, String> {
+    let bad = |e: String| format!("built-in app catalog, app `{}`: {e}", a.name);
+    let patterns = a
+        .hosts
+        .iter()
+        .map(|h| HostPattern::parse(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    for t in &a.tenant_hosts {
+        crate::casb::check_tenant_host(t).map_err(bad)?;
+    }
+    for p in a.upload_paths.iter().chain(&a.download_paths).chain(&a.sync_paths) {
+        crate::casb::check_path_pattern(p).map_err(bad)?;
+    }
+    for p in &a.download_params {
+        crate::casb::check_param(p).map_err(bad)?;
+    }
+    Ok(App {
+        name: a.name.clone(),
+        hosts: a.hosts.clone(),
+        patterns,
+        title: a.title.clone(),
+        vendor: a.vendor.clone(),
+        category: a.category.clone(),
+        certifications: a.certifications.clone(),
+        tenant_provider: a.tenant_provider.clone(),
+        tenant_hosts: a.tenant_hosts.clone(),
+        own_patterns: Vec::new(),
+        own: a.own,
+        upload_paths: a.upload_paths.clone(),
+        download_paths: a.download_paths.clone(),
+        download_params: a.download_params.clone(),
+        sync_paths: a.sync_paths.clone(),
+        sync_user_agents: a.sync_user_agents.clone(),
+        builtin: true,
+    })
+}
+
+/// The built-in catalog's apps (for reports without a policy).
+pub fn builtin_apps() -> Result<Vec<App>, String> {
+    let c = crate::casb::parse_catalog(crate::casb::BUILTIN_CATALOG)?;
+    c.app.iter().map(catalog_app).collect()
+}
+
+/// Applies the keys of a policy `[[app]]` (other than name/hosts) to `app`.
+fn override_app(cx: &mut Cx<'_>, t: &dyn TableLike, what: &str, app: &mut App) {
+    if let Some((v, _)) = cx.str(t, "title", what) {
+        app.title = v;
+    }
+    if let Some((v, _)) = cx.str(t, "vendor", what) {
+        app.vendor = v;
+    }
+    if let Some((v, sp)) = cx.str(t, "category", what) {
+        if crate::casb::category_bit(&v).is_some() {
+            app.category = v;
+        } else {
+            cx.err(
+                &sp,
+                format!(
+                    "unknown app category `{v}` (one of {}){}",
+                    crate::casb::APP_CATEGORIES.join(", "),
+                    suggest(&v, crate::casb::APP_CATEGORIES.iter().copied())
+                ),
+            );
+        }
+    }
+    if let Some(v) = cx.strs(t, "certifications", what) {
+        app.certifications.clear();
+        for (c, sp) in v {
+            if crate::casb::CERTIFICATIONS.contains(&c.as_str()) {
+                app.certifications.push(c);
+            } else {
+                cx.err(
+                    &sp,
+                    format!(
+                        "unknown certification `{c}` (one of {}){}",
+                        crate::casb::CERTIFICATIONS.join(", "),
+                        suggest(&c, crate::casb::CERTIFICATIONS.iter().copied())
+                    ),
+                );
+            }
+        }
+    }
+    if let Some((v, sp)) = cx.str(t, "tenant_provider", what) {
+        match v.as_str() {
+            "microsoft" | "google" => app.tenant_provider = Some(v),
+            "" | "none" => app.tenant_provider = None,
+            _ => cx.err(&sp, format!("invalid tenant_provider `{v}` (use \"microsoft\", \"google\" or \"none\")")),
+        }
+    }
+    if let Some(b) = cx.bool(t, "own", what) {
+        app.own = b;
+    }
+    if let Some(v) = cx.strs(t, "tenant_hosts", what) {
+        app.tenant_hosts.clear();
+        for (h, sp) in v {
+            match crate::casb::check_tenant_host(&h) {
+                Ok(()) => app.tenant_hosts.push(h.to_ascii_lowercase()),
+                Err(e) => cx.err(&sp, e),
+            }
+        }
+    }
+    for (key, out) in [
+        ("upload_paths", &mut app.upload_paths),
+        ("download_paths", &mut app.download_paths),
+        ("sync_paths", &mut app.sync_paths),
+    ] {
+        if let Some(v) = cx.strs(t, key, what) {
+            out.clear();
+            for (p, sp) in v {
+                match crate::casb::check_path_pattern(&p) {
+                    Ok(()) => out.push(p),
+                    Err(e) => cx.err(&sp, e),
+                }
+            }
+        }
+    }
+    if let Some(v) = cx.strs(t, "download_params", what) {
+        app.download_params.clear();
+        for (p, sp) in v {
+            match crate::casb::check_param(&p) {
+                Ok(()) => app.download_params.push(p),
+                Err(e) => cx.err(&sp, e),
+            }
+        }
+    }
+    if let Some(v) = cx.strs(t, "sync_user_agents", what) {
+        app.sync_user_agents = v.into_iter().map(|(s, _)| s).collect();
+    }
+}
+
+fn int(cx: &mut Cx<'_>, t: &dyn TableLike, key: &str, what: &str, min: i64) -> Option<u64> {
+    let item = t.get(key)?;
+    match item.as_integer() {
+        Some(i) if i >= min => Some(i as u64),
+        _ => {
+            cx.err(&item.span(), format!("`{key}` in {what} must be an integer ≥ {min} (bytes)"));
+            None
+        }
+    }
+}
+
+/// `[casb]`: thresholds, DLP patterns; tenant-restriction headers from the
+/// catalog filled with the `[tenant]` settings.
+fn casb_section(
+    cx: &mut Cx<'_>,
+    table: Option<(&dyn TableLike, Span)>,
+    catalog: Option<&crate::casb::CatalogFile>,
+    tenants: &Tenants,
+) -> crate::casb::CasbSettings {
+    let mut out = crate::casb::CasbSettings::default();
+    if let Some(c) = catalog {
+        out.catalog_version = c.version.clone();
+        let first_guid = tenants.microsoft.iter().find(|v| is_guid(v)).cloned();
+        let join = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
+        let vars = [
+            ("microsoft", join(&tenants.microsoft)),
+            ("microsoft_context", tenants.microsoft_context.clone().or(first_guid)),
+            ("tenant_restrictions_v2", tenants.tenant_restrictions_v2.clone()),
+            ("google", join(&tenants.google)),
+            ("youtube_restrict", tenants.youtube_restrict.clone()),
+        ];
+        for tr in &c.tenant_restriction {
+            let patterns = tr.hosts.iter().filter_map(|h| HostPattern::parse(h).ok()).collect();
+            out.tenant_restrictions.push(crate::casb::TenantRestriction {
+                name: tr.name.clone(),
+                patterns,
+                header_names: tr.headers.iter().map(|(n, _)| n.clone()).collect(),
+                headers: tr
+                    .headers
+                    .iter()
+                    .filter_map(|(n, v)| crate::casb::fill_template(v, &vars).map(|v| (n.clone(), v)))
+                    .collect(),
+            });
+        }
+    }
+    let Some((t, _)) = table else { return out };
+    let what = "[casb]";
+    cx.keys(t, what, &["catalog", "upload_threshold", "inspect_max_bytes", "over_cap", "dlp"]);
+    if let Some(v) = int(cx, t, "upload_threshold", what, 0) {
+        out.upload_threshold = v;
+    }
+    if let Some(v) = int(cx, t, "inspect_max_bytes", what, 1024) {
+        out.inspect_max_bytes = v;
+    }
+    if out.upload_threshold > out.inspect_max_bytes {
+        let sp = t.get("upload_threshold").and_then(|i| i.span());
+        cx.err(&sp, format!("upload_threshold ({}) must not exceed inspect_max_bytes ({})", out.upload_threshold, out.inspect_max_bytes));
+    }
+    if let Some(a) = cx.action(t, "over_cap", what) {
+        out.over_cap = a;
+    }
+    let mut patterns = Vec::new();
+    let mut keywords = Vec::new();
+    for (dt, dsp) in cx.tables(t, "dlp", "casb.dlp") {
+        let Some((name, nsp)) = cx.req_str(dt, "name", "[[casb.dlp]]", &dsp) else { continue };
+        let w = format!("DLP pattern `{name}`");
+        cx.keys(dt, &w, &["name", "action", "my_number", "keywords", "regex", "description"]);
+        if patterns.iter().any(|p: &crate::casb::DlpPattern| p.name == name) {
+            cx.err(&nsp, format!("duplicate DLP pattern `{name}`"));
+            continue;
+        }
+        let action = if dt.contains_key("action") {
+            cx.action(dt, "action", &w).unwrap_or(Action::Block)
+        } else {
+            cx.err(&dsp, format!("missing `action` in {w} (\"block\" or \"allow\" = log only)"));
+            Action::Block
+        };
+        let kinds = ["my_number", "keywords", "regex"].iter().filter(|k| dt.contains_key(k)).count();
+        if kinds != 1 {
+            cx.err(&dsp, format!("{w} needs exactly one of `my_number = true`, `keywords = [..]`, `regex = \"..\"`"));
+            continue;
+        }
+        if let Some(b) = cx.bool(dt, "my_number", &w) {
+            if !b {
+                let sp = dt.get("my_number").and_then(|i| i.span());
+                cx.err(&sp, format!("`my_number` in {w} must be true (remove the pattern to turn it off)"));
+                continue;
+            }
+            patterns.push(crate::casb::dlp_my_number(name, action));
+        } else if let Some(v) = cx.strs(dt, "keywords", &w) {
+            let idx = patterns.len();
+            if v.is_empty() {
+                let sp = dt.get("keywords").and_then(|i| i.span());
+                cx.err(&sp, format!("`keywords` in {w} is empty and would never match"));
+            }
+            for (k, sp) in v {
+                if k.trim().is_empty() {
+                    cx.err(&sp, "an empty keyword would match everything");
+                } else {
+                    keywords.push((idx, k));
+                }
+            }
+            patterns.push(crate::casb::dlp_keywords(name, action));
+        } else if let Some((re, sp)) = cx.str(dt, "regex", &w) {
+            match crate::casb::dlp_regex(name, action, &re) {
+                Ok(p) => patterns.push(p),
+                Err(e) => cx.err(&sp, format!("{e} in {w}")),
+            }
+        }
+    }
+    match crate::casb::Dlp::build(patterns, keywords) {
+        Ok(d) => out.dlp = d,
+        Err(e) => cx.err(&None, e),
+    }
+    out
 }

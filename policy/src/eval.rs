@@ -89,6 +89,10 @@ pub struct Decision {
     pub groups: Vec<String>,
     pub categories: Vec<String>,
     pub app: Option<String>,
+    /// The app's category (storage, mail, ...).
+    pub app_category: Option<String>,
+    /// Whether the app instance is the board's own (`own`) or not (`other`).
+    pub app_tenant: Option<&'static str>,
     pub egress: Option<Egress>,
     pub tunnel: Option<TunnelMode>,
     pub casb: Option<CasbHook>,
@@ -194,6 +198,8 @@ struct Ctx<'a> {
     offsite: bool,
     cats: komugate_categories::CategorySet,
     app: Option<usize>,
+    app_category: u16,
+    app_own: bool,
     host: &'a str,
     port: u16,
     scheme: u8,
@@ -228,6 +234,16 @@ impl Rule {
         }
         if let Some(a) = &self.apps {
             if !c.app.is_some_and(|i| a.contains(&i)) {
+                return false;
+            }
+        }
+        if let Some(bits) = self.app_categories {
+            if c.app.is_none() || bits & c.app_category == 0 {
+                return false;
+            }
+        }
+        if let Some(own) = self.app_tenant {
+            if c.app.is_none() || own != c.app_own {
                 return false;
             }
         }
@@ -326,6 +342,8 @@ impl Policy {
             .iter()
             .position(|a| a.patterns.iter().any(|p| p.matches(&host)));
         let (day, minute) = local_day_minute(req.time, self.tz_offset);
+        let app_ref = app.map(|i| &self.apps[i]);
+        let app_own = app_ref.is_some_and(|a| a.is_own(&host, &self.tenants));
         let ctx = Ctx {
             device: req.device,
             groups,
@@ -333,6 +351,10 @@ impl Policy {
             offsite,
             cats,
             app,
+            app_category: app_ref
+                .and_then(|a| crate::casb::category_bit(&a.category))
+                .unwrap_or(0),
+            app_own,
             host: &host,
             port: req.port,
             scheme: req.scheme.bit(),
@@ -377,9 +399,23 @@ impl Policy {
             if let Some(p) = policy {
                 for &ri in &p.rules {
                     let r = &self.rules[ri];
-                    if r.matches(&ctx) {
+                    if r.decides && r.matches(&ctx) {
                         decided = Some((r.action, r.name.clone(), Some(r)));
                         break;
+                    }
+                }
+            }
+        }
+        // CASB controls: every matching rule with `casb` counts, first per field wins.
+        let mut casb: Option<CasbHook> = None;
+        if self.has_casb_rules {
+            if let Some(p) = policy {
+                for &ri in &p.rules {
+                    let r = &self.rules[ri];
+                    if let Some(h) = &r.casb {
+                        if r.matches(&ctx) {
+                            casb.get_or_insert_with(CasbHook::default).merge(h);
+                        }
                     }
                 }
             }
@@ -444,13 +480,15 @@ impl Policy {
             user,
             groups: group_names,
             categories,
-            app: app.map(|i| self.apps[i].name.clone()),
+            app: app_ref.map(|a| a.name.clone()),
+            app_category: app_ref.map(|a| a.category.clone()),
+            app_tenant: app_ref.map(|_| if app_own { "own" } else { "other" }),
             egress: egress_idx.map(|i| crate::Egress {
                 pool: self.egress[i].name.clone(),
                 source: self.egress[i].source,
             }),
             tunnel: rule.and_then(|r| r.tunnel).or(self.default_tunnel),
-            casb: rule.and_then(|r| r.casb.clone()),
+            casb,
             firewall: rule.and_then(|r| r.firewall.clone()),
             request,
         }

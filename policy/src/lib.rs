@@ -8,6 +8,7 @@
 //! The document format is described in `examples/policy.toml` (a complete,
 //! commented example) and in [`compile`]'s module docs.
 
+pub mod casb;
 mod compile;
 mod diag;
 mod eval;
@@ -15,7 +16,8 @@ pub mod pattern;
 mod registry;
 mod squidguard;
 
-pub use compile::{check, Summary};
+pub use casb::{CasbSettings, Dlp, DlpPattern, TenantRestriction};
+pub use compile::{builtin_apps, check, Summary};
 pub use diag::{Diagnostic, PolicyErrors};
 pub use eval::{Decision, Egress, Location, Request, Scheme};
 pub use pattern::{HostPattern, PortRange, TimeWindow, Weekdays};
@@ -52,10 +54,25 @@ pub enum TunnelMode {
 
 /// Reserved hook for the CASB issue: `casb = { tenant_restriction = true, upload = "block", download = "allow" }`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+///
+/// `dlp = true` applies the `[[casb.dlp]]` patterns to request bodies. A rule
+/// with `casb` and no `action` only sets these (it does not decide allow or
+/// block); every matching rule's `casb` counts, the first to set a field wins.
 pub struct CasbHook {
     pub tenant_restriction: Option<bool>,
     pub upload: Option<Action>,
     pub download: Option<Action>,
+    pub dlp: Option<bool>,
+}
+
+impl CasbHook {
+    /// Fills the fields not yet set from `other`.
+    pub fn merge(&mut self, other: &CasbHook) {
+        self.tenant_restriction = self.tenant_restriction.or(other.tenant_restriction);
+        self.upload = self.upload.or(other.upload);
+        self.download = self.download.or(other.download);
+        self.dlp = self.dlp.or(other.dlp);
+    }
 }
 
 /// Reserved hook for the firewall/IPS issue: `firewall = { ips = true }`.
@@ -80,6 +97,15 @@ pub struct Tenants {
     pub microsoft: Vec<String>,
     /// Google Workspace domains.
     pub google: Vec<String>,
+    /// SharePoint / OneDrive for Business tenant names (`azumino` for
+    /// `azumino.sharepoint.com`, `azumino-my.sharepoint.com`).
+    pub sharepoint: Vec<String>,
+    /// Directory id for `Restrict-Access-Context` (default: the first GUID in `microsoft`).
+    pub microsoft_context: Option<String>,
+    /// Tenant restrictions v2 header value `<tenant-id>:<policy-id>`.
+    pub tenant_restrictions_v2: Option<String>,
+    /// `YouTube-Restrict` value (`Strict` or `Moderate`).
+    pub youtube_restrict: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -111,12 +137,82 @@ pub struct Group {
     pub aliases: Vec<String>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+/// A cloud app: from the built-in catalog (`catalog/apps.toml`), a policy
+/// `[[app]]`, or a catalog entry overridden by one.
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct App {
     pub name: String,
     pub hosts: Vec<String>,
     #[serde(skip)]
     pub(crate) patterns: Vec<HostPattern>,
+    pub title: String,
+    pub vendor: String,
+    /// storage, mail, collaboration, ai, transfer, school, identity, developer
+    pub category: String,
+    /// ISMAP, ISO27001, ISO27017, ISO27018 ... (risk attributes, data).
+    pub certifications: Vec<String>,
+    /// `microsoft` or `google`: the app is multi-tenant and the board's
+    /// tenant restriction keeps it on the board's tenant (when `[tenant]` has it).
+    pub tenant_provider: Option<String>,
+    /// Templates like `{tenant}.sharepoint.com`: the board's instance.
+    pub tenant_hosts: Vec<String>,
+    #[serde(skip)]
+    pub(crate) own_patterns: Vec<HostPattern>,
+    /// The board's own system (school systems).
+    pub own: bool,
+    pub upload_paths: Vec<String>,
+    pub download_paths: Vec<String>,
+    pub download_params: Vec<String>,
+    pub sync_paths: Vec<String>,
+    pub sync_user_agents: Vec<String>,
+    /// From the built-in catalog (possibly overridden by the policy).
+    pub builtin: bool,
+}
+
+impl App {
+    /// Does `host` (lowercase) belong to this app?
+    pub fn matches(&self, host: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(host))
+    }
+
+    /// Is the app instance at `host` the board's own (its tenant, its
+    /// system, or a tenant-restricted multi-tenant service)?
+    pub fn is_own(&self, host: &str, tenants: &Tenants) -> bool {
+        if self.own || self.own_patterns.iter().any(|p| p.matches(host)) {
+            return true;
+        }
+        if !self.tenant_hosts.is_empty() {
+            return false;
+        }
+        match self.tenant_provider.as_deref() {
+            Some("microsoft") => !tenants.microsoft.is_empty(),
+            Some("google") => !tenants.google.is_empty(),
+            _ => false,
+        }
+    }
+
+    pub fn is_upload_path(&self, path: &str) -> bool {
+        self.upload_paths.iter().any(|p| casb::glob_match(p, path))
+    }
+
+    /// A download endpoint or a download query parameter.
+    pub fn is_download(&self, path: &str, query: &str) -> bool {
+        self.download_paths.iter().any(|p| casb::glob_match(p, path))
+            || query.split('&').any(|kv| {
+                self.download_params
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(kv))
+            })
+    }
+
+    /// A sync-client request (path or User-Agent).
+    pub fn is_sync(&self, path: &str, user_agent: &str) -> bool {
+        self.sync_paths.iter().any(|p| casb::glob_match(p, path))
+            || self
+                .sync_user_agents
+                .iter()
+                .any(|a| !a.is_empty() && user_agent.contains(a.as_str()))
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -214,6 +310,10 @@ pub(crate) struct Rule {
     pub categories: Option<CategorySet>,
     pub category_names: Option<Vec<String>>,
     pub apps: Option<Vec<usize>>,
+    /// Bits of [`casb::APP_CATEGORIES`].
+    pub app_categories: Option<u16>,
+    /// `app_tenant = "own"` (true) or `"other"` (false).
+    pub app_tenant: Option<bool>,
     pub hosts: Option<Vec<HostPattern>>,
     pub ports: Option<Vec<PortRange>>,
     pub schemes: Option<u8>,
@@ -227,6 +327,8 @@ pub(crate) struct Rule {
     pub egress: Option<usize>,
     pub casb: Option<CasbHook>,
     pub firewall: Option<FirewallHook>,
+    /// False for a CASB-only rule (`casb` without `action`): it never decides.
+    pub decides: bool,
 }
 
 /// A per-group policy: the concatenation of the rule sets it names.
@@ -272,6 +374,9 @@ pub struct Policy {
     pub(crate) digest: String,
     pub(crate) import: ImportSummary,
     pub(crate) remote_sources: Vec<RemoteSource>,
+    pub(crate) casb: CasbSettings,
+    /// Some rule has a `casb` hook (evaluation collects them).
+    pub(crate) has_casb_rules: bool,
 }
 
 impl Policy {
@@ -343,6 +448,16 @@ impl Policy {
 
     pub fn apps(&self) -> &[App] {
         &self.apps
+    }
+
+    /// The app named `name` (catalog or policy).
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    /// `[casb]` settings, DLP patterns and tenant-restriction headers.
+    pub fn casb(&self) -> &CasbSettings {
+        &self.casb
     }
 
     pub fn egress_pools(&self) -> &[EgressPool] {

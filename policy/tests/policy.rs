@@ -136,6 +136,9 @@ action = "maybe"
 [[rule]]
 name = "no action"
 casb = { tenant_restriction = true, uploads = "block" }
+[[rule]]
+name = "no action"
+host = "x.example"
 "#
     );
     let e = errors(&text);
@@ -160,8 +163,10 @@ casb = { tenant_restriction = true, uploads = "block" }
         "/nonexistent/p.toml:49:10: invalid scheme `ftp` (use http, https or connect); did you mean `http`?",
         "/nonexistent/p.toml:50:8: path prefix `nope` must start with `/`",
         "/nonexistent/p.toml:51:10: invalid action `maybe` in rule `r1` (use \"allow\" or \"block\")",
-        "/nonexistent/p.toml:52:1: missing `action` in rule `no action` (\"allow\" or \"block\")",
+        // A rule with `casb` and no `action` is a CASB-only rule (issue 5).
         "/nonexistent/p.toml:54:37: unknown key `uploads` in `casb` of rule `no action`; did you mean `upload`?",
+        "/nonexistent/p.toml:55:1: missing `action` in rule `no action` (\"allow\" or \"block\")",
+        "/nonexistent/p.toml:56:8: duplicate rule name `no action` (first defined at /nonexistent/p.toml:53)",
     ];
     assert_eq!(e, expected, "\n{}", e.join("\n"));
 }
@@ -555,7 +560,8 @@ firewall = { ips = true }
         Some(CasbHook {
             tenant_restriction: Some(true),
             upload: Some(Action::Block),
-            download: None
+            download: None,
+            dlp: None
         })
     );
     assert_eq!(d.firewall, Some(FirewallHook { ips: Some(true) }));

@@ -27,6 +27,8 @@ struct Served {
     /// Requests seen, and how many carried a matching If-None-Match.
     requests: usize,
     conditional_hits: usize,
+    /// Served at `/ut1.tar.gz.sha256`.
+    sum: String,
 }
 
 struct ListServer {
@@ -54,7 +56,10 @@ impl ListServer {
                             s.requests += 1;
                             let etag = format!("\"{}\"", s.version);
                             let resp = match req.uri().path() {
-                                "/ut1.tar.gz" => {
+                                "/ut1.tar.gz.sha256" => Response::new(Full::new(Bytes::from(
+                                    format!("{}  ut1.tar.gz\n", s.sum),
+                                ))),
+                                "/ut1.tar.gz" | "/list.txt" => {
                                     let inm = req
                                         .headers()
                                         .get("if-none-match")
@@ -96,6 +101,7 @@ impl ListServer {
 
     fn serve(&self, version: &str, body: Vec<u8>) {
         let mut s = self.state.lock().unwrap();
+        s.sum = sha256_hex(&body);
         s.version = version.to_string();
         s.body = body;
     }
@@ -156,11 +162,13 @@ struct Setup {
 }
 
 /// A gateway whose policy blocks the UT1 categories adult and gambling,
-/// downloaded from a local server; `extra` goes into the source table.
+/// downloaded from a local server; `extra` goes into the source table
+/// (`{server}` = the list server's address).
 /// With `prepopulate`, version 1 is already on disk (and served).
 async fn setup(extra: &str, prepopulate: bool) -> Setup {
     let server = ListServer::start().await;
     server.serve("v1", ut1_tar_gz(&v1()));
+    let extra = extra.replace("{server}", &server.addr.to_string());
     let dir = tempfile::tempdir().unwrap();
     let lists = dir.path().join("lists/ut1");
     if prepopulate {
@@ -522,6 +530,86 @@ async fn failing_reload_rolls_back() {
         let audit = audit_text(&s.gw);
         assert!(audit.contains("rolled_back"), "{audit}");
         s.gw.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sha256_url_is_checked() {
+    within("sha256_url", async {
+        let s = setup("sha256_url = \"http://{server}/ut1.tar.gz.sha256\"", true).await;
+        assert_eq!(
+            count(&s.gw, "applied"),
+            1.0,
+            "the start-up download matched its published sum"
+        );
+        let mut v2 = v1();
+        v2[0].1.push("newbad.example".into());
+        let v2 = ut1_tar_gz(&v2);
+        // A published sum that does not match the archive: refused.
+        s.server.serve("v2", v2.clone());
+        s.server.state.lock().unwrap().sum = sha256_hex(b"something else");
+        let (status, o) = update_now(&s.gw).await;
+        assert_eq!(
+            (status, o["result"].as_str()),
+            (422, Some("refused_sha256")),
+            "{o:#}"
+        );
+        assert_v1_in_force(&s).await;
+        // Matching: applied.
+        s.server.serve("v2", v2);
+        let (status, o) = update_now(&s.gw).await;
+        assert_eq!(
+            (status, o["result"].as_str()),
+            (200, Some("applied")),
+            "{o:#}"
+        );
+        assert!(blocked(&s.gw, "newbad.example").await);
+        s.gw.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn plain_list_file_source() {
+    within("plain list", async {
+        let server = ListServer::start().await;
+        server.serve("p1", b"# malware\nevil1.example\nevil2.example\n".to_vec());
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "version = 1\n[categories]\n[[categories.source]]\nformat = \"plain\"\ncategory = \"malware\"\n\
+                 path = \"lists/malware.txt\"\nurl = \"http://{}/list.txt\"\n\n\
+                 [[rule]]\nname = \"ut1-blocked\"\ncategory = \"malware\"\naction = \"block\"\n",
+                server.addr
+            ),
+        )
+        .unwrap();
+        let policy_s = policy.display().to_string();
+        let gw = TestGateway::start(move |c, _| {
+            c.policy.file = policy_s;
+            c.admin.token = TOKEN.into();
+        })
+        .await;
+        // Not on disk at start: empty, then downloaded at once.
+        let admin = gw.admin();
+        eventually(Duration::from_secs(5), || async move {
+            let st = lists_status(admin).await;
+            (st["status"][0]["last_result"] == "applied").then_some(())
+        })
+        .await
+        .expect("first download applied");
+        assert!(blocked(&gw, "evil2.example").await);
+        assert!(!blocked(&gw, "evil3.example").await);
+        server.serve("p2", b"evil1.example\nevil2.example\nevil3.example\n".to_vec());
+        let (status, o) = update_now(&gw).await;
+        assert_eq!((status, o["result"].as_str()), (200, Some("applied")), "{o:#}");
+        assert!(blocked(&gw, "evil3.example").await);
+        assert_eq!(std::fs::read_to_string(dir.path().join("lists/malware.txt")).unwrap().lines().count(), 3);
+        assert!(dir.path().join("lists/malware.txt.prev").is_file());
+        gw.shutdown().await;
     })
     .await
 }

@@ -46,7 +46,7 @@
 //! the next try is in min(`refresh`, 15 min); after a refusal, in `refresh`.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -708,7 +708,8 @@ async fn download_inner(
     let last_modified = header_text(header::LAST_MODIFIED);
     let mut file = match to {
         Some(p) => Some(
-            std::fs::File::create(p)
+            tokio::fs::File::create(p)
+                .await
                 .map_err(|e| Stop("error", format!("cannot create {}: {e}", p.display())))?,
         ),
         None => None,
@@ -727,15 +728,20 @@ async fn download_inner(
         }
         hasher.update(&data);
         if let Some(f) = file.as_mut() {
-            f.write_all(&data)
+            tokio::io::AsyncWriteExt::write_all(f, &data)
+                .await
                 .map_err(|e| Stop("error", format!("writing the download: {e}")))?;
         }
         if let Some(c) = collect.as_deref_mut() {
             c.extend_from_slice(&data);
         }
     }
-    if let Some(f) = file {
+    if let Some(mut f) = file {
+        tokio::io::AsyncWriteExt::flush(&mut f)
+            .await
+            .map_err(|e| Stop("error", format!("writing the download: {e}")))?;
         f.sync_all()
+            .await
             .map_err(|e| Stop("error", format!("writing the download: {e}")))?;
     }
     Ok(Fetched::Body {

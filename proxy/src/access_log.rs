@@ -55,6 +55,9 @@ pub struct AccessRecord {
     /// IPS / threat-intel events in detail (sid, msg, action, list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips_events: Vec<crate::ips::IpsEvent>,
+    /// CASB / DLP: upload, download, DLP pattern names (never the data), tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub casb: Option<crate::casb::CasbNote>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -52,6 +52,9 @@ enum Command {
     /// IPS rules and threat-intel lists (`komugate ips check FILE`).
     #[command(subcommand)]
     Ips(crate::ips::cli::IpsCommand),
+    /// Cloud apps (CASB): usage report from the access logs, the built-in catalog.
+    #[command(subcommand)]
+    Casb(crate::casb::report::CasbCommand),
 }
 
 #[derive(Subcommand)]
@@ -122,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Logs(cmd) => crate::logs::cli::run_logs(cmd),
         Command::Audit(cmd) => crate::logs::cli::run_audit(cmd),
         Command::Ips(cmd) => crate::ips::cli::run(cmd),
+        Command::Casb(cmd) => crate::casb::report::run(cmd),
         Command::Policy(cmd) => return exit_code(crate::cli_policy::run_policy(cmd)),
         Command::Categories(cmd) => return exit_code(crate::cli_policy::run_categories(cmd)),
         Command::Config(ConfigCommand::Default) => {

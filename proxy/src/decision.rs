@@ -102,6 +102,8 @@ pub struct Decision {
     pub app: Option<String>,
     /// Whom to contact, for the block page (from the policy's `[contact]`).
     pub contact: Option<String>,
+    /// CASB controls of the matching rules (`crate::casb`).
+    pub casb: Option<komugate_policy::CasbHook>,
 }
 
 impl Decision {
@@ -270,6 +272,7 @@ impl Runtime {
             groups: d.groups,
             app: d.app,
             contact: self.contact.clone(),
+            casb: d.casb,
         }
     }
 
@@ -289,6 +292,7 @@ impl Runtime {
             groups: Vec::new(),
             app: None,
             contact: None,
+            casb: None,
         };
         if req.kind == RequestKind::Connect
             && self.inspect_hosts.iter().any(|p| p.matches(req.host))

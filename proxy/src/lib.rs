@@ -16,6 +16,7 @@ pub mod access_log;
 pub mod admin;
 pub mod beacon;
 pub mod block_page;
+pub mod casb;
 pub mod cli;
 pub mod cli_policy;
 pub mod client;

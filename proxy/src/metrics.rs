@@ -27,6 +27,8 @@ pub struct Metrics {
     pub doh_queries: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub policy_generation: IntGauge,
+    /// `komugate_casb_*` / `komugate_dlp_*` (app-labelled, see `crate::casb`).
+    pub casb: crate::casb::CasbMetrics,
 }
 
 impl Metrics {
@@ -99,8 +101,10 @@ impl Metrics {
             )
             .expect("metric"),
             policy_generation: IntGauge::new("komugate_policy_generation", "Policy generation in force").expect("metric"),
+            casb: crate::casb::CasbMetrics::new(),
             registry,
         };
+        m.casb.register(&m.registry);
         let r = &m.registry;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.connections_total.clone()),

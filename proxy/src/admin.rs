@@ -25,16 +25,25 @@ pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener) {
             },
         };
         let gw2 = gw.clone();
-        tokio::spawn(async move {
+        let shutdown = gw.shutdown.clone();
+        gw.spawn_tracked(async move {
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(crate::pac::Peer(peer));
                 admin_request(gw2.clone(), req)
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            // Idle keep-alive admin connections must not hold shutdown up.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
 }

@@ -42,6 +42,9 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Cancelled when the drain time is over: remaining connections and
+    /// tunnels are closed.
+    pub hard_stop: CancellationToken,
     device_connections: Mutex<HashMap<String, usize>>,
 }
 
@@ -68,14 +71,39 @@ impl Running {
         gateway.shutdown.cancel();
         gateway.tasks.close();
         if tokio::time::timeout(drain, gateway.tasks.wait()).await.is_err() {
-            tracing::warn!("drain time of {drain:?} over; closing the remaining connections");
+            tracing::warn!("drain time of {drain:?} over; closing the remaining connections and tunnels");
+            gateway.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), gateway.tasks.wait()).await;
         }
         drop(gateway);
-        let _ = tokio::time::timeout(Duration::from_secs(5), log_writer).await;
+        // The writer ends when the last access-log handle is gone; every
+        // task holding one has finished or been dropped by now.
+        if tokio::time::timeout(Duration::from_secs(5), log_writer).await.is_err() {
+            tracing::warn!("the access log writer did not finish within 5 s");
+        }
     }
 }
 
 impl Gateway {
+    /// Spawns a connection or tunnel task that shutdown waits for, and that
+    /// is dropped (closing its sockets) when the drain time is over.
+    pub fn spawn_tracked<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.hard_stop.clone();
+        // Relays see the token (task-local) and end with `cut`, so their
+        // access records are still written; anything else still running at
+        // the hard stop is dropped, which closes its sockets.
+        self.tasks.spawn(crate::tunnel::HARD_STOP.scope(stop.clone(), async move {
+            tokio::select! {
+                biased;
+                _ = fut => {}
+                _ = stop.cancelled() => {}
+            }
+        }));
+    }
+
     /// Counts a connection of `device`; `None` if it is over its limit.
     pub fn device_connection(self: &Arc<Self>, device: &str) -> Option<DeviceConnectionGuard> {
         let mut map = self.device_connections.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,6 +189,7 @@ pub async fn start(config: Config) -> Result<Running> {
         metrics,
         access_log,
         shutdown: CancellationToken::new(),
+        hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
         device_connections: Mutex::new(HashMap::new()),
         config,

@@ -287,7 +287,7 @@ async fn connect(
             record.status = 200;
             let mut tunnel_record = std::mem::take(record);
             let (gw2, conn2) = (gw.clone(), conn.clone());
-            gw.tasks.spawn(async move {
+            gw.spawn_tracked(async move {
                 match hyper::upgrade::on(req).await {
                     Ok(upgraded) => {
                         crate::inspect::run(gw2, conn2, inspector, TokioIo::new(upgraded), dest, decision, tunnel_record, started).await
@@ -312,7 +312,7 @@ async fn connect(
     let gw2 = gw.clone();
     let mut record = std::mem::take(record);
     let ips_ctx = crate::ips::http::event_context(gw, conn, &target);
-    gw.tasks.spawn(async move {
+    gw.spawn_tracked(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => {
@@ -335,6 +335,9 @@ async fn connect(
 }
 
 pub fn finish_tunnel(gw: &Gateway, mut record: AccessRecord, started: Instant, stats: crate::tunnel::RelayStats) {
+    if stats.cut && record.error.is_none() {
+        record.error = Some("closed by the gateway: shutdown drain time over".into());
+    }
     record.bytes_up = stats.up;
     record.bytes_down = stats.down;
     record.duration_ms = started.elapsed().as_millis() as u64;
@@ -522,7 +525,7 @@ pub async fn relay_request(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let gw2 = gw.clone();
         let mut rec = std::mem::take(record);
-        gw.tasks.spawn(async move {
+        gw.spawn_tracked(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
                     let stats = crate::tunnel::relay(TokioIo::new(c), TokioIo::new(u), gw2.config.limits.idle_timeout()).await;

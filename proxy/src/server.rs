@@ -27,7 +27,7 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let gw2 = gw.clone();
-        gw.tasks.spawn(async move {
+        gw.spawn_tracked(async move {
             let mut stream = stream;
             let Some(client) = client_address(&gw2, "plain", &mut stream, peer).await else { return };
             let client_ip = canonical_ip(client);
@@ -82,7 +82,7 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls
         let _ = stream.set_nodelay(true);
         let gw2 = gw.clone();
         let acceptor = acceptor.clone();
-        gw.tasks.spawn(async move {
+        gw.spawn_tracked(async move {
             let mut stream = stream;
             let Some(peer) = client_address(&gw2, "mtls", &mut stream, peer).await else { return };
             let handshake = tokio::time::timeout(gw2.config.limits.header_read_timeout(), acceptor.accept(stream)).await;

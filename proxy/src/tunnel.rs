@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+tokio::task_local! {
+    /// Set by `Gateway::spawn_tracked`: cancelled when the shutdown drain
+    /// time is over, so relays end (and are logged) instead of vanishing.
+    pub static HARD_STOP: tokio_util::sync::CancellationToken;
+}
+
 /// Byte counts of a finished relay.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RelayStats {
@@ -16,6 +22,8 @@ pub struct RelayStats {
     /// Upstream to client.
     pub down: u64,
     pub idle_timeout: bool,
+    /// Closed by the gateway at shutdown (drain time over).
+    pub cut: bool,
 }
 
 /// Relays until both directions reached EOF, an I/O error, or idleness.
@@ -47,11 +55,19 @@ where
             }
         }
     };
-    let idle_timeout = tokio::select! {
-        _ = both => false,
-        _ = watchdog => true,
+    let hard_stop = HARD_STOP.try_with(|t| t.clone()).ok();
+    let stopped = async {
+        match &hard_stop {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
     };
-    RelayStats { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed), idle_timeout }
+    let (idle_timeout, cut) = tokio::select! {
+        _ = both => (false, false),
+        _ = watchdog => (true, false),
+        _ = stopped => (false, true),
+    };
+    RelayStats { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed), idle_timeout, cut }
 }
 
 async fn copy_half<R, W>(reader: &mut R, writer: &mut W, counter: &AtomicU64, last_activity: &AtomicU64, started: Instant)

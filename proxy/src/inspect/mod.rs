@@ -213,26 +213,37 @@ pub async fn run<S>(
         async move { Ok::<_, std::convert::Infallible>(inner_request(gw, conn, req, name, default_port, alpn, blocked).await) }
     });
     let io = TokioIo::new(tls);
-    let result = if client_h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(gw.config.limits.max_streams_per_connection)
-            .serve_connection(io, service)
-            .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(gw.config.limits.header_read_timeout())
-            .max_headers(gw.config.limits.max_headers)
+    let limits = gw.config.limits.clone();
+    let serve = async move {
+        if client_h2 {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_streams_per_connection)
+                .serve_connection(io, service)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout())
+                .max_headers(limits.max_headers)
             .serve_connection(io, service)
             .with_upgrades()
             .await
+        }
     };
-    if let Err(e) = result {
-        tracing::debug!("inspected tunnel to {}: {e}", dest.host);
-    }
+    // At the shutdown hard stop the session is cut but still logged.
+    let hard_stop = crate::tunnel::HARD_STOP.try_with(|t| t.clone()).unwrap_or_default();
+    let cut = tokio::select! {
+        result = serve => {
+            if let Err(e) = result {
+                tracing::debug!("inspected tunnel to {}: {e}", dest.host);
+            }
+            false
+        }
+        _ = hard_stop.cancelled() => true,
+    };
     record.rule = format!("{} (inspected)", record.rule);
-    let stats = RelayStats { up: read.load(Ordering::Relaxed), down: written.load(Ordering::Relaxed), idle_timeout: false };
+    let stats = RelayStats { up: read.load(Ordering::Relaxed), down: written.load(Ordering::Relaxed), idle_timeout: false, cut };
     http_proxy::finish_tunnel(&gw, record, started, stats);
 }
 

@@ -475,6 +475,7 @@ pub async fn relay_request(
         return Err(blocked(conn, &decision, &shown, record));
     }
     note_decision(record, &decision);
+    let mut casb = crate::casb::Casb::begin(gw, conn, &decision, req.method(), req.uri(), req.headers(), &target.host, record)?;
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -482,6 +483,7 @@ pub async fn relay_request(
     let (mut parts, body) = req.into_parts();
     let ips = crate::ips::http::inspect_request(gw, conn, &parts.method, &parts.uri, &parts.headers, &target.host, target.port, body, record);
     let body = ips.await.map_err(full)?;
+    let body = casb.request(&mut parts.headers, body, record).await?;
     strip_hop_by_hop(&mut parts.headers, websocket);
     add_via(&mut parts.headers, version);
     // RFC 9112 §3.2.2: the target authority replaces any Host header.
@@ -517,6 +519,7 @@ pub async fn relay_request(
             )));
         }
     };
+    casb.response(resp.headers(), record)?;
     record.decision = "allow";
     record.status = resp.status().as_u16();
     record.egress = resp.extensions().get::<EgressInfo>().map(|i| i.local.ip().to_string());

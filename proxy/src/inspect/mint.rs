@@ -144,7 +144,7 @@ mod tests {
             assert!(serials.insert(cert.raw_serial().to_vec()), "duplicate serial");
             let san = cert.subject_alternative_name().unwrap().unwrap();
             assert!(format!("{:?}", san.value.general_names).contains(&host));
-            assert_eq!(cert.issuer().to_string(), "CN=komugate inspection CA, O=komugate");
+            assert!(cert.issuer().to_string().contains("CN=komugate inspection CA"), "{}", cert.issuer());
             let validity = cert.validity();
             let secs = validity.not_after.timestamp() - validity.not_before.timestamp();
             assert!((7 * 86400..=7 * 86400 + 3700).contains(&secs), "validity {secs}s");

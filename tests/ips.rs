@@ -504,3 +504,20 @@ async fn doh_is_only_for_devices() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn threat_lists_are_reread_on_reload() {
+    within("threat intel reload", async {
+        let (gw, _dns, lists) = gateway(|_| {}).await;
+        let r = raw::proxy_get(gw.plain(), "http://127.0.55.1:8080/").await.unwrap();
+        assert_ne!(r.header("komugate-rule").as_deref(), Some("threat-intel"), "{r:?}");
+        std::fs::write(lists.path().join("test-threats.txt"), format!("{THREAT_LIST}127.0.55.0/24\n")).unwrap();
+        let gateway = gw.running.as_ref().unwrap().gateway.clone();
+        gateway.reload(komugate::logs::audit::ReloadSource::Sighup).await.unwrap();
+        let r = raw::proxy_get(gw.plain(), "http://127.0.55.1:8080/").await.unwrap();
+        assert_eq!(r.header("komugate-rule").as_deref(), Some("threat-intel"), "{r:?}");
+        drop(gateway);
+        gw.shutdown().await;
+    })
+    .await;
+}

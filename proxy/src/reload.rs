@@ -49,6 +49,14 @@ impl Gateway {
                 Err(error)
             }
         };
+        // IPS rules and threat-intel lists are re-read on every reload; a
+        // failure keeps the loaded ones (crate::ips).
+        let config = self.config.clone();
+        match tokio::task::spawn_blocking(move || crate::ips::Security::from_config(&config)).await {
+            Ok(Ok(sec)) => self.ips.store(Arc::new(sec)),
+            Ok(Err(e)) => tracing::error!("IPS rules / threat-intel lists not reloaded (the loaded ones stay in force): {e:#}"),
+            Err(e) => tracing::error!("the IPS reload task failed: {e}"),
+        }
         if let Some(audit) = self.access_log.audit() {
             let (ok, error, new_generation, new_digest, diff) = match &result {
                 Ok(r) => {

@@ -6,6 +6,9 @@
 //! Reads the logs with [`crate::logs::search`] (segments and live files),
 //! so memory grows with the number of (day, app, user) rows, not records.
 //!
+//! The CONNECT record of an inspected tunnel is skipped (its requests are
+//! counted one by one); a bypassed tunnel counts as one request.
+//!
 //! Uploads are counted from what the stored record keeps: a request blocked
 //! as `casb-upload`, or a POST / PUT / PATCH with a body to a storage,
 //! transfer or AI app (the DLP / file details of the `casb` note are in the
@@ -35,7 +38,7 @@ pub enum CasbCommand {
     },
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ReportArgs {
     #[command(flatten)]
     pub loc: LogDirArgs,
@@ -121,7 +124,9 @@ pub struct Aggregator {
 
 impl Aggregator {
     fn add(&mut self, r: &LogRecord) {
-        if r.app.is_empty() {
+        // An inspected tunnel's requests are logged one by one; its CONNECT
+        // record would count them twice. Bypassed tunnels count as one request.
+        if r.app.is_empty() || (r.method == "CONNECT" && r.rule.ends_with("(inspected)")) {
             return;
         }
         let info = self.apps.get(&r.app);

@@ -167,20 +167,26 @@ pub fn note_decision(record: &mut AccessRecord, decision: &Decision) {
     }
 }
 
+/// The 403 block page for `conn`, now.
+fn block_page_for(conn: &ConnContext, target: &str, rule: &str, message: Option<&str>, category: Option<&str>, contact: Option<&str>) -> Refusal {
+    let time = rfc3339(SystemTime::now());
+    full(block_page::blocked_response(&BlockInfo {
+        target,
+        rule,
+        message,
+        category,
+        device: conn.device.as_ref().map(|d| d.device_id.as_str()),
+        time: &time,
+        contact,
+    }))
+}
+
 pub fn blocked(conn: &ConnContext, decision: &Decision, target: &str, record: &mut AccessRecord) -> Refusal {
     record.decision = "block";
     note_decision(record, decision);
-    let time = rfc3339(SystemTime::now());
     let categories = decision.categories.join(", ");
-    let mut resp = full(block_page::blocked_response(&BlockInfo {
-        target,
-        rule: &decision.rule,
-        message: decision.message.as_deref(),
-        category: (!categories.is_empty()).then_some(categories.as_str()),
-        device: conn.device.as_ref().map(|d| d.device_id.as_str()),
-        time: &time,
-        contact: decision.contact.as_deref(),
-    }));
+    let category = (!categories.is_empty()).then_some(categories.as_str());
+    let mut resp = block_page_for(conn, target, &decision.rule, decision.message.as_deref(), category, decision.contact.as_deref());
     resp.headers_mut().insert("komugate-policy-generation", HeaderValue::from(decision.generation));
     resp
 }
@@ -210,16 +216,7 @@ fn invalid_certificate(conn: &ConnContext, err: &rustls::Error, target: &str, re
         }
         other => format!("サイトの証明書が不正です。 / The site's certificate is invalid: {other}"),
     };
-    let time = rfc3339(SystemTime::now());
-    full(block_page::blocked_response(&BlockInfo {
-        target,
-        rule: "upstream-certificate-invalid",
-        message: Some(&reason),
-        category: None,
-        device: conn.device.as_ref().map(|d| d.device_id.as_str()),
-        time: &time,
-        contact: None,
-    }))
+    block_page_for(conn, target, "upstream-certificate-invalid", Some(&reason), None, None)
 }
 
 fn egress_refusal(conn: &ConnContext, err: &EgressError, target: &str, record: &mut AccessRecord) -> Refusal {
@@ -228,17 +225,7 @@ fn egress_refusal(conn: &ConnContext, err: &EgressError, target: &str, record: &
         EgressError::ForbiddenDestination { .. } => {
             record.decision = "block";
             record.rule = "destination-guard".into();
-            let message = err.to_string();
-            let time = rfc3339(SystemTime::now());
-            full(block_page::blocked_response(&BlockInfo {
-                target,
-                rule: "destination-guard",
-                message: Some(&message),
-                category: None,
-                device: conn.device.as_ref().map(|d| d.device_id.as_str()),
-                time: &time,
-                contact: None,
-            }))
+            block_page_for(conn, target, "destination-guard", Some(&err.to_string()), None, None)
         }
         EgressError::Timeout { .. } => full(block_page::error_response(
             StatusCode::GATEWAY_TIMEOUT,

@@ -36,7 +36,10 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn segments(dir: &Path) -> usize {
-    walk(&dir.join(layout::SEGMENTS)).iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).count()
+    walk(&dir.join(layout::SEGMENTS))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .count()
 }
 
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {
@@ -80,30 +83,56 @@ fn writer_rotates_compacts_and_search_reads_segments_and_live_file() {
         }
     }
     assert!(sub.sync(Duration::from_secs(5)));
-    assert!(wait_until(Duration::from_secs(5), || segments(&dir) >= 2), "closed seconds are compacted");
+    assert!(
+        wait_until(Duration::from_secs(5), || segments(&dir) >= 2),
+        "closed seconds are compacted"
+    );
 
     let (all, st) = collect(&dir, &Query::default());
     assert_eq!(all.len() as u64, n, "{st:?}");
-    let mut seqs: Vec<u64> = all.iter().map(|r| r.user.trim_start_matches("seq-").parse().unwrap()).collect();
+    let mut seqs: Vec<u64> = all
+        .iter()
+        .map(|r| r.user.trim_start_matches("seq-").parse().unwrap())
+        .collect();
     seqs.sort();
     seqs.dedup();
     assert_eq!(seqs.len() as u64, n, "every record exactly once");
     assert!(st.segments_opened >= 2 && st.live_files >= 1, "{st:?}");
 
-    let q = Query { host: Some(Glob::new("*.evil.example")), ..Default::default() };
+    let q = Query {
+        host: Some(Glob::new("*.evil.example")),
+        ..Default::default()
+    };
     let (hits, _) = collect(&dir, &q);
     assert_eq!(hits.len(), 1);
     let h = &hits[0];
     assert_eq!(h.target, "https://rare.evil.example/payload?x=1");
-    assert_eq!((h.action.as_str(), h.rule.as_str(), h.site.as_str()), ("block", "malware", "豊科南小学校"));
+    assert_eq!(
+        (h.action.as_str(), h.rule.as_str(), h.site.as_str()),
+        ("block", "malware", "豊科南小学校")
+    );
     for q in [
-        Query { category: Some("malware".into()), ..Default::default() },
-        Query { url_contains: Some("payload?x".into()), ..Default::default() },
-        Query { action: Some("block".into()), site: Some("豊科南小学校".into()), ..Default::default() },
+        Query {
+            category: Some("malware".into()),
+            ..Default::default()
+        },
+        Query {
+            url_contains: Some("payload?x".into()),
+            ..Default::default()
+        },
+        Query {
+            action: Some("block".into()),
+            site: Some("豊科南小学校".into()),
+            ..Default::default()
+        },
     ] {
         assert_eq!(collect(&dir, &q).0.len(), 1, "{q:?}");
     }
-    let q = Query { device: Some("T-0007".into()), limit: Some(2), ..Default::default() };
+    let q = Query {
+        device: Some("T-0007".into()),
+        limit: Some(2),
+        ..Default::default()
+    };
     let (d, st) = collect(&dir, &q);
     assert_eq!(d.len(), 2);
     assert!(st.limit_reached);
@@ -155,7 +184,10 @@ fn sidecar_index_skips_segments_that_cannot_match() {
     );
     // The segment files that cannot match are not even opened: make them
     // unreadable garbage and the search still succeeds without errors.
-    let segs: Vec<_> = walk(&dir.join(layout::SEGMENTS)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
+    let segs: Vec<_> = walk(&dir.join(layout::SEGMENTS))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
     assert_eq!(segs.len(), 4);
     for s in &segs {
         let idx = komugate::logs::segment::SegmentIndex::read(&s.with_extension("idx")).unwrap();
@@ -163,7 +195,10 @@ fn sidecar_index_skips_segments_that_cannot_match() {
             std::fs::write(s, b"not a segment").unwrap();
         }
     }
-    let q = Query { host: Some(Glob::new("rare.example")), ..Default::default() };
+    let q = Query {
+        host: Some(Glob::new("rare.example")),
+        ..Default::default()
+    };
     let (hits, st) = collect(dir, &q);
     assert_eq!(hits.len(), 1);
     assert_eq!(st.segments_total, 4);
@@ -180,7 +215,10 @@ fn sidecar_index_skips_segments_that_cannot_match() {
         ..Default::default()
     };
     let (hits, st) = collect(dir, &q);
-    assert_eq!(hits.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(), vec!["a.example"]);
+    assert_eq!(
+        hits.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(),
+        vec!["a.example"]
+    );
     assert_eq!(st.segments_opened, 1, "{st:?}");
 }
 
@@ -197,7 +235,10 @@ fn full_channel_spills_to_disk_and_nothing_is_lost() {
     for i in 0..n {
         sub.submit(komugate::logs::cli::sample_record(i, SystemTime::now()));
     }
-    assert!(lm.spilled.get() > 0, "a one-slot channel must overflow into the spill queue");
+    assert!(
+        lm.spilled.get() > 0,
+        "a one-slot channel must overflow into the spill queue"
+    );
     assert_eq!(metrics.access_log_dropped.get(), 0);
     assert!(wait_until(Duration::from_secs(5), || {
         sub.sync(Duration::from_secs(1));
@@ -235,10 +276,19 @@ fn retention_sweep_deletes_old_days_and_is_audited() {
     drop(sub);
     handle.join();
     let (hits, _) = collect(&dir, &Query::default());
-    assert_eq!(hits.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(), vec!["recent.example"]);
+    assert_eq!(
+        hits.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(),
+        vec!["recent.example"]
+    );
     let text = std::fs::read_to_string(&audit_path).unwrap();
-    assert!(text.contains("\"type\":\"retention_sweep\"") && text.contains("\"retention_days\":365"), "{text}");
-    assert!(text.contains(&komugate::logs::record::utc_day(old)), "the deleted day is named: {text}");
+    assert!(
+        text.contains("\"type\":\"retention_sweep\"") && text.contains("\"retention_days\":365"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&komugate::logs::record::utc_day(old)),
+        "the deleted day is named: {text}"
+    );
     let rep = komugate::logs::audit::verify(&audit_path).unwrap();
     assert!(rep.problems.is_empty() && rep.entries == 1, "{rep:?}");
 }
@@ -267,8 +317,24 @@ fn sample_for_export() -> Vec<LogRecord> {
             duration_ms: 3,
             ..Default::default()
         },
-        LogRecord { time_ms: t + 1000, device: "T-0002".into(), target: "x.example:443".into(), host: "x.example".into(), action: "allow".into(), status: 200, ..Default::default() },
-        LogRecord { time_ms: t + 2000, device: "T-0003".into(), target: "y.example:443".into(), host: "y.example".into(), action: "allow".into(), status: 200, ..Default::default() },
+        LogRecord {
+            time_ms: t + 1000,
+            device: "T-0002".into(),
+            target: "x.example:443".into(),
+            host: "x.example".into(),
+            action: "allow".into(),
+            status: 200,
+            ..Default::default()
+        },
+        LogRecord {
+            time_ms: t + 2000,
+            device: "T-0003".into(),
+            target: "y.example:443".into(),
+            host: "y.example".into(),
+            action: "allow".into(),
+            status: 200,
+            ..Default::default()
+        },
     ]
 }
 
@@ -289,7 +355,10 @@ fn csv_is_bom_utf8_rfc4180_and_reads_back() {
     assert_eq!(&rows[0][0], "2025-04-02 08:30:00.250", "JST display time");
     assert_eq!(&rows[0][2], "山田 太郎");
     assert_eq!(&rows[0][3], "教職員,豊科南小");
-    assert_eq!(&rows[0][7], "https://c4th.example/成績?q=\"a,b\"\nx", "quotes, comma and newline survive");
+    assert_eq!(
+        &rows[0][7], "https://c4th.example/成績?q=\"a,b\"\nx",
+        "quotes, comma and newline survive"
+    );
     assert_eq!(&rows[0][10], "C4th は校内からのみ");
     assert_eq!(&rows[0][14], "403");
 }
@@ -316,7 +385,11 @@ fn xlsx_has_header_filter_freeze_datetimes_and_continues_on_new_sheets() {
             use komugate::logs::record::days_from_civil;
             // Excel serial days since 1899-12-30: 2025-04-02 08:30:00 JST.
             let want = (days_from_civil(2025, 4, 2) - days_from_civil(1899, 12, 30)) as f64 + 8.5 / 24.0;
-            assert!((dt.as_f64() - want).abs() < 1e-6, "a real date-time cell in JST: {} vs {want}", dt.as_f64());
+            assert!(
+                (dt.as_f64() - want).abs() < 1e-6,
+                "a real date-time cell in JST: {} vs {want}",
+                dt.as_f64()
+            );
         }
         other => panic!("time cell is {other:?}"),
     }
@@ -338,7 +411,10 @@ fn xlsx_has_header_filter_freeze_datetimes_and_continues_on_new_sheets() {
 fn zip_entry(bytes: &[u8], name: &str) -> String {
     // Find the local file header for `name` and inflate it.
     let needle = name.as_bytes();
-    let pos = bytes.windows(needle.len()).position(|w| w == needle).expect("entry in zip");
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("entry in zip");
     let hdr = pos - 30;
     assert_eq!(&bytes[hdr..hdr + 4], b"PK\x03\x04");
     let le16 = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]) as usize;
@@ -364,23 +440,36 @@ async fn admin_logs_endpoint_needs_the_token_and_exports() {
     assert_eq!(r.status, 403);
     let admin = gw.admin();
     let get = |path: &str, token: Option<&str>| {
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n")
     };
     let r = raw::request(admin, get("/admin/logs", None).as_bytes()).await.unwrap();
     assert_eq!(r.status, 401);
-    let r = raw::request(admin, get("/admin/logs", Some("wrong")).as_bytes()).await.unwrap();
+    let r = raw::request(admin, get("/admin/logs", Some("wrong")).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(r.status, 401);
-    let r = raw::request(admin, get("/admin/logs?nonsense=1", Some("s3cret-token")).as_bytes()).await.unwrap();
+    let r = raw::request(admin, get("/admin/logs?nonsense=1", Some("s3cret-token")).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
     assert!(r.text().contains("unknown parameter"));
 
     // Eventually the record is on disk and found.
     let mut found = None;
     for _ in 0..60 {
-        let r = raw::request(admin, get("/admin/logs?host=blocked.test&since=-1h&format=json", Some("s3cret-token")).as_bytes())
-            .await
-            .unwrap();
+        let r = raw::request(
+            admin,
+            get(
+                "/admin/logs?host=blocked.test&since=-1h&format=json",
+                Some("s3cret-token"),
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
         if !r.text().trim().is_empty() {
             found = Some(r);
@@ -393,13 +482,23 @@ async fn admin_logs_endpoint_needs_the_token_and_exports() {
     assert_eq!(rec["decision"], "block");
     assert_eq!(rec["host"], "blocked.test");
 
-    let r = raw::request(admin, get("/admin/logs?action=block&format=csv", Some("s3cret-token")).as_bytes()).await.unwrap();
+    let r = raw::request(
+        admin,
+        get("/admin/logs?action=block&format=csv", Some("s3cret-token")).as_bytes(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/csv"));
     assert!(r.body.starts_with("\u{feff}".as_bytes()));
     assert!(r.text().contains("blocked.test"));
 
-    let r = raw::request(admin, get("/admin/logs?action=block&format=xlsx", Some("s3cret-token")).as_bytes()).await.unwrap();
+    let r = raw::request(
+        admin,
+        get("/admin/logs?action=block&format=xlsx", Some("s3cret-token")).as_bytes(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert!(r.body.starts_with(b"PK"), "an xlsx (zip) file");
     gw.shutdown().await;
@@ -408,9 +507,12 @@ async fn admin_logs_endpoint_needs_the_token_and_exports() {
 #[tokio::test]
 async fn admin_logs_is_off_without_a_token() {
     let gw = TestGateway::start(|_, _| {}).await;
-    let r = raw::request(gw.admin(), b"GET /admin/logs HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer \r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let r = raw::request(
+        gw.admin(),
+        b"GET /admin/logs HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer \r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 403);
     assert!(r.text().contains("[admin] token"));
     gw.shutdown().await;

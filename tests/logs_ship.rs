@@ -27,7 +27,11 @@ fn skip(what: &str) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16, limit: Duration) -> bool {
@@ -71,13 +75,19 @@ impl Feed {
         let (sub, handle, lm) = writer::start(s, &metrics).unwrap();
         let stop = ShipStop::default();
         ship::spawn(dir, target, lm, stop.clone()).unwrap();
-        Feed { sub, handle: Some(handle), stop, next: 0 }
+        Feed {
+            sub,
+            handle: Some(handle),
+            stop,
+            next: 0,
+        }
     }
     /// Submits `n` records over `over`.
     fn send(&mut self, n: u64, over: Duration) {
         let per = over / n.max(1) as u32;
         for _ in 0..n {
-            self.sub.submit(komugate::logs::cli::sample_record(self.next, SystemTime::now()));
+            self.sub
+                .submit(komugate::logs::cli::sample_record(self.next, SystemTime::now()));
             self.next += 1;
             if self.next % 50 == 0 {
                 std::thread::sleep(per * 50);
@@ -104,7 +114,9 @@ fn count_exactly_once(ids: &[String], n: u64) {
 
 #[test]
 fn syslog_outage_loses_nothing_and_duplicates_nothing() {
-    let Some(rsyslogd) = find_binary("rsyslogd") else { return skip("rsyslogd") };
+    let Some(rsyslogd) = find_binary("rsyslogd") else {
+        return skip("rsyslogd");
+    };
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let out = tmp.path().join("received.log");
@@ -159,7 +171,10 @@ fn syslog_outage_loses_nothing_and_duplicates_nothing() {
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
-                assert!(l.starts_with("<") && l.contains(" komugate - access [komugate@32473 id="), "RFC 5424: {l}");
+                assert!(
+                    l.starts_with("<") && l.contains(" komugate - access [komugate@32473 id="),
+                    "RFC 5424: {l}"
+                );
                 let json = &l[l.find("] {")? + 2..];
                 let v: serde_json::Value = serde_json::from_str(json).ok()?;
                 Some(v["user"].as_str()?.to_string())
@@ -203,7 +218,9 @@ fn clickhouse_config(dir: &Path, http: u16, tcp: u16) -> PathBuf {
 
 #[test]
 fn clickhouse_outage_loses_nothing_and_old_partitions_are_dropped() {
-    let Some(server) = find_binary("clickhouse-server") else { return skip("clickhouse-server") };
+    let Some(server) = find_binary("clickhouse-server") else {
+        return skip("clickhouse-server");
+    };
     let tmp = tempfile::tempdir().unwrap();
     let (http, tcp) = (free_port(), free_port());
     let conf = clickhouse_config(tmp.path(), http, tcp);
@@ -236,7 +253,12 @@ fn clickhouse_outage_loses_nothing_and_old_partitions_are_dropped() {
     let n = feed.next;
     let q = ClickHouse::new(cfg.clone(), 365).unwrap();
     let counts = || -> (u64, u64) {
-        let r = q.query("SELECT count(), uniqExact(user) FROM komugate.access_log FORMAT TabSeparated", b"").unwrap_or_default();
+        let r = q
+            .query(
+                "SELECT count(), uniqExact(user) FROM komugate.access_log FORMAT TabSeparated",
+                b"",
+            )
+            .unwrap_or_default();
         let mut it = r.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
         (it.next().unwrap_or(0), it.next().unwrap_or(0))
     };
@@ -251,11 +273,25 @@ fn clickhouse_outage_loses_nothing_and_old_partitions_are_dropped() {
     // Retention on a server without TTL: partitions older than the period go.
     let mut target = ClickHouse::new(cfg, 365).unwrap();
     let old = komugate::logs::record::now_ms() - 400 * 86_400_000;
-    let rec = komugate::logs::record::LogRecord { time_ms: old, host: "old.example".into(), ..Default::default() };
-    target.send(&[ship::Shipped { id: "old:1".into(), rec }]).unwrap();
+    let rec = komugate::logs::record::LogRecord {
+        time_ms: old,
+        host: "old.example".into(),
+        ..Default::default()
+    };
+    target
+        .send(&[ship::Shipped {
+            id: "old:1".into(),
+            rec,
+        }])
+        .unwrap();
     let dropped = target.drop_old_partitions(komugate::logs::record::now_ms()).unwrap();
     assert_eq!(dropped, vec![komugate::logs::record::utc_day(old)]);
-    let left = q.query("SELECT count() FROM komugate.access_log WHERE host = 'old.example' FORMAT TabSeparated", b"").unwrap();
+    let left = q
+        .query(
+            "SELECT count() FROM komugate.access_log WHERE host = 'old.example' FORMAT TabSeparated",
+            b"",
+        )
+        .unwrap();
     assert_eq!(left.trim(), "0");
     drop(feed);
     terminate(&mut ch);

@@ -47,10 +47,31 @@ impl Rng {
 }
 
 const RULES: [&str; 12] = [
-    "default", "m365 tenant", "google tenant", "c4th only in school", "youtube teachers", "social block",
-    "malware", "phishing", "adult", "gambling", "upload limit", "ips",
+    "default",
+    "m365 tenant",
+    "google tenant",
+    "c4th only in school",
+    "youtube teachers",
+    "social block",
+    "malware",
+    "phishing",
+    "adult",
+    "gambling",
+    "upload limit",
+    "ips",
 ];
-const CATS: [&str; 10] = ["", "education", "news", "social", "video", "search", "cloud", "shopping", "games", "malware"];
+const CATS: [&str; 10] = [
+    "",
+    "education",
+    "news",
+    "social",
+    "video",
+    "search",
+    "cloud",
+    "shopping",
+    "games",
+    "malware",
+];
 const APPS: [&str; 8] = ["", "", "", "m365", "google", "c4th", "hyakumon", "box"];
 
 /// A board-scale record at `t` (ms). Devices, users and sites repeat;
@@ -83,9 +104,17 @@ fn gen(rng: &mut Rng, t: i64) -> LogRecord {
         listener: if site == 18 { "mtls" } else { "plain" }.into(),
         device: format!("T-{dev:05}"),
         user: format!("u{:05}", dev),
-        groups: vec![if dev % 10 == 0 { "office" } else { "teachers" }.into(), format!("school-{site:02}")],
+        groups: vec![
+            if dev % 10 == 0 { "office" } else { "teachers" }.into(),
+            format!("school-{site:02}"),
+        ],
         site: format!("学校{site:02}"),
-        client: format!("10.{site}.{}.{}:{}", dev / 250 % 250, dev % 250, 1024 + rng.below(60_000)),
+        client: format!(
+            "10.{site}.{}.{}:{}",
+            dev / 250 % 250,
+            dev % 250,
+            1024 + rng.below(60_000)
+        ),
         method: if connect { "CONNECT" } else { "GET" }.into(),
         target,
         host: String::new(),
@@ -101,7 +130,11 @@ fn gen(rng: &mut Rng, t: i64) -> LogRecord {
         bytes_up: if blocked { 0 } else { 200 + rng.below(20_000) },
         bytes_down: if blocked { 1800 } else { 500 + rng.below(2_000_000) },
         duration_ms: rng.below(30_000),
-        egress: if host_id == 3 { "198.51.100.7".into() } else { String::new() },
+        egress: if host_id == 3 {
+            "198.51.100.7".into()
+        } else {
+            String::new()
+        },
         error: String::new(),
     }
 }
@@ -128,7 +161,11 @@ fn dir_bytes(p: &Path) -> u64 {
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
             let path = e.path();
-            n += if path.is_dir() { dir_bytes(&path) } else { e.metadata().map(|m| m.len()).unwrap_or(0) };
+            n += if path.is_dir() {
+                dir_bytes(&path)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
         }
     }
     n
@@ -156,7 +193,10 @@ fn main() {
     let dir = root.join("logs");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join(layout::CLOSING)).unwrap();
-    println!("komugate logs bench: {days} full-rate day(s) x {per_day} records, year filled to 365 days; dir {}", dir.display());
+    println!(
+        "komugate logs bench: {days} full-rate day(s) x {per_day} records, year filled to 365 days; dir {}",
+        dir.display()
+    );
 
     // 1. Writer ingest on one core: data path -> channel -> writer thread -> live file.
     let ingest_n = 500_000u64;
@@ -201,7 +241,9 @@ fn main() {
     drop(sub);
     handle.join();
     let writer_rate = ingest_n as f64 / writer_secs;
-    println!("writer (JSON line + write + fsync/s): {ingest_n} records in {writer_secs:.2} s = {writer_rate:.0} records/s");
+    println!(
+        "writer (JSON line + write + fsync/s): {ingest_n} records in {writer_secs:.2} s = {writer_rate:.0} records/s"
+    );
 
     // 2. Generate full-rate days, hour by hour, and compact each hour.
     let weights = hour_weights();
@@ -249,7 +291,11 @@ fn main() {
     // 3. Fill the year with hard links to the last generated day (no rare host).
     let seg_root = dir.join(layout::SEGMENTS);
     let src_day = komugate::logs::record::utc_day(day0 + (days as i64 - 1) * 86_400_000);
-    let src: Vec<PathBuf> = std::fs::read_dir(seg_root.join(&src_day)).unwrap().flatten().map(|e| e.path()).collect();
+    let src: Vec<PathBuf> = std::fs::read_dir(seg_root.join(&src_day))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     let mut linked_days = 0;
     for k in days..365 {
         let day_ms = day0 - (k - days + 1) as i64 * 86_400_000;
@@ -265,7 +311,10 @@ fn main() {
         linked_days += 1;
     }
     let files = walk_count(&seg_root, "idx");
-    println!("year: {} day folders, {files} hourly indexes ({linked_days} days hard-linked)", days + linked_days);
+    println!(
+        "year: {} day folders, {files} hourly indexes ({linked_days} days hard-linked)",
+        days + linked_days
+    );
 
     // 4. Rare host across 365 days.
     let q = Query {
@@ -310,7 +359,12 @@ fn main() {
         st.records_scanned,
         st.records_scanned as f64 / scan_secs
     );
-    let q = Query { since_ms: Some(day0), until_ms: Some(day0 + 86_400_000), action: Some("allow".into()), ..Default::default() };
+    let q = Query {
+        since_ms: Some(day0),
+        until_ms: Some(day0 + 86_400_000),
+        action: Some("allow".into()),
+        ..Default::default()
+    };
     let t = Instant::now();
     let mut bytes = 0usize;
     let st = komugate::logs::search(&dir, &q, |r| {

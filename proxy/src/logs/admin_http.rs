@@ -21,7 +21,10 @@ pub const MAX_LIMIT: u64 = 1_000_000;
 fn reply(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -33,16 +36,14 @@ fn percent_decode(s: &str) -> String {
         let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -62,7 +63,10 @@ pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
 }
 
 pub(crate) fn token_ok(expected: &str, req_header: Option<&HeaderValue>) -> bool {
-    let Some(got) = req_header.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) else {
+    let Some(got) = req_header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
         return false;
     };
     let (a, b) = (expected.as_bytes(), got.trim().as_bytes());
@@ -73,24 +77,57 @@ pub(crate) fn token_ok(expected: &str, req_header: Option<&HeaderValue>) -> bool
 pub async fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
     let token = gw.config.admin.token.trim();
     if token.is_empty() {
-        return reply(StatusCode::FORBIDDEN, "log search is off: set [admin] token in the gateway configuration");
+        return reply(
+            StatusCode::FORBIDDEN,
+            "log search is off: set [admin] token in the gateway configuration",
+        );
     }
     if !token_ok(token, req.headers().get(header::AUTHORIZATION)) {
-        let mut r = reply(StatusCode::UNAUTHORIZED, "missing or wrong admin token: send Authorization: Bearer <[admin] token>");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token: send Authorization: Bearer <[admin] token>",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
     if req.method() != http::Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
     let params = parse_query_string(req.uri().query().unwrap_or(""));
-    let get = |k: &str| params.iter().rev().find(|(n, _)| n == k || n.replace('-', "_") == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        params
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k || n.replace('-', "_") == k)
+            .map(|(_, v)| v.as_str())
+    };
     const KNOWN: [&str; 16] = [
-        "since", "until", "device", "user", "group", "site", "host", "url_contains", "action", "rule", "category", "app",
-        "ips", "limit", "format", "utc_offset",
+        "since",
+        "until",
+        "device",
+        "user",
+        "group",
+        "site",
+        "host",
+        "url_contains",
+        "action",
+        "rule",
+        "category",
+        "app",
+        "ips",
+        "limit",
+        "format",
+        "utc_offset",
     ];
-    if let Some((k, _)) = params.iter().find(|(k, _)| !KNOWN.contains(&k.replace('-', "_").as_str())) {
-        return reply(StatusCode::BAD_REQUEST, format!("unknown parameter {k:?}; known: {}", KNOWN.join(", ")));
+    if let Some((k, _)) = params
+        .iter()
+        .find(|(k, _)| !KNOWN.contains(&k.replace('-', "_").as_str()))
+    {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            format!("unknown parameter {k:?}; known: {}", KNOWN.join(", ")),
+        );
     }
     let offset = match parse_offset(get("utc_offset").unwrap_or("+09:00")) {
         Ok(o) => o,
@@ -143,10 +180,14 @@ pub async fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> 
     let mut r = Response::new(Full::new(Bytes::from(body)));
     let (ctype, name) = match format {
         OutputFormat::Csv => ("text/csv; charset=utf-8", Some("komugate-logs.csv")),
-        OutputFormat::Xlsx => ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", Some("komugate-logs.xlsx")),
+        OutputFormat::Xlsx => (
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            Some("komugate-logs.xlsx"),
+        ),
         _ => ("application/x-ndjson", None),
     };
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     if let Some(n) = name {
         if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{n}\"")) {
             r.headers_mut().insert(header::CONTENT_DISPOSITION, v);

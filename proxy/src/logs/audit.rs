@@ -36,12 +36,18 @@ use super::record::{format_rfc3339_ms, now_ms};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReloadSource {
-    FileWatch { path: String },
+    FileWatch {
+        path: String,
+    },
     Sighup,
-    Api { token_name: String },
+    Api {
+        token_name: String,
+    },
     Startup,
     /// A downloaded category list was swapped in (or rolled back); see `list_update.rs`.
-    ListUpdate { url: String },
+    ListUpdate {
+        url: String,
+    },
 }
 
 /// Short summary of what changed between two policy generations.
@@ -181,12 +187,19 @@ impl AuditLog {
             None => (0, GENESIS.to_string()),
             Some(l) => {
                 let e: AuditEntry = serde_json::from_str(&l).map_err(|e| {
-                    format!("the last line of the audit log {} is damaged ({e}); run `komugate audit verify --file {}`", path.display(), path.display())
+                    format!(
+                        "the last line of the audit log {} is damaged ({e}); run `komugate audit verify --file {}`",
+                        path.display(),
+                        path.display()
+                    )
                 })?;
                 (e.seq, e.hash)
             }
         };
-        Ok(AuditLog { path: path.to_path_buf(), state: Mutex::new(state) })
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            state: Mutex::new(state),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -237,7 +250,11 @@ pub struct VerifyReport {
 /// Checks the whole chain.
 pub fn verify(path: &Path) -> Result<VerifyReport, String> {
     let f = File::open(path).map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
-    let mut rep = VerifyReport { entries: 0, head: GENESIS.to_string(), problems: Vec::new() };
+    let mut rep = VerifyReport {
+        entries: 0,
+        head: GENESIS.to_string(),
+        problems: Vec::new(),
+    };
     let mut prev = GENESIS.to_string();
     let mut want_seq = 1u64;
     for (i, line) in BufReader::new(f).lines().enumerate() {
@@ -261,7 +278,10 @@ pub fn verify(path: &Path) -> Result<VerifyReport, String> {
             .unwrap_or("");
         let computed = entry_hash(e.seq, &e.time, &e.prev, event_json);
         if computed != e.hash {
-            rep.problems.push(format!("line {n} (seq {}): content does not match its hash (edited)", e.seq));
+            rep.problems.push(format!(
+                "line {n} (seq {}): content does not match its hash (edited)",
+                e.seq
+            ));
         }
         if e.seq != want_seq {
             rep.problems.push(format!(
@@ -303,11 +323,25 @@ mod tests {
             ),
         })
         .unwrap();
-        a.append(AuditEvent::Note { actor: "管理者".into(), message: "ログを出力".into() }).unwrap();
+        a.append(AuditEvent::Note {
+            actor: "管理者".into(),
+            message: "ログを出力".into(),
+        })
+        .unwrap();
         // A reopened log continues the chain.
         let a = AuditLog::open(&p).unwrap();
-        a.append(AuditEvent::CaChange { what: "device-ca".into(), old_fingerprint: None, new_fingerprint: Some("ab".into()), detail: String::new() }).unwrap();
-        a.append(AuditEvent::Note { actor: "x".into(), message: "4".into() }).unwrap();
+        a.append(AuditEvent::CaChange {
+            what: "device-ca".into(),
+            old_fingerprint: None,
+            new_fingerprint: Some("ab".into()),
+            detail: String::new(),
+        })
+        .unwrap();
+        a.append(AuditEvent::Note {
+            actor: "x".into(),
+            message: "4".into(),
+        })
+        .unwrap();
         p
     }
 
@@ -319,7 +353,12 @@ mod tests {
         assert_eq!(r.entries, 4);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("\"rules_added\":[\"r3\"]") && text.contains("\"rules_removed\":[\"r2\"]") && text.contains("\"rules_changed\":[\"r1\"]"), "{text}");
+        assert!(
+            text.contains("\"rules_added\":[\"r3\"]")
+                && text.contains("\"rules_removed\":[\"r2\"]")
+                && text.contains("\"rules_changed\":[\"r1\"]"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -333,7 +372,11 @@ mod tests {
         edited[1] = edited[1].replace("ログを出力", "何もしていない");
         write(&edited);
         let r = verify(&p).unwrap();
-        assert!(r.problems.iter().any(|m| m.contains("line 2") && m.contains("edited")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|m| m.contains("line 2") && m.contains("edited")),
+            "{:?}",
+            r.problems
+        );
 
         let mut removed = lines.clone();
         removed.remove(1);

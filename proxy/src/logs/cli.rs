@@ -155,7 +155,11 @@ pub fn build_query(
     limit: Option<u64>,
 ) -> Result<Query, String> {
     let now = current_ms();
-    let t = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(|s| parse_time(s, now, offset_min)).transpose();
+    let t = |v: Option<&str>| {
+        v.filter(|s| !s.is_empty())
+            .map(|s| parse_time(s, now, offset_min))
+            .transpose()
+    };
     let s = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_string);
     let [device, user, group, site, host, url_contains, action, rule, category, app, ips] = fields;
     let q = Query {
@@ -189,7 +193,9 @@ pub fn run_logs(cmd: LogsCommand) -> Result<()> {
             let dir = loc.resolve()?;
             let mut n = 0;
             for f in super::layout::closing_files(&dir) {
-                if let Some(seg) = super::writer::compact(&dir, &f, 6).with_context(|| format!("cannot compact {}", f.display()))? {
+                if let Some(seg) =
+                    super::writer::compact(&dir, &f, 6).with_context(|| format!("cannot compact {}", f.display()))?
+                {
                     println!("{}", seg.display());
                     n += 1;
                 }
@@ -219,7 +225,12 @@ fn run_search(a: SearchArgs) -> Result<()> {
     let offset = parse_offset(&a.utc_offset).map_err(anyhow::Error::msg)?;
     let format = match (&a.format, &a.out) {
         (Some(f), _) => f.parse::<OutputFormat>().map_err(anyhow::Error::msg)?,
-        (None, Some(p)) => match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        (None, Some(p)) => match p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("csv") => OutputFormat::Csv,
             Some("xlsx") => OutputFormat::Xlsx,
             Some("json") | Some("jsonl") | Some("ndjson") => OutputFormat::Json,

@@ -101,11 +101,17 @@ impl<W: Write> Sink<W> {
     /// `offset_min`: UTC offset for displayed times (JSON stays in UTC).
     pub fn new(format: OutputFormat, mut out: W, offset_min: i32) -> io::Result<Sink<W>> {
         Ok(match format {
-            OutputFormat::Table => Sink::Table { out, offset_min, header_done: false },
+            OutputFormat::Table => Sink::Table {
+                out,
+                offset_min,
+                header_done: false,
+            },
             OutputFormat::Json => Sink::Json { out },
             OutputFormat::Csv => {
                 out.write_all("\u{feff}".as_bytes())?;
-                let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(out);
+                let mut w = csv::WriterBuilder::new()
+                    .terminator(csv::Terminator::CRLF)
+                    .from_writer(out);
                 let mut header: Vec<String> = COLUMNS.iter().map(|c| c.0.to_string()).collect();
                 header[0] = format!("日時 time ({})", offset_label(offset_min));
                 w.write_record(&header).map_err(csv_err)?;
@@ -117,14 +123,32 @@ impl<W: Write> Sink<W> {
 
     pub fn write(&mut self, r: &LogRecord) -> io::Result<()> {
         match self {
-            Sink::Table { out, offset_min, header_done } => {
+            Sink::Table {
+                out,
+                offset_min,
+                header_done,
+            } => {
                 if !*header_done {
-                    writeln!(out, "{:<29} {:<14} {:<7} {:<5} {:<20} {:<6} target", "time", "device", "action", "status", "rule", "method")?;
+                    writeln!(
+                        out,
+                        "{:<29} {:<14} {:<7} {:<5} {:<20} {:<6} target",
+                        "time", "device", "action", "status", "rule", "method"
+                    )?;
                     *header_done = true;
                 }
                 let f = text_fields(r, *offset_min);
                 let dev = if r.device.is_empty() { "-" } else { &r.device };
-                writeln!(out, "{:<29} {:<14} {:<7} {:<5} {:<20} {:<6} {}", format_with_offset(r.time_ms, *offset_min, true), dev, f[9], f[14], f[10], f[6], f[7])
+                writeln!(
+                    out,
+                    "{:<29} {:<14} {:<7} {:<5} {:<20} {:<6} {}",
+                    format_with_offset(r.time_ms, *offset_min, true),
+                    dev,
+                    f[9],
+                    f[14],
+                    f[10],
+                    f[6],
+                    f[7]
+                )
             }
             Sink::Json { out } => {
                 serde_json::to_writer(&mut *out, r)?;
@@ -203,14 +227,23 @@ impl<W: Write> XlsxSink<W> {
 
     fn new_sheet(&mut self) -> io::Result<()> {
         self.finish_sheet()?;
-        let name = if self.sheets == 0 { "ログ".to_string() } else { format!("ログ{}", self.sheets + 1) };
+        let name = if self.sheets == 0 {
+            "ログ".to_string()
+        } else {
+            format!("ログ{}", self.sheets + 1)
+        };
         let header = self.header.clone();
         let label = offset_label(self.offset_min);
         let ws = self.wb.add_worksheet_with_constant_memory();
         ws.set_name(&name).map_err(xlsx_err)?;
         for (c, (title, width)) in COLUMNS.iter().enumerate() {
-            let title = if c == 0 { format!("{title} ({label})") } else { title.to_string() };
-            ws.write_string_with_format(0, c as u16, title, &header).map_err(xlsx_err)?;
+            let title = if c == 0 {
+                format!("{title} ({label})")
+            } else {
+                title.to_string()
+            };
+            ws.write_string_with_format(0, c as u16, title, &header)
+                .map_err(xlsx_err)?;
             ws.set_column_width(c as u16, *width).map_err(xlsx_err)?;
         }
         ws.set_freeze_panes(1, 0).map_err(xlsx_err)?;
@@ -230,7 +263,8 @@ impl<W: Write> XlsxSink<W> {
         }
         let last = self.row.saturating_sub(1).max(1);
         let ws = self.current()?;
-        ws.autofilter(0, 0, last, (COLUMNS.len() - 1) as u16).map_err(xlsx_err)?;
+        ws.autofilter(0, 0, last, (COLUMNS.len() - 1) as u16)
+            .map_err(xlsx_err)?;
         Ok(())
     }
 

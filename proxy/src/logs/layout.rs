@@ -53,7 +53,9 @@ pub fn stamp_now() -> String {
 }
 
 fn list(dir: &Path, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -67,7 +69,9 @@ fn list(dir: &Path, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 /// files, spill files, then the live `*.log` file(s).
 pub fn unsealed_files(dir: &Path) -> Vec<PathBuf> {
     let mut v = list(&dir.join(CLOSING), |n| n.ends_with(".jsonl"));
-    v.extend(list(&dir.join(SPILL), |n| n.ends_with(".jsonl") || n.ends_with(".part")));
+    v.extend(list(&dir.join(SPILL), |n| {
+        n.ends_with(".jsonl") || n.ends_with(".part")
+    }));
     v.extend(list(dir, |n| n.ends_with(".log")));
     v
 }
@@ -77,7 +81,9 @@ pub fn closing_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn spill_files(dir: &Path, include_part: bool) -> Vec<PathBuf> {
-    list(&dir.join(SPILL), |n| n.ends_with(".jsonl") || (include_part && n.ends_with(".part")))
+    list(&dir.join(SPILL), |n| {
+        n.ends_with(".jsonl") || (include_part && n.ends_with(".part"))
+    })
 }
 
 /// Segment path for a closing file's stamp.

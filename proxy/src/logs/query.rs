@@ -30,9 +30,7 @@ impl Glob {
     pub fn matches(&self, host: &[u8]) -> bool {
         match self {
             Glob::Exact(e) => host.eq_ignore_ascii_case(e.as_bytes()),
-            Glob::Suffix(s) => {
-                host.len() >= s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
-            }
+            Glob::Suffix(s) => host.len() >= s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()),
             Glob::Any(p) => wildcard(p, host),
         }
     }
@@ -176,7 +174,9 @@ impl Query {
         }
         if let Some(ips) = &self.ips {
             let d = b.col(StrCol::Ips);
-            let mask: Vec<bool> = (0..d.len() as u32).map(|id| ips_match(d.value(id).as_bytes(), ips)).collect();
+            let mask: Vec<bool> = (0..d.len() as u32)
+                .map(|id| ips_match(d.value(id).as_bytes(), ips))
+                .collect();
             if !mask.iter().any(|&m| m) {
                 return Vec::new();
             }
@@ -184,7 +184,9 @@ impl Query {
         }
         if let Some(g) = &self.host {
             let d = b.col(StrCol::Host);
-            let mask: Vec<bool> = (0..d.len() as u32).map(|id| g.matches(d.value(id).as_bytes())).collect();
+            let mask: Vec<bool> = (0..d.len() as u32)
+                .map(|id| g.matches(d.value(id).as_bytes()))
+                .collect();
             if !mask.iter().any(|&m| m) {
                 return Vec::new();
             }
@@ -258,7 +260,9 @@ pub fn parse_time(s: &str, now: i64, offset_min: i32) -> Result<i64, String> {
     }
     if let Some(rel) = t.strip_prefix('-') {
         let (num, unit) = rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len()));
-        let n: i64 = num.parse().map_err(|_| format!("time {s:?}: expected a number like -7d"))?;
+        let n: i64 = num
+            .parse()
+            .map_err(|_| format!("time {s:?}: expected a number like -7d"))?;
         let unit_ms = match unit {
             "d" => 86_400_000,
             "h" => 3_600_000,
@@ -271,7 +275,8 @@ pub fn parse_time(s: &str, now: i64, offset_min: i32) -> Result<i64, String> {
     }
     let b = t.as_bytes();
     let has_zone = b.len() > 10
-        && (t.ends_with(['Z', 'z']) || (b.len() >= 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':'));
+        && (t.ends_with(['Z', 'z'])
+            || (b.len() >= 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':'));
     match parse_rfc3339_ms(t) {
         Some(ms) if has_zone => Ok(ms),
         Some(ms) => Ok(ms - off_ms),
@@ -288,7 +293,10 @@ pub fn utc_midnight(y: i64, m: u32, d: u32) -> i64 {
 
 /// Current time, overridable in tests through `KOMUGATE_NOW` (RFC 3339).
 pub fn current_ms() -> i64 {
-    std::env::var("KOMUGATE_NOW").ok().and_then(|s| parse_rfc3339_ms(&s)).unwrap_or_else(now_ms)
+    std::env::var("KOMUGATE_NOW")
+        .ok()
+        .and_then(|s| parse_rfc3339_ms(&s))
+        .unwrap_or_else(now_ms)
 }
 
 #[cfg(test)]
@@ -309,11 +317,23 @@ mod tests {
     #[test]
     fn times() {
         let now = parse_rfc3339_ms("2025-04-10T03:00:00Z").unwrap(); // 12:00 JST
-        assert_eq!(parse_time("today", now, 540).unwrap(), parse_rfc3339_ms("2025-04-09T15:00:00Z").unwrap());
+        assert_eq!(
+            parse_time("today", now, 540).unwrap(),
+            parse_rfc3339_ms("2025-04-09T15:00:00Z").unwrap()
+        );
         assert_eq!(parse_time("-7d", now, 540).unwrap(), now - 7 * 86_400_000);
-        assert_eq!(parse_time("2025-04-01", now, 540).unwrap(), parse_rfc3339_ms("2025-03-31T15:00:00Z").unwrap());
-        assert_eq!(parse_time("2025-04-01T08:00:00Z", now, 540).unwrap(), parse_rfc3339_ms("2025-04-01T08:00:00Z").unwrap());
-        assert_eq!(parse_time("2025-04-01T17:00", now, 540).unwrap(), parse_rfc3339_ms("2025-04-01T08:00:00Z").unwrap());
+        assert_eq!(
+            parse_time("2025-04-01", now, 540).unwrap(),
+            parse_rfc3339_ms("2025-03-31T15:00:00Z").unwrap()
+        );
+        assert_eq!(
+            parse_time("2025-04-01T08:00:00Z", now, 540).unwrap(),
+            parse_rfc3339_ms("2025-04-01T08:00:00Z").unwrap()
+        );
+        assert_eq!(
+            parse_time("2025-04-01T17:00", now, 540).unwrap(),
+            parse_rfc3339_ms("2025-04-01T08:00:00Z").unwrap()
+        );
         assert!(parse_time("last tuesday", now, 540).unwrap_err().contains("ISO 8601"));
         assert!(parse_time("-7y", now, 540).is_err());
         assert_eq!(parse_offset("+09:00"), Ok(540));

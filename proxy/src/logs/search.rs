@@ -32,11 +32,7 @@ pub struct SearchStats {
 
 /// Runs `q` over `dir`, calling `emit` for each match in order; `emit`
 /// returns `Ok(false)` to stop early.
-pub fn search(
-    dir: &Path,
-    q: &Query,
-    mut emit: impl FnMut(LogRecord) -> io::Result<bool>,
-) -> io::Result<SearchStats> {
+pub fn search(dir: &Path, q: &Query, mut emit: impl FnMut(LogRecord) -> io::Result<bool>) -> io::Result<SearchStats> {
     if !dir.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -134,7 +130,9 @@ fn scan_jsonl(
             return Ok(true);
         }
         st.records_scanned += 1;
-        let Ok(rec) = LogRecord::from_json_line(&line) else { continue };
+        let Ok(rec) = LogRecord::from_json_line(&line) else {
+            continue;
+        };
         if q.matches(&rec) && !emit_one(rec, st)? {
             return Ok(false);
         }
@@ -147,7 +145,10 @@ fn scan_jsonl(
 fn list_segments(dir: &Path, q: &Query) -> Vec<PathBuf> {
     let root = dir.join(layout::SEGMENTS);
     let mut days: Vec<String> = match std::fs::read_dir(&root) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
         Err(_) => return Vec::new(),
     };
     days.sort();
@@ -159,9 +160,14 @@ fn list_segments(dir: &Path, q: &Query) -> Vec<PathBuf> {
                 continue;
             }
         }
-        let Ok(rd) = std::fs::read_dir(root.join(&day)) else { continue };
-        let mut files: Vec<PathBuf> =
-            rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "seg")).collect();
+        let Ok(rd) = std::fs::read_dir(root.join(&day)) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
         files.sort();
         out.extend(files);
     }

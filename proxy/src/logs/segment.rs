@@ -143,7 +143,11 @@ impl<'a> Cur<'a> {
         }
     }
     fn bytes(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        let end = self.i.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| corrupt("truncated"))?;
+        let end = self
+            .i
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| corrupt("truncated"))?;
         let s = &self.b[self.i..end];
         self.i = end;
         Ok(s)
@@ -318,7 +322,11 @@ impl SegmentWriter {
     }
 
     pub fn push(&mut self, r: &LogRecord) -> io::Result<()> {
-        let host = if r.host.is_empty() { host_of(&r.target) } else { r.host.clone() };
+        let host = if r.host.is_empty() {
+            host_of(&r.target)
+        } else {
+            r.host.clone()
+        };
         self.col(StrCol::Listener, &r.listener, None);
         self.col(StrCol::Device, &r.device, Some(IndexField::Device));
         self.col(StrCol::User, &r.user, Some(IndexField::User));
@@ -380,7 +388,10 @@ impl SegmentWriter {
             }
         }
         let frame = zstd::bulk::compress(body, self.level)?;
-        let (min, max) = self.time.iter().fold((i64::MAX, i64::MIN), |(a, b), &t| (a.min(t), b.max(t)));
+        let (min, max) = self
+            .time
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(a, b), &t| (a.min(t), b.max(t)));
         self.out.write_all(&(frame.len() as u32).to_le_bytes())?;
         self.out.write_all(&(n as u32).to_le_bytes())?;
         self.out.write_all(&min.to_le_bytes())?;
@@ -409,7 +420,11 @@ impl SegmentWriter {
         self.out.get_ref().sync_all()?;
         let mut body = Vec::new();
         put_varint(&mut body, self.count);
-        let (min, max) = if self.count == 0 { (0, 0) } else { (self.min_ms, self.max_ms) };
+        let (min, max) = if self.count == 0 {
+            (0, 0)
+        } else {
+            (self.min_ms, self.max_ms)
+        };
         put_varint(&mut body, zigzag(min));
         put_varint(&mut body, zigzag(max));
         put_varint(&mut body, INDEX_FIELDS as u64);
@@ -447,7 +462,13 @@ impl SegmentIndex {
         }
         let buf = zstd::stream::decode_all(&raw[8..])?;
         let (count, min_ms, max_ms, fields) = SegmentIndex::parse(&buf)?;
-        Ok(SegmentIndex { count, min_ms, max_ms, fields, buf })
+        Ok(SegmentIndex {
+            count,
+            min_ms,
+            max_ms,
+            fields,
+            buf,
+        })
     }
 
     #[allow(clippy::type_complexity)]
@@ -475,7 +496,10 @@ impl SegmentIndex {
     /// True if any listed value of `field` satisfies `pred`.
     pub fn any(&self, field: IndexField, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
         let (start, end, _) = self.fields[field as usize];
-        let mut c = Cur { b: &self.buf[..end], i: start };
+        let mut c = Cur {
+            b: &self.buf[..end],
+            i: start,
+        };
         while c.i < end {
             let Ok(len) = c.varint() else { return true };
             let Ok(v) = c.bytes(len as usize) else { return true };
@@ -560,8 +584,14 @@ impl Block {
             let raw = c.bytes(n * width)?;
             let ids: Vec<u32> = match width {
                 1 => raw.iter().map(|&b| b as u32).collect(),
-                2 => raw.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).collect(),
-                _ => raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                2 => raw
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+                    .collect(),
+                _ => raw
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
             };
             if ids.iter().any(|&id| id as usize >= k) {
                 return Err(corrupt("id out of dictionary"));
@@ -574,8 +604,16 @@ impl Block {
             prev = prev.wrapping_add(unzigzag(c.varint()?));
             time.push(prev);
         }
-        let port = c.bytes(n * 2)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-        let status = c.bytes(n * 2)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let port = c
+            .bytes(n * 2)?
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let status = c
+            .bytes(n * 2)?
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
         let mut nums = [Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n)];
         for col in nums.iter_mut() {
             for _ in 0..n {
@@ -583,7 +621,16 @@ impl Block {
             }
         }
         let [up, down, dur] = nums;
-        Ok(Block { rows: n, cols, time, port, status, up, down, dur })
+        Ok(Block {
+            rows: n,
+            cols,
+            time,
+            port,
+            status,
+            up,
+            down,
+            dur,
+        })
     }
 
     pub fn col(&self, c: StrCol) -> &Dict {
@@ -670,10 +717,17 @@ impl SegmentReader {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
-        self.r.read_exact(&mut h[1..]).map_err(|_| corrupt("truncated block header"))?;
+        self.r
+            .read_exact(&mut h[1..])
+            .map_err(|_| corrupt("truncated block header"))?;
         let le4 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let le8 = |b: &[u8]| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-        Ok(Some(BlockHeader { clen: le4(&h[0..4]), rows: le4(&h[4..8]), min_ms: le8(&h[8..16]), max_ms: le8(&h[16..24]) }))
+        Ok(Some(BlockHeader {
+            clen: le4(&h[0..4]),
+            rows: le4(&h[4..8]),
+            min_ms: le8(&h[8..16]),
+            max_ms: le8(&h[16..24]),
+        }))
     }
 
     pub fn skip_block(&mut self, h: &BlockHeader) -> io::Result<()> {
@@ -682,7 +736,9 @@ impl SegmentReader {
 
     pub fn read_block(&mut self, h: &BlockHeader) -> io::Result<Block> {
         self.frame.resize(h.clen as usize, 0);
-        self.r.read_exact(&mut self.frame).map_err(|_| corrupt("truncated block"))?;
+        self.r
+            .read_exact(&mut self.frame)
+            .map_err(|_| corrupt("truncated block"))?;
         let cap = (h.rows as usize).saturating_mul(512).clamp(1 << 16, 256 << 20);
         let body = zstd::bulk::decompress(&self.frame, cap)?;
         let b = Block::decode(&body)?;
@@ -720,11 +776,23 @@ mod tests {
             time_ms: 1_700_000_000_000 + i * 7,
             listener: "mtls".into(),
             device: format!("T-{:04}", i % 50),
-            user: if i % 3 == 0 { "山田太郎".into() } else { String::new() },
+            user: if i % 3 == 0 {
+                "山田太郎".into()
+            } else {
+                String::new()
+            },
             groups: vec!["teachers".into(), format!("school-{}", i % 5)],
-            client: if i % 2 == 0 { format!("10.0.0.{}:{}", i % 200, 40000 + i % 1000) } else { "[::1]:5".into() },
+            client: if i % 2 == 0 {
+                format!("10.0.0.{}:{}", i % 200, 40000 + i % 1000)
+            } else {
+                "[::1]:5".into()
+            },
             method: if i % 4 == 0 { "GET".into() } else { "CONNECT".into() },
-            target: if i % 4 == 0 { format!("https://Host{}.example/p?q={i}", i % 9) } else { format!("host{}.example:443", i % 9) },
+            target: if i % 4 == 0 {
+                format!("https://Host{}.example/p?q={i}", i % 9)
+            } else {
+                format!("host{}.example:443", i % 9)
+            },
             host: format!("host{}.example", i % 9),
             action: "allow".into(),
             rule: "default".into(),

@@ -165,32 +165,37 @@ impl ShipStop {
 pub fn spawn(log_dir: &Path, mut target: Box<dyn Target>, metrics: Arc<LogMetrics>, stop: ShipStop) -> io::Result<()> {
     let qdir = log_dir.join(SHIP).join(target.name());
     std::fs::create_dir_all(&qdir)?;
-    std::thread::Builder::new().name(format!("komugate-ship-{}", target.name())).spawn(move || {
-        let name = target.name();
-        let mut backoff = Duration::from_millis(200);
-        let mut next_maintain = Instant::now();
-        while !stop.stopped() {
-            if Instant::now() >= next_maintain {
-                if let Err(e) = target.maintain(now_ms()) {
-                    tracing::warn!("log shipping to {name}: housekeeping failed: {e}; retrying in an hour");
-                    next_maintain = Instant::now() + Duration::from_secs(3600);
-                } else {
-                    next_maintain = Instant::now() + Duration::from_secs(86_400);
+    std::thread::Builder::new()
+        .name(format!("komugate-ship-{}", target.name()))
+        .spawn(move || {
+            let name = target.name();
+            let mut backoff = Duration::from_millis(200);
+            let mut next_maintain = Instant::now();
+            while !stop.stopped() {
+                if Instant::now() >= next_maintain {
+                    if let Err(e) = target.maintain(now_ms()) {
+                        tracing::warn!("log shipping to {name}: housekeeping failed: {e}; retrying in an hour");
+                        next_maintain = Instant::now() + Duration::from_secs(3600);
+                    } else {
+                        next_maintain = Instant::now() + Duration::from_secs(86_400);
+                    }
+                }
+                enforce_cap(&qdir, target.max_buffer_bytes(), name, &metrics);
+                match ship_once(&qdir, target.as_mut(), &metrics) {
+                    Ok(0) => sleep_unless_stopped(&stop, Duration::from_millis(200)),
+                    Ok(_) => backoff = Duration::from_millis(200),
+                    Err(e) => {
+                        metrics.ship_errors.with_label_values(&[name]).inc();
+                        tracing::warn!(
+                            "log shipping to {name} failed: {e}; records stay queued in {}, retrying in {backoff:?}",
+                            qdir.display()
+                        );
+                        sleep_unless_stopped(&stop, backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
                 }
             }
-            enforce_cap(&qdir, target.max_buffer_bytes(), name, &metrics);
-            match ship_once(&qdir, target.as_mut(), &metrics) {
-                Ok(0) => sleep_unless_stopped(&stop, Duration::from_millis(200)),
-                Ok(_) => backoff = Duration::from_millis(200),
-                Err(e) => {
-                    metrics.ship_errors.with_label_values(&[name]).inc();
-                    tracing::warn!("log shipping to {name} failed: {e}; records stay queued in {}, retrying in {backoff:?}", qdir.display());
-                    sleep_unless_stopped(&stop, backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -203,14 +208,19 @@ fn sleep_unless_stopped(stop: &ShipStop, d: Duration) {
 
 fn enforce_cap(qdir: &Path, cap: u64, name: &'static str, metrics: &LogMetrics) {
     let files = layout::list_files(qdir, ".jsonl");
-    let sizes: Vec<u64> = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).collect();
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .collect();
     let mut total: u64 = sizes.iter().sum();
     metrics.ship_queue_bytes.with_label_values(&[name]).set(total as i64);
     for (f, size) in files.iter().zip(sizes) {
         if total <= cap {
             break;
         }
-        let lines = std::fs::read(f).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0);
+        let lines = std::fs::read(f)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
         if std::fs::remove_file(f).is_ok() {
             total -= size;
             metrics.ship_dropped.with_label_values(&[name]).inc_by(lines as u64);
@@ -233,7 +243,10 @@ fn load(file: &Path, skip: usize) -> io::Result<Vec<Shipped>> {
             continue;
         }
         match LogRecord::from_json_line(line) {
-            Ok(rec) => out.push(Shipped { id: format!("{stem}:{n}"), rec }),
+            Ok(rec) => out.push(Shipped {
+                id: format!("{stem}:{n}"),
+                rec,
+            }),
             Err(e) => tracing::warn!("{}: line {}: skipped unreadable record: {e}", file.display(), n + 1),
         }
     }
@@ -267,7 +280,10 @@ fn ship_once(qdir: &Path, target: &mut dyn Target, metrics: &LogMetrics) -> Resu
             if batch.is_empty() || recs.len() > max {
                 // Send part of this file, remember how far we got.
                 let take: Vec<Shipped> = recs.drain(..room).collect();
-                let last_line = take.last().and_then(|s| s.id.rsplit(':').next()?.parse::<usize>().ok()).unwrap_or(skip);
+                let last_line = take
+                    .last()
+                    .and_then(|s| s.id.rsplit(':').next()?.parse::<usize>().ok())
+                    .unwrap_or(skip);
                 batch.extend(take);
                 partial = Some((name, last_line + 1));
             }
@@ -281,7 +297,10 @@ fn ship_once(qdir: &Path, target: &mut dyn Target, metrics: &LogMetrics) -> Resu
     }
     if !batch.is_empty() {
         target.send(&batch)?;
-        metrics.ship_sent.with_label_values(&[target.name()]).inc_by(batch.len() as u64);
+        metrics
+            .ship_sent
+            .with_label_values(&[target.name()])
+            .inc_by(batch.len() as u64);
     }
     for f in &done_files {
         let _ = std::fs::remove_file(f);
@@ -312,12 +331,18 @@ impl Syslog {
             return Err("[log.syslog] address is empty; set it to the receiver's host:port".into());
         }
         let tls = if cfg.tls {
-            let ca = cfg.ca_file.as_ref().ok_or("[log.syslog] tls = true needs ca_file (the receiver's CA, PEM)")?;
+            let ca = cfg
+                .ca_file
+                .as_ref()
+                .ok_or("[log.syslog] tls = true needs ca_file (the receiver's CA, PEM)")?;
             let pem = std::fs::read(ca).map_err(|e| format!("[log.syslog] ca_file {}: {e}", ca.display()))?;
             let mut roots = rustls::RootCertStore::empty();
             for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                let c: rustls_pki_types::CertificateDer = c.map_err(|e| format!("[log.syslog] ca_file {}: {e}", ca.display()))?;
-                roots.add(c).map_err(|e| format!("[log.syslog] ca_file {}: {e}", ca.display()))?;
+                let c: rustls_pki_types::CertificateDer =
+                    c.map_err(|e| format!("[log.syslog] ca_file {}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("[log.syslog] ca_file {}: {e}", ca.display()))?;
             }
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let c = rustls::ClientConfig::builder_with_provider(provider)
@@ -415,11 +440,11 @@ impl Target for Syslog {
                 }
             }
             Some(cfg) => {
-                let host = self
-                    .cfg
-                    .server_name
-                    .clone()
-                    .unwrap_or_else(|| addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default());
+                let host = self.cfg.server_name.clone().unwrap_or_else(|| {
+                    addr.rsplit_once(':')
+                        .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                        .unwrap_or_default()
+                });
                 let name = rustls_pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| format!("syslog server name {host:?}: {e}"))?;
                 let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
@@ -464,13 +489,22 @@ impl ClickHouse {
             .ok_or_else(|| format!("[log.clickhouse] url {:?} must be like http://127.0.0.1:8123", cfg.url))?;
         let host_port = rest.trim_end_matches('/').to_string();
         if host_port.is_empty() || host_port.contains('/') {
-            return Err(format!("[log.clickhouse] url {:?} must be like http://127.0.0.1:8123", cfg.url));
+            return Err(format!(
+                "[log.clickhouse] url {:?} must be like http://127.0.0.1:8123",
+                cfg.url
+            ));
         }
         let ident_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ident_ok(&cfg.database) || !ident_ok(&cfg.table) {
             return Err("[log.clickhouse] database and table must be letters, digits and _".into());
         }
-        Ok(ClickHouse { cfg, host_port, retention_days, ready: false, has_ttl: false })
+        Ok(ClickHouse {
+            cfg,
+            host_port,
+            retention_days,
+            ready: false,
+            has_ttl: false,
+        })
     }
 
     /// Runs one statement; returns the response body.
@@ -497,7 +531,11 @@ impl ClickHouse {
         let mut r = io::BufReader::new(s);
         let mut status = String::new();
         r.read_line(&mut status).map_err(fail)?;
-        let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let mut chunked = false;
         let mut len: Option<usize> = None;
         loop {
@@ -550,7 +588,11 @@ impl ClickHouse {
         self.has_ttl = maj > 19 || (maj == 19 && min >= 6);
         if self.cfg.create_table {
             self.query(&format!("CREATE DATABASE IF NOT EXISTS {}", self.cfg.database), b"")?;
-            let ttl = if self.has_ttl { format!("TTL date + INTERVAL {} DAY", self.retention_days) } else { String::new() };
+            let ttl = if self.has_ttl {
+                format!("TTL date + INTERVAL {} DAY", self.retention_days)
+            } else {
+                String::new()
+            };
             let ddl = CLICKHOUSE_DDL
                 .lines()
                 .filter(|l| !l.trim_start().starts_with("--"))
@@ -582,14 +624,20 @@ impl ClickHouse {
             let day = p.replace("\\'", "").replace('\'', "");
             if day.len() == 10 && day.as_str() < cutoff.as_str() {
                 self.query(
-                    &format!("ALTER TABLE {}.{} DROP PARTITION '{day}'", self.cfg.database, self.cfg.table),
+                    &format!(
+                        "ALTER TABLE {}.{} DROP PARTITION '{day}'",
+                        self.cfg.database, self.cfg.table
+                    ),
                     b"",
                 )?;
                 dropped.push(day);
             }
         }
         if !dropped.is_empty() {
-            tracing::info!("clickhouse: dropped partitions older than {cutoff}: {}", dropped.join(", "));
+            tracing::info!(
+                "clickhouse: dropped partitions older than {cutoff}: {}",
+                dropped.join(", ")
+            );
         }
         Ok(dropped)
     }
@@ -637,7 +685,13 @@ impl Target for ClickHouse {
             serde_json::to_writer(&mut body, &ClickHouse::row(s)).map_err(|e| e.to_string())?;
             body.push(b'\n');
         }
-        self.query(&format!("INSERT INTO {}.{} FORMAT JSONEachRow", self.cfg.database, self.cfg.table), &body)?;
+        self.query(
+            &format!(
+                "INSERT INTO {}.{} FORMAT JSONEachRow",
+                self.cfg.database, self.cfg.table
+            ),
+            &body,
+        )?;
         Ok(())
     }
     fn maintain(&mut self, now_ms: i64) -> Result<(), String> {
@@ -670,16 +724,33 @@ mod tests {
 
     #[test]
     fn rfc5424_format() {
-        let s = Syslog::new(SyslogTarget { address: "127.0.0.1:1".into(), hostname: Some("gw 1".into()), app_name: "komugate".into(), ..Default::default() }).unwrap();
-        let rec = LogRecord { time_ms: 1_700_000_000_123, action: "block".into(), target: "x.example:443".into(), ..Default::default() };
+        let s = Syslog::new(SyslogTarget {
+            address: "127.0.0.1:1".into(),
+            hostname: Some("gw 1".into()),
+            app_name: "komugate".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let rec = LogRecord {
+            time_ms: 1_700_000_000_123,
+            action: "block".into(),
+            target: "x.example:443".into(),
+            ..Default::default()
+        };
         let m = s.format(&Shipped { id: "a:1".into(), rec });
-        assert!(m.starts_with("<133>1 2023-11-14T22:13:20.123Z gw1 komugate - access [komugate@32473 id=\"a:1\"] {"), "{m}");
+        assert!(
+            m.starts_with("<133>1 2023-11-14T22:13:20.123Z gw1 komugate - access [komugate@32473 id=\"a:1\"] {"),
+            "{m}"
+        );
     }
 
     #[test]
     fn config_errors_are_clear() {
         assert!(Syslog::new(SyslogTarget::default()).err().unwrap().contains("address"));
-        let c = ClickHouseTarget { url: "https://x".into(), ..Default::default() };
+        let c = ClickHouseTarget {
+            url: "https://x".into(),
+            ..Default::default()
+        };
         assert!(ClickHouse::new(c, 365).err().unwrap().contains("http://"));
     }
 }

@@ -93,16 +93,40 @@ impl LogMetrics {
         let c = |n: &str, h: &str| IntCounter::new(n, h).expect("metric");
         let v = |n: &str, h: &str| IntCounterVec::new(Opts::new(n, h), &["target"]).expect("metric");
         let lm = LogMetrics {
-            written: c("komugate_access_log_records_total", "Access records written to the live file"),
-            spilled: c("komugate_access_log_spilled_total", "Access records that went through the on-disk spill queue because the writer channel was full"),
+            written: c(
+                "komugate_access_log_records_total",
+                "Access records written to the live file",
+            ),
+            spilled: c(
+                "komugate_access_log_spilled_total",
+                "Access records that went through the on-disk spill queue because the writer channel was full",
+            ),
             dropped: m.access_log_dropped.clone(),
-            segments: c("komugate_access_log_segments_total", "Closed log files compacted into segments"),
-            write_errors: c("komugate_access_log_write_errors_total", "Failed writes or syncs of the access log"),
-            ship_sent: v("komugate_log_ship_records_total", "Records acknowledged by an external log target"),
-            ship_errors: v("komugate_log_ship_errors_total", "Failed delivery attempts to an external log target"),
-            ship_dropped: v("komugate_log_ship_dropped_total", "Records dropped because a target's disk buffer was full"),
+            segments: c(
+                "komugate_access_log_segments_total",
+                "Closed log files compacted into segments",
+            ),
+            write_errors: c(
+                "komugate_access_log_write_errors_total",
+                "Failed writes or syncs of the access log",
+            ),
+            ship_sent: v(
+                "komugate_log_ship_records_total",
+                "Records acknowledged by an external log target",
+            ),
+            ship_errors: v(
+                "komugate_log_ship_errors_total",
+                "Failed delivery attempts to an external log target",
+            ),
+            ship_dropped: v(
+                "komugate_log_ship_dropped_total",
+                "Records dropped because a target's disk buffer was full",
+            ),
             ship_queue_bytes: IntGaugeVec::new(
-                Opts::new("komugate_log_ship_queue_bytes", "Bytes buffered on disk for an external log target"),
+                Opts::new(
+                    "komugate_log_ship_queue_bytes",
+                    "Bytes buffered on disk for an external log target",
+                ),
                 &["target"],
             )
             .expect("metric"),
@@ -149,7 +173,10 @@ impl Submitter {
                 let now = now_ms();
                 let last = self.last_drop_warning.load(Ordering::Relaxed);
                 if now - last >= 1000
-                    && self.last_drop_warning.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+                    && self
+                        .last_drop_warning
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
                 {
                     tracing::error!(
                         "ACCESS RECORDS DROPPED: the log writer and its spill queue are both full (total so far: {}, metric komugate_access_log_dropped_total); check the disk under the log directory",
@@ -178,7 +205,8 @@ impl Submitter {
                 Err(TrySendError::Disconnected(_)) => return false,
             }
         }
-        rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok()
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }
 
@@ -208,9 +236,13 @@ pub fn start(settings: WriterSettings, metrics: &Metrics) -> io::Result<(Submitt
         }
     }
     // A live file left by a crash or stop is closed now, never appended to.
-    if std::fs::metadata(&settings.live_file).map(|m| m.len() > 0).unwrap_or(false) {
+    if std::fs::metadata(&settings.live_file)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false)
+    {
         let to = dir.join(CLOSING).join(format!("{}.jsonl", layout::stamp_now()));
-        std::fs::rename(&settings.live_file, &to).map_err(|e| with_path(e, &settings.live_file, "close the previous live file"))?;
+        std::fs::rename(&settings.live_file, &to)
+            .map_err(|e| with_path(e, &settings.live_file, "close the previous live file"))?;
         sync_dir(&dir.join(CLOSING));
         sync_dir(&dir);
     }
@@ -235,32 +267,44 @@ pub fn start(settings: WriterSettings, metrics: &Metrics) -> io::Result<(Submitt
         let _ = ctx.send(f);
     }
     let (cdir, level, lm3) = (dir.clone(), settings.zstd_level, lm.clone());
-    let compactor = std::thread::Builder::new().name("komugate-log-compact".into()).spawn(move || {
-        for f in crx {
-            match compact(&cdir, &f, level) {
-                Ok(Some(_)) => lm3.segments.inc(),
-                Ok(None) => {}
-                Err(e) => {
-                    lm3.write_errors.inc();
-                    tracing::error!("cannot compact {}: {e}; it stays in closing/ and is retried at the next start", f.display())
+    let compactor = std::thread::Builder::new()
+        .name("komugate-log-compact".into())
+        .spawn(move || {
+            for f in crx {
+                match compact(&cdir, &f, level) {
+                    Ok(Some(_)) => lm3.segments.inc(),
+                    Ok(None) => {}
+                    Err(e) => {
+                        lm3.write_errors.inc();
+                        tracing::error!(
+                            "cannot compact {}: {e}; it stays in closing/ and is retried at the next start",
+                            f.display()
+                        )
+                    }
                 }
             }
-        }
-    })?;
+        })?;
 
     let lm4 = lm.clone();
-    let thread = std::thread::Builder::new().name("komugate-log-writer".into()).spawn(move || {
-        let mut w = Writer::new(settings, live, ctx, lm4);
-        w.run(rx);
-        let _ = spill.join();
-        w.ingest_spill();
-        w.sync();
-        let Writer { compactor_tx, .. } = w;
-        drop(compactor_tx);
-        let _ = compactor.join();
-    })?;
+    let thread = std::thread::Builder::new()
+        .name("komugate-log-writer".into())
+        .spawn(move || {
+            let mut w = Writer::new(settings, live, ctx, lm4);
+            w.run(rx);
+            let _ = spill.join();
+            w.ingest_spill();
+            w.sync();
+            let Writer { compactor_tx, .. } = w;
+            drop(compactor_tx);
+            let _ = compactor.join();
+        })?;
     Ok((
-        Submitter { tx, spill_tx, metrics: lm.clone(), last_drop_warning: Arc::new(AtomicI64::new(0)) },
+        Submitter {
+            tx,
+            spill_tx,
+            metrics: lm.clone(),
+            last_drop_warning: Arc::new(AtomicI64::new(0)),
+        },
         WriterHandle { thread },
         lm,
     ))
@@ -300,9 +344,21 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(s: WriterSettings, live: BufWriter<File>, compactor_tx: mpsc::Sender<PathBuf>, lm: Arc<LogMetrics>) -> Writer {
+    fn new(
+        s: WriterSettings,
+        live: BufWriter<File>,
+        compactor_tx: mpsc::Sender<PathBuf>,
+        lm: Arc<LogMetrics>,
+    ) -> Writer {
         let dir = s.dir();
-        let tees = s.ship_queues.iter().map(|q| ShipTee { dir: dir.join(SHIP).join(q), part: None }).collect();
+        let tees = s
+            .ship_queues
+            .iter()
+            .map(|q| ShipTee {
+                dir: dir.join(SHIP).join(q),
+                part: None,
+            })
+            .collect();
         let now = now_ms();
         let mut w = Writer {
             next_rotate_ms: next_rotation(now, s.rotate_secs),
@@ -443,7 +499,10 @@ impl Writer {
     fn rotate(&mut self, now: i64) {
         self.next_rotate_ms = next_rotation(now, self.s.rotate_secs);
         self.sync();
-        if std::fs::metadata(&self.s.live_file).map(|m| m.len() == 0).unwrap_or(true) {
+        if std::fs::metadata(&self.s.live_file)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true)
+        {
             return;
         }
         let to = self.dir.join(CLOSING).join(format!("{}.jsonl", layout::stamp(now)));
@@ -576,7 +635,11 @@ fn spill_thread(dir: PathBuf, rx: Receiver<Box<AccessRecord>>, fsync: Duration, 
 /// Compacts one closed JSON-lines file into a segment and its index.
 /// Returns the segment path, or `None` if the file had no records.
 pub fn compact(dir: &Path, closing: &Path, zstd_level: i32) -> io::Result<Option<PathBuf>> {
-    let stamp = closing.file_stem().and_then(|s| s.to_str()).unwrap_or("unnamed").to_string();
+    let stamp = closing
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("unnamed")
+        .to_string();
     let seg = layout::segment_path(dir, &stamp);
     let idx = seg.with_extension("idx");
     if seg.exists() {
@@ -584,7 +647,10 @@ pub fn compact(dir: &Path, closing: &Path, zstd_level: i32) -> io::Result<Option
         std::fs::remove_file(closing)?;
         return Ok(Some(seg));
     }
-    let day_dir = seg.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.join(SEGMENTS));
+    let day_dir = seg
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(SEGMENTS));
     std::fs::create_dir_all(&day_dir)?;
     let tmp = seg.with_extension("seg-tmp");
     let mut w = SegmentWriter::create(&tmp, zstd_level)?;
@@ -639,20 +705,31 @@ pub struct SweepReport {
 pub fn sweep(dir: &Path, retention_days: u32, now: i64) -> io::Result<SweepReport> {
     let today = now.div_euclid(86_400_000);
     let cutoff = today - retention_days as i64 + 1;
-    let mut rep = SweepReport { cutoff_day: utc_day(cutoff * 86_400_000), ..Default::default() };
+    let mut rep = SweepReport {
+        cutoff_day: utc_day(cutoff * 86_400_000),
+        ..Default::default()
+    };
     let root = dir.join(SEGMENTS);
     let rd = match std::fs::read_dir(&root) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(rep),
         Err(e) => return Err(e),
     };
-    let mut days: Vec<(String, PathBuf)> =
-        rd.filter_map(|e| e.ok()).filter_map(|e| Some((e.file_name().into_string().ok()?, e.path()))).collect();
+    let mut days: Vec<(String, PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
     days.sort();
     for (name, path) in days {
         let b = name.as_bytes();
         let parsed = (b.len() == 10 && b[4] == b'-' && b[7] == b'-')
-            .then(|| Some((name[0..4].parse().ok()?, name[5..7].parse().ok()?, name[8..10].parse().ok()?)))
+            .then(|| {
+                Some((
+                    name[0..4].parse().ok()?,
+                    name[5..7].parse().ok()?,
+                    name[8..10].parse().ok()?,
+                ))
+            })
             .flatten();
         let Some((y, m, d)) = parsed else { continue };
         if days_from_civil(y, m, d) >= cutoff {

@@ -407,3 +407,36 @@ impl tokio::io::AsyncWrite for H2Tunnel {
         std::task::Poll::Ready(Ok(()))
     }
 }
+
+/// IPS inside inspected tunnels: an HTTP rule fires on a decrypted inner
+/// request (dropped with the block page), and a `tls.sni` drop rule closes
+/// an inspected tunnel before any certificate is minted.
+#[tokio::test]
+async fn ips_rules_apply_inside_inspected_tunnels() {
+    let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();
+    let upstream = https_upstream(&upstream_ca, "plain.test", Validity::Good).await;
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("inspect.rules");
+    std::fs::write(
+        &rules,
+        "drop http any any -> any any (msg:\"KOMUGATE TEST secret path\"; flow:to_server; http.uri; content:\"/exfil\"; startswith; sid:9200001; rev:1;)\n\
+         drop tls any any -> any any (msg:\"KOMUGATE TEST bad sni\"; tls.sni; content:\"www.c4th.test\"; sid:9200002; rev:1;)\n",
+    )
+    .unwrap();
+    let gw = inspecting_gateway(&upstream_ca, |c| c.ips.rules = vec![rules.clone()]).await;
+    let authority = format!("plain.test:{}", upstream.addr.port());
+    let tunnel = connect_tunnel(&gw, &authority).await;
+    let tls = tls_over(tunnel, "plain.test", trust_only(gw.tls().server_ca(), &[b"http/1.1"])).await.unwrap();
+    let answers = within("inspected requests", send(tls, vec![get(&authority, "/ok", false), get(&authority, "/exfil/data", false)])).await;
+    assert_eq!(answers[0].0, StatusCode::OK);
+    assert_eq!(answers[1].0, StatusCode::FORBIDDEN, "{}", answers[1].2);
+    let rec = gw.access_record(|r| r["target"].as_str().map(|t| t.ends_with("/exfil/data")).unwrap_or(false)).await;
+    assert_eq!(rec["ips"], "9200001");
+
+    let bad = format!("www.c4th.test:{}", upstream.addr.port());
+    let tunnel = connect_tunnel(&gw, &bad).await;
+    assert!(tls_over(tunnel, "www.c4th.test", trust_only(gw.tls().server_ca(), &[b"http/1.1"])).await.is_err());
+    let rec = gw.access_record(|r| r["ips"] == "9200002").await;
+    assert_eq!(rec["decision"], "block");
+    gw.shutdown().await;
+}

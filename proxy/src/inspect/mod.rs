@@ -165,6 +165,19 @@ pub async fn run<S>(
             };
         }
     };
+    // IPS `tls.sni` rules and threat-intel domains see the SNI of inspected
+    // tunnels too (plain tunnels get this in `ips::tunnel`).
+    if let Some(sni) = &hello.sni {
+        let sec = gw.ips.load_full();
+        let ctx = crate::ips::http::event_context(&gw, &conn, &record.target);
+        let mut events: Vec<crate::ips::IpsEvent> = sec.intel.check_host(sni).map(|hit| ctx.threat("sni", sni, &hit)).into_iter().collect();
+        events.extend(ctx.ips("sni", &sec.engine.scan_tls_sni(sni, dest.port)));
+        let drop = events.iter().any(|e| e.is_drop());
+        crate::ips::http::apply_events(&mut record, events);
+        if drop {
+            return http_proxy::finish_tunnel(&gw, record, started, RelayStats::default());
+        }
+    }
     // The SNI (or the CONNECT host without one) is what policy and the certificate use.
     let name = hello.sni.clone().unwrap_or_else(|| dest.host.clone());
     let sni_target = Target { scheme: "https", host: name.clone(), port: dest.port };

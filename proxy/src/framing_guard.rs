@@ -255,8 +255,29 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if matches!(this.state, State::Passthrough) {
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            match this.state {
+                State::Passthrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                // Body bytes need no copy: read them straight into hyper's buffer.
+                State::Fixed(n) | State::ChunkData(n) if n > 0 => {
+                    let limit = (n.min(buf.remaining() as u64)) as usize;
+                    let mut direct = buf.take(limit);
+                    let poll = Pin::new(&mut this.inner).poll_read(cx, &mut direct);
+                    let got = direct.filled().len();
+                    if let Poll::Ready(Ok(())) = poll {
+                        // SAFETY: `direct` wrote `got` initialised bytes into `buf`'s unfilled part.
+                        unsafe { buf.assume_init(got) };
+                        buf.advance(got);
+                        let left = n - got as u64;
+                        this.state = match (&this.state, left) {
+                            (State::Fixed(_), 0) => State::Head,
+                            (State::ChunkData(_), 0) => State::ChunkDataEnd,
+                            (State::Fixed(_), l) => State::Fixed(l),
+                            (_, l) => State::ChunkData(l),
+                        };
+                    }
+                    return poll;
+                }
+                _ => {}
             }
             let mut tmp = [0u8; 16 * 1024];
             let mut rb = ReadBuf::new(&mut tmp);
@@ -264,8 +285,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {
-                    let filled = rb.filled();
-                    if filled.is_empty() {
+                    let n = rb.filled().len();
+                    if n == 0 {
                         // EOF: hand hyper whatever partial head we held back.
                         if !this.head.is_empty() {
                             let head = std::mem::take(&mut this.head);
@@ -275,8 +296,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                         }
                         return Poll::Ready(Ok(()));
                     }
-                    let data = filled.to_vec();
-                    this.feed(&data);
+                    this.feed(&tmp[..n]);
                 }
             }
         }

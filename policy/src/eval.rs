@@ -494,3 +494,134 @@ impl Policy {
         }
     }
 }
+
+/// One non-web flow (a tunnel that will not be inspected) for [`Policy::firewall`].
+#[derive(Clone, Debug)]
+pub struct FirewallRequest<'a> {
+    pub device: Option<&'a str>,
+    pub cert_groups: &'a [String],
+    pub client_ip: IpAddr,
+    /// `Some` = already established (site assertion); `None` = `policy.locate(client_ip)`.
+    pub location: Option<Location>,
+    /// The destination as requested (name or address literal).
+    pub host: &'a str,
+    /// One resolved destination address (CIDR rules never match without one,
+    /// unless `host` is itself an address literal).
+    pub dest_ip: Option<IpAddr>,
+    pub port: u16,
+    pub time: std::time::SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FirewallVerdict {
+    pub allow: bool,
+    /// The matching `[[firewall.rule]]`'s name, `"firewall-web"` (a web port
+    /// left to the web policy) or `"firewall-default"`.
+    pub rule: String,
+    /// `file:line` of the matching rule.
+    pub rule_origin: Option<String>,
+    pub log: bool,
+}
+
+impl Policy {
+    /// Whether the document has a `[firewall]` section (no section = no firewall).
+    pub fn has_firewall(&self) -> bool {
+        self.firewall.is_some()
+    }
+
+    /// Whether `port` is one of `[firewall] web_ports` (false without a firewall).
+    pub fn is_web_port(&self, port: u16) -> bool {
+        self.firewall
+            .as_ref()
+            .is_some_and(|f| f.web_ports.iter().any(|r| r.contains(port)))
+    }
+
+    /// The firewall verdict for one non-web flow. Pure. First matching
+    /// `[[firewall.rule]]` wins; otherwise a web port is allowed (left to the
+    /// web policy) and any other port gets `[firewall] default`. Without a
+    /// `[firewall]` section everything is allowed (rule `"firewall-off"`).
+    pub fn firewall(&self, req: &FirewallRequest<'_>) -> FirewallVerdict {
+        let Some(fw) = &self.firewall else {
+            return FirewallVerdict {
+                allow: true,
+                rule: "firewall-off".into(),
+                rule_origin: None,
+                log: false,
+            };
+        };
+        let host = norm_host(req.host);
+        let (site, offsite) = match &req.location {
+            Some(Location::Site(name)) => (self.site_index.get(name).copied(), false),
+            Some(Location::Offsite) => (None, true),
+            None => match self.locate_index(req.client_ip) {
+                Some(i) => (Some(i), false),
+                None => (None, true),
+            },
+        };
+        let mut groups = GroupBits::default();
+        if let Some(dev) = req.device {
+            if let Some(e) = self.registry.devices.get(dev) {
+                groups = e.groups;
+            }
+        }
+        for g in req.cert_groups {
+            if let Some(i) = self.group_index.get(g.as_str()) {
+                groups.insert(*i);
+            }
+        }
+        let dest_ip = req
+            .dest_ip
+            .or_else(|| host.parse::<IpAddr>().ok())
+            .map(|ip| match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+                v4 => v4,
+            });
+        let (day, minute) = local_day_minute(req.time, self.tz_offset);
+        let ctx = Ctx {
+            device: req.device,
+            groups,
+            site,
+            offsite,
+            cats: komugate_categories::CategorySet::empty(),
+            app: None,
+            app_category: 0,
+            app_own: false,
+            host: &host,
+            port: req.port,
+            scheme: SCHEME_CONNECT,
+            method: "",
+            path: "",
+            day,
+            minute,
+        };
+        for r in &fw.rules {
+            if let Some(nets) = &r.cidrs {
+                if !dest_ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
+                    continue;
+                }
+            }
+            if r.cond.matches(&ctx) {
+                return FirewallVerdict {
+                    allow: r.allow,
+                    rule: r.cond.name.clone(),
+                    rule_origin: Some(r.cond.origin.clone()),
+                    log: r.log,
+                };
+            }
+        }
+        if fw.web_ports.iter().any(|r| r.contains(req.port)) {
+            return FirewallVerdict {
+                allow: true,
+                rule: "firewall-web".into(),
+                rule_origin: None,
+                log: false,
+            };
+        }
+        FirewallVerdict {
+            allow: fw.default_allow,
+            rule: "firewall-default".into(),
+            rule_origin: None,
+            log: fw.default_log,
+        }
+    }
+}

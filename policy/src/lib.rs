@@ -19,7 +19,7 @@ mod squidguard;
 pub use casb::{CasbSettings, Dlp, DlpPattern, TenantRestriction};
 pub use compile::{builtin_apps, check, Summary};
 pub use diag::{Diagnostic, PolicyErrors};
-pub use eval::{Decision, Egress, Location, Request, Scheme};
+pub use eval::{Decision, Egress, FirewallRequest, FirewallVerdict, Location, Request, Scheme};
 pub use pattern::{HostPattern, PortRange, TimeWindow, Weekdays};
 pub use registry::{GroupBits, MAX_GROUPS};
 pub use squidguard::import_squidguard;
@@ -331,6 +331,28 @@ pub(crate) struct Rule {
     pub decides: bool,
 }
 
+/// One compiled `[[firewall.rule]]`: the shared conditions (groups, devices,
+/// location, hosts, ports, time, days) in `cond`, plus destination CIDRs.
+#[derive(Clone, Debug)]
+pub(crate) struct FirewallRule {
+    pub cond: Rule,
+    pub cidrs: Option<Vec<ipnet::IpNet>>,
+    pub allow: bool,
+    pub log: bool,
+}
+
+/// The `[firewall]` section (non-web flows). Absent section = no firewall.
+#[derive(Clone, Debug)]
+pub(crate) struct FirewallSettings {
+    pub web_ports: Vec<PortRange>,
+    pub default_allow: bool,
+    pub default_log: bool,
+    pub rules: Vec<FirewallRule>,
+}
+
+/// Default `web_ports` of `[firewall]`.
+pub const FIREWALL_WEB_PORTS: &[u16] = &[80, 443, 8080, 8443];
+
 /// A per-group policy: the concatenation of the rule sets it names.
 #[derive(Clone, Debug)]
 pub(crate) struct GroupPolicy {
@@ -377,6 +399,8 @@ pub struct Policy {
     pub(crate) casb: CasbSettings,
     /// Some rule has a `casb` hook (evaluation collects them).
     pub(crate) has_casb_rules: bool,
+    /// `[firewall]`; `None` when the document has no such section.
+    pub(crate) firewall: Option<FirewallSettings>,
 }
 
 impl Policy {

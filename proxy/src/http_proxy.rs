@@ -168,7 +168,7 @@ pub fn note_decision(record: &mut AccessRecord, decision: &Decision) {
 }
 
 /// The 403 block page for `conn`, now.
-fn block_page_for(conn: &ConnContext, target: &str, rule: &str, message: Option<&str>, category: Option<&str>, contact: Option<&str>) -> Refusal {
+pub(crate) fn block_page_for(conn: &ConnContext, target: &str, rule: &str, message: Option<&str>, category: Option<&str>, contact: Option<&str>) -> Refusal {
     let time = rfc3339(SystemTime::now());
     full(block_page::blocked_response(&BlockInfo {
         target,
@@ -268,6 +268,9 @@ async fn connect(
     if let Err(resp) = crate::ips::http::check_destination(gw, conn, &dest.host, &target, record).await {
         return Err(full(resp));
     }
+    // Non-web firewall: every tunnel that will not be inspected as web traffic.
+    let web_inspected = decision.tunnel == crate::decision::TunnelMode::Inspect && gw.inspector.is_some();
+    crate::firewall::check(gw, conn, &dest.host, dest.port, web_inspected, &target, decision.contact.as_deref(), record).await?;
     if decision.tunnel == crate::decision::TunnelMode::Inspect {
         if let Some(inspector) = gw.inspector.clone() {
             record.decision = "allow";

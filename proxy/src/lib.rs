@@ -26,6 +26,7 @@ pub mod device_auth;
 pub mod doh;
 pub mod egress;
 pub mod explain;
+pub mod firewall;
 pub mod framing_guard;
 pub mod gateway;
 pub mod http_proxy;

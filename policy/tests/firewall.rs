@@ -1,0 +1,220 @@
+//! `[firewall]`: validation and `Policy::firewall` verdicts.
+
+use komugate_policy::*;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn errors(text: &str) -> Vec<String> {
+    match Policy::from_str(text, Path::new("/nonexistent/p.toml")) {
+        Ok(_) => vec![],
+        Err(e) => e.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn load(text: &str) -> Policy {
+    Policy::from_str(text, Path::new("/nonexistent/p.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Monday 2024-04-01 (+09:00) at hh:mm, plus `day` days.
+fn jst(day: u64, hh: u64, mm: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_711_897_200 + day * 86_400 + hh * 3600 + mm * 60)
+}
+
+const BASE: &str = r#"
+version = 1
+[[group]]
+name = "students"
+[[group]]
+name = "staff"
+[[site]]
+name = "school"
+cidrs = ["10.1.0.0/16"]
+"#;
+
+const FW: &str = r#"
+[firewall]
+default = "deny"
+
+[[firewall.rule]]
+name = "no-ssh-students"
+groups = ["students"]
+ports = [22]
+action = "deny"
+
+[[firewall.rule]]
+name = "lan"
+cidrs = ["10.0.0.0/8", "192.168.1.1"]
+ports = ["20-25", 3389]
+protocol = "tcp"
+action = "allow"
+log = false
+
+[[firewall.rule]]
+name = "ntp-host"
+hosts = [".ntp.example"]
+ports = [123]
+action = "allow"
+
+[[firewall.rule]]
+name = "school-hours-rdp"
+location = "school"
+ports = [3390]
+time = "08:00-17:00"
+days = "mon-fri"
+action = "allow"
+"#;
+
+struct F {
+    groups: Vec<String>,
+    client: &'static str,
+    host: &'static str,
+    dest: Option<&'static str>,
+    port: u16,
+    time: SystemTime,
+}
+
+impl Default for F {
+    fn default() -> Self {
+        F { groups: vec![], client: "10.1.2.3", host: "example.test", dest: None, port: 22, time: jst(0, 10, 0) }
+    }
+}
+
+fn fw(p: &Policy, f: F) -> FirewallVerdict {
+    p.firewall(&FirewallRequest {
+        device: None,
+        cert_groups: &f.groups,
+        client_ip: f.client.parse().unwrap(),
+        location: None,
+        host: f.host,
+        dest_ip: f.dest.map(|d| d.parse::<IpAddr>().unwrap()),
+        port: f.port,
+        time: f.time,
+    })
+}
+
+#[test]
+fn no_section_means_no_firewall() {
+    let p = load(BASE);
+    assert!(!p.has_firewall());
+    let v = fw(&p, F { port: 6667, ..Default::default() });
+    assert!(v.allow);
+    assert_eq!(v.rule, "firewall-off");
+}
+
+#[test]
+fn first_match_wins_default_deny_web_ports_allowed() {
+    let p = load(&format!("{BASE}{FW}"));
+    assert!(p.has_firewall());
+    assert!(p.is_web_port(443) && p.is_web_port(8080) && !p.is_web_port(22));
+    // CIDR + port allow.
+    let v = fw(&p, F { dest: Some("10.9.9.9"), ..Default::default() });
+    assert_eq!((v.allow, v.rule.as_str(), v.log), (true, "lan", false));
+    assert!(v.rule_origin.unwrap().contains("p.toml:"));
+    // Single address as a /32; address literal as host.
+    let v = fw(&p, F { host: "192.168.1.1", port: 3389, ..Default::default() });
+    assert_eq!((v.allow, v.rule.as_str()), (true, "lan"));
+    // Group deny comes first.
+    let v = fw(&p, F { groups: vec!["students".into()], dest: Some("10.9.9.9"), ..Default::default() });
+    assert_eq!((v.allow, v.rule.as_str()), (false, "no-ssh-students"));
+    // Outside the CIDRs: default deny (logged by default).
+    let v = fw(&p, F { dest: Some("8.8.8.8"), ..Default::default() });
+    assert_eq!((v.allow, v.rule.as_str(), v.log), (false, "firewall-default", true));
+    // No resolved address: CIDR rules cannot match.
+    let v = fw(&p, F::default());
+    assert_eq!(v.rule, "firewall-default");
+    // IPv4-mapped IPv6 destination matches IPv4 CIDRs.
+    let v = fw(&p, F { dest: Some("::ffff:10.0.0.1"), ..Default::default() });
+    assert_eq!(v.rule, "lan");
+    // Host pattern.
+    let v = fw(&p, F { host: "a.ntp.example", port: 123, ..Default::default() });
+    assert_eq!((v.allow, v.rule.as_str()), (true, "ntp-host"));
+    let v = fw(&p, F { host: "ntp.example.org", port: 123, ..Default::default() });
+    assert!(!v.allow);
+    // Web ports without a rule are left to the web policy.
+    let v = fw(&p, F { dest: Some("8.8.8.8"), port: 443, ..Default::default() });
+    assert_eq!((v.allow, v.rule.as_str()), (true, "firewall-web"));
+}
+
+#[test]
+fn location_and_time() {
+    let p = load(&format!("{BASE}{FW}"));
+    let at = |client: &'static str, time: SystemTime| fw(&p, F { client, port: 3390, time, ..Default::default() });
+    assert_eq!(at("10.1.0.5", jst(0, 9, 0)).rule, "school-hours-rdp");
+    assert!(!at("203.0.113.5", jst(0, 9, 0)).allow, "off-site");
+    assert!(!at("10.1.0.5", jst(0, 18, 0)).allow, "after hours");
+    assert!(!at("10.1.0.5", jst(5, 9, 0)).allow, "Saturday");
+    // An asserted site counts like the address.
+    let v = p.firewall(&FirewallRequest {
+        device: None,
+        cert_groups: &[],
+        client_ip: "203.0.113.5".parse().unwrap(),
+        location: Some(Location::Site("school".into())),
+        host: "x",
+        dest_ip: None,
+        port: 3390,
+        time: jst(0, 9, 0),
+    });
+    assert!(v.allow);
+}
+
+#[test]
+fn custom_web_ports_and_default_allow() {
+    let p = load(&format!("{BASE}\n[firewall]\nweb_ports = [443, \"9000-9010\"]\ndefault = \"allow\"\nlog = false\n"));
+    assert!(p.is_web_port(9005) && !p.is_web_port(80));
+    let v = fw(&p, F { port: 5000, ..Default::default() });
+    assert_eq!((v.allow, v.rule.as_str(), v.log), (true, "firewall-default", false));
+}
+
+#[test]
+fn validation_errors() {
+    let bad = r#"
+[firewall]
+defualt = "deny"
+web_ports = [0]
+
+[[firewall.rule]]
+name = "a"
+cidrs = ["10.0.0.0/33", "nope"]
+groups = ["studnets"]
+location = "schol"
+protocol = "udp"
+ports = ["9-1"]
+action = "permit"
+colour = "red"
+
+[[firewall.rule]]
+name = "b"
+protocol = "tcpp"
+
+[[firewall.rule]]
+name = "b"
+action = "allow"
+categories = ["adult"]
+"#;
+    let e = errors(&format!("{BASE}{bad}"));
+    let all = e.join("\n");
+    let has = |s: &str| assert!(e.iter().any(|x| x.contains(s)), "missing `{s}` in:\n{all}");
+    has("unknown key `defualt` in [firewall]");
+    has("did you mean `default`");
+    has("invalid port 0");
+    has("invalid CIDR `10.0.0.0/33`");
+    has("invalid CIDR `nope`");
+    has("unknown group `studnets`");
+    has("did you mean `students`");
+    has("unknown site `schol`");
+    has("protocol `udp`");
+    has("invalid action `permit`");
+    has("unknown key `colour` in firewall rule `a`");
+    has("invalid protocol `tcpp`");
+    has("missing `action` in firewall rule `b`");
+    has("duplicate firewall rule name `b`");
+    has("unknown key `categories` in firewall rule `b`");
+    // file:line:column positions.
+    assert!(e.iter().all(|x| x.starts_with("/nonexistent/p.toml:")), "{all}");
+    let invalid_range = e.iter().any(|x| x.contains("9-1"));
+    assert!(invalid_range || all.contains("range"), "{all}");
+
+    assert!(errors(&format!("{BASE}\n[firewall]\nrule = 3\n")).iter().any(|x| x.contains("[[firewall.rule]]")));
+    assert!(errors(&format!("firewall = 1\n{BASE}")).iter().any(|x| x.contains("`firewall` must be a table")));
+}

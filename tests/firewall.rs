@@ -1,0 +1,186 @@
+//! Non-web firewall (issue 6 point 4): `[firewall]` rules allow and deny raw
+//! TCP flows (CONNECT tunnels) to local echo servers by port, CIDR, group and
+//! location; web ports are left to the web policy; each flow is one access
+//! record with bytes and duration.
+
+use std::net::SocketAddr;
+
+use komugate_tests::gw::TestGateway;
+use komugate_tests::upstream::EchoServer;
+use komugate_tests::within;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+struct Echoes {
+    none: EchoServer,
+    allow: EchoServer,
+    group: EchoServer,
+    loc: EchoServer,
+    web: EchoServer,
+}
+
+fn policy_text(e: &Echoes) -> String {
+    format!(
+        r#"
+version = 1
+
+[defaults]
+action = "allow"
+
+[[group]]
+name = "students"
+
+[[group]]
+name = "staff"
+
+[[site]]
+name = "school"
+cidrs = ["127.0.0.1/32"]
+
+[firewall]
+web_ports = [80, 443, 8080, 8443, {web}]
+default = "deny"
+
+[[firewall.rule]]
+name = "students-no-admin-port"
+groups = ["students"]
+ports = [{group}]
+action = "deny"
+
+[[firewall.rule]]
+name = "school-only"
+ports = ["{loc}-{loc}"]
+location = "school"
+protocol = "tcp"
+action = "allow"
+
+[[firewall.rule]]
+name = "loopback-services"
+cidrs = ["127.0.0.0/8"]
+ports = [{allow}, {group}]
+action = "allow"
+log = true
+"#,
+        web = e.web.addr.port(),
+        group = e.group.addr.port(),
+        loc = e.loc.addr.port(),
+        allow = e.allow.addr.port(),
+    )
+}
+
+/// Sends CONNECT and reads the response head byte by byte (no tunnel bytes consumed).
+async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(mut conn: S, authority: &str) -> (String, S) {
+    conn.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(within("CONNECT response", conn.read(&mut b)).await.unwrap(), 1, "closed during CONNECT");
+        head.push(b[0]);
+    }
+    (String::from_utf8_lossy(&head).to_string(), conn)
+}
+
+async fn plain_from(gw: &TestGateway, source: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    socket.connect(gw.plain()).await.unwrap()
+}
+
+/// Echo round trip through an established tunnel.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S, msg: &[u8]) {
+    conn.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    within("echo", conn.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(buf, msg);
+}
+
+fn rule_of(head: &str) -> Option<String> {
+    head.lines().find_map(|l| l.strip_prefix("komugate-rule: ").map(|s| s.trim().to_string()))
+}
+
+#[tokio::test]
+async fn firewall_rules_by_port_cidr_group_and_location() {
+    let e = Echoes {
+        none: EchoServer::start().await,
+        allow: EchoServer::start().await,
+        group: EchoServer::start().await,
+        loc: EchoServer::start().await,
+        web: EchoServer::start().await,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, policy_text(&e)).unwrap();
+    let policy = policy.display().to_string();
+    let gw = TestGateway::start(move |c, _| {
+        c.policy.file = policy;
+    })
+    .await;
+
+    // 1. A non-web port with no rule: denied by the default, never connected.
+    let target = e.none.addr.to_string();
+    let (head, _c) = connect_on(plain_from(&gw, "127.0.0.1").await, &target).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(rule_of(&head).as_deref(), Some("firewall-default"), "{head}");
+    let rec = gw.access_record(|r| r["target"] == target.as_str()).await;
+    assert_eq!(rec["decision"], "block", "{rec}");
+    assert_eq!(rec["rule"], "firewall-default", "{rec}");
+    assert_eq!(e.none.accepts(), 0, "the echo server must see no connection");
+
+    // 2. Allowed by CIDR + port: bytes flow; one record with bytes and duration.
+    let target = e.allow.addr.to_string();
+    let (head, mut c) = connect_on(plain_from(&gw, "127.0.0.1").await, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    echo(&mut c, b"hello firewall").await;
+    drop(c);
+    let rec = gw.access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0)).await;
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    assert_eq!(rec["rule"], "loopback-services", "{rec}");
+    assert_eq!(rec["bytes_up"], 14, "{rec}");
+    assert_eq!(rec["bytes_down"], 14, "{rec}");
+    assert!(rec["duration_ms"].is_u64(), "{rec}");
+    assert_eq!(e.allow.accepts(), 1);
+
+    // 3. Denied by group (device certificate groups on the mTLS listener),
+    //    while another group reaches the same port through the CIDR rule.
+    let target = e.group.addr.to_string();
+    for (device, groups, status) in [("S-1", "students", 403), ("T-1", "staff", 200)] {
+        let cert = gw.tls().device(device, &[groups]);
+        let config = gw.tls().client_config(Some(&cert), &[b"http/1.1"]);
+        let tcp = TcpStream::connect(gw.mtls()).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let (head, mut c) = connect_on(tls, &target).await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{device}: {head}");
+        if status == 200 {
+            echo(&mut c, b"ping").await;
+        } else {
+            assert_eq!(rule_of(&head).as_deref(), Some("students-no-admin-port"), "{head}");
+        }
+    }
+    let rec = gw.access_record(|r| r["target"] == target.as_str() && r["decision"] == "block").await;
+    assert_eq!(rec["rule"], "students-no-admin-port", "{rec}");
+    assert_eq!(e.group.accepts(), 1, "only the staff device got through");
+
+    // 4. Location-limited allow: from the school site it works, off-site it is denied.
+    let target = e.loc.addr.to_string();
+    let (head, mut c) = connect_on(plain_from(&gw, "127.0.0.1").await, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "in school: {head}");
+    echo(&mut c, b"at school").await;
+    drop(c);
+    let (head, _c) = connect_on(plain_from(&gw, "127.0.0.2").await, &target).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "off-site: {head}");
+    assert_eq!(rule_of(&head).as_deref(), Some("firewall-default"), "{head}");
+    assert_eq!(e.loc.accepts(), 1);
+    let rec = gw.access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0)).await;
+    assert_eq!(rec["rule"], "school-only", "{rec}");
+
+    // 5. A web port with no firewall rule is left to the web policy (allowed here).
+    let target = e.web.addr.to_string();
+    let (head, mut c) = connect_on(plain_from(&gw, "127.0.0.2").await, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "web port: {head}");
+    echo(&mut c, b"web").await;
+    drop(c);
+    let rec = gw.access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0)).await;
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    assert_ne!(rec["rule"], "firewall-default", "{rec}");
+}

@@ -184,3 +184,71 @@ async fn firewall_rules_by_port_cidr_group_and_location() {
     assert_eq!(rec["decision"], "allow", "{rec}");
     assert_ne!(rec["rule"], "firewall-default", "{rec}");
 }
+
+/// Bypassed tunnels are firewalled too: a tunnel bypassed by the policy (at
+/// CONNECT time) and one the inspector bypasses after the fact (plain bytes on
+/// an inspected tunnel with `non_tls = "tunnel"`), while an inspected web port
+/// is left to the web policy at CONNECT time.
+#[tokio::test]
+async fn bypassed_tunnels_are_firewalled() {
+    let by_policy = EchoServer::start().await;
+    let by_inspector = EchoServer::start().await;
+    let (p1, p2) = (by_policy.addr.port(), by_inspector.addr.port());
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+version = 1
+[defaults]
+action = "allow"
+tunnel = "inspect"
+
+[[rule]]
+name = "bypass this port"
+ports = [{p1}]
+action = "allow"
+tunnel = "bypass"
+
+[firewall]
+web_ports = [443, {p1}, {p2}]
+
+[[firewall.rule]]
+name = "no-loopback-web"
+cidrs = ["127.0.0.0/8"]
+ports = [{p1}, {p2}]
+action = "deny"
+"#
+        ),
+    )
+    .unwrap();
+    let policy = policy.display().to_string();
+    let gw = TestGateway::start(move |c, _| {
+        c.policy.file = policy;
+        c.inspect.hosts = vec!["*".into()];
+        c.inspect.non_tls = komugate::config::NonTlsAction::Tunnel;
+    })
+    .await;
+
+    // Bypassed by the policy: refused at CONNECT.
+    let target = by_policy.addr.to_string();
+    let (head, _c) = connect_on(plain_from(&gw, "127.0.0.1").await, &target).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(rule_of(&head).as_deref(), Some("no-loopback-web"), "{head}");
+    assert_eq!(by_policy.accepts(), 0);
+
+    // Inspected web port: accepted at CONNECT; the inspector's bypass of the
+    // non-TLS bytes is firewalled and the tunnel closed.
+    let target = by_inspector.addr.to_string();
+    let (head, mut c) = connect_on(plain_from(&gw, "127.0.0.1").await, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    c.write_all(b"SSH-2.0-test\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = within("tunnel closed", c.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0, "the tunnel must be closed without data");
+    let rec = gw.access_record(|r| r["target"] == target.as_str()).await;
+    assert_eq!(rec["decision"], "block", "{rec}");
+    assert_eq!(rec["rule"], "no-loopback-web", "{rec}");
+    assert_eq!(by_inspector.accepts(), 0);
+}

@@ -76,7 +76,14 @@ struct F {
 
 impl Default for F {
     fn default() -> Self {
-        F { groups: vec![], client: "10.1.2.3", host: "example.test", dest: None, port: 22, time: jst(0, 10, 0) }
+        F {
+            groups: vec![],
+            client: "10.1.2.3",
+            host: "example.test",
+            dest: None,
+            port: 22,
+            time: jst(0, 10, 0),
+        }
     }
 }
 
@@ -97,7 +104,13 @@ fn fw(p: &Policy, f: F) -> FirewallVerdict {
 fn no_section_means_no_firewall() {
     let p = load(BASE);
     assert!(!p.has_firewall());
-    let v = fw(&p, F { port: 6667, ..Default::default() });
+    let v = fw(
+        &p,
+        F {
+            port: 6667,
+            ..Default::default()
+        },
+    );
     assert!(v.allow);
     assert_eq!(v.rule, "firewall-off");
 }
@@ -108,38 +121,104 @@ fn first_match_wins_default_deny_web_ports_allowed() {
     assert!(p.has_firewall());
     assert!(p.is_web_port(443) && p.is_web_port(8080) && !p.is_web_port(22));
     // CIDR + port allow.
-    let v = fw(&p, F { dest: Some("10.9.9.9"), ..Default::default() });
+    let v = fw(
+        &p,
+        F {
+            dest: Some("10.9.9.9"),
+            ..Default::default()
+        },
+    );
     assert_eq!((v.allow, v.rule.as_str(), v.log), (true, "lan", false));
     assert!(v.rule_origin.unwrap().contains("p.toml:"));
     // Single address as a /32; address literal as host.
-    let v = fw(&p, F { host: "192.168.1.1", port: 3389, ..Default::default() });
+    let v = fw(
+        &p,
+        F {
+            host: "192.168.1.1",
+            port: 3389,
+            ..Default::default()
+        },
+    );
     assert_eq!((v.allow, v.rule.as_str()), (true, "lan"));
     // Group deny comes first.
-    let v = fw(&p, F { groups: vec!["students".into()], dest: Some("10.9.9.9"), ..Default::default() });
+    let v = fw(
+        &p,
+        F {
+            groups: vec!["students".into()],
+            dest: Some("10.9.9.9"),
+            ..Default::default()
+        },
+    );
     assert_eq!((v.allow, v.rule.as_str()), (false, "no-ssh-students"));
     // Outside the CIDRs: default deny (logged by default).
-    let v = fw(&p, F { dest: Some("8.8.8.8"), ..Default::default() });
-    assert_eq!((v.allow, v.rule.as_str(), v.log), (false, "firewall-default", true));
+    let v = fw(
+        &p,
+        F {
+            dest: Some("8.8.8.8"),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        (v.allow, v.rule.as_str(), v.log),
+        (false, "firewall-default", true)
+    );
     // No resolved address: CIDR rules cannot match.
     let v = fw(&p, F::default());
     assert_eq!(v.rule, "firewall-default");
     // IPv4-mapped IPv6 destination matches IPv4 CIDRs.
-    let v = fw(&p, F { dest: Some("::ffff:10.0.0.1"), ..Default::default() });
+    let v = fw(
+        &p,
+        F {
+            dest: Some("::ffff:10.0.0.1"),
+            ..Default::default()
+        },
+    );
     assert_eq!(v.rule, "lan");
     // Host pattern.
-    let v = fw(&p, F { host: "a.ntp.example", port: 123, ..Default::default() });
+    let v = fw(
+        &p,
+        F {
+            host: "a.ntp.example",
+            port: 123,
+            ..Default::default()
+        },
+    );
     assert_eq!((v.allow, v.rule.as_str()), (true, "ntp-host"));
-    let v = fw(&p, F { host: "ntp.example.org", port: 123, ..Default::default() });
+    let v = fw(
+        &p,
+        F {
+            host: "ntp.example.org",
+            port: 123,
+            ..Default::default()
+        },
+    );
     assert!(!v.allow);
     // Web ports without a rule are left to the web policy.
-    let v = fw(&p, F { dest: Some("8.8.8.8"), port: 443, ..Default::default() });
+    let v = fw(
+        &p,
+        F {
+            dest: Some("8.8.8.8"),
+            port: 443,
+            ..Default::default()
+        },
+    );
     assert_eq!((v.allow, v.rule.as_str()), (true, "firewall-web"));
 }
 
 #[test]
 fn location_and_time() {
     let p = load(&format!("{BASE}{FW}"));
-    let at = |client: &'static str, time: SystemTime| fw(&p, F { client, port: 3390, time, ..Default::default() });
+    let at = |client: &'static str, time: SystemTime| {
+        fw(
+            &p,
+            F {
+                client,
+                port: 3390,
+                time,
+                ..Default::default()
+            },
+        )
+    };
     assert_eq!(at("10.1.0.5", jst(0, 9, 0)).rule, "school-hours-rdp");
     assert!(!at("203.0.113.5", jst(0, 9, 0)).allow, "off-site");
     assert!(!at("10.1.0.5", jst(0, 18, 0)).allow, "after hours");
@@ -160,10 +239,21 @@ fn location_and_time() {
 
 #[test]
 fn custom_web_ports_and_default_allow() {
-    let p = load(&format!("{BASE}\n[firewall]\nweb_ports = [443, \"9000-9010\"]\ndefault = \"allow\"\nlog = false\n"));
+    let p = load(&format!(
+        "{BASE}\n[firewall]\nweb_ports = [443, \"9000-9010\"]\ndefault = \"allow\"\nlog = false\n"
+    ));
     assert!(p.is_web_port(9005) && !p.is_web_port(80));
-    let v = fw(&p, F { port: 5000, ..Default::default() });
-    assert_eq!((v.allow, v.rule.as_str(), v.log), (true, "firewall-default", false));
+    let v = fw(
+        &p,
+        F {
+            port: 5000,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        (v.allow, v.rule.as_str(), v.log),
+        (true, "firewall-default", false)
+    );
 }
 
 #[test]
@@ -211,10 +301,17 @@ categories = ["adult"]
     has("duplicate firewall rule name `b`");
     has("unknown key `categories` in firewall rule `b`");
     // file:line:column positions.
-    assert!(e.iter().all(|x| x.starts_with("/nonexistent/p.toml:")), "{all}");
+    assert!(
+        e.iter().all(|x| x.starts_with("/nonexistent/p.toml:")),
+        "{all}"
+    );
     let invalid_range = e.iter().any(|x| x.contains("9-1"));
     assert!(invalid_range || all.contains("range"), "{all}");
 
-    assert!(errors(&format!("{BASE}\n[firewall]\nrule = 3\n")).iter().any(|x| x.contains("[[firewall.rule]]")));
-    assert!(errors(&format!("firewall = 1\n{BASE}")).iter().any(|x| x.contains("`firewall` must be a table")));
+    assert!(errors(&format!("{BASE}\n[firewall]\nrule = 3\n"))
+        .iter()
+        .any(|x| x.contains("[[firewall.rule]]")));
+    assert!(errors(&format!("firewall = 1\n{BASE}"))
+        .iter()
+        .any(|x| x.contains("`firewall` must be a table")));
 }

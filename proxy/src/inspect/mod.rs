@@ -154,7 +154,7 @@ pub async fn run<S>(
             return match inspector.non_tls {
                 NonTlsAction::Tunnel => {
                     record.rule = format!("{} (not TLS: tunnelled)", record.rule);
-                    bypass(gw, Rewind::new(bytes, client), &dest, &decision, record, started).await
+                    bypass(gw, &conn, Rewind::new(bytes, client), &dest, &decision, record, started).await
                 }
                 NonTlsAction::Block => {
                     record.decision = "block";
@@ -188,7 +188,7 @@ pub async fn run<S>(
     };
     if !sni_decision.is_blocked() && sni_decision.tunnel == TunnelMode::Bypass {
         record.rule = sni_decision.rule.clone();
-        return bypass(gw, Rewind::new(hello.bytes, client), &sni_target, &sni_decision, record, started).await;
+        return bypass(gw, &conn, Rewind::new(hello.bytes, client), &sni_target, &sni_decision, record, started).await;
     }
     let config = match inspector.minter.config_for(&name).await {
         Ok(c) => c,
@@ -300,10 +300,17 @@ async fn inner_request(
 
 /// A plain tunnel (after peeking): connect upstream and relay, replaying
 /// the bytes already read from the client.
-async fn bypass<S>(gw: Arc<Gateway>, client: S, dest: &Target, decision: &Decision, mut record: AccessRecord, started: Instant)
+async fn bypass<S>(gw: Arc<Gateway>, conn: &ConnContext, client: S, dest: &Target, decision: &Decision, mut record: AccessRecord, started: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A bypassed tunnel is not inspected web traffic: the non-web firewall
+    // applies (the CONNECT was already answered, so a deny closes the tunnel).
+    let target = format!("{}:{}", http_proxy::bracket(&dest.host), dest.port);
+    if crate::firewall::check(&gw, conn, &dest.host, dest.port, false, &target, None, &mut record).await.is_err() {
+        record.error = Some("closed by the non-web firewall".into());
+        return http_proxy::finish_tunnel(&gw, record, started, RelayStats::default());
+    }
     match gw.egress.connect(&dest.host, dest.port, decision.egress_source).await {
         Ok(upstream) => {
             record.egress = upstream.local_addr().ok().map(|a| a.ip().to_string());

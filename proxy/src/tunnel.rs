@@ -75,9 +75,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // 8 KiB per direction: idle tunnels (50 000 at peak) dominate memory, and
-    // larger buffers buy little once the kernel socket buffers are full.
-    let mut buf = vec![0u8; 8 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,

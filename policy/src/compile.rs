@@ -657,32 +657,8 @@ fn parse_conds(cx: &mut Cx<'_>, t: &dyn TableLike, what: &str, n: &Names<'_>, c:
         set!(hosts, "hosts", Some(pats));
     }
     for key in ["port", "ports"] {
+        let Some(ranges) = port_list(cx, t, key) else { continue };
         let Some(item) = t.get(key) else { continue };
-        let vals: Vec<(Option<Value>, Span)> = match item.as_array() {
-            Some(a) => a.iter().map(|v| (Some(v.clone()), v.span())).collect(),
-            None => vec![(item.as_value().cloned(), item.span())],
-        };
-        let mut ranges = Vec::new();
-        for (v, sp) in vals {
-            let r = match &v {
-                Some(Value::Integer(i)) => {
-                    let i = *i.value();
-                    if (1..=65535).contains(&i) {
-                        Ok(PortRange(i as u16, i as u16))
-                    } else {
-                        Err(format!("invalid port {i} (1-65535)"))
-                    }
-                }
-                Some(Value::String(s)) => PortRange::parse(s.value()),
-                _ => Err(format!(
-                    "`{key}` must be a port number, a \"low-high\" range, or an array of them"
-                )),
-            };
-            match r {
-                Ok(r) => ranges.push(r),
-                Err(e) => cx.err(&sp, e),
-            }
-        }
         if ranges.is_empty() && item.as_array().is_some_and(|a| a.is_empty()) {
             cx.err(
                 &item.span(),

@@ -194,6 +194,8 @@ pub struct Limits {
     pub max_connections_per_device: usize,
     pub max_streams_per_connection: u32,
     pub drain_secs: u64,
+    /// Idle keep-alive connections kept per upstream host (and egress address).
+    pub upstream_idle_per_host: usize,
 }
 
 impl Default for Limits {
@@ -206,6 +208,7 @@ impl Default for Limits {
             max_connections_per_device: 256,
             max_streams_per_connection: 256,
             drain_secs: 30,
+            upstream_idle_per_host: 1024,
         }
     }
 }

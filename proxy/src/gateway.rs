@@ -180,7 +180,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let gateway = Arc::new(Gateway {
         sites,
         ips: ArcSwap::from_pointee(ips),
-        pools: UpstreamPools::new(egress.clone(), upstream_tls),
+        pools: UpstreamPools::new(egress.clone(), upstream_tls, config.limits.upstream_idle_per_host),
         inspector,
         egress,
         runtime: ArcSwap::from_pointee(runtime),

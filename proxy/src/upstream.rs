@@ -145,17 +145,19 @@ pub struct UpstreamPools {
     egress: Arc<Egress>,
     tls_h1: Arc<rustls::ClientConfig>,
     tls_h2: Arc<rustls::ClientConfig>,
+    idle_per_host: usize,
     clients: Mutex<HashMap<(Option<IpAddr>, UpstreamAlpn), UpstreamClient>>,
 }
 
 impl UpstreamPools {
     /// `tls` is the verifying client config (roots, no ALPN); ALPN variants are derived from it.
-    pub fn new(egress: Arc<Egress>, tls: rustls::ClientConfig) -> Self {
+    /// `idle_per_host`: idle keep-alive connections kept per upstream host.
+    pub fn new(egress: Arc<Egress>, tls: rustls::ClientConfig, idle_per_host: usize) -> Self {
         let mut h1 = tls.clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut h2 = tls;
         h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        UpstreamPools { egress, tls_h1: Arc::new(h1), tls_h2: Arc::new(h2), clients: Mutex::new(HashMap::new()) }
+        UpstreamPools { egress, tls_h1: Arc::new(h1), tls_h2: Arc::new(h2), idle_per_host, clients: Mutex::new(HashMap::new()) }
     }
 
     pub fn client(&self, source: Option<IpAddr>, alpn: UpstreamAlpn) -> UpstreamClient {
@@ -172,7 +174,7 @@ impl UpstreamPools {
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(32)
+                    .pool_max_idle_per_host(self.idle_per_host)
                     .set_host(false)
                     .build(EgressConnector { egress: self.egress.clone(), source, tls })
             })

@@ -9,6 +9,12 @@
 //! komugate-loadgen compare --title T --left squid.json --right komugate.json
 //! ```
 
+/// mimalloc, like the gateway: the load generator and origin share the
+/// machine's cores with the proxy under test, so their own allocator cost
+/// (glibc malloc under many threads) is taken from both proxies alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod idle;
 mod origin;

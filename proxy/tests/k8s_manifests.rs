@@ -1,0 +1,230 @@
+//! The Kubernetes manifests (k8s/) and the container image (Dockerfile)
+//! agree with the gateway: the ConfigMaps' gateway config and policy are
+//! valid, every file the config names is mounted into the pod, the pod runs
+//! the image's own command, and the gateway starts from exactly that config
+//! (its absolute paths moved under a temp dir, listeners on loopback) with
+//! key material shaped like k8s/secrets.example.yaml, and answers /healthz.
+//! CI's schema validation (kubernetes-validate) cannot see any of this.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_komugate");
+
+fn repo_file(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The text of a YAML block scalar `key: |` (ConfigMap data), de-indented.
+fn block_scalar(yaml: &str, key: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+    let header = lines.next().unwrap_or_else(|| panic!("no `{key}: |` block"));
+    let key_indent = header.len() - header.trim_start().len();
+    let mut body = Vec::new();
+    let mut indent = None;
+    for line in lines {
+        if line.trim().is_empty() {
+            body.push(String::new());
+            continue;
+        }
+        let this = line.len() - line.trim_start().len();
+        if this <= key_indent {
+            break;
+        }
+        let i = *indent.get_or_insert(this);
+        body.push(line[i.min(this)..].to_string());
+    }
+    body.join("\n") + "\n"
+}
+
+/// Values of `field: value` lines (YAML, one per line), in order.
+fn yaml_values(yaml: &str, field: &str) -> Vec<String> {
+    yaml.lines()
+        .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .collect()
+}
+
+/// Absolute paths quoted in a TOML text.
+fn absolute_paths(toml_text: &str) -> Vec<String> {
+    toml_text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split('"').skip(1).step_by(2).map(str::to_string).collect::<Vec<_>>())
+        .filter(|s| s.starts_with('/'))
+        .collect()
+}
+
+struct Manifests {
+    config: String,
+    policy: String,
+    deployment: String,
+    secrets: String,
+    dockerfile: String,
+}
+
+fn manifests() -> Manifests {
+    Manifests {
+        config: block_scalar(&repo_file("k8s/configmap-gateway.yaml"), "komugate.toml"),
+        policy: block_scalar(&repo_file("k8s/configmap-policy.yaml"), "policy.toml"),
+        deployment: repo_file("k8s/deployment.yaml"),
+        secrets: repo_file("k8s/secrets.example.yaml"),
+        dockerfile: repo_file("Dockerfile"),
+    }
+}
+
+fn komugate(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run komugate")
+}
+
+#[test]
+fn configmaps_hold_a_valid_config_and_policy() {
+    let m = manifests();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("komugate.toml");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&config, &m.config).unwrap();
+    std::fs::write(&policy, &m.policy).unwrap();
+    let out = komugate(&["config", "check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "k8s/configmap-gateway.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let out = komugate(&["policy", "check", policy.to_str().unwrap()]);
+    assert!(out.status.success(), "k8s/configmap-policy.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(m.config.contains("file = \"/etc/komugate/policy/policy.toml\""), "the config must load the policy ConfigMap's file");
+}
+
+#[test]
+fn every_file_the_config_names_is_mounted_and_provided() {
+    let m = manifests();
+    let mounts = yaml_values(&m.deployment, "mountPath");
+    assert!(!mounts.is_empty(), "no volumeMounts in k8s/deployment.yaml");
+    // File names the pod gets: Secret items remapped by `path:`, Secret
+    // data keys (secrets.example.yaml), the ConfigMaps' keys.
+    let mut provided = yaml_values(&m.deployment, "path");
+    for line in m.secrets.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        if let Some((key, value)) = line.trim().split_once(':') {
+            if value.contains("REPLACE") {
+                provided.push(key.trim().to_string());
+            }
+        }
+    }
+    provided.extend(["komugate.toml".to_string(), "policy.toml".to_string()]);
+    for path in absolute_paths(&m.config) {
+        let mount = mounts
+            .iter()
+            .find(|mp| path == **mp || path.starts_with(&format!("{mp}/")))
+            .unwrap_or_else(|| panic!("{path} (k8s/configmap-gateway.yaml) is not under any mountPath of k8s/deployment.yaml: {mounts:?}"));
+        if path == *mount || mount == "/var/lib/komugate" {
+            continue; // the data volume: written by the gateway itself
+        }
+        let file = path.rsplit('/').next().unwrap();
+        assert!(provided.iter().any(|p| p == file), "{path}: no Secret/ConfigMap provides {file} (provided: {provided:?})");
+    }
+}
+
+#[test]
+fn the_pod_runs_the_image_command() {
+    let m = manifests();
+    let cmd_line = m.dockerfile.lines().find(|l| l.starts_with("CMD ")).expect("Dockerfile has a CMD");
+    let cmd: Vec<String> = serde_json::from_str(cmd_line.trim_start_matches("CMD ")).expect("CMD in exec (JSON) form");
+    let args_line = m.deployment.lines().find(|l| l.trim_start().starts_with("args:")).expect("deployment has args");
+    let args: Vec<String> = serde_json::from_str(args_line.trim().trim_start_matches("args:").trim()).expect("args as a flow sequence");
+    assert_eq!(cmd, args, "k8s/deployment.yaml args and the Dockerfile CMD differ");
+    assert!(m.dockerfile.contains("USER 65532:65532"), "the image must run as non-root");
+    let entry = m.dockerfile.lines().find(|l| l.starts_with("ENTRYPOINT ")).expect("ENTRYPOINT");
+    assert!(entry.contains("/usr/local/bin/komugate"));
+    // The config the pod reads is the ConfigMap's key at its mount.
+    let config_path = &args[args.iter().position(|a| a == "--config").expect("--config") + 1];
+    assert!(yaml_values(&m.deployment, "mountPath").iter().any(|mp| config_path == &format!("{mp}/komugate.toml")));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn healthz(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn the_gateway_starts_from_the_configmap_config() {
+    let m = manifests();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let etc = root.join("etc/komugate");
+    let data = root.join("data");
+    let (mtls, admin) = (free_port(), free_port());
+    let config = m
+        .config
+        .replace("/etc/komugate", etc.to_str().unwrap())
+        .replace("/var/lib/komugate", data.to_str().unwrap())
+        .replace("0.0.0.0:8443", &format!("127.0.0.1:{mtls}"))
+        .replace("0.0.0.0:9090", &format!("127.0.0.1:{admin}"));
+    assert!(config.contains(&format!("127.0.0.1:{admin}")), "the ConfigMap's admin listener is no longer 0.0.0.0:9090: update this test");
+    // Key material as the Secrets provide it (names from secrets.example.yaml + deployment items).
+    let pki = root.join("pki");
+    let out = komugate(&["pki", "init", "--dir", pki.to_str().unwrap()]);
+    assert!(out.status.success(), "pki init: {}", String::from_utf8_lossy(&out.stderr));
+    let place = |from: &str, to: &str| {
+        let dest: PathBuf = etc.join(to);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(pki.join(from), &dest).unwrap_or_else(|e| panic!("{from} → {}: {e}", dest.display()));
+    };
+    place("server.pem", "tls/server.pem");
+    place("server.key", "tls/server.key");
+    place("device-ca.pem", "device-ca/device-ca.pem");
+    place("inspect-ca.pem", "inspect-ca/inspect-ca.pem");
+    place("inspect-ca.key", "inspect-ca/inspect-ca.key");
+    std::fs::create_dir_all(etc.join("policy")).unwrap();
+    std::fs::write(etc.join("policy/policy.toml"), &m.policy).unwrap();
+    std::fs::create_dir_all(etc.join("config")).unwrap();
+    let config_path = etc.join("config/komugate.toml");
+    std::fs::write(&config_path, config).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+
+    let child = Command::new(BIN)
+        .args(["serve", "--config", config_path.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start komugate serve");
+    let mut serve = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(resp) = healthz(admin) {
+            assert!(resp.starts_with("HTTP/1.1 200"), "/healthz answered: {resp}");
+            break;
+        }
+        if let Ok(Some(status)) = serve.0.try_wait() {
+            let mut err = String::new();
+            serve.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("komugate exited ({status}) with the ConfigMap config:\n{err}");
+        }
+        assert!(Instant::now() < deadline, "no /healthz on 127.0.0.1:{admin} within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The mTLS listener is up too (device certificates are checked per connection).
+    TcpStream::connect(("127.0.0.1", mtls)).expect("mTLS listener");
+}
+
+#[test]
+fn block_scalar_reader() {
+    let yaml = "data:\n  a.toml: |\n    x = 1\n\n    [s]\n      y = 2\n  b: c\n";
+    assert_eq!(block_scalar(yaml, "a.toml"), "x = 1\n\n[s]\n  y = 2\n");
+}

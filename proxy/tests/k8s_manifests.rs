@@ -228,3 +228,25 @@ fn block_scalar_reader() {
     let yaml = "data:\n  a.toml: |\n    x = 1\n\n    [s]\n      y = 2\n  b: c\n";
     assert_eq!(block_scalar(yaml, "a.toml"), "x = 1\n\n[s]\n  y = 2\n");
 }
+
+/// The runtime image is distroless/cc (glibc, libgcc, no other libraries):
+/// the binary must not link anything else dynamically (e.g. OpenSSL).
+#[test]
+fn binary_needs_only_what_distroless_cc_has() {
+    let m = manifests();
+    assert!(m.dockerfile.contains("gcr.io/distroless/cc-debian12"), "runtime image changed: update this test's library list");
+    let out = match Command::new("ldd").arg(BIN).output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("skipped: ldd not available ({e})");
+            return;
+        }
+    };
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let allowed = ["linux-vdso.so", "libgcc_s.so", "libm.so", "libc.so", "ld-linux-x86-64.so", "libpthread.so", "libdl.so", "librt.so", "ld-linux-aarch64.so"];
+    for line in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let lib = line.split_whitespace().next().unwrap_or("");
+        let name = lib.rsplit('/').next().unwrap_or(lib);
+        assert!(allowed.iter().any(|a| name.starts_with(a)), "komugate links {name}, which gcr.io/distroless/cc-debian12 does not have:\n{listing}");
+    }
+}

@@ -131,6 +131,61 @@ pub struct RunConfig {
     pub inject_error_every: u64,
     pub op_timeout: Duration,
     pub proxy_pid: Option<u32>,
+    /// Host names `http` and `connect` operations address (`--hosts`); empty =
+    /// the origin's own address (`origin_http` / `origin_https`).
+    pub hosts: Arc<Vec<String>>,
+    /// Host names the proxy must block (`--blocked-hosts`).
+    pub blocked_hosts: Arc<Vec<String>>,
+    /// Share (0..=1) of `http` / `connect` operations that pick a blocked host.
+    pub blocked_share: f64,
+    /// Status codes that count as the proxy's block answer (`blocked`
+    /// operations, operations on blocked hosts): e.g. 403 (komugate's block
+    /// page), 302 (squidGuard's redirect).
+    pub blocked_status: Vec<u16>,
+}
+
+/// A host list file: one name per line; blank lines and `#` comments are
+/// skipped; names are lower-cased and must be DNS names (no port, no scheme).
+pub fn read_host_list(path: &std::path::Path, what: &str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let h = line.trim();
+        if h.is_empty() || h.starts_with('#') {
+            continue;
+        }
+        let h = h.to_ascii_lowercase();
+        let ok = h.len() <= 253
+            && !h.starts_with('.')
+            && !h.ends_with('.')
+            && h.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        if !ok || ServerName::try_from(h.clone()).is_err() {
+            bail!("{what}: {}:{}: {h:?} is not a host name (one DNS name per line, no scheme or port)", path.display(), i + 1);
+        }
+        out.push(h);
+    }
+    if out.is_empty() {
+        bail!("{what}: {} lists no host name", path.display());
+    }
+    Ok(out)
+}
+
+/// `403,302` → status codes.
+pub fn parse_status_list(s: &str) -> Result<Vec<u16>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let c: u16 = part.parse().ok().filter(|c| (100..=599).contains(c)).with_context(|| format!("--blocked-status: {part:?} is not an HTTP status code (e.g. 403,302)"))?;
+        out.push(c);
+    }
+    if out.is_empty() {
+        bail!("--blocked-status lists no status code (e.g. 403 or 403,302)");
+    }
+    Ok(out)
+}
+
+/// The port of `host:port` (the origin's listener), for URLs built on other host names.
+fn port_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map(|(_, p)| p).unwrap_or("80")
 }
 
 struct Device {
@@ -185,6 +240,15 @@ fn device_tls(cfg: &RunConfig, n: usize) -> Result<Vec<Arc<rustls::ClientConfig>
 
 fn is_h2(cfg: &RunConfig, i: usize) -> bool {
     matches!(cfg.proxy, ProxySpec::Mtls(_)) && ((i as f64 + 0.5) / cfg.devices.max(1) as f64) <= cfg.h2_share
+}
+
+/// What a forwarded request must answer.
+#[derive(Debug, Clone, Copy)]
+enum Expect<'a> {
+    /// 200.
+    Ok,
+    /// One of these block statuses.
+    Blocked(&'a [u16]),
 }
 
 /// Error kinds are short stable strings: they are the report's keys.
@@ -283,13 +347,34 @@ struct Worker {
 }
 
 impl Worker {
-    fn next_op(&mut self) -> Op {
-        // splitmix64
+    /// splitmix64
+    fn next_u64(&mut self) -> u64 {
         self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.rng;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        z ^ (z >> 31)
+    }
+
+    /// With `--hosts`: the host an `http` / `connect` operation addresses and
+    /// whether it is one the proxy must block. `None` without a host list.
+    fn pick_host(&mut self) -> Option<(String, bool)> {
+        let cfg = &self.shared.cfg;
+        if cfg.hosts.is_empty() {
+            return None;
+        }
+        let (hosts, blocked, share) = (cfg.hosts.clone(), cfg.blocked_hosts.clone(), cfg.blocked_share);
+        let roll = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let z = self.next_u64();
+        if !blocked.is_empty() && roll < share {
+            Some((blocked[(z % blocked.len() as u64) as usize].clone(), true))
+        } else {
+            Some((hosts[(z % hosts.len() as u64) as usize].clone(), false))
+        }
+    }
+
+    fn next_op(&mut self) -> Op {
+        let z = self.next_u64();
         let total: u32 = self.shared.cfg.mix.iter().map(|(_, w)| w).sum();
         let mut pick = (z % total as u64) as u32;
         for (op, w) in &self.shared.cfg.mix {
@@ -317,7 +402,7 @@ impl Worker {
         Ok(self.keepalive.as_mut().expect("set above"))
     }
 
-    async fn forward(&mut self, rec: &mut Recorder, method: Method, url: &str, body: Bytes, expect: StatusCode, expect_len: Option<u64>) -> Result<(), OpError> {
+    async fn forward(&mut self, rec: &mut Recorder, method: Method, url: &str, body: Bytes, expect: Expect<'_>, expect_len: Option<u64>) -> Result<(), OpError> {
         let up = body.len() as u64;
         let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| err("config")(e.to_string()))?;
         let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
@@ -340,8 +425,12 @@ impl Worker {
         rec.bytes_up += up;
         rec.bytes_down += n;
         rec.requests += 1;
-        if status != expect {
-            return Err(OpError(format!("status_{}: expected {expect}", status.as_u16())));
+        match expect {
+            Expect::Ok if status != StatusCode::OK => return Err(OpError(format!("status_{}: {url}: expected 200", status.as_u16()))),
+            Expect::Blocked(codes) if !codes.contains(&status.as_u16()) => {
+                return Err(OpError(format!("not_blocked_{}: {url}: expected a block answer {codes:?}", status.as_u16())));
+            }
+            _ => {}
         }
         if let Some(want) = expect_len {
             if n != want {
@@ -351,8 +440,8 @@ impl Worker {
         Ok(())
     }
 
-    /// CONNECT, TLS to `server_name` inside the tunnel, `requests_per_tunnel` GETs.
-    async fn tunnel(&mut self, rec: &mut Recorder, target: &str, server_name: &str, path: &str, want: Option<u64>) -> Result<(), OpError> {
+    /// Sends CONNECT `target` (HTTP/2 stream or a new HTTP/1.1 connection).
+    async fn connect(&mut self, rec: &mut Recorder, target: &str) -> Result<http::Response<hyper::body::Incoming>, OpError> {
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(target)
@@ -368,6 +457,25 @@ impl Worker {
             let mut s = h1_sender(io).await?;
             s.send_request(req).await.map_err(|e| err("proxy_http")(e.to_string()))?
         };
+        Ok(resp)
+    }
+
+    /// CONNECT to a host the proxy must refuse: the answer must be a block status.
+    async fn connect_blocked(&mut self, rec: &mut Recorder, target: &str) -> Result<(), OpError> {
+        let resp = self.connect(rec, target).await?;
+        let status = resp.status().as_u16();
+        rec.requests += 1;
+        if !self.shared.cfg.blocked_status.contains(&status) {
+            return Err(OpError(format!("not_blocked_connect_{status}: CONNECT {target}: expected a block answer {:?}", self.shared.cfg.blocked_status)));
+        }
+        // Read the block answer's body (block page, redirect text) as a browser would.
+        rec.bytes_down += drain(resp.into_body()).await?;
+        Ok(())
+    }
+
+    /// CONNECT, TLS to `server_name` inside the tunnel, `requests_per_tunnel` GETs.
+    async fn tunnel(&mut self, rec: &mut Recorder, target: &str, server_name: &str, path: &str, want: Option<u64>) -> Result<(), OpError> {
+        let resp = self.connect(rec, target).await?;
         if resp.status() != StatusCode::OK {
             return Err(OpError(format!("connect_status_{}: CONNECT {target}", resp.status().as_u16())));
         }
@@ -411,45 +519,69 @@ impl Worker {
         Ok(())
     }
 
-    async fn run_op(&mut self, op: Op, rec: &mut Recorder) -> Result<(), OpError> {
+    /// Runs one operation; returns the kind it is recorded under (`http`,
+    /// `http_blocked` for an `http` operation on a blocked host, …).
+    async fn run_op(&mut self, op: Op, rec: &mut Recorder) -> Result<&'static str, OpError> {
         let cfg = self.shared.cfg.clone_light();
         let seq = self.shared.op_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let inject = cfg.inject_error_every > 0 && seq % cfg.inject_error_every == 0;
+        let picked = if matches!(op, Op::Http | Op::Connect) { self.pick_host() } else { None };
+        let blocked_status = self.shared.cfg.blocked_status.clone();
         match op {
             Op::Http | Op::Download | Op::Upload if inject => {
                 let url = format!("http://{}/status/500", cfg.origin_http);
-                self.forward(rec, Method::GET, &url, Bytes::new(), StatusCode::OK, None).await
+                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Ok, None).await?;
             }
             Op::Http => {
-                let url = format!("http://{}/bytes/{}", cfg.origin_http, cfg.size);
-                self.forward(rec, Method::GET, &url, Bytes::new(), StatusCode::OK, Some(cfg.size as u64)).await
+                let authority = match &picked {
+                    Some((host, _)) => format!("{host}:{}", port_of(&cfg.origin_http)),
+                    None => cfg.origin_http.clone(),
+                };
+                let url = format!("http://{authority}/bytes/{}", cfg.size);
+                if let Some((_, true)) = picked {
+                    self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Blocked(&blocked_status), None).await?;
+                    return Ok("http_blocked");
+                }
+                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Ok, Some(cfg.size as u64)).await?;
             }
             Op::Download => {
                 let url = format!("http://{}/bytes/{}", cfg.origin_http, cfg.large);
-                self.forward(rec, Method::GET, &url, Bytes::new(), StatusCode::OK, Some(cfg.large as u64)).await
+                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Ok, Some(cfg.large as u64)).await?;
             }
             Op::Upload => {
                 let url = format!("http://{}/upload", cfg.origin_http);
                 let body = self.shared.large.clone();
-                self.forward(rec, Method::POST, &url, body, StatusCode::OK, None).await
+                self.forward(rec, Method::POST, &url, body, Expect::Ok, None).await?;
             }
             Op::Blocked => {
                 let url = cfg.blocked_url.clone();
-                self.forward(rec, Method::GET, &url, Bytes::new(), StatusCode::FORBIDDEN, None).await
+                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Blocked(&blocked_status), None).await?;
             }
             Op::Connect => {
-                let target = cfg.origin_https.clone();
-                let host = target.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+                let (target, host) = match &picked {
+                    // TLS inside the tunnel is checked against the picked name
+                    // (the origin mints a certificate for it from its CA).
+                    Some((host, _)) => (format!("{host}:{}", port_of(&cfg.origin_https)), host.clone()),
+                    None => {
+                        let host = cfg.origin_https.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+                        (cfg.origin_https.clone(), host)
+                    }
+                };
+                if let Some((_, true)) = picked {
+                    self.connect_blocked(rec, &target).await?;
+                    return Ok("connect_blocked");
+                }
                 let path = format!("/bytes/{}", cfg.size);
-                self.tunnel(rec, &target, &host, &path, Some(cfg.size as u64)).await
+                self.tunnel(rec, &target, &host, &path, Some(cfg.size as u64)).await?;
             }
             Op::Inspect => {
                 let target = cfg.inspect_target.clone();
                 let host = target.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
                 let path = format!("/bytes/{}", cfg.size);
-                self.tunnel(rec, &target, &host, &path, Some(cfg.size as u64)).await
+                self.tunnel(rec, &target, &host, &path, Some(cfg.size as u64)).await?;
             }
         }
+        Ok(op.name())
     }
 }
 
@@ -522,7 +654,7 @@ async fn run_device(shared: Arc<Shared>, dev: Arc<Device>, wake: Instant) -> Rec
                 let op = worker.next_op();
                 let started = Instant::now();
                 match tokio::time::timeout(worker.shared.cfg.op_timeout, worker.run_op(op, &mut rec)).await {
-                    Ok(Ok(())) => rec.success(op.name(), started.elapsed().as_micros() as u64),
+                    Ok(Ok(kind)) => rec.success(kind, started.elapsed().as_micros() as u64),
                     Ok(Err(e)) => {
                         if std::env::var_os("LOADGEN_DEBUG").is_some() {
                             eprintln!("{} {}: {}", dev_name(worker.dev.index), op.name(), e.0);

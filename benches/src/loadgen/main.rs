@@ -55,6 +55,10 @@ enum Cmd {
         /// Also answer DNS (UDP) on this address: every A query → 127.0.0.1.
         #[arg(long)]
         dns: Option<SocketAddr>,
+        /// Mint HTTPS certificates at start for these host names (one per
+        /// line; other SNI names are minted on first use).
+        #[arg(long)]
+        cert_hosts: Option<PathBuf>,
     },
     /// Run a workload through a proxy and report.
     Run(RunArgs),
@@ -115,6 +119,23 @@ struct RunArgs {
     inspect_target: String,
     #[arg(long, default_value = "http://blocked.example/")]
     blocked_url: String,
+    /// Status codes counted as the proxy's block answer, comma separated
+    /// (403 = komugate's block page; squidGuard redirects with 302).
+    #[arg(long, default_value = "403")]
+    blocked_status: String,
+    /// Host names (one per line) that `http` and `connect` operations address
+    /// instead of the origin's address: `http://HOST:<--origin-http port>/…`,
+    /// `CONNECT HOST:<--origin-https port>` with TLS verified for HOST. The
+    /// proxy must resolve them to the origin.
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+    /// Host names (one per line) the proxy must block; `http` / `connect`
+    /// operations pick one with probability --blocked-share and expect a
+    /// --blocked-status answer (recorded as `http_blocked` / `connect_blocked`).
+    #[arg(long, requires = "hosts")]
+    blocked_hosts: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.05)]
+    blocked_share: f64,
     #[arg(long, default_value_t = 10)]
     devices: usize,
     /// All devices wake within this many seconds.
@@ -147,7 +168,8 @@ struct RunArgs {
     inject_error_every: u64,
     #[arg(long, default_value_t = 60.0)]
     op_timeout: f64,
-    /// Pid of the proxy: CPU seconds and peak RSS are read from /proc.
+    /// Pid of the proxy: CPU seconds and peak RSS are read from /proc, summed
+    /// over the pid and its descendants (e.g. Squid's url_rewrite helpers).
     #[arg(long)]
     proxy_pid: Option<u32>,
     #[arg(long)]
@@ -159,6 +181,15 @@ struct RunArgs {
 impl RunArgs {
     fn config(&self) -> Result<client::RunConfig> {
         let duration = self.duration.map(Duration::from_secs_f64);
+        anyhow::ensure!((0.0..=1.0).contains(&self.blocked_share), "--blocked-share must be between 0 and 1 (got {})", self.blocked_share);
+        let hosts = match &self.hosts {
+            Some(p) => client::read_host_list(p, "--hosts")?,
+            None => Vec::new(),
+        };
+        let blocked_hosts = match &self.blocked_hosts {
+            Some(p) => client::read_host_list(p, "--blocked-hosts")?,
+            None => Vec::new(),
+        };
         Ok(client::RunConfig {
             label: self.label.clone(),
             proxy: client::ProxySpec::parse(&self.proxy)?,
@@ -183,6 +214,10 @@ impl RunArgs {
             inject_error_every: self.inject_error_every,
             op_timeout: Duration::from_secs_f64(self.op_timeout),
             proxy_pid: self.proxy_pid,
+            hosts: std::sync::Arc::new(hosts),
+            blocked_hosts: std::sync::Arc::new(blocked_hosts),
+            blocked_share: self.blocked_share,
+            blocked_status: client::parse_status_list(&self.blocked_status)?,
         })
     }
 }
@@ -204,8 +239,8 @@ fn write_out(json: &Option<PathBuf>, md: &Option<PathBuf>, value: &impl serde::S
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Origin { http, https, san, ca_out, delay_ms, dns } => {
-            let o = origin::start(origin::OriginOptions { http, https, sans: san, ca_out, default_delay: Duration::from_millis(delay_ms), dns }).await?;
+        Cmd::Origin { http, https, san, ca_out, delay_ms, dns, cert_hosts } => {
+            let o = origin::start(origin::OriginOptions { http, https, sans: san, ca_out, default_delay: Duration::from_millis(delay_ms), dns, cert_hosts }).await?;
             println!("origin ready: http {:?} https {:?}", o.http, o.https);
             tokio::signal::ctrl_c().await?;
         }

@@ -1,6 +1,13 @@
 //! The fast local origin: hyper HTTP/1.1 on one or more loopback ports and
 //! HTTPS (rustls) with a throwaway CA, so the origin is never the bottleneck.
 //!
+//! The HTTPS certificate covers `localhost`, `127.0.0.1` and `--san` names;
+//! a client asking (SNI) for any other DNS name gets a certificate minted for
+//! that name by the same CA (cached; `--cert-hosts FILE` mints them up front so
+//! no minting happens while a workload is measured). So a CONNECT to any host
+//! name mapped to this origin is verified against the origin CA by its real
+//! name.
+//!
 //! Routes (any host):
 //! - `GET /bytes/N[?delay=MS]` → N bytes (zeros), after MS milliseconds
 //! - `GET /status/C` → status C, small body (used to inject errors)
@@ -36,11 +43,58 @@ pub struct OriginOptions {
     /// UDP DNS responder answering every A query with 127.0.0.1 (so
     /// "Microsoft 365" names reach this origin through the proxy's resolver).
     pub dns: Option<SocketAddr>,
+    /// Host names (one per line) to mint HTTPS certificates for at start.
+    pub cert_hosts: Option<PathBuf>,
+}
+
+/// Server certificate by SNI: the default certificate for its SANs and for
+/// clients sending no SNI (IP literals), otherwise a leaf minted for the name.
+#[derive(Debug)]
+pub struct SniCerts {
+    ca: komugate::pki::CaMaterial,
+    default: Arc<rustls::sign::CertifiedKey>,
+    default_names: std::collections::HashSet<String>,
+    minted: std::sync::RwLock<std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl SniCerts {
+    /// The certificate for `name`, minted and cached on first use.
+    pub fn get(&self, name: &str) -> Result<Arc<rustls::sign::CertifiedKey>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if self.default_names.contains(&name) {
+            return Ok(self.default.clone());
+        }
+        if let Some(k) = self.minted.read().expect("cert cache").get(&name) {
+            return Ok(k.clone());
+        }
+        let (cert, key) = self.ca.mint_inspection_leaf(&name, time::Duration::days(7))?;
+        let key = self.provider.key_provider.load_private_key(key)?;
+        let ck = Arc::new(rustls::sign::CertifiedKey::new(vec![cert], key));
+        self.minted.write().expect("cert cache").insert(name, ck.clone());
+        Ok(ck)
+    }
+
+    pub fn minted(&self) -> usize {
+        self.minted.read().expect("cert cache").len()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SniCerts {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        match hello.server_name() {
+            None => Some(self.default.clone()),
+            Some(n) => self.get(n).ok(),
+        }
+    }
 }
 
 pub struct Origin {
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
+    /// Bound address of the DNS responder, if any.
+    #[allow(dead_code)]
+    pub dns: Option<SocketAddr>,
     #[allow(dead_code)]
     pub ca_pem: String,
 }
@@ -115,14 +169,33 @@ pub async fn start(opts: OriginOptions) -> Result<Origin> {
         std::fs::write(p, &ca_pem).with_context(|| format!("cannot write {}", p.display()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let default = Arc::new(rustls::sign::CertifiedKey::new(vec![leaf.cert_der()?], provider.key_provider.load_private_key(leaf.key_der()?)?));
+    let certs = Arc::new(SniCerts {
+        ca,
+        default,
+        default_names: sans.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        minted: Default::default(),
+        provider: provider.clone(),
+    });
+    if let Some(p) = &opts.cert_hosts {
+        let text = std::fs::read_to_string(p).with_context(|| format!("origin: cannot read --cert-hosts {}", p.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let h = line.trim();
+            if h.is_empty() || h.starts_with('#') {
+                continue;
+            }
+            certs.get(h).with_context(|| format!("{}:{}: cannot mint a certificate for {h:?}", p.display(), i + 1))?;
+        }
+        eprintln!("origin: minted {} host certificates from {}", certs.minted(), p.display());
+    }
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.cert_der()?], leaf.key_der()?)?;
+        .with_cert_resolver(certs);
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let delay = opts.default_delay;
-    let mut origin = Origin { http: Vec::new(), https: Vec::new(), ca_pem };
+    let mut origin = Origin { http: Vec::new(), https: Vec::new(), dns: None, ca_pem };
     for addr in &opts.http {
         let l = TcpListener::bind(addr).await.with_context(|| format!("origin: cannot listen on {addr}"))?;
         origin.http.push(l.local_addr()?);
@@ -159,6 +232,7 @@ pub async fn start(opts: OriginOptions) -> Result<Origin> {
     }
     if let Some(addr) = opts.dns {
         let sock = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("origin: cannot bind DNS {addr}"))?;
+        origin.dns = Some(sock.local_addr()?);
         tokio::spawn(async move {
             let mut buf = [0u8; 1500];
             loop {

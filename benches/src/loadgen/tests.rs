@@ -8,7 +8,14 @@ use crate::client::{parse_mix, ProxySpec, RunConfig};
 use crate::origin::{start, OriginOptions};
 
 async fn gateway(data: &std::path::Path) -> komugate::gateway::Running {
+    gateway_with_dns(data, None).await
+}
+
+/// The gateway resolving through `dns` (the origin's responder: every name → 127.0.0.1).
+async fn gateway_with_dns(data: &std::path::Path, dns: Option<std::net::SocketAddr>) -> komugate::gateway::Running {
+    let servers = dns.map(|d| format!("servers = [\"{d}\"]")).unwrap_or_else(|| "servers = []".into());
     let text = komugate::config::DEFAULT_CONFIG
+        .replace("servers = []", &servers)
         .replace("dir = \"./komugate-data\"", &format!("dir = {:?}", data.display().to_string()))
         .replace("create_pki = true", "create_pki = false")
         .replace("plain = \"127.0.0.1:3128\"", "plain = \"127.0.0.1:0\"")
@@ -44,6 +51,10 @@ fn config(proxy: std::net::SocketAddr, origin: &crate::origin::Origin, ca: std::
         inject_error_every: 0,
         op_timeout: Duration::from_secs(10),
         proxy_pid: None,
+        hosts: Default::default(),
+        blocked_hosts: Default::default(),
+        blocked_share: 0.05,
+        blocked_status: vec![403],
     }
 }
 
@@ -64,6 +75,7 @@ async fn counts_an_injected_error_and_nothing_else() {
         ca_out: Some(ca.clone()),
         default_delay: Duration::ZERO,
         dns: None,
+        cert_hosts: None,
     })
     .await
     .expect("origin");
@@ -104,4 +116,77 @@ fn dns_answers_a_with_loopback() {
     assert_eq!(&r[0..2], &[0x12, 0x34]);
     assert_eq!(&r[6..8], &[0, 1], "one answer");
     assert_eq!(&r[r.len() - 4..], &[127, 0, 0, 1]);
+}
+
+/// `--hosts` / `--blocked-hosts`: `http` and `connect` operations address the
+/// listed names (TLS inside the tunnel verified for the name), a share goes
+/// to blocked names and must get the block answer; a name the proxy lets
+/// through counts as an error.
+#[tokio::test]
+async fn host_lists_exercise_the_filter() {
+    let dir = tempdir("hosts");
+    let ca = dir.join("origin-ca.pem");
+    let allowed = dir.join("hosts.txt");
+    std::fs::write(&allowed, "# allowed\nschool-a.test\nWWW.School-B.test\n\n").unwrap();
+    let origin = start(OriginOptions {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        https: vec!["127.0.0.1:0".parse().unwrap()],
+        sans: vec![],
+        ca_out: Some(ca.clone()),
+        default_delay: Duration::ZERO,
+        dns: Some("127.0.0.1:0".parse().unwrap()),
+        cert_hosts: Some(allowed.clone()),
+    })
+    .await
+    .expect("origin");
+    // The default config blocks `blocked.example` and `.gambling.example`.
+    let gw = gateway_with_dns(&dir, origin.dns).await;
+    let proxy = gw.addrs.plain.expect("plain listener");
+    let blocked = dir.join("blocked.txt");
+    std::fs::write(&blocked, "blocked.example\ncasino.gambling.example\n").unwrap();
+
+    let mut cfg = config(proxy, &origin, ca.clone(), "http=1,connect=1");
+    cfg.ops_per_device = Some(60);
+    cfg.hosts = std::sync::Arc::new(crate::client::read_host_list(&allowed, "--hosts").unwrap());
+    cfg.blocked_hosts = std::sync::Arc::new(crate::client::read_host_list(&blocked, "--blocked-hosts").unwrap());
+    cfg.blocked_share = 0.3;
+    let r = crate::client::run(cfg.clone()).await.expect("run");
+    assert_eq!(r.errors_total, 0, "{:?}", r.errors);
+    assert_eq!(r.operations_ok, 60);
+    for k in ["http", "connect", "http_blocked", "connect_blocked"] {
+        assert!(r.per_kind.contains_key(k), "no {k} in {:?}", r.per_kind.keys());
+    }
+    let blocked_ops = r.per_kind["http_blocked"].ok + r.per_kind["connect_blocked"].ok;
+    assert!((5..=35).contains(&blocked_ops), "{blocked_ops} of 60 on blocked hosts with share 0.3");
+
+    // A "blocked" host the proxy lets through, or a block status not accepted: errors.
+    std::fs::write(&blocked, "not-blocked.test\n").unwrap();
+    cfg.blocked_hosts = std::sync::Arc::new(crate::client::read_host_list(&blocked, "--blocked-hosts").unwrap());
+    cfg.blocked_share = 1.0;
+    cfg.ops_per_device = Some(20);
+    let r = crate::client::run(cfg.clone()).await.expect("run");
+    assert_eq!(r.operations_ok, 0, "{:?}", r.per_kind);
+    assert_eq!(r.errors_total, 20, "{:?}", r.errors);
+    assert!(r.errors.keys().all(|k| k == "not_blocked_200" || k == "not_blocked_connect_200"), "{:?}", r.errors);
+
+    gw.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn host_list_and_status_parsing() {
+    let dir = tempdir("hostlist");
+    let f = dir.join("h.txt");
+    std::fs::write(&f, "a.example\nhttp://b.example/\n").unwrap();
+    let e = crate::client::read_host_list(&f, "--hosts").unwrap_err().to_string();
+    assert!(e.contains("h.txt:2") && e.contains("not a host name"), "{e}");
+    std::fs::write(&f, "b.example:443\n").unwrap();
+    assert!(crate::client::read_host_list(&f, "--hosts").is_err());
+    std::fs::write(&f, "# nothing\n\n").unwrap();
+    assert!(crate::client::read_host_list(&f, "--hosts").unwrap_err().to_string().contains("no host name"));
+    assert!(crate::client::read_host_list(&dir.join("missing.txt"), "--hosts").unwrap_err().to_string().contains("cannot read"));
+    assert_eq!(crate::client::parse_status_list("403, 302").unwrap(), vec![403, 302]);
+    assert!(crate::client::parse_status_list("forbidden").is_err());
+    assert!(crate::client::parse_status_list("").is_err());
+    let _ = std::fs::remove_dir_all(&dir);
 }

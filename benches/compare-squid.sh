@@ -3,26 +3,37 @@
 # this machine. Installs what is missing (squid-openssl from the distribution),
 # builds komugate and komugate-loadgen (release), starts the fast local origin,
 # komugate and Squid on loopback ports with configs in a temp dir, runs the
-# identical workloads through both, then the scale scenarios against
+# identical workloads through both, then the like-for-like URL-filtering
+# comparison (Squid + squidGuard vs komugate's policy engine, the same UT1
+# categories; SCENARIO `filtered`), then the scale scenarios against
 # komugate, and writes the "## Load test" section of benches/RESULTS.md.
 #
 # Usage:  benches/compare-squid.sh
 # Environment (defaults in brackets):
-#   SCENARIOS  which parts to run ["compare morning idle"]; also: prefecture soak
+#   SCENARIOS  which parts to run ["compare filtered morning idle"]; also: prefecture soak
 #   DUR        seconds per side-by-side workload [20]
 #   CLIENTS    concurrent clients per side-by-side workload [50]
 #   MORNING_DEVICES / MORNING_RAMP        [800 / 60]   this board
 #   PREF_DEVICES / PREF_RAMP              [8000 / 300] a prefecture
 #   IDLE_TUNNELS                          [50000] (capped by the hard fd limit)
 #   SOAK_MINUTES                          [30]
+#   UT1_DIR        UT1/squidGuard blocklist dir [/work/shared/blocklists/ut1,
+#                  else the excerpt examples/lists/ut1]               (filtered)
+#   FILTER_CATEGORIES  UT1 categories both filters block ["adult gambling
+#                  malware phishing": the board's rule in examples/policy.toml]
+#   FILTER_HOSTS   allowed host names in the workload [2000]
+#   FILTER_BLOCKED host names drawn from the blocked categories [1500]
+#   BLOCKED_SHARE  share of operations addressed to a blocked name [0.05]
+#   SG_CHILDREN    Squid url_rewrite_children for squidGuard
+#                  ["8 startup=4 idle=2 concurrency=0"]
 #   WRITE_RESULTS  1 = rewrite "## Load test" in benches/RESULTS.md [1]
 #   KEEP_TMP       1 = keep the temp dir (configs, logs, JSON) [0]
 #   SKIP_BUILD     1 = use the release binaries already in the target dir [0]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-COMMAND="$(for v in SCENARIOS DUR CLIENTS MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
-SCENARIOS="${SCENARIOS:-compare morning idle}"
+COMMAND="$(for v in SCENARIOS DUR CLIENTS MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE SG_CHILDREN; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
+SCENARIOS="${SCENARIOS:-compare filtered morning idle}"
 DUR="${DUR:-20}"
 CLIENTS="${CLIENTS:-50}"
 MORNING_DEVICES="${MORNING_DEVICES:-800}"
@@ -32,6 +43,11 @@ PREF_RAMP="${PREF_RAMP:-300}"
 IDLE_TUNNELS="${IDLE_TUNNELS:-50000}"
 SOAK_MINUTES="${SOAK_MINUTES:-30}"
 WRITE_RESULTS="${WRITE_RESULTS:-1}"
+FILTER_CATEGORIES="${FILTER_CATEGORIES:-adult gambling malware phishing}"
+FILTER_HOSTS="${FILTER_HOSTS:-2000}"
+FILTER_BLOCKED="${FILTER_BLOCKED:-1500}"
+BLOCKED_SHARE="${BLOCKED_SHARE:-0.05}"
+SG_CHILDREN="${SG_CHILDREN:-8 startup=4 idle=2 concurrency=0}"
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 log() { printf '\n=== %s\n' "$*" >&2; }
 
@@ -47,6 +63,7 @@ log "open-file limit: $FD_LIMIT"
 need=()
 if ! command -v squid >/dev/null 2>&1; then need+=(squid-openssl); fi
 if ! command -v getconf >/dev/null 2>&1; then need+=(libc-bin); fi
+if has filtered && ! command -v squidGuard >/dev/null 2>&1; then need+=(squidguard); fi
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -100,9 +117,93 @@ wait_port() { # host:port
   echo "nothing listens on $1" >&2; return 1
 }
 
+# ---------------------------------------------------------------- filtered: lists
+# The UT1 categories both filters block, the host names of the workload, and
+# a check that squidGuard and komugate classify every one of them the same way.
+ORIGIN_EXTRA=()
+if has filtered; then
+  FL="$W/filtered"
+  mkdir -p "$FL"
+  if [ -z "${UT1_DIR:-}" ]; then
+    UT1_DIR=/work/shared/blocklists/ut1
+    if [ ! -d "$UT1_DIR" ]; then
+      UT1_DIR="$ROOT/examples/lists/ut1"
+      log "no full UT1 copy in /work/shared/blocklists/ut1: using the excerpt $UT1_DIR (40 lines per category; set UT1_DIR to a full UT1 download for meaningful filter sizes)"
+    fi
+  fi
+  [ -d "$UT1_DIR" ] || { echo "UT1_DIR=$UT1_DIR is not a directory: point it at a UT1/squidGuard blocklist directory (one sub-directory per category)" >&2; exit 1; }
+  log "filtered: preparing UT1 categories ($FILTER_CATEGORIES) from $UT1_DIR"
+  # One copy both filters read: squidGuard builds its .db files next to the
+  # lists (dbhome), komugate imports the same directory. Files split by bytes
+  # upstream (domains.0, domains.1, ...) are joined in order before use.
+  UT1W="$FL/ut1"
+  for c in $FILTER_CATEGORIES; do
+    [ -d "$UT1_DIR/$c" ] || { echo "category $c (FILTER_CATEGORIES) is not a directory in $UT1_DIR; available: $(cd "$UT1_DIR" && ls -d */ | tr -d / | tr '\n' ' ')" >&2; exit 1; }
+    mkdir -p "$UT1W/$c"
+    for f in domains urls; do
+      mapfile -t parts < <(cd "$UT1_DIR/$c" && ls -1 | grep -E "^$f(\.[0-9]+)?\$" | sort -V)
+      [ "${#parts[@]}" -gt 0 ] && (cd "$UT1_DIR/$c" && cat "${parts[@]}") >"$UT1W/$c/$f"
+    done
+    [ -e "$UT1W/$c/domains" ] || [ -e "$UT1W/$c/urls" ] || { echo "category $c in $UT1_DIR has neither domains nor urls" >&2; exit 1; }
+  done
+  UT1_LINES="$(cat "$UT1W"/*/domains "$UT1W"/*/urls 2>/dev/null | wc -l)"
+  # squidGuard: config and Berkeley DB files (squidGuard -C all).
+  SGD="$FL/squidguard"
+  mkdir -p "$SGD/log"
+  SG_BLOCK_URL="http://$ORIGIN_HTTP/blocked?category=%t&url=%u"
+  { echo "dbhome $UT1W"; echo "logdir $SGD/log"
+    for c in $FILTER_CATEGORIES; do
+      echo "dest $c {"
+      [ -e "$UT1W/$c/domains" ] && echo "	domainlist $c/domains"
+      [ -e "$UT1W/$c/urls" ] && echo "	urllist $c/urls"
+      echo "}"
+    done
+    echo "acl {"; echo "	default {"
+    echo "		pass $(for c in $FILTER_CATEGORIES; do printf '!%s ' "$c"; done)all"
+    echo "		redirect 302:$SG_BLOCK_URL"
+    echo "	}"; echo "}"; } >"$SGD/squidGuard.conf"
+  log "filtered: squidGuard -C all (building the Berkeley DB files)"
+  squidGuard -c "$SGD/squidGuard.conf" -C all >"$SGD/build.log" 2>&1 \
+    || { echo "squidGuard -C all failed (config $SGD/squidGuard.conf):" >&2; tail -5 "$SGD/build.log" "$SGD/log/squidGuard.log" >&2; exit 1; }
+  # Allowed names: random, reproducible (seeded), on common TLDs.
+  awk -v n="$FILTER_HOSTS" 'BEGIN { srand(7); split("jp ed.jp ac.jp go.jp com net org", t, " ")
+      c = "abcdefghijklmnopqrstuvwxyz0123456789"
+      for (i = 0; i < n; i++) { s = ""; for (j = 0; j < 10; j++) s = s substr(c, int(rand() * 36) + 1, 1)
+        print "www." s "." t[int(rand() * 7) + 1] } }' | sort -u >"$FL/allowed.cand"
+  # Blocked names: an equal share from each category that has a domains list
+  # (plain DNS names only, no IP literals), every second one as www.<domain>
+  # so subdomain matching is exercised too.
+  dcats=(); for c in $FILTER_CATEGORIES; do [ -s "$UT1W/$c/domains" ] && dcats+=("$c"); done
+  [ "${#dcats[@]}" -gt 0 ] || { echo "none of FILTER_CATEGORIES ($FILTER_CATEGORIES) has a domains list in $UT1_DIR: nothing to draw blocked names from" >&2; exit 1; }
+  per=$(( (FILTER_BLOCKED + ${#dcats[@]} - 1) / ${#dcats[@]} ))
+  for c in "${dcats[@]}"; do
+    grep -E '^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.[a-z][a-z0-9-]*[a-z0-9]$' "$UT1W/$c/domains" | awk 'length($0) < 200' \
+      | shuf -n "$per" --random-source=<(yes "$c") || true
+  done | awk 'NR % 2 == 0 && !/^www\./ { $0 = "www." $0 } { print }' | sort -u | awk -v n="$FILTER_BLOCKED" 'NR <= n' >"$FL/blocked.cand"
+  # Keep only the names both filters agree on (allowed: neither blocks;
+  # blocked: both block); say how many were dropped.
+  sg_verdicts() { # file → one line per name: OK (blocked) or ERR (passed)
+    sed "s|^\(.*\)\$|http://\1:${ORIGIN_HTTP##*:}/ 127.0.0.1/- - GET myip=127.0.0.1 myport=0|" "$1" \
+      | squidGuard -c "$SGD/squidGuard.conf" | awk '{ print $1 }'
+  }
+  kg_verdicts() { # file → one line per name: its categories or -
+    local urls=(); mapfile -t urls < <(sed 's|^\(.*\)$|http://\1/|' "$1")
+    "$KG" categories lookup --lists "$UT1W" "${urls[@]}" 2>/dev/null | cut -f2
+  }
+  paste "$FL/allowed.cand" <(sg_verdicts "$FL/allowed.cand") <(kg_verdicts "$FL/allowed.cand") \
+    | awk -F'\t' '$2 == "ERR" && $3 == "-" { print $1 }' >"$FL/hosts.txt"
+  paste "$FL/blocked.cand" <(sg_verdicts "$FL/blocked.cand") <(kg_verdicts "$FL/blocked.cand") \
+    | awk -F'\t' '$2 == "OK" && $3 != "-" && $3 != "" { print $1 }' >"$FL/blocked.txt"
+  N_ALLOWED="$(wc -l <"$FL/hosts.txt")"; N_BLOCKED="$(wc -l <"$FL/blocked.txt")"
+  DROPPED=$(( $(wc -l <"$FL/allowed.cand") + $(wc -l <"$FL/blocked.cand") - N_ALLOWED - N_BLOCKED ))
+  log "filtered: $N_ALLOWED allowed and $N_BLOCKED blocked host names ($DROPPED candidates dropped: the two filters disagreed or did not block them)"
+  [ "$N_ALLOWED" -gt 0 ] && [ "$N_BLOCKED" -gt 0 ] || { echo "filtered: empty host list ($FL/hosts.txt, $FL/blocked.txt); see $SGD/log/squidGuard.log" >&2; exit 1; }
+  ORIGIN_EXTRA=(--cert-hosts "$FL/hosts.txt")
+fi
+
 log "origin"
 "$LG" origin --http "$ORIGIN_HTTP" --http 127.0.0.1:18081 --http 127.0.0.1:18082 --http 127.0.0.1:18083 \
-  --https "$ORIGIN_HTTPS" --san "$M365" --dns "$ORIGIN_DNS" --ca-out "$W/origin-ca.pem" >"$W/origin.log" 2>&1 &
+  --https "$ORIGIN_HTTPS" --san "$M365" --dns "$ORIGIN_DNS" --ca-out "$W/origin-ca.pem" "${ORIGIN_EXTRA[@]}" >"$W/origin.log" 2>&1 &
 PIDS+=($!)
 wait_port "$ORIGIN_HTTPS"
 
@@ -224,6 +325,124 @@ if has compare; then
   else
     printf '#### Inspected HTTPS\n\nnot available yet (komugate [inspect]: %s, Squid ssl-bump: %s)\n\n' "$INSPECT" "$SSL_BUMP" >>"$TABLES"
   fi
+fi
+
+# ---------------------------------------------------------------- filtered
+# Like for like: both proxies filter URLs with the same UT1 categories.
+# Squid + squidGuard (url_rewrite_program, 302 redirect to a block URL) on its
+# own port, komugate with a policy file (category rule for everyone) on its
+# own port; the unfiltered instances above keep their simple lists.
+if has filtered; then
+  KGF_PLAIN=127.0.0.1:24128
+  SQF_PLAIN=127.0.0.1:31328  # below the ephemeral port range (32768+), like KGF_PLAIN
+  log "filtered: komugate with the UT1 policy"
+  KGF="$W/kgf"
+  mkdir -p "$KGF"
+  cats_toml="$(for c in $FILTER_CATEGORIES; do printf '"%s", ' "$c"; done | sed 's/, $//')"
+  cat >"$KGF/policy.toml" <<EOF
+# Written by benches/compare-squid.sh: block the UT1 categories ($FILTER_CATEGORIES)
+# for everyone, as the board's "UT1 有害カテゴリ" rule (examples/policy.toml) does.
+version = 1
+
+[defaults]
+action = "allow"
+
+[[categories.source]]
+format = "squidguard"
+path = "$UT1W"
+only = [$cats_toml]
+
+[[rule]]
+name = "UT1 categories"
+categories = [$cats_toml]
+action = "block"
+EOF
+  "$KG" policy check "$KGF/policy.toml" >"$KGF/policy-check.log" 2>&1 \
+    || { echo "komugate policy check $KGF/policy.toml failed:" >&2; cat "$KGF/policy-check.log" >&2; exit 1; }
+  KFCONF="$KGF/komugate.toml"
+  cp "$KCONF" "$KFCONF"
+  set_key "$KFCONF" listen plain "\"$KGF_PLAIN\""
+  set_key "$KFCONF" listen mtls '""'
+  set_key "$KFCONF" listen admin '""'
+  set_key "$KFCONF" policy file "\"$KGF/policy.toml\""
+  grep -q "^file = \"$KGF/policy.toml\"" "$KFCONF" || { echo "could not set [policy] file in $KFCONF (has the embedded default config changed?)" >&2; exit 1; }
+  "$KG" config check "$KFCONF" >"$KGF/config-check.log" 2>&1 \
+    || { echo "komugate config check $KFCONF failed:" >&2; cat "$KGF/config-check.log" >&2; exit 1; }
+  "$KG" serve --config "$KFCONF" --data "$KGF/data" >"$KGF/komugate.log" 2>&1 &
+  KGF_PID=$!
+  PIDS+=($KGF_PID)
+  # Importing ~500,000 list lines takes a few seconds before the listener opens.
+  for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/${KGF_PLAIN%:*}/${KGF_PLAIN##*:}") 2>/dev/null && break; sleep 0.1; done
+  wait_port "$KGF_PLAIN" || { tail -5 "$KGF/komugate.log" >&2; exit 1; }
+
+  log "filtered: Squid + squidGuard (url_rewrite_children $SG_CHILDREN)"
+  SQF="$W/squid-filtered"
+  mkdir -p "$SQF"
+  # Squid resolves the workload's names from a hosts file (komugate asks the
+  # origin's DNS responder, which answers 127.0.0.1 for every name).
+  { printf '127.0.0.1 %s\n' "$M365"; sed 's/^/127.0.0.1 /' "$FL/hosts.txt" "$FL/blocked.txt"; } >"$SQF/hosts"
+  cat >"$SQF/squid.conf" <<EOF
+# Squid + squidGuard as a school IT vendor deploys URL filtering: forward
+# proxy + CONNECT, no disk cache, access log on, every request (CONNECT
+# included) checked by squidGuard; blocked ones get squidGuard's 302 redirect.
+http_port $SQF_PLAIN
+workers 1
+pid_filename $SQF/squid.pid
+cache_log $SQF/cache.log
+access_log stdio:$SQF/access.log
+coredump_dir $SQF
+cache deny all
+cache_mem 64 MB
+pinger_enable off
+max_filedescriptors $FD_LIMIT
+shutdown_lifetime 1 seconds
+hosts_file $SQF/hosts
+dns_nameservers 127.0.0.1
+url_rewrite_program /usr/bin/squidGuard -c $SGD/squidGuard.conf
+url_rewrite_children $SG_CHILDREN
+acl loopback src 127.0.0.0/8
+http_access allow loopback
+http_access deny all
+EOF
+  chown -R proxy:proxy "$SQF" "$FL" 2>/dev/null || true
+  squid -k parse -f "$SQF/squid.conf" >"$SQF/parse.log" 2>&1 \
+    || { echo "squid -k parse $SQF/squid.conf failed:" >&2; grep -iE 'error|fatal|bungled' "$SQF/parse.log" >&2; exit 1; }
+  squid -N -n komugatefilter -f "$SQF/squid.conf" >"$SQF/stdout.log" 2>&1 &
+  SQF_PID=$!
+  PIDS+=($SQF_PID)
+  wait_port "$SQF_PLAIN" || { tail -5 "$SQF/cache.log" >&2; exit 1; }
+
+  pair() { # title name args...  (Squid + squidGuard first, then komugate, same args)
+    local title="$1" name="$2"; shift 2
+    log "$title"
+    loadgen "$name-squid" "plain://$SQF_PLAIN" "$SQF_PID" "$@"
+    loadgen "$name-komugate" "plain://$KGF_PLAIN" "$KGF_PID" "$@"
+    "$LG" compare --title "$title" --left "$OUT/$name-squid.json" --left-name "Squid + squidGuard" \
+      --right "$OUT/$name-komugate.json" --right-name komugate >>"$TABLES"
+    { echo; echo "| operation kind | Squid + squidGuard: ok, p50 / p99 (ms) | komugate: ok, p50 / p99 (ms) |"; echo "|---|---:|---:|"
+      for k in http http_blocked connect connect_blocked; do
+        l="$(grep -F "| \`$k\`:" "$OUT/$name-squid.err" | cut -d'|' -f3 | sed 's/^ *//; s/ *$//' || true)"
+        r="$(grep -F "| \`$k\`:" "$OUT/$name-komugate.err" | cut -d'|' -f3 | sed 's/^ *//; s/ *$//' || true)"
+        if [ -n "$l$r" ]; then echo "| \`$k\` | ${l:-0} | ${r:-0} |"; fi
+      done; echo
+      procs="$(sed -n 's/.*descendants (up to \([0-9]*\) processes).*/\1/p' "$OUT/$name-squid.err" | tail -1)"
+      echo "Squid + squidGuard CPU and RSS: summed over up to ${procs:-1} processes (squid and its squidGuard helpers)."
+      echo; } >>"$TABLES"
+  }
+  FB=(--devices "$CLIENTS" --duration "$DUR" --size 4096 --hosts "$FL/hosts.txt" --blocked-hosts "$FL/blocked.txt"
+      --blocked-share "$BLOCKED_SHARE" --blocked-status 403,302)
+  {
+    echo "### Like for like: URL filtering with the UT1 categories (Squid + squidGuard vs komugate)"
+    echo
+    echo "- Both filters block the UT1 categories $(echo $FILTER_CATEGORIES | sed 's/ /, /g') (the board's \"UT1 有害カテゴリ\" rule in examples/policy.toml) from one copy of $UT1_DIR ($UT1_LINES domain and URL lines; files split upstream as domains.N would be joined first); expression lists are off on both sides."
+    echo "- Squid + squidGuard: $SQUID_VERSION, 1 worker, \`url_rewrite_program /usr/bin/squidGuard\` ($(squidGuard -v 2>&1 | head -1 | sed 's/^ *//')), \`url_rewrite_children $SG_CHILDREN\`, Berkeley DB files built with \`squidGuard -C all\`; a blocked request gets squidGuard's \`redirect 302:\` to a block URL on the origin (plain HTTP and CONNECT alike); names resolved from a Squid \`hosts_file\`."
+    echo "- komugate: a policy file with one \`[[categories.source]] format = \"squidguard\"\` source (\`only\` = the same categories) and one block rule for everyone; a blocked request gets the 403 block page; names resolved through the origin's DNS responder (answers cached for their TTL)."
+    echo "- Workload: $CLIENTS clients, $DUR s, closed loop; each operation addresses one of $N_ALLOWED random host names that neither filter lists, or with probability $BLOCKED_SHARE one of $N_BLOCKED names drawn evenly from the categories' domains lists (every second one as www.<domain>); candidates on which squidGuard and komugate disagreed were dropped before the run ($DROPPED dropped). The load generator counts a 302 or 403 on a blocked name as success and anything else (a blocked name that goes through) as an error. HTTPS inside CONNECT tunnels is verified against each host name (the origin mints a certificate per name from its CA before the run)."
+    echo "- Proxy CPU and peak RSS are summed over the proxy's process tree: for Squid the main process and its squidGuard helpers, for komugate its single process."
+    echo
+  } >>"$TABLES"
+  pair "Filtered plain HTTP forward (UT1 categories), 4 KiB responses, keep-alive" filtered-forward "${FB[@]}" --mix http=1
+  pair "Filtered CONNECT (UT1 categories): new tunnel + TLS handshake + one 4 KiB GET per allowed operation" filtered-connect "${FB[@]}" --mix connect=1
 fi
 
 MIX_MORNING="http=40,connect=30,blocked=10,download=1,upload=1"

@@ -146,7 +146,7 @@ if has filtered; then
     done
     [ -e "$UT1W/$c/domains" ] || [ -e "$UT1W/$c/urls" ] || { echo "category $c in $UT1_DIR has neither domains nor urls" >&2; exit 1; }
   done
-  UT1_LINES="$(cat "$UT1W"/*/domains "$UT1W"/*/urls 2>/dev/null | wc -l)"
+  UT1_LINES="$(cat "$UT1W"/*/domains "$UT1W"/*/urls 2>/dev/null | wc -l || true)"
   # squidGuard: config and Berkeley DB files (squidGuard -C all).
   SGD="$FL/squidguard"
   mkdir -p "$SGD/log"

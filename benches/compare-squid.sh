@@ -412,11 +412,17 @@ EOF
   PIDS+=($SQF_PID)
   wait_port "$SQF_PLAIN" || { tail -5 "$SQF/cache.log" >&2; exit 1; }
 
+  alive() { # pid name log: a proxy that died during a workload makes its figures meaningless
+    kill -0 "$1" 2>/dev/null && return 0
+    echo "$2 (pid $1) exited during the workload; last lines of $3:" >&2; tail -5 "$3" >&2; exit 1
+  }
   pair() { # title name args...  (Squid + squidGuard first, then komugate, same args)
     local title="$1" name="$2"; shift 2
     log "$title"
     loadgen "$name-squid" "plain://$SQF_PLAIN" "$SQF_PID" "$@"
+    alive "$SQF_PID" "Squid + squidGuard" "$SQF/cache.log"
     loadgen "$name-komugate" "plain://$KGF_PLAIN" "$KGF_PID" "$@"
+    alive "$KGF_PID" "komugate (filtered)" "$KGF/komugate.log"
     "$LG" compare --title "$title" --left "$OUT/$name-squid.json" --left-name "Squid + squidGuard" \
       --right "$OUT/$name-komugate.json" --right-name komugate >>"$TABLES"
     { echo; echo "| operation kind | Squid + squidGuard: ok, p50 / p99 (ms) | komugate: ok, p50 / p99 (ms) |"; echo "|---|---:|---:|"

@@ -140,7 +140,11 @@ pub async fn start(config: Config) -> Result<Running> {
     let (access_log, log_writer) = AccessLog::start(&config, metrics.clone()).await?;
     let runtime = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Runtime::build(&config, 1))
+        tokio::task::spawn_blocking(move || {
+            let built = Runtime::build(&config, 1);
+            crate::memory::release_thread_cache();
+            built
+        })
             .await
             .context("building the policy")?
             .map_err(|e| anyhow::anyhow!("the policy is not valid; komugate will not start with it:\n{e}"))?

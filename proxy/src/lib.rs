@@ -34,6 +34,7 @@ pub mod inspect;
 pub mod ips;
 pub mod list_update;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod pac;
 pub mod pki;

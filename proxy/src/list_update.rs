@@ -470,7 +470,11 @@ async fn update(
     }
     let checked = {
         let (src, download, staging) = (src.clone(), tmp.download.clone(), tmp.staging.clone());
-        tokio::task::spawn_blocking(move || stage_and_parse(&src, &download, &staging))
+        tokio::task::spawn_blocking(move || {
+            let parsed = stage_and_parse(&src, &download, &staging);
+            crate::memory::release_thread_cache();
+            parsed
+        })
             .await
             .map_err(|e| Stop("error", format!("the verification task failed: {e}")))??
     };

@@ -28,7 +28,11 @@ impl Gateway {
         let old = self.runtime.load_full();
         let generation = old.generation + 1;
         let config = self.config.clone();
-        let built = tokio::task::spawn_blocking(move || Runtime::build(&config, generation))
+        let built = tokio::task::spawn_blocking(move || {
+            let built = Runtime::build(&config, generation);
+            crate::memory::release_thread_cache();
+            built
+        })
             .await
             .unwrap_or_else(|e| Err(format!("the policy build task failed: {e}")));
         let result = match built {

@@ -5,7 +5,8 @@
 //! komugate-loadgen origin --http 127.0.0.1:18080 --https 127.0.0.1:18443 --ca-out origin-ca.pem
 //! komugate-loadgen run --proxy mtls://127.0.0.1:8443 --pki DIR --trust origin-ca.pem \
 //!     --devices 800 --ramp 60 --ops-per-device 20 --mix http=5,connect=3,blocked=1,download=0 ...
-//! komugate-loadgen idle --proxy mtls://127.0.0.1:8443 --pki DIR --tunnels 10000 --proxy-pid PID
+//! komugate-loadgen idle --proxy mtls://127.0.0.1:8443 --pki DIR --tunnels 10000 --proxy-pid PID \
+//!     [--replica mtls://127.0.0.1:8444,pid=PID2,tunnels=10000,targets=127.0.0.1:18090]
 //! komugate-loadgen compare --title T --left squid.json --right komugate.json
 //! ```
 
@@ -76,6 +77,12 @@ enum Cmd {
         targets: Vec<String>,
         #[arg(long, default_value_t = 10)]
         hold: u64,
+        /// Another proxy process to open tunnels to at the same time, with its
+        /// own tunnel count and targets (repeatable): past one process's
+        /// open-file limit the tunnels are spread over replicas.
+        /// `mtls://IP:PORT,pid=PID,tunnels=N,targets=HOST:PORT[+HOST:PORT...]`
+        #[arg(long)]
+        replica: Vec<String>,
     },
     /// Markdown table of two reports side by side with the ratio right ÷ left.
     Compare {
@@ -253,23 +260,19 @@ async fn main() -> Result<()> {
             }
             write_out(&args.json, &args.md, &report, &report.markdown())?;
         }
-        Cmd::Idle { common, tunnels, per_conn, targets, hold } => {
+        Cmd::Idle { common, tunnels, per_conn, targets, hold, replica } => {
             let pid = common.proxy_pid.context("idle needs --proxy-pid")?;
             let targets = if targets.is_empty() { vec![common.origin_http.clone()] } else { targets };
-            let r = idle::run(common.config()?, tunnels, per_conn, targets, Duration::from_secs(hold), pid).await?;
-            let md = format!(
-                "| idle tunnels open | {} of {} over {} connections |\n| proxy RSS before / with connections / with tunnels | {:.1} / {:.1} / {:.1} MiB |\n| memory per tunnel | {:.1} KiB ({:.1} KiB with its share of connections) |\n| errors | {:?} |\n",
-                r.tunnels_open,
-                r.tunnels_requested,
-                r.connections,
-                r.proxy_rss_before_kib as f64 / 1024.0,
-                r.proxy_rss_connections_kib as f64 / 1024.0,
-                r.proxy_rss_tunnels_kib as f64 / 1024.0,
-                r.kib_per_tunnel,
-                r.kib_per_tunnel_with_connections,
-                r.errors
-            );
-            write_out(&common.json, &common.md, &r, &md)?;
+            let cfg = common.config()?;
+            let client::ProxySpec::Mtls(proxy) = cfg.proxy else {
+                anyhow::bail!("idle tunnels use HTTP/2 over mTLS: --proxy mtls://...");
+            };
+            let mut shards = vec![idle::Shard { proxy, pid, tunnels, targets }];
+            for r in &replica {
+                shards.push(idle::Shard::parse(r)?);
+            }
+            let r = idle::run(cfg, shards, per_conn, Duration::from_secs(hold)).await?;
+            write_out(&common.json, &common.md, &r, &r.markdown())?;
         }
         Cmd::Compare { title, left, left_name, right, right_name } => {
             let l: stats::Report = serde_json::from_str(&std::fs::read_to_string(&left)?)?;

@@ -92,6 +92,10 @@ impl Gateway {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let stop = self.hard_stop.clone();
+        // Boxed: an async block keeps a moved-in future twice (as its
+        // captured argument and as the select!'s operand), which for a
+        // relay or connection state is kilobytes per open tunnel.
+        let fut = Box::pin(fut);
         // Relays see the token (task-local) and end with `cut`, so their
         // access records are still written; anything else still running at
         // the hard stop is dropped, which closes its sockets.

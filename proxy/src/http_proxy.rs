@@ -305,10 +305,7 @@ async fn connect(
     // Only the upgrade handle goes into the tunnel task, not the request: a
     // moved-in request would keep its slot in the task for the tunnel's life.
     let on_upgrade = hyper::upgrade::on(req);
-    // Boxed: spawn_tracked's wrapper holds the future it is given twice (as
-    // its argument and inside its select!), which for the relay state is
-    // kilobytes per open tunnel; a box makes that a pointer.
-    gw.spawn_tracked(Box::pin(async move {
+    gw.spawn_tracked(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -326,7 +323,7 @@ async fn connect(
             record.error = Some("idle timeout".into());
         }
         finish_tunnel(&gw2, record, started, stats);
-    }));
+    });
     Ok(Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed()))
 }
 

@@ -15,7 +15,7 @@
 #   CLIENTS    concurrent clients per side-by-side workload [50]
 #   MORNING_DEVICES / MORNING_RAMP        [800 / 60]   this board
 #   PREF_DEVICES / PREF_RAMP              [8000 / 300] a prefecture
-#   IDLE_TUNNELS                          [50000] (capped by the hard fd limit)
+#   IDLE_TUNNELS                          [50000] (over several komugate replicas if one process may not open enough files)
 #   SOAK_MINUTES                          [30]
 #   UT1_DIR        UT1/squidGuard blocklist dir [/work/shared/blocklists/ut1,
 #                  else the excerpt examples/lists/ut1]               (filtered)

@@ -513,6 +513,7 @@ fn list_spec(
     })
 }
 
+#[derive(Default)]
 struct Conds {
     groups: Option<GroupBits>,
     devices: Option<Vec<String>>,
@@ -743,22 +744,7 @@ fn parse_rule(
         None => "[[rule]]".to_string(),
     };
     cx.keys(t, &what, &allowed);
-    let mut c = Conds {
-        groups: None,
-        devices: None,
-        locations: None,
-        categories: None,
-        apps: None,
-        app_categories: None,
-        app_tenant: None,
-        hosts: None,
-        ports: None,
-        schemes: None,
-        methods: None,
-        paths: None,
-        time: None,
-        days: None,
-    };
+    let mut c = Conds::default();
     parse_conds(cx, t, &what, n, &mut c);
     if let Some((w, _)) = cx.table(t, "when") {
         cx.keys(w, &format!("`when` of {what}"), COND_KEYS);
@@ -937,22 +923,7 @@ fn firewall_section(
             None => "[[firewall.rule]]".to_string(),
         };
         cx.keys(t, &what, FIREWALL_RULE_KEYS);
-        let mut c = Conds {
-            groups: None,
-            devices: None,
-            locations: None,
-            categories: None,
-            apps: None,
-            app_categories: None,
-            app_tenant: None,
-            hosts: None,
-            ports: None,
-            schemes: None,
-            methods: None,
-            paths: None,
-            time: None,
-            days: None,
-        };
+        let mut c = Conds::default();
         parse_conds(cx, t, &what, n, &mut c);
         let cidrs = match cx.cond_strs(t, "cidr", "cidrs", &what) {
             Some(v) => {

@@ -40,6 +40,7 @@ pub mod pac;
 pub mod pki;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod replay_body;
 pub mod server;
 pub mod tunnel;
 pub mod upstream;

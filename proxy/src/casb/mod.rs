@@ -400,11 +400,7 @@ impl Casb {
         if self.note.upload {
             self.event("upload");
         }
-        Ok(Replay {
-            frames: frames.into(),
-            rest: (!finished).then_some(body),
-        }
-        .boxed())
+        Ok(crate::replay_body::Replay::new(frames.into(), (!finished).then_some(body)).boxed())
     }
 
     fn tenant_restriction(&mut self, headers: &mut HeaderMap) {
@@ -489,55 +485,3 @@ const DOWNLOAD_MSG: &str = "校外からはファイルを端末にダウンロ�
 const DLP_MSG: &str = "送信内容に個人情報・機密情報 (DLP パターン) が含まれているため送信を止めました。 / The content matched a data-loss-prevention pattern and was not sent.";
 const OVER_CAP_MSG: &str = "送信内容が大きすぎて検査できないため送信を止めました。 / The content is too large to be inspected and was not sent.";
 
-/// The inspected frames, then the rest of the body stream.
-struct Replay<B> {
-    frames: std::collections::VecDeque<Frame<Bytes>>,
-    rest: Option<B>,
-}
-
-impl<B> Body for Replay<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        if let Some(f) = this.frames.pop_front() {
-            return std::task::Poll::Ready(Some(Ok(f)));
-        }
-        match this.rest.as_mut() {
-            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
-            None => std::task::Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.rest.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        let buffered: u64 = self
-            .frames
-            .iter()
-            .filter_map(|f| f.data_ref())
-            .map(|d| d.len() as u64)
-            .sum();
-        match &self.rest {
-            None => hyper::body::SizeHint::with_exact(buffered),
-            Some(b) => {
-                let h = b.size_hint();
-                let mut out = hyper::body::SizeHint::new();
-                out.set_lower(h.lower() + buffered);
-                if let Some(u) = h.upper() {
-                    out.set_upper(u + buffered);
-                }
-                out
-            }
-        }
-    }
-}

@@ -26,6 +26,7 @@ use crate::access_log::{rfc3339, AccessRecord};
 use crate::block_page::{self, BlockInfo};
 use crate::gateway::Gateway;
 use crate::http_proxy::ConnContext;
+use crate::replay_body::Replay;
 
 pub type Refusal = Response<Full<Bytes>>;
 
@@ -133,14 +134,9 @@ pub enum InspectedBody<B> {
     /// Not inspected (no body rules, or no body).
     Pass(B),
     /// The inspected prefix, then the rest of the stream.
-    Prefixed(Prefixed<B>),
+    Prefixed(Replay<B>),
 }
 
-/// Frames already read (and inspected), replayed before the rest.
-pub struct Prefixed<B> {
-    frames: VecDeque<Frame<Bytes>>,
-    rest: Option<B>,
-}
 
 impl<B> Body for InspectedBody<B>
 where
@@ -149,56 +145,24 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.get_mut() {
             InspectedBody::Pass(b) => Pin::new(b).poll_frame(cx),
-            InspectedBody::Prefixed(p) => {
-                if let Some(f) = p.frames.pop_front() {
-                    return Poll::Ready(Some(Ok(f)));
-                }
-                match p.rest.as_mut() {
-                    Some(b) => Pin::new(b).poll_frame(cx),
-                    None => Poll::Ready(None),
-                }
-            }
+            InspectedBody::Prefixed(p) => Pin::new(p).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             InspectedBody::Pass(b) => b.is_end_stream(),
-            InspectedBody::Prefixed(p) => {
-                p.frames.is_empty() && p.rest.as_ref().map(|b| b.is_end_stream()).unwrap_or(true)
-            }
+            InspectedBody::Prefixed(p) => p.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             InspectedBody::Pass(b) => b.size_hint(),
-            InspectedBody::Prefixed(p) => {
-                let buffered: u64 = p
-                    .frames
-                    .iter()
-                    .filter_map(|f| f.data_ref())
-                    .map(|d| d.len() as u64)
-                    .sum();
-                match &p.rest {
-                    Some(b) => {
-                        let h = b.size_hint();
-                        let mut out = SizeHint::new();
-                        out.set_lower(h.lower() + buffered);
-                        if let Some(u) = h.upper() {
-                            out.set_upper(u + buffered);
-                        }
-                        out
-                    }
-                    None => SizeHint::with_exact(buffered),
-                }
-            }
+            InspectedBody::Prefixed(p) => p.size_hint(),
         }
     }
 }
@@ -276,10 +240,7 @@ where
             }
         }
     }
-    Ok(InspectedBody::Prefixed(Prefixed {
-        frames,
-        rest: (!finished).then_some(body),
-    }))
+    Ok(InspectedBody::Prefixed(Replay::new(frames, (!finished).then_some(body))))
 }
 
 /// For callers that need a boxed body of the same error type.

@@ -70,12 +70,21 @@ log = true
 }
 
 /// Sends CONNECT and reads the response head byte by byte (no tunnel bytes consumed).
-async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(mut conn: S, authority: &str) -> (String, S) {
-    conn.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes()).await.unwrap();
+async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: S,
+    authority: &str,
+) -> (String, S) {
+    conn.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        assert_eq!(within("CONNECT response", conn.read(&mut b)).await.unwrap(), 1, "closed during CONNECT");
+        assert_eq!(
+            within("CONNECT response", conn.read(&mut b)).await.unwrap(),
+            1,
+            "closed during CONNECT"
+        );
         head.push(b[0]);
     }
     (String::from_utf8_lossy(&head).to_string(), conn)
@@ -83,7 +92,9 @@ async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(mut conn: S, authority: &
 
 async fn plain_from(gw: &TestGateway, source: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
     socket.connect(gw.plain()).await.unwrap()
 }
 
@@ -96,7 +107,10 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S, msg: &[u8]) {
 }
 
 fn rule_of(head: &str) -> Option<String> {
-    head.lines().find_map(|l| l.strip_prefix("komugate-rule: ").map(|s| s.trim().to_string()))
+    head.lines().find_map(|l| {
+        l.strip_prefix("komugate-rule: ")
+            .map(|s| s.trim().to_string())
+    })
 }
 
 #[tokio::test]
@@ -121,11 +135,19 @@ async fn firewall_rules_by_port_cidr_group_and_location() {
     let target = e.none.addr.to_string();
     let (head, _c) = connect_on(plain_from(&gw, "127.0.0.1").await, &target).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    assert_eq!(rule_of(&head).as_deref(), Some("firewall-default"), "{head}");
+    assert_eq!(
+        rule_of(&head).as_deref(),
+        Some("firewall-default"),
+        "{head}"
+    );
     let rec = gw.access_record(|r| r["target"] == target.as_str()).await;
     assert_eq!(rec["decision"], "block", "{rec}");
     assert_eq!(rec["rule"], "firewall-default", "{rec}");
-    assert_eq!(e.none.accepts(), 0, "the echo server must see no connection");
+    assert_eq!(
+        e.none.accepts(),
+        0,
+        "the echo server must see no connection"
+    );
 
     // 2. Allowed by CIDR + port: bytes flow; one record with bytes and duration.
     let target = e.allow.addr.to_string();
@@ -133,7 +155,9 @@ async fn firewall_rules_by_port_cidr_group_and_location() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     echo(&mut c, b"hello firewall").await;
     drop(c);
-    let rec = gw.access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0)).await;
+    let rec = gw
+        .access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0))
+        .await;
     assert_eq!(rec["decision"], "allow", "{rec}");
     assert_eq!(rec["rule"], "loopback-services", "{rec}");
     assert_eq!(rec["bytes_up"], 14, "{rec}");
@@ -148,16 +172,28 @@ async fn firewall_rules_by_port_cidr_group_and_location() {
         let cert = gw.tls().device(device, &[groups]);
         let config = gw.tls().client_config(Some(&cert), &[b"http/1.1"]);
         let tcp = TcpStream::connect(gw.mtls()).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
         let (head, mut c) = connect_on(tls, &target).await;
-        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{device}: {head}");
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{device}: {head}"
+        );
         if status == 200 {
             echo(&mut c, b"ping").await;
         } else {
-            assert_eq!(rule_of(&head).as_deref(), Some("students-no-admin-port"), "{head}");
+            assert_eq!(
+                rule_of(&head).as_deref(),
+                Some("students-no-admin-port"),
+                "{head}"
+            );
         }
     }
-    let rec = gw.access_record(|r| r["target"] == target.as_str() && r["decision"] == "block").await;
+    let rec = gw
+        .access_record(|r| r["target"] == target.as_str() && r["decision"] == "block")
+        .await;
     assert_eq!(rec["rule"], "students-no-admin-port", "{rec}");
     assert_eq!(e.group.accepts(), 1, "only the staff device got through");
 
@@ -169,9 +205,15 @@ async fn firewall_rules_by_port_cidr_group_and_location() {
     drop(c);
     let (head, _c) = connect_on(plain_from(&gw, "127.0.0.2").await, &target).await;
     assert!(head.starts_with("HTTP/1.1 403"), "off-site: {head}");
-    assert_eq!(rule_of(&head).as_deref(), Some("firewall-default"), "{head}");
+    assert_eq!(
+        rule_of(&head).as_deref(),
+        Some("firewall-default"),
+        "{head}"
+    );
     assert_eq!(e.loc.accepts(), 1);
-    let rec = gw.access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0)).await;
+    let rec = gw
+        .access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0))
+        .await;
     assert_eq!(rec["rule"], "school-only", "{rec}");
 
     // 5. A web port with no firewall rule is left to the web policy (allowed here).
@@ -180,7 +222,9 @@ async fn firewall_rules_by_port_cidr_group_and_location() {
     assert!(head.starts_with("HTTP/1.1 200"), "web port: {head}");
     echo(&mut c, b"web").await;
     drop(c);
-    let rec = gw.access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0)).await;
+    let rec = gw
+        .access_record(|r| r["target"] == target.as_str() && r["bytes_up"].as_u64() > Some(0))
+        .await;
     assert_eq!(rec["decision"], "allow", "{rec}");
     assert_ne!(rec["rule"], "firewall-default", "{rec}");
 }

@@ -61,13 +61,20 @@ async fn https_upstream(ca: &CaMaterial, name: &str, validity: Validity) -> Http
         }
     }
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = params.signed_by(&key, ca.certificate(), ca.key_pair()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap())
+    let cert = params
+        .signed_by(&key, ca.certificate(), ca.key_pair())
         .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -76,11 +83,15 @@ async fn https_upstream(ca: &CaMaterial, name: &str, validity: Validity) -> Http
     let accepts2 = accepts.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             accepts2.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 let svc = service_fn(move |req: Request<Incoming>| async move {
                     let proto = if h2 { "h2" } else { "http/1.1" };
@@ -98,11 +109,18 @@ async fn https_upstream(ca: &CaMaterial, name: &str, validity: Validity) -> Http
             });
         }
     });
-    HttpsUpstream { addr, accepts, task }
+    HttpsUpstream {
+        addr,
+        accepts,
+        task,
+    }
 }
 
 /// The gateway with inspection on for every host, trusting `upstream_ca` for upstreams.
-async fn inspecting_gateway(upstream_ca: &CaMaterial, tweak: impl FnOnce(&mut komugate::config::Config)) -> TestGateway {
+async fn inspecting_gateway(
+    upstream_ca: &CaMaterial,
+    tweak: impl FnOnce(&mut komugate::config::Config),
+) -> TestGateway {
     let ca_pem = upstream_ca.cert_pem();
     TestGateway::start(move |c, pki| {
         let path = pki.dir.join("upstream-ca.pem");
@@ -117,16 +135,25 @@ async fn inspecting_gateway(upstream_ca: &CaMaterial, tweak: impl FnOnce(&mut ko
 /// CONNECT through the plain listener; returns the raw tunnel.
 async fn connect_tunnel(gw: &TestGateway, authority: &str) -> TcpStream {
     let mut conn = TcpStream::connect(gw.plain()).await.unwrap();
-    conn.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes()).await.unwrap();
+    conn.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     // Read the response head byte by byte so no tunnel bytes are consumed.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        assert_eq!(within("CONNECT response", conn.read(&mut b)).await.unwrap(), 1, "closed during CONNECT");
+        assert_eq!(
+            within("CONNECT response", conn.read(&mut b)).await.unwrap(),
+            1,
+            "closed during CONNECT"
+        );
         head.push(b[0]);
     }
     let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT {authority}: {head}");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "CONNECT {authority}: {head}"
+    );
     conn
 }
 
@@ -134,45 +161,76 @@ fn trust_only(ca: CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::Client
     komugate_tests::gw::client_config(ca, None, alpn)
 }
 
-async fn tls_over(tunnel: TcpStream, name: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from(name.to_string()).unwrap(), tunnel).await
+async fn tls_over(
+    tunnel: TcpStream,
+    name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tunnel)
+        .await
 }
 
 /// Sends requests over an established TLS stream (h1 or h2 by ALPN).
-async fn send(tls: tokio_rustls::client::TlsStream<TcpStream>, reqs: Vec<Request<Full<Bytes>>>) -> Vec<(StatusCode, http::HeaderMap, String)> {
+async fn send(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    reqs: Vec<Request<Full<Bytes>>>,
+) -> Vec<(StatusCode, http::HeaderMap, String)> {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let mut out = Vec::new();
     if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         for req in reqs {
             let resp = sender.send_request(req).await.unwrap();
             let (parts, body) = resp.into_parts();
-            out.push((parts.status, parts.headers, String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).to_string()));
+            out.push((
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).to_string(),
+            ));
         }
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         for req in reqs {
             sender.ready().await.unwrap();
             let resp = sender.send_request(req).await.unwrap();
             let (parts, body) = resp.into_parts();
-            out.push((parts.status, parts.headers, String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).to_string()));
+            out.push((
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).to_string(),
+            ));
         }
     }
     out
 }
 
 fn get(authority: &str, path: &str, h2: bool) -> Request<Full<Bytes>> {
-    let b = Request::get(if h2 { format!("https://{authority}{path}") } else { path.to_string() });
+    let b = Request::get(if h2 {
+        format!("https://{authority}{path}")
+    } else {
+        path.to_string()
+    });
     let b = if h2 { b } else { b.header("host", authority) };
     b.body(Full::default()).unwrap()
 }
 
 fn post(authority: &str, path: &str, h2: bool, body: &'static str) -> Request<Full<Bytes>> {
-    let b = Request::post(if h2 { format!("https://{authority}{path}") } else { path.to_string() });
+    let b = Request::post(if h2 {
+        format!("https://{authority}{path}")
+    } else {
+        path.to_string()
+    });
     let b = if h2 { b } else { b.header("host", authority) };
-    b.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+    b.body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -181,36 +239,73 @@ async fn inspected_get_and_post_over_http1_and_http2() {
     let upstream = https_upstream(&upstream_ca, "plain.test", Validity::Good).await;
     let gw = inspecting_gateway(&upstream_ca, |_| {}).await;
     let authority = format!("plain.test:{}", upstream.addr.port());
-    for (alpn, h2) in [(&[b"http/1.1".as_slice()][..], false), (&[b"h2".as_slice(), b"http/1.1".as_slice()][..], true)] {
+    for (alpn, h2) in [
+        (&[b"http/1.1".as_slice()][..], false),
+        (&[b"h2".as_slice(), b"http/1.1".as_slice()][..], true),
+    ] {
         let tunnel = connect_tunnel(&gw, &authority).await;
         // The client trusts ONLY the inspection CA: success proves the leaf
         // was minted by it for "plain.test".
-        let tls = within("client handshake", tls_over(tunnel, "plain.test", trust_only(gw.tls().server_ca(), alpn))).await.unwrap();
+        let tls = within(
+            "client handshake",
+            tls_over(tunnel, "plain.test", trust_only(gw.tls().server_ca(), alpn)),
+        )
+        .await
+        .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol() == Some(b"h2"), h2);
         let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
         let answers = within(
             "inspected requests",
-            send(tls, vec![get(&authority, "/hello", h2), post(&authority, "/echo", h2, "posted body"), get(&authority, "/again", h2)]),
+            send(
+                tls,
+                vec![
+                    get(&authority, "/hello", h2),
+                    post(&authority, "/echo", h2, "posted body"),
+                    get(&authority, "/again", h2),
+                ],
+            ),
         )
         .await;
         assert_eq!(answers[0].0, StatusCode::OK);
         // ALPN is mirrored upstream: an h2 client gets h2 to the upstream too.
-        assert_eq!(answers[0].2, format!("secure /hello via {}", if h2 { "h2" } else { "http/1.1" }));
+        assert_eq!(
+            answers[0].2,
+            format!("secure /hello via {}", if h2 { "h2" } else { "http/1.1" })
+        );
         assert_eq!(answers[1].2, "posted body");
-        assert_eq!(answers[2].2, format!("secure /again via {}", if h2 { "h2" } else { "http/1.1" }));
+        assert_eq!(
+            answers[2].2,
+            format!("secure /again via {}", if h2 { "h2" } else { "http/1.1" })
+        );
         assert!(leaf.as_ref() != upstream_ca.cert_der().as_ref());
         let url = format!("https://{authority}/echo");
-        let rec = gw.access_record(|r| r["target"] == url.as_str() && r["method"] == "POST").await;
+        let rec = gw
+            .access_record(|r| r["target"] == url.as_str() && r["method"] == "POST")
+            .await;
         assert_eq!(rec["status"], 200);
         assert_eq!(rec["bytes_up"], 11);
     }
     // Connections to the upstream are pooled per (host, port, egress, ALPN):
     // two tunnels, two protocol variants, at most two upstream connections.
-    assert!(upstream.accepts() <= 2, "upstream accepts: {}", upstream.accepts());
-    let tunnel = gw.access_record(|r| r["method"] == "CONNECT" && r["rule"].as_str().unwrap_or("").contains("inspected")).await;
+    assert!(
+        upstream.accepts() <= 2,
+        "upstream accepts: {}",
+        upstream.accepts()
+    );
+    let tunnel = gw
+        .access_record(|r| {
+            r["method"] == "CONNECT" && r["rule"].as_str().unwrap_or("").contains("inspected")
+        })
+        .await;
     assert!(tunnel["bytes_up"].as_u64().unwrap() > 0);
-    assert!(gw.metric("komugate_inspect_cert_cache_hits_total", &[]) >= 1.0, "second tunnel to the host hits the cert cache");
-    assert_eq!(gw.metric("komugate_inspect_cert_cache_misses_total", &[]), 1.0);
+    assert!(
+        gw.metric("komugate_inspect_cert_cache_hits_total", &[]) >= 1.0,
+        "second tunnel to the host hits the cert cache"
+    );
+    assert_eq!(
+        gw.metric("komugate_inspect_cert_cache_misses_total", &[]),
+        1.0
+    );
     gw.shutdown().await;
 }
 
@@ -222,19 +317,38 @@ async fn invalid_upstream_certificates_yield_the_block_page() {
     let unknown_ca = komugate::pki::generate_ca("someone else's CA").unwrap();
     let unknown = https_upstream(&unknown_ca, "plain.test", Validity::Good).await;
     let gw = inspecting_gateway(&upstream_ca, |_| {}).await;
-    for (upstream, expect) in [(&expired, "有効期限"), (&wrong_name, "ホスト名"), (&unknown, "発行元")] {
+    for (upstream, expect) in [
+        (&expired, "有効期限"),
+        (&wrong_name, "ホスト名"),
+        (&unknown, "発行元"),
+    ] {
         let authority = format!("plain.test:{}", upstream.addr.port());
         let tunnel = connect_tunnel(&gw, &authority).await;
-        let tls = tls_over(tunnel, "plain.test", trust_only(gw.tls().server_ca(), &[b"http/1.1"])).await.unwrap();
-        let answers = within("request to a bad upstream", send(tls, vec![get(&authority, "/", false)])).await;
+        let tls = tls_over(
+            tunnel,
+            "plain.test",
+            trust_only(gw.tls().server_ca(), &[b"http/1.1"]),
+        )
+        .await
+        .unwrap();
+        let answers = within(
+            "request to a bad upstream",
+            send(tls, vec![get(&authority, "/", false)]),
+        )
+        .await;
         let (status, headers, body) = &answers[0];
         assert_eq!(*status, StatusCode::FORBIDDEN, "{body}");
         assert_eq!(headers["komugate-rule"], "upstream-certificate-invalid");
         assert!(body.contains(expect), "{expect} not in {body}");
         assert!(!body.contains("secure /"), "no upstream content may leak");
     }
-    let rec = gw.access_record(|r| r["rule"] == "upstream-certificate-invalid").await;
-    assert!(rec["error"].as_str().unwrap().contains("upstream certificate"));
+    let rec = gw
+        .access_record(|r| r["rule"] == "upstream-certificate-invalid")
+        .await;
+    assert!(rec["error"]
+        .as_str()
+        .unwrap()
+        .contains("upstream certificate"));
     gw.shutdown().await;
 }
 
@@ -242,14 +356,30 @@ async fn invalid_upstream_certificates_yield_the_block_page() {
 async fn bypassed_host_shows_the_real_certificate() {
     let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();
     let upstream = https_upstream(&upstream_ca, "www.c4th.test", Validity::Good).await;
-    let gw = inspecting_gateway(&upstream_ca, |c| c.inspect.bypass_hosts = vec!["*.c4th.test".into()]).await;
+    let gw = inspecting_gateway(&upstream_ca, |c| {
+        c.inspect.bypass_hosts = vec!["*.c4th.test".into()]
+    })
+    .await;
     let authority = format!("www.c4th.test:{}", upstream.addr.port());
     let tunnel = connect_tunnel(&gw, &authority).await;
     // Trusting only the UPSTREAM's CA works: the tunnel is not inspected.
-    let tls = tls_over(tunnel, "www.c4th.test", trust_only(upstream_ca.cert_der().clone(), &[b"http/1.1"])).await.unwrap();
-    let answers = within("bypassed request", send(tls, vec![get(&authority, "/x", false)])).await;
+    let tls = tls_over(
+        tunnel,
+        "www.c4th.test",
+        trust_only(upstream_ca.cert_der().clone(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let answers = within(
+        "bypassed request",
+        send(tls, vec![get(&authority, "/x", false)]),
+    )
+    .await;
     assert_eq!(answers[0].2, "secure /x via http/1.1");
-    assert_eq!(gw.metric("komugate_inspect_cert_cache_misses_total", &[]), 0.0);
+    assert_eq!(
+        gw.metric("komugate_inspect_cert_cache_misses_total", &[]),
+        0.0
+    );
     gw.shutdown().await;
 }
 
@@ -260,9 +390,14 @@ async fn plain_bytes_on_an_inspected_tunnel_do_not_hang() {
     let gw = inspecting_gateway(&upstream_ca, |_| {}).await;
     let authority = format!("plain.test:{}", upstream.addr.port());
     let mut tunnel = connect_tunnel(&gw, &authority).await;
-    tunnel.write_all(b"GET / HTTP/1.1\r\nHost: plain.test\r\n\r\n").await.unwrap();
+    tunnel
+        .write_all(b"GET / HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut buf)).await.expect("closed, not hung");
+    let n = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut buf))
+        .await
+        .expect("closed, not hung");
     assert!(n.is_ok());
     let rec = gw.access_record(|r| r["rule"] == "inspect-non-tls").await;
     assert_eq!(rec["decision"], "block");
@@ -278,9 +413,18 @@ async fn client_rejecting_the_minted_certificate_is_counted() {
     let authority = format!("plain.test:{}", upstream.addr.port());
     let tunnel = connect_tunnel(&gw, &authority).await;
     // A pinning client: trusts only the real CA, so it refuses our leaf.
-    assert!(tls_over(tunnel, "plain.test", trust_only(upstream_ca.cert_der().clone(), &[b"http/1.1"])).await.is_err());
+    assert!(tls_over(
+        tunnel,
+        "plain.test",
+        trust_only(upstream_ca.cert_der().clone(), &[b"http/1.1"])
+    )
+    .await
+    .is_err());
     komugate_tests::eventually(Duration::from_secs(3), || {
-        let v = gw.metric("komugate_inspect_client_rejects_total", &[("sni", "plain.test")]);
+        let v = gw.metric(
+            "komugate_inspect_client_rejects_total",
+            &[("sni", "plain.test")],
+        );
         async move { (v >= 1.0).then_some(()) }
     })
     .await
@@ -312,11 +456,18 @@ async fn url_path_rule_inside_https_over_h2_connect() {
 
     // HTTP/2 to the gateway with a device certificate, CONNECT as an h2 stream.
     let device = gw.tls().device("T-100", &["teachers"]);
-    let gw_tls = komugate_tests::gw::tls_connect(gw.mtls(), gw.tls().client_config(Some(&device), &[b"h2"])).await.unwrap();
+    let gw_tls =
+        komugate_tests::gw::tls_connect(gw.mtls(), gw.tls().client_config(Some(&device), &[b"h2"]))
+            .await
+            .unwrap();
     let (h2, conn) = h2::client::handshake(gw_tls).await.unwrap();
     tokio::spawn(conn);
     let mut h2 = h2.ready().await.unwrap();
-    let req = http::Request::builder().method("CONNECT").uri(authority.as_str()).body(()).unwrap();
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri(authority.as_str())
+        .body(())
+        .unwrap();
     let (resp, send) = h2.send_request(req, false).unwrap();
     let resp = within("h2 CONNECT", resp).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -326,15 +477,24 @@ async fn url_path_rule_inside_https_over_h2_connect() {
         .connect(ServerName::try_from("plain.test").unwrap(), tunnel)
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut answers = Vec::new();
     for path in ["/public/a", "/secret/report", "/public/b"] {
         sender.ready().await.unwrap();
-        let resp = sender.send_request(get(&authority, path, false)).await.unwrap();
+        let resp = sender
+            .send_request(get(&authority, path, false))
+            .await
+            .unwrap();
         let status = resp.status();
-        let rule = resp.headers().get("komugate-rule").map(|v| v.to_str().unwrap().to_string());
-        let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
+        let rule = resp
+            .headers()
+            .get("komugate-rule")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes())
+            .to_string();
         answers.push((status, rule, body));
     }
     assert_eq!(answers[0].0, StatusCode::OK);
@@ -342,8 +502,19 @@ async fn url_path_rule_inside_https_over_h2_connect() {
     assert_eq!(answers[1].0, StatusCode::FORBIDDEN);
     assert_eq!(answers[1].1.as_deref(), Some("no secret path"));
     assert!(answers[1].2.contains("この資料は閲覧できません。") && answers[1].2.contains("T-100"));
-    assert_eq!(answers[2].0, StatusCode::OK, "the same inspected connection keeps serving after a block");
-    let rec = gw.access_record(|r| r["target"].as_str().map(|t| t.ends_with("/secret/report")).unwrap_or(false)).await;
+    assert_eq!(
+        answers[2].0,
+        StatusCode::OK,
+        "the same inspected connection keeps serving after a block"
+    );
+    let rec = gw
+        .access_record(|r| {
+            r["target"]
+                .as_str()
+                .map(|t| t.ends_with("/secret/report"))
+                .unwrap_or(false)
+        })
+        .await;
     assert_eq!(rec["decision"], "block");
     assert_eq!(rec["device"], "T-100");
     gw.shutdown().await;
@@ -358,12 +529,20 @@ struct H2Tunnel {
 
 impl H2Tunnel {
     fn new(send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Self {
-        H2Tunnel { send, recv, pending: Bytes::new() }
+        H2Tunnel {
+            send,
+            recv,
+            pending: Bytes::new(),
+        }
     }
 }
 
 impl tokio::io::AsyncRead for H2Tunnel {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         loop {
             if !self.pending.is_empty() {
@@ -385,13 +564,19 @@ impl tokio::io::AsyncRead for H2Tunnel {
 }
 
 impl tokio::io::AsyncWrite for H2Tunnel {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         use std::task::Poll;
         self.send.reserve_capacity(buf.len());
         match self.send.poll_capacity(cx) {
             Poll::Ready(Some(Ok(n))) => {
                 let n = n.min(buf.len());
-                self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(std::io::Error::other)?;
+                self.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(std::io::Error::other)?;
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Err(std::io::Error::other(e))),
@@ -399,10 +584,16 @@ impl tokio::io::AsyncWrite for H2Tunnel {
             Poll::Pending => Poll::Pending,
         }
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         let _ = self.send.send_data(Bytes::new(), true);
         std::task::Poll::Ready(Ok(()))
     }
@@ -426,16 +617,45 @@ async fn ips_rules_apply_inside_inspected_tunnels() {
     let gw = inspecting_gateway(&upstream_ca, |c| c.ips.rules = vec![rules.clone()]).await;
     let authority = format!("plain.test:{}", upstream.addr.port());
     let tunnel = connect_tunnel(&gw, &authority).await;
-    let tls = tls_over(tunnel, "plain.test", trust_only(gw.tls().server_ca(), &[b"http/1.1"])).await.unwrap();
-    let answers = within("inspected requests", send(tls, vec![get(&authority, "/ok", false), get(&authority, "/exfil/data", false)])).await;
+    let tls = tls_over(
+        tunnel,
+        "plain.test",
+        trust_only(gw.tls().server_ca(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let answers = within(
+        "inspected requests",
+        send(
+            tls,
+            vec![
+                get(&authority, "/ok", false),
+                get(&authority, "/exfil/data", false),
+            ],
+        ),
+    )
+    .await;
     assert_eq!(answers[0].0, StatusCode::OK);
     assert_eq!(answers[1].0, StatusCode::FORBIDDEN, "{}", answers[1].2);
-    let rec = gw.access_record(|r| r["target"].as_str().map(|t| t.ends_with("/exfil/data")).unwrap_or(false)).await;
+    let rec = gw
+        .access_record(|r| {
+            r["target"]
+                .as_str()
+                .map(|t| t.ends_with("/exfil/data"))
+                .unwrap_or(false)
+        })
+        .await;
     assert_eq!(rec["ips"], "9200001");
 
     let bad = format!("www.c4th.test:{}", upstream.addr.port());
     let tunnel = connect_tunnel(&gw, &bad).await;
-    assert!(tls_over(tunnel, "www.c4th.test", trust_only(gw.tls().server_ca(), &[b"http/1.1"])).await.is_err());
+    assert!(tls_over(
+        tunnel,
+        "www.c4th.test",
+        trust_only(gw.tls().server_ca(), &[b"http/1.1"])
+    )
+    .await
+    .is_err());
     let rec = gw.access_record(|r| r["ips"] == "9200002").await;
     assert_eq!(rec["decision"], "block");
     gw.shutdown().await;

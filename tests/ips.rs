@@ -35,7 +35,9 @@ const RECORDS: &[(&str, Ipv4Addr)] = &[
 const THREAT_LIST: &str = "# test threat intel\n127.0.0.3\n127.0.99.0/24\nevil.test\n";
 
 /// A gateway with the test rules, a threat list and its own DNS zone.
-async fn gateway(tweak: impl FnOnce(&mut Config)) -> (TestGateway, dns::DnsServer, tempfile::TempDir) {
+async fn gateway(
+    tweak: impl FnOnce(&mut Config),
+) -> (TestGateway, dns::DnsServer, tempfile::TempDir) {
     let dns = dns::start("test.", RECORDS).await;
     let lists = tempfile::tempdir().unwrap();
     let list = lists.path().join("test-threats.txt");
@@ -52,7 +54,10 @@ async fn gateway(tweak: impl FnOnce(&mut Config)) -> (TestGateway, dns::DnsServe
 }
 
 fn has_ips(rec: &serde_json::Value, sid: &str) -> bool {
-    rec["ips"].as_str().map(|s| s.split(',').any(|x| x == sid)).unwrap_or(false)
+    rec["ips"]
+        .as_str()
+        .map(|s| s.split(',').any(|x| x == sid))
+        .unwrap_or(false)
 }
 
 // ---------------------------------------------------------------- ips check
@@ -76,14 +81,27 @@ fn ips_check_reports_loaded_and_skipped_rules() {
         "unsupported keyword dsize",
         "missing sid",
     ] {
-        assert_eq!(report.skipped.get(reason).map(|s| s.count), Some(1), "{reason}:\n{summary}");
+        assert_eq!(
+            report.skipped.get(reason).map(|s| s.count),
+            Some(1),
+            "{reason}:\n{summary}"
+        );
     }
     assert!(summary.contains("skipped by reason:"), "{summary}");
-    assert!(summary.contains("komugate-test.rules:"), "examples carry file:line\n{summary}");
+    assert!(
+        summary.contains("komugate-test.rules:"),
+        "examples carry file:line\n{summary}"
+    );
     assert!(summary.contains("sid 9100903"), "{summary}");
     // A missing file is an error that names it.
-    let err = komugate::ips::IpsEngine::load(&[Path::new("/nonexistent/x.rules")]).err().unwrap().to_string();
-    assert!(err.contains("/nonexistent/x.rules") && err.contains("[ips] rules"), "{err}");
+    let err = komugate::ips::IpsEngine::load(&[Path::new("/nonexistent/x.rules")])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/x.rules") && err.contains("[ips] rules"),
+        "{err}"
+    );
 }
 
 /// Real Suricata rule files, if the environment provides them.
@@ -94,7 +112,11 @@ fn real_suricata_rules_load_without_panics() {
         eprintln!("{} absent: skipping the real-rules check", dir.display());
         return;
     };
-    let files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "rules")).collect();
+    let files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rules"))
+        .collect();
     if files.is_empty() {
         eprintln!("no .rules files in {}: skipping", dir.display());
         return;
@@ -178,9 +200,14 @@ async fn http_rules_alert_and_drop_on_forwarded_requests() {
 
 // ---------------------------------------------------------------- tunnels
 
-async fn connect_tunnel(proxy: std::net::SocketAddr, target: &str) -> RawConn<tokio::net::TcpStream> {
+async fn connect_tunnel(
+    proxy: std::net::SocketAddr,
+    target: &str,
+) -> RawConn<tokio::net::TcpStream> {
     let mut c = RawConn::connect(proxy).await;
-    c.send(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.unwrap();
+    c.send(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let head = c.read_head().await.unwrap();
     assert_eq!(head.status, 200, "{head:?}");
     c
@@ -198,13 +225,18 @@ async fn raw_tunnel_first_bytes_alert_and_drop() {
         c.send(b"hello ips-stream-alert").await.unwrap();
         assert_eq!(c.read_exact_n(22).await.unwrap(), b"hello ips-stream-alert");
         drop(c);
-        let rec = gw.access_record(|v| v["method"] == "CONNECT" && has_ips(v, "9100305")).await;
+        let rec = gw
+            .access_record(|v| v["method"] == "CONNECT" && has_ips(v, "9100305"))
+            .await;
         assert_eq!(rec["decision"], "allow");
 
         // drop: the matching bytes never reach the upstream; the tunnel closes.
         let mut c = connect_tunnel(gw.plain(), &target).await;
         c.send(b"EVILSHELL\x00\x01\x02 spawn").await.unwrap();
-        assert!(c.closed_within(Duration::from_secs(3)).await, "tunnel must be closed");
+        assert!(
+            c.closed_within(Duration::from_secs(3)).await,
+            "tunnel must be closed"
+        );
         let rec = gw.access_record(|v| v["rule"] == "ips:9100302").await;
         assert_eq!(rec["decision"], "block");
         assert_eq!(rec["bytes_up"], 0, "{rec}");
@@ -214,17 +246,28 @@ async fn raw_tunnel_first_bytes_alert_and_drop() {
     .await;
 }
 
-async fn tls_through_tunnel(gw: &TestGateway, up: &TlsUpstream, sni: &str) -> std::io::Result<String> {
+async fn tls_through_tunnel(
+    gw: &TestGateway,
+    up: &TlsUpstream,
+    sni: &str,
+) -> std::io::Result<String> {
     let c = connect_tunnel(gw.plain(), &up.addr.to_string()).await;
     let name = ServerName::try_from(sni.to_string()).unwrap();
     let mut config = (*up.client_config()).clone();
     // The name differs from the certificate's on purpose: the test is about
     // what the gateway does with the ClientHello, so skip name checks.
-    config.dangerous().set_certificate_verifier(Arc::new(NoVerify));
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, c.stream).await?;
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(NoVerify));
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, c.stream)
+        .await?;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
     let mut out = Vec::new();
-    tls.read_to_end(&mut out).await.or_else(|e| if out.is_empty() { Err(e) } else { Ok(0) })?;
+    tls.read_to_end(&mut out)
+        .await
+        .or_else(|e| if out.is_empty() { Err(e) } else { Ok(0) })?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
@@ -244,14 +287,18 @@ async fn sni_of_tls_tunnels_is_inspected() {
         assert_eq!(rec["ips_events"][0]["source"], "sni");
 
         // alert rule: passes, logged.
-        let ok = tls_through_tunnel(&gw, &up, "tracker.example").await.unwrap();
+        let ok = tls_through_tunnel(&gw, &up, "tracker.example")
+            .await
+            .unwrap();
         assert!(ok.contains("secure hello"));
         gw.access_record(|v| has_ips(v, "9100103")).await;
 
         // A threat-intel domain in the SNI of a tunnel to an innocent address.
         let err = tls_through_tunnel(&gw, &up, "cdn.evil.test").await;
         assert!(err.is_err());
-        let rec = gw.access_record(|v| v["rule"] == "threat-intel" && v["method"] == "CONNECT").await;
+        let rec = gw
+            .access_record(|v| v["rule"] == "threat-intel" && v["method"] == "CONNECT")
+            .await;
         assert_eq!(rec["ips_events"][0]["list"], "test-threats");
         gw.shutdown().await;
     })
@@ -289,7 +336,9 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -302,34 +351,49 @@ async fn threat_intel_listed_destinations_are_refused() {
 
         // A name that resolves to a listed address: CONNECT refused before any connect.
         let mut c = RawConn::connect(gw.plain()).await;
-        c.send(b"CONNECT c2.test:443 HTTP/1.1\r\nHost: c2.test:443\r\n\r\n").await.unwrap();
+        c.send(b"CONNECT c2.test:443 HTTP/1.1\r\nHost: c2.test:443\r\n\r\n")
+            .await
+            .unwrap();
         let r = c.read_response(false).await.unwrap();
         assert_eq!(r.status, 403, "{r:?}");
         assert_eq!(r.header("komugate-rule").as_deref(), Some("threat-intel"));
         assert!(r.text().contains("test-threats"), "{}", r.text());
 
         // A listed CIDR as a literal address, on a forwarded request.
-        let r = raw::proxy_get(gw.plain(), "http://127.0.99.7:8080/").await.unwrap();
+        let r = raw::proxy_get(gw.plain(), "http://127.0.99.7:8080/")
+            .await
+            .unwrap();
         assert_eq!(r.status, 403);
         assert_eq!(r.header("komugate-rule").as_deref(), Some("threat-intel"));
 
         // A listed domain (and its subdomains), without resolving it.
-        let r = raw::proxy_get(gw.plain(), "http://www.evil.test/").await.unwrap();
+        let r = raw::proxy_get(gw.plain(), "http://www.evil.test/")
+            .await
+            .unwrap();
         assert_eq!(r.header("komugate-rule").as_deref(), Some("threat-intel"));
 
         // Which laptop talked to the malicious server: one search on the log.
         let dev = gw.tls().device("T-0042", &["teachers"]);
         let cfg = gw.tls().client_config(Some(&dev), &[b"http/1.1"]);
         let mut c = RawConn::new(tls_connect(gw.mtls(), cfg).await.unwrap());
-        c.send(b"CONNECT c2.test:8443 HTTP/1.1\r\nHost: c2.test:8443\r\n\r\n").await.unwrap();
+        c.send(b"CONNECT c2.test:8443 HTTP/1.1\r\nHost: c2.test:8443\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(c.read_response(false).await.unwrap().status, 403);
-        let rec = gw.access_record(|v| v["device"] == "T-0042" && v["ips"] == "threat-intel").await;
+        let rec = gw
+            .access_record(|v| v["device"] == "T-0042" && v["ips"] == "threat-intel")
+            .await;
         assert_eq!(rec["target"], "c2.test:8443");
         assert_eq!(rec["ips_events"][0]["entry"], "127.0.0.3/32");
 
         // Unlisted destinations still work.
         let up = HttpUpstream::start("127.0.0.1").await;
-        let r = raw::proxy_get(gw.plain(), &format!("http://plain.test:{}/ok", up.addr.port())).await.unwrap();
+        let r = raw::proxy_get(
+            gw.plain(),
+            &format!("http://plain.test:{}/ok", up.addr.port()),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 200, "{r:?}");
         assert!(gw.metric("komugate_threat_intel_blocks_total", &[("via", "address")]) >= 2.0);
         gw.shutdown().await;
@@ -350,7 +414,11 @@ fn base64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..chunk.len() + 1 {
             out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -367,7 +435,9 @@ impl Doh {
     async fn connect(gw: &TestGateway, device: &str) -> Doh {
         let dev = gw.tls().device(device, &["teachers"]);
         let cfg = gw.tls().client_config(Some(&dev), &[b"http/1.1"]);
-        Doh { conn: RawConn::new(tls_connect(gw.mtls(), cfg).await.unwrap()) }
+        Doh {
+            conn: RawConn::new(tls_connect(gw.mtls(), cfg).await.unwrap()),
+        }
     }
 
     async fn get(&mut self, name: &str, qtype: RecordType) -> Message {
@@ -378,7 +448,10 @@ impl Doh {
             .unwrap();
         let r = self.conn.read_response(false).await.unwrap();
         assert_eq!(r.status, 200, "{r:?} {}", r.text());
-        assert_eq!(r.header("content-type").as_deref(), Some("application/dns-message"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/dns-message")
+        );
         Message::from_vec(&r.body).unwrap()
     }
 
@@ -398,7 +471,16 @@ impl Doh {
 }
 
 fn a_records(m: &Message) -> Vec<Ipv4Addr> {
-    m.answers().iter().filter_map(|r| if let RData::A(a) = r.data() { Some(a.0) } else { None }).collect()
+    m.answers()
+        .iter()
+        .filter_map(|r| {
+            if let RData::A(a) = r.data() {
+                Some(a.0)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -476,7 +558,9 @@ async fn doh_block_page_address_and_http2() {
         let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
         tokio::spawn(conn);
         let q = base64url(&dns_query("www.allowed.test", RecordType::A));
-        let req = http::Request::get(format!("https://localhost/dns-query?dns={q}")).body(()).unwrap();
+        let req = http::Request::get(format!("https://localhost/dns-query?dns={q}"))
+            .body(())
+            .unwrap();
         let (resp, _) = client.send_request(req, true).unwrap();
         let resp = resp.await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -485,7 +569,10 @@ async fn doh_block_page_address_and_http2() {
         while let Some(chunk) = body.data().await {
             bytes.extend_from_slice(&chunk.unwrap());
         }
-        assert_eq!(a_records(&Message::from_vec(&bytes).unwrap()), vec![Ipv4Addr::new(127, 0, 0, 1)]);
+        assert_eq!(
+            a_records(&Message::from_vec(&bytes).unwrap()),
+            vec![Ipv4Addr::new(127, 0, 0, 1)]
+        );
         gw.shutdown().await;
     })
     .await;
@@ -496,10 +583,17 @@ async fn doh_is_only_for_devices() {
     within("doh plain listener", async {
         let (gw, _dns, _lists) = gateway(|_| {}).await;
         let q = base64url(&dns_query("www.allowed.test", RecordType::A));
-        let r = raw::request(gw.plain(), format!("GET /dns-query?dns={q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        assert_eq!(r.status, 400, "the plain listener is a proxy, not a DoH server: {r:?}");
+        let r = raw::request(
+            gw.plain(),
+            format!("GET /dns-query?dns={q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.status, 400,
+            "the plain listener is a proxy, not a DoH server: {r:?}"
+        );
         gw.shutdown().await;
     })
     .await;
@@ -509,13 +603,32 @@ async fn doh_is_only_for_devices() {
 async fn threat_lists_are_reread_on_reload() {
     within("threat intel reload", async {
         let (gw, _dns, lists) = gateway(|_| {}).await;
-        let r = raw::proxy_get(gw.plain(), "http://127.0.55.1:8080/").await.unwrap();
-        assert_ne!(r.header("komugate-rule").as_deref(), Some("threat-intel"), "{r:?}");
-        std::fs::write(lists.path().join("test-threats.txt"), format!("{THREAT_LIST}127.0.55.0/24\n")).unwrap();
+        let r = raw::proxy_get(gw.plain(), "http://127.0.55.1:8080/")
+            .await
+            .unwrap();
+        assert_ne!(
+            r.header("komugate-rule").as_deref(),
+            Some("threat-intel"),
+            "{r:?}"
+        );
+        std::fs::write(
+            lists.path().join("test-threats.txt"),
+            format!("{THREAT_LIST}127.0.55.0/24\n"),
+        )
+        .unwrap();
         let gateway = gw.running.as_ref().unwrap().gateway.clone();
-        gateway.reload(komugate::logs::audit::ReloadSource::Sighup).await.unwrap();
-        let r = raw::proxy_get(gw.plain(), "http://127.0.55.1:8080/").await.unwrap();
-        assert_eq!(r.header("komugate-rule").as_deref(), Some("threat-intel"), "{r:?}");
+        gateway
+            .reload(komugate::logs::audit::ReloadSource::Sighup)
+            .await
+            .unwrap();
+        let r = raw::proxy_get(gw.plain(), "http://127.0.55.1:8080/")
+            .await
+            .unwrap();
+        assert_eq!(
+            r.header("komugate-rule").as_deref(),
+            Some("threat-intel"),
+            "{r:?}"
+        );
         drop(gateway);
         gw.shutdown().await;
     })

@@ -164,7 +164,9 @@ fn make_segments(dir: &Path, hours: &[(&str, &[&str])]) {
         let stamp = layout::stamp(t0);
         let closing = dir.join(layout::CLOSING).join(format!("{stamp}.jsonl"));
         std::fs::write(&closing, text).unwrap();
-        writer::compact(dir, &closing, 3).unwrap().expect("segment written");
+        writer::compact(dir, &closing, 3)
+            .unwrap()
+            .expect("segment written");
         assert!(!closing.exists());
     }
 }
@@ -191,7 +193,9 @@ fn sidecar_index_skips_segments_that_cannot_match() {
     assert_eq!(segs.len(), 4);
     for s in &segs {
         let idx = komugate::logs::segment::SegmentIndex::read(&s.with_extension("idx")).unwrap();
-        if !idx.any(komugate::logs::segment::IndexField::Host, |h| h == b"rare.example") {
+        if !idx.any(komugate::logs::segment::IndexField::Host, |h| {
+            h == b"rare.example"
+        }) {
             std::fs::write(s, b"not a segment").unwrap();
         }
     }
@@ -242,7 +246,8 @@ fn full_channel_spills_to_disk_and_nothing_is_lost() {
     assert_eq!(metrics.access_log_dropped.get(), 0);
     assert!(wait_until(Duration::from_secs(5), || {
         sub.sync(Duration::from_secs(1));
-        collect(&dir, &Query::default()).0.len() as u64 >= n && layout::spill_files(&dir, true).is_empty()
+        collect(&dir, &Query::default()).0.len() as u64 >= n
+            && layout::spill_files(&dir, true).is_empty()
     }));
     drop(sub);
     handle.join();
@@ -251,7 +256,9 @@ fn full_channel_spills_to_disk_and_nothing_is_lost() {
     seqs.sort();
     seqs.dedup();
     assert_eq!(seqs.len() as u64, n);
-    assert!(metrics.render().contains("komugate_access_log_spilled_total"));
+    assert!(metrics
+        .render()
+        .contains("komugate_access_log_spilled_total"));
 }
 
 #[test]
@@ -263,8 +270,14 @@ fn retention_sweep_deletes_old_days_and_is_audited() {
     make_segments(
         &dir,
         &[
-            (&komugate::logs::record::format_rfc3339_ms(old), &["old.example"]),
-            (&komugate::logs::record::format_rfc3339_ms(recent), &["recent.example"]),
+            (
+                &komugate::logs::record::format_rfc3339_ms(old),
+                &["old.example"],
+            ),
+            (
+                &komugate::logs::record::format_rfc3339_ms(recent),
+                &["recent.example"],
+            ),
         ],
     );
     let audit_path = tmp.path().join("audit.log");
@@ -345,7 +358,10 @@ fn csv_is_bom_utf8_rfc4180_and_reads_back() {
         sink.write(&r).unwrap();
     }
     let bytes = sink.finish().unwrap();
-    assert!(bytes.starts_with("\u{feff}".as_bytes()), "UTF-8 BOM for Excel");
+    assert!(
+        bytes.starts_with("\u{feff}".as_bytes()),
+        "UTF-8 BOM for Excel"
+    );
     assert!(bytes.windows(2).any(|w| w == b"\r\n"), "CRLF records");
     let mut rd = csv::ReaderBuilder::new().from_reader(&bytes[3..]);
     let header = rd.headers().unwrap().clone();
@@ -376,7 +392,10 @@ fn xlsx_has_header_filter_freeze_datetimes_and_continues_on_new_sheets() {
     assert_eq!(x.sheets(), 2);
     let bytes = x.finish().unwrap();
     let mut wb: Xlsx<_> = open_workbook_from_rs(std::io::Cursor::new(bytes.clone())).unwrap();
-    assert_eq!(wb.sheet_names(), vec!["ログ".to_string(), "ログ2".to_string()]);
+    assert_eq!(
+        wb.sheet_names(),
+        vec!["ログ".to_string(), "ログ2".to_string()]
+    );
     let s1 = wb.worksheet_range("ログ").unwrap();
     assert_eq!(s1.height(), 3);
     assert!(matches!(s1.get((0, 1)), Some(Data::String(h)) if h.contains("device")));
@@ -384,7 +403,8 @@ fn xlsx_has_header_filter_freeze_datetimes_and_continues_on_new_sheets() {
         Some(Data::DateTime(dt)) => {
             use komugate::logs::record::days_from_civil;
             // Excel serial days since 1899-12-30: 2025-04-02 08:30:00 JST.
-            let want = (days_from_civil(2025, 4, 2) - days_from_civil(1899, 12, 30)) as f64 + 8.5 / 24.0;
+            let want =
+                (days_from_civil(2025, 4, 2) - days_from_civil(1899, 12, 30)) as f64 + 8.5 / 24.0;
             assert!(
                 (dt.as_f64() - want).abs() < 1e-6,
                 "a real date-time cell in JST: {} vs {want}",
@@ -418,7 +438,9 @@ fn zip_entry(bytes: &[u8], name: &str) -> String {
     let hdr = pos - 30;
     assert_eq!(&bytes[hdr..hdr + 4], b"PK\x03\x04");
     let le16 = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]) as usize;
-    let le32 = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
+    let le32 = |i: usize| {
+        u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
+    };
     let method = le16(hdr + 8);
     let csize = le32(hdr + 18);
     let data_start = hdr + 30 + le16(hdr + 26) + le16(hdr + 28);
@@ -436,7 +458,9 @@ fn zip_entry(bytes: &[u8], name: &str) -> String {
 async fn admin_logs_endpoint_needs_the_token_and_exports() {
     let gw = TestGateway::start(|c, _| c.admin.token = "s3cret-token".into()).await;
     // A blocked request makes an access record.
-    let r = raw::proxy_get(gw.plain(), "http://blocked.test/").await.unwrap();
+    let r = raw::proxy_get(gw.plain(), "http://blocked.test/")
+        .await
+        .unwrap();
     assert_eq!(r.status, 403);
     let admin = gw.admin();
     let get = |path: &str, token: Option<&str>| {
@@ -445,15 +469,20 @@ async fn admin_logs_endpoint_needs_the_token_and_exports() {
             .unwrap_or_default();
         format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n")
     };
-    let r = raw::request(admin, get("/admin/logs", None).as_bytes()).await.unwrap();
+    let r = raw::request(admin, get("/admin/logs", None).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(r.status, 401);
     let r = raw::request(admin, get("/admin/logs", Some("wrong")).as_bytes())
         .await
         .unwrap();
     assert_eq!(r.status, 401);
-    let r = raw::request(admin, get("/admin/logs?nonsense=1", Some("s3cret-token")).as_bytes())
-        .await
-        .unwrap();
+    let r = raw::request(
+        admin,
+        get("/admin/logs?nonsense=1", Some("s3cret-token")).as_bytes(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 400);
     assert!(r.text().contains("unknown parameter"));
 

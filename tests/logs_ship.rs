@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use komugate::logs::ship::{self, ClickHouse, ClickHouseTarget, ShipStop, Syslog, SyslogTarget, Target};
+use komugate::logs::ship::{
+    self, ClickHouse, ClickHouseTarget, ShipStop, Syslog, SyslogTarget, Target,
+};
 use komugate::logs::writer::{self, WriterSettings};
 use komugate::metrics::Metrics;
 
@@ -47,7 +49,10 @@ fn wait_port(port: u16, limit: Duration) -> bool {
 
 /// Stops a child politely (SIGTERM) so it flushes what it accepted.
 fn terminate(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let end = Instant::now() + Duration::from_secs(15);
     while Instant::now() < end {
         if let Ok(Some(_)) = child.try_wait() {
@@ -86,8 +91,10 @@ impl Feed {
     fn send(&mut self, n: u64, over: Duration) {
         let per = over / n.max(1) as u32;
         for _ in 0..n {
-            self.sub
-                .submit(komugate::logs::cli::sample_record(self.next, SystemTime::now()));
+            self.sub.submit(komugate::logs::cli::sample_record(
+                self.next,
+                SystemTime::now(),
+            ));
             self.next += 1;
             if self.next % 50 == 0 {
                 std::thread::sleep(per * 50);
@@ -142,7 +149,10 @@ fn syslog_outage_loses_nothing_and_duplicates_nothing() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start rsyslogd");
-        assert!(wait_port(port, Duration::from_secs(10)), "rsyslogd listens on {port}");
+        assert!(
+            wait_port(port, Duration::from_secs(10)),
+            "rsyslogd listens on {port}"
+        );
         c
     };
     let mut rs = start();
@@ -231,7 +241,10 @@ fn clickhouse_outage_loses_nothing_and_old_partitions_are_dropped() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start clickhouse-server");
-        assert!(wait_port(http, Duration::from_secs(30)), "clickhouse listens on {http}");
+        assert!(
+            wait_port(http, Duration::from_secs(30)),
+            "clickhouse listens on {http}"
+        );
         c
     };
     let mut ch = start();
@@ -284,7 +297,9 @@ fn clickhouse_outage_loses_nothing_and_old_partitions_are_dropped() {
             rec,
         }])
         .unwrap();
-    let dropped = target.drop_old_partitions(komugate::logs::record::now_ms()).unwrap();
+    let dropped = target
+        .drop_old_partitions(komugate::logs::record::now_ms())
+        .unwrap();
     assert_eq!(dropped, vec![komugate::logs::record::utc_day(old)]);
     let left = q
         .query(

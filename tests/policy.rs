@@ -18,11 +18,20 @@ const TOKEN: &str = "test-admin-token";
 
 /// The repo's UT1 excerpt (examples/lists/ut1), absolute.
 fn ut1_excerpt() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lists/ut1").canonicalize().expect("examples/lists/ut1")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/lists/ut1")
+        .canonicalize()
+        .expect("examples/lists/ut1")
 }
 
 fn first_line(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap().lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap().to_string()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap()
+        .to_string()
 }
 
 /// A board-like policy: one school at 127.0.0.1, the UT1 excerpt, an allow
@@ -114,7 +123,11 @@ struct PolicyDir {
 
 fn write_policy(extra_rule: &str) -> PolicyDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("registry.csv"), "device_id,user,groups\nT-1,tanaka,教職員;テレワーク\nT-2,suzuki,教職員\n").unwrap();
+    std::fs::write(
+        dir.path().join("registry.csv"),
+        "device_id,user,groups\nT-1,tanaka,教職員;テレワーク\nT-2,suzuki,教職員\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("extra-gambling.txt"), "casino.test\n").unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, policy_text(&ut1_excerpt(), extra_rule)).unwrap();
@@ -135,11 +148,21 @@ async fn gateway_with(policy: &Path, watch: bool) -> TestGateway {
 /// GET through the plain listener from `source` (an address on loopback).
 async fn get_from(gw: &TestGateway, source: &str, url: &str) -> RawResponse {
     let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
     let stream = socket.connect(gw.plain()).await.unwrap();
     let mut conn = RawConn::new(stream);
-    let host = url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or("");
-    conn.send(format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    conn.send(
+        format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     conn.read_response(false).await.unwrap()
 }
 
@@ -148,12 +171,25 @@ async fn device_get(gw: &TestGateway, device: &str, source: &str, url: &str) -> 
     let cert = gw.tls().device(device, &[]);
     let config = gw.tls().client_config(Some(&cert), &[b"http/1.1"]);
     let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
     let tcp: TcpStream = socket.connect(gw.mtls()).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
     let mut conn = RawConn::new(tls);
-    let host = url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or("");
-    conn.send(format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    conn.send(
+        format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     conn.read_response(false).await.unwrap()
 }
 
@@ -173,15 +209,32 @@ async fn ut1_domains_and_subdomains_blocked_allow_list_wins() {
     let gw = gateway_with(&dir.policy, false).await;
     let listed = first_line(&ut1_excerpt().join("gambling/domains"));
 
-    for url in [format!("http://{listed}/"), format!("http://www.{listed}/path"), "http://casino.test/".into(), "http://a.b.casino.test/".into()] {
+    for url in [
+        format!("http://{listed}/"),
+        format!("http://www.{listed}/path"),
+        "http://casino.test/".into(),
+        "http://a.b.casino.test/".into(),
+    ] {
         let resp = get_from(&gw, "127.0.0.1", &url).await;
         assert_eq!(resp.status, 403, "{url} must be blocked");
         // Non-ASCII rule names travel percent-encoded in the header.
-        assert_eq!(resp.header("komugate-rule").as_deref(), Some("UT1 %E6%9C%89%E5%AE%B3%E3%82%AB%E3%83%86%E3%82%B4%E3%83%AA"));
+        assert_eq!(
+            resp.header("komugate-rule").as_deref(),
+            Some("UT1 %E6%9C%89%E5%AE%B3%E3%82%AB%E3%83%86%E3%82%B4%E3%83%AA")
+        );
         let page = resp.text();
-        assert!(page.contains("ブロックされました") && page.contains("Access to this page was blocked"), "{page}");
-        assert!(page.contains("gambling"), "category on the block page: {page}");
-        assert!(page.contains("0263-00-0000"), "contact from the policy: {page}");
+        assert!(
+            page.contains("ブロックされました") && page.contains("Access to this page was blocked"),
+            "{page}"
+        );
+        assert!(
+            page.contains("gambling"),
+            "category on the block page: {page}"
+        );
+        assert!(
+            page.contains("0263-00-0000"),
+            "contact from the policy: {page}"
+        );
         assert!(page.contains("有害サイトのためブロックしました。"));
     }
     // Not a string-suffix match: "xcasino.test" is not "casino.test".
@@ -192,11 +245,19 @@ async fn ut1_domains_and_subdomains_blocked_allow_list_wins() {
     // The allow list wins over the category.
     let rec = {
         let resp = get_from(&gw, "127.0.0.1", "http://allowed.casino.test/").await;
-        assert_ne!(resp.status, 403, "allow-listed host must not be blocked: {}", resp.text());
-        gw.access_record(|r| r["target"] == "http://allowed.casino.test/").await
+        assert_ne!(
+            resp.status,
+            403,
+            "allow-listed host must not be blocked: {}",
+            resp.text()
+        );
+        gw.access_record(|r| r["target"] == "http://allowed.casino.test/")
+            .await
     };
     assert_eq!(rec["rule"], "allow-list");
-    let blocked = gw.access_record(|r| r["target"] == "http://casino.test/").await;
+    let blocked = gw
+        .access_record(|r| r["target"] == "http://casino.test/")
+        .await;
     assert_eq!(blocked["categories"][0], "gambling");
     assert_eq!(blocked["site"], "豊科南小学校");
     assert_eq!(blocked["generation"], 1);
@@ -218,12 +279,22 @@ async fn offsite_rules_apply_only_offsite_and_registry_groups_count() {
     assert!(off.text().contains("C4th は学校からのみ利用できます。"));
     // 百問繚乱 off-site: the telework group (from the registry, not the cert) is excepted.
     let hyakumon = format!("http://localhost.rebind.test:{port}/");
-    assert_eq!(device_get(&gw, "T-1", "127.0.0.2", &hyakumon).await.status, 200, "telework device off-site");
+    assert_eq!(
+        device_get(&gw, "T-1", "127.0.0.2", &hyakumon).await.status,
+        200,
+        "telework device off-site"
+    );
     let t2 = device_get(&gw, "T-2", "127.0.0.2", &hyakumon).await;
     assert_eq!(t2.status, 403, "non-telework device off-site");
     assert!(t2.text().contains("T-2"), "device id on the block page");
-    assert_eq!(device_get(&gw, "T-2", "127.0.0.1", &hyakumon).await.status, 200, "in school");
-    let rec = gw.access_record(|r| r["device"] == "T-1" && r["status"] == 200).await;
+    assert_eq!(
+        device_get(&gw, "T-2", "127.0.0.1", &hyakumon).await.status,
+        200,
+        "in school"
+    );
+    let rec = gw
+        .access_record(|r| r["device"] == "T-1" && r["status"] == 200)
+        .await;
     assert_eq!(rec["user"], "tanaka");
     assert_eq!(rec["site"], "offsite");
     assert_eq!(rec["app"], "hyakumon");
@@ -243,9 +314,21 @@ async fn explain_agrees_with_the_proxy() {
         (None, "127.0.0.1", format!("http://{listed}/")),
         (None, "127.0.0.1", "http://allowed.casino.test/".to_string()),
         (None, "127.0.0.1", format!("http://plain.test:{port}/x")),
-        (Some("T-1"), "127.0.0.2", format!("http://localhost.rebind.test:{port}/")),
-        (Some("T-2"), "127.0.0.2", format!("http://localhost.rebind.test:{port}/")),
-        (Some("T-2"), "127.0.0.1", format!("http://localhost.rebind.test:{port}/")),
+        (
+            Some("T-1"),
+            "127.0.0.2",
+            format!("http://localhost.rebind.test:{port}/"),
+        ),
+        (
+            Some("T-2"),
+            "127.0.0.2",
+            format!("http://localhost.rebind.test:{port}/"),
+        ),
+        (
+            Some("T-2"),
+            "127.0.0.1",
+            format!("http://localhost.rebind.test:{port}/"),
+        ),
     ];
     for (device, from, url) in cases {
         let q = format!(
@@ -256,14 +339,28 @@ async fn explain_agrees_with_the_proxy() {
         let explained = admin(&gw, "GET", &q).await;
         assert_eq!(explained.status, 200, "{}", explained.text());
         let v: serde_json::Value = serde_json::from_slice(&explained.body).unwrap();
-        let (action, rule) = (v["decision"]["action"].as_str().unwrap().to_string(), v["decision"]["rule"].as_str().unwrap().to_string());
+        let (action, rule) = (
+            v["decision"]["action"].as_str().unwrap().to_string(),
+            v["decision"]["rule"].as_str().unwrap().to_string(),
+        );
         let resp = match device {
             Some(d) => device_get(&gw, d, from, &url).await,
             None => get_from(&gw, from, &url).await,
         };
         let proxy_blocked = resp.status == 403;
-        assert_eq!(proxy_blocked, action == "Block", "{device:?} {from} {url}: explain says {action} ({rule}), proxy answered {}", resp.status);
-        let logged = gw.access_record(|r| r["target"] == url.as_str() && r["client"].as_str().unwrap_or("").starts_with(from) && r["device"].as_str() == device).await;
+        assert_eq!(
+            proxy_blocked,
+            action == "Block",
+            "{device:?} {from} {url}: explain says {action} ({rule}), proxy answered {}",
+            resp.status
+        );
+        let logged = gw
+            .access_record(|r| {
+                r["target"] == url.as_str()
+                    && r["client"].as_str().unwrap_or("").starts_with(from)
+                    && r["device"].as_str() == device
+            })
+            .await;
         assert_eq!(logged["rule"], rule.as_str(), "{device:?} {from} {url}");
     }
     // The CLI gives the same answer (same function).
@@ -272,11 +369,22 @@ async fn explain_agrees_with_the_proxy() {
         let out = std::process::Command::new(&exe)
             .args(["policy", "explain"])
             .arg(&dir.policy)
-            .args(["--from", "127.0.0.2", "--url", &format!("http://www.c4th.test:{port}/"), "--json"])
+            .args([
+                "--from",
+                "127.0.0.2",
+                "--url",
+                &format!("http://www.c4th.test:{port}/"),
+                "--json",
+            ])
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        assert_eq!(v["rule"], "C4th 校外禁止", "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            v["rule"],
+            "C4th 校外禁止",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     gw.shutdown().await;
 }
@@ -285,17 +393,41 @@ async fn explain_agrees_with_the_proxy() {
 async fn invalid_policy_is_refused_with_positions_and_old_one_stays() {
     let dir = write_policy("");
     let gw = gateway_with(&dir.policy, false).await;
-    std::fs::write(&dir.policy, policy_text(&ut1_excerpt(), "[[rule]]\nname = \"typo\"\ncategories = [\"gamblin\"]\naction = \"block\"\n")).unwrap();
+    std::fs::write(
+        &dir.policy,
+        policy_text(
+            &ut1_excerpt(),
+            "[[rule]]\nname = \"typo\"\ncategories = [\"gamblin\"]\naction = \"block\"\n",
+        ),
+    )
+    .unwrap();
     let resp = admin(&gw, "POST", "/admin/reload").await;
     assert_eq!(resp.status, 422, "{}", resp.text());
     let body = resp.text();
-    assert!(body.contains("policy.toml:") && body.contains("gamblin") && body.contains("gambling"), "{body}");
-    assert_eq!(gw.metric("komugate_policy_reloads_total", &[("result", "error")]), 1.0);
+    assert!(
+        body.contains("policy.toml:") && body.contains("gamblin") && body.contains("gambling"),
+        "{body}"
+    );
+    assert_eq!(
+        gw.metric("komugate_policy_reloads_total", &[("result", "error")]),
+        1.0
+    );
     assert_eq!(gw.metric("komugate_policy_generation", &[]), 1.0);
     // Still deciding with generation 1.
-    assert_eq!(get_from(&gw, "127.0.0.1", "http://casino.test/").await.header("komugate-policy-generation").as_deref(), Some("1"));
+    assert_eq!(
+        get_from(&gw, "127.0.0.1", "http://casino.test/")
+            .await
+            .header("komugate-policy-generation")
+            .as_deref(),
+        Some("1")
+    );
     // Without a token the API refuses.
-    let anon = komugate_tests::raw::request(gw.admin(), b"POST /admin/reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await.unwrap();
+    let anon = komugate_tests::raw::request(
+        gw.admin(),
+        b"POST /admin/reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     assert_eq!(anon.status, 401);
     gw.shutdown().await;
 }
@@ -304,16 +436,31 @@ async fn invalid_policy_is_refused_with_positions_and_old_one_stays() {
 async fn included_list_change_reloads() {
     let dir = write_policy("");
     let gw = gateway_with(&dir.policy, true).await;
-    assert_eq!(get_from(&gw, "127.0.0.1", "http://newly.test/").await.status, 502, "not blocked yet (and no such host)");
+    assert_eq!(
+        get_from(&gw, "127.0.0.1", "http://newly.test/")
+            .await
+            .status,
+        502,
+        "not blocked yet (and no such host)"
+    );
     // Editing an included list file is picked up by the watcher.
-    std::fs::write(dir.policy.parent().unwrap().join("extra-gambling.txt"), "casino.test\nnewly.test\n").unwrap();
+    std::fs::write(
+        dir.policy.parent().unwrap().join("extra-gambling.txt"),
+        "casino.test\nnewly.test\n",
+    )
+    .unwrap();
     komugate_tests::eventually(Duration::from_secs(5), || {
         let g = gw.metric("komugate_policy_generation", &[]);
         async move { (g >= 2.0).then_some(()) }
     })
     .await
     .expect("file change reloaded the policy");
-    assert_eq!(get_from(&gw, "127.0.0.1", "http://newly.test/").await.status, 403);
+    assert_eq!(
+        get_from(&gw, "127.0.0.1", "http://newly.test/")
+            .await
+            .status,
+        403
+    );
     gw.shutdown().await;
 }
 
@@ -332,7 +479,8 @@ async fn reload_under_load_drops_nothing() {
     let run_for = Duration::from_secs(20);
 
     // Policy generations: odd = allow plain.test, even = block it.
-    let block_rule = "[[rule]]\nname = \"reload-test-block\"\nhosts = [\"plain.test\"]\naction = \"block\"\n";
+    let block_rule =
+        "[[rule]]\nname = \"reload-test-block\"\nhosts = [\"plain.test\"]\naction = \"block\"\n";
     let reloads = {
         let (gw, policy) = (gw.clone(), dir.policy.clone());
         tokio::spawn(async move {
@@ -353,7 +501,12 @@ async fn reload_under_load_drops_nothing() {
                 let resp = admin(&gw, "POST", "/admin/reload").await;
                 let after = Instant::now();
                 if i % 2 == 1 {
-                    assert_eq!(resp.status, 422, "invalid file must be refused: {}", resp.text());
+                    assert_eq!(
+                        resp.status,
+                        422,
+                        "invalid file must be refused: {}",
+                        resp.text()
+                    );
                 } else {
                     assert_eq!(resp.status, 200, "{}", resp.text());
                     let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
@@ -399,8 +552,14 @@ async fn reload_under_load_drops_nothing() {
     let swaps = reloads.await.unwrap();
     assert_eq!(swaps.len(), 11, "10 valid reloads");
     assert!(results.len() >= 3000, "load was {} requests", results.len());
-    assert_eq!(gw.metric("komugate_policy_reloads_total", &[("result", "ok")]), 10.0);
-    assert_eq!(gw.metric("komugate_policy_reloads_total", &[("result", "error")]), 10.0);
+    assert_eq!(
+        gw.metric("komugate_policy_reloads_total", &[("result", "ok")]),
+        10.0
+    );
+    assert_eq!(
+        gw.metric("komugate_policy_reloads_total", &[("result", "error")]),
+        10.0
+    );
 
     // Generation of each answer: from the block page header, or from the access log.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -413,13 +572,19 @@ async fn reload_under_load_drops_nothing() {
         }
     }
     let in_force = |g: u64, sent: Instant, received: Instant| {
-        let start = swaps.iter().find(|s| s.0 == g).map(|s| s.1).expect("a generation from a valid reload");
+        let start = swaps
+            .iter()
+            .find(|s| s.0 == g)
+            .map(|s| s.1)
+            .expect("a generation from a valid reload");
         let end = swaps.iter().find(|s| s.0 == g + 1).map(|s| s.2);
         start <= received && end.map(|e| e >= sent).unwrap_or(true)
     };
     for (path, sent, received, status, gen_header, rule) in &results {
         let g = match status {
-            200 => *logged.get(&format!("http://plain.test:{port}{path}")).unwrap_or_else(|| panic!("{path} not in the access log")),
+            200 => *logged
+                .get(&format!("http://plain.test:{port}{path}"))
+                .unwrap_or_else(|| panic!("{path} not in the access log")),
             403 => {
                 assert_eq!(rule.as_deref(), Some("reload-test-block"));
                 gen_header.as_ref().unwrap().parse().unwrap()
@@ -427,8 +592,15 @@ async fn reload_under_load_drops_nothing() {
             other => panic!("{path}: unexpected status {other}"),
         };
         // Even generations (2, 4, …) carry the block rule.
-        assert_eq!(*status == 403, g % 2 == 0, "{path}: status {status} from generation {g}");
-        assert!(in_force(g, *sent, *received), "{path} answered by generation {g} outside its time in force");
+        assert_eq!(
+            *status == 403,
+            g % 2 == 0,
+            "{path}: status {status} from generation {g}"
+        );
+        assert!(
+            in_force(g, *sent, *received),
+            "{path} answered by generation {g} outside its time in force"
+        );
     }
     if let Ok(gw) = Arc::try_unwrap(gw) {
         gw.shutdown().await;

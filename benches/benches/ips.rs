@@ -27,13 +27,16 @@ impl Rng {
     }
     fn word(&mut self, min: usize, max: usize) -> String {
         let len = min + self.below(max - min + 1);
-        (0..len).map(|_| (b'a' + self.below(26) as u8) as char).collect()
+        (0..len)
+            .map(|_| (b'a' + self.below(26) as u8) as char)
+            .collect()
     }
 }
 
 const WORDS: &[&str] = &[
-    "index", "login", "api", "v1", "v2", "static", "js", "css", "img", "update", "search", "news", "school", "board", "teams",
-    "mail", "share", "drive", "report", "grade", "class", "admin", "user", "panel", "upload", "download", "file", "data",
+    "index", "login", "api", "v1", "v2", "static", "js", "css", "img", "update", "search", "news",
+    "school", "board", "teams", "mail", "share", "drive", "report", "grade", "class", "admin",
+    "user", "panel", "upload", "download", "file", "data",
 ];
 
 /// Synthetic rules shaped like ET Open: mostly HTTP (uri, host, user agent,
@@ -45,7 +48,11 @@ fn synthetic_rules(n: usize) -> String {
     for i in 0..n {
         let sid = 2_000_000 + i;
         let w = r.word(6, 14);
-        let pcre = if r.below(10) == 0 { format!(" pcre:\"/{}[0-9]{{2,8}}\\/[a-z]+/i\";", r.word(4, 8)) } else { String::new() };
+        let pcre = if r.below(10) == 0 {
+            format!(" pcre:\"/{}[0-9]{{2,8}}\\/[a-z]+/i\";", r.word(4, 8))
+        } else {
+            String::new()
+        };
         let line = match r.below(10) {
             0..=2 => format!(
                 "alert http $HOME_NET any -> $EXTERNAL_NET any (msg:\"SYN uri {i}\"; flow:established,to_server; http.uri; content:\"/{}/{w}\"; content:\".php\"; distance:0;{pcre} sid:{sid}; rev:1;)",
@@ -127,35 +134,72 @@ struct RuleSet {
 }
 
 fn rule_sets() -> Vec<RuleSet> {
-    let mut sets = vec![RuleSet { name: "none".into(), engine: IpsEngine::empty() }];
+    let mut sets = vec![RuleSet {
+        name: "none".into(),
+        engine: IpsEngine::empty(),
+    }];
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let hand = manifest.join("../tests/data/ips/komugate-test.rules");
     if let Ok((engine, report)) = IpsEngine::load(&[&hand]) {
-        eprintln!("hand-written rules: {} loaded, {} skipped", report.loaded, report.skipped_total());
-        sets.push(RuleSet { name: format!("hand-{}", report.loaded), engine });
+        eprintln!(
+            "hand-written rules: {} loaded, {} skipped",
+            report.loaded,
+            report.skipped_total()
+        );
+        sets.push(RuleSet {
+            name: format!("hand-{}", report.loaded),
+            engine,
+        });
     }
-    let n: usize = std::env::var("KOMUGATE_IPS_SYNTH").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let n: usize = std::env::var("KOMUGATE_IPS_SYNTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let text = synthetic_rules(n);
     let hand_text = std::fs::read_to_string(&hand).unwrap_or_default();
     let started = std::time::Instant::now();
-    let (engine, report) = IpsEngine::from_texts(&[(Path::new("synthetic.rules"), &text), (hand.as_path(), &hand_text)]).unwrap();
+    let (engine, report) = IpsEngine::from_texts(&[
+        (Path::new("synthetic.rules"), &text),
+        (hand.as_path(), &hand_text),
+    ])
+    .unwrap();
     eprintln!(
         "synthetic + hand rules: {} loaded, {} skipped, compiled in {:.0} ms",
         report.loaded,
         report.skipped_total(),
         started.elapsed().as_secs_f64() * 1000.0
     );
-    sets.push(RuleSet { name: format!("full-{}", report.loaded), engine });
-    let real: PathBuf = std::env::var("KOMUGATE_IPS_RULES").map(PathBuf::from).unwrap_or_else(|_| manifest.join("../../shared/ips"));
+    sets.push(RuleSet {
+        name: format!("full-{}", report.loaded),
+        engine,
+    });
+    let real: PathBuf = std::env::var("KOMUGATE_IPS_RULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| manifest.join("../../shared/ips"));
     if let Ok(entries) = std::fs::read_dir(&real) {
-        let files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "rules")).collect();
+        let files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rules"))
+            .collect();
         if !files.is_empty() {
             let (engine, report) = IpsEngine::load(&files).unwrap();
-            eprintln!("real rules in {}: {} loaded, {} skipped", real.display(), report.loaded, report.skipped_total());
-            sets.push(RuleSet { name: format!("real-{}", report.loaded), engine });
+            eprintln!(
+                "real rules in {}: {} loaded, {} skipped",
+                real.display(),
+                report.loaded,
+                report.skipped_total()
+            );
+            sets.push(RuleSet {
+                name: format!("real-{}", report.loaded),
+                engine,
+            });
         }
     } else {
-        eprintln!("no real Suricata rules at {} (set KOMUGATE_IPS_RULES)", real.display());
+        eprintln!(
+            "no real Suricata rules at {} (set KOMUGATE_IPS_RULES)",
+            real.display()
+        );
     }
     sets
 }
@@ -163,7 +207,12 @@ fn rule_sets() -> Vec<RuleSet> {
 /// On-CPU nanoseconds of this thread (excludes time waiting for a core on
 /// a loaded machine), from /proc/thread-self/schedstat.
 fn cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// On-CPU throughput in MB/s (10^6 bytes/s): best of 7 batches, each
@@ -188,23 +237,57 @@ fn bench(c: &mut Criterion) {
     let sets = rule_sets();
     let corpus = stream_corpus(4 << 20);
     let reqs = requests(2000);
-    let req_bytes: usize = reqs.iter().map(|r| r.uri.len() + r.headers.len() + r.method.len() + r.host.len()).sum();
+    let req_bytes: usize = reqs
+        .iter()
+        .map(|r| r.uri.len() + r.headers.len() + r.method.len() + r.host.len())
+        .sum();
     let body = stream_corpus(64 << 10);
 
     eprintln!("on-CPU throughput, best of 7 batches of >= 200 ms (MB/s = 10^6 B/s):");
-    eprintln!("{:<12} {:>14} {:>14} {:>14}", "rules", "stream 8k", "http head", "body 64k");
+    eprintln!(
+        "{:<12} {:>14} {:>14} {:>14}",
+        "rules", "stream 8k", "http head", "body 64k"
+    );
     for s in &sets {
         let e = &s.engine;
         let stream = cpu_mbps(corpus.len(), || {
-            corpus.chunks(8192).enumerate().map(|(i, w)| e.scan_stream_prefix(if i % 2 == 0 { Direction::ToServer } else { Direction::ToClient }, 443, w).len()).sum()
+            corpus
+                .chunks(8192)
+                .enumerate()
+                .map(|(i, w)| {
+                    e.scan_stream_prefix(
+                        if i % 2 == 0 {
+                            Direction::ToServer
+                        } else {
+                            Direction::ToClient
+                        },
+                        443,
+                        w,
+                    )
+                    .len()
+                })
+                .sum()
         });
-        let head = cpu_mbps(req_bytes, || reqs.iter().map(|r| e.scan_http_request(r).len()).sum());
+        let head = cpu_mbps(req_bytes, || {
+            reqs.iter().map(|r| e.scan_http_request(r).len()).sum()
+        });
         let bodyt = cpu_mbps(body.len(), || {
             let mut state = BodyScan::new(64 << 10);
-            body.chunks(16 << 10).map(|chunk| e.scan_http_request_body_chunk(&reqs[0], &mut state, chunk).len()).sum()
+            body.chunks(16 << 10)
+                .map(|chunk| {
+                    e.scan_http_request_body_chunk(&reqs[0], &mut state, chunk)
+                        .len()
+                })
+                .sum()
         });
         let f = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into());
-        eprintln!("{:<12} {:>14} {:>14} {:>14}", s.name, f(stream), f(head), f(bodyt));
+        eprintln!(
+            "{:<12} {:>14} {:>14} {:>14}",
+            s.name,
+            f(stream),
+            f(head),
+            f(bodyt)
+        );
     }
 
     let mut g = c.benchmark_group("ips/stream_prefix_8k");
@@ -214,7 +297,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let mut hits = 0;
                 for (i, window) in corpus.chunks(8192).enumerate() {
-                    let dir = if i % 2 == 0 { Direction::ToServer } else { Direction::ToClient };
+                    let dir = if i % 2 == 0 {
+                        Direction::ToServer
+                    } else {
+                        Direction::ToClient
+                    };
                     hits += e.scan_stream_prefix(dir, 443, black_box(window)).len();
                 }
                 hits
@@ -227,7 +314,11 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(req_bytes as u64));
     for s in &sets {
         g.bench_with_input(BenchmarkId::from_parameter(&s.name), &s.engine, |b, e| {
-            b.iter(|| reqs.iter().map(|r| e.scan_http_request(black_box(r)).len()).sum::<usize>())
+            b.iter(|| {
+                reqs.iter()
+                    .map(|r| e.scan_http_request(black_box(r)).len())
+                    .sum::<usize>()
+            })
         });
     }
     g.finish();
@@ -238,19 +329,32 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(&s.name), &s.engine, |b, e| {
             b.iter(|| {
                 let mut state = BodyScan::new(64 << 10);
-                body.chunks(16 << 10).map(|chunk| e.scan_http_request_body_chunk(&reqs[0], &mut state, chunk).len()).sum::<usize>()
+                body.chunks(16 << 10)
+                    .map(|chunk| {
+                        e.scan_http_request_body_chunk(&reqs[0], &mut state, chunk)
+                            .len()
+                    })
+                    .sum::<usize>()
             })
         });
     }
     g.finish();
 
-    let names: Vec<String> = reqs.iter().map(|r| String::from_utf8_lossy(&r.host).into_owned()).collect();
+    let names: Vec<String> = reqs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.host).into_owned())
+        .collect();
     let name_bytes: usize = names.iter().map(|n| n.len()).sum();
     let mut g = c.benchmark_group("ips/sni_and_dns_names");
     g.throughput(Throughput::Bytes(2 * name_bytes as u64));
     for s in &sets {
         g.bench_with_input(BenchmarkId::from_parameter(&s.name), &s.engine, |b, e| {
-            b.iter(|| names.iter().map(|n| e.scan_tls_sni(n, 443).len() + e.scan_dns_query(n, None).len()).sum::<usize>())
+            b.iter(|| {
+                names
+                    .iter()
+                    .map(|n| e.scan_tls_sni(n, 443).len() + e.scan_dns_query(n, None).len())
+                    .sum::<usize>()
+            })
         });
     }
     g.finish();

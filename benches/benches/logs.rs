@@ -119,7 +119,12 @@ fn gen(rng: &mut Rng, t: i64) -> LogRecord {
         target,
         host: String::new(),
         action: if blocked { "block" } else { "allow" }.into(),
-        rule: RULES[if blocked { 5 + rng.below(6) } else { rng.below(5) } as usize].into(),
+        rule: RULES[if blocked {
+            5 + rng.below(6)
+        } else {
+            rng.below(5)
+        } as usize]
+            .into(),
         categories: match CATS[(host_id % 10) as usize] {
             "" => vec![],
             c => vec![c.into()],
@@ -128,7 +133,11 @@ fn gen(rng: &mut Rng, t: i64) -> LogRecord {
         ips: String::new(),
         status: if blocked { 403 } else { 200 },
         bytes_up: if blocked { 0 } else { 200 + rng.below(20_000) },
-        bytes_down: if blocked { 1800 } else { 500 + rng.below(2_000_000) },
+        bytes_down: if blocked {
+            1800
+        } else {
+            500 + rng.below(2_000_000)
+        },
         duration_ms: rng.below(30_000),
         egress: if host_id == 3 {
             "198.51.100.7".into()
@@ -172,7 +181,10 @@ fn dir_bytes(p: &Path) -> u64 {
 }
 
 fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn main() {
@@ -212,7 +224,11 @@ fn main() {
                 client: r.client,
                 method: r.method,
                 target: r.target,
-                decision: if r.action == "block" { "block" } else { "allow" },
+                decision: if r.action == "block" {
+                    "block"
+                } else {
+                    "allow"
+                },
                 rule: r.rule,
                 status: r.status,
                 bytes_up: r.bytes_up,
@@ -257,8 +273,11 @@ fn main() {
         for (h, w) in weights.iter().enumerate() {
             let n = (per_day as f64 * w).round() as u64;
             let t0 = day0 + d as i64 * 86_400_000 + h as i64 * 3_600_000;
-            let path = dir.join(layout::CLOSING).join(format!("{}.jsonl", layout::stamp(t0)));
-            let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
+            let path = dir
+                .join(layout::CLOSING)
+                .join(format!("{}.jsonl", layout::stamp(t0)));
+            let mut f =
+                std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
             for i in 0..n {
                 let t = t0 + (i as i64 * 3_600_000) / n as i64;
                 let mut r = gen(&mut rng, t);
@@ -286,7 +305,9 @@ fn main() {
     println!("compaction (parse JSON line + columns + zstd 6 + index): {total_records} records in {compact_secs:.1} s = {compact_rate:.0} records/s");
     println!("storage: {seg_bytes} bytes for {total_records} records = {bpr:.2} bytes/record (segments + indexes)");
     let one_core = 1.0 / (1.0 / writer_rate + 1.0 / compact_rate);
-    println!("ingest on one core (writer + compaction of the same records): {one_core:.0} records/s");
+    println!(
+        "ingest on one core (writer + compaction of the same records): {one_core:.0} records/s"
+    );
 
     // 3. Fill the year with hard links to the last generated day (no rare host).
     let seg_root = dir.join(layout::SEGMENTS);

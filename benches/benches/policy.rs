@@ -24,14 +24,33 @@ fn bench(c: &mut Criterion) {
         time,
     };
     let cases = [
-        ("school_allow_default", req(Some("PC-T-0001"), "203.0.113.130", "www.mext.go.jp", "/a/b?c=d")),
-        ("offsite_c4th_block", req(Some("PC-T-0001"), "192.0.2.7", "www.c4th.example", "/login")),
-        ("telework_hyakumon_allow", req(Some("PC-T-0002"), "192.0.2.7", "hyakumon.example", "/q/1")),
-        ("ut1_gambling_block", req(None, "203.0.113.3", "www.0-casino.info", "/")),
+        (
+            "school_allow_default",
+            req(
+                Some("PC-T-0001"),
+                "203.0.113.130",
+                "www.mext.go.jp",
+                "/a/b?c=d",
+            ),
+        ),
+        (
+            "offsite_c4th_block",
+            req(Some("PC-T-0001"), "192.0.2.7", "www.c4th.example", "/login"),
+        ),
+        (
+            "telework_hyakumon_allow",
+            req(Some("PC-T-0002"), "192.0.2.7", "hyakumon.example", "/q/1"),
+        ),
+        (
+            "ut1_gambling_block",
+            req(None, "203.0.113.3", "www.0-casino.info", "/"),
+        ),
     ];
     let mut g = c.benchmark_group("policy_decision");
     for (name, r) in &cases {
-        g.bench_function(*name, |b| b.iter(|| black_box(policy.evaluate(black_box(r)))));
+        g.bench_function(*name, |b| {
+            b.iter(|| black_box(policy.evaluate(black_box(r))))
+        });
     }
     g.finish();
 }

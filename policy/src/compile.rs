@@ -658,7 +658,9 @@ fn parse_conds(cx: &mut Cx<'_>, t: &dyn TableLike, what: &str, n: &Names<'_>, c:
         set!(hosts, "hosts", Some(pats));
     }
     for key in ["port", "ports"] {
-        let Some(ranges) = port_list(cx, t, key) else { continue };
+        let Some(ranges) = port_list(cx, t, key) else {
+            continue;
+        };
         let Some(item) = t.get(key) else { continue };
         if ranges.is_empty() && item.as_array().is_some_and(|a| a.is_empty()) {
             cx.err(
@@ -979,7 +981,10 @@ fn firewall_section(
                 None => false,
             }
         } else {
-            cx.err(&tsp, format!("missing `action` in {what} (\"allow\" or \"deny\")"));
+            cx.err(
+                &tsp,
+                format!("missing `action` in {what} (\"allow\" or \"deny\")"),
+            );
             false
         };
         let log = cx.bool(t, "log", &what).unwrap_or(default_log);
@@ -1179,7 +1184,12 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
             if is_guid(&v) {
                 tenants.microsoft_context = Some(v);
             } else {
-                cx.err(&sp, format!("invalid microsoft_context `{v}` (expected the directory (tenant) id GUID)"));
+                cx.err(
+                    &sp,
+                    format!(
+                        "invalid microsoft_context `{v}` (expected the directory (tenant) id GUID)"
+                    ),
+                );
             }
         }
         if let Some((v, sp)) = cx.str(t, "tenant_restrictions_v2", "[tenant]") {
@@ -1191,7 +1201,13 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         if let Some((v, sp)) = cx.str(t, "youtube_restrict", "[tenant]") {
             match v.as_str() {
                 "Strict" | "Moderate" => tenants.youtube_restrict = Some(v),
-                _ => cx.err(&sp, format!("invalid youtube_restrict `{v}` (use \"Strict\" or \"Moderate\"){}", suggest(&v, ["Strict", "Moderate"]))),
+                _ => cx.err(
+                    &sp,
+                    format!(
+                        "invalid youtube_restrict `{v}` (use \"Strict\" or \"Moderate\"){}",
+                        suggest(&v, ["Strict", "Moderate"])
+                    ),
+                ),
             }
         }
         for (key, out) in [
@@ -1448,7 +1464,11 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
     let mut catalog = None;
     if use_catalog {
         match crate::casb::parse_catalog(crate::casb::BUILTIN_CATALOG).and_then(|c| {
-            let apps = c.app.iter().map(catalog_app).collect::<Result<Vec<_>, _>>()?;
+            let apps = c
+                .app
+                .iter()
+                .map(catalog_app)
+                .collect::<Result<Vec<_>, _>>()?;
             Ok((c, apps))
         }) {
             Ok((c, a)) => {
@@ -1468,9 +1488,15 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         };
         let what = format!("app `{name}`");
         cx.keys(t, &what, APP_KEYS);
-        let base = catalog_apps.iter().position(|a| a.name == name).map(|i| catalog_apps.remove(i));
+        let base = catalog_apps
+            .iter()
+            .position(|a| a.name == name)
+            .map(|i| catalog_apps.remove(i));
         let from_catalog = base.is_some();
-        let mut app = base.unwrap_or_else(|| App { name: name.clone(), ..Default::default() });
+        let mut app = base.unwrap_or_else(|| App {
+            name: name.clone(),
+            ..Default::default()
+        });
         if t.contains_key("hosts") {
             let (hosts, patterns) = host_list(&mut cx, t, &what);
             app.hosts = hosts;
@@ -1497,7 +1523,12 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         app.own_patterns = app
             .tenant_hosts
             .iter()
-            .flat_map(|t| tenants.sharepoint.iter().map(move |n| t.replace("{tenant}", n)))
+            .flat_map(|t| {
+                tenants
+                    .sharepoint
+                    .iter()
+                    .map(move |n| t.replace("{tenant}", n))
+            })
             .filter_map(|h| HostPattern::parse(&h).ok())
             .collect();
     }
@@ -1929,10 +1960,9 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
     for p in &policies {
         for (j, &rj) in p.rules.iter().enumerate() {
             *included.entry(rj).or_default() += 1;
-            if let Some(&ri) = p.rules[..j]
-                .iter()
-                .find(|&&ri| rules[ri].decides && rules[rj].decides && covers(&rules[ri], &rules[rj]))
-            {
+            if let Some(&ri) = p.rules[..j].iter().find(|&&ri| {
+                rules[ri].decides && rules[rj].decides && covers(&rules[ri], &rules[rj])
+            }) {
                 let e = shadowed
                     .entry(rj)
                     .or_insert_with(|| (ri, p.name.clone(), Vec::new()));
@@ -2338,7 +2368,12 @@ fn catalog_app(a: &crate::casb::CatalogApp) -> Result<App, String> {
     for t in &a.tenant_hosts {
         crate::casb::check_tenant_host(t).map_err(bad)?;
     }
-    for p in a.upload_paths.iter().chain(&a.download_paths).chain(&a.sync_paths) {
+    for p in a
+        .upload_paths
+        .iter()
+        .chain(&a.download_paths)
+        .chain(&a.sync_paths)
+    {
         crate::casb::check_path_pattern(p).map_err(bad)?;
     }
     for p in &a.download_params {
@@ -2414,7 +2449,12 @@ fn override_app(cx: &mut Cx<'_>, t: &dyn TableLike, what: &str, app: &mut App) {
         match v.as_str() {
             "microsoft" | "google" => app.tenant_provider = Some(v),
             "" | "none" => app.tenant_provider = None,
-            _ => cx.err(&sp, format!("invalid tenant_provider `{v}` (use \"microsoft\", \"google\" or \"none\")")),
+            _ => cx.err(
+                &sp,
+                format!(
+                    "invalid tenant_provider `{v}` (use \"microsoft\", \"google\" or \"none\")"
+                ),
+            ),
         }
     }
     if let Some(b) = cx.bool(t, "own", what) {
@@ -2463,7 +2503,10 @@ fn int(cx: &mut Cx<'_>, t: &dyn TableLike, key: &str, what: &str, min: i64) -> O
     match item.as_integer() {
         Some(i) if i >= min => Some(i as u64),
         _ => {
-            cx.err(&item.span(), format!("`{key}` in {what} must be an integer ≥ {min} (bytes)"));
+            cx.err(
+                &item.span(),
+                format!("`{key}` in {what} must be an integer ≥ {min} (bytes)"),
+            );
             None
         }
     }
@@ -2484,28 +2527,51 @@ fn casb_section(
         let join = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
         let vars = [
             ("microsoft", join(&tenants.microsoft)),
-            ("microsoft_context", tenants.microsoft_context.clone().or(first_guid)),
-            ("tenant_restrictions_v2", tenants.tenant_restrictions_v2.clone()),
+            (
+                "microsoft_context",
+                tenants.microsoft_context.clone().or(first_guid),
+            ),
+            (
+                "tenant_restrictions_v2",
+                tenants.tenant_restrictions_v2.clone(),
+            ),
             ("google", join(&tenants.google)),
             ("youtube_restrict", tenants.youtube_restrict.clone()),
         ];
         for tr in &c.tenant_restriction {
-            let patterns = tr.hosts.iter().filter_map(|h| HostPattern::parse(h).ok()).collect();
-            out.tenant_restrictions.push(crate::casb::TenantRestriction {
-                name: tr.name.clone(),
-                patterns,
-                header_names: tr.headers.iter().map(|(n, _)| n.clone()).collect(),
-                headers: tr
-                    .headers
-                    .iter()
-                    .filter_map(|(n, v)| crate::casb::fill_template(v, &vars).map(|v| (n.clone(), v)))
-                    .collect(),
-            });
+            let patterns = tr
+                .hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h).ok())
+                .collect();
+            out.tenant_restrictions
+                .push(crate::casb::TenantRestriction {
+                    name: tr.name.clone(),
+                    patterns,
+                    header_names: tr.headers.iter().map(|(n, _)| n.clone()).collect(),
+                    headers: tr
+                        .headers
+                        .iter()
+                        .filter_map(|(n, v)| {
+                            crate::casb::fill_template(v, &vars).map(|v| (n.clone(), v))
+                        })
+                        .collect(),
+                });
         }
     }
     let Some((t, _)) = table else { return out };
     let what = "[casb]";
-    cx.keys(t, what, &["catalog", "upload_threshold", "inspect_max_bytes", "over_cap", "dlp"]);
+    cx.keys(
+        t,
+        what,
+        &[
+            "catalog",
+            "upload_threshold",
+            "inspect_max_bytes",
+            "over_cap",
+            "dlp",
+        ],
+    );
     if let Some(v) = int(cx, t, "upload_threshold", what, 0) {
         out.upload_threshold = v;
     }
@@ -2514,7 +2580,13 @@ fn casb_section(
     }
     if out.upload_threshold > out.inspect_max_bytes {
         let sp = t.get("upload_threshold").and_then(|i| i.span());
-        cx.err(&sp, format!("upload_threshold ({}) must not exceed inspect_max_bytes ({})", out.upload_threshold, out.inspect_max_bytes));
+        cx.err(
+            &sp,
+            format!(
+                "upload_threshold ({}) must not exceed inspect_max_bytes ({})",
+                out.upload_threshold, out.inspect_max_bytes
+            ),
+        );
     }
     if let Some(a) = cx.action(t, "over_cap", what) {
         out.over_cap = a;
@@ -2522,20 +2594,42 @@ fn casb_section(
     let mut patterns = Vec::new();
     let mut keywords = Vec::new();
     for (dt, dsp) in cx.tables(t, "dlp", "casb.dlp") {
-        let Some((name, nsp)) = cx.req_str(dt, "name", "[[casb.dlp]]", &dsp) else { continue };
+        let Some((name, nsp)) = cx.req_str(dt, "name", "[[casb.dlp]]", &dsp) else {
+            continue;
+        };
         let w = format!("DLP pattern `{name}`");
-        cx.keys(dt, &w, &["name", "action", "my_number", "keywords", "regex", "description"]);
-        if patterns.iter().any(|p: &crate::casb::DlpPattern| p.name == name) {
+        cx.keys(
+            dt,
+            &w,
+            &[
+                "name",
+                "action",
+                "my_number",
+                "keywords",
+                "regex",
+                "description",
+            ],
+        );
+        if patterns
+            .iter()
+            .any(|p: &crate::casb::DlpPattern| p.name == name)
+        {
             cx.err(&nsp, format!("duplicate DLP pattern `{name}`"));
             continue;
         }
         let action = if dt.contains_key("action") {
             cx.action(dt, "action", &w).unwrap_or(Action::Block)
         } else {
-            cx.err(&dsp, format!("missing `action` in {w} (\"block\" or \"allow\" = log only)"));
+            cx.err(
+                &dsp,
+                format!("missing `action` in {w} (\"block\" or \"allow\" = log only)"),
+            );
             Action::Block
         };
-        let kinds = ["my_number", "keywords", "regex"].iter().filter(|k| dt.contains_key(k)).count();
+        let kinds = ["my_number", "keywords", "regex"]
+            .iter()
+            .filter(|k| dt.contains_key(k))
+            .count();
         if kinds != 1 {
             cx.err(&dsp, format!("{w} needs exactly one of `my_number = true`, `keywords = [..]`, `regex = \"..\"`"));
             continue;
@@ -2543,7 +2637,10 @@ fn casb_section(
         if let Some(b) = cx.bool(dt, "my_number", &w) {
             if !b {
                 let sp = dt.get("my_number").and_then(|i| i.span());
-                cx.err(&sp, format!("`my_number` in {w} must be true (remove the pattern to turn it off)"));
+                cx.err(
+                    &sp,
+                    format!("`my_number` in {w} must be true (remove the pattern to turn it off)"),
+                );
                 continue;
             }
             patterns.push(crate::casb::dlp_my_number(name, action));
@@ -2551,7 +2648,10 @@ fn casb_section(
             let idx = patterns.len();
             if v.is_empty() {
                 let sp = dt.get("keywords").and_then(|i| i.span());
-                cx.err(&sp, format!("`keywords` in {w} is empty and would never match"));
+                cx.err(
+                    &sp,
+                    format!("`keywords` in {w} is empty and would never match"),
+                );
             }
             for (k, sp) in v {
                 if k.trim().is_empty() {

@@ -197,7 +197,9 @@ impl App {
 
     /// A download endpoint or a download query parameter.
     pub fn is_download(&self, path: &str, query: &str) -> bool {
-        self.download_paths.iter().any(|p| casb::glob_match(p, path))
+        self.download_paths
+            .iter()
+            .any(|p| casb::glob_match(p, path))
             || query.split('&').any(|kv| {
                 self.download_params
                     .iter()

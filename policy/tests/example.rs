@@ -322,12 +322,18 @@ fn example_firewall_keeps_non_web_ports_closed() {
     let ssh = fw(Some("PC-T-0001"), SCHOOL, "10.1.2.3", 22, jst(10, 0));
     assert!(ssh.allow, "{ssh:?}");
     assert_eq!(ssh.rule, "校内サーバー (SSH/RDP) は教職員のみ");
-    assert!(!fw(Some("PC-T-0001"), HOME, "10.1.2.3", 22, jst(10, 0)).allow, "not from home");
+    assert!(
+        !fw(Some("PC-T-0001"), HOME, "10.1.2.3", 22, jst(10, 0)).allow,
+        "not from home"
+    );
     let smtp25 = fw(Some("PC-T-0001"), SCHOOL, "192.0.2.25", 25, jst(10, 0));
     assert!(!smtp25.allow);
     assert_eq!(smtp25.rule, "firewall-default");
     let rdp_night = fw(Some("PC-T-0001"), HOME, "192.0.2.30", 3389, jst(23, 0));
     assert!(!rdp_night.allow);
     assert_eq!(rdp_night.rule, "夜間の校外 RDP 禁止");
-    assert!(fw(Some("PC-T-0001"), HOME, "192.0.2.30", 443, jst(10, 0)).allow, "web ports are left to the web rules");
+    assert!(
+        fw(Some("PC-T-0001"), HOME, "192.0.2.30", 443, jst(10, 0)).allow,
+        "web ports are left to the web rules"
+    );
 }

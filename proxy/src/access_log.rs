@@ -66,7 +66,8 @@ fn is_zero(n: &u64) -> bool {
 
 pub fn rfc3339(t: SystemTime) -> String {
     let t: time::OffsetDateTime = t.into();
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Cloneable handle the data path uses to submit records.
@@ -81,7 +82,10 @@ impl AccessLog {
     /// Starts the log writer for `config`'s `[log]` (recovering what a crash
     /// left), the shipping threads and the audit log. The returned join
     /// handle finishes after every handle is dropped and the file is synced.
-    pub async fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
+    pub async fn start(
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
         let log = &config.log;
         let audit_path = config.data_path(&log.audit_log);
         let audit = Arc::new(AuditLog::open(&audit_path).map_err(anyhow::Error::msg)?);
@@ -97,10 +101,13 @@ impl AccessLog {
         s.ship_queues = targets.iter().map(|t| t.name().to_string()).collect();
         s.audit = Some(audit.clone());
         let dir = s.dir();
-        let (submitter, handle, lm) = tokio::task::spawn_blocking(move || writer::start(s, &metrics))
-            .await
-            .map_err(|e| anyhow::anyhow!("log writer: {e}"))?
-            .map_err(|e| anyhow::anyhow!("cannot start the access log in {}: {e}", dir.display()))?;
+        let (submitter, handle, lm) =
+            tokio::task::spawn_blocking(move || writer::start(s, &metrics))
+                .await
+                .map_err(|e| anyhow::anyhow!("log writer: {e}"))?
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot start the access log in {}: {e}", dir.display())
+                })?;
         let stop = ShipStop::default();
         for t in targets {
             crate::logs::ship::spawn(&dir, t, lm.clone(), stop.clone())
@@ -110,7 +117,14 @@ impl AccessLog {
             handle.join();
             stop.stop();
         });
-        Ok((AccessLog { submitter, metrics: lm, audit: Some(audit) }, join))
+        Ok((
+            AccessLog {
+                submitter,
+                metrics: lm,
+                audit: Some(audit),
+            },
+            join,
+        ))
     }
 
     /// Never blocks: if the writer is behind by a whole channel, the record

@@ -48,14 +48,24 @@ pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener) {
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
-async fn admin_request(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn admin_request(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/healthz" => {
             if gw.shutdown.is_cancelled() {
@@ -64,7 +74,11 @@ async fn admin_request(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Respo
                 text(StatusCode::OK, "text/plain", "ok\n")
             }
         }
-        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render()),
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            gw.metrics.render(),
+        ),
         "/proxy.pac" => crate::pac::admin_response(&gw, &req),
         "/admin/logs" => crate::logs::admin_http::handle(&gw, &req).await,
         "/admin/reload" => reload(&gw, &req).await,
@@ -73,7 +87,11 @@ async fn admin_request(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Respo
             Ok(()) => crate::list_update::admin(&gw, &req).await,
             Err(r) => r,
         },
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz or /metrics\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz or /metrics\n",
+        ),
     })
 }
 
@@ -81,11 +99,22 @@ async fn admin_request(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Respo
 fn authorize(gw: &Gateway, req: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
     let token = gw.config.admin.token.trim();
     if token.is_empty() {
-        return Err(text(StatusCode::FORBIDDEN, "text/plain", "the admin API is off: set [admin] token in the gateway configuration\n"));
+        return Err(text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "the admin API is off: set [admin] token in the gateway configuration\n",
+        ));
     }
     if !crate::logs::admin_http::token_ok(token, req.headers().get(header::AUTHORIZATION)) {
-        let mut r = text(StatusCode::UNAUTHORIZED, "text/plain", "missing or wrong admin token: send Authorization: Bearer <[admin] token>\n");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "missing or wrong admin token: send Authorization: Bearer <[admin] token>\n",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
         return Err(r);
     }
     Ok(())
@@ -104,11 +133,20 @@ async fn reload(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Byt
         return r;
     }
     if req.method() != http::Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST /admin/reload\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST /admin/reload\n",
+        );
     }
-    let source = crate::logs::audit::ReloadSource::Api { token_name: "admin".into() };
+    let source = crate::logs::audit::ReloadSource::Api {
+        token_name: "admin".into(),
+    };
     match gw.reload(source).await {
-        Ok(r) => json(StatusCode::OK, serde_json::json!({"result": "ok", "generation": r.generation, "digest": r.digest})),
+        Ok(r) => json(
+            StatusCode::OK,
+            serde_json::json!({"result": "ok", "generation": r.generation, "digest": r.digest}),
+        ),
         Err(e) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({
@@ -127,17 +165,27 @@ fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return r;
     }
     let query = req.uri().query().unwrap_or("");
-    let params: std::collections::HashMap<String, String> = crate::logs::admin_http::parse_query_string(query).into_iter().collect();
+    let params: std::collections::HashMap<String, String> =
+        crate::logs::admin_http::parse_query_string(query)
+            .into_iter()
+            .collect();
     let q = |k: &str| params.get(k).map(String::as_str);
     let (Some(from), Some(url)) = (q("from"), q("url")) else {
-        return text(StatusCode::BAD_REQUEST, "text/plain", "usage: /admin/explain?device=ID&from=IP&url=URL[&method=GET]\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "usage: /admin/explain?device=ID&from=IP&url=URL[&method=GET]\n",
+        );
     };
     let runtime = gw.runtime.load();
     let Some(policy) = &runtime.policy else {
         return text(StatusCode::CONFLICT, "text/plain", "no policy file is configured ([policy] file); decisions come from the [decision] lists\n");
     };
     match crate::explain::explain(policy, q("device"), from, url, q("method").unwrap_or("GET")) {
-        Ok(decision) => json(StatusCode::OK, serde_json::json!({"generation": runtime.generation, "decision": decision, "text": decision.explain()})),
+        Ok(decision) => json(
+            StatusCode::OK,
+            serde_json::json!({"generation": runtime.generation, "decision": decision, "text": decision.explain()}),
+        ),
         Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     }
 }

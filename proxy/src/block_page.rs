@@ -31,7 +31,12 @@ pub fn escape(s: &str) -> String {
 }
 
 pub fn render(info: &BlockInfo) -> String {
-    let row = |ja: &str, en: &str, v: &str| format!("<tr><th>{ja}<br><small>{en}</small></th><td>{}</td></tr>\n", escape(v));
+    let row = |ja: &str, en: &str, v: &str| {
+        format!(
+            "<tr><th>{ja}<br><small>{en}</small></th><td>{}</td></tr>\n",
+            escape(v)
+        )
+    };
     let mut rows = String::new();
     rows += &row("アクセス先", "Blocked", info.target);
     if let Some(c) = info.category {
@@ -42,8 +47,15 @@ pub fn render(info: &BlockInfo) -> String {
         rows += &row("理由", "Reason", m);
     }
     rows += &row("日時", "Time", info.time);
-    rows += &row("端末", "Device", info.device.unwrap_or("(校内ネットワーク / in-school network)"));
-    let contact = info.contact.unwrap_or("教育委員会 ICT 担当 / the board's ICT office");
+    rows += &row(
+        "端末",
+        "Device",
+        info.device
+            .unwrap_or("(校内ネットワーク / in-school network)"),
+    );
+    let contact = info
+        .contact
+        .unwrap_or("教育委員会 ICT 担当 / the board's ICT office");
     rows += &row("お問い合わせ", "Contact", contact);
     format!(
         "<!DOCTYPE html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\"><title>アクセスがブロックされました / Access blocked</title>\n\
@@ -59,14 +71,26 @@ pub fn blocked_response<B: From<Bytes>>(info: &BlockInfo) -> Response<B> {
     let mut resp = Response::new(B::from(Bytes::from(render(info))));
     *resp.status_mut() = StatusCode::FORBIDDEN;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     // Header values must be visible ASCII: non-ASCII rule names (日本語) are
     // percent-encoded rather than dropped.
     let encoded: String = info
         .rule
         .bytes()
-        .map(|b| if b.is_ascii_graphic() && b != b'%' || b == b' ' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_graphic() && b != b'%' || b == b' ' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect();
     if let Ok(v) = http::HeaderValue::from_str(&encoded) {
         h.insert("komugate-rule", v);
@@ -84,7 +108,10 @@ pub fn error_response<B: From<Bytes>>(status: StatusCode, ja: &str, en: &str) ->
     );
     let mut resp = Response::new(B::from(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     resp
 }
 
@@ -123,6 +150,9 @@ mod tests {
             contact: None,
         });
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        assert!(resp.headers()["komugate-rule"].to_str().unwrap().starts_with("%E7"));
+        assert!(resp.headers()["komugate-rule"]
+            .to_str()
+            .unwrap()
+            .starts_with("%E7"));
     }
 }

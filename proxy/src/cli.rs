@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, DEFAULT_CONFIG};
 
 #[derive(Parser)]
-#[command(name = "komugate", version, about = "komugate: secure web gateway / ZTNA edge proxy")]
+#[command(
+    name = "komugate",
+    version,
+    about = "komugate: secure web gateway / ZTNA edge proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,7 +136,9 @@ pub fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             Ok(())
         }
-        Command::Config(ConfigCommand::Check { file }) => Config::load(&file).map(|_| println!("{}: ok", file.display())),
+        Command::Config(ConfigCommand::Check { file }) => {
+            Config::load(&file).map(|_| println!("{}: ok", file.display()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -153,7 +159,10 @@ fn exit_code(result: Result<ExitCode>) -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KOMUGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn pki(cmd: PkiCommand) -> Result<()> {
@@ -163,13 +172,18 @@ fn pki(cmd: PkiCommand) -> Result<()> {
             let path = crate::pki::PkiPaths::new(&dir).inspect_ca_cert();
             // Parsing validates the file; PEM output is the file itself.
             let certs = crate::pki::load_certs(&path)?;
-            let der = certs.into_iter().next().context("the inspection CA file holds no certificate")?;
+            let der = certs
+                .into_iter()
+                .next()
+                .context("the inspection CA file holds no certificate")?;
             let bytes = match format {
                 CaFormat::Der => der.to_vec(),
-                CaFormat::Pem => std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+                CaFormat::Pem => std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
             };
             match out {
-                Some(out) => std::fs::write(&out, bytes).with_context(|| format!("cannot write {}", out.display()))?,
+                Some(out) => std::fs::write(&out, bytes)
+                    .with_context(|| format!("cannot write {}", out.display()))?,
                 None => {
                     use std::io::Write as _;
                     std::io::stdout().write_all(&bytes)?;
@@ -178,22 +192,44 @@ fn pki(cmd: PkiCommand) -> Result<()> {
             Ok(())
         }
         PkiCommand::Init { dir, sans, force } => {
-            let sans = if sans.is_empty() { default_sans() } else { sans };
+            let sans = if sans.is_empty() {
+                default_sans()
+            } else {
+                sans
+            };
             crate::pki::init(&dir, &sans, force)?;
             println!("PKI written to {}", dir.display());
             println!("  device-ca.pem/.key    signs device certificates");
             println!("  inspect-ca.pem/.key   the CA laptops trust (TLS inspection, gateway certificate)");
-            println!("  server.pem/.key       the gateway's certificate for {}", sans.join(", "));
+            println!(
+                "  server.pem/.key       the gateway's certificate for {}",
+                sans.join(", ")
+            );
             Ok(())
         }
-        PkiCommand::IssueDevice { dir, device, groups, out, days, force } => {
+        PkiCommand::IssueDevice {
+            dir,
+            device,
+            groups,
+            out,
+            days,
+            force,
+        } => {
             let (cert, key) = crate::pki::issue_device(
                 &dir,
-                &crate::pki::DeviceCertOptions { device_id: &device, groups: &groups, days },
+                &crate::pki::DeviceCertOptions {
+                    device_id: &device,
+                    groups: &groups,
+                    days,
+                },
                 &out,
                 force,
             )?;
-            println!("device certificate for {device}: {} (key {})", cert.display(), key.display());
+            println!(
+                "device certificate for {device}: {} (key {})",
+                cert.display(),
+                key.display()
+            );
             Ok(())
         }
     }
@@ -213,8 +249,12 @@ pub fn prepare(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<Conf
     if let Some(d) = data {
         config.data.dir = d;
     }
-    std::fs::create_dir_all(&config.data.dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data.dir.display()))?;
+    std::fs::create_dir_all(&config.data.dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data.dir.display()
+        )
+    })?;
     if config.data.create_pki {
         let pki_dir = config.data.dir.join("pki");
         if crate::pki::ensure(&pki_dir, &default_sans())? {
@@ -225,7 +265,11 @@ pub fn prepare(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<Conf
             if !prefix.with_extension("pem").exists() {
                 crate::pki::issue_device(
                     &pki_dir,
-                    &crate::pki::DeviceCertOptions { device_id: &config.data.demo_device, groups: &["demo".to_string()], days: 730 },
+                    &crate::pki::DeviceCertOptions {
+                        device_id: &config.data.demo_device,
+                        groups: &["demo".to_string()],
+                        days: 730,
+                    },
                     &prefix,
                     false,
                 )?;
@@ -237,7 +281,10 @@ pub fn prepare(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<Conf
 
 fn serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
     let config = prepare(config_path, data)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let drain = Duration::from_secs(config.limits.drain_secs);
         let running = crate::gateway::start(config).await?;
@@ -255,7 +302,16 @@ fn print_banner(running: &crate::gateway::Running) {
     let data = &config.data.dir;
     println!("komugate {} is running", env!("CARGO_PKG_VERSION"));
     if let Some(a) = addrs.plain {
-        println!("  plain HTTP proxy   http://{a}  (clients: {})", config.listen.plain_clients.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "));
+        println!(
+            "  plain HTTP proxy   http://{a}  (clients: {})",
+            config
+                .listen
+                .plain_clients
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if let Some(a) = addrs.mtls {
         println!("  mTLS HTTPS proxy   https://{a}  (device certificate required)");
@@ -263,11 +319,16 @@ fn print_banner(running: &crate::gateway::Running) {
     if let Some(a) = addrs.admin {
         println!("  admin              http://{a}/metrics  http://{a}/healthz");
     }
-    println!("  access log         {}", config.data_path(&config.log.access_log).display());
+    println!(
+        "  access log         {}",
+        config.data_path(&config.log.access_log).display()
+    );
     if let (Some(admin), Some(plain)) = (addrs.admin, addrs.plain) {
         println!("\nTry it (the request goes through the proxy to the admin listener):");
         println!("  curl -x http://{plain} http://{admin}/healthz");
-        println!("  curl -x http://{plain} http://blocked.example/      # blocked: 403 + block page");
+        println!(
+            "  curl -x http://{plain} http://blocked.example/      # blocked: 403 + block page"
+        );
     }
     if let (Some(admin), Some(mtls)) = (addrs.admin, addrs.mtls) {
         let pki = data.join("pki");
@@ -305,4 +366,3 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
-

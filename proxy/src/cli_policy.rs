@@ -65,13 +65,25 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             }
             Err(errors) => {
                 eprintln!("{errors}");
-                eprintln!("{}: {} error(s); the policy was not accepted", file.display(), errors.0.len());
+                eprintln!(
+                    "{}: {} error(s); the policy was not accepted",
+                    file.display(),
+                    errors.0.len()
+                );
                 Ok(ExitCode::FAILURE)
             }
         },
-        PolicyCommand::Explain { file, device, from, url, method, json } => {
+        PolicyCommand::Explain {
+            file,
+            device,
+            from,
+            url,
+            method,
+            json,
+        } => {
             let policy = load(&file)?;
-            let decision = crate::explain::explain(&policy, device.as_deref(), &from, &url, &method)?;
+            let decision =
+                crate::explain::explain(&policy, device.as_deref(), &from, &url, &method)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&decision)?);
             } else {
@@ -80,13 +92,19 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::ImportSquidguard { file, out } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             match komugate_policy::import_squidguard(&text, &file) {
                 Ok(toml) => {
                     match out {
                         Some(out) => {
-                            std::fs::write(&out, toml).with_context(|| format!("cannot write {}", out.display()))?;
-                            eprintln!("wrote {}; check it with `komugate policy check {}`", out.display(), out.display());
+                            std::fs::write(&out, toml)
+                                .with_context(|| format!("cannot write {}", out.display()))?;
+                            eprintln!(
+                                "wrote {}; check it with `komugate policy check {}`",
+                                out.display(),
+                                out.display()
+                            );
                         }
                         None => print!("{toml}"),
                     }
@@ -102,26 +120,45 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
 }
 
 fn load(file: &Path) -> Result<komugate_policy::Policy> {
-    komugate_policy::Policy::load(file).map_err(|e| anyhow!("{}: the policy is not valid:\n{e}", file.display()))
+    komugate_policy::Policy::load(file)
+        .map_err(|e| anyhow!("{}: the policy is not valid:\n{e}", file.display()))
 }
 
 pub fn run_categories(cmd: CategoriesCommand) -> Result<ExitCode> {
     match cmd {
         CategoriesCommand::Lookup { lists, urls } => {
-            let (matcher, report) = komugate_categories::load_path(&lists).map_err(|e| anyhow!("{}: {e}", lists.display()))?;
+            let (matcher, report) = komugate_categories::load_path(&lists)
+                .map_err(|e| anyhow!("{}: {e}", lists.display()))?;
             report_import(&lists, &report);
             for url in urls {
                 let names = matcher.names(matcher.lookup_url(&url));
-                println!("{url}\t{}", if names.is_empty() { "-".to_string() } else { names.join(",") });
+                println!(
+                    "{url}\t{}",
+                    if names.is_empty() {
+                        "-".to_string()
+                    } else {
+                        names.join(",")
+                    }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         CategoriesCommand::Compile { src, out } => {
-            let (matcher, report) = komugate_categories::load_path(&src).map_err(|e| anyhow!("{}: {e}", src.display()))?;
+            let (matcher, report) = komugate_categories::load_path(&src)
+                .map_err(|e| anyhow!("{}: {e}", src.display()))?;
             report_import(&src, &report);
-            let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
-            matcher.write_snapshot(std::io::BufWriter::new(file)).map_err(|e| anyhow!("writing {}: {e}", out.display()))?;
-            eprintln!("{}: {} entries in {} categories, {} bytes in memory", out.display(), matcher.entry_count(), matcher.category_names().len(), matcher.heap_bytes());
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            matcher
+                .write_snapshot(std::io::BufWriter::new(file))
+                .map_err(|e| anyhow!("writing {}: {e}", out.display()))?;
+            eprintln!(
+                "{}: {} entries in {} categories, {} bytes in memory",
+                out.display(),
+                matcher.entry_count(),
+                matcher.category_names().len(),
+                matcher.heap_bytes()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -130,7 +167,11 @@ pub fn run_categories(cmd: CategoriesCommand) -> Result<ExitCode> {
 /// Invalid lines are reported (count + the first few with file:line) on stderr.
 fn report_import(src: &Path, report: &komugate_categories::ImportReport) {
     if report.invalid_lines > 0 {
-        eprintln!("{}: {} unreadable or invalid line(s) skipped; the rest imported:", src.display(), report.invalid_lines);
+        eprintln!(
+            "{}: {} unreadable or invalid line(s) skipped; the rest imported:",
+            src.display(),
+            report.invalid_lines
+        );
         for e in &report.first_errors {
             eprintln!("  {e}");
         }

@@ -148,7 +148,10 @@ fn default_cache_entries() -> usize {
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { servers: Vec::new(), cache_entries: default_cache_entries() }
+        DnsConfig {
+            servers: Vec::new(),
+            cache_entries: default_cache_entries(),
+        }
     }
 }
 
@@ -281,7 +284,11 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { file: String::new(), watch: true, watch_interval_ms: 2000 }
+        PolicyConfig {
+            file: String::new(),
+            watch: true,
+            watch_interval_ms: 2000,
+        }
     }
 }
 
@@ -322,8 +329,14 @@ impl Config {
     }
 
     fn validate(&self, origin: &str) -> Result<()> {
-        self.doh.blocked_answer().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
-        for (name, addr) in [("plain", &self.listen.plain), ("mtls", &self.listen.mtls), ("admin", &self.listen.admin)] {
+        self.doh
+            .blocked_answer()
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        for (name, addr) in [
+            ("plain", &self.listen.plain),
+            ("mtls", &self.listen.mtls),
+            ("admin", &self.listen.admin),
+        ] {
             if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
                 bail!("{origin}: [listen] {name} = {addr:?} is not an address like \"127.0.0.1:3128\"");
             }
@@ -336,7 +349,10 @@ impl Config {
                 bail!("{origin}: [[egress.fixed]] {:?} has no hosts", fixed.name);
             }
         }
-        if self.log.retention_days == 0 || self.log.fsync_interval_ms == 0 || self.log.fsync_interval_ms > 1000 {
+        if self.log.retention_days == 0
+            || self.log.fsync_interval_ms == 0
+            || self.log.fsync_interval_ms > 1000
+        {
             bail!("{origin}: [log] retention_days must be at least 1 and fsync_interval_ms between 1 and 1000");
         }
         if self.log.rotate_secs == 0 || 86_400 % self.log.rotate_secs != 0 {
@@ -348,7 +364,9 @@ impl Config {
             bail!("{origin}: [log.syslog] enabled but address is empty; set it to the receiver's \"host:port\"");
         }
         if self.log.clickhouse.enabled && !self.log.clickhouse.url.starts_with("http://") {
-            bail!("{origin}: [log.clickhouse] enabled but url is not like \"http://127.0.0.1:8123\"");
+            bail!(
+                "{origin}: [log.clickhouse] enabled but url is not like \"http://127.0.0.1:8123\""
+            );
         }
         if self.limits.max_header_bytes < 8192 {
             bail!("{origin}: [limits] max_header_bytes must be at least 8192");
@@ -378,7 +396,12 @@ impl Config {
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -404,7 +427,10 @@ mod tests {
 
     #[test]
     fn plain_listener_needs_client_cidrs() {
-        let text = DEFAULT_CONFIG.replace("plain_clients = [\"127.0.0.0/8\", \"::1/128\"]", "plain_clients = []");
+        let text = DEFAULT_CONFIG.replace(
+            "plain_clients = [\"127.0.0.0/8\", \"::1/128\"]",
+            "plain_clients = []",
+        );
         let err = Config::parse(&text, "gw.toml").unwrap_err().to_string();
         assert!(err.contains("no open proxy"), "{err}");
     }

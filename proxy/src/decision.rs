@@ -137,7 +137,12 @@ impl HostPattern {
     }
 
     pub fn matches(&self, host: &str) -> bool {
-        let is_sub = |d: &str| d.is_empty() || host.len() > d.len() && host.ends_with(d) && host.as_bytes()[host.len() - d.len() - 1] == b'.';
+        let is_sub = |d: &str| {
+            d.is_empty()
+                || host.len() > d.len()
+                    && host.ends_with(d)
+                    && host.as_bytes()[host.len() - d.len() - 1] == b'.'
+        };
         match self {
             HostPattern::Exact(d) => host == d,
             HostPattern::Subdomains(d) => is_sub(d),
@@ -213,7 +218,12 @@ impl Runtime {
             digest: String::from("simple-lists"),
             rule_digests: Vec::new(),
             contact: None,
-            blocked_hosts: config.decision.blocked_hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+            blocked_hosts: config
+                .decision
+                .blocked_hosts
+                .iter()
+                .map(|h| HostPattern::parse(h))
+                .collect(),
             allowed_ports: config.decision.allowed_ports.clone(),
             fixed_egress: config
                 .egress
@@ -225,13 +235,26 @@ impl Runtime {
                     source: f.source,
                 })
                 .collect(),
-            inspect_hosts: config.inspect.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+            inspect_hosts: config
+                .inspect
+                .hosts
+                .iter()
+                .map(|h| HostPattern::parse(h))
+                .collect(),
             bypass_hosts: config
                 .inspect
                 .bypass_hosts
                 .iter()
                 .map(String::as_str)
-                .chain(config.inspect.builtin_bypass.then_some(BUILTIN_BYPASS).unwrap_or_default().iter().copied())
+                .chain(
+                    config
+                        .inspect
+                        .builtin_bypass
+                        .then_some(BUILTIN_BYPASS)
+                        .unwrap_or_default()
+                        .iter()
+                        .copied(),
+                )
                 .map(HostPattern::parse)
                 .collect(),
         }
@@ -252,11 +275,19 @@ impl Runtime {
     /// refused for hosts on the bypass lists whatever the rule says.
     pub fn from_policy(&self, req: &RequestInfo, d: komugate_policy::Decision) -> Decision {
         let tunnel = match d.tunnel {
-            Some(komugate_policy::TunnelMode::Inspect) if !self.bypass_hosts.iter().any(|p| p.matches(req.host)) => TunnelMode::Inspect,
+            Some(komugate_policy::TunnelMode::Inspect)
+                if !self.bypass_hosts.iter().any(|p| p.matches(req.host)) =>
+            {
+                TunnelMode::Inspect
+            }
             _ => TunnelMode::Bypass,
         };
         Decision {
-            verdict: if d.is_blocked() { Verdict::Block } else { Verdict::Allow },
+            verdict: if d.is_blocked() {
+                Verdict::Block
+            } else {
+                Verdict::Allow
+            },
             rule: d.rule,
             message: d.message,
             egress_source: d.egress.as_ref().map(|e| e.source),
@@ -277,7 +308,10 @@ impl Runtime {
     }
 
     fn decide_simple(&self, req: &RequestInfo) -> Decision {
-        let egress = self.fixed_egress.iter().find(|f| f.hosts.iter().any(|p| p.matches(req.host)));
+        let egress = self
+            .fixed_egress
+            .iter()
+            .find(|f| f.hosts.iter().any(|p| p.matches(req.host)));
         let mut decision = Decision {
             verdict: Verdict::Allow,
             rule: "default".to_string(),
@@ -303,7 +337,10 @@ impl Runtime {
         if !self.allowed_ports.is_empty() && !self.allowed_ports.contains(&req.port) {
             decision.verdict = Verdict::Block;
             decision.rule = "allowed-ports".into();
-            decision.message = Some(format!("port {} is not an allowed destination port", req.port));
+            decision.message = Some(format!(
+                "port {} is not an allowed destination port",
+                req.port
+            ));
         } else if self.blocked_hosts.iter().any(|p| p.matches(req.host)) {
             decision.verdict = Verdict::Block;
             decision.rule = "blocked-hosts".into();
@@ -315,14 +352,21 @@ impl Runtime {
 
 /// The policy file configured in `[policy] file`, resolved against the data dir.
 pub fn policy_path(config: &Config) -> Option<std::path::PathBuf> {
-    (!config.policy.file.is_empty()).then(|| config.data_path(std::path::Path::new(&config.policy.file)))
+    (!config.policy.file.is_empty())
+        .then(|| config.data_path(std::path::Path::new(&config.policy.file)))
 }
 
 /// The policy engine's view of a request; the one conversion used by the
 /// proxy, `/admin/explain` and `komugate policy explain`.
-pub fn policy_request<'a>(req: &'a RequestInfo<'a>, time: SystemTime) -> komugate_policy::Request<'a> {
+pub fn policy_request<'a>(
+    req: &'a RequestInfo<'a>,
+    time: SystemTime,
+) -> komugate_policy::Request<'a> {
     let client_ip = match req.client.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(req.client.ip()),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(req.client.ip()),
         v4 => v4,
     };
     komugate_policy::Request {
@@ -344,7 +388,10 @@ pub fn policy_request<'a>(req: &'a RequestInfo<'a>, time: SystemTime) -> komugat
 }
 
 fn format_contact(c: &komugate_policy::Contact) -> Option<String> {
-    let parts: Vec<&str> = [&c.name, &c.phone, &c.email, &c.url].into_iter().filter_map(|p| p.as_deref()).collect();
+    let parts: Vec<&str> = [&c.name, &c.phone, &c.email, &c.url]
+        .into_iter()
+        .filter_map(|p| p.as_deref())
+        .collect();
     (!parts.is_empty()).then(|| parts.join(" / "))
 }
 

@@ -27,11 +27,19 @@ pub enum EgressError {
     #[error("destination {addr} ({class}) is not allowed by the gateway configuration; add it to [egress] allow_destinations if it must be reachable")]
     ForbiddenDestination { addr: IpAddr, class: AddressClass },
     #[error("cannot connect to {host}:{port}: {reason}")]
-    Connect { host: String, port: u16, reason: String },
+    Connect {
+        host: String,
+        port: u16,
+        reason: String,
+    },
     #[error("connecting to {host}:{port} timed out")]
     Timeout { host: String, port: u16 },
     #[error("TLS with {host}:{port} failed: {error}")]
-    Tls { host: String, port: u16, error: std::io::Error },
+    Tls {
+        host: String,
+        port: u16,
+        error: std::io::Error,
+    },
 }
 
 impl EgressError {
@@ -162,7 +170,10 @@ impl DestinationGuard {
         if self.allowed.iter().any(|net| net.contains(&canonical)) {
             return Ok(());
         }
-        Err(EgressError::ForbiddenDestination { addr: canonical, class })
+        Err(EgressError::ForbiddenDestination {
+            addr: canonical,
+            class,
+        })
     }
 }
 
@@ -184,10 +195,14 @@ impl Resolver {
         } else {
             let mut group = NameServerConfigGroup::new();
             for server in &config.servers {
-                let single = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+                let single =
+                    NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
                 group.merge(single);
             }
-            TokioResolver::builder_with_config(ResolverConfig::from_parts(None, vec![], group), provider)
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], group),
+                provider,
+            )
         };
         let mut builder = builder;
         builder.options_mut().cache_size = config.cache_entries.max(16);
@@ -214,7 +229,12 @@ impl Resolver {
         }
         let key = host.trim_end_matches('.').to_ascii_lowercase();
         let now = Instant::now();
-        if let Some((addrs, until)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some((addrs, until)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             if *until > now {
                 self.metrics.dns_cache_hits.inc();
                 return Ok(addrs.clone());
@@ -224,11 +244,19 @@ impl Resolver {
         let started = Instant::now();
         // A trailing dot makes the name fully qualified: no search-domain surprises.
         let lookup = self.inner.lookup_ip(format!("{key}.")).await;
-        self.metrics.dns_lookup_seconds.observe(started.elapsed().as_secs_f64());
-        let lookup = lookup.map_err(|e| EgressError::Resolve { host: key.clone(), reason: e.to_string() })?;
+        self.metrics
+            .dns_lookup_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let lookup = lookup.map_err(|e| EgressError::Resolve {
+            host: key.clone(),
+            reason: e.to_string(),
+        })?;
         let addrs: Vec<IpAddr> = lookup.iter().collect();
         if addrs.is_empty() {
-            return Err(EgressError::Resolve { host: key, reason: "no addresses".into() });
+            return Err(EgressError::Resolve {
+                host: key,
+                reason: "no addresses".into(),
+            });
         }
         let addrs = Arc::new(addrs);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,7 +283,11 @@ pub struct Egress {
 const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
 
 impl Egress {
-    pub fn new(dns: &DnsConfig, egress: &EgressConfig, metrics: Arc<Metrics>) -> anyhow::Result<Egress> {
+    pub fn new(
+        dns: &DnsConfig,
+        egress: &EgressConfig,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Egress> {
         Ok(Egress {
             resolver: Resolver::new(dns, metrics.clone())?,
             guard: DestinationGuard::new(egress.allow_destinations.clone()),
@@ -267,7 +299,12 @@ impl Egress {
     /// Resolves `host`, checks every address against the guard, and connects
     /// (bound to `source` when given). Returns the stream and the local
     /// address actually used.
-    pub async fn connect(&self, host: &str, port: u16, source: Option<IpAddr>) -> Result<TcpStream, EgressError> {
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        source: Option<IpAddr>,
+    ) -> Result<TcpStream, EgressError> {
         let addrs = self.resolver.resolve(host).await?;
         // Refuse if ANY answer is forbidden: a name that resolves to both a
         // public and an internal address is a rebinding attempt.
@@ -279,25 +316,45 @@ impl Egress {
             return Err(EgressError::Connect {
                 host: host.to_string(),
                 port,
-                reason: format!("no address of the family of the egress source {}", source.map(|s| s.to_string()).unwrap_or_default()),
+                reason: format!(
+                    "no address of the family of the egress source {}",
+                    source.map(|s| s.to_string()).unwrap_or_default()
+                ),
             });
         }
         let started = Instant::now();
-        let result = tokio::time::timeout(self.connect_timeout, race(candidates, port, source)).await;
+        let result =
+            tokio::time::timeout(self.connect_timeout, race(candidates, port, source)).await;
         let elapsed = started.elapsed().as_secs_f64();
         match result {
             Ok(Ok(stream)) => {
-                self.metrics.upstream_connect_seconds.with_label_values(&["ok"]).observe(elapsed);
+                self.metrics
+                    .upstream_connect_seconds
+                    .with_label_values(&["ok"])
+                    .observe(elapsed);
                 let _ = stream.set_nodelay(true);
                 Ok(stream)
             }
             Ok(Err(reason)) => {
-                self.metrics.upstream_connect_seconds.with_label_values(&["error"]).observe(elapsed);
-                Err(EgressError::Connect { host: host.to_string(), port, reason })
+                self.metrics
+                    .upstream_connect_seconds
+                    .with_label_values(&["error"])
+                    .observe(elapsed);
+                Err(EgressError::Connect {
+                    host: host.to_string(),
+                    port,
+                    reason,
+                })
             }
             Err(_) => {
-                self.metrics.upstream_connect_seconds.with_label_values(&["timeout"]).observe(elapsed);
-                Err(EgressError::Timeout { host: host.to_string(), port })
+                self.metrics
+                    .upstream_connect_seconds
+                    .with_label_values(&["timeout"])
+                    .observe(elapsed);
+                Err(EgressError::Timeout {
+                    host: host.to_string(),
+                    port,
+                })
             }
         }
     }
@@ -325,7 +382,11 @@ fn order_for_happy_eyeballs(addrs: &[IpAddr], source: Option<IpAddr>) -> Vec<IpA
 
 /// Starts a connect to each candidate in turn, HAPPY_EYEBALLS_DELAY apart
 /// (or as soon as the previous one fails); the first success wins.
-async fn race(candidates: Vec<IpAddr>, port: u16, source: Option<IpAddr>) -> Result<TcpStream, String> {
+async fn race(
+    candidates: Vec<IpAddr>,
+    port: u16,
+    source: Option<IpAddr>,
+) -> Result<TcpStream, String> {
     let mut pending = FuturesUnordered::new();
     let mut next = candidates.into_iter();
     let mut last_error = String::from("no addresses");
@@ -358,14 +419,23 @@ async fn race(candidates: Vec<IpAddr>, port: u16, source: Option<IpAddr>) -> Res
 }
 
 async fn connect_one(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
-    let socket = if addr.is_ipv6() { TcpSocket::new_v6() } else { TcpSocket::new_v4() }
-        .map_err(|e| format!("socket: {e}"))?;
-    if let Some(src) = source {
-        socket
-            .bind(SocketAddr::new(src, 0))
-            .map_err(|e| format!("cannot bind egress source {src}: {e} (is the address configured on this host?)"))?;
+    let socket = if addr.is_ipv6() {
+        TcpSocket::new_v6()
+    } else {
+        TcpSocket::new_v4()
     }
-    socket.connect(addr).await.map_err(|e| format!("{addr}: {e}"))
+    .map_err(|e| format!("socket: {e}"))?;
+    if let Some(src) = source {
+        socket.bind(SocketAddr::new(src, 0)).map_err(|e| {
+            format!(
+                "cannot bind egress source {src}: {e} (is the address configured on this host?)"
+            )
+        })?;
+    }
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))
 }
 
 #[cfg(test)]
@@ -414,12 +484,17 @@ mod tests {
         assert!(err.to_string().contains("cloud metadata"));
         assert!(guard.check("10.0.0.1".parse().unwrap()).is_err());
         assert!(guard.check("::1".parse().unwrap()).is_err());
-        assert!(DestinationGuard::default().check("127.0.0.1".parse().unwrap()).is_err());
+        assert!(DestinationGuard::default()
+            .check("127.0.0.1".parse().unwrap())
+            .is_err());
     }
 
     #[test]
     fn happy_eyeballs_order_interleaves_and_filters_by_source_family() {
-        let addrs: Vec<IpAddr> = ["1.1.1.1", "2.2.2.2", "::1", "::2"].iter().map(|s| s.parse().unwrap()).collect();
+        let addrs: Vec<IpAddr> = ["1.1.1.1", "2.2.2.2", "::1", "::2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         let order = order_for_happy_eyeballs(&addrs, None);
         assert_eq!(order[0], "::1".parse::<IpAddr>().unwrap());
         assert_eq!(order[1], "1.1.1.1".parse::<IpAddr>().unwrap());

@@ -11,8 +11,16 @@ use crate::device_auth::DeviceIdentity;
 
 /// Evaluates `url` (`http://…`, `https://…`, or `host:port` for a CONNECT)
 /// as sent by `device` from `from`.
-pub fn explain(policy: &komugate_policy::Policy, device: Option<&str>, from: &str, url: &str, method: &str) -> anyhow::Result<komugate_policy::Decision> {
-    let ip: IpAddr = from.parse().map_err(|_| anyhow::anyhow!("--from {from:?} is not an IP address"))?;
+pub fn explain(
+    policy: &komugate_policy::Policy,
+    device: Option<&str>,
+    from: &str,
+    url: &str,
+    method: &str,
+) -> anyhow::Result<komugate_policy::Decision> {
+    let ip: IpAddr = from
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--from {from:?} is not an IP address"))?;
     let method = method.to_ascii_uppercase();
     let (kind, scheme, rest) = if let Some(r) = url.strip_prefix("https://") {
         (RequestKind::Http, "https", r)
@@ -25,14 +33,38 @@ pub fn explain(policy: &komugate_policy::Policy, device: Option<&str>, from: &st
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, if kind == RequestKind::Connect { "" } else { "/" }),
+        None => (
+            rest,
+            if kind == RequestKind::Connect {
+                ""
+            } else {
+                "/"
+            },
+        ),
     };
-    let authority: http::uri::Authority = authority.parse().map_err(|_| anyhow::anyhow!("{url:?}: invalid host"))?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
-    let port = authority.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
-    let identity = device.map(|d| DeviceIdentity { device_id: d.to_string(), cert_groups: Vec::new(), serial_hex: String::new() });
+    let authority: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{url:?}: invalid host"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == "http" { 80 } else { 443 });
+    let identity = device.map(|d| DeviceIdentity {
+        device_id: d.to_string(),
+        cert_groups: Vec::new(),
+        serial_hex: String::new(),
+    });
     let req = RequestInfo {
-        listener: if identity.is_some() { ListenerKind::Mtls } else { ListenerKind::Plain },
+        listener: if identity.is_some() {
+            ListenerKind::Mtls
+        } else {
+            ListenerKind::Plain
+        },
         device: identity.as_ref(),
         client: SocketAddr::new(ip, 0),
         kind,

@@ -53,7 +53,11 @@ pub async fn check(
         _ => vec![None],
     };
     let location = gw.sites.location(conn.device.as_ref(), conn.client);
-    let cert_groups: &[String] = conn.device.as_ref().map(|d| d.cert_groups.as_slice()).unwrap_or(&[]);
+    let cert_groups: &[String] = conn
+        .device
+        .as_ref()
+        .map(|d| d.cert_groups.as_slice())
+        .unwrap_or(&[]);
     let now = SystemTime::now();
     let mut allowed: Option<FirewallVerdict> = None;
     for dest_ip in addrs {

@@ -46,7 +46,14 @@ pub struct FramingGuard<S> {
 
 impl<S> FramingGuard<S> {
     pub fn new(inner: S, max_head: usize) -> Self {
-        FramingGuard { inner, state: State::Head, head: Vec::new(), out: Vec::new(), out_pos: 0, max_head }
+        FramingGuard {
+            inner,
+            state: State::Head,
+            head: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            max_head,
+        }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -65,7 +72,10 @@ impl<S> FramingGuard<S> {
                 State::Head => {
                     // Skip empty lines before a request (RFC 9112 §2.2).
                     if self.head.is_empty() {
-                        let skip = data.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
                         self.out.extend_from_slice(&data[..skip]);
                         data = &data[skip..];
                         if data.is_empty() {
@@ -163,7 +173,10 @@ impl<S> FramingGuard<S> {
             self.state = State::Passthrough;
             return;
         }
-        let is_connect = req.method.map(|m| m.eq_ignore_ascii_case("CONNECT")).unwrap_or(false);
+        let is_connect = req
+            .method
+            .map(|m| m.eq_ignore_ascii_case("CONNECT"))
+            .unwrap_or(false);
         let mut content_length = None;
         let mut cl_count = 0;
         let mut te = None;
@@ -172,7 +185,9 @@ impl<S> FramingGuard<S> {
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 cl_count += 1;
-                content_length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+                content_length = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te = Some(h.value.to_vec());
             } else if h.name.eq_ignore_ascii_case("upgrade") {
@@ -183,9 +198,17 @@ impl<S> FramingGuard<S> {
         }
         if marker_sent_by_client {
             // Never let a client forge our marker: rebuild the head without it.
-            let line_end = head.iter().position(|b| *b == b'\n').map(|i| i + 1).unwrap_or(head.len());
+            let line_end = head
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|i| i + 1)
+                .unwrap_or(head.len());
             self.out.extend_from_slice(&head[..line_end]);
-            for h in req.headers.iter().filter(|h| !h.name.eq_ignore_ascii_case(FRAMING_ERROR_HEADER)) {
+            for h in req
+                .headers
+                .iter()
+                .filter(|h| !h.name.eq_ignore_ascii_case(FRAMING_ERROR_HEADER))
+            {
                 self.out.extend_from_slice(h.name.as_bytes());
                 self.out.extend_from_slice(b": ");
                 self.out.extend_from_slice(h.value);
@@ -198,8 +221,13 @@ impl<S> FramingGuard<S> {
         if te.is_some() && cl_count > 0 {
             // Insert the marker right after the request line.
             let start = self.out.len() - head.len();
-            let line_end = head.iter().position(|b| *b == b'\n').map(|i| i + 1).unwrap_or(head.len());
-            let marker = format!("{FRAMING_ERROR_HEADER}: content-length-and-transfer-encoding\r\n");
+            let line_end = head
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|i| i + 1)
+                .unwrap_or(head.len());
+            let marker =
+                format!("{FRAMING_ERROR_HEADER}: content-length-and-transfer-encoding\r\n");
             let at = start + line_end;
             self.out.splice(at..at, marker.into_bytes());
             // The connection is closed after the 400; nothing more to track.
@@ -209,7 +237,11 @@ impl<S> FramingGuard<S> {
         self.state = if is_connect || upgrade {
             State::Passthrough
         } else if let Some(te) = te {
-            let chunked_last = te.rsplit(|b| *b == b',').next().map(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked")).unwrap_or(false);
+            let chunked_last = te
+                .rsplit(|b| *b == b',')
+                .next()
+                .map(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                .unwrap_or(false);
             if chunked_last {
                 State::ChunkSize(Vec::new())
             } else {
@@ -232,7 +264,10 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     if let Some(i) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
         return Some(from + i + 4);
     }
-    buf[from..].windows(2).position(|w| w == b"\n\n").map(|i| from + i + 2)
+    buf[from..]
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| from + i + 2)
 }
 
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
@@ -242,7 +277,11 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         loop {
             if this.out_pos < this.out.len() {
@@ -307,7 +346,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -316,7 +359,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -354,16 +401,27 @@ mod tests {
     #[tokio::test]
     async fn marker_is_only_added_to_the_bad_request_of_a_keepalive_connection() {
         let mut input = Vec::new();
-        input.extend_from_slice(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 43\r\n\r\n");
+        input
+            .extend_from_slice(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 43\r\n\r\n");
         input.extend_from_slice(b"GET http://x/ HTTP/1.1\r\nTransfer-Encoding: ");
         input.extend_from_slice(b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n");
-        input.extend_from_slice(b"GET http://b/ HTTP/1.1\r\nkomugate-framing-error: forged\r\n\r\n");
-        input.extend_from_slice(b"GET http://c/ HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        input
+            .extend_from_slice(b"GET http://b/ HTTP/1.1\r\nkomugate-framing-error: forged\r\n\r\n");
+        input.extend_from_slice(
+            b"GET http://c/ HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
         for step in [1, 3, 64, input.len()] {
             let out = through(&input, step).await;
-            assert_eq!(out.matches(FRAMING_ERROR_HEADER).count(), 1, "step {step}: {out}");
+            assert_eq!(
+                out.matches(FRAMING_ERROR_HEADER).count(),
+                1,
+                "step {step}: {out}"
+            );
             let marked = out.find(FRAMING_ERROR_HEADER).unwrap();
-            assert!(out[..marked].ends_with("GET http://c/ HTTP/1.1\r\n"), "step {step}: {out}");
+            assert!(
+                out[..marked].ends_with("GET http://c/ HTTP/1.1\r\n"),
+                "step {step}: {out}"
+            );
         }
     }
 

@@ -67,18 +67,30 @@ impl Running {
     /// Stops accepting, waits up to `drain` for connections and tunnels to
     /// finish, then flushes the access log.
     pub async fn shutdown(self, drain: Duration) {
-        let Running { gateway, log_writer, .. } = self;
+        let Running {
+            gateway,
+            log_writer,
+            ..
+        } = self;
         gateway.shutdown.cancel();
         gateway.tasks.close();
-        if tokio::time::timeout(drain, gateway.tasks.wait()).await.is_err() {
-            tracing::warn!("drain time of {drain:?} over; closing the remaining connections and tunnels");
+        if tokio::time::timeout(drain, gateway.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "drain time of {drain:?} over; closing the remaining connections and tunnels"
+            );
             gateway.hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), gateway.tasks.wait()).await;
         }
         drop(gateway);
         // The writer ends when the last access-log handle is gone; every
         // task holding one has finished or been dropped by now.
-        if tokio::time::timeout(Duration::from_secs(5), log_writer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), log_writer)
+            .await
+            .is_err()
+        {
             tracing::warn!("the access log writer did not finish within 5 s");
         }
     }
@@ -99,24 +111,31 @@ impl Gateway {
         // Relays see the token (task-local) and end with `cut`, so their
         // access records are still written; anything else still running at
         // the hard stop is dropped, which closes its sockets.
-        self.tasks.spawn(crate::tunnel::HARD_STOP.scope(stop.clone(), async move {
-            tokio::select! {
-                biased;
-                _ = fut => {}
-                _ = stop.cancelled() => {}
-            }
-        }));
+        self.tasks
+            .spawn(crate::tunnel::HARD_STOP.scope(stop.clone(), async move {
+                tokio::select! {
+                    biased;
+                    _ = fut => {}
+                    _ = stop.cancelled() => {}
+                }
+            }));
     }
 
     /// Counts a connection of `device`; `None` if it is over its limit.
     pub fn device_connection(self: &Arc<Self>, device: &str) -> Option<DeviceConnectionGuard> {
-        let mut map = self.device_connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .device_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let n = map.entry(device.to_string()).or_insert(0);
         if *n >= self.config.limits.max_connections_per_device {
             return None;
         }
         *n += 1;
-        Some(DeviceConnectionGuard { gateway: self.clone(), device: device.to_string() })
+        Some(DeviceConnectionGuard {
+            gateway: self.clone(),
+            device: device.to_string(),
+        })
     }
 }
 
@@ -127,7 +146,11 @@ pub struct DeviceConnectionGuard {
 
 impl Drop for DeviceConnectionGuard {
     fn drop(&mut self) {
-        let mut map = self.gateway.device_connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .gateway
+            .device_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.device) {
             *n -= 1;
             if *n == 0 {
@@ -149,9 +172,11 @@ pub async fn start(config: Config) -> Result<Running> {
             crate::memory::release_thread_cache();
             built
         })
-            .await
-            .context("building the policy")?
-            .map_err(|e| anyhow::anyhow!("the policy is not valid; komugate will not start with it:\n{e}"))?
+        .await
+        .context("building the policy")?
+        .map_err(|e| {
+            anyhow::anyhow!("the policy is not valid; komugate will not start with it:\n{e}")
+        })?
     };
 
     let tls = if let Some(_) = Config::listen_addr(&config.listen.mtls) {
@@ -160,7 +185,12 @@ pub async fn start(config: Config) -> Result<Running> {
                 server_cert: config.data_path(&config.tls.server_cert),
                 server_key: config.data_path(&config.tls.server_key),
                 device_ca: config.data_path(&config.tls.device_ca),
-                crls: config.tls.crls.iter().map(|p| config.data_path(p)).collect(),
+                crls: config
+                    .tls
+                    .crls
+                    .iter()
+                    .map(|p| config.data_path(p))
+                    .collect(),
                 revoked_serials: (!config.tls.revoked_serials.is_empty())
                     .then(|| config.data_path(std::path::Path::new(&config.tls.revoked_serials))),
             })
@@ -170,8 +200,10 @@ pub async fn start(config: Config) -> Result<Running> {
         None
     };
 
-    let upstream_ca = (!config.inspect.upstream_ca.is_empty()).then(|| config.data_path(std::path::Path::new(&config.inspect.upstream_ca)));
-    let upstream_tls = crate::upstream::upstream_tls_config(upstream_ca.as_deref()).context("[inspect] upstream_ca")?;
+    let upstream_ca = (!config.inspect.upstream_ca.is_empty())
+        .then(|| config.data_path(std::path::Path::new(&config.inspect.upstream_ca)));
+    let upstream_tls = crate::upstream::upstream_tls_config(upstream_ca.as_deref())
+        .context("[inspect] upstream_ca")?;
     let inspector = if config.data_path(&config.inspect.ca_key).exists() {
         Some(Arc::new(crate::inspect::Inspector::new(&config, &metrics)?))
     } else {
@@ -188,7 +220,11 @@ pub async fn start(config: Config) -> Result<Running> {
     let gateway = Arc::new(Gateway {
         sites,
         ips: ArcSwap::from_pointee(ips),
-        pools: UpstreamPools::new(egress.clone(), upstream_tls, config.limits.upstream_idle_per_host),
+        pools: UpstreamPools::new(
+            egress.clone(),
+            upstream_tls,
+            config.limits.upstream_idle_per_host,
+        ),
         inspector,
         egress,
         runtime: ArcSwap::from_pointee(runtime),
@@ -221,17 +257,23 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     if let Some(policy) = &gateway.runtime.load().policy {
         // The policy's sites also drive site assertions and PAC files.
-        gateway.sites.set_directory(crate::beacon::SiteDirectory::from_policy(policy));
+        gateway
+            .sites
+            .set_directory(crate::beacon::SiteDirectory::from_policy(policy));
     }
     gateway.metrics.policy_generation.set(1);
     crate::reload::spawn_sighup(gateway.clone());
     crate::reload::spawn_file_watch(gateway.clone());
     crate::list_update::spawn(gateway.clone());
-    Ok(Running { gateway, addrs, log_writer })
+    Ok(Running {
+        gateway,
+        addrs,
+        log_writer,
+    })
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ([listen] {name}); is another process using the port?"))
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} ([listen] {name}); is another process using the port?")
+    })
 }

@@ -45,7 +45,11 @@ pub fn new_record(conn: &ConnContext, method: &str) -> AccessRecord {
         time: rfc3339(SystemTime::now()),
         listener: conn.listener.label(),
         device: conn.device.as_ref().map(|d| d.device_id.clone()),
-        groups: conn.device.as_ref().map(|d| d.cert_groups.clone()).unwrap_or_default(),
+        groups: conn
+            .device
+            .as_ref()
+            .map(|d| d.cert_groups.clone())
+            .unwrap_or_default(),
         client: conn.client.to_string(),
         method: method.to_string(),
         ..Default::default()
@@ -54,29 +58,50 @@ pub fn new_record(conn: &ConnContext, method: &str) -> AccessRecord {
 
 /// Logs a request that was answered by the gateway itself (blocked,
 /// refused or failed before an upstream response) and returns the answer.
-pub fn log_refusal(gw: &Gateway, mut record: AccessRecord, resp: Refusal, started: Instant) -> Response<ProxyBody> {
+pub fn log_refusal(
+    gw: &Gateway,
+    mut record: AccessRecord,
+    resp: Refusal,
+    started: Instant,
+) -> Response<ProxyBody> {
     record.status = resp.status().as_u16();
     record.duration_ms = started.elapsed().as_millis() as u64;
     if record.decision.is_empty() {
         record.decision = "error";
     }
-    gw.metrics.requests_total.with_label_values(&[kind_label(&record), record.decision]).inc();
+    gw.metrics
+        .requests_total
+        .with_label_values(&[kind_label(&record), record.decision])
+        .inc();
     gw.access_log.submit(record);
     resp
 }
 
 /// The hyper service function for both proxy listeners.
-pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnContext>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let mut record = new_record(&conn, req.method().as_str());
     let started = Instant::now();
-    gw.sites.observe(conn.device.as_ref(), conn.client, req.headers());
-    let result = if req.headers().contains_key(crate::framing_guard::FRAMING_ERROR_HEADER) {
+    gw.sites
+        .observe(conn.device.as_ref(), conn.client, req.headers());
+    let result = if req
+        .headers()
+        .contains_key(crate::framing_guard::FRAMING_ERROR_HEADER)
+    {
         Err(bad_request(
             "Content-Length と Transfer-Encoding の両方を含むリクエストは受け付けません。",
             "A request with both Content-Length and Transfer-Encoding is refused (request smuggling risk).",
         ))
     } else if conn.listener == ListenerKind::Mtls && crate::pac::is_pac_request(&req) {
-        return Ok(full(crate::pac::gateway_response(&gw, conn.device.as_ref(), conn.client, &req)));
+        return Ok(full(crate::pac::gateway_response(
+            &gw,
+            conn.device.as_ref(),
+            conn.client,
+            &req,
+        )));
     } else if crate::doh::is_doh(&conn, &req) {
         return Ok(crate::doh::serve(&gw, &conn, req).await);
     } else if req.method() == Method::CONNECT {
@@ -102,14 +127,20 @@ pub type Refusal = Response<ProxyBody>;
 
 pub fn bad_request(ja: &str, en: &str) -> Refusal {
     let mut resp = full(block_page::error_response(StatusCode::BAD_REQUEST, ja, en));
-    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
 /// Host (lowercase, no brackets, no trailing dot) and port of a request target.
 fn target_of(uri: &Uri, default_port: u16) -> Option<(String, u16)> {
     let authority = uri.authority()?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     if host.is_empty() {
         return None;
     }
@@ -137,7 +168,14 @@ impl Target {
 }
 
 /// Calls the decision point for a request on `conn`.
-pub fn decide(gw: &Gateway, conn: &ConnContext, kind: RequestKind, method: &str, target: &Target, path: &str) -> Decision {
+pub fn decide(
+    gw: &Gateway,
+    conn: &ConnContext,
+    kind: RequestKind,
+    method: &str,
+    target: &Target,
+    path: &str,
+) -> Decision {
     let runtime = gw.runtime.load();
     runtime.decide(&RequestInfo {
         listener: conn.listener,
@@ -148,7 +186,11 @@ pub fn decide(gw: &Gateway, conn: &ConnContext, kind: RequestKind, method: &str,
         host: &target.host,
         port: target.port,
         path,
-        scheme: if kind == RequestKind::Connect { "" } else { target.scheme },
+        scheme: if kind == RequestKind::Connect {
+            ""
+        } else {
+            target.scheme
+        },
         location: gw.sites.location(conn.device.as_ref(), conn.client),
     })
 }
@@ -168,7 +210,14 @@ pub fn note_decision(record: &mut AccessRecord, decision: &Decision) {
 }
 
 /// The 403 block page for `conn`, now.
-pub(crate) fn block_page_for(conn: &ConnContext, target: &str, rule: &str, message: Option<&str>, category: Option<&str>, contact: Option<&str>) -> Refusal {
+pub(crate) fn block_page_for(
+    conn: &ConnContext,
+    target: &str,
+    rule: &str,
+    message: Option<&str>,
+    category: Option<&str>,
+    contact: Option<&str>,
+) -> Refusal {
     let time = rfc3339(SystemTime::now());
     full(block_page::blocked_response(&BlockInfo {
         target,
@@ -181,19 +230,39 @@ pub(crate) fn block_page_for(conn: &ConnContext, target: &str, rule: &str, messa
     }))
 }
 
-pub fn blocked(conn: &ConnContext, decision: &Decision, target: &str, record: &mut AccessRecord) -> Refusal {
+pub fn blocked(
+    conn: &ConnContext,
+    decision: &Decision,
+    target: &str,
+    record: &mut AccessRecord,
+) -> Refusal {
     record.decision = "block";
     note_decision(record, decision);
     let categories = decision.categories.join(", ");
     let category = (!categories.is_empty()).then_some(categories.as_str());
-    let mut resp = block_page_for(conn, target, &decision.rule, decision.message.as_deref(), category, decision.contact.as_deref());
-    resp.headers_mut().insert("komugate-policy-generation", HeaderValue::from(decision.generation));
+    let mut resp = block_page_for(
+        conn,
+        target,
+        &decision.rule,
+        decision.message.as_deref(),
+        category,
+        decision.contact.as_deref(),
+    );
+    resp.headers_mut().insert(
+        "komugate-policy-generation",
+        HeaderValue::from(decision.generation),
+    );
     resp
 }
 
 /// The block page for an upstream whose certificate failed verification:
 /// never re-signed, never a valid-looking response.
-fn invalid_certificate(conn: &ConnContext, err: &rustls::Error, target: &str, record: &mut AccessRecord) -> Refusal {
+fn invalid_certificate(
+    conn: &ConnContext,
+    err: &rustls::Error,
+    target: &str,
+    record: &mut AccessRecord,
+) -> Refusal {
     record.decision = "block";
     record.rule = "upstream-certificate-invalid".into();
     record.error = Some(format!("upstream certificate: {err}"));
@@ -216,16 +285,35 @@ fn invalid_certificate(conn: &ConnContext, err: &rustls::Error, target: &str, re
         }
         other => format!("サイトの証明書が不正です。 / The site's certificate is invalid: {other}"),
     };
-    block_page_for(conn, target, "upstream-certificate-invalid", Some(&reason), None, None)
+    block_page_for(
+        conn,
+        target,
+        "upstream-certificate-invalid",
+        Some(&reason),
+        None,
+        None,
+    )
 }
 
-fn egress_refusal(conn: &ConnContext, err: &EgressError, target: &str, record: &mut AccessRecord) -> Refusal {
+fn egress_refusal(
+    conn: &ConnContext,
+    err: &EgressError,
+    target: &str,
+    record: &mut AccessRecord,
+) -> Refusal {
     record.error = Some(err.to_string());
     match err {
         EgressError::ForbiddenDestination { .. } => {
             record.decision = "block";
             record.rule = "destination-guard".into();
-            block_page_for(conn, target, "destination-guard", Some(&err.to_string()), None, None)
+            block_page_for(
+                conn,
+                target,
+                "destination-guard",
+                Some(&err.to_string()),
+                None,
+                None,
+            )
         }
         EgressError::Timeout { .. } => full(block_page::error_response(
             StatusCode::GATEWAY_TIMEOUT,
@@ -237,11 +325,13 @@ fn egress_refusal(conn: &ConnContext, err: &EgressError, target: &str, record: &
             "接続先のサーバーと TLS で接続できませんでした。",
             &err.to_string(),
         )),
-        EgressError::Resolve { .. } | EgressError::Connect { .. } => full(block_page::error_response(
-            StatusCode::BAD_GATEWAY,
-            "接続先のサーバーに接続できませんでした。",
-            &err.to_string(),
-        )),
+        EgressError::Resolve { .. } | EgressError::Connect { .. } => {
+            full(block_page::error_response(
+                StatusCode::BAD_GATEWAY,
+                "接続先のサーバーに接続できませんでした。",
+                &err.to_string(),
+            ))
+        }
     }
 }
 
@@ -255,9 +345,16 @@ async fn connect(
     started: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let Some((host, port)) = target_of(req.uri(), 443) else {
-        return Err(bad_request("CONNECT の接続先 (host:port) が不正です。", "CONNECT needs an authority-form target host:port."));
+        return Err(bad_request(
+            "CONNECT の接続先 (host:port) が不正です。",
+            "CONNECT needs an authority-form target host:port.",
+        ));
     };
-    let dest = Target { scheme: "https", host, port };
+    let dest = Target {
+        scheme: "https",
+        host,
+        port,
+    };
     let target = format!("{}:{port}", bracket(&dest.host));
     record.target = target.clone();
     let decision = decide(gw, conn, RequestKind::Connect, "CONNECT", &dest, "");
@@ -265,12 +362,25 @@ async fn connect(
         return Err(blocked(conn, &decision, &target, record));
     }
     note_decision(record, &decision);
-    if let Err(resp) = crate::ips::http::check_destination(gw, conn, &dest.host, &target, record).await {
+    if let Err(resp) =
+        crate::ips::http::check_destination(gw, conn, &dest.host, &target, record).await
+    {
         return Err(full(resp));
     }
     // Non-web firewall: every tunnel that will not be inspected as web traffic.
-    let web_inspected = decision.tunnel == crate::decision::TunnelMode::Inspect && gw.inspector.is_some();
-    crate::firewall::check(gw, conn, &dest.host, dest.port, web_inspected, &target, decision.contact.as_deref(), record).await?;
+    let web_inspected =
+        decision.tunnel == crate::decision::TunnelMode::Inspect && gw.inspector.is_some();
+    crate::firewall::check(
+        gw,
+        conn,
+        &dest.host,
+        dest.port,
+        web_inspected,
+        &target,
+        decision.contact.as_deref(),
+        record,
+    )
+    .await?;
     if decision.tunnel == crate::decision::TunnelMode::Inspect {
         if let Some(inspector) = gw.inspector.clone() {
             record.decision = "allow";
@@ -280,7 +390,17 @@ async fn connect(
             gw.spawn_tracked(async move {
                 match hyper::upgrade::on(req).await {
                     Ok(upgraded) => {
-                        crate::inspect::run(gw2, conn2, inspector, TokioIo::new(upgraded), dest, decision, tunnel_record, started).await
+                        crate::inspect::run(
+                            gw2,
+                            conn2,
+                            inspector,
+                            TokioIo::new(upgraded),
+                            dest,
+                            decision,
+                            tunnel_record,
+                            started,
+                        )
+                        .await
                     }
                     Err(e) => {
                         tunnel_record.error = Some(format!("client upgrade failed: {e}"));
@@ -288,7 +408,11 @@ async fn connect(
                     }
                 }
             });
-            return Ok(Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed()));
+            return Ok(Response::new(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ));
         }
     }
     let (host, port) = (dest.host, dest.port);
@@ -316,7 +440,15 @@ async fn connect(
         };
         gw2.metrics.tunnels_open.inc();
         let idle = gw2.config.limits.idle_timeout();
-        let (stats, ips_events) = crate::ips::tunnel::relay(gw2.ips.load_full(), ips_ctx, port, TokioIo::new(upgraded), upstream, idle).await;
+        let (stats, ips_events) = crate::ips::tunnel::relay(
+            gw2.ips.load_full(),
+            ips_ctx,
+            port,
+            TokioIo::new(upgraded),
+            upstream,
+            idle,
+        )
+        .await;
         crate::ips::http::apply_events(&mut record, ips_events);
         gw2.metrics.tunnels_open.dec();
         if stats.idle_timeout {
@@ -324,19 +456,37 @@ async fn connect(
         }
         finish_tunnel(&gw2, record, started, stats);
     });
-    Ok(Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed()))
+    Ok(Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    ))
 }
 
-pub fn finish_tunnel(gw: &Gateway, mut record: AccessRecord, started: Instant, stats: crate::tunnel::RelayStats) {
+pub fn finish_tunnel(
+    gw: &Gateway,
+    mut record: AccessRecord,
+    started: Instant,
+    stats: crate::tunnel::RelayStats,
+) {
     if stats.cut && record.error.is_none() {
         record.error = Some("closed by the gateway: shutdown drain time over".into());
     }
     record.bytes_up = stats.up;
     record.bytes_down = stats.down;
     record.duration_ms = started.elapsed().as_millis() as u64;
-    gw.metrics.bytes_total.with_label_values(&["up"]).inc_by(stats.up);
-    gw.metrics.bytes_total.with_label_values(&["down"]).inc_by(stats.down);
-    gw.metrics.requests_total.with_label_values(&["connect", record.decision]).inc();
+    gw.metrics
+        .bytes_total
+        .with_label_values(&["up"])
+        .inc_by(stats.up);
+    gw.metrics
+        .bytes_total
+        .with_label_values(&["down"])
+        .inc_by(stats.down);
+    gw.metrics
+        .requests_total
+        .with_label_values(&["connect", record.decision])
+        .inc();
     gw.access_log.submit(record);
 }
 
@@ -367,7 +517,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    let upgrade_ws = headers.get_all(header::UPGRADE).iter().any(|v| v.to_str().map(|s| s.trim().eq_ignore_ascii_case("websocket")).unwrap_or(false));
+    let upgrade_ws = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.trim().eq_ignore_ascii_case("websocket"))
+            .unwrap_or(false)
+    });
     upgrade_ws && connection_tokens(headers).iter().any(|t| t == "upgrade")
 }
 
@@ -397,7 +551,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
         headers.remove(name);
     }
     if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy_headers: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+        let proxy_headers: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
         for name in proxy_headers {
             headers.remove(name);
         }
@@ -432,7 +590,9 @@ async fn forward(
         Some("http") => {}
         Some(other) => {
             return Err(bad_request(
-                &format!("{other}:// の URL はプロキシで直接扱えません。CONNECT を使ってください。"),
+                &format!(
+                    "{other}:// の URL はプロキシで直接扱えません。CONNECT を使ってください。"
+                ),
                 &format!("{other}:// URLs cannot be forwarded; use CONNECT."),
             ))
         }
@@ -444,9 +604,25 @@ async fn forward(
         }
     }
     let Some((host, port)) = target_of(&uri, 80) else {
-        return Err(bad_request("URL のホスト名が不正です。", "The request URL has no valid host."));
+        return Err(bad_request(
+            "URL のホスト名が不正です。",
+            "The request URL has no valid host.",
+        ));
     };
-    relay_request(gw, conn, req, Target { scheme: "http", host, port }, UpstreamAlpn::None, record, started).await
+    relay_request(
+        gw,
+        conn,
+        req,
+        Target {
+            scheme: "http",
+            host,
+            port,
+        },
+        UpstreamAlpn::None,
+        record,
+        started,
+    )
+    .await
 }
 
 /// Decides one HTTP request and, if allowed, relays it to `target` and
@@ -461,38 +637,80 @@ pub async fn relay_request(
     record: &mut AccessRecord,
     started: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
     let origin = target.origin();
     record.target = format!("{origin}{path}");
-    let decision = decide(gw, conn, RequestKind::Http, req.method().as_str(), &target, &path);
+    let decision = decide(
+        gw,
+        conn,
+        RequestKind::Http,
+        req.method().as_str(),
+        &target,
+        &path,
+    );
     if decision.is_blocked() {
         let shown = record.target.clone();
         return Err(blocked(conn, &decision, &shown, record));
     }
     note_decision(record, &decision);
-    let mut casb = crate::casb::Casb::begin(gw, conn, &decision, req.method(), req.uri(), req.headers(), &target.host, record)?;
+    let mut casb = crate::casb::Casb::begin(
+        gw,
+        conn,
+        &decision,
+        req.method(),
+        req.uri(),
+        req.headers(),
+        &target.host,
+        record,
+    )?;
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let version = req.version();
     let (mut parts, body) = req.into_parts();
-    let ips = crate::ips::http::inspect_request(gw, conn, &parts.method, &parts.uri, &parts.headers, &target.host, target.port, body, record);
+    let ips = crate::ips::http::inspect_request(
+        gw,
+        conn,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &target.host,
+        target.port,
+        body,
+        record,
+    );
     let body = ips.await.map_err(full)?;
     let body = casb.request(&mut parts.headers, body, record).await?;
     strip_hop_by_hop(&mut parts.headers, websocket);
     add_via(&mut parts.headers, version);
     // RFC 9112 §3.2.2: the target authority replaces any Host header.
-    let authority = origin.split_once("://").map(|(_, a)| a.to_string()).unwrap_or_default();
+    let authority = origin
+        .split_once("://")
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&authority) {
         parts.headers.insert(header::HOST, v);
     }
     parts.uri = match record.target.parse::<Uri>() {
         Ok(u) => u,
-        Err(_) => return Err(bad_request("URL が不正です。", "The request URL is invalid.")),
+        Err(_) => {
+            return Err(bad_request(
+                "URL が不正です。",
+                "The request URL is invalid.",
+            ))
+        }
     };
     parts.version = Version::HTTP_11;
     let up = Arc::new(AtomicU64::new(0));
-    let body: UpstreamBody = Counted { inner: body, counter: up.clone() }.boxed();
+    let body: UpstreamBody = Counted {
+        inner: body,
+        counter: up.clone(),
+    }
+    .boxed();
     let upstream_req = Request::from_parts(parts, body);
 
     let client = gw.pools.client(decision.egress_source, alpn);
@@ -517,16 +735,25 @@ pub async fn relay_request(
     casb.response(resp.headers(), record)?;
     record.decision = "allow";
     record.status = resp.status().as_u16();
-    record.egress = resp.extensions().get::<EgressInfo>().map(|i| i.local.ip().to_string());
+    record.egress = resp
+        .extensions()
+        .get::<EgressInfo>()
+        .map(|i| i.local.ip().to_string());
 
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status()) {
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+    {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let gw2 = gw.clone();
         let mut rec = std::mem::take(record);
         gw.spawn_tracked(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
-                    let stats = crate::tunnel::relay(TokioIo::new(c), TokioIo::new(u), gw2.config.limits.idle_timeout()).await;
+                    let stats = crate::tunnel::relay(
+                        TokioIo::new(c),
+                        TokioIo::new(u),
+                        gw2.config.limits.idle_timeout(),
+                    )
+                    .await;
                     finish_tunnel(&gw2, rec, started, stats);
                 }
                 Err(e) => {
@@ -537,7 +764,12 @@ pub async fn relay_request(
         });
         let (mut parts, _) = resp.into_parts();
         add_via(&mut parts.headers, Version::HTTP_11);
-        return Ok(Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed()));
+        return Ok(Response::from_parts(
+            parts,
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        ));
     }
 
     let (mut parts, body) = resp.into_parts();
@@ -552,7 +784,12 @@ pub async fn relay_request(
         down: Arc::new(AtomicU64::new(0)),
     };
     let down = done.down.clone();
-    let body = Counted { inner: body, counter: down }.with_guard(done).boxed();
+    let body = Counted {
+        inner: body,
+        counter: down,
+    }
+    .with_guard(done)
+    .boxed();
     Ok(Response::from_parts(parts, body))
 }
 
@@ -564,7 +801,10 @@ struct Counted<B> {
 
 impl<B> Counted<B> {
     fn with_guard(self, guard: AccessOnDrop) -> Guarded<Counted<B>> {
-        Guarded { inner: self, _guard: guard }
+        Guarded {
+            inner: self,
+            _guard: guard,
+        }
     }
 }
 
@@ -572,7 +812,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
@@ -599,7 +842,10 @@ struct Guarded<B> {
 impl<B: Body<Data = Bytes> + Unpin> Body for Guarded<B> {
     type Data = Bytes;
     type Error = B::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
@@ -625,9 +871,18 @@ impl Drop for AccessOnDrop {
             record.bytes_up = self.up.load(Ordering::Relaxed);
             record.bytes_down = self.down.load(Ordering::Relaxed);
             record.duration_ms = self.started.elapsed().as_millis() as u64;
-            self.metrics.bytes_total.with_label_values(&["up"]).inc_by(record.bytes_up);
-            self.metrics.bytes_total.with_label_values(&["down"]).inc_by(record.bytes_down);
-            self.metrics.requests_total.with_label_values(&["http", record.decision]).inc();
+            self.metrics
+                .bytes_total
+                .with_label_values(&["up"])
+                .inc_by(record.bytes_up);
+            self.metrics
+                .bytes_total
+                .with_label_values(&["down"])
+                .inc_by(record.bytes_down);
+            self.metrics
+                .requests_total
+                .with_label_values(&["http", record.decision])
+                .inc();
             self.log.submit(record);
         }
     }
@@ -640,7 +895,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));

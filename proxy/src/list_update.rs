@@ -475,8 +475,8 @@ async fn update(
             crate::memory::release_thread_cache();
             parsed
         })
-            .await
-            .map_err(|e| Stop("error", format!("the verification task failed: {e}")))??
+        .await
+        .map_err(|e| Stop("error", format!("the verification task failed: {e}")))??
     };
     outcome.entries = Some(checked.entries);
     let invalid_ratio = checked.invalid as f64 / (checked.entries + checked.invalid).max(1) as f64;

@@ -1,8 +1,8 @@
 //! Prometheus metrics, all named `komugate_*`, served on the admin listener.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -36,71 +36,123 @@ impl Metrics {
         let registry = Registry::new();
         let m = Metrics {
             connections_total: IntCounterVec::new(
-                Opts::new("komugate_connections_total", "Accepted client connections by listener"),
+                Opts::new(
+                    "komugate_connections_total",
+                    "Accepted client connections by listener",
+                ),
                 &["listener"],
             )
             .expect("metric"),
             connections_open: IntGaugeVec::new(
-                Opts::new("komugate_connections_open", "Open client connections by listener"),
+                Opts::new(
+                    "komugate_connections_open",
+                    "Open client connections by listener",
+                ),
                 &["listener"],
             )
             .expect("metric"),
             connections_refused: IntCounterVec::new(
-                Opts::new("komugate_connections_refused_total", "Client connections refused before any request"),
+                Opts::new(
+                    "komugate_connections_refused_total",
+                    "Client connections refused before any request",
+                ),
                 &["listener", "reason"],
             )
             .expect("metric"),
             requests_total: IntCounterVec::new(
-                Opts::new("komugate_requests_total", "Requests and tunnels by kind and decision"),
+                Opts::new(
+                    "komugate_requests_total",
+                    "Requests and tunnels by kind and decision",
+                ),
                 &["kind", "decision"],
             )
             .expect("metric"),
             bytes_total: IntCounterVec::new(
-                Opts::new("komugate_bytes_total", "Payload bytes relayed, by direction (up = client to upstream)"),
+                Opts::new(
+                    "komugate_bytes_total",
+                    "Payload bytes relayed, by direction (up = client to upstream)",
+                ),
                 &["direction"],
             )
             .expect("metric"),
             tls_handshake_failures: IntCounterVec::new(
-                Opts::new("komugate_tls_handshake_failures_total", "Failed client TLS handshakes by reason"),
+                Opts::new(
+                    "komugate_tls_handshake_failures_total",
+                    "Failed client TLS handshakes by reason",
+                ),
                 &["listener", "reason"],
             )
             .expect("metric"),
             upstream_connect_seconds: HistogramVec::new(
-                HistogramOpts::new("komugate_upstream_connect_seconds", "Time to establish an upstream TCP connection")
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                HistogramOpts::new(
+                    "komugate_upstream_connect_seconds",
+                    "Time to establish an upstream TCP connection",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
                 &["result"],
             )
             .expect("metric"),
-            dns_cache_hits: IntCounter::new("komugate_dns_cache_hits_total", "DNS answers served from cache")
-                .expect("metric"),
-            dns_cache_misses: IntCounter::new("komugate_dns_cache_misses_total", "DNS lookups sent to a server")
-                .expect("metric"),
-            dns_lookup_seconds: Histogram::with_opts(
-                HistogramOpts::new("komugate_dns_lookup_seconds", "DNS lookup time on cache misses")
-                    .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            dns_cache_hits: IntCounter::new(
+                "komugate_dns_cache_hits_total",
+                "DNS answers served from cache",
             )
             .expect("metric"),
-            tunnels_open: IntGauge::new("komugate_tunnels_open", "CONNECT tunnels currently open").expect("metric"),
+            dns_cache_misses: IntCounter::new(
+                "komugate_dns_cache_misses_total",
+                "DNS lookups sent to a server",
+            )
+            .expect("metric"),
+            dns_lookup_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "komugate_dns_lookup_seconds",
+                    "DNS lookup time on cache misses",
+                )
+                .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            )
+            .expect("metric"),
+            tunnels_open: IntGauge::new("komugate_tunnels_open", "CONNECT tunnels currently open")
+                .expect("metric"),
             access_log_dropped: IntCounter::new(
                 "komugate_access_log_dropped_total",
                 "Access records dropped because the log writer could not keep up",
             )
             .expect("metric"),
-            ips_events: IntCounterVec::new(Opts::new("komugate_ips_events_total", "IPS rule matches by action"), &["action"])
-                .expect("metric"),
+            ips_events: IntCounterVec::new(
+                Opts::new("komugate_ips_events_total", "IPS rule matches by action"),
+                &["action"],
+            )
+            .expect("metric"),
             threat_intel_blocks: IntCounterVec::new(
-                Opts::new("komugate_threat_intel_blocks_total", "Destinations refused by threat-intel lists, by where seen"),
+                Opts::new(
+                    "komugate_threat_intel_blocks_total",
+                    "Destinations refused by threat-intel lists, by where seen",
+                ),
                 &["via"],
             )
             .expect("metric"),
-            doh_queries: IntCounterVec::new(Opts::new("komugate_doh_queries_total", "DNS-over-HTTPS queries by result"), &["result"])
-                .expect("metric"),
-            policy_reloads: IntCounterVec::new(
-                Opts::new("komugate_policy_reloads_total", "Policy reloads by result (ok, error)"),
+            doh_queries: IntCounterVec::new(
+                Opts::new(
+                    "komugate_doh_queries_total",
+                    "DNS-over-HTTPS queries by result",
+                ),
                 &["result"],
             )
             .expect("metric"),
-            policy_generation: IntGauge::new("komugate_policy_generation", "Policy generation in force").expect("metric"),
+            policy_reloads: IntCounterVec::new(
+                Opts::new(
+                    "komugate_policy_reloads_total",
+                    "Policy reloads by result (ok, error)",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
+            policy_generation: IntGauge::new(
+                "komugate_policy_generation",
+                "Policy generation in force",
+            )
+            .expect("metric"),
             casb: crate::casb::CasbMetrics::new(),
             registry,
         };

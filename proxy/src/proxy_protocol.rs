@@ -19,7 +19,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The 12-byte signature that starts a version 2 header.
-pub const V2_SIGNATURE: [u8; 12] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
+pub const V2_SIGNATURE: [u8; 12] = [
+    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+];
 /// Longest v1 line including CRLF (spec: 107).
 pub const V1_MAX: usize = 107;
 /// Largest v2 payload accepted (addresses + TLVs). The spec allows 65535;
@@ -33,7 +35,10 @@ pub enum ProxyHeader {
     /// AF_UNIX): the TCP peer stays the client address.
     Local,
     /// A proxied TCP connection from `source` to `destination`.
-    Proxied { source: SocketAddr, destination: SocketAddr },
+    Proxied {
+        source: SocketAddr,
+        destination: SocketAddr,
+    },
 }
 
 impl ProxyHeader {
@@ -54,7 +59,9 @@ pub enum ProxyProtocolError {
     Version(u8),
     #[error("unknown PROXY protocol v2 command {0}")]
     Command(u8),
-    #[error("PROXY protocol v2 payload of {0} bytes is too large or too short for its address family")]
+    #[error(
+        "PROXY protocol v2 payload of {0} bytes is too large or too short for its address family"
+    )]
     Length(usize),
     #[error("malformed PROXY protocol v1 line: {0}")]
     V1(String),
@@ -120,7 +127,10 @@ pub fn parse_v2(head: &[u8; 16], payload: &[u8]) -> Result<ProxyHeader, ProxyPro
             let dport = u16::from_be_bytes([p[34], p[35]]);
             let src = Ipv6Addr::from(s);
             // An IPv4-mapped source is reported as IPv4 so CIDR checks match.
-            let src_ip = src.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(src));
+            let src_ip = src
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(src));
             Ok(ProxyHeader::Proxied {
                 source: SocketAddr::new(src_ip, sport),
                 destination: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(d)), dport),
@@ -149,7 +159,9 @@ pub fn parse_v1(line: &[u8]) -> Result<ProxyHeader, ProxyProtocolError> {
         return Err(bad("expected 4 fields after the protocol"));
     }
     let src: IpAddr = fields[0].parse().map_err(|_| bad("bad source address"))?;
-    let dst: IpAddr = fields[1].parse().map_err(|_| bad("bad destination address"))?;
+    let dst: IpAddr = fields[1]
+        .parse()
+        .map_err(|_| bad("bad destination address"))?;
     let port = |s: &str| -> Result<u16, ProxyProtocolError> {
         if s.is_empty() || (s.len() > 1 && s.starts_with('0')) {
             return Err(bad("bad port"));
@@ -159,7 +171,10 @@ pub fn parse_v1(line: &[u8]) -> Result<ProxyHeader, ProxyProtocolError> {
     let (sport, dport) = (port(fields[2])?, port(fields[3])?);
     match (proto, src, dst) {
         ("TCP4", IpAddr::V4(_), IpAddr::V4(_)) | ("TCP6", IpAddr::V6(_), IpAddr::V6(_)) => {
-            Ok(ProxyHeader::Proxied { source: SocketAddr::new(src, sport), destination: SocketAddr::new(dst, dport) })
+            Ok(ProxyHeader::Proxied {
+                source: SocketAddr::new(src, sport),
+                destination: SocketAddr::new(dst, dport),
+            })
         }
         _ => Err(bad("protocol and address family disagree")),
     }
@@ -167,14 +182,20 @@ pub fn parse_v1(line: &[u8]) -> Result<ProxyHeader, ProxyProtocolError> {
 
 /// Reads one PROXY header (v2, or v1) from the start of `stream`, within
 /// `timeout`. Consumes exactly the header bytes.
-pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S, timeout: Duration) -> Result<ProxyHeader, ProxyProtocolError> {
+pub async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<ProxyHeader, ProxyProtocolError> {
     match tokio::time::timeout(timeout, read_header_inner(stream)).await {
         Ok(r) => r,
         Err(_) => Err(ProxyProtocolError::Timeout),
     }
 }
 
-async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Result<(), ProxyProtocolError> {
+async fn read_exact<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+) -> Result<(), ProxyProtocolError> {
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProxyProtocolError::Eof),
@@ -182,7 +203,9 @@ async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Res
     }
 }
 
-async fn read_header_inner<S: AsyncRead + Unpin>(stream: &mut S) -> Result<ProxyHeader, ProxyProtocolError> {
+async fn read_header_inner<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<ProxyHeader, ProxyProtocolError> {
     // 8 bytes tell v2 ("\r\n\r\n\0\r\nQ") from v1 ("PROXY ") and are shorter
     // than the shortest v1 line ("PROXY UNKNOWN\r\n", 15 bytes).
     let mut start = [0u8; 8];
@@ -266,14 +289,27 @@ mod tests {
         let mut bytes = encode_v2(sa("203.0.113.7:51000"), sa("198.51.100.1:8443"));
         bytes.extend_from_slice(b"\x16\x03\x01rest");
         let (r, rest) = read_all(&bytes).await;
-        assert_eq!(r, Ok(ProxyHeader::Proxied { source: sa("203.0.113.7:51000"), destination: sa("198.51.100.1:8443") }));
+        assert_eq!(
+            r,
+            Ok(ProxyHeader::Proxied {
+                source: sa("203.0.113.7:51000"),
+                destination: sa("198.51.100.1:8443")
+            })
+        );
         assert_eq!(rest, b"\x16\x03\x01rest");
     }
 
     #[tokio::test]
     async fn v2_ipv6_and_mapped() {
-        let (r, _) = read_all(&encode_v2(sa("[2001:db8::5]:4000"), sa("[2001:db8::1]:443"))).await;
-        assert_eq!(r.unwrap().client(sa("10.0.0.1:1")), sa("[2001:db8::5]:4000"));
+        let (r, _) = read_all(&encode_v2(
+            sa("[2001:db8::5]:4000"),
+            sa("[2001:db8::1]:443"),
+        ))
+        .await;
+        assert_eq!(
+            r.unwrap().client(sa("10.0.0.1:1")),
+            sa("[2001:db8::5]:4000")
+        );
         // IPv4-mapped source comes out as IPv4.
         let (r, _) = read_all(&encode_v2(sa("10.9.8.7:1234"), sa("[2001:db8::1]:443"))).await;
         assert_eq!(r.unwrap().client(sa("10.0.0.1:1")), sa("10.9.8.7:1234"));
@@ -287,7 +323,10 @@ mod tests {
         let (r, rest) = read_all(&[local.as_slice(), b"GET"].concat()).await;
         assert_eq!(r, Ok(ProxyHeader::Local));
         assert_eq!(rest, b"GET");
-        assert_eq!(ProxyHeader::Local.client(sa("10.0.0.1:9")), sa("10.0.0.1:9"));
+        assert_eq!(
+            ProxyHeader::Local.client(sa("10.0.0.1:9")),
+            sa("10.0.0.1:9")
+        );
         // PROXY TCP4 with a TLV (e.g. AWS VPC endpoint id) after the addresses.
         let mut h = encode_v2(sa("192.0.2.1:1"), sa("192.0.2.2:2"));
         let tlv = [0xEA, 0x00, 0x03, b'a', b'b', b'c'];
@@ -327,18 +366,36 @@ mod tests {
         h[9] = b'X';
         assert_eq!(read_all(&h).await.0, Err(ProxyProtocolError::Missing));
         // No header at all: a TLS ClientHello or an HTTP request.
-        assert_eq!(read_all(b"GET / HTTP/1.1\r\n\r\n").await.0, Err(ProxyProtocolError::Missing));
-        assert_eq!(read_all(&[0x16, 3, 1, 0, 200, 1, 0, 0, 196]).await.0, Err(ProxyProtocolError::Missing));
+        assert_eq!(
+            read_all(b"GET / HTTP/1.1\r\n\r\n").await.0,
+            Err(ProxyProtocolError::Missing)
+        );
+        assert_eq!(
+            read_all(&[0x16, 3, 1, 0, 200, 1, 0, 0, 196]).await.0,
+            Err(ProxyProtocolError::Missing)
+        );
     }
 
     #[tokio::test]
     async fn v1_text() {
         let (r, rest) = read_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 40000 3128\r\nGET /").await;
-        assert_eq!(r, Ok(ProxyHeader::Proxied { source: sa("203.0.113.9:40000"), destination: sa("198.51.100.1:3128") }));
+        assert_eq!(
+            r,
+            Ok(ProxyHeader::Proxied {
+                source: sa("203.0.113.9:40000"),
+                destination: sa("198.51.100.1:3128")
+            })
+        );
         assert_eq!(rest, b"GET /");
         let (r, _) = read_all(b"PROXY TCP6 2001:db8::9 2001:db8::1 40000 443\r\n").await;
-        assert_eq!(r.unwrap().client(sa("10.0.0.1:9")), sa("[2001:db8::9]:40000"));
-        assert_eq!(read_all(b"PROXY UNKNOWN\r\n").await.0, Ok(ProxyHeader::Local));
+        assert_eq!(
+            r.unwrap().client(sa("10.0.0.1:9")),
+            sa("[2001:db8::9]:40000")
+        );
+        assert_eq!(
+            read_all(b"PROXY UNKNOWN\r\n").await.0,
+            Ok(ProxyHeader::Local)
+        );
         for bad in [
             &b"PROXY TCP4 203.0.113.9 198.51.100.1 40000\r\n"[..],
             b"PROXY TCP4 2001:db8::9 198.51.100.1 1 2\r\n",
@@ -346,10 +403,20 @@ mod tests {
             b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
         ] {
-            assert!(matches!(read_all(bad).await.0, Err(ProxyProtocolError::V1(_) | ProxyProtocolError::Eof)), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(
+                    read_all(bad).await.0,
+                    Err(ProxyProtocolError::V1(_) | ProxyProtocolError::Eof)
+                ),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let long = [b"PROXY ".as_slice(), &[b'1'; 200]].concat();
-        assert!(matches!(read_all(&long).await.0, Err(ProxyProtocolError::V1(_))));
+        assert!(matches!(
+            read_all(&long).await.0,
+            Err(ProxyProtocolError::V1(_))
+        ));
     }
 
     #[tokio::test]

@@ -33,23 +33,34 @@ impl Gateway {
             crate::memory::release_thread_cache();
             built
         })
-            .await
-            .unwrap_or_else(|e| Err(format!("the policy build task failed: {e}")));
+        .await
+        .unwrap_or_else(|e| Err(format!("the policy build task failed: {e}")));
         let result = match built {
             Ok(runtime) => {
                 let runtime = Arc::new(runtime);
                 if let Some(policy) = &runtime.policy {
-                    self.sites.set_directory(crate::beacon::SiteDirectory::from_policy(policy));
+                    self.sites
+                        .set_directory(crate::beacon::SiteDirectory::from_policy(policy));
                 }
                 self.runtime.store(runtime.clone());
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.policy_generation.set(generation as i64);
                 tracing::info!(generation, digest = %runtime.digest, ?source, "policy reloaded");
-                Ok(Reloaded { generation, digest: runtime.digest.clone() })
+                Ok(Reloaded {
+                    generation,
+                    digest: runtime.digest.clone(),
+                })
             }
             Err(error) => {
-                self.metrics.policy_reloads.with_label_values(&["error"]).inc();
-                tracing::error!(?source, "policy reload failed; generation {} stays in force:\n{error}", old.generation);
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(
+                    ?source,
+                    "policy reload failed; generation {} stays in force:\n{error}",
+                    old.generation
+                );
                 Err(error)
             }
         };
@@ -65,7 +76,13 @@ impl Gateway {
             let (ok, error, new_generation, new_digest, diff) = match &result {
                 Ok(r) => {
                     let new = self.runtime.load();
-                    (true, None, Some(r.generation), Some(r.digest.clone()), DiffSummary::of_rules(&old.rule_digests, &new.rule_digests))
+                    (
+                        true,
+                        None,
+                        Some(r.generation),
+                        Some(r.digest.clone()),
+                        DiffSummary::of_rules(&old.rule_digests, &new.rule_digests),
+                    )
                 }
                 Err(e) => (false, Some(e.clone()), None, None, DiffSummary::default()),
             };
@@ -115,7 +132,9 @@ fn snapshot(files: &[PathBuf]) -> Snapshot {
     files
         .iter()
         .map(|f| {
-            let meta = std::fs::metadata(f).ok().map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            let meta = std::fs::metadata(f)
+                .ok()
+                .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
             (f.clone(), meta)
         })
         .collect()
@@ -123,7 +142,9 @@ fn snapshot(files: &[PathBuf]) -> Snapshot {
 
 /// The policy file and every file it read (lists, registry), for watching.
 fn watched_files(gw: &Gateway) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = crate::decision::policy_path(&gw.config).into_iter().collect();
+    let mut files: Vec<PathBuf> = crate::decision::policy_path(&gw.config)
+        .into_iter()
+        .collect();
     if let Some(policy) = &gw.runtime.load().policy {
         files.extend(policy.source_files());
     }
@@ -162,7 +183,12 @@ pub fn spawn_file_watch(gw: Arc<Gateway>) {
                 pending = Some(now);
                 continue;
             }
-            let changed = now.iter().zip(loaded.iter()).find(|(a, b)| a != b).map(|(a, _)| a.0.display().to_string()).unwrap_or_default();
+            let changed = now
+                .iter()
+                .zip(loaded.iter())
+                .find(|(a, b)| a != b)
+                .map(|(a, _)| a.0.display().to_string())
+                .unwrap_or_default();
             let _ = gw.reload(ReloadSource::FileWatch { path: changed }).await;
             // Whatever the outcome, wait for the next change before trying again.
             files = watched_files(&gw);

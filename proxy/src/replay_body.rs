@@ -27,7 +27,10 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         if let Some(f) = this.frames.pop_front() {
             return Poll::Ready(Some(Ok(f)));
@@ -43,7 +46,12 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self.frames.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+        let buffered: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
         match &self.rest {
             None => SizeHint::with_exact(buffered),
             Some(b) => {

@@ -29,14 +29,31 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
         let gw2 = gw.clone();
         gw.spawn_tracked(async move {
             let mut stream = stream;
-            let Some(client) = client_address(&gw2, "plain", &mut stream, peer).await else { return };
+            let Some(client) = client_address(&gw2, "plain", &mut stream, peer).await else {
+                return;
+            };
             let client_ip = canonical_ip(client);
-            if !gw2.config.listen.plain_clients.iter().any(|net| net.contains(&client_ip)) {
-                gw2.metrics.connections_refused.with_label_values(&["plain", "client_not_allowed"]).inc();
-                tracing::info!("plain listener: refused {client} (via {peer}): not in [listen] plain_clients");
+            if !gw2
+                .config
+                .listen
+                .plain_clients
+                .iter()
+                .any(|net| net.contains(&client_ip))
+            {
+                gw2.metrics
+                    .connections_refused
+                    .with_label_values(&["plain", "client_not_allowed"])
+                    .inc();
+                tracing::info!(
+                    "plain listener: refused {client} (via {peer}): not in [listen] plain_clients"
+                );
                 return;
             }
-            let ctx = Arc::new(ConnContext { listener: ListenerKind::Plain, client, device: None });
+            let ctx = Arc::new(ConnContext {
+                listener: ListenerKind::Plain,
+                client,
+                device: None,
+            });
             serve_http1(gw2, ctx, stream).await;
         });
     }
@@ -45,15 +62,29 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
 /// The client address: the TCP peer, or, when the peer is a load balancer in
 /// `[listen] proxy_protocol_from`, the source its PROXY header carries (the
 /// header is then required). From other peers no header is read.
-async fn client_address(gw: &Gateway, listener: &'static str, stream: &mut tokio::net::TcpStream, peer: SocketAddr) -> Option<SocketAddr> {
+async fn client_address(
+    gw: &Gateway,
+    listener: &'static str,
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
     let peer_ip = canonical_ip(peer);
-    if !gw.config.listen.proxy_protocol_from.iter().any(|net| net.contains(&peer_ip)) {
+    if !gw
+        .config
+        .listen
+        .proxy_protocol_from
+        .iter()
+        .any(|net| net.contains(&peer_ip))
+    {
         return Some(peer);
     }
     match crate::proxy_protocol::read_header(stream, gw.config.limits.header_read_timeout()).await {
         Ok(header) => Some(header.client(peer)),
         Err(e) => {
-            gw.metrics.connections_refused.with_label_values(&[listener, "proxy_protocol"]).inc();
+            gw.metrics
+                .connections_refused
+                .with_label_values(&[listener, "proxy_protocol"])
+                .inc();
             tracing::info!("{listener} listener: {peer}: {e}");
             None
         }
@@ -62,7 +93,10 @@ async fn client_address(gw: &Gateway, listener: &'static str, stream: &mut tokio
 
 fn canonical_ip(addr: SocketAddr) -> std::net::IpAddr {
     match addr.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(addr.ip()),
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(addr.ip()),
         v4 => v4,
     }
 }
@@ -84,18 +118,30 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls
         let acceptor = acceptor.clone();
         gw.spawn_tracked(async move {
             let mut stream = stream;
-            let Some(peer) = client_address(&gw2, "mtls", &mut stream, peer).await else { return };
-            let handshake = tokio::time::timeout(gw2.config.limits.header_read_timeout(), acceptor.accept(stream)).await;
+            let Some(peer) = client_address(&gw2, "mtls", &mut stream, peer).await else {
+                return;
+            };
+            let handshake = tokio::time::timeout(
+                gw2.config.limits.header_read_timeout(),
+                acceptor.accept(stream),
+            )
+            .await;
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     let reason = crate::device_auth::handshake_failure_reason(&e);
-                    gw2.metrics.tls_handshake_failures.with_label_values(&["mtls", reason]).inc();
+                    gw2.metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["mtls", reason])
+                        .inc();
                     tracing::info!("mtls: TLS handshake with {peer} failed ({reason}): {e}");
                     return;
                 }
                 Err(_) => {
-                    gw2.metrics.tls_handshake_failures.with_label_values(&["mtls", "timeout"]).inc();
+                    gw2.metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["mtls", "timeout"])
+                        .inc();
                     tracing::info!("mtls: TLS handshake with {peer} timed out");
                     return;
                 }
@@ -104,18 +150,31 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls
             let identity = match crate::device_auth::identity_of(conn) {
                 Ok(id) => id,
                 Err(e) => {
-                    gw2.metrics.tls_handshake_failures.with_label_values(&["mtls", "no_device_id"]).inc();
+                    gw2.metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["mtls", "no_device_id"])
+                        .inc();
                     tracing::info!("mtls: {peer}: certificate carries no device id: {e:#}");
                     return;
                 }
             };
             let h2 = conn.alpn_protocol() == Some(b"h2");
             let Some(_slot) = gw2.device_connection(&identity.device_id) else {
-                gw2.metrics.connections_refused.with_label_values(&["mtls", "device_connection_limit"]).inc();
-                tracing::warn!("mtls: device {} is over its connection limit; refusing {peer}", identity.device_id);
+                gw2.metrics
+                    .connections_refused
+                    .with_label_values(&["mtls", "device_connection_limit"])
+                    .inc();
+                tracing::warn!(
+                    "mtls: device {} is over its connection limit; refusing {peer}",
+                    identity.device_id
+                );
                 return;
             };
-            let ctx = Arc::new(ConnContext { listener: ListenerKind::Mtls, client: peer, device: Some(identity) });
+            let ctx = Arc::new(ConnContext {
+                listener: ListenerKind::Mtls,
+                client: peer,
+                device: Some(identity),
+            });
             if h2 {
                 serve_http2(gw2, ctx, tls).await;
             } else {
@@ -132,15 +191,25 @@ struct OpenConnection<'a> {
 
 impl<'a> OpenConnection<'a> {
     fn new(gw: &'a Gateway, listener: &'static str) -> Self {
-        gw.metrics.connections_total.with_label_values(&[listener]).inc();
-        gw.metrics.connections_open.with_label_values(&[listener]).inc();
+        gw.metrics
+            .connections_total
+            .with_label_values(&[listener])
+            .inc();
+        gw.metrics
+            .connections_open
+            .with_label_values(&[listener])
+            .inc();
         OpenConnection { gw, listener }
     }
 }
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
-        self.gw.metrics.connections_open.with_label_values(&[self.listener]).dec();
+        self.gw
+            .metrics
+            .connections_open
+            .with_label_values(&[self.listener])
+            .dec();
     }
 }
 
@@ -161,7 +230,9 @@ where
     let ctx_svc = ctx.clone();
     let service = service_fn(move |req| handle(gw_svc.clone(), ctx_svc.clone(), req));
     let stream = crate::framing_guard::FramingGuard::new(stream, limits.max_header_bytes);
-    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => log_conn_end(&ctx, result),
@@ -201,6 +272,10 @@ where
 
 fn log_conn_end(ctx: &ConnContext, result: Result<(), hyper::Error>) {
     if let Err(e) = result {
-        tracing::debug!("{} connection from {} ended: {e}", ctx.listener.label(), ctx.client);
+        tracing::debug!(
+            "{} connection from {} ended: {e}",
+            ctx.listener.label(),
+            ctx.client
+        );
     }
 }

@@ -50,7 +50,13 @@ where
     let both = async {
         tokio::join!(
             copy_half(&mut client_r, &mut upstream_w, &up, &last_activity, started),
-            copy_half(&mut upstream_r, &mut client_w, &down, &last_activity, started),
+            copy_half(
+                &mut upstream_r,
+                &mut client_w,
+                &down,
+                &last_activity,
+                started
+            ),
         )
     };
     let watchdog = async {
@@ -78,11 +84,21 @@ where
         _ = &mut watchdog => (true, false),
         _ = &mut stopped => (false, true),
     };
-    RelayStats { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed), idle_timeout, cut }
+    RelayStats {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        idle_timeout,
+        cut,
+    }
 }
 
-async fn copy_half<R, W>(reader: &mut R, writer: &mut W, counter: &AtomicU64, last_activity: &AtomicU64, started: Instant)
-where
+async fn copy_half<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    counter: &AtomicU64,
+    last_activity: &AtomicU64,
+    started: Instant,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -110,7 +126,11 @@ where
 /// while bytes flow: it is freed whenever the reader has nothing ready, and
 /// a direction without one waits on a stack buffer, so an idle tunnel holds
 /// no buffer memory (tens of thousands of idle tunnels are the normal case).
-fn poll_read_lazy<R: AsyncRead + Unpin>(reader: &mut R, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
+fn poll_read_lazy<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut Vec<u8>,
+) -> Poll<io::Result<usize>> {
     if buf.is_empty() {
         let mut probe = [0u8; PROBE_SIZE];
         let mut probe = ReadBuf::new(&mut probe);
@@ -181,15 +201,22 @@ mod tests {
         // More than the probe holds arrives at once: one read takes it all.
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         app.write_all(&data).await.unwrap();
-        let Poll::Ready(Ok(n)) = poll_read_lazy(&mut side, &mut cx, &mut buf) else { panic!("data is ready") };
+        let Poll::Ready(Ok(n)) = poll_read_lazy(&mut side, &mut cx, &mut buf) else {
+            panic!("data is ready")
+        };
         assert_eq!(&buf[..n], &data[..]);
         app.write_all(b"more").await.unwrap();
-        let Poll::Ready(Ok(n)) = poll_read_lazy(&mut side, &mut cx, &mut buf) else { panic!("data is ready") };
+        let Poll::Ready(Ok(n)) = poll_read_lazy(&mut side, &mut cx, &mut buf) else {
+            panic!("data is ready")
+        };
         assert_eq!(&buf[..n], b"more");
         assert!(poll_read_lazy(&mut side, &mut cx, &mut buf).is_pending());
         assert_eq!(buf.capacity(), 0, "buffer freed when the reader runs dry");
         drop(app);
-        assert!(matches!(poll_read_lazy(&mut side, &mut cx, &mut buf), Poll::Ready(Ok(0))));
+        assert!(matches!(
+            poll_read_lazy(&mut side, &mut cx, &mut buf),
+            Poll::Ready(Ok(0))
+        ));
     }
 
     #[tokio::test]
@@ -211,7 +238,10 @@ mod tests {
             ua_w.shutdown().await.unwrap();
         });
         let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
-        let (a, b) = tokio::join!(ua_r.read_to_end(&mut got_up), ca_r.read_to_end(&mut got_down));
+        let (a, b) = tokio::join!(
+            ua_r.read_to_end(&mut got_up),
+            ca_r.read_to_end(&mut got_down)
+        );
         a.unwrap();
         b.unwrap();
         send_up.await.unwrap();
@@ -225,9 +255,12 @@ mod tests {
     async fn idle_tunnel_is_closed() {
         let (_client_app, client_side) = tokio::io::duplex(1024);
         let (upstream_side, _upstream_app) = tokio::io::duplex(1024);
-        let stats = tokio::time::timeout(Duration::from_secs(5), relay(client_side, upstream_side, Duration::from_millis(200)))
-            .await
-            .expect("relay must end on idleness");
+        let stats = tokio::time::timeout(
+            Duration::from_secs(5),
+            relay(client_side, upstream_side, Duration::from_millis(200)),
+        )
+        .await
+        .expect("relay must end on idleness");
         assert!(stats.idle_timeout);
     }
 }

@@ -32,8 +32,15 @@ pub struct EgressInfo {
 /// An upstream stream (plain TCP, or TLS for inspected HTTPS) that reports
 /// its addresses and negotiated protocol to the pool.
 pub enum EgressStream {
-    Plain { io: TokioIo<TcpStream>, info: EgressInfo },
-    Tls { io: TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, info: EgressInfo, h2: bool },
+    Plain {
+        io: TokioIo<TcpStream>,
+        info: EgressInfo,
+    },
+    Tls {
+        io: TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+        info: EgressInfo,
+        h2: bool,
+    },
 }
 
 impl Connection for EgressStream {
@@ -53,7 +60,11 @@ impl Connection for EgressStream {
 }
 
 impl hyper::rt::Read for EgressStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             EgressStream::Plain { io, .. } => Pin::new(io).poll_read(cx, buf),
             EgressStream::Tls { io, .. } => Pin::new(io).poll_read(cx, buf),
@@ -62,7 +73,11 @@ impl hyper::rt::Read for EgressStream {
 }
 
 impl hyper::rt::Write for EgressStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             EgressStream::Plain { io, .. } => Pin::new(io).poll_write(cx, buf),
             EgressStream::Tls { io, .. } => Pin::new(io).poll_write(cx, buf),
@@ -105,25 +120,61 @@ impl tower_service::Service<Uri> for EgressConnector {
         let source = self.source;
         let tls = self.tls.clone();
         Box::pin(async move {
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let stream = egress.connect(&host, port, source).await?;
             let info = EgressInfo {
-                local: stream.local_addr().map_err(|e| EgressError::Connect { host: host.clone(), port, reason: e.to_string() })?,
-                remote: stream.peer_addr().map_err(|e| EgressError::Connect { host: host.clone(), port, reason: e.to_string() })?,
+                local: stream.local_addr().map_err(|e| EgressError::Connect {
+                    host: host.clone(),
+                    port,
+                    reason: e.to_string(),
+                })?,
+                remote: stream.peer_addr().map_err(|e| EgressError::Connect {
+                    host: host.clone(),
+                    port,
+                    reason: e.to_string(),
+                })?,
             };
             if !https {
-                return Ok(EgressStream::Plain { io: TokioIo::new(stream), info });
+                return Ok(EgressStream::Plain {
+                    io: TokioIo::new(stream),
+                    info,
+                });
             }
             let Some(tls) = tls else {
-                return Err(EgressError::Connect { host, port, reason: "https upstream without a TLS configuration".into() });
+                return Err(EgressError::Connect {
+                    host,
+                    port,
+                    reason: "https upstream without a TLS configuration".into(),
+                });
             };
-            let name = rustls_pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| EgressError::Connect { host: host.clone(), port, reason: format!("invalid server name: {e}") })?;
-            let tls_stream = tls.connect(name, stream).await.map_err(|e| EgressError::Tls { host: host.clone(), port, error: e })?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                EgressError::Connect {
+                    host: host.clone(),
+                    port,
+                    reason: format!("invalid server name: {e}"),
+                }
+            })?;
+            let tls_stream = tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| EgressError::Tls {
+                    host: host.clone(),
+                    port,
+                    error: e,
+                })?;
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            Ok(EgressStream::Tls { io: TokioIo::new(tls_stream), info, h2 })
+            Ok(EgressStream::Tls {
+                io: TokioIo::new(tls_stream),
+                info,
+                h2,
+            })
         })
     }
 }
@@ -157,7 +208,13 @@ impl UpstreamPools {
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut h2 = tls;
         h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        UpstreamPools { egress, tls_h1: Arc::new(h1), tls_h2: Arc::new(h2), idle_per_host, clients: Mutex::new(HashMap::new()) }
+        UpstreamPools {
+            egress,
+            tls_h1: Arc::new(h1),
+            tls_h2: Arc::new(h2),
+            idle_per_host,
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn client(&self, source: Option<IpAddr>, alpn: UpstreamAlpn) -> UpstreamClient {
@@ -167,8 +224,12 @@ impl UpstreamPools {
             .or_insert_with(|| {
                 let tls = match alpn {
                     UpstreamAlpn::None => None,
-                    UpstreamAlpn::Http1 => Some(tokio_rustls::TlsConnector::from(self.tls_h1.clone())),
-                    UpstreamAlpn::H2AndHttp1 => Some(tokio_rustls::TlsConnector::from(self.tls_h2.clone())),
+                    UpstreamAlpn::Http1 => {
+                        Some(tokio_rustls::TlsConnector::from(self.tls_h1.clone()))
+                    }
+                    UpstreamAlpn::H2AndHttp1 => {
+                        Some(tokio_rustls::TlsConnector::from(self.tls_h2.clone()))
+                    }
                 };
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -176,7 +237,11 @@ impl UpstreamPools {
                     .pool_idle_timeout(Duration::from_secs(60))
                     .pool_max_idle_per_host(self.idle_per_host)
                     .set_host(false)
-                    .build(EgressConnector { egress: self.egress.clone(), source, tls })
+                    .build(EgressConnector {
+                        egress: self.egress.clone(),
+                        source,
+                        tls,
+                    })
             })
             .clone()
     }
@@ -184,20 +249,24 @@ impl UpstreamPools {
 
 /// The verifying TLS client config for upstreams: webpki roots plus an
 /// optional extra CA bundle; host names are always verified.
-pub fn upstream_tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+pub fn upstream_tls_config(
+    extra_ca: Option<&std::path::Path>,
+) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
         for cert in crate::pki::load_certs(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| anyhow::anyhow!("{}: not a usable CA certificate: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| {
+                anyhow::anyhow!("{}: not a usable CA certificate: {e}", path.display())
+            })?;
         }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// Finds a rustls error (e.g. an invalid upstream certificate) in an error chain.
@@ -208,7 +277,10 @@ pub fn tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a r
             return Some(found);
         }
         if let Some(EgressError::Tls { error, .. }) = e.downcast_ref::<EgressError>() {
-            if let Some(inner) = error.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            if let Some(inner) = error
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+            {
                 return Some(inner);
             }
         }

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn komugate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_komugate")).args(args).output().expect("run komugate")
+    Command::new(env!("CARGO_BIN_EXE_komugate"))
+        .args(args)
+        .output()
+        .expect("run komugate")
 }
 
 fn repo() -> PathBuf {
@@ -22,8 +25,18 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn categories_lookup_and_compiled_snapshot_agree() {
     let lists = repo().join("examples/lists/ut1");
-    let listed = std::fs::read_to_string(lists.join("gambling/domains")).unwrap().lines().next().unwrap().trim().to_string();
-    let urls = [format!("http://{listed}/"), format!("https://www.{listed}:8443/x"), "http://komugate-not-listed.example/".to_string()];
+    let listed = std::fs::read_to_string(lists.join("gambling/domains"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let urls = [
+        format!("http://{listed}/"),
+        format!("https://www.{listed}:8443/x"),
+        "http://komugate-not-listed.example/".to_string(),
+    ];
     let mut args = vec!["categories", "lookup", "--lists", lists.to_str().unwrap()];
     args.extend(urls.iter().map(String::as_str));
     let out = komugate(&args);
@@ -31,12 +44,22 @@ fn categories_lookup_and_compiled_snapshot_agree() {
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 3, "one line per URL: {lines:?}");
     assert_eq!(lines[0], format!("{}\tgambling", urls[0]));
-    assert_eq!(lines[1], format!("{}\tgambling", urls[1]), "subdomains match");
+    assert_eq!(
+        lines[1],
+        format!("{}\tgambling", urls[1]),
+        "subdomains match"
+    );
     assert_eq!(lines[2], format!("{}\t-", urls[2]));
 
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("ut1.snap");
-    let out = komugate(&["categories", "compile", lists.to_str().unwrap(), "--out", snap.to_str().unwrap()]);
+    let out = komugate(&[
+        "categories",
+        "compile",
+        lists.to_str().unwrap(),
+        "--out",
+        snap.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut args = vec!["categories", "lookup", "--lists", snap.to_str().unwrap()];
     args.extend(urls.iter().map(String::as_str));
@@ -54,13 +77,26 @@ fn out_again(lists: &Path, urls: &[String]) -> Output {
 fn unreadable_blocklist_lines_are_counted_and_the_rest_imported() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("gambling")).unwrap();
-    std::fs::write(dir.path().join("gambling/domains"), "good.example\nbad domain with spaces\n\u{0}\nother.example\n").unwrap();
-    let out = komugate(&["categories", "lookup", "--lists", dir.path().to_str().unwrap(), "http://other.example/"]);
+    std::fs::write(
+        dir.path().join("gambling/domains"),
+        "good.example\nbad domain with spaces\n\u{0}\nother.example\n",
+    )
+    .unwrap();
+    let out = komugate(&[
+        "categories",
+        "lookup",
+        "--lists",
+        dir.path().to_str().unwrap(),
+        "http://other.example/",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "http://other.example/\tgambling");
     let err = stderr(&out);
     assert!(err.contains("invalid line"), "{err}");
-    assert!(err.contains("domains:2"), "file:line of the bad line: {err}");
+    assert!(
+        err.contains("domains:2"),
+        "file:line of the bad line: {err}"
+    );
 }
 
 #[test]
@@ -75,12 +111,29 @@ fn policy_check_lists_every_error_and_fails() {
     let out = komugate(&["policy", "check", policy.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("policy.toml:4:"), "bad CIDR with line:column: {err}");
-    assert!(err.contains("policy.toml:8:1"), "unknown key with line:column: {err}");
-    assert!(err.contains("categories"), "suggests the near-miss name: {err}");
+    assert!(
+        err.contains("policy.toml:4:"),
+        "bad CIDR with line:column: {err}"
+    );
+    assert!(
+        err.contains("policy.toml:8:1"),
+        "unknown key with line:column: {err}"
+    );
+    assert!(
+        err.contains("categories"),
+        "suggests the near-miss name: {err}"
+    );
 
-    let ok = komugate(&["policy", "check", repo().join("examples/policy.toml").to_str().unwrap()]);
-    assert!(ok.status.success(), "the shipped example is valid: {}", stderr(&ok));
+    let ok = komugate(&[
+        "policy",
+        "check",
+        repo().join("examples/policy.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        ok.status.success(),
+        "the shipped example is valid: {}",
+        stderr(&ok)
+    );
 }
 
 #[test]
@@ -98,34 +151,81 @@ fn squidguard_import_round_trips_through_check_and_explain() {
     )
     .unwrap();
     let out_file = dir.path().join("imported.toml");
-    let out = komugate(&["policy", "import-squidguard", conf.to_str().unwrap(), "--out", out_file.to_str().unwrap()]);
+    let out = komugate(&[
+        "policy",
+        "import-squidguard",
+        conf.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let check = komugate(&["policy", "check", out_file.to_str().unwrap()]);
     assert!(check.status.success(), "{}", stderr(&check));
     let explain = |from: &str, url: &str| {
-        let o = komugate(&["policy", "explain", out_file.to_str().unwrap(), "--from", from, "--url", url, "--json"]);
+        let o = komugate(&[
+            "policy",
+            "explain",
+            out_file.to_str().unwrap(),
+            "--from",
+            from,
+            "--url",
+            url,
+            "--json",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         v["action"].as_str().unwrap().to_string()
     };
     assert_eq!(explain("10.1.2.3", "http://www.casino.example/"), "Block");
     assert_eq!(explain("10.1.2.3", "http://school.example/"), "Allow");
-    assert_eq!(explain("192.0.2.1", "http://school.example/"), "Block", "default acl passes none");
+    assert_eq!(
+        explain("192.0.2.1", "http://school.example/"),
+        "Block",
+        "default acl passes none"
+    );
 }
 
 #[test]
 fn export_ca_pem_and_der() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    assert!(komugate(&["pki", "init", "--dir", pki.to_str().unwrap()]).status.success());
-    let pem = komugate(&["pki", "export-ca", "--dir", pki.to_str().unwrap(), "--format", "pem"]);
+    assert!(komugate(&["pki", "init", "--dir", pki.to_str().unwrap()])
+        .status
+        .success());
+    let pem = komugate(&[
+        "pki",
+        "export-ca",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--format",
+        "pem",
+    ]);
     assert!(pem.status.success());
     assert!(stdout(&pem).starts_with("-----BEGIN CERTIFICATE-----"));
-    assert_eq!(pem.stdout, std::fs::read(pki.join("inspect-ca.pem")).unwrap());
-    let der = komugate(&["pki", "export-ca", "--dir", pki.to_str().unwrap(), "--format", "der"]);
+    assert_eq!(
+        pem.stdout,
+        std::fs::read(pki.join("inspect-ca.pem")).unwrap()
+    );
+    let der = komugate(&[
+        "pki",
+        "export-ca",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--format",
+        "der",
+    ]);
     assert!(der.status.success());
     assert_eq!(der.stdout[0], 0x30, "DER SEQUENCE");
-    let missing = komugate(&["pki", "export-ca", "--dir", dir.path().join("nope").to_str().unwrap()]);
+    let missing = komugate(&[
+        "pki",
+        "export-ca",
+        "--dir",
+        dir.path().join("nope").to_str().unwrap(),
+    ]);
     assert!(!missing.status.success());
-    assert!(stderr(&missing).contains("inspect-ca.pem"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("inspect-ca.pem"),
+        "{}",
+        stderr(&missing)
+    );
 }

@@ -16,7 +16,10 @@ const FIXED_PORTS: [u16; 3] = [3128, 8443, 9090];
 
 fn tempdir(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     let d = std::env::temp_dir().join(format!(
         "komugate-e2e-{tag}-{}-{}-{nanos}",
         std::process::id(),
@@ -61,7 +64,11 @@ impl Serve {
                 }
             }
         });
-        let mut s = Serve { child: Some(child), lines, banner: Vec::new() };
+        let mut s = Serve {
+            child: Some(child),
+            lines,
+            banner: Vec::new(),
+        };
         s.read_banner();
         s
     }
@@ -70,7 +77,11 @@ impl Serve {
     fn read_banner(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let wait = if self.banner.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::from_millis(500) };
+            let wait = if self.banner.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(500)
+            };
             match self.lines.recv_timeout(wait) {
                 Ok(line) => self.banner.push(line),
                 Err(_) => break,
@@ -89,18 +100,30 @@ impl Serve {
 
     /// The access log path the banner names.
     fn access_log(&self) -> PathBuf {
-        let line = self.banner.iter().find(|l| l.trim_start().starts_with("access log")).expect("banner names the access log");
+        let line = self
+            .banner
+            .iter()
+            .find(|l| l.trim_start().starts_with("access log"))
+            .expect("banner names the access log");
         PathBuf::from(line.trim_start().trim_start_matches("access log").trim())
     }
 
     fn curl_lines(&self) -> Vec<String> {
-        self.banner.iter().map(|l| l.trim()).filter(|l| l.starts_with("curl ")).map(str::to_string).collect()
+        self.banner
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| l.starts_with("curl "))
+            .map(str::to_string)
+            .collect()
     }
 
     /// SIGTERM, then wait (10 s) for the exit status.
     fn terminate(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
-        let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(st.success(), "kill -TERM failed");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -130,7 +153,16 @@ impl Drop for Serve {
 fn sh(line: &str) -> Output {
     let mut cmd = Command::new("sh");
     cmd.args(["-c", line]);
-    for v in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "no_proxy", "NO_PROXY"] {
+    for v in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
         cmd.env_remove(v);
     }
     let out = cmd.output().expect("run sh");
@@ -161,15 +193,27 @@ fn embedded_default_banner_curl_lines_work_and_sigterm_exits_zero() {
     let data = tempdir("serve");
     let serve = Serve::start(&["serve", "--data", data.to_str().unwrap()]);
     let curls = serve.curl_lines();
-    assert!(curls.len() >= 3, "banner should print the healthz, blocked and mTLS curl lines: {:#?}", serve.banner);
+    assert!(
+        curls.len() >= 3,
+        "banner should print the healthz, blocked and mTLS curl lines: {:#?}",
+        serve.banner
+    );
     let mut healthz = 0;
     for line in &curls {
         let out = sh(line);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "`{line}` failed ({}):\n{stdout}\n{stderr}", out.status);
+        assert!(
+            out.status.success(),
+            "`{line}` failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
         if line.contains("blocked") {
-            assert!(stdout.contains("ブロックされました") && stdout.contains("Access to this page was blocked"), "`{line}` printed:\n{stdout}");
+            assert!(
+                stdout.contains("ブロックされました")
+                    && stdout.contains("Access to this page was blocked"),
+                "`{line}` printed:\n{stdout}"
+            );
         } else if line.contains("/healthz") {
             assert_eq!(stdout.trim(), "ok", "`{line}` printed:\n{stdout}\n{stderr}");
             healthz += 1;
@@ -180,73 +224,161 @@ fn embedded_default_banner_curl_lines_work_and_sigterm_exits_zero() {
     assert_eq!(healthz, 2, "plain and mTLS healthz lines: {curls:#?}");
     // The healthz requests really went through the proxy (not directly).
     let log_path = serve.access_log();
-    assert!(log_path.starts_with(&data), "access log {} is inside the data dir", log_path.display());
+    assert!(
+        log_path.starts_with(&data),
+        "access log {} is inside the data dir",
+        log_path.display()
+    );
     let log = wait_for_log(&log_path, "/healthz", 2);
     assert!(log.matches("/healthz").count() >= 2, "access log:\n{log}");
-    assert!(log.contains("\"listener\":\"mtls\"") && log.contains("demo-laptop"), "mTLS request with the demo device:\n{log}");
+    assert!(
+        log.contains("\"listener\":\"mtls\"") && log.contains("demo-laptop"),
+        "mTLS request with the demo device:\n{log}"
+    );
     assert!(log.contains("blocked.example"), "{log}");
 
     let status = serve.terminate();
-    assert!(status.success(), "komugate serve exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "komugate serve exited with {status} after SIGTERM"
+    );
 
     // `komugate config default > f && komugate serve --config f` runs unchanged.
     let dir = tempdir("config");
-    let out = Command::new(BIN).args(["config", "default"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "default"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let file = dir.join("komugate.toml");
     std::fs::write(&file, &out.stdout).unwrap();
-    let check = Command::new(BIN).args(["config", "check", file.to_str().unwrap()]).output().unwrap();
-    assert!(check.status.success(), "config check: {}", String::from_utf8_lossy(&check.stderr));
-    let serve = Serve::start(&["serve", "--config", file.to_str().unwrap(), "--data", dir.join("data").to_str().unwrap()]);
-    let out = sh(&format!("curl -sS -x http://127.0.0.1:3128 http://127.0.0.1:9090/healthz"));
+    let check = Command::new(BIN)
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "config check: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let serve = Serve::start(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--data",
+        dir.join("data").to_str().unwrap(),
+    ]);
+    let out = sh(&format!(
+        "curl -sS -x http://127.0.0.1:3128 http://127.0.0.1:9090/healthz"
+    ));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     let status = serve.terminate();
-    assert!(status.success(), "komugate serve --config exited with {status}");
+    assert!(
+        status.success(),
+        "komugate serve --config exited with {status}"
+    );
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 #[test]
 fn pki_init_and_issue_device_via_the_binary() {
     let dir = tempdir("pki");
     let pki = dir.join("pki");
-    let run = |args: &[&str]| Command::new(BIN).args(args).env("KOMUGATE_LOG", "warn").output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("KOMUGATE_LOG", "warn")
+            .output()
+            .unwrap()
+    };
     let out = run(&["pki", "init", "--dir", pki.to_str().unwrap()]);
-    assert!(out.status.success(), "pki init: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pki init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for f in ["device-ca", "inspect-ca", "server"] {
         assert!(pki.join(format!("{f}.pem")).is_file(), "{f}.pem");
         assert_eq!(mode(&pki.join(format!("{f}.key"))), 0o600, "{f}.key mode");
     }
     let ca_before = std::fs::read(pki.join("device-ca.pem")).unwrap();
     let out = run(&["pki", "init", "--dir", pki.to_str().unwrap()]);
-    assert!(!out.status.success(), "second pki init without --force must fail");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(pki.join("device-ca.pem")).unwrap(), ca_before, "CA must not be replaced");
+    assert!(
+        !out.status.success(),
+        "second pki init without --force must fail"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(pki.join("device-ca.pem")).unwrap(),
+        ca_before,
+        "CA must not be replaced"
+    );
 
     let prefix = dir.join("devices/laptop-1");
     let issue = |force: bool| {
-        let mut args = vec!["pki", "issue-device", "--dir", pki.to_str().unwrap(), "--device", "laptop-1", "--group", "staff", "--out", prefix.to_str().unwrap()];
+        let mut args = vec![
+            "pki",
+            "issue-device",
+            "--dir",
+            pki.to_str().unwrap(),
+            "--device",
+            "laptop-1",
+            "--group",
+            "staff",
+            "--out",
+            prefix.to_str().unwrap(),
+        ];
         if force {
             args.push("--force");
         }
         run(&args)
     };
     let out = issue(false);
-    assert!(out.status.success(), "issue-device: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "issue-device: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.join("devices/laptop-1.pem").is_file());
     assert_eq!(mode(&dir.join("devices/laptop-1.key")), 0o600);
     let cert_before = std::fs::read(dir.join("devices/laptop-1.pem")).unwrap();
     let out = issue(false);
-    assert!(!out.status.success(), "issue-device over an existing cert without --force must fail");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(dir.join("devices/laptop-1.pem")).unwrap(), cert_before);
+    assert!(
+        !out.status.success(),
+        "issue-device over an existing cert without --force must fail"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("devices/laptop-1.pem")).unwrap(),
+        cert_before
+    );
     let out = issue(true);
-    assert!(out.status.success(), "issue-device --force: {}", String::from_utf8_lossy(&out.stderr));
-    assert_ne!(std::fs::read(dir.join("devices/laptop-1.pem")).unwrap(), cert_before);
+    assert!(
+        out.status.success(),
+        "issue-device --force: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        std::fs::read(dir.join("devices/laptop-1.pem")).unwrap(),
+        cert_before
+    );
     assert_eq!(mode(&dir.join("devices/laptop-1.key")), 0o600);
     let _ = std::fs::remove_dir_all(&dir);
 }

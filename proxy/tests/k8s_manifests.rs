@@ -22,7 +22,9 @@ fn repo_file(rel: &str) -> String {
 /// The text of a YAML block scalar `key: |` (ConfigMap data), de-indented.
 fn block_scalar(yaml: &str, key: &str) -> String {
     let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
-    let header = lines.next().unwrap_or_else(|| panic!("no `{key}: |` block"));
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("no `{key}: |` block"));
     let key_indent = header.len() - header.trim_start().len();
     let mut body = Vec::new();
     let mut indent = None;
@@ -44,7 +46,11 @@ fn block_scalar(yaml: &str, key: &str) -> String {
 /// Values of `field: value` lines (YAML, one per line), in order.
 fn yaml_values(yaml: &str, field: &str) -> Vec<String> {
     yaml.lines()
-        .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix(&format!("{field}:")))
+        .filter_map(|l| {
+            l.trim()
+                .trim_start_matches("- ")
+                .strip_prefix(&format!("{field}:"))
+        })
         .map(|v| v.trim().trim_matches('"').to_string())
         .collect()
 }
@@ -54,7 +60,13 @@ fn absolute_paths(toml_text: &str) -> Vec<String> {
     toml_text
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .flat_map(|l| l.split('"').skip(1).step_by(2).map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|l| {
+            l.split('"')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter(|s| s.starts_with('/'))
         .collect()
 }
@@ -90,10 +102,22 @@ fn configmaps_hold_a_valid_config_and_policy() {
     std::fs::write(&config, &m.config).unwrap();
     std::fs::write(&policy, &m.policy).unwrap();
     let out = komugate(&["config", "check", config.to_str().unwrap()]);
-    assert!(out.status.success(), "k8s/configmap-gateway.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "k8s/configmap-gateway.yaml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = komugate(&["policy", "check", policy.to_str().unwrap()]);
-    assert!(out.status.success(), "k8s/configmap-policy.yaml: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(m.config.contains("file = \"/etc/komugate/policy/policy.toml\""), "the config must load the policy ConfigMap's file");
+    assert!(
+        out.status.success(),
+        "k8s/configmap-policy.yaml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        m.config
+            .contains("file = \"/etc/komugate/policy/policy.toml\""),
+        "the config must load the policy ConfigMap's file"
+    );
 }
 
 #[test]
@@ -104,7 +128,11 @@ fn every_file_the_config_names_is_mounted_and_provided() {
     // File names the pod gets: Secret items remapped by `path:`, Secret
     // data keys (secrets.example.yaml), the ConfigMaps' keys.
     let mut provided = yaml_values(&m.deployment, "path");
-    for line in m.secrets.lines().filter(|l| !l.trim_start().starts_with('#')) {
+    for line in m
+        .secrets
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+    {
         if let Some((key, value)) = line.trim().split_once(':') {
             if value.contains("REPLACE") {
                 provided.push(key.trim().to_string());
@@ -121,28 +149,58 @@ fn every_file_the_config_names_is_mounted_and_provided() {
             continue; // the data volume: written by the gateway itself
         }
         let file = path.rsplit('/').next().unwrap();
-        assert!(provided.iter().any(|p| p == file), "{path}: no Secret/ConfigMap provides {file} (provided: {provided:?})");
+        assert!(
+            provided.iter().any(|p| p == file),
+            "{path}: no Secret/ConfigMap provides {file} (provided: {provided:?})"
+        );
     }
 }
 
 #[test]
 fn the_pod_runs_the_image_command() {
     let m = manifests();
-    let cmd_line = m.dockerfile.lines().find(|l| l.starts_with("CMD ")).expect("Dockerfile has a CMD");
-    let cmd: Vec<String> = serde_json::from_str(cmd_line.trim_start_matches("CMD ")).expect("CMD in exec (JSON) form");
-    let args_line = m.deployment.lines().find(|l| l.trim_start().starts_with("args:")).expect("deployment has args");
-    let args: Vec<String> = serde_json::from_str(args_line.trim().trim_start_matches("args:").trim()).expect("args as a flow sequence");
-    assert_eq!(cmd, args, "k8s/deployment.yaml args and the Dockerfile CMD differ");
-    assert!(m.dockerfile.contains("USER 65532:65532"), "the image must run as non-root");
-    let entry = m.dockerfile.lines().find(|l| l.starts_with("ENTRYPOINT ")).expect("ENTRYPOINT");
+    let cmd_line = m
+        .dockerfile
+        .lines()
+        .find(|l| l.starts_with("CMD "))
+        .expect("Dockerfile has a CMD");
+    let cmd: Vec<String> =
+        serde_json::from_str(cmd_line.trim_start_matches("CMD ")).expect("CMD in exec (JSON) form");
+    let args_line = m
+        .deployment
+        .lines()
+        .find(|l| l.trim_start().starts_with("args:"))
+        .expect("deployment has args");
+    let args: Vec<String> =
+        serde_json::from_str(args_line.trim().trim_start_matches("args:").trim())
+            .expect("args as a flow sequence");
+    assert_eq!(
+        cmd, args,
+        "k8s/deployment.yaml args and the Dockerfile CMD differ"
+    );
+    assert!(
+        m.dockerfile.contains("USER 65532:65532"),
+        "the image must run as non-root"
+    );
+    let entry = m
+        .dockerfile
+        .lines()
+        .find(|l| l.starts_with("ENTRYPOINT "))
+        .expect("ENTRYPOINT");
     assert!(entry.contains("/usr/local/bin/komugate"));
     // The config the pod reads is the ConfigMap's key at its mount.
     let config_path = &args[args.iter().position(|a| a == "--config").expect("--config") + 1];
-    assert!(yaml_values(&m.deployment, "mountPath").iter().any(|mp| config_path == &format!("{mp}/komugate.toml")));
+    assert!(yaml_values(&m.deployment, "mountPath")
+        .iter()
+        .any(|mp| config_path == &format!("{mp}/komugate.toml")));
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Killed(Child);
@@ -156,7 +214,8 @@ impl Drop for Killed {
 fn healthz(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -176,15 +235,23 @@ fn the_gateway_starts_from_the_configmap_config() {
         .replace("/var/lib/komugate", data.to_str().unwrap())
         .replace("0.0.0.0:8443", &format!("127.0.0.1:{mtls}"))
         .replace("0.0.0.0:9090", &format!("127.0.0.1:{admin}"));
-    assert!(config.contains(&format!("127.0.0.1:{admin}")), "the ConfigMap's admin listener is no longer 0.0.0.0:9090: update this test");
+    assert!(
+        config.contains(&format!("127.0.0.1:{admin}")),
+        "the ConfigMap's admin listener is no longer 0.0.0.0:9090: update this test"
+    );
     // Key material as the Secrets provide it (names from secrets.example.yaml + deployment items).
     let pki = root.join("pki");
     let out = komugate(&["pki", "init", "--dir", pki.to_str().unwrap()]);
-    assert!(out.status.success(), "pki init: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pki init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let place = |from: &str, to: &str| {
         let dest: PathBuf = etc.join(to);
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(pki.join(from), &dest).unwrap_or_else(|e| panic!("{from} → {}: {e}", dest.display()));
+        std::fs::copy(pki.join(from), &dest)
+            .unwrap_or_else(|e| panic!("{from} → {}: {e}", dest.display()));
     };
     place("server.pem", "tls/server.pem");
     place("server.key", "tls/server.key");
@@ -199,7 +266,13 @@ fn the_gateway_starts_from_the_configmap_config() {
     std::fs::create_dir_all(&data).unwrap();
 
     let child = Command::new(BIN)
-        .args(["serve", "--config", config_path.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args([
+            "serve",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -208,15 +281,27 @@ fn the_gateway_starts_from_the_configmap_config() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(resp) = healthz(admin) {
-            assert!(resp.starts_with("HTTP/1.1 200"), "/healthz answered: {resp}");
+            assert!(
+                resp.starts_with("HTTP/1.1 200"),
+                "/healthz answered: {resp}"
+            );
             break;
         }
         if let Ok(Some(status)) = serve.0.try_wait() {
             let mut err = String::new();
-            serve.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            serve
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             panic!("komugate exited ({status}) with the ConfigMap config:\n{err}");
         }
-        assert!(Instant::now() < deadline, "no /healthz on 127.0.0.1:{admin} within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "no /healthz on 127.0.0.1:{admin} within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // The mTLS listener is up too (device certificates are checked per connection).
@@ -234,7 +319,10 @@ fn block_scalar_reader() {
 #[test]
 fn binary_needs_only_what_distroless_cc_has() {
     let m = manifests();
-    assert!(m.dockerfile.contains("gcr.io/distroless/cc-debian12"), "runtime image changed: update this test's library list");
+    assert!(
+        m.dockerfile.contains("gcr.io/distroless/cc-debian12"),
+        "runtime image changed: update this test's library list"
+    );
     let out = match Command::new("ldd").arg(BIN).output() {
         Ok(o) => o,
         Err(e) => {
@@ -243,10 +331,23 @@ fn binary_needs_only_what_distroless_cc_has() {
         }
     };
     let listing = String::from_utf8_lossy(&out.stdout);
-    let allowed = ["linux-vdso.so", "libgcc_s.so", "libm.so", "libc.so", "ld-linux-x86-64.so", "libpthread.so", "libdl.so", "librt.so", "ld-linux-aarch64.so"];
+    let allowed = [
+        "linux-vdso.so",
+        "libgcc_s.so",
+        "libm.so",
+        "libc.so",
+        "ld-linux-x86-64.so",
+        "libpthread.so",
+        "libdl.so",
+        "librt.so",
+        "ld-linux-aarch64.so",
+    ];
     for line in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let lib = line.split_whitespace().next().unwrap_or("");
         let name = lib.rsplit('/').next().unwrap_or(lib);
-        assert!(allowed.iter().any(|a| name.starts_with(a)), "komugate links {name}, which gcr.io/distroless/cc-debian12 does not have:\n{listing}");
+        assert!(
+            allowed.iter().any(|a| name.starts_with(a)),
+            "komugate links {name}, which gcr.io/distroless/cc-debian12 does not have:\n{listing}"
+        );
     }
 }

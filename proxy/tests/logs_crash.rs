@@ -15,7 +15,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_komugate");
 
 fn files_with_ext(dir: &Path, ext: &str) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -64,7 +66,8 @@ fn kill_9_loses_at_most_the_last_second_and_restart_keeps_closed_files() {
 
     // Restart: the writer recovers (live file -> closing -> segment).
     let metrics = komugate::metrics::Metrics::new();
-    let (sub, handle, _) = writer::start(WriterSettings::new(dir.join("access.log")), &metrics).unwrap();
+    let (sub, handle, _) =
+        writer::start(WriterSettings::new(dir.join("access.log")), &metrics).unwrap();
     assert!(sub.sync(Duration::from_secs(5)));
     drop(sub);
     handle.join();
@@ -108,9 +111,13 @@ fn logs_search_cli_and_audit_verify_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("logs");
     let metrics = komugate::metrics::Metrics::new();
-    let (sub, handle, _) = writer::start(WriterSettings::new(dir.join("access.log")), &metrics).unwrap();
+    let (sub, handle, _) =
+        writer::start(WriterSettings::new(dir.join("access.log")), &metrics).unwrap();
     for i in 0..500 {
-        sub.submit(komugate::logs::cli::sample_record(i, std::time::SystemTime::now()));
+        sub.submit(komugate::logs::cli::sample_record(
+            i,
+            std::time::SystemTime::now(),
+        ));
     }
     assert!(sub.sync(Duration::from_secs(5)));
     let run = |args: &[&str]| {
@@ -150,7 +157,9 @@ fn logs_search_cli_and_audit_verify_cli() {
         csv_path.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    assert!(std::fs::read(&csv_path).unwrap().starts_with("\u{feff}".as_bytes()));
+    assert!(std::fs::read(&csv_path)
+        .unwrap()
+        .starts_with("\u{feff}".as_bytes()));
     let (ok, _, err) = run(&["logs", "search", "--dir", d, "--since", "last week"]);
     assert!(!ok && err.contains("ISO 8601"), "{err}");
     drop(sub);
@@ -167,9 +176,14 @@ fn logs_search_cli_and_audit_verify_cli() {
     }
     let (ok, out, _) = run(&["audit", "verify", "--file", audit.to_str().unwrap()]);
     assert!(ok && out.contains("ok, 3 entries"), "{out}");
-    let text = std::fs::read_to_string(&audit).unwrap().replace("entry 1", "entry X");
+    let text = std::fs::read_to_string(&audit)
+        .unwrap()
+        .replace("entry 1", "entry X");
     std::fs::write(&audit, text).unwrap();
     let (ok, out, err) = run(&["audit", "verify", "--file", audit.to_str().unwrap()]);
     assert!(!ok, "tampering is detected");
-    assert!(out.contains("line 2") && err.contains("tampered"), "{out}{err}");
+    assert!(
+        out.contains("line 2") && err.contains("tampered"),
+        "{out}{err}"
+    );
 }

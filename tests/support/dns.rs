@@ -38,7 +38,10 @@ pub async fn start(origin: &str, records: &[(&str, Ipv4Addr)]) -> DnsServer {
         86400,
         60,
     );
-    authority.upsert_mut(Record::from_rdata(origin_name.clone(), 3600, RData::SOA(soa)), 1);
+    authority.upsert_mut(
+        Record::from_rdata(origin_name.clone(), 3600, RData::SOA(soa)),
+        1,
+    );
     for (name, ip) in records {
         let name = Name::from_str(name).expect("record name");
         authority.upsert_mut(Record::from_rdata(name, 300, RData::A(A(*ip))), 1);

@@ -63,14 +63,24 @@ impl TestGateway {
     pub async fn start(tweak: impl FnOnce(&mut Config, &TestPki)) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = dir.path().join("pki");
-        komugate::pki::init(&pki, &["localhost".into(), "127.0.0.1".into()], false).expect("pki init");
+        komugate::pki::init(&pki, &["localhost".into(), "127.0.0.1".into()], false)
+            .expect("pki init");
         let dns = dns::start("test.", DNS_RECORDS).await;
         let mut config = base_config(dir.path(), dns.addr);
         tweak(&mut config, &TestPki { dir: pki.clone() });
         let access_log = config.data_path(&config.log.access_log);
-        let running = komugate::gateway::start(config).await.expect("gateway starts");
+        let running = komugate::gateway::start(config)
+            .await
+            .expect("gateway starts");
         let addrs = running.addrs.clone();
-        TestGateway { running: Some(running), addrs, pki, access_log, dns, dir }
+        TestGateway {
+            running: Some(running),
+            addrs,
+            pki,
+            access_log,
+            dns,
+            dir,
+        }
     }
 
     pub fn plain(&self) -> SocketAddr {
@@ -83,11 +93,18 @@ impl TestGateway {
         self.addrs.admin.expect("admin listener")
     }
     pub fn tls(&self) -> TestPki {
-        TestPki { dir: self.pki.clone() }
+        TestPki {
+            dir: self.pki.clone(),
+        }
     }
 
     pub fn metrics(&self) -> String {
-        self.running.as_ref().expect("running").gateway.metrics.render()
+        self.running
+            .as_ref()
+            .expect("running")
+            .gateway
+            .metrics
+            .render()
     }
 
     /// Value of a metric sample with (at least) these labels; 0 if absent.
@@ -96,7 +113,10 @@ impl TestGateway {
     }
 
     /// Waits (up to 3 s) for an access record matching `pred`.
-    pub async fn access_record(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn access_record(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let path = self.access_log.clone();
         super::eventually(Duration::from_secs(3), || {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -108,7 +128,11 @@ impl TestGateway {
         })
         .await
         .unwrap_or_else(|| {
-            panic!("no matching access record in {}:\n{}", path.display(), std::fs::read_to_string(&path).unwrap_or_default())
+            panic!(
+                "no matching access record in {}:\n{}",
+                path.display(),
+                std::fs::read_to_string(&path).unwrap_or_default()
+            )
         })
     }
 
@@ -125,7 +149,9 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         if line.starts_with('#') {
             continue;
         }
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let (metric, label_text) = match series.split_once('{') {
             Some((m, rest)) => (m, rest.trim_end_matches('}')),
             None => (series, ""),
@@ -133,7 +159,9 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         if metric != name {
             continue;
         }
-        let ok = labels.iter().all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        let ok = labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
         if ok {
             return value.parse().unwrap_or(0.0);
         }
@@ -148,7 +176,11 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn device_ca(&self) -> CaMaterial {
-        CaMaterial::load(&self.dir.join("device-ca.pem"), &self.dir.join("device-ca.key")).expect("device CA")
+        CaMaterial::load(
+            &self.dir.join("device-ca.pem"),
+            &self.dir.join("device-ca.key"),
+        )
+        .expect("device CA")
     }
 
     /// A valid device certificate (1 day).
@@ -156,7 +188,12 @@ impl TestPki {
         let now = time::OffsetDateTime::now_utc();
         let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         self.device_ca()
-            .issue_device(id, &groups, now - time::Duration::hours(1), now + time::Duration::days(1))
+            .issue_device(
+                id,
+                &groups,
+                now - time::Duration::hours(1),
+                now + time::Duration::days(1),
+            )
             .expect("issue device")
     }
 
@@ -166,18 +203,28 @@ impl TestPki {
     }
 
     /// Client config trusting the gateway and presenting `device` (if any).
-    pub fn client_config(&self, device: Option<&IssuedCert>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    pub fn client_config(
+        &self,
+        device: Option<&IssuedCert>,
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ClientConfig> {
         client_config(self.server_ca(), device, alpn)
     }
 }
 
-pub fn client_config(server_ca: CertificateDer<'static>, device: Option<&IssuedCert>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+pub fn client_config(
+    server_ca: CertificateDer<'static>,
+    device: Option<&IssuedCert>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server_ca).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
     let mut cfg = match device {
         Some(d) => builder
             .with_client_auth_cert(
@@ -192,7 +239,12 @@ pub fn client_config(server_ca: CertificateDer<'static>, device: Option<&IssuedC
 }
 
 /// TLS connect to `addr` as "localhost" with `config`.
-pub async fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
 }

@@ -21,7 +21,9 @@ impl RawResponse {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
     pub fn text(&self) -> String {
@@ -43,7 +45,10 @@ impl RawConn<TcpStream> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
     pub fn new(stream: S) -> Self {
-        RawConn { stream, buf: Vec::new() }
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -68,13 +73,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
                     .split_whitespace()
                     .nth(1)
                     .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line: {head:?}")))?;
-                return Ok(RawResponse { status, head, body: Vec::new() });
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("bad status line: {head:?}"),
+                        )
+                    })?;
+                return Ok(RawResponse {
+                    status,
+                    head,
+                    body: Vec::new(),
+                });
             }
             if self.fill().await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("connection closed before a response head (got {:?})", String::from_utf8_lossy(&self.buf)),
+                    format!(
+                        "connection closed before a response head (got {:?})",
+                        String::from_utf8_lossy(&self.buf)
+                    ),
                 ));
             }
         }
@@ -84,36 +101,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
     /// `head_request`: a response to HEAD / CONNECT 2xx has no body.
     pub async fn read_response(&mut self, no_body: bool) -> io::Result<RawResponse> {
         let mut resp = self.read_head().await?;
-        if no_body || resp.status == 101 || resp.status == 204 || resp.status == 304 || (100..200).contains(&resp.status) {
+        if no_body
+            || resp.status == 101
+            || resp.status == 204
+            || resp.status == 304
+            || (100..200).contains(&resp.status)
+        {
             return Ok(resp);
         }
         if let Some(len) = resp.header("content-length") {
-            let len: usize = len.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
+            let len: usize = len
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
             while self.buf.len() < len {
                 if self.fill().await? == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body cut short",
+                    ));
                 }
             }
             resp.body = self.buf.drain(..len).collect();
-        } else if resp.header("transfer-encoding").map(|v| v.to_ascii_lowercase().contains("chunked")).unwrap_or(false) {
+        } else if resp
+            .header("transfer-encoding")
+            .map(|v| v.to_ascii_lowercase().contains("chunked"))
+            .unwrap_or(false)
+        {
             loop {
                 let line_end = loop {
                     if let Some(i) = find(&self.buf, b"\r\n") {
                         break i;
                     }
                     if self.fill().await? == 0 {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunked body cut short"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "chunked body cut short",
+                        ));
                     }
                 };
                 let size_line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+                let size =
+                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| {
+                            io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")
+                        })?;
                 while self.buf.len() < line_end + 2 + size + 2 {
                     if self.fill().await? == 0 {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunk cut short"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "chunk cut short",
+                        ));
                     }
                 }
-                resp.body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                resp.body
+                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
                 self.buf.drain(..line_end + 2 + size + 2);
                 if size == 0 {
                     break;
@@ -169,6 +210,14 @@ pub async fn request(addr: SocketAddr, bytes: &[u8]) -> io::Result<RawResponse> 
 
 /// `GET <url>` through a forward proxy, connection close.
 pub async fn proxy_get(proxy: SocketAddr, url: &str) -> io::Result<RawResponse> {
-    let host = url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or("");
-    request(proxy, format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    request(
+        proxy,
+        format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
 }

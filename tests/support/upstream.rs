@@ -54,7 +54,9 @@ impl HttpUpstream {
         let (seen2, accepts2) = (seen.clone(), accepts.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, peer)) = listener.accept().await else { return };
+                let Ok((stream, peer)) = listener.accept().await else {
+                    return;
+                };
                 accepts2.fetch_add(1, Ordering::SeqCst);
                 let seen = seen2.clone();
                 tokio::spawn(async move {
@@ -66,7 +68,12 @@ impl HttpUpstream {
                 });
             }
         });
-        HttpUpstream { addr, seen, accepts, _task: Task(task) }
+        HttpUpstream {
+            addr,
+            seen,
+            accepts,
+            _task: Task(task),
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -78,7 +85,11 @@ impl HttpUpstream {
     }
 }
 
-async fn respond(peer: SocketAddr, seen: SeenLog, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+async fn respond(
+    peer: SocketAddr,
+    seen: SeenLog,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let websocket = req
         .headers()
         .get(header::UPGRADE)
@@ -121,7 +132,10 @@ async fn respond(peer: SocketAddr, seen: SeenLog, mut req: Request<Incoming>) ->
     } else {
         Bytes::from(format!("hello from upstream {}", parts.uri.path()))
     };
-    Ok(Response::builder().header("x-upstream", "yes").body(Full::new(reply)).unwrap())
+    Ok(Response::builder()
+        .header("x-upstream", "yes")
+        .body(Full::new(reply))
+        .unwrap())
 }
 
 /// A TLS (HTTP/1.1) upstream with its own CA; answers every request with
@@ -137,15 +151,19 @@ pub struct TlsUpstream {
 impl TlsUpstream {
     pub async fn start() -> TlsUpstream {
         let ca = komugate::pki::generate_ca("komugate-tests upstream CA").unwrap();
-        let leaf = ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let leaf = ca
+            .issue_server(&["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
         let chain = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
         let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -154,19 +172,32 @@ impl TlsUpstream {
         let accepts2 = accepts.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 accepts2.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
                     let svc = service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"secure hello"))))
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(
+                            b"secure hello",
+                        ))))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
                 });
             }
         });
-        TlsUpstream { addr, ca: ca.cert_der().clone(), accepts, _task: Task(task) }
+        TlsUpstream {
+            addr,
+            ca: ca.cert_der().clone(),
+            accepts,
+            _task: Task(task),
+        }
     }
 
     pub fn accepts(&self) -> usize {
@@ -178,11 +209,13 @@ impl TlsUpstream {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).unwrap();
         Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
         )
     }
 }
@@ -202,7 +235,9 @@ impl EchoServer {
         let accepts2 = accepts.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 accepts2.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let (mut r, mut w) = stream.into_split();
@@ -211,7 +246,11 @@ impl EchoServer {
                 });
             }
         });
-        EchoServer { addr, accepts, _task: Task(task) }
+        EchoServer {
+            addr,
+            accepts,
+            _task: Task(task),
+        }
     }
 
     pub fn accepts(&self) -> usize {

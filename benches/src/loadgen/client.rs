@@ -72,7 +72,10 @@ pub fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>> {
     let mut out = Vec::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (k, w) = part.split_once('=').unwrap_or((part, "1"));
-        let w: u32 = w.trim().parse().with_context(|| format!("bad weight in --mix part {part:?}"))?;
+        let w: u32 = w
+            .trim()
+            .parse()
+            .with_context(|| format!("bad weight in --mix part {part:?}"))?;
         if w > 0 {
             out.push((Op::parse(k.trim())?, w));
         }
@@ -92,9 +95,13 @@ pub enum ProxySpec {
 impl ProxySpec {
     pub fn parse(s: &str) -> Result<ProxySpec> {
         if let Some(a) = s.strip_prefix("plain://") {
-            Ok(ProxySpec::Plain(a.parse().context("--proxy plain://IP:PORT")?))
+            Ok(ProxySpec::Plain(
+                a.parse().context("--proxy plain://IP:PORT")?,
+            ))
         } else if let Some(a) = s.strip_prefix("mtls://") {
-            Ok(ProxySpec::Mtls(a.parse().context("--proxy mtls://IP:PORT")?))
+            Ok(ProxySpec::Mtls(
+                a.parse().context("--proxy mtls://IP:PORT")?,
+            ))
         } else {
             bail!("--proxy must be plain://IP:PORT or mtls://IP:PORT")
         }
@@ -147,7 +154,8 @@ pub struct RunConfig {
 /// A host list file: one name per line; blank lines and `#` comments are
 /// skipped; names are lower-cased and must be DNS names (no port, no scheme).
 pub fn read_host_list(path: &std::path::Path, what: &str) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{what}: cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let h = line.trim();
@@ -158,7 +166,12 @@ pub fn read_host_list(path: &std::path::Path, what: &str) -> Result<Vec<String>>
         let ok = h.len() <= 253
             && !h.starts_with('.')
             && !h.ends_with('.')
-            && h.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
         if !ok || ServerName::try_from(h.clone()).is_err() {
             bail!("{what}: {}:{}: {h:?} is not a host name (one DNS name per line, no scheme or port)", path.display(), i + 1);
         }
@@ -174,7 +187,13 @@ pub fn read_host_list(path: &std::path::Path, what: &str) -> Result<Vec<String>>
 pub fn parse_status_list(s: &str) -> Result<Vec<u16>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let c: u16 = part.parse().ok().filter(|c| (100..=599).contains(c)).with_context(|| format!("--blocked-status: {part:?} is not an HTTP status code (e.g. 403,302)"))?;
+        let c: u16 = part
+            .parse()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .with_context(|| {
+                format!("--blocked-status: {part:?} is not an HTTP status code (e.g. 403,302)")
+            })?;
         out.push(c);
     }
     if out.is_empty() {
@@ -209,7 +228,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn roots(files: &[PathBuf]) -> Result<rustls::RootCertStore> {
     let mut store = rustls::RootCertStore::empty();
     for f in files {
-        for c in CertificateDer::pem_file_iter(f).with_context(|| format!("cannot read {}", f.display()))? {
+        for c in CertificateDer::pem_file_iter(f)
+            .with_context(|| format!("cannot read {}", f.display()))?
+        {
             store.add(c.with_context(|| format!("bad PEM in {}", f.display()))?)?;
         }
     }
@@ -218,28 +239,45 @@ fn roots(files: &[PathBuf]) -> Result<rustls::RootCertStore> {
 
 /// Issues one device certificate per device (in memory) and builds its TLS config.
 fn device_tls(cfg: &RunConfig, n: usize) -> Result<Vec<Arc<rustls::ClientConfig>>> {
-    let pki = cfg.pki.as_ref().ok_or_else(|| anyhow!("mTLS needs --pki DIR (device-ca.pem/.key)"))?;
-    let ca = komugate::pki::CaMaterial::load(&pki.join("device-ca.pem"), &pki.join("device-ca.key"))?;
-    let proxy_ca = cfg.proxy_ca.clone().unwrap_or_else(|| pki.join("inspect-ca.pem"));
+    let pki = cfg
+        .pki
+        .as_ref()
+        .ok_or_else(|| anyhow!("mTLS needs --pki DIR (device-ca.pem/.key)"))?;
+    let ca =
+        komugate::pki::CaMaterial::load(&pki.join("device-ca.pem"), &pki.join("device-ca.key"))?;
+    let proxy_ca = cfg
+        .proxy_ca
+        .clone()
+        .unwrap_or_else(|| pki.join("inspect-ca.pem"));
     let store = Arc::new(roots(&[proxy_ca])?);
     let now = time::OffsetDateTime::now_utc();
     let groups = vec!["teachers".to_string()];
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let h2 = is_h2(cfg, i);
-        let cert = ca.issue_device(&format!("LG-{i:06}"), &groups, now - time::Duration::hours(1), now + time::Duration::days(2))?;
+        let cert = ca.issue_device(
+            &format!("LG-{i:06}"),
+            &groups,
+            now - time::Duration::hours(1),
+            now + time::Duration::days(2),
+        )?;
         let mut c = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(store.clone())
             .with_client_auth_cert(vec![cert.cert_der()?], cert.key_der()?)?;
-        c.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+        c.alpn_protocols = if h2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         out.push(Arc::new(c));
     }
     Ok(out)
 }
 
 fn is_h2(cfg: &RunConfig, i: usize) -> bool {
-    matches!(cfg.proxy, ProxySpec::Mtls(_)) && ((i as f64 + 0.5) / cfg.devices.max(1) as f64) <= cfg.h2_share
+    matches!(cfg.proxy, ProxySpec::Mtls(_))
+        && ((i as f64 + 0.5) / cfg.devices.max(1) as f64) <= cfg.h2_share
 }
 
 /// What a forwarded request must answer.
@@ -271,7 +309,10 @@ enum ProxySender {
 }
 
 impl ProxySender {
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+    async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
         match self {
             ProxySender::H1(s) => {
                 s.ready().await?;
@@ -289,12 +330,18 @@ async fn dial(shared: &Shared, dev: &Device, rec: &mut Recorder) -> Result<BoxIo
     let addr = match &shared.cfg.proxy {
         ProxySpec::Plain(a) | ProxySpec::Mtls(a) => *a,
     };
-    let tcp = TcpStream::connect(addr).await.map_err(|e| err("proxy_connect")(e.to_string()))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| err("proxy_connect")(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     match (&shared.cfg.proxy, &dev.tls) {
         (ProxySpec::Mtls(_), Some(tls)) => {
-            let name = ServerName::try_from(shared.cfg.proxy_name.clone()).map_err(|e| err("config")(e.to_string()))?;
-            let s = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| err("proxy_tls")(e.to_string()))?;
+            let name = ServerName::try_from(shared.cfg.proxy_name.clone())
+                .map_err(|e| err("config")(e.to_string()))?;
+            let s = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| err("proxy_tls")(e.to_string()))?;
             rec.handshakes += 1;
             Ok(Box::new(s))
         }
@@ -303,7 +350,9 @@ async fn dial(shared: &Shared, dev: &Device, rec: &mut Recorder) -> Result<BoxIo
 }
 
 async fn h1_sender(io: BoxIo) -> Result<http1::SendRequest<Full<Bytes>>, OpError> {
-    let (sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(|e| err("proxy_http")(e.to_string()))?;
+    let (sender, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| err("proxy_http")(e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
@@ -363,7 +412,11 @@ impl Worker {
         if cfg.hosts.is_empty() {
             return None;
         }
-        let (hosts, blocked, share) = (cfg.hosts.clone(), cfg.blocked_hosts.clone(), cfg.blocked_share);
+        let (hosts, blocked, share) = (
+            cfg.hosts.clone(),
+            cfg.blocked_hosts.clone(),
+            cfg.blocked_share,
+        );
         let roll = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let z = self.next_u64();
         if !blocked.is_empty() && roll < share {
@@ -402,9 +455,19 @@ impl Worker {
         Ok(self.keepalive.as_mut().expect("set above"))
     }
 
-    async fn forward(&mut self, rec: &mut Recorder, method: Method, url: &str, body: Bytes, expect: Expect<'_>, expect_len: Option<u64>) -> Result<(), OpError> {
+    async fn forward(
+        &mut self,
+        rec: &mut Recorder,
+        method: Method,
+        url: &str,
+        body: Bytes,
+        expect: Expect<'_>,
+        expect_len: Option<u64>,
+    ) -> Result<(), OpError> {
         let up = body.len() as u64;
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| err("config")(e.to_string()))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| err("config")(e.to_string()))?;
         let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let req = Request::builder()
             .method(method)
@@ -426,9 +489,17 @@ impl Worker {
         rec.bytes_down += n;
         rec.requests += 1;
         match expect {
-            Expect::Ok if status != StatusCode::OK => return Err(OpError(format!("status_{}: {url}: expected 200", status.as_u16()))),
+            Expect::Ok if status != StatusCode::OK => {
+                return Err(OpError(format!(
+                    "status_{}: {url}: expected 200",
+                    status.as_u16()
+                )))
+            }
             Expect::Blocked(codes) if !codes.contains(&status.as_u16()) => {
-                return Err(OpError(format!("not_blocked_{}: {url}: expected a block answer {codes:?}", status.as_u16())));
+                return Err(OpError(format!(
+                    "not_blocked_{}: {url}: expected a block answer {codes:?}",
+                    status.as_u16()
+                )));
             }
             _ => {}
         }
@@ -441,7 +512,11 @@ impl Worker {
     }
 
     /// Sends CONNECT `target` (HTTP/2 stream or a new HTTP/1.1 connection).
-    async fn connect(&mut self, rec: &mut Recorder, target: &str) -> Result<http::Response<hyper::body::Incoming>, OpError> {
+    async fn connect(
+        &mut self,
+        rec: &mut Recorder,
+        target: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, OpError> {
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(target)
@@ -450,12 +525,18 @@ impl Worker {
             .map_err(|e| err("config")(e.to_string()))?;
         let resp = if let Some(h2) = &self.h2 {
             let mut s = h2.clone();
-            s.ready().await.map_err(|e| err("proxy_h2")(e.to_string()))?;
-            s.send_request(req).await.map_err(|e| err("proxy_h2")(e.to_string()))?
+            s.ready()
+                .await
+                .map_err(|e| err("proxy_h2")(e.to_string()))?;
+            s.send_request(req)
+                .await
+                .map_err(|e| err("proxy_h2")(e.to_string()))?
         } else {
             let io = dial(&self.shared, &self.dev, rec).await?;
             let mut s = h1_sender(io).await?;
-            s.send_request(req).await.map_err(|e| err("proxy_http")(e.to_string()))?
+            s.send_request(req)
+                .await
+                .map_err(|e| err("proxy_http")(e.to_string()))?
         };
         Ok(resp)
     }
@@ -466,7 +547,10 @@ impl Worker {
         let status = resp.status().as_u16();
         rec.requests += 1;
         if !self.shared.cfg.blocked_status.contains(&status) {
-            return Err(OpError(format!("not_blocked_connect_{status}: CONNECT {target}: expected a block answer {:?}", self.shared.cfg.blocked_status)));
+            return Err(OpError(format!(
+                "not_blocked_connect_{status}: CONNECT {target}: expected a block answer {:?}",
+                self.shared.cfg.blocked_status
+            )));
         }
         // Read the block answer's body (block page, redirect text) as a browser would.
         rec.bytes_down += drain(resp.into_body()).await?;
@@ -474,13 +558,26 @@ impl Worker {
     }
 
     /// CONNECT, TLS to `server_name` inside the tunnel, `requests_per_tunnel` GETs.
-    async fn tunnel(&mut self, rec: &mut Recorder, target: &str, server_name: &str, path: &str, want: Option<u64>) -> Result<(), OpError> {
+    async fn tunnel(
+        &mut self,
+        rec: &mut Recorder,
+        target: &str,
+        server_name: &str,
+        path: &str,
+        want: Option<u64>,
+    ) -> Result<(), OpError> {
         let resp = self.connect(rec, target).await?;
         if resp.status() != StatusCode::OK {
-            return Err(OpError(format!("connect_status_{}: CONNECT {target}", resp.status().as_u16())));
+            return Err(OpError(format!(
+                "connect_status_{}: CONNECT {target}",
+                resp.status().as_u16()
+            )));
         }
-        let upgraded = hyper::upgrade::on(resp).await.map_err(|e| err("tunnel")(e.to_string()))?;
-        let name = ServerName::try_from(server_name.to_string()).map_err(|e| err("config")(e.to_string()))?;
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| err("tunnel")(e.to_string()))?;
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| err("config")(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(self.shared.inner_tls.clone())
             .connect(name, TokioIo::new(upgraded))
             .await
@@ -491,16 +588,23 @@ impl Worker {
             Some((_, "443")) | None => server_name.to_string(),
             Some(_) => target.to_string(),
         };
-        let (mut s, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls)).await.map_err(|e| err("origin_http")(e.to_string()))?;
+        let (mut s, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+            .await
+            .map_err(|e| err("origin_http")(e.to_string()))?;
         let conn = tokio::spawn(conn);
         for _ in 0..self.shared.cfg.requests_per_tunnel.max(1) {
-            s.ready().await.map_err(|e| err("origin_http")(e.to_string()))?;
+            s.ready()
+                .await
+                .map_err(|e| err("origin_http")(e.to_string()))?;
             let req = Request::builder()
                 .uri(path)
                 .header(http::header::HOST, host_header.as_str())
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| err("config")(e.to_string()))?;
-            let resp = s.send_request(req).await.map_err(|e| err("origin_http")(e.to_string()))?;
+            let resp = s
+                .send_request(req)
+                .await
+                .map_err(|e| err("origin_http")(e.to_string()))?;
             let status = resp.status();
             let n = drain(resp.into_body()).await?;
             rec.bytes_down += n;
@@ -525,12 +629,17 @@ impl Worker {
         let cfg = self.shared.cfg.clone_light();
         let seq = self.shared.op_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let inject = cfg.inject_error_every > 0 && seq % cfg.inject_error_every == 0;
-        let picked = if matches!(op, Op::Http | Op::Connect) { self.pick_host() } else { None };
+        let picked = if matches!(op, Op::Http | Op::Connect) {
+            self.pick_host()
+        } else {
+            None
+        };
         let blocked_status = self.shared.cfg.blocked_status.clone();
         match op {
             Op::Http | Op::Download | Op::Upload if inject => {
                 let url = format!("http://{}/status/500", cfg.origin_http);
-                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Ok, None).await?;
+                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Ok, None)
+                    .await?;
             }
             Op::Http => {
                 let authority = match &picked {
@@ -539,31 +648,71 @@ impl Worker {
                 };
                 let url = format!("http://{authority}/bytes/{}", cfg.size);
                 if let Some((_, true)) = picked {
-                    self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Blocked(&blocked_status), None).await?;
+                    self.forward(
+                        rec,
+                        Method::GET,
+                        &url,
+                        Bytes::new(),
+                        Expect::Blocked(&blocked_status),
+                        None,
+                    )
+                    .await?;
                     return Ok("http_blocked");
                 }
-                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Ok, Some(cfg.size as u64)).await?;
+                self.forward(
+                    rec,
+                    Method::GET,
+                    &url,
+                    Bytes::new(),
+                    Expect::Ok,
+                    Some(cfg.size as u64),
+                )
+                .await?;
             }
             Op::Download => {
                 let url = format!("http://{}/bytes/{}", cfg.origin_http, cfg.large);
-                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Ok, Some(cfg.large as u64)).await?;
+                self.forward(
+                    rec,
+                    Method::GET,
+                    &url,
+                    Bytes::new(),
+                    Expect::Ok,
+                    Some(cfg.large as u64),
+                )
+                .await?;
             }
             Op::Upload => {
                 let url = format!("http://{}/upload", cfg.origin_http);
                 let body = self.shared.large.clone();
-                self.forward(rec, Method::POST, &url, body, Expect::Ok, None).await?;
+                self.forward(rec, Method::POST, &url, body, Expect::Ok, None)
+                    .await?;
             }
             Op::Blocked => {
                 let url = cfg.blocked_url.clone();
-                self.forward(rec, Method::GET, &url, Bytes::new(), Expect::Blocked(&blocked_status), None).await?;
+                self.forward(
+                    rec,
+                    Method::GET,
+                    &url,
+                    Bytes::new(),
+                    Expect::Blocked(&blocked_status),
+                    None,
+                )
+                .await?;
             }
             Op::Connect => {
                 let (target, host) = match &picked {
                     // TLS inside the tunnel is checked against the picked name
                     // (the origin mints a certificate for it from its CA).
-                    Some((host, _)) => (format!("{host}:{}", port_of(&cfg.origin_https)), host.clone()),
+                    Some((host, _)) => (
+                        format!("{host}:{}", port_of(&cfg.origin_https)),
+                        host.clone(),
+                    ),
                     None => {
-                        let host = cfg.origin_https.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+                        let host = cfg
+                            .origin_https
+                            .rsplit_once(':')
+                            .map(|(h, _)| h.to_string())
+                            .unwrap_or_default();
                         (cfg.origin_https.clone(), host)
                     }
                 };
@@ -572,13 +721,18 @@ impl Worker {
                     return Ok("connect_blocked");
                 }
                 let path = format!("/bytes/{}", cfg.size);
-                self.tunnel(rec, &target, &host, &path, Some(cfg.size as u64)).await?;
+                self.tunnel(rec, &target, &host, &path, Some(cfg.size as u64))
+                    .await?;
             }
             Op::Inspect => {
                 let target = cfg.inspect_target.clone();
-                let host = target.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+                let host = target
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_default();
                 let path = format!("/bytes/{}", cfg.size);
-                self.tunnel(rec, &target, &host, &path, Some(cfg.size as u64)).await?;
+                self.tunnel(rec, &target, &host, &path, Some(cfg.size as u64))
+                    .await?;
             }
         }
         Ok(op.name())
@@ -629,7 +783,9 @@ async fn run_device(shared: Arc<Shared>, dev: Arc<Device>, wake: Instant) -> Rec
             }
         }
     }
-    let budget = Arc::new(AtomicU64::new(shared.cfg.ops_per_device.unwrap_or(u64::MAX)));
+    let budget = Arc::new(AtomicU64::new(
+        shared.cfg.ops_per_device.unwrap_or(u64::MAX),
+    ));
     let mut tasks = Vec::new();
     for w in 0..shared.cfg.concurrency.max(1) {
         let mut worker = Worker {
@@ -648,12 +804,20 @@ async fn run_device(shared: Arc<Shared>, dev: Arc<Device>, wake: Instant) -> Rec
                         break;
                     }
                 }
-                if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err() {
+                if budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                    .is_err()
+                {
                     break;
                 }
                 let op = worker.next_op();
                 let started = Instant::now();
-                match tokio::time::timeout(worker.shared.cfg.op_timeout, worker.run_op(op, &mut rec)).await {
+                match tokio::time::timeout(
+                    worker.shared.cfg.op_timeout,
+                    worker.run_op(op, &mut rec),
+                )
+                .await
+                {
                     Ok(Ok(kind)) => rec.success(kind, started.elapsed().as_micros() as u64),
                     Ok(Err(e)) => {
                         if std::env::var_os("LOADGEN_DEBUG").is_some() {
@@ -700,12 +864,26 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         ProxySpec::Mtls(_) => {
             let t0 = Instant::now();
             let v = device_tls(&cfg, cfg.devices)?;
-            eprintln!("loadgen: issued {} device certificates in {:.1} s", v.len(), t0.elapsed().as_secs_f64());
+            eprintln!(
+                "loadgen: issued {} device certificates in {:.1} s",
+                v.len(),
+                t0.elapsed().as_secs_f64()
+            );
             v.into_iter().map(Some).collect()
         }
         ProxySpec::Plain(_) => vec![None; cfg.devices],
     };
-    let devices: Vec<Arc<Device>> = tls.into_iter().enumerate().map(|(i, tls)| Arc::new(Device { index: i, h2: is_h2(&cfg, i), tls })).collect();
+    let devices: Vec<Arc<Device>> = tls
+        .into_iter()
+        .enumerate()
+        .map(|(i, tls)| {
+            Arc::new(Device {
+                index: i,
+                h2: is_h2(&cfg, i),
+                tls,
+            })
+        })
+        .collect();
     let start = Instant::now();
     let shared = Arc::new(Shared {
         large: Bytes::from(vec![b'u'; cfg.large]),
@@ -735,7 +913,14 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         ProxySpec::Plain(a) => format!("plain://{a}"),
         ProxySpec::Mtls(a) => format!("mtls://{a} (h2 share {:.0}%)", cfg.h2_share * 100.0),
     };
-    Ok(Report::build(&cfg.label, &proxy, cfg.devices, cfg.ramp.as_secs_f64(), wall, rec))
+    Ok(Report::build(
+        &cfg.label,
+        &proxy,
+        cfg.devices,
+        cfg.ramp.as_secs_f64(),
+        wall,
+        rec,
+    ))
 }
 
 /// Device TLS configs for other modes (idle tunnels).
@@ -744,13 +929,21 @@ pub fn device_tls_pub(cfg: &RunConfig, n: usize) -> Result<Vec<Arc<rustls::Clien
 }
 
 /// One HTTP/2 connection to the mTLS proxy with the given device TLS config.
-pub async fn dial_h2(cfg: &RunConfig, tls: Arc<rustls::ClientConfig>) -> Result<http2::SendRequest<Full<Bytes>>, String> {
+pub async fn dial_h2(
+    cfg: &RunConfig,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<http2::SendRequest<Full<Bytes>>, String> {
     let ProxySpec::Mtls(addr) = cfg.proxy else {
         return Err("config".into());
     };
-    let tcp = TcpStream::connect(addr).await.map_err(|_| "proxy_connect".to_string())?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|_| "proxy_connect".to_string())?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(cfg.proxy_name.clone()).map_err(|_| "config".to_string())?;
-    let s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|_| "proxy_tls".to_string())?;
+    let s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|_| "proxy_tls".to_string())?;
     h2_sender(Box::new(s)).await.map_err(|e| e.kind())
 }

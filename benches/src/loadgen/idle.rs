@@ -43,22 +43,51 @@ impl Shard {
         let mut parts = s.split(',');
         let proxy = match ProxySpec::parse(parts.next().unwrap_or(""))? {
             ProxySpec::Mtls(a) => a,
-            ProxySpec::Plain(_) => bail!("--replica {s}: idle tunnels use HTTP/2 over mTLS (mtls://IP:PORT)"),
+            ProxySpec::Plain(_) => {
+                bail!("--replica {s}: idle tunnels use HTTP/2 over mTLS (mtls://IP:PORT)")
+            }
         };
         let (mut pid, mut tunnels, mut targets) = (None, None, Vec::new());
         for kv in parts {
-            let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--replica {s}: expected key=value, got {kv:?}"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--replica {s}: expected key=value, got {kv:?}"))?;
             match k {
-                "pid" => pid = Some(v.parse::<u32>().with_context(|| format!("--replica {s}: pid"))?),
-                "tunnels" => tunnels = Some(v.parse::<usize>().with_context(|| format!("--replica {s}: tunnels"))?),
-                "targets" => targets = v.split('+').filter(|t| !t.is_empty()).map(str::to_string).collect(),
+                "pid" => {
+                    pid = Some(
+                        v.parse::<u32>()
+                            .with_context(|| format!("--replica {s}: pid"))?,
+                    )
+                }
+                "tunnels" => {
+                    tunnels = Some(
+                        v.parse::<usize>()
+                            .with_context(|| format!("--replica {s}: tunnels"))?,
+                    )
+                }
+                "targets" => {
+                    targets = v
+                        .split('+')
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
                 other => bail!("--replica {s}: unknown key {other:?} (pid, tunnels, targets)"),
             }
         }
-        let pid = pid.ok_or_else(|| anyhow!("--replica {s}: pid=PID is required (its RSS is measured)"))?;
+        let pid =
+            pid.ok_or_else(|| anyhow!("--replica {s}: pid=PID is required (its RSS is measured)"))?;
         let tunnels = tunnels.ok_or_else(|| anyhow!("--replica {s}: tunnels=N is required"))?;
-        anyhow::ensure!(!targets.is_empty(), "--replica {s}: targets=HOST:PORT[+HOST:PORT...] is required");
-        Ok(Shard { proxy, pid, tunnels, targets })
+        anyhow::ensure!(
+            !targets.is_empty(),
+            "--replica {s}: targets=HOST:PORT[+HOST:PORT...] is required"
+        );
+        Ok(Shard {
+            proxy,
+            pid,
+            tunnels,
+            targets,
+        })
     }
 }
 
@@ -109,9 +138,16 @@ impl IdleReport {
             self.tunnels_open,
             self.tunnels_requested,
             self.connections,
-            if self.proxies.len() > 1 { format!(", {} proxy processes", self.proxies.len()) } else { String::new() },
+            if self.proxies.len() > 1 {
+                format!(", {} proxy processes", self.proxies.len())
+            } else {
+                String::new()
+            },
         );
-        md += &format!("| still open after the {} s hold | {} |\n", self.hold_seconds, self.tunnels_open_after_hold);
+        md += &format!(
+            "| still open after the {} s hold | {} |\n",
+            self.hold_seconds, self.tunnels_open_after_hold
+        );
         if self.proxies.len() > 1 {
             for (i, p) in self.proxies.iter().enumerate() {
                 md += &format!(
@@ -126,7 +162,11 @@ impl IdleReport {
                 );
             }
         }
-        let sum = if self.proxies.len() > 1 { " (sums over the processes)" } else { "" };
+        let sum = if self.proxies.len() > 1 {
+            " (sums over the processes)"
+        } else {
+            ""
+        };
         md += &format!(
             "| proxy RSS before / with connections / with tunnels{sum} | {:.1} / {:.1} / {:.1} MiB |\n",
             mib(self.proxy_rss_before_kib),
@@ -142,18 +182,32 @@ impl IdleReport {
 }
 
 /// Opens the tunnels of every shard (all at the same time), measures, holds.
-pub async fn run(cfg: RunConfig, shards: Vec<Shard>, per_conn: usize, hold: Duration) -> Result<IdleReport> {
+pub async fn run(
+    cfg: RunConfig,
+    shards: Vec<Shard>,
+    per_conn: usize,
+    hold: Duration,
+) -> Result<IdleReport> {
     let per_conn = per_conn.max(1);
     anyhow::ensure!(!shards.is_empty(), "idle: no proxy to open tunnels to");
-    let devices: Vec<usize> = shards.iter().map(|s| s.tunnels.div_ceil(per_conn)).collect();
+    let devices: Vec<usize> = shards
+        .iter()
+        .map(|s| s.tunnels.div_ceil(per_conn))
+        .collect();
     let mut cfg = cfg;
     cfg.devices = devices.iter().sum();
     cfg.h2_share = 1.0;
-    anyhow::ensure!(matches!(cfg.proxy, ProxySpec::Mtls(_)), "idle tunnels use HTTP/2 over mTLS: --proxy mtls://...");
+    anyhow::ensure!(
+        matches!(cfg.proxy, ProxySpec::Mtls(_)),
+        "idle tunnels use HTTP/2 over mTLS: --proxy mtls://..."
+    );
     // One certificate per device across all shards: device ids stay unique.
     let tls = crate::client::device_tls_pub(&cfg, cfg.devices)?;
     settle().await;
-    let rss_before: Vec<u64> = shards.iter().map(|s| procstat::rss_kib(s.pid).unwrap_or(0)).collect();
+    let rss_before: Vec<u64> = shards
+        .iter()
+        .map(|s| procstat::rss_kib(s.pid).unwrap_or(0))
+        .collect();
     let mut errors = std::collections::BTreeMap::new();
     let mut senders = Vec::new(); // per shard
     let mut next_device = 0;
@@ -174,7 +228,10 @@ pub async fn run(cfg: RunConfig, shards: Vec<Shard>, per_conn: usize, hold: Dura
         senders.push(s);
     }
     settle().await;
-    let rss_conns: Vec<u64> = shards.iter().map(|s| procstat::rss_kib(s.pid).unwrap_or(0)).collect();
+    let rss_conns: Vec<u64> = shards
+        .iter()
+        .map(|s| procstat::rss_kib(s.pid).unwrap_or(0))
+        .collect();
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::new();
@@ -191,13 +248,22 @@ pub async fn run(cfg: RunConfig, shards: Vec<Shard>, per_conn: usize, hold: Dura
                     si,
                     tokio::spawn(async move {
                         let _p = sem.acquire_owned().await;
-                        let req = Request::builder().method(Method::CONNECT).uri(&target).body(Full::new(Bytes::new())).map_err(|_| "config".to_string())?;
+                        let req = Request::builder()
+                            .method(Method::CONNECT)
+                            .uri(&target)
+                            .body(Full::new(Bytes::new()))
+                            .map_err(|_| "config".to_string())?;
                         s.ready().await.map_err(|_| "proxy_h2".to_string())?;
-                        let resp = s.send_request(req).await.map_err(|_| "proxy_h2".to_string())?;
+                        let resp = s
+                            .send_request(req)
+                            .await
+                            .map_err(|_| "proxy_h2".to_string())?;
                         if resp.status() != StatusCode::OK {
                             return Err(format!("connect_status_{}", resp.status().as_u16()));
                         }
-                        hyper::upgrade::on(resp).await.map_err(|_| "tunnel".to_string())
+                        hyper::upgrade::on(resp)
+                            .await
+                            .map_err(|_| "tunnel".to_string())
                     }),
                 ));
             }
@@ -213,7 +279,10 @@ pub async fn run(cfg: RunConfig, shards: Vec<Shard>, per_conn: usize, hold: Dura
     }
     let open_seconds = started.elapsed().as_secs_f64();
     settle().await;
-    let rss_tunnels: Vec<u64> = shards.iter().map(|s| procstat::rss_kib(s.pid).unwrap_or(0)).collect();
+    let rss_tunnels: Vec<u64> = shards
+        .iter()
+        .map(|s| procstat::rss_kib(s.pid).unwrap_or(0))
+        .collect();
     let fds: Vec<Option<usize>> = shards.iter().map(|s| open_fds(s.pid)).collect();
     let total_open: usize = open.iter().map(Vec::len).sum();
     eprintln!(
@@ -223,7 +292,12 @@ pub async fn run(cfg: RunConfig, shards: Vec<Shard>, per_conn: usize, hold: Dura
         hold.as_secs()
     );
     tokio::time::sleep(hold).await;
-    let open_after_hold = open.iter_mut().flatten().map(still_open).filter(|&alive| alive).count();
+    let open_after_hold = open
+        .iter_mut()
+        .flatten()
+        .map(still_open)
+        .filter(|&alive| alive)
+        .count();
 
     let proxies: Vec<ProxyIdle> = shards
         .iter()
@@ -241,7 +315,11 @@ pub async fn run(cfg: RunConfig, shards: Vec<Shard>, per_conn: usize, hold: Dura
             kib_per_tunnel: per_tunnel(rss_tunnels[i], rss_conns[i], open[i].len()),
         })
         .collect();
-    let (before, conns, tunnels): (u64, u64, u64) = (rss_before.iter().sum(), rss_conns.iter().sum(), rss_tunnels.iter().sum());
+    let (before, conns, tunnels): (u64, u64, u64) = (
+        rss_before.iter().sum(),
+        rss_conns.iter().sum(),
+        rss_tunnels.iter().sum(),
+    );
     let report = IdleReport {
         tunnels_requested: shards.iter().map(|s| s.tunnels).sum(),
         tunnels_open: total_open,
@@ -253,8 +331,15 @@ pub async fn run(cfg: RunConfig, shards: Vec<Shard>, per_conn: usize, hold: Dura
         proxy_rss_connections_kib: conns,
         proxy_rss_tunnels_kib: tunnels,
         // Per-process deltas summed (a process that shrank counts as 0).
-        kib_per_tunnel: proxies.iter().map(|p| p.rss_tunnels_kib.saturating_sub(p.rss_connections_kib)).sum::<u64>() as f64 / total_open.max(1) as f64,
-        kib_per_tunnel_with_connections: proxies.iter().map(|p| p.rss_tunnels_kib.saturating_sub(p.rss_before_kib)).sum::<u64>() as f64
+        kib_per_tunnel: proxies
+            .iter()
+            .map(|p| p.rss_tunnels_kib.saturating_sub(p.rss_connections_kib))
+            .sum::<u64>() as f64
+            / total_open.max(1) as f64,
+        kib_per_tunnel_with_connections: proxies
+            .iter()
+            .map(|p| p.rss_tunnels_kib.saturating_sub(p.rss_before_kib))
+            .sum::<u64>() as f64
             / total_open.max(1) as f64,
         proxies,
         hold_seconds: hold.as_secs(),
@@ -297,7 +382,10 @@ mod tests {
 
     #[test]
     fn replica_syntax() {
-        let s = Shard::parse("mtls://127.0.0.1:28444,pid=42,tunnels=18000,targets=127.0.0.1:18090+127.0.0.1:18091").unwrap();
+        let s = Shard::parse(
+            "mtls://127.0.0.1:28444,pid=42,tunnels=18000,targets=127.0.0.1:18090+127.0.0.1:18091",
+        )
+        .unwrap();
         assert_eq!(
             s,
             Shard {
@@ -342,26 +430,73 @@ mod tests {
             let data = dir.join(format!("kg{i}"));
             copy_dir(&pki, &data.join("pki"));
             let text = komugate::config::DEFAULT_CONFIG
-                .replace("dir = \"./komugate-data\"", &format!("dir = {:?}", data.display().to_string()))
+                .replace(
+                    "dir = \"./komugate-data\"",
+                    &format!("dir = {:?}", data.display().to_string()),
+                )
                 .replace("plain = \"127.0.0.1:3128\"", "plain = \"\"")
                 .replace("mtls = \"127.0.0.1:8443\"", "mtls = \"127.0.0.1:0\"")
                 .replace("admin = \"127.0.0.1:9090\"", "admin = \"\"")
-                .replace("allowed_ports = [80, 443, 8080, 8443, 9090]", "allowed_ports = []");
+                .replace(
+                    "allowed_ports = [80, 443, 8080, 8443, 9090]",
+                    "allowed_ports = []",
+                );
             let config = komugate::config::Config::parse(&text, "test").expect("test config");
-            gateways.push(komugate::gateway::start(config).await.expect("gateway starts"));
+            gateways.push(
+                komugate::gateway::start(config)
+                    .await
+                    .expect("gateway starts"),
+            );
         }
         let addr = |i: usize| gateways[i].addrs.mtls.expect("mtls listener");
         let pid = std::process::id();
         let shards = vec![
-            Shard { proxy: addr(0), pid, tunnels: 7, targets: vec![target.clone()] },
-            Shard { proxy: addr(1), pid, tunnels: 5, targets: vec![target] },
+            Shard {
+                proxy: addr(0),
+                pid,
+                tunnels: 7,
+                targets: vec![target.clone()],
+            },
+            Shard {
+                proxy: addr(1),
+                pid,
+                tunnels: 5,
+                targets: vec![target],
+            },
         ];
         // The RunConfig as the command line builds it.
-        let args = ["komugate-loadgen", "idle", "--proxy", &format!("mtls://{}", addr(0)), "--pki", pki.to_str().unwrap()];
-        let crate::Cmd::Idle { common, .. } = <crate::Cli as clap::Parser>::try_parse_from(args).unwrap().cmd else { unreachable!() };
-        let r = run(common.config().unwrap(), shards, 3, Duration::from_millis(200)).await.unwrap();
-        assert_eq!((r.tunnels_open, r.tunnels_open_after_hold, r.connections), (12, 12, 5), "{:?}", r.errors);
-        assert_eq!(r.proxies.iter().map(|p| p.tunnels_open).collect::<Vec<_>>(), vec![7, 5]);
+        let args = [
+            "komugate-loadgen",
+            "idle",
+            "--proxy",
+            &format!("mtls://{}", addr(0)),
+            "--pki",
+            pki.to_str().unwrap(),
+        ];
+        let crate::Cmd::Idle { common, .. } = <crate::Cli as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .cmd
+        else {
+            unreachable!()
+        };
+        let r = run(
+            common.config().unwrap(),
+            shards,
+            3,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.tunnels_open, r.tunnels_open_after_hold, r.connections),
+            (12, 12, 5),
+            "{:?}",
+            r.errors
+        );
+        assert_eq!(
+            r.proxies.iter().map(|p| p.tunnels_open).collect::<Vec<_>>(),
+            vec![7, 5]
+        );
         assert!(r.markdown().contains("| process 2 ("), "{}", r.markdown());
         let _ = std::fs::remove_dir_all(&dir);
     }

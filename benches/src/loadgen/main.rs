@@ -30,7 +30,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "komugate-loadgen", about = "komugate school-morning load generator")]
+#[command(
+    name = "komugate-loadgen",
+    about = "komugate school-morning load generator"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -188,7 +191,11 @@ struct RunArgs {
 impl RunArgs {
     fn config(&self) -> Result<client::RunConfig> {
         let duration = self.duration.map(Duration::from_secs_f64);
-        anyhow::ensure!((0.0..=1.0).contains(&self.blocked_share), "--blocked-share must be between 0 and 1 (got {})", self.blocked_share);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.blocked_share),
+            "--blocked-share must be between 0 and 1 (got {})",
+            self.blocked_share
+        );
         let hosts = match &self.hosts {
             Some(p) => client::read_host_list(p, "--hosts")?,
             None => Vec::new(),
@@ -211,7 +218,11 @@ impl RunArgs {
             devices: self.devices,
             ramp: Duration::from_secs_f64(self.ramp),
             duration,
-            ops_per_device: self.ops_per_device.or(if duration.is_some() { None } else { Some(10) }),
+            ops_per_device: self.ops_per_device.or(if duration.is_some() {
+                None
+            } else {
+                Some(10)
+            }),
             concurrency: self.concurrency,
             h2_share: self.h2_share,
             mix: client::parse_mix(&self.mix)?,
@@ -229,10 +240,17 @@ impl RunArgs {
     }
 }
 
-fn write_out(json: &Option<PathBuf>, md: &Option<PathBuf>, value: &impl serde::Serialize, markdown: &str) -> Result<()> {
+fn write_out(
+    json: &Option<PathBuf>,
+    md: &Option<PathBuf>,
+    value: &impl serde::Serialize,
+    markdown: &str,
+) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     match json {
-        Some(p) => std::fs::write(p, &text).with_context(|| format!("cannot write {}", p.display()))?,
+        Some(p) => {
+            std::fs::write(p, &text).with_context(|| format!("cannot write {}", p.display()))?
+        }
         None => println!("{text}"),
     }
     if let Some(p) = md {
@@ -246,8 +264,25 @@ fn write_out(json: &Option<PathBuf>, md: &Option<PathBuf>, value: &impl serde::S
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Origin { http, https, san, ca_out, delay_ms, dns, cert_hosts } => {
-            let o = origin::start(origin::OriginOptions { http, https, sans: san, ca_out, default_delay: Duration::from_millis(delay_ms), dns, cert_hosts }).await?;
+        Cmd::Origin {
+            http,
+            https,
+            san,
+            ca_out,
+            delay_ms,
+            dns,
+            cert_hosts,
+        } => {
+            let o = origin::start(origin::OriginOptions {
+                http,
+                https,
+                sans: san,
+                ca_out,
+                default_delay: Duration::from_millis(delay_ms),
+                dns,
+                cert_hosts,
+            })
+            .await?;
             println!("origin ready: http {:?} https {:?}", o.http, o.https);
             tokio::signal::ctrl_c().await?;
         }
@@ -260,24 +295,49 @@ async fn main() -> Result<()> {
             }
             write_out(&args.json, &args.md, &report, &report.markdown())?;
         }
-        Cmd::Idle { common, tunnels, per_conn, targets, hold, replica } => {
+        Cmd::Idle {
+            common,
+            tunnels,
+            per_conn,
+            targets,
+            hold,
+            replica,
+        } => {
             let pid = common.proxy_pid.context("idle needs --proxy-pid")?;
-            let targets = if targets.is_empty() { vec![common.origin_http.clone()] } else { targets };
+            let targets = if targets.is_empty() {
+                vec![common.origin_http.clone()]
+            } else {
+                targets
+            };
             let cfg = common.config()?;
             let client::ProxySpec::Mtls(proxy) = cfg.proxy else {
                 anyhow::bail!("idle tunnels use HTTP/2 over mTLS: --proxy mtls://...");
             };
-            let mut shards = vec![idle::Shard { proxy, pid, tunnels, targets }];
+            let mut shards = vec![idle::Shard {
+                proxy,
+                pid,
+                tunnels,
+                targets,
+            }];
             for r in &replica {
                 shards.push(idle::Shard::parse(r)?);
             }
             let r = idle::run(cfg, shards, per_conn, Duration::from_secs(hold)).await?;
             write_out(&common.json, &common.md, &r, &r.markdown())?;
         }
-        Cmd::Compare { title, left, left_name, right, right_name } => {
+        Cmd::Compare {
+            title,
+            left,
+            left_name,
+            right,
+            right_name,
+        } => {
             let l: stats::Report = serde_json::from_str(&std::fs::read_to_string(&left)?)?;
             let r: stats::Report = serde_json::from_str(&std::fs::read_to_string(&right)?)?;
-            print!("{}", stats::compare_markdown(&title, &left_name, &l, &right_name, &r));
+            print!(
+                "{}",
+                stats::compare_markdown(&title, &left_name, &l, &right_name, &r)
+            );
         }
     }
     Ok(())

@@ -68,10 +68,15 @@ impl SniCerts {
         if let Some(k) = self.minted.read().expect("cert cache").get(&name) {
             return Ok(k.clone());
         }
-        let (cert, key) = self.ca.mint_inspection_leaf(&name, time::Duration::days(7))?;
+        let (cert, key) = self
+            .ca
+            .mint_inspection_leaf(&name, time::Duration::days(7))?;
         let key = self.provider.key_provider.load_private_key(key)?;
         let ck = Arc::new(rustls::sign::CertifiedKey::new(vec![cert], key));
-        self.minted.write().expect("cert cache").insert(name, ck.clone());
+        self.minted
+            .write()
+            .expect("cert cache")
+            .insert(name, ck.clone());
         Ok(ck)
     }
 
@@ -81,7 +86,10 @@ impl SniCerts {
 }
 
 impl rustls::server::ResolvesServerCert for SniCerts {
-    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         match hello.server_name() {
             None => Some(self.default.clone()),
             Some(n) => self.get(n).ok(),
@@ -101,10 +109,15 @@ pub struct Origin {
 
 fn zeros() -> Bytes {
     static ZEROS: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    ZEROS.get_or_init(|| Bytes::from(vec![0u8; MAX_BODY])).clone()
+    ZEROS
+        .get_or_init(|| Bytes::from(vec![0u8; MAX_BODY]))
+        .clone()
 }
 
-async fn respond(req: Request<Incoming>, default_delay: Duration) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    default_delay: Duration,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let mut delay = default_delay;
@@ -141,7 +154,11 @@ async fn respond(req: Request<Incoming>, default_delay: Duration) -> Result<Resp
         return Ok(Response::new(Full::new(zeros().slice(..n))));
     }
     if let Some(c) = path.strip_prefix("/status/") {
-        let code = c.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+        let code = c
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
         let mut resp = Response::new(Full::new(Bytes::from_static(b"status\n")));
         *resp.status_mut() = code;
         return Ok(resp);
@@ -155,7 +172,10 @@ where
 {
     let svc = service_fn(move |req| respond(req, delay));
     // No timer: idle connections (idle-tunnel scenario) stay open.
-    let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(io), svc).await;
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// Binds every listener and serves in background tasks.
@@ -169,7 +189,10 @@ pub async fn start(opts: OriginOptions) -> Result<Origin> {
         std::fs::write(p, &ca_pem).with_context(|| format!("cannot write {}", p.display()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let default = Arc::new(rustls::sign::CertifiedKey::new(vec![leaf.cert_der()?], provider.key_provider.load_private_key(leaf.key_der()?)?));
+    let default = Arc::new(rustls::sign::CertifiedKey::new(
+        vec![leaf.cert_der()?],
+        provider.key_provider.load_private_key(leaf.key_der()?)?,
+    ));
     let certs = Arc::new(SniCerts {
         ca,
         default,
@@ -178,15 +201,26 @@ pub async fn start(opts: OriginOptions) -> Result<Origin> {
         provider: provider.clone(),
     });
     if let Some(p) = &opts.cert_hosts {
-        let text = std::fs::read_to_string(p).with_context(|| format!("origin: cannot read --cert-hosts {}", p.display()))?;
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("origin: cannot read --cert-hosts {}", p.display()))?;
         for (i, line) in text.lines().enumerate() {
             let h = line.trim();
             if h.is_empty() || h.starts_with('#') {
                 continue;
             }
-            certs.get(h).with_context(|| format!("{}:{}: cannot mint a certificate for {h:?}", p.display(), i + 1))?;
+            certs.get(h).with_context(|| {
+                format!(
+                    "{}:{}: cannot mint a certificate for {h:?}",
+                    p.display(),
+                    i + 1
+                )
+            })?;
         }
-        eprintln!("origin: minted {} host certificates from {}", certs.minted(), p.display());
+        eprintln!(
+            "origin: minted {} host certificates from {}",
+            certs.minted(),
+            p.display()
+        );
     }
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -195,9 +229,16 @@ pub async fn start(opts: OriginOptions) -> Result<Origin> {
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let delay = opts.default_delay;
-    let mut origin = Origin { http: Vec::new(), https: Vec::new(), dns: None, ca_pem };
+    let mut origin = Origin {
+        http: Vec::new(),
+        https: Vec::new(),
+        dns: None,
+        ca_pem,
+    };
     for addr in &opts.http {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("origin: cannot listen on {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("origin: cannot listen on {addr}"))?;
         origin.http.push(l.local_addr()?);
         tokio::spawn(async move {
             loop {
@@ -211,7 +252,9 @@ pub async fn start(opts: OriginOptions) -> Result<Origin> {
         });
     }
     for addr in &opts.https {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("origin: cannot listen on {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("origin: cannot listen on {addr}"))?;
         origin.https.push(l.local_addr()?);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -231,12 +274,16 @@ pub async fn start(opts: OriginOptions) -> Result<Origin> {
         });
     }
     if let Some(addr) = opts.dns {
-        let sock = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("origin: cannot bind DNS {addr}"))?;
+        let sock = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("origin: cannot bind DNS {addr}"))?;
         origin.dns = Some(sock.local_addr()?);
         tokio::spawn(async move {
             let mut buf = [0u8; 1500];
             loop {
-                let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                    continue;
+                };
                 if let Some(answer) = dns_answer(&buf[..n]) {
                     let _ = sock.send_to(&answer, from).await;
                 }
@@ -262,7 +309,18 @@ pub fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
     let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
     let mut r = Vec::with_capacity(qend + 16);
     r.extend_from_slice(&q[0..2]);
-    r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, if qtype == 1 { 1 } else { 0 }, 0, 0, 0, 0]);
+    r.extend_from_slice(&[
+        0x81,
+        0x80,
+        0,
+        1,
+        0,
+        if qtype == 1 { 1 } else { 0 },
+        0,
+        0,
+        0,
+        0,
+    ]);
     r.extend_from_slice(&q[12..qend]);
     if qtype == 1 {
         r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 127, 0, 0, 1]);

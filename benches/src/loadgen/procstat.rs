@@ -22,7 +22,12 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 fn status_field(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The fields of /proc/PID/stat after the command name: index 0 is field 3 (state).
@@ -30,7 +35,12 @@ fn stat_fields(pid: u32) -> Option<Vec<u64>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces: split after the last ')'.
     let rest = s.get(s.rfind(')')? + 2..)?;
-    Some(rest.split_whitespace().skip(1).map(|f| f.parse::<u64>().unwrap_or(0)).collect())
+    Some(
+        rest.split_whitespace()
+            .skip(1)
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .collect(),
+    )
 }
 
 /// utime + stime in clock ticks, from /proc/PID/stat (fields 14 and 15).
@@ -134,7 +144,15 @@ impl Sampler {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Sampler { pid, ticks0, rss0, peak, max_procs, stop, handle }
+        Sampler {
+            pid,
+            ticks0,
+            rss0,
+            peak,
+            max_procs,
+            stop,
+            handle,
+        }
     }
 
     pub async fn finish(self) -> ProxyUsage {
@@ -144,7 +162,11 @@ impl Sampler {
         self.max_procs.fetch_max(tree.len(), Ordering::Relaxed);
         let end = tree_rss_kib(&tree);
         self.peak.fetch_max(end, Ordering::Relaxed);
-        let ticks = if tree.is_empty() { 0 } else { tree_cpu_ticks(&tree).saturating_sub(self.ticks0) };
+        let ticks = if tree.is_empty() {
+            0
+        } else {
+            tree_cpu_ticks(&tree).saturating_sub(self.ticks0)
+        };
         let procs = self.max_procs.load(Ordering::Relaxed);
         if procs > 1 {
             eprintln!("loadgen: proxy CPU and RSS summed over pid {} and its descendants (up to {procs} processes)", self.pid);
@@ -175,7 +197,10 @@ mod tests {
         // A child that burns CPU: the tree sum sees it, the parent's own ticks do not.
         let me = std::process::id();
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 5"])
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 5",
+            ])
             .spawn()
             .expect("spawn sh");
         let cpid = child.id();
@@ -188,8 +213,14 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(tree.contains(&me) && tree.contains(&cpid), "{tree:?} lacks {me} or {cpid}");
-        assert!(tree_rss_kib(&tree) > rss_kib(me).unwrap_or(0), "child RSS not summed");
+        assert!(
+            tree.contains(&me) && tree.contains(&cpid),
+            "{tree:?} lacks {me} or {cpid}"
+        );
+        assert!(
+            tree_rss_kib(&tree) > rss_kib(me).unwrap_or(0),
+            "child RSS not summed"
+        );
         assert!(tree_cpu_ticks(&tree) >= cpu_ticks(me).unwrap_or(0) + cpu_ticks(cpid).unwrap_or(0));
         let _ = child.kill();
         let _ = child.wait();

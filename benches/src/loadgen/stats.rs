@@ -53,7 +53,10 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn success(&mut self, kind: &'static str, micros: u64) {
-        self.ok.entry(kind).or_default().push(micros.min(u32::MAX as u64) as u32);
+        self.ok
+            .entry(kind)
+            .or_default()
+            .push(micros.min(u32::MAX as u64) as u32);
     }
     pub fn error(&mut self, kind: impl Into<String>) {
         *self.errors.entry(kind.into()).or_insert(0) += 1;
@@ -111,7 +114,14 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn build(label: &str, proxy: &str, devices: usize, ramp: f64, wall: f64, mut rec: Recorder) -> Report {
+    pub fn build(
+        label: &str,
+        proxy: &str,
+        devices: usize,
+        ramp: f64,
+        wall: f64,
+        mut rec: Recorder,
+    ) -> Report {
         let wall = wall.max(1e-9);
         let mut all: Vec<u32> = Vec::new();
         let mut per_kind = BTreeMap::new();
@@ -119,7 +129,13 @@ impl Report {
         for (k, v) in rec.ok.iter_mut() {
             all.extend_from_slice(v);
             ops += v.len() as u64;
-            per_kind.insert(k.to_string(), KindReport { ok: v.len() as u64, latency: Latency::of(v) });
+            per_kind.insert(
+                k.to_string(),
+                KindReport {
+                    ok: v.len() as u64,
+                    latency: Latency::of(v),
+                },
+            );
         }
         let errors_total = rec.errors.values().sum();
         Report {
@@ -147,11 +163,23 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        s.push_str(&format!("**{}** via `{}`: {} devices, ramp {:.0} s, wall {:.1} s\n\n", self.label, self.proxy, self.devices, self.ramp_seconds, self.wall_seconds));
+        s.push_str(&format!(
+            "**{}** via `{}`: {} devices, ramp {:.0} s, wall {:.1} s\n\n",
+            self.label, self.proxy, self.devices, self.ramp_seconds, self.wall_seconds
+        ));
         s.push_str("| metric | value |\n|---|---|\n");
-        s.push_str(&format!("| requests/s | {:.1} |\n", self.requests_per_second));
-        s.push_str(&format!("| bytes/s | {} |\n", human_bytes(self.bytes_per_second)));
-        s.push_str(&format!("| new TLS handshakes/s | {:.1} |\n", self.tls_handshakes_per_second));
+        s.push_str(&format!(
+            "| requests/s | {:.1} |\n",
+            self.requests_per_second
+        ));
+        s.push_str(&format!(
+            "| bytes/s | {} |\n",
+            human_bytes(self.bytes_per_second)
+        ));
+        s.push_str(&format!(
+            "| new TLS handshakes/s | {:.1} |\n",
+            self.tls_handshakes_per_second
+        ));
         s.push_str(&format!(
             "| latency p50 / p90 / p99 / max (ms) | {:.2} / {:.2} / {:.2} / {:.2} |\n",
             self.latency.p50_ms, self.latency.p90_ms, self.latency.p99_ms, self.latency.max_ms
@@ -160,7 +188,10 @@ impl Report {
         s.push_str(&format!("| errors | {} |\n", errors_text(self)));
         if let Some(u) = &self.proxy_usage {
             s.push_str(&format!("| proxy CPU seconds | {:.2} |\n", u.cpu_seconds));
-            s.push_str(&format!("| proxy peak RSS | {:.1} MiB |\n", u.peak_rss_kib as f64 / 1024.0));
+            s.push_str(&format!(
+                "| proxy peak RSS | {:.1} MiB |\n",
+                u.peak_rss_kib as f64 / 1024.0
+            ));
         }
         for (k, r) in &self.per_kind {
             s.push_str(&format!(
@@ -176,7 +207,11 @@ pub fn errors_text(r: &Report) -> String {
     if r.errors.is_empty() {
         "0".into()
     } else {
-        r.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
+        r.errors
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -191,29 +226,101 @@ pub fn human_bytes(b: f64) -> String {
 }
 
 /// Side-by-side table: `left` (Squid) and `right` (komugate) with the ratio right ÷ left.
-pub fn compare_markdown(title: &str, left_name: &str, left: &Report, right_name: &str, right: &Report) -> String {
-    let ratio = |r: f64, l: f64| if l > 0.0 { format!("{:.2}", r / l) } else { "–".into() };
+pub fn compare_markdown(
+    title: &str,
+    left_name: &str,
+    left: &Report,
+    right_name: &str,
+    right: &Report,
+) -> String {
+    let ratio = |r: f64, l: f64| {
+        if l > 0.0 {
+            format!("{:.2}", r / l)
+        } else {
+            "–".into()
+        }
+    };
     let mut s = format!("#### {title}\n\n| metric | {left_name} | {right_name} | {right_name} ÷ {left_name} |\n|---|---:|---:|---:|\n");
     let mut row = |name: &str, l: f64, r: f64, fmt: &dyn Fn(f64) -> String| {
-        s.push_str(&format!("| {name} | {} | {} | {} |\n", fmt(l), fmt(r), ratio(r, l)));
+        s.push_str(&format!(
+            "| {name} | {} | {} | {} |\n",
+            fmt(l),
+            fmt(r),
+            ratio(r, l)
+        ));
     };
     let f1 = |v: f64| format!("{v:.1}");
     let f2 = |v: f64| format!("{v:.2}");
     let hb = |v: f64| human_bytes(v);
-    row("requests/s", left.requests_per_second, right.requests_per_second, &f1);
-    row("bytes/s", left.bytes_per_second, right.bytes_per_second, &hb);
-    row("new TLS handshakes/s", left.tls_handshakes_per_second, right.tls_handshakes_per_second, &f1);
-    row("latency p50 (ms)", left.latency.p50_ms, right.latency.p50_ms, &f2);
-    row("latency p90 (ms)", left.latency.p90_ms, right.latency.p90_ms, &f2);
-    row("latency p99 (ms)", left.latency.p99_ms, right.latency.p99_ms, &f2);
-    row("latency max (ms)", left.latency.max_ms, right.latency.max_ms, &f2);
+    row(
+        "requests/s",
+        left.requests_per_second,
+        right.requests_per_second,
+        &f1,
+    );
+    row(
+        "bytes/s",
+        left.bytes_per_second,
+        right.bytes_per_second,
+        &hb,
+    );
+    row(
+        "new TLS handshakes/s",
+        left.tls_handshakes_per_second,
+        right.tls_handshakes_per_second,
+        &f1,
+    );
+    row(
+        "latency p50 (ms)",
+        left.latency.p50_ms,
+        right.latency.p50_ms,
+        &f2,
+    );
+    row(
+        "latency p90 (ms)",
+        left.latency.p90_ms,
+        right.latency.p90_ms,
+        &f2,
+    );
+    row(
+        "latency p99 (ms)",
+        left.latency.p99_ms,
+        right.latency.p99_ms,
+        &f2,
+    );
+    row(
+        "latency max (ms)",
+        left.latency.max_ms,
+        right.latency.max_ms,
+        &f2,
+    );
     if let (Some(lu), Some(ru)) = (&left.proxy_usage, &right.proxy_usage) {
         row("proxy CPU seconds", lu.cpu_seconds, ru.cpu_seconds, &f2);
-        let per_k = |u: &ProxyUsage, rep: &Report| if rep.requests > 0 { u.cpu_seconds * 1e6 / rep.requests as f64 } else { 0.0 };
-        row("proxy CPU µs per request", per_k(lu, left), per_k(ru, right), &f1);
-        row("proxy peak RSS (MiB)", lu.peak_rss_kib as f64 / 1024.0, ru.peak_rss_kib as f64 / 1024.0, &f1);
+        let per_k = |u: &ProxyUsage, rep: &Report| {
+            if rep.requests > 0 {
+                u.cpu_seconds * 1e6 / rep.requests as f64
+            } else {
+                0.0
+            }
+        };
+        row(
+            "proxy CPU µs per request",
+            per_k(lu, left),
+            per_k(ru, right),
+            &f1,
+        );
+        row(
+            "proxy peak RSS (MiB)",
+            lu.peak_rss_kib as f64 / 1024.0,
+            ru.peak_rss_kib as f64 / 1024.0,
+            &f1,
+        );
     }
-    s.push_str(&format!("| errors | {} | {} | |\n", errors_text(left), errors_text(right)));
+    s.push_str(&format!(
+        "| errors | {} | {} | |\n",
+        errors_text(left),
+        errors_text(right)
+    ));
     s
 }
 
@@ -226,9 +333,14 @@ mod tests {
         // 1..=100 shuffled: nearest rank gives exactly p.
         let mut v: Vec<u32> = (1..=100).map(|i| (i * 37) % 100 + 1).collect();
         let l = Latency::of(&mut v);
-        assert_eq!((l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms), (0.05, 0.09, 0.099, 0.1));
+        assert_eq!(
+            (l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
+            (0.05, 0.09, 0.099, 0.1)
+        );
         // Small sample: 10 values, p99 and max are the largest, p50 the 5th.
-        let mut v: Vec<u32> = vec![9000, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 100_000];
+        let mut v: Vec<u32> = vec![
+            9000, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 100_000,
+        ];
         let l = Latency::of(&mut v);
         assert_eq!(l.p50_ms, 5.0);
         assert_eq!(l.p90_ms, 9.0);

@@ -12,21 +12,39 @@ async fn gateway(data: &std::path::Path) -> komugate::gateway::Running {
 }
 
 /// The gateway resolving through `dns` (the origin's responder: every name → 127.0.0.1).
-async fn gateway_with_dns(data: &std::path::Path, dns: Option<std::net::SocketAddr>) -> komugate::gateway::Running {
-    let servers = dns.map(|d| format!("servers = [\"{d}\"]")).unwrap_or_else(|| "servers = []".into());
+async fn gateway_with_dns(
+    data: &std::path::Path,
+    dns: Option<std::net::SocketAddr>,
+) -> komugate::gateway::Running {
+    let servers = dns
+        .map(|d| format!("servers = [\"{d}\"]"))
+        .unwrap_or_else(|| "servers = []".into());
     let text = komugate::config::DEFAULT_CONFIG
         .replace("servers = []", &servers)
-        .replace("dir = \"./komugate-data\"", &format!("dir = {:?}", data.display().to_string()))
+        .replace(
+            "dir = \"./komugate-data\"",
+            &format!("dir = {:?}", data.display().to_string()),
+        )
         .replace("create_pki = true", "create_pki = false")
         .replace("plain = \"127.0.0.1:3128\"", "plain = \"127.0.0.1:0\"")
         .replace("mtls = \"127.0.0.1:8443\"", "mtls = \"\"")
         .replace("admin = \"127.0.0.1:9090\"", "admin = \"\"")
-        .replace("allowed_ports = [80, 443, 8080, 8443, 9090]", "allowed_ports = []");
+        .replace(
+            "allowed_ports = [80, 443, 8080, 8443, 9090]",
+            "allowed_ports = []",
+        );
     let config = komugate::config::Config::parse(&text, "test").expect("test config");
-    komugate::gateway::start(config).await.expect("gateway starts")
+    komugate::gateway::start(config)
+        .await
+        .expect("gateway starts")
 }
 
-fn config(proxy: std::net::SocketAddr, origin: &crate::origin::Origin, ca: std::path::PathBuf, mix: &str) -> RunConfig {
+fn config(
+    proxy: std::net::SocketAddr,
+    origin: &crate::origin::Origin,
+    ca: std::path::PathBuf,
+    mix: &str,
+) -> RunConfig {
     RunConfig {
         label: "test".into(),
         proxy: ProxySpec::Plain(proxy),
@@ -91,11 +109,20 @@ async fn counts_an_injected_error_and_nothing_else() {
     assert_eq!(r.operations_ok, 18);
 
     // Mixed, no injection: blocked (403) counts as success, tunnels and uploads work.
-    let cfg = config(proxy, &origin, ca, "http=2,connect=2,blocked=1,upload=1,download=1");
+    let cfg = config(
+        proxy,
+        &origin,
+        ca,
+        "http=2,connect=2,blocked=1,upload=1,download=1",
+    );
     let r = crate::client::run(cfg).await.expect("run");
     assert_eq!(r.errors_total, 0, "{:?}", r.errors);
     assert_eq!(r.operations_ok, 20);
-    assert!(r.per_kind.contains_key("blocked") && r.per_kind.contains_key("connect"), "{:?}", r.per_kind.keys());
+    assert!(
+        r.per_kind.contains_key("blocked") && r.per_kind.contains_key("connect"),
+        "{:?}",
+        r.per_kind.keys()
+    );
     assert!(r.tls_handshakes > 0);
     assert!(r.bytes_up >= 100_000);
 
@@ -148,26 +175,41 @@ async fn host_lists_exercise_the_filter() {
     let mut cfg = config(proxy, &origin, ca.clone(), "http=1,connect=1");
     cfg.ops_per_device = Some(60);
     cfg.hosts = std::sync::Arc::new(crate::client::read_host_list(&allowed, "--hosts").unwrap());
-    cfg.blocked_hosts = std::sync::Arc::new(crate::client::read_host_list(&blocked, "--blocked-hosts").unwrap());
+    cfg.blocked_hosts =
+        std::sync::Arc::new(crate::client::read_host_list(&blocked, "--blocked-hosts").unwrap());
     cfg.blocked_share = 0.3;
     let r = crate::client::run(cfg.clone()).await.expect("run");
     assert_eq!(r.errors_total, 0, "{:?}", r.errors);
     assert_eq!(r.operations_ok, 60);
     for k in ["http", "connect", "http_blocked", "connect_blocked"] {
-        assert!(r.per_kind.contains_key(k), "no {k} in {:?}", r.per_kind.keys());
+        assert!(
+            r.per_kind.contains_key(k),
+            "no {k} in {:?}",
+            r.per_kind.keys()
+        );
     }
     let blocked_ops = r.per_kind["http_blocked"].ok + r.per_kind["connect_blocked"].ok;
-    assert!((5..=35).contains(&blocked_ops), "{blocked_ops} of 60 on blocked hosts with share 0.3");
+    assert!(
+        (5..=35).contains(&blocked_ops),
+        "{blocked_ops} of 60 on blocked hosts with share 0.3"
+    );
 
     // A "blocked" host the proxy lets through, or a block status not accepted: errors.
     std::fs::write(&blocked, "not-blocked.test\n").unwrap();
-    cfg.blocked_hosts = std::sync::Arc::new(crate::client::read_host_list(&blocked, "--blocked-hosts").unwrap());
+    cfg.blocked_hosts =
+        std::sync::Arc::new(crate::client::read_host_list(&blocked, "--blocked-hosts").unwrap());
     cfg.blocked_share = 1.0;
     cfg.ops_per_device = Some(20);
     let r = crate::client::run(cfg.clone()).await.expect("run");
     assert_eq!(r.operations_ok, 0, "{:?}", r.per_kind);
     assert_eq!(r.errors_total, 20, "{:?}", r.errors);
-    assert!(r.errors.keys().all(|k| k == "not_blocked_200" || k == "not_blocked_connect_200"), "{:?}", r.errors);
+    assert!(
+        r.errors
+            .keys()
+            .all(|k| k == "not_blocked_200" || k == "not_blocked_connect_200"),
+        "{:?}",
+        r.errors
+    );
 
     gw.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -178,14 +220,30 @@ fn host_list_and_status_parsing() {
     let dir = tempdir("hostlist");
     let f = dir.join("h.txt");
     std::fs::write(&f, "a.example\nhttp://b.example/\n").unwrap();
-    let e = crate::client::read_host_list(&f, "--hosts").unwrap_err().to_string();
-    assert!(e.contains("h.txt:2") && e.contains("not a host name"), "{e}");
+    let e = crate::client::read_host_list(&f, "--hosts")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("h.txt:2") && e.contains("not a host name"),
+        "{e}"
+    );
     std::fs::write(&f, "b.example:443\n").unwrap();
     assert!(crate::client::read_host_list(&f, "--hosts").is_err());
     std::fs::write(&f, "# nothing\n\n").unwrap();
-    assert!(crate::client::read_host_list(&f, "--hosts").unwrap_err().to_string().contains("no host name"));
-    assert!(crate::client::read_host_list(&dir.join("missing.txt"), "--hosts").unwrap_err().to_string().contains("cannot read"));
-    assert_eq!(crate::client::parse_status_list("403, 302").unwrap(), vec![403, 302]);
+    assert!(crate::client::read_host_list(&f, "--hosts")
+        .unwrap_err()
+        .to_string()
+        .contains("no host name"));
+    assert!(
+        crate::client::read_host_list(&dir.join("missing.txt"), "--hosts")
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read")
+    );
+    assert_eq!(
+        crate::client::parse_status_list("403, 302").unwrap(),
+        vec![403, 302]
+    );
     assert!(crate::client::parse_status_list("forbidden").is_err());
     assert!(crate::client::parse_status_list("").is_err());
     let _ = std::fs::remove_dir_all(&dir);

@@ -484,4 +484,3 @@ const UPLOAD_MSG: &str = "このクラウドサービスへのファイルのア
 const DOWNLOAD_MSG: &str = "校外からはファイルを端末にダウンロードできません。ブラウザー上で閲覧・編集してください。 / Off-site, files cannot be downloaded to the laptop; view and edit them in the browser.";
 const DLP_MSG: &str = "送信内容に個人情報・機密情報 (DLP パターン) が含まれているため送信を止めました。 / The content matched a data-loss-prevention pattern and was not sent.";
 const OVER_CAP_MSG: &str = "送信内容が大きすぎて検査できないため送信を止めました。 / The content is too large to be inspected and was not sent.";
-

@@ -30,12 +30,29 @@ pub struct MintMetrics {
 impl MintMetrics {
     pub fn register(registry: &Registry) -> MintMetrics {
         let m = MintMetrics {
-            cache_size: IntGauge::new("komugate_inspect_cert_cache_size", "Minted certificates held in the cache").expect("metric"),
-            hits: IntCounter::new("komugate_inspect_cert_cache_hits_total", "Inspection certificates served from the cache").expect("metric"),
-            misses: IntCounter::new("komugate_inspect_cert_cache_misses_total", "Inspection certificates minted").expect("metric"),
+            cache_size: IntGauge::new(
+                "komugate_inspect_cert_cache_size",
+                "Minted certificates held in the cache",
+            )
+            .expect("metric"),
+            hits: IntCounter::new(
+                "komugate_inspect_cert_cache_hits_total",
+                "Inspection certificates served from the cache",
+            )
+            .expect("metric"),
+            misses: IntCounter::new(
+                "komugate_inspect_cert_cache_misses_total",
+                "Inspection certificates minted",
+            )
+            .expect("metric"),
             mint_seconds: Histogram::with_opts(
-                HistogramOpts::new("komugate_inspect_cert_mint_seconds", "Time to mint one inspection certificate")
-                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
+                HistogramOpts::new(
+                    "komugate_inspect_cert_mint_seconds",
+                    "Time to mint one inspection certificate",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+                ]),
             )
             .expect("metric"),
         };
@@ -57,7 +74,13 @@ pub struct CertMinter {
 
 impl CertMinter {
     pub fn new(ca: CaMaterial, validity: Duration, capacity: usize, metrics: MintMetrics) -> Self {
-        CertMinter { ca, validity, capacity: capacity.max(1), cache: Mutex::new((HashMap::new(), VecDeque::new())), metrics }
+        CertMinter {
+            ca,
+            validity,
+            capacity: capacity.max(1),
+            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            metrics,
+        }
     }
 
     /// The server config presenting a certificate for `host` (lowercase
@@ -87,7 +110,16 @@ impl CertMinter {
                     let cell = Arc::new(OnceCell::new());
                     // Refresh at 3/4 of the validity so a cached cert is never near expiry.
                     let fresh_until = now + self.validity.mul_f64(0.75);
-                    if map.insert(host.to_string(), Entry { cell: cell.clone(), fresh_until }).is_none() {
+                    if map
+                        .insert(
+                            host.to_string(),
+                            Entry {
+                                cell: cell.clone(),
+                                fresh_until,
+                            },
+                        )
+                        .is_none()
+                    {
                         order.push_back(host.to_string());
                     }
                     self.metrics.cache_size.set(map.len() as i64);
@@ -100,7 +132,9 @@ impl CertMinter {
                 self.metrics.misses.inc();
                 let started = Instant::now();
                 let config = self.mint(host);
-                self.metrics.mint_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .mint_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 config
             })
             .await?;
@@ -110,10 +144,12 @@ impl CertMinter {
     fn mint(&self, host: &str) -> anyhow::Result<HostConfig> {
         let validity = time::Duration::try_from(self.validity).unwrap_or(time::Duration::days(7));
         let (cert, key) = self.ca.mint_inspection_leaf(host, validity)?;
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
@@ -129,7 +165,12 @@ mod tests {
 
     fn minter(capacity: usize) -> CertMinter {
         let ca = crate::pki::generate_ca("komugate inspection CA").unwrap();
-        CertMinter::new(ca, Duration::from_secs(7 * 24 * 3600), capacity, MintMetrics::register(&Registry::new()))
+        CertMinter::new(
+            ca,
+            Duration::from_secs(7 * 24 * 3600),
+            capacity,
+            MintMetrics::register(&Registry::new()),
+        )
     }
 
     #[tokio::test]
@@ -141,13 +182,25 @@ mod tests {
             let config = m.config_for(&host).await.unwrap();
             let der = certificate_of(&config, &host);
             let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-            assert!(serials.insert(cert.raw_serial().to_vec()), "duplicate serial");
+            assert!(
+                serials.insert(cert.raw_serial().to_vec()),
+                "duplicate serial"
+            );
             let san = cert.subject_alternative_name().unwrap().unwrap();
             assert!(format!("{:?}", san.value.general_names).contains(&host));
-            assert!(cert.issuer().to_string().contains("CN=komugate inspection CA"), "{}", cert.issuer());
+            assert!(
+                cert.issuer()
+                    .to_string()
+                    .contains("CN=komugate inspection CA"),
+                "{}",
+                cert.issuer()
+            );
             let validity = cert.validity();
             let secs = validity.not_after.timestamp() - validity.not_before.timestamp();
-            assert!((7 * 86400..=7 * 86400 + 3700).contains(&secs), "validity {secs}s");
+            assert!(
+                (7 * 86400..=7 * 86400 + 3700).contains(&secs),
+                "validity {secs}s"
+            );
         }
         assert_eq!(m.metrics.misses.get(), 100);
     }
@@ -155,10 +208,12 @@ mod tests {
     #[tokio::test]
     async fn concurrent_first_requests_mint_once_and_repeats_hit() {
         let m = Arc::new(minter(1000));
-        let tasks: Vec<_> = (0..50).map(|_| {
-            let m = m.clone();
-            tokio::spawn(async move { m.config_for("same.example").await.unwrap() })
-        }).collect();
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move { m.config_for("same.example").await.unwrap() })
+            })
+            .collect();
         let mut configs = Vec::new();
         for t in tasks {
             configs.push(t.await.unwrap());
@@ -183,13 +238,19 @@ mod tests {
 
     /// Does a real handshake with the config and returns the leaf it presents.
     fn certificate_of(config: &HostConfig, host: &str) -> Vec<u8> {
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny))
-            .with_no_client_auth();
-        let mut c = rustls::ClientConnection::new(Arc::new(client), rustls_pki_types::ServerName::try_from(host.to_string()).unwrap()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+        let mut c = rustls::ClientConnection::new(
+            Arc::new(client),
+            rustls_pki_types::ServerName::try_from(host.to_string()).unwrap(),
+        )
+        .unwrap();
         let mut s = rustls::ServerConnection::new(config.clone()).unwrap();
         for _ in 0..10 {
             let mut buf = Vec::new();
@@ -237,7 +298,9 @@ mod tests {
             Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
         }
     }
 }

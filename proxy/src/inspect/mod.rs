@@ -46,7 +46,8 @@ impl Inspector {
     pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Inspector> {
         let cert = config.data_path(&config.inspect.ca_cert);
         let key = config.data_path(&config.inspect.ca_key);
-        let ca = crate::pki::CaMaterial::load(&cert, &key).context("cannot load the inspection CA ([inspect] ca_cert / ca_key)")?;
+        let ca = crate::pki::CaMaterial::load(&cert, &key)
+            .context("cannot load the inspection CA ([inspect] ca_cert / ca_key)")?;
         let client_rejects = IntCounterVec::new(
             Opts::new(
                 "komugate_inspect_client_rejects_total",
@@ -90,7 +91,11 @@ async fn peek_client_hello<S: AsyncRead + Unpin>(client: &mut S) -> std::io::Res
     loop {
         let n = client.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(if bytes.is_empty() { Peek::Closed } else { Peek::NotTls(bytes) });
+            return Ok(if bytes.is_empty() {
+                Peek::Closed
+            } else {
+                Peek::NotTls(bytes)
+            });
         }
         bytes.extend_from_slice(&chunk[..n]);
         if bytes[0] != 0x16 {
@@ -105,9 +110,18 @@ async fn peek_client_hello<S: AsyncRead + Unpin>(client: &mut S) -> std::io::Res
         match acceptor.accept() {
             Ok(Some(accepted)) => {
                 let hello = accepted.client_hello();
-                let sni = hello.server_name().map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-                let offers_h2 = hello.alpn().map(|mut a| a.any(|p| p == b"h2")).unwrap_or(false);
-                return Ok(Peek::Tls(Hello { bytes, sni, offers_h2 }));
+                let sni = hello
+                    .server_name()
+                    .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+                let offers_h2 = hello
+                    .alpn()
+                    .map(|mut a| a.any(|p| p == b"h2"))
+                    .unwrap_or(false);
+                return Ok(Peek::Tls(Hello {
+                    bytes,
+                    sni,
+                    offers_h2,
+                }));
             }
             Ok(None) => {}
             Err(_) => return Ok(Peek::NotTls(bytes)),
@@ -154,7 +168,16 @@ pub async fn run<S>(
             return match inspector.non_tls {
                 NonTlsAction::Tunnel => {
                     record.rule = format!("{} (not TLS: tunnelled)", record.rule);
-                    bypass(gw, &conn, Rewind::new(bytes, client), &dest, &decision, record, started).await
+                    bypass(
+                        gw,
+                        &conn,
+                        Rewind::new(bytes, client),
+                        &dest,
+                        &decision,
+                        record,
+                        started,
+                    )
+                    .await
                 }
                 NonTlsAction::Block => {
                     record.decision = "block";
@@ -170,7 +193,12 @@ pub async fn run<S>(
     if let Some(sni) = &hello.sni {
         let sec = gw.ips.load_full();
         let ctx = crate::ips::http::event_context(&gw, &conn, &record.target);
-        let mut events: Vec<crate::ips::IpsEvent> = sec.intel.check_host(sni).map(|hit| ctx.threat("sni", sni, &hit)).into_iter().collect();
+        let mut events: Vec<crate::ips::IpsEvent> = sec
+            .intel
+            .check_host(sni)
+            .map(|hit| ctx.threat("sni", sni, &hit))
+            .into_iter()
+            .collect();
         events.extend(ctx.ips("sni", &sec.engine.scan_tls_sni(sni, dest.port)));
         let drop = events.iter().any(|e| e.is_drop());
         crate::ips::http::apply_events(&mut record, events);
@@ -180,7 +208,11 @@ pub async fn run<S>(
     }
     // The SNI (or the CONNECT host without one) is what policy and the certificate use.
     let name = hello.sni.clone().unwrap_or_else(|| dest.host.clone());
-    let sni_target = Target { scheme: "https", host: name.clone(), port: dest.port };
+    let sni_target = Target {
+        scheme: "https",
+        host: name.clone(),
+        port: dest.port,
+    };
     let sni_decision = if name != dest.host {
         http_proxy::decide(&gw, &conn, RequestKind::Connect, "CONNECT", &sni_target, "")
     } else {
@@ -188,7 +220,16 @@ pub async fn run<S>(
     };
     if !sni_decision.is_blocked() && sni_decision.tunnel == TunnelMode::Bypass {
         record.rule = sni_decision.rule.clone();
-        return bypass(gw, &conn, Rewind::new(hello.bytes, client), &sni_target, &sni_decision, record, started).await;
+        return bypass(
+            gw,
+            &conn,
+            Rewind::new(hello.bytes, client),
+            &sni_target,
+            &sni_decision,
+            record,
+            started,
+        )
+        .await;
     }
     let config = match inspector.minter.config_for(&name).await {
         Ok(c) => c,
@@ -200,7 +241,9 @@ pub async fn run<S>(
     let counting = CountingIo::new(Rewind::new(hello.bytes, client));
     let (read, written) = (counting.read.clone(), counting.written.clone());
     let handshake = async {
-        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), counting).await?;
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), counting)
+                .await?;
         start.into_stream(config).await
     };
     let tls = match tokio::time::timeout(timeout, handshake).await {
@@ -208,7 +251,9 @@ pub async fn run<S>(
         Ok(Err(e)) => {
             // The client refused our certificate (pinning, or the CA is not deployed).
             inspector.client_rejects.with_label_values(&[&name]).inc();
-            record.error = Some(format!("client rejected the inspection certificate for {name}: {e}"));
+            record.error = Some(format!(
+                "client rejected the inspection certificate for {name}: {e}"
+            ));
             return http_proxy::finish_tunnel(&gw, record, started, RelayStats::default());
         }
         Err(_) => {
@@ -217,13 +262,26 @@ pub async fn run<S>(
         }
     };
     let client_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let alpn = if hello.offers_h2 { UpstreamAlpn::H2AndHttp1 } else { UpstreamAlpn::Http1 };
+    let alpn = if hello.offers_h2 {
+        UpstreamAlpn::H2AndHttp1
+    } else {
+        UpstreamAlpn::Http1
+    };
     let blocked_by_sni = sni_decision.is_blocked().then_some(sni_decision);
     let (gw_svc, conn_svc) = (gw.clone(), conn.clone());
     let default_port = dest.port;
     let service = service_fn(move |req: Request<Incoming>| {
-        let (gw, conn, name, blocked) = (gw_svc.clone(), conn_svc.clone(), name.clone(), blocked_by_sni.clone());
-        async move { Ok::<_, std::convert::Infallible>(inner_request(gw, conn, req, name, default_port, alpn, blocked).await) }
+        let (gw, conn, name, blocked) = (
+            gw_svc.clone(),
+            conn_svc.clone(),
+            name.clone(),
+            blocked_by_sni.clone(),
+        );
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                inner_request(gw, conn, req, name, default_port, alpn, blocked).await,
+            )
+        }
     });
     let io = TokioIo::new(tls);
     let limits = gw.config.limits.clone();
@@ -239,13 +297,15 @@ pub async fn run<S>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout())
                 .max_headers(limits.max_headers)
-            .serve_connection(io, service)
-            .with_upgrades()
-            .await
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
         }
     };
     // At the shutdown hard stop the session is cut but still logged.
-    let hard_stop = crate::tunnel::HARD_STOP.try_with(|t| t.clone()).unwrap_or_default();
+    let hard_stop = crate::tunnel::HARD_STOP
+        .try_with(|t| t.clone())
+        .unwrap_or_default();
     let cut = tokio::select! {
         result = serve => {
             if let Err(e) = result {
@@ -256,7 +316,12 @@ pub async fn run<S>(
         _ = hard_stop.cancelled() => true,
     };
     record.rule = format!("{} (inspected)", record.rule);
-    let stats = RelayStats { up: read.load(Ordering::Relaxed), down: written.load(Ordering::Relaxed), idle_timeout: false, cut };
+    let stats = RelayStats {
+        up: read.load(Ordering::Relaxed),
+        down: written.load(Ordering::Relaxed),
+        idle_timeout: false,
+        cut,
+    };
     http_proxy::finish_tunnel(&gw, record, started, stats);
 }
 
@@ -277,18 +342,36 @@ async fn inner_request(
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
     let (host, port) = authority
         .as_deref()
         .and_then(|a| a.parse::<http::uri::Authority>().ok())
         .map(|a| {
-            let host = a.host().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+            let host = a
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
             (host, a.port_u16().unwrap_or(default_port))
         })
         .unwrap_or((sni_name, default_port));
-    let target = Target { scheme: "https", host, port };
+    let target = Target {
+        scheme: "https",
+        host,
+        port,
+    };
     if let Some(decision) = blocked_by_sni {
-        let shown = format!("https://{}{}", http_proxy::bracket(&target.host), req.uri().path());
+        let shown = format!(
+            "https://{}{}",
+            http_proxy::bracket(&target.host),
+            req.uri().path()
+        );
         let resp = http_proxy::blocked(&conn, &decision, &shown, &mut record);
         return http_proxy::log_refusal(&gw, record, resp, started);
     }
@@ -300,22 +383,46 @@ async fn inner_request(
 
 /// A plain tunnel (after peeking): connect upstream and relay, replaying
 /// the bytes already read from the client.
-async fn bypass<S>(gw: Arc<Gateway>, conn: &ConnContext, client: S, dest: &Target, decision: &Decision, mut record: AccessRecord, started: Instant)
-where
+async fn bypass<S>(
+    gw: Arc<Gateway>,
+    conn: &ConnContext,
+    client: S,
+    dest: &Target,
+    decision: &Decision,
+    mut record: AccessRecord,
+    started: Instant,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A bypassed tunnel is not inspected web traffic: the non-web firewall
     // applies (the CONNECT was already answered, so a deny closes the tunnel).
     let target = format!("{}:{}", http_proxy::bracket(&dest.host), dest.port);
-    if crate::firewall::check(&gw, conn, &dest.host, dest.port, false, &target, None, &mut record).await.is_err() {
+    if crate::firewall::check(
+        &gw,
+        conn,
+        &dest.host,
+        dest.port,
+        false,
+        &target,
+        None,
+        &mut record,
+    )
+    .await
+    .is_err()
+    {
         record.error = Some("closed by the non-web firewall".into());
         return http_proxy::finish_tunnel(&gw, record, started, RelayStats::default());
     }
-    match gw.egress.connect(&dest.host, dest.port, decision.egress_source).await {
+    match gw
+        .egress
+        .connect(&dest.host, dest.port, decision.egress_source)
+        .await
+    {
         Ok(upstream) => {
             record.egress = upstream.local_addr().ok().map(|a| a.ip().to_string());
             gw.metrics.tunnels_open.inc();
-            let stats = crate::tunnel::relay(client, upstream, gw.config.limits.idle_timeout()).await;
+            let stats =
+                crate::tunnel::relay(client, upstream, gw.config.limits.idle_timeout()).await;
             gw.metrics.tunnels_open.dec();
             http_proxy::finish_tunnel(&gw, record, started, stats);
         }

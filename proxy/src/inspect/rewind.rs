@@ -14,12 +14,20 @@ pub struct Rewind<S> {
 
 impl<S> Rewind<S> {
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Rewind { prefix, pos: 0, inner }
+        Rewind {
+            prefix,
+            pos: 0,
+            inner,
+        }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         if this.pos < this.prefix.len() {
             let n = (this.prefix.len() - this.pos).min(buf.remaining());
@@ -36,7 +44,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -57,25 +69,39 @@ pub struct CountingIo<S> {
 
 impl<S> CountingIo<S> {
     pub fn new(inner: S) -> Self {
-        CountingIo { inner, read: Default::default(), written: Default::default() }
+        CountingIo {
+            inner,
+            read: Default::default(),
+            written: Default::default(),
+        }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for CountingIo<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         poll
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &poll {
-            self.written.fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.written
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         poll
     }

@@ -137,7 +137,6 @@ pub enum InspectedBody<B> {
     Prefixed(Replay<B>),
 }
 
-
 impl<B> Body for InspectedBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -145,7 +144,10 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.get_mut() {
             InspectedBody::Pass(b) => Pin::new(b).poll_frame(cx),
             InspectedBody::Prefixed(p) => Pin::new(p).poll_frame(cx),
@@ -240,7 +242,10 @@ where
             }
         }
     }
-    Ok(InspectedBody::Prefixed(Replay::new(frames, (!finished).then_some(body))))
+    Ok(InspectedBody::Prefixed(Replay::new(
+        frames,
+        (!finished).then_some(body),
+    )))
 }
 
 /// For callers that need a boxed body of the same error type.

@@ -136,7 +136,12 @@ pub async fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> 
     let limit = match get("limit").map(str::parse::<u64>) {
         None => DEFAULT_LIMIT,
         Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(_) => return reply(StatusCode::BAD_REQUEST, format!("limit must be 1..={MAX_LIMIT}")),
+        Some(_) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be 1..={MAX_LIMIT}"),
+            )
+        }
     };
     let format = match get("format").unwrap_or("json").parse::<OutputFormat>() {
         Ok(OutputFormat::Table) => OutputFormat::Json,
@@ -166,16 +171,27 @@ pub async fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> 
         Err(e) => return reply(StatusCode::BAD_REQUEST, e),
     };
     let dir = super::cli::log_dir(&gw.config);
-    let result = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, super::SearchStats)> {
-        let mut sink = Sink::new(format, Vec::new(), offset)?;
-        let stats = super::search(&dir, &q, |r| sink.write(&r).map(|_| true))?;
-        Ok((sink.finish()?, stats))
-    })
-    .await;
+    let result =
+        tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, super::SearchStats)> {
+            let mut sink = Sink::new(format, Vec::new(), offset)?;
+            let stats = super::search(&dir, &q, |r| sink.write(&r).map(|_| true))?;
+            Ok((sink.finish()?, stats))
+        })
+        .await;
     let (body, stats) = match result {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => return reply(StatusCode::INTERNAL_SERVER_ERROR, format!("log search failed: {e}")),
-        Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, format!("log search failed: {e}")),
+        Ok(Err(e)) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("log search failed: {e}"),
+            )
+        }
+        Err(e) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("log search failed: {e}"),
+            )
+        }
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     let (ctype, name) = match format {
@@ -196,8 +212,14 @@ pub async fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> 
     for (k, v) in [
         ("komugate-records", stats.records_matched.to_string()),
         ("komugate-limit-reached", stats.limit_reached.to_string()),
-        ("komugate-segments-opened", stats.segments_opened.to_string()),
-        ("komugate-segments-skipped", stats.segments_skipped_by_index.to_string()),
+        (
+            "komugate-segments-opened",
+            stats.segments_opened.to_string(),
+        ),
+        (
+            "komugate-segments-skipped",
+            stats.segments_skipped_by_index.to_string(),
+        ),
     ] {
         if let Ok(v) = HeaderValue::from_str(&v) {
             r.headers_mut().insert(k, v);
@@ -212,7 +234,9 @@ mod tests {
 
     #[test]
     fn query_strings() {
-        let p = parse_query_string("host=*.example.com&url-contains=a%2Fb+c&x=%E5%B1%B1&bad=%zz&end=%4");
+        let p = parse_query_string(
+            "host=*.example.com&url-contains=a%2Fb+c&x=%E5%B1%B1&bad=%zz&end=%4",
+        );
         assert_eq!(p[0], ("host".into(), "*.example.com".into()));
         assert_eq!(p[1], ("url-contains".into(), "a/b c".into()));
         assert_eq!(p[2].1, "山");

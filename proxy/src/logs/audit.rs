@@ -69,7 +69,9 @@ pub struct DiffSummary {
 impl DiffSummary {
     /// Compares rules given as `(name, digest-or-text)` pairs, in order.
     pub fn of_rules(old: &[(String, String)], new: &[(String, String)]) -> DiffSummary {
-        let find = |set: &[(String, String)], n: &str| set.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let find = |set: &[(String, String)], n: &str| {
+            set.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+        };
         let mut d = DiffSummary::default();
         for (name, body) in new {
             match find(old, name) {
@@ -168,13 +170,16 @@ impl AuditLog {
     /// A log whose last line is damaged is refused: run `komugate audit verify`.
     pub fn open(path: &Path) -> Result<AuditLog, String> {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let mut last: Option<String> = None;
         match File::open(path) {
             Ok(f) => {
                 for line in BufReader::new(f).lines() {
-                    let line = line.map_err(|e| format!("cannot read the audit log {}: {e}", path.display()))?;
+                    let line = line.map_err(|e| {
+                        format!("cannot read the audit log {}: {e}", path.display())
+                    })?;
                     if !line.trim().is_empty() {
                         last = Some(line);
                     }
@@ -249,7 +254,8 @@ pub struct VerifyReport {
 
 /// Checks the whole chain.
 pub fn verify(path: &Path) -> Result<VerifyReport, String> {
-    let f = File::open(path).map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+    let f = File::open(path)
+        .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
     let mut rep = VerifyReport {
         entries: 0,
         head: GENESIS.to_string(),
@@ -267,7 +273,8 @@ pub fn verify(path: &Path) -> Result<VerifyReport, String> {
         let e: AuditEntry = match serde_json::from_str(&line) {
             Ok(e) => e,
             Err(err) => {
-                rep.problems.push(format!("line {n}: not a valid audit entry ({err})"));
+                rep.problems
+                    .push(format!("line {n}: not a valid audit entry ({err})"));
                 continue;
             }
         };
@@ -365,7 +372,11 @@ mod tests {
     fn detects_edit_removal_reorder() {
         let d = tempfile::tempdir().unwrap();
         let p = sample(d.path());
-        let lines: Vec<String> = std::fs::read_to_string(&p).unwrap().lines().map(String::from).collect();
+        let lines: Vec<String> = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
         let write = |ls: &[String]| std::fs::write(&p, ls.join("\n") + "\n").unwrap();
 
         let mut edited = lines.clone();
@@ -373,7 +384,9 @@ mod tests {
         write(&edited);
         let r = verify(&p).unwrap();
         assert!(
-            r.problems.iter().any(|m| m.contains("line 2") && m.contains("edited")),
+            r.problems
+                .iter()
+                .any(|m| m.contains("line 2") && m.contains("edited")),
             "{:?}",
             r.problems
         );
@@ -382,7 +395,11 @@ mod tests {
         removed.remove(1);
         write(&removed);
         let r = verify(&p).unwrap();
-        assert!(r.problems.iter().any(|m| m.contains("removed")), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|m| m.contains("removed")),
+            "{:?}",
+            r.problems
+        );
 
         let mut reordered = lines.clone();
         reordered.swap(1, 2);

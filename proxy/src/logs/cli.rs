@@ -193,8 +193,8 @@ pub fn run_logs(cmd: LogsCommand) -> Result<()> {
             let dir = loc.resolve()?;
             let mut n = 0;
             for f in super::layout::closing_files(&dir) {
-                if let Some(seg) =
-                    super::writer::compact(&dir, &f, 6).with_context(|| format!("cannot compact {}", f.display()))?
+                if let Some(seg) = super::writer::compact(&dir, &f, 6)
+                    .with_context(|| format!("cannot compact {}", f.display()))?
                 {
                     println!("{}", seg.display());
                     n += 1;
@@ -203,7 +203,10 @@ pub fn run_logs(cmd: LogsCommand) -> Result<()> {
             eprintln!("{n} file(s) compacted");
             Ok(())
         }
-        LogsCommand::Sweep { loc, retention_days } => {
+        LogsCommand::Sweep {
+            loc,
+            retention_days,
+        } => {
             let dir = loc.resolve()?;
             let rep = super::writer::sweep(&dir, retention_days, current_ms())
                 .with_context(|| format!("retention sweep of {}", dir.display()))?;
@@ -216,7 +219,11 @@ pub fn run_logs(cmd: LogsCommand) -> Result<()> {
             );
             Ok(())
         }
-        LogsCommand::WriteTest { dir, rate, rotate_secs } => write_test(&dir, rate, rotate_secs),
+        LogsCommand::WriteTest {
+            dir,
+            rate,
+            rotate_secs,
+        } => write_test(&dir, rate, rotate_secs),
     }
 }
 
@@ -262,7 +269,8 @@ fn run_search(a: SearchArgs) -> Result<()> {
     let out: Box<dyn Write> = match &a.out {
         Some(p) => Box::new(io::BufWriter::with_capacity(
             1 << 20,
-            std::fs::File::create(p).with_context(|| format!("cannot create the output file {}", p.display()))?,
+            std::fs::File::create(p)
+                .with_context(|| format!("cannot create the output file {}", p.display()))?,
         )),
         None => Box::new(io::BufWriter::with_capacity(1 << 16, io::stdout().lock())),
     };
@@ -297,7 +305,11 @@ fn run_search(a: SearchArgs) -> Result<()> {
         );
     }
     if let Some(p) = &a.out {
-        eprintln!("{} record(s) written to {}", stats.records_matched, p.display());
+        eprintln!(
+            "{} record(s) written to {}",
+            stats.records_matched,
+            p.display()
+        );
     }
     Ok(())
 }
@@ -320,7 +332,12 @@ pub fn run_audit(cmd: AuditCommand) -> Result<()> {
             };
             let rep = super::audit::verify(&path).map_err(anyhow::Error::msg)?;
             if rep.problems.is_empty() {
-                println!("{}: ok, {} entries, head {}", path.display(), rep.entries, rep.head);
+                println!(
+                    "{}: ok, {} entries, head {}",
+                    path.display(),
+                    rep.entries,
+                    rep.head
+                );
                 Ok(())
             } else {
                 for p in &rep.problems {

@@ -30,7 +30,9 @@ impl std::str::FromStr for OutputFormat {
             "json" | "jsonl" | "ndjson" => Ok(OutputFormat::Json),
             "csv" => Ok(OutputFormat::Csv),
             "xlsx" | "excel" => Ok(OutputFormat::Xlsx),
-            _ => Err(format!("unknown format {s:?}: use table, json, csv or xlsx")),
+            _ => Err(format!(
+                "unknown format {s:?}: use table, json, csv or xlsx"
+            )),
         }
     }
 }
@@ -91,9 +93,18 @@ fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 21] {
 
 /// Where results go.
 pub enum Sink<W: Write> {
-    Table { out: W, offset_min: i32, header_done: bool },
-    Json { out: W },
-    Csv { out: csv::Writer<W>, offset_min: i32 },
+    Table {
+        out: W,
+        offset_min: i32,
+        header_done: bool,
+    },
+    Json {
+        out: W,
+    },
+    Csv {
+        out: csv::Writer<W>,
+        offset_min: i32,
+    },
     Xlsx(Box<XlsxSink<W>>),
 }
 
@@ -117,7 +128,9 @@ impl<W: Write> Sink<W> {
                 w.write_record(&header).map_err(csv_err)?;
                 Sink::Csv { out: w, offset_min }
             }
-            OutputFormat::Xlsx => Sink::Xlsx(Box::new(XlsxSink::new(out, offset_min, EXCEL_MAX_ROWS)?)),
+            OutputFormat::Xlsx => {
+                Sink::Xlsx(Box::new(XlsxSink::new(out, offset_min, EXCEL_MAX_ROWS)?))
+            }
         })
     }
 
@@ -154,7 +167,9 @@ impl<W: Write> Sink<W> {
                 serde_json::to_writer(&mut *out, r)?;
                 out.write_all(b"\n")
             }
-            Sink::Csv { out, offset_min } => out.write_record(text_fields(r, *offset_min)).map_err(csv_err),
+            Sink::Csv { out, offset_min } => out
+                .write_record(text_fields(r, *offset_min))
+                .map_err(csv_err),
             Sink::Xlsx(x) => x.write(r),
         }
     }
@@ -166,7 +181,9 @@ impl<W: Write> Sink<W> {
                 out.flush()?;
                 Ok(out)
             }
-            Sink::Csv { out, .. } => out.into_inner().map_err(|e| io::Error::other(e.to_string())),
+            Sink::Csv { out, .. } => out
+                .into_inner()
+                .map_err(|e| io::Error::other(e.to_string())),
             Sink::Xlsx(x) => x.finish(),
         }
     }
@@ -184,7 +201,11 @@ fn offset_label(offset_min: i32) -> String {
         "UTC".into()
     } else {
         let s = if offset_min < 0 { '-' } else { '+' };
-        format!("UTC{s}{:02}:{:02}", offset_min.abs() / 60, offset_min.abs() % 60)
+        format!(
+            "UTC{s}{:02}:{:02}",
+            offset_min.abs() / 60,
+            offset_min.abs() % 60
+        )
     }
 }
 
@@ -278,7 +299,8 @@ impl<W: Write> XlsxSink<W> {
         let f = text_fields(r, self.offset_min);
         let date = self.date.clone();
         let ws = self.current()?;
-        ws.write_datetime_with_format(row, 0, &dt, &date).map_err(xlsx_err)?;
+        ws.write_datetime_with_format(row, 0, &dt, &date)
+            .map_err(xlsx_err)?;
         for (c, v) in f.iter().enumerate().skip(1) {
             let c = c as u16;
             match c {

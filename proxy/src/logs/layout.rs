@@ -45,7 +45,12 @@ pub fn stamp_day(stamp: &str) -> Option<String> {
     if b.len() < 8 || !b[..8].iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(format!("{}-{}-{}", &stamp[0..4], &stamp[4..6], &stamp[6..8]))
+    Some(format!(
+        "{}-{}-{}",
+        &stamp[0..4],
+        &stamp[4..6],
+        &stamp[6..8]
+    ))
 }
 
 pub fn stamp_now() -> String {

@@ -30,7 +30,10 @@ impl Glob {
     pub fn matches(&self, host: &[u8]) -> bool {
         match self {
             Glob::Exact(e) => host.eq_ignore_ascii_case(e.as_bytes()),
-            Glob::Suffix(s) => host.len() >= s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()),
+            Glob::Suffix(s) => {
+                host.len() >= s.len()
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
             Glob::Any(p) => wildcard(p, host),
         }
     }
@@ -85,13 +88,28 @@ const SEP: char = '\u{1f}';
 impl Query {
     fn exact_fields(&self) -> [(Option<&String>, StrCol, IndexField, bool); 8] {
         [
-            (self.device.as_ref(), StrCol::Device, IndexField::Device, false),
+            (
+                self.device.as_ref(),
+                StrCol::Device,
+                IndexField::Device,
+                false,
+            ),
             (self.user.as_ref(), StrCol::User, IndexField::User, false),
             (self.group.as_ref(), StrCol::Groups, IndexField::Group, true),
             (self.site.as_ref(), StrCol::Site, IndexField::Site, false),
-            (self.action.as_ref(), StrCol::Action, IndexField::Action, false),
+            (
+                self.action.as_ref(),
+                StrCol::Action,
+                IndexField::Action,
+                false,
+            ),
             (self.rule.as_ref(), StrCol::Rule, IndexField::Rule, false),
-            (self.category.as_ref(), StrCol::Categories, IndexField::Category, true),
+            (
+                self.category.as_ref(),
+                StrCol::Categories,
+                IndexField::Category,
+                true,
+            ),
             (self.app.as_ref(), StrCol::App, IndexField::App, false),
         ]
     }
@@ -135,7 +153,8 @@ impl Query {
             return false;
         }
         let eq = |w: &Option<String>, v: &str| w.as_ref().is_none_or(|w| w == v);
-        let has = |w: &Option<String>, v: &[String]| w.as_ref().is_none_or(|w| v.iter().any(|x| x == w));
+        let has =
+            |w: &Option<String>, v: &[String]| w.as_ref().is_none_or(|w| v.iter().any(|x| x == w));
         eq(&self.device, &r.device)
             && eq(&self.user, &r.user)
             && has(&self.group, &r.groups)
@@ -144,9 +163,18 @@ impl Query {
             && eq(&self.rule, &r.rule)
             && has(&self.category, &r.categories)
             && eq(&self.app, &r.app)
-            && self.ips.as_ref().is_none_or(|w| ips_match(r.ips.as_bytes(), w))
-            && self.host.as_ref().is_none_or(|g| g.matches(r.host.as_bytes()))
-            && self.url_contains.as_ref().is_none_or(|u| r.target.contains(u.as_str()))
+            && self
+                .ips
+                .as_ref()
+                .is_none_or(|w| ips_match(r.ips.as_bytes(), w))
+            && self
+                .host
+                .as_ref()
+                .is_none_or(|g| g.matches(r.host.as_bytes()))
+            && self
+                .url_contains
+                .as_ref()
+                .is_none_or(|u| r.target.contains(u.as_str()))
     }
 
     /// Rows of a decoded block that match, in order.
@@ -222,7 +250,8 @@ impl Query {
 
 /// `--ips 2001` matches a record whose comma-separated IPS ids include 2001.
 fn ips_match(v: &[u8], want: &str) -> bool {
-    v.split(|&c| c == b',' || c == b' ').any(|x| x == want.as_bytes())
+    v.split(|&c| c == b',' || c == b' ')
+        .any(|x| x == want.as_bytes())
 }
 
 /// Parses a UTC offset like `+09:00`, `-05:30`, `Z`, `UTC`.
@@ -259,7 +288,8 @@ pub fn parse_time(s: &str, now: i64, offset_min: i32) -> Result<i64, String> {
         _ => {}
     }
     if let Some(rel) = t.strip_prefix('-') {
-        let (num, unit) = rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len()));
+        let (num, unit) =
+            rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len()));
         let n: i64 = num
             .parse()
             .map_err(|_| format!("time {s:?}: expected a number like -7d"))?;
@@ -269,7 +299,11 @@ pub fn parse_time(s: &str, now: i64, offset_min: i32) -> Result<i64, String> {
             "m" | "min" => 60_000,
             "s" => 1000,
             "w" => 7 * 86_400_000,
-            _ => return Err(format!("time {s:?}: unit must be d, h, m, s or w (like -7d)")),
+            _ => {
+                return Err(format!(
+                    "time {s:?}: unit must be d, h, m, s or w (like -7d)"
+                ))
+            }
         };
         return Ok(now - n * unit_ms);
     }
@@ -334,7 +368,9 @@ mod tests {
             parse_time("2025-04-01T17:00", now, 540).unwrap(),
             parse_rfc3339_ms("2025-04-01T08:00:00Z").unwrap()
         );
-        assert!(parse_time("last tuesday", now, 540).unwrap_err().contains("ISO 8601"));
+        assert!(parse_time("last tuesday", now, 540)
+            .unwrap_err()
+            .contains("ISO 8601"));
         assert!(parse_time("-7y", now, 540).is_err());
         assert_eq!(parse_offset("+09:00"), Ok(540));
         assert!(parse_offset("9").is_err());

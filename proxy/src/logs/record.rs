@@ -11,17 +11,33 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[serde(default)]
 pub struct LogRecord {
     /// Unix time in milliseconds (RFC 3339 text in JSON).
-    #[serde(rename = "time", serialize_with = "ser_time", deserialize_with = "de_time")]
+    #[serde(
+        rename = "time",
+        serialize_with = "ser_time",
+        deserialize_with = "de_time"
+    )]
     pub time_ms: i64,
     #[serde(deserialize_with = "nullable")]
     pub listener: String,
-    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub device: String,
-    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub user: String,
-    #[serde(deserialize_with = "nullable_vec", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "nullable_vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub groups: Vec<String>,
-    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub site: String,
     #[serde(deserialize_with = "nullable")]
     pub client: String,
@@ -38,20 +54,35 @@ pub struct LogRecord {
     pub action: String,
     #[serde(deserialize_with = "nullable")]
     pub rule: String,
-    #[serde(deserialize_with = "nullable_vec", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "nullable_vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub categories: Vec<String>,
-    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub app: String,
     /// IPS signature id(s) that fired, if any.
-    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub ips: String,
     pub status: u16,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
-    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub egress: String,
-    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub error: String,
 }
 
@@ -93,8 +124,11 @@ fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     match Option::<T>::deserialize(d)? {
         None => Ok(0),
         Some(T::Ms(ms)) => Ok(ms),
-        Some(T::Text(s)) => parse_rfc3339_ms(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("time {s:?} is not RFC 3339 (like 2025-04-01T08:00:00Z)"))),
+        Some(T::Text(s)) => parse_rfc3339_ms(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "time {s:?} is not RFC 3339 (like 2025-04-01T08:00:00Z)"
+            ))
+        }),
     }
 }
 
@@ -215,7 +249,10 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
             _ => return None,
         }
     }
-    Some(((days * 86_400 + h as i64 * 3600 + mi as i64 * 60 + sec as i64) - offset_min * 60) * 1000 + ms)
+    Some(
+        ((days * 86_400 + h as i64 * 3600 + mi as i64 * 60 + sec as i64) - offset_min * 60) * 1000
+            + ms,
+    )
 }
 
 /// `2025-04-01T08:00:00.123Z` (milliseconds, UTC).
@@ -229,7 +266,12 @@ pub fn format_with_offset(ms: i64, offset_min: i32, millis: bool) -> String {
     let days = local.div_euclid(86_400_000);
     let rem = local.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);
-    let (h, mi, s, f) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let (h, mi, s, f) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
     let mut out = format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
     if millis {
         out.push_str(&format!(".{f:03}"));
@@ -264,7 +306,10 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(host_of("http://WWW.Example.com:8080/a?b"), "www.example.com");
+        assert_eq!(
+            host_of("http://WWW.Example.com:8080/a?b"),
+            "www.example.com"
+        );
         assert_eq!(host_of("example.com:443"), "example.com");
         assert_eq!(host_of("[::1]:443"), "::1");
         assert_eq!(host_of("https://u:p@h.example./x"), "h.example");
@@ -277,14 +322,22 @@ mod tests {
         assert_eq!(format_rfc3339_ms(ms), "2025-04-01T08:00:00.123Z");
         assert_eq!(parse_rfc3339_ms("2025-04-01T17:00:00.123+09:00"), Some(ms));
         assert_eq!(parse_rfc3339_ms("2025-04-01T08:00:00.123456789Z"), Some(ms));
-        assert_eq!(parse_rfc3339_ms("2025-04-01"), Some(ms - 8 * 3_600_000 - 123));
-        assert_eq!(format_with_offset(ms, 540, false), "2025-04-01T17:00:00+09:00");
+        assert_eq!(
+            parse_rfc3339_ms("2025-04-01"),
+            Some(ms - 8 * 3_600_000 - 123)
+        );
+        assert_eq!(
+            format_with_offset(ms, 540, false),
+            "2025-04-01T17:00:00+09:00"
+        );
         assert_eq!(utc_day(ms), "2025-04-01");
         assert!(parse_rfc3339_ms("yesterday").is_none());
         assert!(parse_rfc3339_ms("2025-13-01").is_none());
         // Agrees with the time crate.
         let t = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        let s = t.format(&time::format_description::well_known::Rfc3339).unwrap();
+        let s = t
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
         assert_eq!(parse_rfc3339_ms(&s), Some(1_700_000_000_000));
     }
 

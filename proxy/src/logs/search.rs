@@ -32,7 +32,11 @@ pub struct SearchStats {
 
 /// Runs `q` over `dir`, calling `emit` for each match in order; `emit`
 /// returns `Ok(false)` to stop early.
-pub fn search(dir: &Path, q: &Query, mut emit: impl FnMut(LogRecord) -> io::Result<bool>) -> io::Result<SearchStats> {
+pub fn search(
+    dir: &Path,
+    q: &Query,
+    mut emit: impl FnMut(LogRecord) -> io::Result<bool>,
+) -> io::Result<SearchStats> {
     if !dir.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,

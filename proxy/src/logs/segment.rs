@@ -116,7 +116,10 @@ fn unzigzag(v: u64) -> i64 {
 }
 
 fn corrupt(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("corrupt log segment: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("corrupt log segment: {what}"),
+    )
 }
 
 /// A cursor over a byte slice with bounds-checked reads.
@@ -130,7 +133,10 @@ impl<'a> Cur<'a> {
         let mut v = 0u64;
         let mut shift = 0;
         loop {
-            let byte = *self.b.get(self.i).ok_or_else(|| corrupt("truncated varint"))?;
+            let byte = *self
+                .b
+                .get(self.i)
+                .ok_or_else(|| corrupt("truncated varint"))?;
             self.i += 1;
             v |= ((byte & 0x7f) as u64) << shift;
             if byte < 0x80 {
@@ -164,7 +170,10 @@ fn target_rest(target: &str, host: &str) -> String {
     }
     for (tag, prefix) in [('\u{2}', ""), ('\u{3}', "http://"), ('\u{4}', "https://")] {
         if let Some(rest) = target.strip_prefix(prefix) {
-            if rest.len() >= host.len() && rest.is_char_boundary(host.len()) && rest[..host.len()] == *host {
+            if rest.len() >= host.len()
+                && rest.is_char_boundary(host.len())
+                && rest[..host.len()] == *host
+            {
                 let mut s = String::with_capacity(1 + rest.len() - host.len());
                 s.push(tag);
                 s.push_str(&rest[host.len()..]);
@@ -193,7 +202,10 @@ fn target_from_rest(rest: &str, host: &str) -> String {
 
 fn split_client(client: &str) -> (&str, u16) {
     match client.rfind(':') {
-        Some(i) if !client[..i].is_empty() && (client.starts_with('[') || !client[..i].contains(':')) => {
+        Some(i)
+            if !client[..i].is_empty()
+                && (client.starts_with('[') || !client[..i].contains(':')) =>
+        {
             match client[i + 1..].parse::<u16>() {
                 Ok(p) if p != 0 => (&client[..i], p),
                 _ => (client, 0),
@@ -502,7 +514,9 @@ impl SegmentIndex {
         };
         while c.i < end {
             let Ok(len) = c.varint() else { return true };
-            let Ok(v) = c.bytes(len as usize) else { return true };
+            let Ok(v) = c.bytes(len as usize) else {
+                return true;
+            };
             if pred(v) {
                 return true;
             }
@@ -573,7 +587,8 @@ impl Block {
             offs.push(0u32);
             for _ in 0..k {
                 let len = c.varint()? as usize;
-                let s = std::str::from_utf8(c.bytes(len)?).map_err(|_| corrupt("dictionary value is not UTF-8"))?;
+                let s = std::str::from_utf8(c.bytes(len)?)
+                    .map_err(|_| corrupt("dictionary value is not UTF-8"))?;
                 text.push_str(s);
                 offs.push(text.len() as u32);
             }
@@ -614,7 +629,11 @@ impl Block {
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
             .collect();
-        let mut nums = [Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n)];
+        let mut nums = [
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        ];
         for col in nums.iter_mut() {
             for _ in 0..n {
                 col.push(c.varint()?);
@@ -638,7 +657,10 @@ impl Block {
     }
 
     pub fn target(&self, row: usize) -> String {
-        target_from_rest(self.col(StrCol::TargetRest).row(row), self.col(StrCol::Host).row(row))
+        target_from_rest(
+            self.col(StrCol::TargetRest).row(row),
+            self.col(StrCol::Host).row(row),
+        )
     }
 
     /// Materialises one row.
@@ -702,11 +724,15 @@ impl SegmentReader {
     pub fn open(path: &Path) -> io::Result<SegmentReader> {
         let mut r = BufReader::with_capacity(1 << 16, File::open(path)?);
         let mut magic = [0u8; 8];
-        r.read_exact(&mut magic).map_err(|_| corrupt("missing magic"))?;
+        r.read_exact(&mut magic)
+            .map_err(|_| corrupt("missing magic"))?;
         if &magic != SEG_MAGIC {
             return Err(corrupt("not a komugate segment (bad magic)"));
         }
-        Ok(SegmentReader { r, frame: Vec::new() })
+        Ok(SegmentReader {
+            r,
+            frame: Vec::new(),
+        })
     }
 
     /// The next block's header, or `None` at the end of the file.
@@ -739,7 +765,9 @@ impl SegmentReader {
         self.r
             .read_exact(&mut self.frame)
             .map_err(|_| corrupt("truncated block"))?;
-        let cap = (h.rows as usize).saturating_mul(512).clamp(1 << 16, 256 << 20);
+        let cap = (h.rows as usize)
+            .saturating_mul(512)
+            .clamp(1 << 16, 256 << 20);
         let body = zstd::bulk::decompress(&self.frame, cap)?;
         let b = Block::decode(&body)?;
         if b.rows != h.rows as usize {
@@ -787,7 +815,11 @@ mod tests {
             } else {
                 "[::1]:5".into()
             },
-            method: if i % 4 == 0 { "GET".into() } else { "CONNECT".into() },
+            method: if i % 4 == 0 {
+                "GET".into()
+            } else {
+                "CONNECT".into()
+            },
             target: if i % 4 == 0 {
                 format!("https://Host{}.example/p?q={i}", i % 9)
             } else {
@@ -796,7 +828,11 @@ mod tests {
             host: format!("host{}.example", i % 9),
             action: "allow".into(),
             rule: "default".into(),
-            categories: if i % 7 == 0 { vec!["social".into()] } else { vec![] },
+            categories: if i % 7 == 0 {
+                vec!["social".into()]
+            } else {
+                vec![]
+            },
             status: 200,
             bytes_up: i as u64 * 3,
             bytes_down: i as u64 * 1000,

@@ -162,7 +162,12 @@ impl ShipStop {
 }
 
 /// Starts a shipper thread for `target` reading `log_dir/ship/<name>`.
-pub fn spawn(log_dir: &Path, mut target: Box<dyn Target>, metrics: Arc<LogMetrics>, stop: ShipStop) -> io::Result<()> {
+pub fn spawn(
+    log_dir: &Path,
+    mut target: Box<dyn Target>,
+    metrics: Arc<LogMetrics>,
+    stop: ShipStop,
+) -> io::Result<()> {
     let qdir = log_dir.join(SHIP).join(target.name());
     std::fs::create_dir_all(&qdir)?;
     std::thread::Builder::new()
@@ -202,7 +207,9 @@ pub fn spawn(log_dir: &Path, mut target: Box<dyn Target>, metrics: Arc<LogMetric
 fn sleep_unless_stopped(stop: &ShipStop, d: Duration) {
     let end = Instant::now() + d;
     while !stop.stopped() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())),
+        );
     }
 }
 
@@ -213,7 +220,10 @@ fn enforce_cap(qdir: &Path, cap: u64, name: &'static str, metrics: &LogMetrics) 
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
         .collect();
     let mut total: u64 = sizes.iter().sum();
-    metrics.ship_queue_bytes.with_label_values(&[name]).set(total as i64);
+    metrics
+        .ship_queue_bytes
+        .with_label_values(&[name])
+        .set(total as i64);
     for (f, size) in files.iter().zip(sizes) {
         if total <= cap {
             break;
@@ -223,7 +233,10 @@ fn enforce_cap(qdir: &Path, cap: u64, name: &'static str, metrics: &LogMetrics) 
             .unwrap_or(0);
         if std::fs::remove_file(f).is_ok() {
             total -= size;
-            metrics.ship_dropped.with_label_values(&[name]).inc_by(lines as u64);
+            metrics
+                .ship_dropped
+                .with_label_values(&[name])
+                .inc_by(lines as u64);
             tracing::error!(
                 "LOG SHIPPING TO {name}: disk buffer over {} MB; dropped the oldest {lines} record(s) ({})",
                 cap >> 20,
@@ -235,7 +248,11 @@ fn enforce_cap(qdir: &Path, cap: u64, name: &'static str, metrics: &LogMetrics) 
 
 /// Reads one queue file: records after `skip` lines; a torn tail is ignored.
 fn load(file: &Path, skip: usize) -> io::Result<Vec<Shipped>> {
-    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("q").to_string();
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("q")
+        .to_string();
     let bytes = std::fs::read(file)?;
     let mut out = Vec::new();
     for (n, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
@@ -247,7 +264,11 @@ fn load(file: &Path, skip: usize) -> io::Result<Vec<Shipped>> {
                 id: format!("{stem}:{n}"),
                 rec,
             }),
-            Err(e) => tracing::warn!("{}: line {}: skipped unreadable record: {e}", file.display(), n + 1),
+            Err(e) => tracing::warn!(
+                "{}: line {}: skipped unreadable record: {e}",
+                file.display(),
+                n + 1
+            ),
         }
     }
     Ok(out)
@@ -269,7 +290,11 @@ fn ship_once(qdir: &Path, target: &mut dyn Target, metrics: &LogMetrics) -> Resu
     let mut done_files: Vec<PathBuf> = Vec::new();
     let mut partial: Option<(String, usize)> = None;
     for f in &files {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
         let skip = match &cursor {
             Some((cf, n)) if *cf == name => *n,
             _ => 0,
@@ -335,7 +360,8 @@ impl Syslog {
                 .ca_file
                 .as_ref()
                 .ok_or("[log.syslog] tls = true needs ca_file (the receiver's CA, PEM)")?;
-            let pem = std::fs::read(ca).map_err(|e| format!("[log.syslog] ca_file {}: {e}", ca.display()))?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("[log.syslog] ca_file {}: {e}", ca.display()))?;
             let mut roots = rustls::RootCertStore::empty();
             for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
                 let c: rustls_pki_types::CertificateDer =
@@ -380,7 +406,11 @@ impl Syslog {
 }
 
 fn sanitize(s: &str) -> String {
-    let v: String = s.chars().filter(|c| c.is_ascii_graphic()).take(48).collect();
+    let v: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(48)
+        .collect();
     if v.is_empty() {
         "-".into()
     } else {
@@ -435,7 +465,11 @@ impl Target for Syslog {
                     match tcp.read(&mut sink) {
                         Ok(0) => return Ok(()),
                         Ok(_) => {}
-                        Err(e) => return Err(format!("syslog {addr}: no acknowledgement (orderly close): {e}")),
+                        Err(e) => {
+                            return Err(format!(
+                                "syslog {addr}: no acknowledgement (orderly close): {e}"
+                            ))
+                        }
                     }
                 }
             }
@@ -447,7 +481,8 @@ impl Target for Syslog {
                 });
                 let name = rustls_pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| format!("syslog server name {host:?}: {e}"))?;
-                let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
+                let conn =
+                    rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
                 let mut s = rustls::StreamOwned::new(conn, tcp);
                 s.write_all(&payload).map_err(fail)?;
                 s.conn.send_close_notify();
@@ -462,7 +497,11 @@ impl Target for Syslog {
                         Ok(0) => return Ok(()),
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                        Err(e) => return Err(format!("syslog {addr}: no acknowledgement (orderly close): {e}")),
+                        Err(e) => {
+                            return Err(format!(
+                                "syslog {addr}: no acknowledgement (orderly close): {e}"
+                            ))
+                        }
                     }
                 }
             }
@@ -483,10 +522,12 @@ pub struct ClickHouse {
 
 impl ClickHouse {
     pub fn new(cfg: ClickHouseTarget, retention_days: u32) -> Result<ClickHouse, String> {
-        let rest = cfg
-            .url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("[log.clickhouse] url {:?} must be like http://127.0.0.1:8123", cfg.url))?;
+        let rest = cfg.url.strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "[log.clickhouse] url {:?} must be like http://127.0.0.1:8123",
+                cfg.url
+            )
+        })?;
         let host_port = rest.trim_end_matches('/').to_string();
         if host_port.is_empty() || host_port.contains('/') {
             return Err(format!(
@@ -494,7 +535,8 @@ impl ClickHouse {
                 cfg.url
             ));
         }
-        let ident_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ident_ok =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ident_ok(&cfg.database) || !ident_ok(&cfg.table) {
             return Err("[log.clickhouse] database and table must be letters, digits and _".into());
         }
@@ -556,7 +598,8 @@ impl ClickHouse {
             loop {
                 let mut size = String::new();
                 r.read_line(&mut size).map_err(fail)?;
-                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                    .unwrap_or(0);
                 if n == 0 {
                     break;
                 }
@@ -583,11 +626,17 @@ impl ClickHouse {
             return Ok(());
         }
         let version = self.query("SELECT version()", b"")?;
-        let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let mut parts = version
+            .trim()
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
         let (maj, min) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         self.has_ttl = maj > 19 || (maj == 19 && min >= 6);
         if self.cfg.create_table {
-            self.query(&format!("CREATE DATABASE IF NOT EXISTS {}", self.cfg.database), b"")?;
+            self.query(
+                &format!("CREATE DATABASE IF NOT EXISTS {}", self.cfg.database),
+                b"",
+            )?;
             let ttl = if self.has_ttl {
                 format!("TTL date + INTERVAL {} DAY", self.retention_days)
             } else {
@@ -713,7 +762,10 @@ pub fn targets(
         v.push(Box::new(Syslog::new(syslog.clone())?));
     }
     if clickhouse.enabled {
-        v.push(Box::new(ClickHouse::new(clickhouse.clone(), retention_days)?));
+        v.push(Box::new(ClickHouse::new(
+            clickhouse.clone(),
+            retention_days,
+        )?));
     }
     Ok(v)
 }
@@ -737,7 +789,10 @@ mod tests {
             target: "x.example:443".into(),
             ..Default::default()
         };
-        let m = s.format(&Shipped { id: "a:1".into(), rec });
+        let m = s.format(&Shipped {
+            id: "a:1".into(),
+            rec,
+        });
         assert!(
             m.starts_with("<133>1 2023-11-14T22:13:20.123Z gw1 komugate - access [komugate@32473 id=\"a:1\"] {"),
             "{m}"
@@ -746,7 +801,10 @@ mod tests {
 
     #[test]
     fn config_errors_are_clear() {
-        assert!(Syslog::new(SyslogTarget::default()).err().unwrap().contains("address"));
+        assert!(Syslog::new(SyslogTarget::default())
+            .err()
+            .unwrap()
+            .contains("address"));
         let c = ClickHouseTarget {
             url: "https://x".into(),
             ..Default::default()

@@ -95,7 +95,8 @@ pub struct LogMetrics {
 impl LogMetrics {
     pub fn new(m: &Metrics) -> LogMetrics {
         let c = |n: &str, h: &str| IntCounter::new(n, h).expect("metric");
-        let v = |n: &str, h: &str| IntCounterVec::new(Opts::new(n, h), &["target"]).expect("metric");
+        let v =
+            |n: &str, h: &str| IntCounterVec::new(Opts::new(n, h), &["target"]).expect("metric");
         let lm = LogMetrics {
             written: c(
                 "komugate_access_log_records_total",
@@ -167,7 +168,9 @@ impl Submitter {
     pub fn submit(&self, record: AccessRecord) {
         let rec = match self.tx.try_send(Msg::Rec(Box::new(record))) {
             Ok(()) => return,
-            Err(TrySendError::Full(Msg::Rec(r))) | Err(TrySendError::Disconnected(Msg::Rec(r))) => r,
+            Err(TrySendError::Full(Msg::Rec(r))) | Err(TrySendError::Disconnected(Msg::Rec(r))) => {
+                r
+            }
             Err(_) => return,
         };
         match self.spill_tx.try_send(rec) {
@@ -226,11 +229,15 @@ impl WriterHandle {
 }
 
 /// Recovers the directory, then starts the writer, spill and compactor threads.
-pub fn start(settings: WriterSettings, metrics: &Metrics) -> io::Result<(Submitter, WriterHandle, Arc<LogMetrics>)> {
+pub fn start(
+    settings: WriterSettings,
+    metrics: &Metrics,
+) -> io::Result<(Submitter, WriterHandle, Arc<LogMetrics>)> {
     let lm = Arc::new(LogMetrics::new(metrics));
     let dir = settings.dir();
     for sub in [SEGMENTS, CLOSING, SPILL] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| with_path(e, &dir.join(sub), "create the log directory"))?;
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|e| with_path(e, &dir.join(sub), "create the log directory"))?;
     }
     for q in &settings.ship_queues {
         let qd = dir.join(SHIP).join(q);
@@ -244,7 +251,9 @@ pub fn start(settings: WriterSettings, metrics: &Metrics) -> io::Result<(Submitt
         .map(|m| m.len() > 0)
         .unwrap_or(false)
     {
-        let to = dir.join(CLOSING).join(format!("{}.jsonl", layout::stamp_now()));
+        let to = dir
+            .join(CLOSING)
+            .join(format!("{}.jsonl", layout::stamp_now()));
         std::fs::rename(&settings.live_file, &to)
             .map_err(|e| with_path(e, &settings.live_file, "close the previous live file"))?;
         sync_dir(&dir.join(CLOSING));
@@ -435,10 +444,16 @@ impl Writer {
         if self.buf.is_empty() {
             return;
         }
-        let res = self.live.write_all(&self.buf).and_then(|_| self.live.flush());
+        let res = self
+            .live
+            .write_all(&self.buf)
+            .and_then(|_| self.live.flush());
         if let Err(e) = res {
             self.lm.write_errors.inc();
-            tracing::error!("cannot write the access log {}: {e}", self.s.live_file.display());
+            tracing::error!(
+                "cannot write the access log {}: {e}",
+                self.s.live_file.display()
+            );
         }
         for t in &mut self.tees {
             if let Err(e) = tee_write(t, &self.buf) {
@@ -453,17 +468,28 @@ impl Writer {
     fn sync(&mut self) {
         self.write_batch();
         if self.dirty {
-            if let Err(e) = self.live.flush().and_then(|_| self.live.get_ref().sync_data()) {
+            if let Err(e) = self
+                .live
+                .flush()
+                .and_then(|_| self.live.get_ref().sync_data())
+            {
                 self.lm.write_errors.inc();
-                tracing::error!("cannot sync the access log {}: {e}", self.s.live_file.display());
+                tracing::error!(
+                    "cannot sync the access log {}: {e}",
+                    self.s.live_file.display()
+                );
             }
             for t in &mut self.tees {
                 if let Some((part, mut f)) = t.part.take() {
                     let res = f.flush().and_then(|_| f.get_ref().sync_data());
                     drop(f);
-                    let res = res.and_then(|_| std::fs::rename(&part, part.with_extension("jsonl")));
+                    let res =
+                        res.and_then(|_| std::fs::rename(&part, part.with_extension("jsonl")));
                     if let Err(e) = res {
-                        tracing::error!("cannot seal the shipping queue file {}: {e}", part.display());
+                        tracing::error!(
+                            "cannot seal the shipping queue file {}: {e}",
+                            part.display()
+                        );
                     }
                     sync_dir(&t.dir);
                 }
@@ -492,7 +518,11 @@ impl Writer {
         for f in &files {
             match std::fs::read(f) {
                 Ok(mut bytes) => {
-                    let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+                    let keep = bytes
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map(|i| i + 1)
+                        .unwrap_or(0);
                     bytes.truncate(keep);
                     self.buf.extend_from_slice(&bytes);
                     self.write_batch();
@@ -515,10 +545,16 @@ impl Writer {
         {
             return;
         }
-        let to = self.dir.join(CLOSING).join(format!("{}.jsonl", layout::stamp(now)));
+        let to = self
+            .dir
+            .join(CLOSING)
+            .join(format!("{}.jsonl", layout::stamp(now)));
         if let Err(e) = std::fs::rename(&self.s.live_file, &to) {
             self.lm.write_errors.inc();
-            tracing::error!("cannot rotate {}: {e}; keeping it open", self.s.live_file.display());
+            tracing::error!(
+                "cannot rotate {}: {e}; keeping it open",
+                self.s.live_file.display()
+            );
             return;
         }
         sync_dir(&self.dir.join(CLOSING));
@@ -597,7 +633,12 @@ fn next_rotation(now: i64, rotate_secs: u64) -> i64 {
     (now.div_euclid(p) + 1) * p
 }
 
-fn spill_thread(dir: PathBuf, rx: Receiver<Box<AccessRecord>>, fsync: Duration, lm: Arc<LogMetrics>) {
+fn spill_thread(
+    dir: PathBuf,
+    rx: Receiver<Box<AccessRecord>>,
+    fsync: Duration,
+    lm: Arc<LogMetrics>,
+) {
     let mut cur: Option<(PathBuf, BufWriter<File>)> = None;
     let mut next_seal = Instant::now() + fsync;
     let seal = |cur: &mut Option<(PathBuf, BufWriter<File>)>| {
@@ -618,13 +659,17 @@ fn spill_thread(dir: PathBuf, rx: Receiver<Box<AccessRecord>>, fsync: Duration, 
                         Ok(f) => cur = Some((p, BufWriter::with_capacity(1 << 20, f))),
                         Err(e) => {
                             lm.dropped.inc();
-                            tracing::error!("ACCESS RECORD DROPPED: cannot open the spill file {}: {e}", p.display());
+                            tracing::error!(
+                                "ACCESS RECORD DROPPED: cannot open the spill file {}: {e}",
+                                p.display()
+                            );
                             continue;
                         }
                     }
                 }
                 if let Some((_, f)) = &mut cur {
-                    let ok = serde_json::to_writer(&mut *f, &*r).is_ok() && f.write_all(b"\n").is_ok();
+                    let ok =
+                        serde_json::to_writer(&mut *f, &*r).is_ok() && f.write_all(b"\n").is_ok();
                     if !ok {
                         lm.dropped.inc();
                         tracing::error!("ACCESS RECORD DROPPED: cannot write to the spill queue");
@@ -682,7 +727,10 @@ pub fn compact(dir: &Path, closing: &Path, zstd_level: i32) -> io::Result<Option
         }
     }
     if bad > 0 {
-        tracing::warn!("{}: skipped {bad} incomplete or unreadable line(s)", closing.display());
+        tracing::warn!(
+            "{}: skipped {bad} incomplete or unreadable line(s)",
+            closing.display()
+        );
     }
     if w.count() == 0 {
         drop(w);

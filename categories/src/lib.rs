@@ -79,6 +79,7 @@
 //! versioned, CRC-32-checked header so they load with a few `memcpy`s.
 
 mod import;
+mod labels;
 mod matcher;
 mod normalize;
 mod set;
@@ -89,6 +90,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use import::MatcherBuilder;
+pub use labels::{category_label, category_label_ja, labelled_categories, CategoryLabel};
 pub use matcher::Matcher;
 pub use normalize::normalize_host;
 pub use set::{CategorySet, MAX_CATEGORIES};

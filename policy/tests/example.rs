@@ -42,6 +42,48 @@ fn req<'a>(device: Option<&'a str>, ip: &str, url: &'a str) -> Request<'a> {
 const SCHOOL: &str = "203.0.113.3"; // 豊科南小学校
 const HOME: &str = "192.0.2.77";
 
+/// The board's 17 schools, exactly as the specification names them (10
+/// elementary, 7 junior high), in the example's order.
+const SEED_SCHOOLS: [&str; 17] = [
+    "豊科南小学校",
+    "豊科北小学校",
+    "豊科東小学校",
+    "穂高南小学校",
+    "穂高北小学校",
+    "穂高西小学校",
+    "三郷小学校",
+    "堀金小学校",
+    "明南小学校",
+    "明北小学校",
+    "豊科南中学校",
+    "豊科北中学校",
+    "穂高東中学校",
+    "穂高西中学校",
+    "三郷中学校",
+    "堀金中学校",
+    "明科中学校",
+];
+
+#[test]
+fn example_has_the_seeds_seventeen_schools_by_name() {
+    let p = example();
+    let schools: Vec<&str> = p
+        .sites()
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| n.ends_with("小学校") || n.ends_with("中学校"))
+        .collect();
+    assert_eq!(schools, SEED_SCHOOLS);
+    // Besides the schools: the hospital classroom (by assertion) and the board office.
+    let others: Vec<&str> = p
+        .sites()
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| !SEED_SCHOOLS.contains(n))
+        .collect();
+    assert_eq!(others, ["院内学級", "教育委員会事務局"]);
+}
+
 #[test]
 fn example_loads_and_locates() {
     let p = example();

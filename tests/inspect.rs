@@ -660,3 +660,31 @@ async fn ips_rules_apply_inside_inspected_tunnels() {
     assert_eq!(rec["decision"], "block");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn inspected_requests_never_reach_the_gateways_own_listeners() {
+    let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();
+    let gw = inspecting_gateway(&upstream_ca, |_| {}).await;
+    for port in [gw.admin().port(), gw.mtls().port(), gw.plain().port()] {
+        // localhost.rebind.test resolves to 127.0.0.1, an allowed destination.
+        let authority = format!("localhost.rebind.test:{port}");
+        let tunnel = connect_tunnel(&gw, &authority).await;
+        let tls = within(
+            "client handshake",
+            tls_over(
+                tunnel,
+                "localhost.rebind.test",
+                trust_only(gw.tls().server_ca(), &[b"http/1.1"]),
+            ),
+        )
+        .await
+        .unwrap();
+        let answers = within(
+            "inspected request",
+            send(tls, vec![get(&authority, "/metrics", false)]),
+        )
+        .await;
+        assert_eq!(answers[0].0, StatusCode::FORBIDDEN, "{authority}");
+        assert_eq!(answers[0].1["komugate-rule"], "own-listener", "{authority}");
+    }
+}

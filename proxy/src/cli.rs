@@ -85,6 +85,9 @@ enum PkiCommand {
         /// Overwrite existing keys and certificates.
         #[arg(long)]
         force: bool,
+        /// Audit log to record this in (default: audit.log next to --dir).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
     },
     /// Issue a device certificate signed by the device CA.
     IssueDevice {
@@ -101,6 +104,30 @@ enum PkiCommand {
         days: u32,
         #[arg(long)]
         force: bool,
+        /// Audit log to record this in (default: audit.log next to --dir).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+    /// Revoke a device certificate: add its serial to the revoked-serials list
+    /// ([tls] revoked_serials) that the gateway applies at its next reload.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's serial number (hex; colons allowed).
+        #[arg(long, required_unless_present = "cert", conflicts_with = "cert")]
+        serial: Option<String>,
+        /// The certificate file (PEM) to take the serial from.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Why (lost, stolen, replaced ...); recorded in the list and the audit log.
+        #[arg(long)]
+        reason: String,
+        /// The revoked-serials list (default: DIR/revoked-serials.txt).
+        #[arg(long)]
+        list: Option<PathBuf>,
+        /// Audit log to record this in (default: audit.log next to --dir).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
     },
 }
 
@@ -191,14 +218,31 @@ fn pki(cmd: PkiCommand) -> Result<()> {
             }
             Ok(())
         }
-        PkiCommand::Init { dir, sans, force } => {
+        PkiCommand::Init {
+            dir,
+            sans,
+            force,
+            audit_log,
+        } => {
             let sans = if sans.is_empty() {
                 default_sans()
             } else {
                 sans
             };
+            let before = crate::pki_audit::PkiSnapshot::take(&dir);
             crate::pki::init(&dir, &sans, force)?;
-            println!("PKI written to {}", dir.display());
+            let audit = crate::pki_audit::audit_log_path(&dir, audit_log);
+            let command = if force {
+                "komugate pki init --force"
+            } else {
+                "komugate pki init"
+            };
+            before.record_init(&audit, &crate::logs::audit::cli_actor(), command)?;
+            println!(
+                "PKI written to {} (audited in {})",
+                dir.display(),
+                audit.display()
+            );
             println!("  device-ca.pem/.key    signs device certificates");
             println!("  inspect-ca.pem/.key   the CA laptops trust (TLS inspection, gateway certificate)");
             println!(
@@ -214,6 +258,7 @@ fn pki(cmd: PkiCommand) -> Result<()> {
             out,
             days,
             force,
+            audit_log,
         } => {
             let (cert, key) = crate::pki::issue_device(
                 &dir,
@@ -225,11 +270,49 @@ fn pki(cmd: PkiCommand) -> Result<()> {
                 &out,
                 force,
             )?;
+            let audit = crate::pki_audit::audit_log_path(&dir, audit_log);
+            crate::pki_audit::record_issue(
+                &audit,
+                &crate::logs::audit::cli_actor(),
+                &cert,
+                &device,
+                &groups,
+            )?;
             println!(
                 "device certificate for {device}: {} (key {})",
                 cert.display(),
                 key.display()
             );
+            Ok(())
+        }
+        PkiCommand::Revoke {
+            dir,
+            serial,
+            cert,
+            reason,
+            list,
+            audit_log,
+        } => {
+            let target = match (serial, cert) {
+                (Some(s), _) => crate::pki_audit::RevokeTarget::Serial(s),
+                (None, Some(c)) => crate::pki_audit::RevokeTarget::Cert(c),
+                (None, None) => anyhow::bail!("give --serial HEX or --cert FILE"),
+            };
+            let list = list.unwrap_or_else(|| dir.join("revoked-serials.txt"));
+            let audit = crate::pki_audit::audit_log_path(&dir, audit_log);
+            let (serial, new) = crate::pki_audit::revoke(
+                &list,
+                &target,
+                &reason,
+                &audit,
+                &crate::logs::audit::cli_actor(),
+            )?;
+            if new {
+                println!("serial {serial} revoked: added to {}", list.display());
+                println!("  the gateway applies it at its next reload (SIGHUP, POST /admin/reload, or by itself when [tls] revoked_serials names this file and [policy] watch is on)");
+            } else {
+                println!("serial {serial} is already in {}", list.display());
+            }
             Ok(())
         }
     }
@@ -257,8 +340,11 @@ pub fn prepare(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<Conf
     })?;
     if config.data.create_pki {
         let pki_dir = config.data.dir.join("pki");
+        let audit = config.data_path(&config.log.audit_log);
+        let before = crate::pki_audit::PkiSnapshot::take(&pki_dir);
         if crate::pki::ensure(&pki_dir, &default_sans())? {
             tracing::info!("created the demo PKI in {}", pki_dir.display());
+            before.record_init(&audit, "komugate serve", "[data] create_pki on first start")?;
         }
         if !config.data.demo_device.is_empty() {
             let prefix = pki_dir.join("demo-device");
@@ -272,6 +358,13 @@ pub fn prepare(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<Conf
                     },
                     &prefix,
                     false,
+                )?;
+                crate::pki_audit::record_issue(
+                    &audit,
+                    "komugate serve ([data] demo_device on first start)",
+                    &prefix.with_extension("pem"),
+                    &config.data.demo_device,
+                    &["demo".to_string()],
                 )?;
             }
         }
@@ -287,16 +380,27 @@ fn serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let drain = Duration::from_secs(config.limits.drain_secs);
+        let stop_demo = tokio_util::sync::CancellationToken::new();
+        let demo_origin = match config.data.demo_origin.trim() {
+            "" => None,
+            addr => {
+                let addr = addr.parse().with_context(|| {
+                    format!("[data] demo_origin {addr:?} is not an address like 127.0.0.1:8081")
+                })?;
+                Some(crate::demo_origin::start(addr, stop_demo.clone()).await?)
+            }
+        };
         let running = crate::gateway::start(config).await?;
-        print_banner(&running);
+        print_banner(&running, demo_origin);
         wait_for_signal().await;
+        stop_demo.cancel();
         eprintln!("komugate: shutting down: no new connections; draining for up to {drain:?}");
         running.shutdown(drain).await;
         Ok(())
     })
 }
 
-fn print_banner(running: &crate::gateway::Running) {
+fn print_banner(running: &crate::gateway::Running, demo_origin: Option<std::net::SocketAddr>) {
     let config = &running.gateway.config;
     let addrs = &running.addrs;
     let data = &config.data.dir;
@@ -323,19 +427,30 @@ fn print_banner(running: &crate::gateway::Running) {
         "  access log         {}",
         config.data_path(&config.log.access_log).display()
     );
-    if let (Some(admin), Some(plain)) = (addrs.admin, addrs.plain) {
-        println!("\nTry it (the request goes through the proxy to the admin listener):");
-        println!("  curl -x http://{plain} http://{admin}/healthz");
+    if let Some(origin) = demo_origin {
+        println!("  demo origin        http://{origin}/  (a hello page to proxy to)");
+    }
+    if let Some(admin) = addrs.admin {
+        println!("\nTry it:");
+        println!("  curl http://{admin}/healthz");
+    }
+    if let (Some(origin), Some(plain)) = (demo_origin, addrs.plain) {
+        println!("  curl -x http://{plain} http://{origin}/");
         println!(
             "  curl -x http://{plain} http://blocked.example/      # blocked: 403 + block page"
         );
+        if let Some(admin) = addrs.admin {
+            println!(
+                "  curl -x http://{plain} http://{admin}/metrics      # refused: the gateway's own listeners are never a destination"
+            );
+        }
     }
-    if let (Some(admin), Some(mtls)) = (addrs.admin, addrs.mtls) {
+    if let (Some(origin), Some(mtls)) = (demo_origin, addrs.mtls) {
         let pki = data.join("pki");
         let demo = pki.join("demo-device");
         if demo.with_extension("pem").exists() {
             println!(
-                "  curl --proxy https://localhost:{} --proxy-cacert {} --proxy-cert {} --proxy-key {} http://{admin}/healthz",
+                "  curl --proxy https://localhost:{} --proxy-cacert {} --proxy-cert {} --proxy-key {} http://{origin}/",
                 mtls.port(),
                 pki.join("inspect-ca.pem").display(),
                 demo.with_extension("pem").display(),

@@ -101,6 +101,9 @@ pub struct DataConfig {
     pub create_pki: bool,
     #[serde(default)]
     pub demo_device: String,
+    /// The demo's origin web server (`crate::demo_origin`); "" = off.
+    #[serde(default)]
+    pub demo_origin: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,10 +9,9 @@
 //!   CRLs are still used (not enforced), so a stale CRL never locks every laptop out.
 //!   On top of that, a plain deny list of serials (one hex serial per line, `#` comments,
 //!   colons and `0x` allowed, case-insensitive, leading zeros ignored) rejects listed
-//!   certs with `CertificateError::Revoked`. Both are read when the config is built:
-//!   reloading means building a new config (done together with the policy reload).
-//!   Resumed sessions are not re-verified, but the session cache lives in the config,
-//!   so after a reload every device does a full handshake against the new lists.
+//!   certs with `CertificateError::Revoked`. Both are read when the config is built.
+//! * [`DeviceAuth`]: the listener's TLS state, rebuilt from the files on every
+//!   reload, and the per-connection check that makes resumption safe (see there).
 //! * [`identity_from_cert`] / [`identity_of`] turn the verified cert into a
 //!   [`DeviceIdentity`]; [`handshake_failure_reason`] maps a failed accept to a metric label.
 
@@ -52,8 +51,8 @@ pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// Resumable sessions kept per server config (about 1 KiB each with the client cert).
 pub const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
-/// Build the rustls server config for the mTLS proxy listener.
-pub fn server_config(cfg: &DeviceAuthConfig) -> Result<Arc<rustls::ServerConfig>> {
+/// The rustls server config for the mTLS proxy listener, and its verifier.
+fn build(cfg: &DeviceAuthConfig) -> Result<(Arc<rustls::ServerConfig>, Arc<DeviceCertVerifier>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     let chain = pki::load_certs(&cfg.server_cert)?;
@@ -96,12 +95,13 @@ pub fn server_config(cfg: &DeviceAuthConfig) -> Result<Arc<rustls::ServerConfig>
         inner: webpki,
         revoked,
         anchor_key_ids,
+        crl_count: n_crls,
     });
 
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("selecting TLS versions")?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .with_context(|| {
             format!(
@@ -112,9 +112,11 @@ pub fn server_config(cfg: &DeviceAuthConfig) -> Result<Arc<rustls::ServerConfig>
         })?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     // Laptops open tens of connections each at the 08:00 peak: let them resume instead
-    // of repeating the full ECDHE + client-cert verification every time. The cache
-    // belongs to this config, so a reload (new config, new CRLs / deny list) also ends
-    // resumption of sessions established under the old lists.
+    // of repeating the full ECDHE handshake every time. Sessions are kept in this
+    // config's memory cache (no stateless tickets: nothing a client holds can outlive
+    // the cache), so building a new config on reload ends every older session.
+    // Resumption skips rustls' client-certificate verifier: DeviceAuth::admit
+    // re-verifies the certificate on every connection.
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     tracing::debug!(
         device_ca = %cfg.device_ca.display(),
@@ -122,7 +124,221 @@ pub fn server_config(cfg: &DeviceAuthConfig) -> Result<Arc<rustls::ServerConfig>
         revoked_serials = n_revoked,
         "built mTLS server config"
     );
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
+}
+
+/// Build the rustls server config for the mTLS proxy listener.
+pub fn server_config(cfg: &DeviceAuthConfig) -> Result<Arc<rustls::ServerConfig>> {
+    build(cfg).map(|(config, _)| config)
+}
+
+/// The mTLS listener's TLS state and the device certificate check that holds
+/// on every connection.
+///
+/// rustls verifies the client certificate during a full handshake only: a
+/// resumed session (TLS 1.2 session id, TLS 1.3 PSK) carries the certificate
+/// it was established with, unchecked. So an expired or revoked certificate
+/// would keep working as long as the client resumes. Two measures close that:
+///
+/// 1. [`DeviceAuth::admit`] re-verifies the peer's certificate chain on every
+///    accepted connection, full or resumed, with the verifier of the *current*
+///    generation (device CA, CRLs, revoked serials) at the current time; this is
+///    where the device identity is derived, so no connection gets an identity
+///    from an unchecked certificate. And [`DeviceAuth::until_invalid`] ends an
+///    open connection when its certificate expires or a reload no longer
+///    accepts it.
+/// 2. [`DeviceAuth::reload`] rebuilds the server config from the files, with a
+///    new session cache, so sessions from before a reload cannot resume at all.
+///
+/// (1) alone is sufficient for safety; (2) makes a CA change or a revocation
+/// apply without a restart and bounds what an old session could be worth. The
+/// cost of (1) is one certificate-chain verification per connection
+/// (tens of microseconds), against the handshake's ECDHE that resumption saves.
+pub struct DeviceAuth {
+    files: DeviceAuthConfig,
+    current: arc_swap::ArcSwap<Generation>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+struct Generation {
+    server: Arc<rustls::ServerConfig>,
+    verifier: Arc<DeviceCertVerifier>,
+    number: u64,
+    /// Digest of the trust files' contents (device CA, CRLs, revoked serials,
+    /// server certificate), to tell the audit log when they changed.
+    fingerprint: String,
+}
+
+/// What a reload changed in the files the mTLS listener trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustChange {
+    pub old_fingerprint: String,
+    pub new_fingerprint: String,
+    /// e.g. "device CA 1 certificate(s), 1 CRL file(s), 3 revoked serial(s)".
+    pub detail: String,
+}
+
+/// A device admitted on a connection: who, and until when its certificate is valid.
+#[derive(Debug, Clone)]
+pub struct AdmittedDevice {
+    pub identity: DeviceIdentity,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub not_after: std::time::SystemTime,
+}
+
+impl DeviceAuth {
+    pub fn load(files: DeviceAuthConfig) -> Result<DeviceAuth> {
+        let (server, verifier) = build(&files)?;
+        let fingerprint = trust_fingerprint(&files);
+        Ok(DeviceAuth {
+            files,
+            current: arc_swap::ArcSwap::from_pointee(Generation {
+                server,
+                verifier,
+                number: 1,
+                fingerprint,
+            }),
+            changed: tokio::sync::watch::channel(1).0,
+        })
+    }
+
+    /// The server config new connections are accepted with.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.current.load().server.clone()
+    }
+
+    /// The files this state is built from.
+    pub fn files(&self) -> &DeviceAuthConfig {
+        &self.files
+    }
+
+    /// Rebuilds everything from the files; on an error the running state
+    /// stays. Open connections are re-checked against the new state.
+    /// Returns what changed in the trust files, if anything.
+    pub fn reload(&self) -> Result<Option<TrustChange>> {
+        let (server, verifier) = build(&self.files)?;
+        let fingerprint = trust_fingerprint(&self.files);
+        let old = self.current.load_full();
+        let detail = format!(
+            "device CA {} certificate(s), {} CRL(s), {} revoked serial(s)",
+            verifier.anchor_key_ids.len().max(1),
+            verifier.crl_count,
+            verifier.revoked.len()
+        );
+        self.current.store(Arc::new(Generation {
+            server,
+            verifier,
+            number: old.number + 1,
+            fingerprint: fingerprint.clone(),
+        }));
+        self.changed.send_replace(old.number + 1);
+        Ok((old.fingerprint != fingerprint).then(|| TrustChange {
+            old_fingerprint: old.fingerprint.clone(),
+            new_fingerprint: fingerprint,
+            detail,
+        }))
+    }
+
+    /// Checks the certificate of an accepted connection now, against the
+    /// current CA and revocation state, and derives the device identity.
+    pub fn admit(&self, conn: &rustls::ServerConnection) -> Result<AdmittedDevice, AdmitError> {
+        let chain: Vec<CertificateDer<'static>> = conn
+            .peer_certificates()
+            .ok_or(AdmitError::Certificate(
+                rustls::Error::NoCertificatesPresented,
+            ))?
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .collect();
+        self.verify(&chain).map_err(AdmitError::Certificate)?;
+        let identity = identity_from_cert(&chain[0]).map_err(AdmitError::Identity)?;
+        let (_, x) = x509_parser::parse_x509_certificate(chain[0].as_ref()).map_err(|_| {
+            AdmitError::Certificate(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ))
+        })?;
+        let not_after = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(x.validity().not_after.timestamp().max(0) as u64);
+        Ok(AdmittedDevice {
+            identity,
+            chain,
+            not_after,
+        })
+    }
+
+    fn verify(&self, chain: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        let (end_entity, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.current
+            .load()
+            .verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(|_| ())
+    }
+
+    /// Resolves (with the metric reason) when `device`'s certificate stops
+    /// being acceptable: at its expiry, or at a reload that no longer accepts
+    /// it (revoked, CA changed). The caller closes the connection.
+    pub async fn until_invalid(&self, device: &AdmittedDevice) -> &'static str {
+        let mut changes = self.changed.subscribe();
+        // webpki accepts the certificate up to and including the not-after second.
+        let end = device.not_after + std::time::Duration::from_secs(1);
+        loop {
+            let Ok(left) = end.duration_since(std::time::SystemTime::now()) else {
+                return "expired";
+            };
+            // Wake at least hourly: the wall clock may have been set meanwhile.
+            let nap = tokio::time::sleep(left.min(std::time::Duration::from_secs(3600)));
+            tokio::select! {
+                _ = nap => {}
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The state is gone with the gateway: only expiry is left.
+                        tokio::time::sleep(left).await;
+                        return "expired";
+                    }
+                    if let Err(e) = self.verify(&device.chain) {
+                        return rustls_error_reason(&e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn trust_fingerprint(files: &DeviceAuthConfig) -> String {
+    let mut all = Vec::new();
+    let paths = [&files.device_ca, &files.server_cert]
+        .into_iter()
+        .chain(files.crls.iter())
+        .chain(files.revoked_serials.iter());
+    for path in paths {
+        all.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        all.push(0);
+        all.extend_from_slice(&fs::read(path).unwrap_or_default());
+        all.push(0);
+    }
+    crate::logs::audit::digest(&all)
+}
+
+/// Why [`DeviceAuth::admit`] refused a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error("client certificate refused: {0}")]
+    Certificate(rustls::Error),
+    #[error("certificate carries no device id: {0:#}")]
+    Identity(anyhow::Error),
+}
+
+impl AdmitError {
+    /// Metric label, as [`handshake_failure_reason`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdmitError::Certificate(e) => rustls_error_reason(e),
+            AdmitError::Identity(_) => "no_device_id",
+        }
+    }
 }
 
 /// Who is on the other end of an accepted mTLS connection.
@@ -283,7 +499,8 @@ pub fn load_revoked_serials(path: &Path) -> Result<HashSet<Vec<u8>>> {
     parse_revoked_serials(&text).map_err(|e| anyhow!("{}:{e}", path.display()))
 }
 
-fn parse_revoked_serials(text: &str) -> Result<HashSet<Vec<u8>>, String> {
+/// Parses the text of a revoked-serials list (see [`load_revoked_serials`]).
+pub fn parse_revoked_serials(text: &str) -> Result<HashSet<Vec<u8>>, String> {
     let mut out = HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -304,6 +521,7 @@ struct DeviceCertVerifier {
     revoked: HashSet<Vec<u8>>,
     /// Subject key identifiers of the device CA certs.
     anchor_key_ids: HashSet<Vec<u8>>,
+    crl_count: usize,
 }
 
 fn subject_key_id(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {

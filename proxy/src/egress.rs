@@ -26,6 +26,8 @@ pub enum EgressError {
     Resolve { host: String, reason: String },
     #[error("destination {addr} ({class}) is not allowed by the gateway configuration; add it to [egress] allow_destinations if it must be reachable")]
     ForbiddenDestination { addr: IpAddr, class: AddressClass },
+    #[error("{addr} is one of this gateway's own listeners; the gateway never proxies to itself (use the listener directly)")]
+    OwnListener { addr: SocketAddr },
     #[error("cannot connect to {host}:{port}: {reason}")]
     Connect {
         host: String,
@@ -45,7 +47,16 @@ pub enum EgressError {
 impl EgressError {
     /// Refused by the gateway's own rules (403) rather than an upstream failure (502/504).
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, EgressError::ForbiddenDestination { .. })
+        self.guard_rule().is_some()
+    }
+
+    /// The access-log rule of a refusal by the gateway's own rules.
+    pub fn guard_rule(&self) -> Option<&'static str> {
+        match self {
+            EgressError::ForbiddenDestination { .. } => Some("destination-guard"),
+            EgressError::OwnListener { .. } => Some("own-listener"),
+            _ => None,
+        }
     }
 }
 
@@ -82,18 +93,73 @@ impl std::fmt::Display for AddressClass {
     }
 }
 
-/// Classifies an address. IPv4-mapped and IPv4-compatible IPv6 forms are
-/// classified as the IPv4 address they carry, so `::ffff:127.0.0.1` is loopback.
+/// Classifies an address. IPv6 forms that carry an IPv4 address (see
+/// [`embedded_ipv4`]) are classified as that IPv4 address, so
+/// `::ffff:127.0.0.1`, `::127.0.0.1` and `64:ff9b::7f00:1` are loopback: a
+/// NAT64 or 6to4 gateway on the path would deliver them there.
 pub fn classify(addr: IpAddr) -> AddressClass {
     match addr {
         IpAddr::V4(v4) => classify_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return classify_v4(v4);
+            let carried = embedded_ipv4(v6);
+            if carried.is_empty() {
+                return classify_v6(v6);
             }
-            classify_v6(v6)
+            // Several candidates only for the local-use NAT64 prefix: the
+            // most restrictive one wins.
+            carried
+                .into_iter()
+                .map(classify_v4)
+                .max_by_key(|c| {
+                    (
+                        *c != AddressClass::Public,
+                        *c != AddressClass::Documentation,
+                    )
+                })
+                .unwrap_or(AddressClass::Public)
         }
     }
+}
+
+/// The IPv4 address(es) an IPv6 address carries:
+/// - IPv4-mapped `::ffff:a.b.c.d`, SIIT `::ffff:0:a.b.c.d` and the
+///   deprecated IPv4-compatible `::a.b.c.d` (not `::` and `::1`);
+/// - NAT64 well-known prefix `64:ff9b::/96` (last 32 bits);
+/// - NAT64 local-use prefix `64:ff9b:1::/48` (RFC 8215): the operator picks
+///   the prefix length, so every RFC 6052 position that fits is returned
+///   (/48, /56, /64, /96);
+/// - 6to4 `2002:AABB:CCDD::/48` (bits 16..48);
+/// - Teredo `2001:0::/32`: the client's address, last 32 bits XOR 0xffffffff.
+pub fn embedded_ipv4(a: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let o = a.octets();
+    let seg = a.segments();
+    let v4 = |b: [u8; 4]| Ipv4Addr::from(b);
+    let last = v4([o[12], o[13], o[14], o[15]]);
+    if seg[..5] == [0; 5] && (seg[5] == 0xffff || (seg[5] == 0 && u32::from(last) > 1)) {
+        return vec![last];
+    }
+    if seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return vec![last];
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return vec![last];
+    }
+    if seg[..3] == [0x64, 0xff9b, 1] {
+        // RFC 6052 §2.2: bits 64..72 ("u") are skipped.
+        return vec![
+            v4([o[6], o[7], o[9], o[10]]),   // /48
+            v4([o[7], o[9], o[10], o[11]]),  // /56
+            v4([o[9], o[10], o[11], o[12]]), // /64
+            last,                            // /96
+        ];
+    }
+    if seg[0] == 0x2002 {
+        return vec![v4([o[2], o[3], o[4], o[5]])];
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        return vec![Ipv4Addr::from(u32::from(last) ^ 0xffff_ffff)];
+    }
+    Vec::new()
 }
 
 fn classify_v4(a: Ipv4Addr) -> AddressClass {
@@ -175,6 +241,52 @@ impl DestinationGuard {
             class,
         })
     }
+}
+
+/// The gateway's own listening sockets, which are never a destination
+/// through the proxy, whatever `allow_destinations` says: the admin API, or
+/// a proxy listener looping into itself, must not be reachable by a proxy
+/// user. Checked on the resolved address, so host names and every textual
+/// form of an address are covered.
+#[derive(Debug, Clone, Default)]
+pub struct OwnListeners {
+    bound: Vec<SocketAddr>,
+}
+
+impl OwnListeners {
+    pub fn new(bound: Vec<SocketAddr>) -> Self {
+        OwnListeners { bound }
+    }
+
+    pub fn check(&self, addr: IpAddr, port: u16) -> Result<(), EgressError> {
+        let ip = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+            v4 => v4,
+        };
+        for listener in self.bound.iter().filter(|l| l.port() == port) {
+            let hit = if listener.ip().is_unspecified() {
+                // 0.0.0.0 / [::]: every address of this host, on that port.
+                is_local_address(ip)
+            } else {
+                listener.ip() == ip || ip.is_unspecified()
+            };
+            if hit {
+                return Err(EgressError::OwnListener {
+                    addr: SocketAddr::new(ip, port),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `ip` is an address of this host: loopback, unspecified (a
+/// connect to 0.0.0.0 reaches the host itself), or one the kernel lets us
+/// bind (an interface address).
+fn is_local_address(ip: IpAddr) -> bool {
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// A DNS resolver with a TTL-respecting answer cache in front of hickory's,
@@ -275,6 +387,8 @@ impl Resolver {
 pub struct Egress {
     pub resolver: Resolver,
     pub guard: DestinationGuard,
+    /// Set once the listeners are bound (`gateway::start`).
+    pub own_listeners: std::sync::OnceLock<OwnListeners>,
     pub connect_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -291,6 +405,7 @@ impl Egress {
         Ok(Egress {
             resolver: Resolver::new(dns, metrics.clone())?,
             guard: DestinationGuard::new(egress.allow_destinations.clone()),
+            own_listeners: std::sync::OnceLock::new(),
             connect_timeout: Duration::from_millis(egress.connect_timeout_ms),
             metrics,
         })
@@ -309,6 +424,9 @@ impl Egress {
         // Refuse if ANY answer is forbidden: a name that resolves to both a
         // public and an internal address is a rebinding attempt.
         for addr in addrs.iter() {
+            if let Some(own) = self.own_listeners.get() {
+                own.check(*addr, port)?;
+            }
             self.guard.check(*addr)?;
         }
         let candidates = order_for_happy_eyeballs(&addrs, source);
@@ -471,6 +589,96 @@ mod tests {
         assert_eq!(c("2606:4700::1111"), AddressClass::Public);
         assert_eq!(c("224.0.0.1"), AddressClass::Multicast);
         assert_eq!(c("255.255.255.255"), AddressClass::Broadcast);
+    }
+
+    #[test]
+    fn ipv6_forms_embedding_ipv4_are_classified_by_the_ipv4_address() {
+        for (addr, class) in [
+            ("::127.0.0.1", AddressClass::Loopback),
+            ("::ffff:0:127.0.0.1", AddressClass::Loopback),
+            ("::169.254.169.254", AddressClass::Metadata),
+            ("64:ff9b::7f00:1", AddressClass::Loopback),
+            ("64:ff9b::a9fe:a9fe", AddressClass::Metadata),
+            ("64:ff9b::10.1.2.3", AddressClass::Private),
+            ("64:ff9b::8.8.8.8", AddressClass::Public),
+            ("64:ff9b:1::10.0.0.1", AddressClass::Private), // /96 inside the local-use /48
+            ("2002:7f00:1::1", AddressClass::Loopback),
+            ("2002:c0a8:101::1", AddressClass::Private),
+            ("2002:808:808::1", AddressClass::Public),
+            // Teredo: client address is the last 32 bits inverted.
+            (
+                "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                AddressClass::Loopback,
+            ),
+            (
+                "2001:0:4136:e378:8000:63bf:f5fe:fefe",
+                AddressClass::Private,
+            ),
+            ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", AddressClass::Public),
+        ] {
+            assert_eq!(c(addr), class, "{addr}");
+        }
+        // Local-use NAT64 with a shorter prefix: 127.0.0.1 at the /48 and at
+        // the /56 position (RFC 6052, the "u" octet skipped) is never public.
+        for addr in ["64:ff9b:1:7f00:0:100::", "64:ff9b:1:7f:0:1::"] {
+            assert_ne!(c(addr), AddressClass::Public, "{addr}");
+        }
+        assert_eq!(
+            embedded_ipv4("64:ff9b:1:7f00:0:100::".parse().unwrap())[0],
+            Ipv4Addr::new(127, 0, 0, 1)
+        );
+        assert_eq!(
+            embedded_ipv4("64:ff9b:1:7f:0:1::".parse().unwrap())[1],
+            Ipv4Addr::new(127, 0, 0, 1)
+        );
+        // Not embedding forms: plain IPv6 stays classified as IPv6.
+        assert_eq!(c("::1"), AddressClass::Loopback);
+        assert_eq!(c("::"), AddressClass::Unspecified);
+        assert_eq!(c("2001:db8::1"), AddressClass::Documentation);
+        assert_eq!(c("2001:4860::8888"), AddressClass::Public);
+        assert_eq!(
+            embedded_ipv4("2001:0:4136:e378:8000:63bf:80ff:fffe".parse().unwrap()),
+            vec![Ipv4Addr::new(127, 0, 0, 1)]
+        );
+    }
+
+    #[test]
+    fn embedded_ipv4_forms_are_refused_even_when_loopback_is_allowed() {
+        // The demo configuration allows loopback; the embedding forms are not
+        // loopback on this host and must not slip through as "public".
+        let guard = DestinationGuard::new(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+        ]);
+        for addr in ["::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::1"] {
+            let err = guard.check(addr.parse().unwrap()).unwrap_err();
+            assert!(err.to_string().contains("loopback"), "{addr}: {err}");
+        }
+        assert!(guard.check("::ffff:127.0.0.1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn own_listeners_are_refused_by_address_and_port() {
+        let own = OwnListeners::new(vec![
+            "127.0.0.1:9090".parse().unwrap(),
+            "0.0.0.0:3128".parse().unwrap(),
+            "[::]:8443".parse().unwrap(),
+        ]);
+        let refused = |a: &str, p: u16| own.check(a.parse().unwrap(), p).is_err();
+        assert!(refused("127.0.0.1", 9090));
+        assert!(refused("::ffff:127.0.0.1", 9090));
+        assert!(refused("0.0.0.0", 9090));
+        assert!(!refused("127.0.0.2", 9090)); // bound to 127.0.0.1 only
+        assert!(!refused("127.0.0.1", 9091));
+        // Wildcard binds: any local address on that port.
+        assert!(refused("127.0.0.1", 3128));
+        assert!(refused("127.3.4.5", 3128));
+        assert!(refused("::1", 8443));
+        assert!(refused("127.0.0.1", 8443));
+        assert!(!refused("192.0.2.1", 3128)); // TEST-NET: not an address of this host
+        let err = own.check("127.0.0.1".parse().unwrap(), 9090).unwrap_err();
+        assert_eq!(err.guard_rule(), Some("own-listener"));
+        assert!(err.to_string().contains("127.0.0.1:9090"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! framing (Content-Length or chunked) to find the next head on a
 //! keep-alive connection. After a CONNECT or an Upgrade, or on anything it
 //! does not understand, it steps aside and hyper's own parser decides.
+//!
+//! It is also where the request head limit is enforced, exactly: a head
+//! (request line to the empty line) longer than `max_head` bytes is never
+//! given to hyper (whose buffer limit is not exact); hyper gets a stand-in
+//! head marked `head-too-large`, answered with 431, and the rest of the
+//! connection is discarded.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -33,7 +39,13 @@ enum State {
     Trailers(bool),
     /// No more tracking: every byte goes straight to hyper.
     Passthrough,
+    /// The head was refused: what the client sends from now on is dropped.
+    Discard,
 }
+
+/// Marker values (the header's value says what was wrong).
+pub const CONFLICTING_FRAMING: &str = "content-length-and-transfer-encoding";
+pub const HEAD_TOO_LARGE: &str = "head-too-large";
 
 pub struct FramingGuard<S> {
     inner: S,
@@ -69,6 +81,7 @@ impl<S> FramingGuard<S> {
                     self.out.extend_from_slice(data);
                     return;
                 }
+                State::Discard => return,
                 State::Head => {
                     // Skip empty lines before a request (RFC 9112 §2.2).
                     if self.head.is_empty() {
@@ -85,6 +98,10 @@ impl<S> FramingGuard<S> {
                     let already = self.head.len();
                     self.head.extend_from_slice(data);
                     match find_head_end(&self.head, already.saturating_sub(3)) {
+                        Some(end) if end > self.max_head => {
+                            self.refuse_head();
+                            return;
+                        }
                         Some(end) => {
                             let rest = self.head.split_off(end);
                             let head = std::mem::take(&mut self.head);
@@ -94,10 +111,7 @@ impl<S> FramingGuard<S> {
                         }
                         None => {
                             if self.head.len() > self.max_head {
-                                // Too big for us: hyper will answer 431.
-                                let head = std::mem::take(&mut self.head);
-                                self.out.extend_from_slice(&head);
-                                self.state = State::Passthrough;
+                                self.refuse_head();
                             }
                             return;
                         }
@@ -159,6 +173,17 @@ impl<S> FramingGuard<S> {
                 }
             }
         }
+    }
+
+    /// Replaces an over-long head with a marked stand-in that the handler
+    /// answers with 431 (and `Connection: close`); drops everything after it.
+    fn refuse_head(&mut self) {
+        self.head = Vec::new();
+        self.out.extend_from_slice(
+            format!("GET / HTTP/1.1\r\n{FRAMING_ERROR_HEADER}: {HEAD_TOO_LARGE}\r\n\r\n")
+                .as_bytes(),
+        );
+        self.state = State::Discard;
     }
 
     /// Decides the framing of the request whose head is `head` and emits
@@ -226,8 +251,7 @@ impl<S> FramingGuard<S> {
                 .position(|b| *b == b'\n')
                 .map(|i| i + 1)
                 .unwrap_or(head.len());
-            let marker =
-                format!("{FRAMING_ERROR_HEADER}: content-length-and-transfer-encoding\r\n");
+            let marker = format!("{FRAMING_ERROR_HEADER}: {CONFLICTING_FRAMING}\r\n");
             let at = start + line_end;
             self.out.splice(at..at, marker.into_bytes());
             // The connection is closed after the 400; nothing more to track.
@@ -296,6 +320,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
             }
             match this.state {
                 State::Passthrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                // The stand-in head is out; read on (so the client is not
+                // stuck on a full window) but hand hyper nothing more.
+                State::Discard => {
+                    let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+                    let mut rb = ReadBuf::uninit(&mut sink);
+                    match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => continue,
+                        other => return other,
+                    }
+                }
                 // Body bytes need no copy: read them straight into hyper's buffer.
                 State::Fixed(n) | State::ChunkData(n) if n > 0 => {
                     let limit = (n.min(buf.remaining() as u64)) as usize;
@@ -378,15 +412,7 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes and returns what hyper would read.
     async fn through(input: &[u8], step: usize) -> String {
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let mut guard = FramingGuard::new(server, 65536);
-        for piece in input.chunks(step) {
-            client.write_all(piece).await.unwrap();
-        }
-        drop(client);
-        let mut out = Vec::new();
-        guard.read_to_end(&mut out).await.unwrap();
-        String::from_utf8(out).unwrap()
+        through_limit(input, step, 65536).await
     }
 
     #[tokio::test]
@@ -423,6 +449,47 @@ mod tests {
                 "step {step}: {out}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn head_limit_is_exact() {
+        // A head of exactly the limit passes, one byte more is refused.
+        let head_of = |len: usize| {
+            let start = "GET http://a/ HTTP/1.1\r\nX-Pad: ";
+            let pad = len - start.len() - 4;
+            format!("{start}{}\r\n\r\n", "p".repeat(pad)).into_bytes()
+        };
+        let limit = 65536;
+        for step in [1000, 16 * 1024, 100_000] {
+            let ok = head_of(limit);
+            assert_eq!(ok.len(), limit);
+            let out = through_limit(&ok, step, limit).await;
+            assert_eq!(out.as_bytes(), &ok[..], "step {step}");
+            let mut big = head_of(limit + 1);
+            big.extend_from_slice(b"GET http://b/ HTTP/1.1\r\n\r\n");
+            let out = through_limit(&big, step, limit).await;
+            assert_eq!(
+                out,
+                format!("GET / HTTP/1.1\r\n{FRAMING_ERROR_HEADER}: {HEAD_TOO_LARGE}\r\n\r\n"),
+                "step {step}"
+            );
+        }
+        // A head that never ends is refused as soon as it passes the limit.
+        let endless = vec![b'a'; limit * 2];
+        let out = through_limit(&endless, 4096, limit).await;
+        assert!(out.contains(HEAD_TOO_LARGE), "{out}");
+    }
+
+    async fn through_limit(input: &[u8], step: usize, limit: usize) -> String {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut guard = FramingGuard::new(server, limit);
+        for piece in input.chunks(step) {
+            client.write_all(piece).await.unwrap();
+        }
+        drop(client);
+        let mut out = Vec::new();
+        guard.read_to_end(&mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
     }
 
     #[tokio::test]

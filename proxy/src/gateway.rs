@@ -22,6 +22,8 @@ use crate::upstream::UpstreamPools;
 /// State shared by every connection.
 pub struct Gateway {
     pub config: Config,
+    /// The mTLS listener's TLS state (device CA, revocations); rebuilt on reload.
+    pub device_auth: Option<Arc<crate::device_auth::DeviceAuth>>,
     /// The decision state; replaced atomically on reload.
     pub runtime: ArcSwap<Runtime>,
     /// Serialises reloads (see `reload.rs`).
@@ -162,6 +164,7 @@ impl Drop for DeviceConnectionGuard {
 
 /// Binds the configured listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running> {
+    restrict_umask();
     let metrics = Arc::new(Metrics::new());
     let egress = Arc::new(Egress::new(&config.dns, &config.egress, metrics.clone())?);
     let (access_log, log_writer) = AccessLog::start(&config, metrics.clone()).await?;
@@ -179,9 +182,9 @@ pub async fn start(config: Config) -> Result<Running> {
         })?
     };
 
-    let tls = if let Some(_) = Config::listen_addr(&config.listen.mtls) {
-        Some(
-            crate::device_auth::server_config(&crate::device_auth::DeviceAuthConfig {
+    let device_auth = if Config::listen_addr(&config.listen.mtls).is_some() {
+        Some(Arc::new(
+            crate::device_auth::DeviceAuth::load(crate::device_auth::DeviceAuthConfig {
                 server_cert: config.data_path(&config.tls.server_cert),
                 server_key: config.data_path(&config.tls.server_key),
                 device_ca: config.data_path(&config.tls.device_ca),
@@ -195,7 +198,7 @@ pub async fn start(config: Config) -> Result<Running> {
                     .then(|| config.data_path(std::path::Path::new(&config.tls.revoked_serials))),
             })
             .context("cannot set up the mTLS listener's TLS")?,
-        )
+        ))
     } else {
         None
     };
@@ -218,6 +221,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let sites = crate::beacon::SiteAssertions::from_config(&config, &metrics.registry)?;
     let ips = crate::ips::Security::from_config(&config)?;
     let gateway = Arc::new(Gateway {
+        device_auth,
         sites,
         ips: ArcSwap::from_pointee(ips),
         pools: UpstreamPools::new(
@@ -239,20 +243,42 @@ pub async fn start(config: Config) -> Result<Running> {
         config,
     });
 
+    // Bind everything first, so the own-listener guard (egress::OwnListeners)
+    // is in place before the first connection is accepted.
     let mut addrs = BoundAddrs::default();
-    if let Some(addr) = Config::listen_addr(&gateway.config.listen.plain) {
-        let listener = bind(addr, "plain").await?;
-        addrs.plain = Some(listener.local_addr()?);
+    let plain = match Config::listen_addr(&gateway.config.listen.plain) {
+        Some(addr) => Some(bind(addr, "plain").await?),
+        None => None,
+    };
+    let mtls = match (
+        Config::listen_addr(&gateway.config.listen.mtls),
+        gateway.device_auth.clone(),
+    ) {
+        (Some(addr), Some(auth)) => Some((bind(addr, "mtls").await?, auth)),
+        _ => None,
+    };
+    let admin = match Config::listen_addr(&gateway.config.listen.admin) {
+        Some(addr) => Some(bind(addr, "admin").await?),
+        None => None,
+    };
+    addrs.plain = plain.as_ref().map(|l| l.local_addr()).transpose()?;
+    addrs.mtls = mtls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    addrs.admin = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    let own: Vec<SocketAddr> = [addrs.plain, addrs.mtls, addrs.admin]
+        .into_iter()
+        .flatten()
+        .collect();
+    let _ = gateway
+        .egress
+        .own_listeners
+        .set(crate::egress::OwnListeners::new(own));
+    if let Some(listener) = plain {
         tokio::spawn(crate::server::serve_plain(gateway.clone(), listener));
     }
-    if let (Some(addr), Some(tls)) = (Config::listen_addr(&gateway.config.listen.mtls), tls) {
-        let listener = bind(addr, "mtls").await?;
-        addrs.mtls = Some(listener.local_addr()?);
-        tokio::spawn(crate::server::serve_mtls(gateway.clone(), listener, tls));
+    if let Some((listener, auth)) = mtls {
+        tokio::spawn(crate::server::serve_mtls(gateway.clone(), listener, auth));
     }
-    if let Some(addr) = Config::listen_addr(&gateway.config.listen.admin) {
-        let listener = bind(addr, "admin").await?;
-        addrs.admin = Some(listener.local_addr()?);
+    if let Some(listener) = admin {
         tokio::spawn(crate::admin::serve_admin(gateway.clone(), listener));
     }
     if let Some(policy) = &gateway.runtime.load().policy {
@@ -270,6 +296,18 @@ pub async fn start(config: Config) -> Result<Running> {
         addrs,
         log_writer,
     })
+}
+
+/// Access logs, their spill and shipping queues and the audit log hold
+/// personal data: whatever umask komugate was started with, what it creates
+/// is at most 0640 (files) / 0750 (directories). Keys are 0600 explicitly.
+fn restrict_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's file-creation mask.
+    unsafe {
+        let old = libc::umask(0o027);
+        libc::umask(old | 0o027);
+    }
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> Result<TcpListener> {

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -87,14 +87,8 @@ pub async fn handle(
     let started = Instant::now();
     gw.sites
         .observe(conn.device.as_ref(), conn.client, req.headers());
-    let result = if req
-        .headers()
-        .contains_key(crate::framing_guard::FRAMING_ERROR_HEADER)
-    {
-        Err(bad_request(
-            "Content-Length と Transfer-Encoding の両方を含むリクエストは受け付けません。",
-            "A request with both Content-Length and Transfer-Encoding is refused (request smuggling risk).",
-        ))
+    let result = if let Some(refusal) = framing_refusal(req.headers()) {
+        Err(refusal)
     } else if conn.listener == ListenerKind::Mtls && crate::pac::is_pac_request(&req) {
         return Ok(full(crate::pac::gateway_response(
             &gw,
@@ -130,6 +124,50 @@ pub fn bad_request(ja: &str, en: &str) -> Refusal {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+/// Refuses a request whose framing is ambiguous or over the limits: the
+/// framing guard's marker (Content-Length with Transfer-Encoding, head over
+/// `max_header_bytes`), or a `Content_Length` / `Transfer_Encoding` header
+/// (any `_` instead of `-`), which servers that fold `_` into `-` would
+/// take as framing. Checked on both listeners and inside inspected tunnels.
+pub fn framing_refusal(headers: &HeaderMap) -> Option<Refusal> {
+    use crate::framing_guard::{FRAMING_ERROR_HEADER, HEAD_TOO_LARGE};
+    if let Some(marker) = headers.get(FRAMING_ERROR_HEADER) {
+        if marker.as_bytes() == HEAD_TOO_LARGE.as_bytes() {
+            let mut resp = full(block_page::error_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "リクエストヘッダーが大きすぎます。",
+                "The request head is larger than the gateway's limit ([limits] max_header_bytes).",
+            ));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Some(resp);
+        }
+        return Some(bad_request(
+            "Content-Length と Transfer-Encoding の両方を含むリクエストは受け付けません。",
+            "A request with both Content-Length and Transfer-Encoding is refused (request smuggling risk).",
+        ));
+    }
+    let underscored = headers.keys().find(|name| {
+        let name = name.as_str();
+        name.contains('_')
+            && ["content-length", "transfer-encoding"]
+                .iter()
+                .any(|framing| {
+                    name.len() == framing.len()
+                        && name
+                            .bytes()
+                            .zip(framing.bytes())
+                            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+                })
+    });
+    underscored.map(|name| {
+        bad_request(
+            &format!("ヘッダー名 {name} は受け付けません (\"_\" ではなく \"-\" を使ってください)。"),
+            &format!("The header name {name} is refused: framing header names must use \"-\", not \"_\" (request smuggling risk)."),
+        )
+    })
 }
 
 /// Host (lowercase, no brackets, no trailing dot) and port of a request target.
@@ -303,17 +341,11 @@ fn egress_refusal(
 ) -> Refusal {
     record.error = Some(err.to_string());
     match err {
-        EgressError::ForbiddenDestination { .. } => {
+        EgressError::ForbiddenDestination { .. } | EgressError::OwnListener { .. } => {
+            let rule = err.guard_rule().unwrap_or("destination-guard");
             record.decision = "block";
-            record.rule = "destination-guard".into();
-            block_page_for(
-                conn,
-                target,
-                "destination-guard",
-                Some(&err.to_string()),
-                None,
-                None,
-            )
+            record.rule = rule.into();
+            block_page_for(conn, target, rule, Some(&err.to_string()), None, None)
         }
         EgressError::Timeout { .. } => full(block_page::error_response(
             StatusCode::GATEWAY_TIMEOUT,
@@ -672,6 +704,14 @@ pub async fn relay_request(
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let version = req.version();
     let (mut parts, body) = req.into_parts();
+    // A client body that fails (bad chunked framing, a reset h2 stream) is
+    // the client's fault: 400, not the 502 the upstream request would give.
+    let client_body_failed = Arc::new(AtomicBool::new(false));
+    let failed = client_body_failed.clone();
+    let body = body.map_err(move |e| {
+        failed.store(true, Ordering::Relaxed);
+        e
+    });
     let ips = crate::ips::http::inspect_request(
         gw,
         conn,
@@ -718,6 +758,13 @@ pub async fn relay_request(
         Ok(r) => r,
         Err(e) => {
             let shown = record.target.clone();
+            if client_body_failed.load(Ordering::Relaxed) {
+                record.error = Some(format!("reading the request body: {e}"));
+                return Err(bad_request(
+                    "リクエスト本文の形式が不正です (chunked エンコーディングなど)。",
+                    "The request body is malformed (e.g. its chunked encoding) or was cut off by the client.",
+                ));
+            }
             if let Some(tls) = tls_error(&e) {
                 return Err(invalid_certificate(conn, tls, &shown, record));
             }

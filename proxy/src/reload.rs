@@ -3,7 +3,9 @@
 //! already being decided keep the generation they loaded. A failure keeps
 //! the running generation and is reported (log line, metric, audit entry,
 //! HTTP error body). Triggers: SIGHUP, a change of the policy file or any
-//! file it includes (polled), `POST /admin/reload`.
+//! file it includes (polled), `POST /admin/reload`. The mTLS listener's
+//! trust files (device CA, CRLs, revoked serials, server certificate) are
+//! reloaded with it and watched too, so a revocation applies without a restart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,8 +74,42 @@ impl Gateway {
             Ok(Err(e)) => tracing::error!("IPS rules / threat-intel lists not reloaded (the loaded ones stay in force): {e:#}"),
             Err(e) => tracing::error!("the IPS reload task failed: {e}"),
         }
+        // The mTLS trust: a new server config (and session cache) from the files.
+        let policy_result = result.clone();
+        let mut result = result;
+        if let Some(auth) = self.device_auth.clone() {
+            match tokio::task::spawn_blocking(move || auth.reload()).await {
+                Ok(Ok(Some(change))) => {
+                    tracing::info!(detail = %change.detail, "mTLS device CA / revocations reloaded");
+                    if let Some(audit) = self.access_log.audit() {
+                        let event = AuditEvent::CaChange {
+                            what: "mtls-trust".into(),
+                            old_fingerprint: Some(change.old_fingerprint),
+                            new_fingerprint: Some(change.new_fingerprint),
+                            detail: format!("reloaded ({source:?}): {}", change.detail),
+                        };
+                        if let Err(e) = audit.append(event) {
+                            tracing::error!("cannot write the audit log: {e}");
+                        }
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    let message = format!("the mTLS device CA / CRLs / revoked serials were not reloaded (the loaded ones stay in force): {e:#}");
+                    tracing::error!("{message}");
+                    result = Err(match result {
+                        Ok(r) => format!(
+                            "policy generation {} is in force, but {message}",
+                            r.generation
+                        ),
+                        Err(policy) => format!("{policy}\n{message}"),
+                    });
+                }
+                Err(e) => tracing::error!("the mTLS reload task failed: {e}"),
+            }
+        }
         if let Some(audit) = self.access_log.audit() {
-            let (ok, error, new_generation, new_digest, diff) = match &result {
+            let (ok, error, new_generation, new_digest, diff) = match &policy_result {
                 Ok(r) => {
                     let new = self.runtime.load();
                     (
@@ -148,6 +184,16 @@ fn watched_files(gw: &Gateway) -> Vec<PathBuf> {
     if let Some(policy) = &gw.runtime.load().policy {
         files.extend(policy.source_files());
     }
+    if let Some(auth) = &gw.device_auth {
+        let tls = auth.files();
+        files.extend([
+            tls.device_ca.clone(),
+            tls.server_cert.clone(),
+            tls.server_key.clone(),
+        ]);
+        files.extend(tls.crls.iter().cloned());
+        files.extend(tls.revoked_serials.iter().cloned());
+    }
     files.sort();
     files.dedup();
     files
@@ -156,7 +202,7 @@ fn watched_files(gw: &Gateway) -> Vec<PathBuf> {
 /// Polls the watched files; reloads once a change has settled (two equal
 /// polls in a row), so a file caught half-written is not loaded.
 pub fn spawn_file_watch(gw: Arc<Gateway>) {
-    if crate::decision::policy_path(&gw.config).is_none() || !gw.config.policy.watch {
+    if !gw.config.policy.watch || watched_files(&gw).is_empty() {
         return;
     }
     let every = Duration::from_millis(gw.config.policy.watch_interval_ms.max(100));

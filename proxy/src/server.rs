@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::decision::ListenerKind;
+use crate::device_auth::DeviceAuth;
 use crate::gateway::Gateway;
 use crate::http_proxy::{handle, ConnContext};
 
@@ -102,9 +103,11 @@ fn canonical_ip(addr: SocketAddr) -> std::net::IpAddr {
 }
 
 /// HTTPS proxy with mutual TLS: the device certificate is verified by
-/// rustls during the handshake; failures are counted by reason.
-pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = TlsAcceptor::from(tls);
+/// rustls during a full handshake and again by [`DeviceAuth::admit`] on
+/// every connection (resumed sessions included); the connection is closed
+/// when the certificate expires or a reload revokes it. Failures are
+/// counted by reason.
+pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, auth: Arc<DeviceAuth>) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = gw.shutdown.cancelled() => return,
@@ -115,7 +118,9 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls
         };
         let _ = stream.set_nodelay(true);
         let gw2 = gw.clone();
-        let acceptor = acceptor.clone();
+        // The config of the moment: a reload swaps in a new one (new session cache).
+        let acceptor = TlsAcceptor::from(auth.server_config());
+        let auth = auth.clone();
         gw.spawn_tracked(async move {
             let mut stream = stream;
             let Some(peer) = client_address(&gw2, "mtls", &mut stream, peer).await else {
@@ -147,17 +152,20 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls
                 }
             };
             let (_, conn) = tls.get_ref();
-            let identity = match crate::device_auth::identity_of(conn) {
-                Ok(id) => id,
+            let device = match auth.admit(conn) {
+                Ok(device) => device,
                 Err(e) => {
+                    let reason = e.reason();
                     gw2.metrics
                         .tls_handshake_failures
-                        .with_label_values(&["mtls", "no_device_id"])
+                        .with_label_values(&["mtls", reason])
                         .inc();
-                    tracing::info!("mtls: {peer}: certificate carries no device id: {e:#}");
+                    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    tracing::info!("mtls: {peer} refused ({reason}, resumed session: {resumed}): {e}");
                     return;
                 }
             };
+            let identity = device.identity.clone();
             let h2 = conn.alpn_protocol() == Some(b"h2");
             let Some(_slot) = gw2.device_connection(&identity.device_id) else {
                 gw2.metrics
@@ -175,10 +183,26 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, tls: Arc<rustls
                 client: peer,
                 device: Some(identity),
             });
-            if h2 {
-                serve_http2(gw2, ctx, tls).await;
-            } else {
-                serve_http1(gw2, ctx, tls).await;
+            let serve = async {
+                if h2 {
+                    serve_http2(gw2.clone(), ctx.clone(), tls).await;
+                } else {
+                    serve_http1(gw2.clone(), ctx.clone(), tls).await;
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                reason = auth.until_invalid(&device) => {
+                    // Dropping the connection closes it, with its HTTP/2 streams.
+                    gw2.metrics
+                        .connections_refused
+                        .with_label_values(&["mtls", reason])
+                        .inc();
+                    tracing::info!(
+                        "mtls: closing the connection of device {} from {peer}: certificate {reason}",
+                        device.identity.device_id
+                    );
+                }
             }
         });
     }
@@ -224,7 +248,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout())
         .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes)
+        .max_buf_size(hyper_buf_size(limits.max_header_bytes))
         .keep_alive(true);
     let gw_svc = gw.clone();
     let ctx_svc = ctx.clone();
@@ -268,6 +292,12 @@ where
             log_conn_end(&ctx, conn.await);
         }
     }
+}
+
+/// hyper's read buffer: room for a head of exactly `max_header_bytes` plus
+/// what follows it in the same read. The exact limit is the framing guard's.
+pub fn hyper_buf_size(max_header_bytes: usize) -> usize {
+    (max_header_bytes + 16 * 1024).max(8192)
 }
 
 fn log_conn_end(ctx: &ConnContext, result: Result<(), hyper::Error>) {

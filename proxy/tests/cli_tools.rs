@@ -229,3 +229,165 @@ fn export_ca_pem_and_der() {
         stderr(&missing)
     );
 }
+
+/// The audit log's entries, parsed.
+fn audit_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect()
+}
+
+#[test]
+fn ca_and_certificate_actions_and_log_searches_are_audited() {
+    let dir = std::env::temp_dir().join(format!("komugate-cli-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pki = dir.join("pki");
+    let audit = dir.join("audit.log");
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let ok = |o: Output| {
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        o
+    };
+
+    ok(komugate(&["pki", "init", "--dir", &p(&pki)]));
+    let events = audit_events(&audit);
+    let whats: Vec<&str> = events.iter().map(|e| e["what"].as_str().unwrap()).collect();
+    assert_eq!(
+        whats,
+        ["device-ca", "inspect-ca", "server-cert"],
+        "{events:#?}"
+    );
+    assert!(events.iter().all(|e| e["type"] == "ca_change"
+        && e["old_fingerprint"].is_null()
+        && e["new_fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+        && e["detail"].as_str().unwrap().contains("komugate pki init")
+        && e["detail"].as_str().unwrap().contains("uid")));
+    let first_device_ca = events[0]["new_fingerprint"].clone();
+
+    // --force replaces: old and new fingerprints.
+    ok(komugate(&["pki", "init", "--dir", &p(&pki), "--force"]));
+    let events = audit_events(&audit);
+    assert_eq!(events.len(), 6, "{events:#?}");
+    assert_eq!(events[3]["what"], "device-ca");
+    assert_eq!(events[3]["old_fingerprint"], first_device_ca);
+    assert_ne!(events[3]["new_fingerprint"], first_device_ca);
+    assert!(events[3]["detail"].as_str().unwrap().contains("--force"));
+
+    let laptop = dir.join("T-0001");
+    ok(komugate(&[
+        "pki",
+        "issue-device",
+        "--dir",
+        &p(&pki),
+        "--device",
+        "T-0001",
+        "--group",
+        "teachers",
+        "--out",
+        &p(&laptop),
+    ]));
+    let events = audit_events(&audit);
+    let issued = &events[6];
+    assert_eq!(issued["what"], "device-cert");
+    let detail = issued["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("\"T-0001\"") && detail.contains("teachers") && detail.contains("serial"),
+        "{detail}"
+    );
+
+    // Revocation: the serial goes into the list the gateway reads, audited.
+    ok(komugate(&[
+        "pki",
+        "revoke",
+        "--dir",
+        &p(&pki),
+        "--cert",
+        &p(&laptop.with_extension("pem")),
+        "--reason",
+        "lost on the train",
+    ]));
+    let list = std::fs::read_to_string(pki.join("revoked-serials.txt")).unwrap();
+    let der =
+        rustls_pki_types::pem::PemObject::from_pem_file(laptop.with_extension("pem")).unwrap();
+    let serial = komugate::device_auth::identity_from_cert(&der)
+        .unwrap()
+        .serial_hex;
+    assert!(
+        list.starts_with(&serial) && list.contains("lost on the train"),
+        "{list}"
+    );
+    let events = audit_events(&audit);
+    assert_eq!(events[7]["what"], "device-cert-revoked");
+    assert!(events[7]["detail"].as_str().unwrap().contains(&serial));
+    // Revoking again changes nothing and is not a second event.
+    ok(komugate(&[
+        "pki",
+        "revoke",
+        "--dir",
+        &p(&pki),
+        "--serial",
+        &serial,
+        "--reason",
+        "again",
+    ]));
+    assert_eq!(audit_events(&audit).len(), 8);
+    let o = komugate(&[
+        "pki",
+        "revoke",
+        "--dir",
+        &p(&pki),
+        "--serial",
+        "xyz",
+        "--reason",
+        "typo",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("xyz"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A log search (an export of personal data) names who and what.
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let out = dir.join("report.csv");
+    ok(komugate(&[
+        "logs",
+        "search",
+        "--dir",
+        &p(&logs),
+        "--since",
+        "-7d",
+        "--device",
+        "T-0001",
+        "--out",
+        &p(&out),
+    ]));
+    let events = audit_events(&audit);
+    let search = &events[8];
+    assert_eq!(search["type"], "log_search");
+    assert_eq!(search["via"], "cli");
+    assert_eq!(search["query"], "since=-7d device=T-0001");
+    assert_eq!(search["format"], "csv");
+    assert_eq!(search["out"], p(&out));
+    assert!(search["actor"].as_str().unwrap().contains("uid"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+
+    let v = komugate(&["audit", "verify", "--file", &p(&audit)]);
+    assert!(
+        v.status.success(),
+        "audit chain intact: {}{}",
+        stdout(&v),
+        stderr(&v)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_komugate");
-const FIXED_PORTS: [u16; 3] = [3128, 8443, 9090];
+const FIXED_PORTS: [u16; 4] = [3128, 8443, 9090, 8081];
 
 fn tempdir(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -194,11 +194,11 @@ fn embedded_default_banner_curl_lines_work_and_sigterm_exits_zero() {
     let serve = Serve::start(&["serve", "--data", data.to_str().unwrap()]);
     let curls = serve.curl_lines();
     assert!(
-        curls.len() >= 3,
-        "banner should print the healthz, blocked and mTLS curl lines: {:#?}",
+        curls.len() >= 5,
+        "banner should print the healthz, demo origin (plain and mTLS), blocked and own-listener curl lines: {:#?}",
         serve.banner
     );
-    let mut healthz = 0;
+    let (mut healthz, mut origin, mut own) = (0, 0, 0);
     for line in &curls {
         let out = sh(line);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -214,23 +214,50 @@ fn embedded_default_banner_curl_lines_work_and_sigterm_exits_zero() {
                     && stdout.contains("Access to this page was blocked"),
                 "`{line}` printed:\n{stdout}"
             );
+        } else if line.contains("/metrics") {
+            // Through the proxy to the gateway's own admin listener: refused.
+            assert!(line.contains("-x "), "{line}");
+            assert!(
+                stdout.contains("own-listener") && !stdout.contains("komugate_"),
+                "`{line}` must be refused, printed:\n{stdout}"
+            );
+            own += 1;
         } else if line.contains("/healthz") {
+            assert!(!line.contains("-x ") && !line.contains("--proxy"), "{line}");
             assert_eq!(stdout.trim(), "ok", "`{line}` printed:\n{stdout}\n{stderr}");
             healthz += 1;
+        } else if line.contains(":8081/") {
+            assert!(
+                stdout.contains("Hello from the demo origin")
+                    && stdout.contains("komugate を経由して届きました"),
+                "`{line}` printed:\n{stdout}\n{stderr}"
+            );
+            origin += 1;
         } else {
             panic!("unexpected curl line in the banner: {line}");
         }
     }
-    assert_eq!(healthz, 2, "plain and mTLS healthz lines: {curls:#?}");
-    // The healthz requests really went through the proxy (not directly).
+    assert_eq!(
+        (healthz, origin, own),
+        (1, 2, 1),
+        "admin healthz, plain and mTLS demo origin, own-listener lines: {curls:#?}"
+    );
+    // The demo origin requests really went through the proxy (not directly).
     let log_path = serve.access_log();
     assert!(
         log_path.starts_with(&data),
         "access log {} is inside the data dir",
         log_path.display()
     );
-    let log = wait_for_log(&log_path, "/healthz", 2);
-    assert!(log.matches("/healthz").count() >= 2, "access log:\n{log}");
+    let log = wait_for_log(&log_path, ":8081/", 2);
+    assert!(
+        log.matches("127.0.0.1:8081/").count() >= 2,
+        "access log:\n{log}"
+    );
+    assert!(
+        log.contains("\"rule\":\"own-listener\""),
+        "the refused request to the admin listener is logged:\n{log}"
+    );
     assert!(
         log.contains("\"listener\":\"mtls\"") && log.contains("demo-laptop"),
         "mTLS request with the demo device:\n{log}"
@@ -268,10 +295,12 @@ fn embedded_default_banner_curl_lines_work_and_sigterm_exits_zero() {
         "--data",
         dir.join("data").to_str().unwrap(),
     ]);
-    let out = sh(&format!(
-        "curl -sS -x http://127.0.0.1:3128 http://127.0.0.1:9090/healthz"
-    ));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let out = sh("curl -sS -x http://127.0.0.1:3128 http://127.0.0.1:8081/");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Hello from the demo origin"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let status = serve.terminate();
     assert!(
         status.success(),

@@ -293,10 +293,16 @@ pub async fn run<S>(
                 .serve_connection(io, service)
                 .await
         } else {
+            // The same framing guard and exact head limit as the listeners.
+            let io = TokioIo::new(crate::framing_guard::FramingGuard::new(
+                io.into_inner(),
+                limits.max_header_bytes,
+            ));
             hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout())
                 .max_headers(limits.max_headers)
+                .max_buf_size(crate::server::hyper_buf_size(limits.max_header_bytes))
                 .serve_connection(io, service)
                 .with_upgrades()
                 .await
@@ -366,6 +372,9 @@ async fn inner_request(
         host,
         port,
     };
+    if let Some(resp) = http_proxy::framing_refusal(req.headers()) {
+        return http_proxy::log_refusal(&gw, record, resp, started);
+    }
     if let Some(decision) = blocked_by_sni {
         let shown = format!(
             "https://{}{}",
@@ -427,9 +436,9 @@ async fn bypass<S>(
             http_proxy::finish_tunnel(&gw, record, started, stats);
         }
         Err(e) => {
-            if e.is_forbidden() {
+            if let Some(rule) = e.guard_rule() {
                 record.decision = "block";
-                record.rule = "destination-guard".into();
+                record.rule = rule.into();
             }
             record.error = Some(e.to_string());
             http_proxy::finish_tunnel(&gw, record, started, RelayStats::default());

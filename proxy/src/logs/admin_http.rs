@@ -170,6 +170,31 @@ pub async fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> 
         Ok(q) => q,
         Err(e) => return reply(StatusCode::BAD_REQUEST, e),
     };
+    // Personal data: audited (who, filters, format) before anything is read.
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let actor = match req.extensions().get::<crate::pac::Peer>() {
+        Some(peer) => format!("admin token from {}", peer.0),
+        None => "admin token".to_string(),
+    };
+    let Some(audit) = gw.access_log.audit() else {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "log search needs the audit log: set [log] audit_log in the gateway configuration",
+        );
+    };
+    if let Err(e) = audit.append(super::audit::AuditEvent::LogSearch {
+        actor,
+        via: "admin-api".into(),
+        query: query.join(" "),
+        format: format!("{format:?}").to_ascii_lowercase(),
+        out: None,
+    }) {
+        tracing::error!("log search refused: cannot write the audit log: {e}");
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("log search refused: it cannot be audited ({e})"),
+        );
+    }
     let dir = super::cli::log_dir(&gw.config);
     let result =
         tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, super::SearchStats)> {

@@ -126,8 +126,38 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// Anything else worth an audit trail (admin log exports, …).
+    /// A search or export of the access logs (personal data): who, through
+    /// what, with which filters, into which format and file. Written before
+    /// any record is shown; a search that cannot be audited is refused.
+    LogSearch {
+        actor: String,
+        /// "cli" or "admin-api".
+        via: String,
+        /// The filters as given (`since=-7d host=*.dropbox.com …`).
+        query: String,
+        format: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        out: Option<String>,
+    },
+    /// Anything else worth an audit trail.
     Note { actor: String, message: String },
+}
+
+/// Who runs this command: the operating-system user (and uid).
+pub fn cli_actor() -> String {
+    let name = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "?".into());
+    #[cfg(unix)]
+    {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        format!("user {name} (uid {uid})")
+    }
+    #[cfg(not(unix))]
+    {
+        format!("user {name}")
+    }
 }
 
 /// One line of the audit log.
@@ -212,34 +242,111 @@ impl AuditLog {
     }
 
     /// Appends one entry (written and fsynced before returning).
+    ///
+    /// The gateway and the command line (`komugate pki …`, `komugate logs
+    /// search`) append to the same file, so the chain's tail is re-read from
+    /// the file under an exclusive `flock` each time, never taken from memory.
     pub fn append(&self, event: AuditEvent) -> Result<AuditEntry, String> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = st.0 + 1;
-        let time = format_rfc3339_ms(now_ms());
-        let event_json = serde_json::to_string(&event).map_err(|e| e.to_string())?;
-        let hash = entry_hash(seq, &time, &st.1, &event_json);
-        let line = format!(
-            "{{\"seq\":{seq},\"time\":{},\"prev\":\"{}\",\"event\":{event_json},\"hash\":\"{hash}\"}}\n",
-            serde_json::Value::String(time.clone()),
-            st.1
-        );
+        let fail = |what: &str, e: std::io::Error| {
+            format!("cannot {what} the audit log {}: {e}", self.path.display())
+        };
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
+            .mode_0640()
             .open(&self.path)
-            .map_err(|e| format!("cannot open the audit log {}: {e}", self.path.display()))?;
+            .map_err(|e| fail("open", e))?;
+        lock_exclusive(&f).map_err(|e| fail("lock", e))?;
+        let (last_seq, prev) = match last_line(&mut f).map_err(|e| fail("read", e))? {
+            None => (0, GENESIS.to_string()),
+            Some(l) => {
+                let e: AuditEntry = serde_json::from_str(&l).map_err(|e| {
+                    format!(
+                        "the last line of the audit log {} is damaged ({e}); run `komugate audit verify --file {}`",
+                        self.path.display(),
+                        self.path.display()
+                    )
+                })?;
+                (e.seq, e.hash)
+            }
+        };
+        let seq = last_seq + 1;
+        let time = format_rfc3339_ms(now_ms());
+        let event_json = serde_json::to_string(&event).map_err(|e| e.to_string())?;
+        let hash = entry_hash(seq, &time, &prev, &event_json);
+        let line = format!(
+            "{{\"seq\":{seq},\"time\":{},\"prev\":\"{}\",\"event\":{event_json},\"hash\":\"{hash}\"}}\n",
+            serde_json::Value::String(time.clone()),
+            prev
+        );
         f.write_all(line.as_bytes())
             .and_then(|_| f.sync_data())
-            .map_err(|e| format!("cannot write the audit log {}: {e}", self.path.display()))?;
+            .map_err(|e| fail("write", e))?;
         let entry = AuditEntry {
             seq,
             time,
-            prev: st.1.clone(),
+            prev,
             event: serde_json::from_str(&event_json).unwrap_or_default(),
             hash: hash.clone(),
         };
         *st = (seq, hash);
         Ok(entry)
+    }
+}
+
+/// Creates files readable by the owner and the group only.
+trait Mode0640 {
+    fn mode_0640(&mut self) -> &mut Self;
+}
+
+impl Mode0640 for OpenOptions {
+    #[cfg(unix)]
+    fn mode_0640(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o640)
+    }
+    #[cfg(not(unix))]
+    fn mode_0640(&mut self) -> &mut Self {
+        self
+    }
+}
+
+/// Exclusive advisory lock, released when the file is closed.
+#[cfg(unix)]
+fn lock_exclusive(f: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own for the duration of the call.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(unix))]
+fn lock_exclusive(_f: &File) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// The last non-empty line of the file, read from its end.
+fn last_line(f: &mut File) -> std::io::Result<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.seek(SeekFrom::End(0))?;
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::with_capacity((len - start) as usize);
+        f.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf);
+        let trimmed = text.trim_end();
+        match trimmed.rfind('\n') {
+            Some(i) => return Ok(Some(trimmed[i + 1..].to_string())),
+            None if start == 0 => return Ok((!trimmed.is_empty()).then(|| trimmed.to_string())),
+            None => window *= 4,
+        }
     }
 }
 

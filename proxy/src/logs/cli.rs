@@ -70,6 +70,24 @@ pub struct LogDirArgs {
 }
 
 impl LogDirArgs {
+    /// The audit log that goes with these logs: the configuration's
+    /// `[log] audit_log`, or with `--dir` the data directory layout's
+    /// `audit.log` next to the log directory.
+    pub fn audit_log(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.dir {
+            let data = d.parent().filter(|p| !p.as_os_str().is_empty());
+            return Ok(data.unwrap_or(Path::new(".")).join("audit.log"));
+        }
+        let mut config = match &self.config {
+            Some(p) => crate::config::Config::load(p)?,
+            None => crate::config::Config::embedded_default(),
+        };
+        if let Some(d) = &self.data {
+            config.data.dir = d.clone();
+        }
+        Ok(config.data_path(&config.log.audit_log))
+    }
+
     pub fn resolve(&self) -> Result<PathBuf> {
         if let Some(d) = &self.dir {
             return Ok(d.clone());
@@ -143,6 +161,10 @@ pub struct SearchArgs {
     /// Print what the search read (files skipped by the index ...) to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Audit log that records this search (default: the configuration's
+    /// [log] audit_log; with --dir, audit.log next to the log directory).
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Builds a query from textual filters (shared with `GET /admin/logs`).
@@ -227,6 +249,45 @@ pub fn run_logs(cmd: LogsCommand) -> Result<()> {
     }
 }
 
+/// An export holds personal data: owner and group only (0640).
+fn create_private(path: &Path) -> io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o640);
+    }
+    options.open(path)
+}
+
+/// The search's filters as `name=value` words, for the audit log.
+fn describe_search(a: &SearchArgs) -> String {
+    let fields = [
+        ("since", &a.since),
+        ("until", &a.until),
+        ("device", &a.device),
+        ("user", &a.user),
+        ("group", &a.group),
+        ("site", &a.site),
+        ("host", &a.host),
+        ("url_contains", &a.url_contains),
+        ("action", &a.action),
+        ("rule", &a.rule),
+        ("category", &a.category),
+        ("app", &a.app),
+        ("ips", &a.ips),
+    ];
+    let mut words: Vec<String> = fields
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect();
+    if let Some(n) = a.limit {
+        words.push(format!("limit={n}"));
+    }
+    words.join(" ")
+}
+
 fn run_search(a: SearchArgs) -> Result<()> {
     let dir = a.loc.resolve()?;
     let offset = parse_offset(&a.utc_offset).map_err(anyhow::Error::msg)?;
@@ -265,11 +326,29 @@ fn run_search(a: SearchArgs) -> Result<()> {
         a.limit,
     )
     .map_err(anyhow::Error::msg)?;
+    // Personal data: the search is audited (who, filters, format, file)
+    // before anything is read; if it cannot be audited it does not run.
+    let audit_path = match &a.audit_log {
+        Some(p) => p.clone(),
+        None => a.loc.audit_log()?,
+    };
+    let audit = super::audit::AuditLog::open(&audit_path).map_err(|e| {
+        anyhow::anyhow!("{e}; the search is not run without an audit entry (--audit-log FILE)")
+    })?;
+    audit
+        .append(super::audit::AuditEvent::LogSearch {
+            actor: super::audit::cli_actor(),
+            via: "cli".into(),
+            query: describe_search(&a),
+            format: format!("{format:?}").to_ascii_lowercase(),
+            out: a.out.as_ref().map(|p| p.display().to_string()),
+        })
+        .map_err(|e| anyhow::anyhow!("{e}; the search is not run without an audit entry"))?;
     let started = Instant::now();
     let out: Box<dyn Write> = match &a.out {
         Some(p) => Box::new(io::BufWriter::with_capacity(
             1 << 20,
-            std::fs::File::create(p)
+            create_private(p)
                 .with_context(|| format!("cannot create the output file {}", p.display()))?,
         )),
         None => Box::new(io::BufWriter::with_capacity(1 << 16, io::stdout().lock())),

@@ -441,7 +441,7 @@ fn print_banner(running: &crate::gateway::Running, demo_origin: Option<std::net:
         );
         if let Some(admin) = addrs.admin {
             println!(
-                "  curl -x http://{plain} http://{admin}/metrics      # refused: the gateway's own listeners are never a destination"
+                "  curl -x http://{plain} http://{admin}/metrics      # refused: the admin listener is not reachable through the proxy"
             );
         }
     }

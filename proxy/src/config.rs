@@ -143,6 +143,20 @@ pub struct DnsConfig {
     pub servers: Vec<SocketAddr>,
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
+    /// How long one query to one server may take before it is retried.
+    #[serde(default = "default_dns_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Tries per server before the lookup fails.
+    #[serde(default = "default_dns_attempts")]
+    pub attempts: usize,
+}
+
+fn default_dns_timeout_ms() -> u64 {
+    3000
+}
+
+fn default_dns_attempts() -> usize {
+    2
 }
 
 fn default_cache_entries() -> usize {
@@ -154,6 +168,8 @@ impl Default for DnsConfig {
         DnsConfig {
             servers: Vec::new(),
             cache_entries: default_cache_entries(),
+            timeout_ms: default_dns_timeout_ms(),
+            attempts: default_dns_attempts(),
         }
     }
 }
@@ -163,6 +179,10 @@ impl Default for DnsConfig {
 pub struct EgressConfig {
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Time an upstream has to send its whole response head once the
+    /// request (with its body) has been sent; then the client gets a 504.
+    #[serde(default = "default_response_header_timeout_ms")]
+    pub response_header_timeout_ms: u64,
     #[serde(default)]
     pub allow_destinations: Vec<IpNet>,
     #[serde(default)]
@@ -171,6 +191,10 @@ pub struct EgressConfig {
 
 fn default_connect_timeout_ms() -> u64 {
     5000
+}
+
+fn default_response_header_timeout_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +370,12 @@ impl Config {
         }
         if !self.listen.plain.is_empty() && self.listen.plain_clients.is_empty() {
             bail!("{origin}: [listen] plain is enabled but plain_clients is empty; list the in-site CIDRs allowed to use it (no open proxy)");
+        }
+        if self.egress.connect_timeout_ms == 0 || self.egress.response_header_timeout_ms == 0 {
+            bail!("{origin}: [egress] connect_timeout_ms and response_header_timeout_ms must be at least 1");
+        }
+        if self.dns.timeout_ms == 0 || self.dns.attempts == 0 {
+            bail!("{origin}: [dns] timeout_ms and attempts must be at least 1");
         }
         for fixed in &self.egress.fixed {
             if fixed.hosts.is_empty() {

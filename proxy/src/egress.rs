@@ -24,6 +24,12 @@ use crate::metrics::Metrics;
 pub enum EgressError {
     #[error("cannot resolve {host}: {reason}")]
     Resolve { host: String, reason: String },
+    #[error("cannot resolve {host}: the DNS servers did not answer in time ({tries} tries of {timeout_ms} ms each)")]
+    ResolveTimeout {
+        host: String,
+        tries: usize,
+        timeout_ms: u64,
+    },
     #[error("destination {addr} ({class}) is not allowed by the gateway configuration; add it to [egress] allow_destinations if it must be reachable")]
     ForbiddenDestination { addr: IpAddr, class: AddressClass },
     #[error("{addr} is one of this gateway's own listeners; the gateway never proxies to itself (use the listener directly)")]
@@ -293,6 +299,8 @@ fn is_local_address(ip: IpAddr) -> bool {
 /// so that hits are visible as a metric.
 pub struct Resolver {
     inner: TokioResolver,
+    timeout_ms: u64,
+    tries: usize,
     cache: Mutex<HashMap<String, (Arc<Vec<IpAddr>>, Instant)>>,
     max_entries: usize,
     metrics: Arc<Metrics>,
@@ -318,10 +326,12 @@ impl Resolver {
         };
         let mut builder = builder;
         builder.options_mut().cache_size = config.cache_entries.max(16);
-        builder.options_mut().timeout = Duration::from_secs(3);
-        builder.options_mut().attempts = 2;
+        builder.options_mut().timeout = Duration::from_millis(config.timeout_ms.max(1));
+        builder.options_mut().attempts = config.attempts.max(1);
         Ok(Resolver {
             inner: builder.build(),
+            timeout_ms: config.timeout_ms.max(1),
+            tries: config.attempts.max(1) * config.servers.len().max(1),
             cache: Mutex::new(HashMap::new()),
             max_entries: config.cache_entries.max(16),
             metrics,
@@ -359,10 +369,7 @@ impl Resolver {
         self.metrics
             .dns_lookup_seconds
             .observe(started.elapsed().as_secs_f64());
-        let lookup = lookup.map_err(|e| EgressError::Resolve {
-            host: key.clone(),
-            reason: e.to_string(),
-        })?;
+        let lookup = lookup.map_err(|e| self.resolve_error(&key, &e))?;
         let addrs: Vec<IpAddr> = lookup.iter().collect();
         if addrs.is_empty() {
             return Err(EgressError::Resolve {
@@ -380,6 +387,37 @@ impl Resolver {
         }
         cache.insert(key, (addrs.clone(), lookup.valid_until()));
         Ok(addrs)
+    }
+}
+
+impl Resolver {
+    /// Says what DNS answered, in words an administrator can act on.
+    fn resolve_error(&self, host: &str, e: &hickory_resolver::ResolveError) -> EgressError {
+        use hickory_resolver::proto::op::ResponseCode;
+        use hickory_resolver::proto::ProtoErrorKind;
+        let reason = match e.proto().map(|p| p.kind()) {
+            Some(ProtoErrorKind::Timeout) => {
+                return EgressError::ResolveTimeout {
+                    host: host.to_string(),
+                    tries: self.tries,
+                    timeout_ms: self.timeout_ms,
+                }
+            }
+            Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => match *response_code {
+                ResponseCode::NXDomain => "no such domain (NXDOMAIN)".to_string(),
+                ResponseCode::NoError => "the name has no address records".to_string(),
+                // Debug is the RFC mnemonic in camel case: ServFail -> SERVFAIL.
+                code => format!(
+                    "the DNS server answered {}",
+                    format!("{code:?}").to_uppercase()
+                ),
+            },
+            _ => format!("DNS error: {e}"),
+        };
+        EgressError::Resolve {
+            host: host.to_string(),
+            reason,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -352,18 +352,26 @@ fn egress_refusal(
             "接続先のサーバーが時間内に応答しませんでした。",
             &err.to_string(),
         )),
+        EgressError::ResolveTimeout { .. } => full(block_page::error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "DNS サーバーが時間内に応答せず、接続先の名前を解決できませんでした。",
+            &err.to_string(),
+        )),
         EgressError::Tls { .. } => full(block_page::error_response(
             StatusCode::BAD_GATEWAY,
             "接続先のサーバーと TLS で接続できませんでした。",
             &err.to_string(),
         )),
-        EgressError::Resolve { .. } | EgressError::Connect { .. } => {
-            full(block_page::error_response(
-                StatusCode::BAD_GATEWAY,
-                "接続先のサーバーに接続できませんでした。",
-                &err.to_string(),
-            ))
-        }
+        EgressError::Resolve { .. } => full(block_page::error_response(
+            StatusCode::BAD_GATEWAY,
+            "DNS で接続先の名前を解決できませんでした。",
+            &err.to_string(),
+        )),
+        EgressError::Connect { .. } => full(block_page::error_response(
+            StatusCode::BAD_GATEWAY,
+            "接続先のサーバーに接続できませんでした。",
+            &err.to_string(),
+        )),
     }
 }
 
@@ -746,15 +754,42 @@ pub async fn relay_request(
     };
     parts.version = Version::HTTP_11;
     let up = Arc::new(AtomicU64::new(0));
+    let request_sent = Arc::new(tokio::sync::Notify::new());
     let body: UpstreamBody = Counted {
         inner: body,
         counter: up.clone(),
+        on_end: Some(request_sent.clone()),
     }
     .boxed();
     let upstream_req = Request::from_parts(parts, body);
 
     let client = gw.pools.client(decision.egress_source, alpn);
-    let mut resp = match client.request(upstream_req).await {
+    let head_timeout = Duration::from_millis(gw.config.egress.response_header_timeout_ms);
+    // The upstream's clock starts once the whole request is sent: a slow
+    // upload is the client's pace, not a slow upstream.
+    let head_deadline = async {
+        request_sent.notified().await;
+        tokio::time::sleep(head_timeout).await;
+    };
+    let answer = tokio::select! {
+        answer = client.request(upstream_req) => answer,
+        () = head_deadline => {
+            let shown = record.target.clone();
+            record.error = Some(format!(
+                "upstream timeout: no complete response head within {} ms after the request was sent ([egress] response_header_timeout_ms)",
+                head_timeout.as_millis()
+            ));
+            return Err(full(block_page::error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "接続先のサーバーが時間内に応答しませんでした。",
+                &format!(
+                    "The upstream server for {shown} did not answer within {} ms.",
+                    head_timeout.as_millis()
+                ),
+            )));
+        }
+    };
+    let mut resp = match answer {
         Ok(r) => r,
         Err(e) => {
             let shown = record.target.clone();
@@ -770,6 +805,19 @@ pub async fn relay_request(
             }
             if let Some(ee) = egress_error(&e) {
                 return Err(egress_refusal(conn, ee, &shown, record));
+            }
+            record.bytes_up = up.load(Ordering::Relaxed);
+            if request_body_failed(&e) {
+                // Nobody reads this answer; the record says what happened.
+                record.error = Some(format!(
+                    "client aborted the request body after {} bytes: {}",
+                    record.bytes_up,
+                    innermost(&e)
+                ));
+                return Err(bad_request(
+                    "リクエストの本文が途中で途切れました。",
+                    "The request body was cut short.",
+                ));
             }
             record.error = Some(format!("upstream: {e}"));
             return Err(full(block_page::error_response(
@@ -822,6 +870,8 @@ pub async fn relay_request(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     add_via(&mut parts.headers, Version::HTTP_11);
+    // hyper may never poll a body it knows to be empty (HEAD, 204, 304).
+    let nothing_to_relay = body.is_end_stream() || record.method == "HEAD";
     let done = AccessOnDrop {
         record: Some(std::mem::take(record)),
         log: gw.access_log.clone(),
@@ -829,28 +879,60 @@ pub async fn relay_request(
         started,
         up,
         down: Arc::new(AtomicU64::new(0)),
+        complete: AtomicBool::new(nothing_to_relay),
+        upstream_error: None,
     };
     let down = done.down.clone();
     let body = Counted {
         inner: body,
         counter: down,
+        on_end: None,
     }
     .with_guard(done)
     .boxed();
     Ok(Response::from_parts(parts, body))
 }
 
-/// A body that counts the data bytes passing through it.
+/// True if hyper gave up on a request because reading its body (from
+/// the client) failed, rather than because of the upstream.
+fn request_body_failed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The root cause of an error chain, for a short record.
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// A body that counts the data bytes passing through it and, if asked,
+/// signals when it has been read to its end.
 struct Counted<B> {
     inner: B,
     counter: Arc<AtomicU64>,
+    on_end: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<B> Counted<B> {
     fn with_guard(self, guard: AccessOnDrop) -> Guarded<Counted<B>> {
-        Guarded {
-            inner: self,
-            _guard: guard,
+        Guarded { inner: self, guard }
+    }
+
+    fn ended(&self) {
+        if let Some(n) = &self.on_end {
+            n.notify_one();
         }
     }
 }
@@ -864,15 +946,23 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &poll {
-            if let Some(data) = frame.data_ref() {
-                self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
             }
+            Poll::Ready(None) => self.ended(),
+            _ => {}
         }
         poll
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.ended();
+        }
+        end
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
@@ -880,23 +970,39 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 }
 
 /// Keeps the access record alive until the response body is finished (or
-/// the client goes away), then writes it with the final byte counts.
+/// the client goes away), then writes it with the final byte counts and,
+/// if the body did not reach its end, why.
 struct Guarded<B> {
     inner: B,
-    _guard: AccessOnDrop,
+    guard: AccessOnDrop,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Guarded<B> {
+impl<B: Body<Data = Bytes> + Unpin> Body for Guarded<B>
+where
+    B::Error: std::fmt::Display,
+{
     type Data = Bytes;
     type Error = B::Error;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(None) => self.guard.complete.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Err(e))) => {
+                self.guard.upstream_error = Some(format!("upstream body: {e}"));
+            }
+            _ => {}
+        }
+        poll
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.guard.complete.store(true, Ordering::Relaxed);
+        }
+        end
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
@@ -910,6 +1016,10 @@ struct AccessOnDrop {
     started: Instant,
     up: Arc<AtomicU64>,
     down: Arc<AtomicU64>,
+    /// The response body was relayed to its end.
+    complete: AtomicBool,
+    /// The upstream broke off the response body (reset, bad framing).
+    upstream_error: Option<String>,
 }
 
 impl Drop for AccessOnDrop {
@@ -918,6 +1028,21 @@ impl Drop for AccessOnDrop {
             record.bytes_up = self.up.load(Ordering::Relaxed);
             record.bytes_down = self.down.load(Ordering::Relaxed);
             record.duration_ms = self.started.elapsed().as_millis() as u64;
+            if record.error.is_none() {
+                // The status stays what the client received; the error says
+                // the body was cut short and by whom.
+                record.error = match self.upstream_error.take() {
+                    Some(e) => Some(format!(
+                        "{e}; response cut short after {} bytes",
+                        record.bytes_down
+                    )),
+                    None if !self.complete.load(Ordering::Relaxed) => Some(format!(
+                        "client went away after {} bytes of the response",
+                        record.bytes_down
+                    )),
+                    None => None,
+                };
+            }
             self.metrics
                 .bytes_total
                 .with_label_values(&["up"])

@@ -1,5 +1,6 @@
 //! A local authoritative DNS server (hickory-server, in-memory zone) on
-//! 127.0.0.1, UDP and TCP on the same port.
+//! 127.0.0.1, UDP and TCP on the same port; and a misbehaving one
+//! ([`FaultDns`]) for the DNS fault tests.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
@@ -62,4 +63,136 @@ pub async fn start(origin: &str, records: &[(&str, Ipv4Addr)]) -> DnsServer {
         let _ = server.block_until_done().await;
     });
     DnsServer { addr, task }
+}
+
+/// What [`FaultDns`] does with a query, chosen by the queried name's first label.
+///
+/// - `servfail.*`: answers SERVFAIL (UDP and TCP)
+/// - `silent.*`: never answers
+/// - `truncated.*`: UDP answers are empty with TC=1; TCP answers A 127.0.0.1
+/// - `tcpgone.*`: UDP answers are empty with TC=1; TCP connections are closed unanswered
+/// - anything else: A 127.0.0.1
+pub struct FaultDns {
+    pub addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<(String, &'static str)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FaultDns {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl FaultDns {
+    pub async fn start() -> FaultDns {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS UDP"));
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr)
+            .await
+            .expect("bind DNS TCP on the UDP port");
+        let seen: Arc<std::sync::Mutex<Vec<(String, &'static str)>>> = Default::default();
+        let seen_udp = seen.clone();
+        let udp_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+                    return;
+                };
+                if let Some(answer) = fault_answer(&buf[..n], "udp", &seen_udp) {
+                    let _ = udp.send_to(&answer, peer).await;
+                }
+            }
+        });
+        let seen_tcp = seen.clone();
+        let tcp_task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut s, _)) = tcp.accept().await else {
+                    return;
+                };
+                let seen = seen_tcp.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut len = [0u8; 2];
+                        if s.read_exact(&mut len).await.is_err() {
+                            return;
+                        }
+                        let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                        if s.read_exact(&mut q).await.is_err() {
+                            return;
+                        }
+                        let Some(answer) = fault_answer(&q, "tcp", &seen) else {
+                            return; // close unanswered
+                        };
+                        let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&answer);
+                        if s.write_all(&framed).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FaultDns {
+            addr,
+            seen,
+            tasks: vec![udp_task, tcp_task],
+        }
+    }
+
+    /// Queries received for names starting with `label.`, by transport.
+    pub fn queries(&self, label: &str, transport: &str) -> usize {
+        let prefix = format!("{label}.");
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, t)| n.starts_with(&prefix) && *t == transport)
+            .count()
+    }
+}
+
+fn fault_answer(
+    query: &[u8],
+    transport: &'static str,
+    seen: &std::sync::Mutex<Vec<(String, &'static str)>>,
+) -> Option<Vec<u8>> {
+    use hickory_server::proto::op::{Message, MessageType, ResponseCode};
+    use hickory_server::proto::rr::RecordType;
+    let q = Message::from_vec(query).ok()?;
+    let question = q.queries().first()?.clone();
+    let name = question.name().to_ascii().to_ascii_lowercase();
+    seen.lock().unwrap().push((name.clone(), transport));
+    let label = name.split('.').next().unwrap_or("");
+    let mut m = Message::new();
+    m.set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(q.op_code())
+        .set_recursion_desired(q.recursion_desired())
+        .set_recursion_available(true)
+        .add_query(question.clone());
+    match (label, transport) {
+        ("silent", _) => return None,
+        ("servfail", _) => {
+            m.set_response_code(ResponseCode::ServFail);
+        }
+        ("truncated" | "tcpgone", "udp") => {
+            m.set_truncated(true);
+        }
+        ("tcpgone", _) => return None,
+        _ => {
+            m.set_authoritative(true);
+            if question.query_type() == RecordType::A {
+                m.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    60,
+                    RData::A(A(Ipv4Addr::LOCALHOST)),
+                ));
+            }
+        }
+    }
+    m.to_vec().ok()
 }

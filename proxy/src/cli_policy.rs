@@ -98,8 +98,8 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
                 Ok(toml) => {
                     match out {
                         Some(out) => {
-                            std::fs::write(&out, toml)
-                                .with_context(|| format!("cannot write {}", out.display()))?;
+                            // Often the running policy's own path: never leave it torn.
+                            crate::atomic_file::write(&out, toml.as_bytes())?;
                             eprintln!(
                                 "wrote {}; check it with `komugate policy check {}`",
                                 out.display(),

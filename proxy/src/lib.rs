@@ -11,9 +11,11 @@
 //! - [`tunnel`]: bidirectional relay with half-close and idle timeout
 //! - [`access_log`], [`metrics`], [`admin`]: observability
 //! - [`pki`]: CA and certificate helpers; [`config`]: gateway configuration
+//! - [`atomic_file`]: whole-file replacement for config, policy, list and state files
 
 pub mod access_log;
 pub mod admin;
+pub mod atomic_file;
 pub mod beacon;
 pub mod block_page;
 pub mod casb;

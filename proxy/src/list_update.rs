@@ -199,11 +199,9 @@ fn read_state(src: &RemoteSource) -> Option<Persisted> {
 
 fn write_state(src: &RemoteSource, p: &Persisted) {
     let file = state_file(&src.path);
-    let tmp = sibling(&src.path, ".update.json.tmp");
     let result = serde_json::to_vec_pretty(p)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, &file));
+        .and_then(|bytes| crate::atomic_file::write(&file, &bytes));
     if let Err(e) = result {
         tracing::warn!("cannot write {}: {e}", file.display());
     }

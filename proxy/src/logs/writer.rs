@@ -10,6 +10,21 @@
 //!      ─► closing file removed
 //! ```
 //!
+//! A disk that refuses a write (full, I/O error) never tears or loses a
+//! batch: what was partly written is cut back off the file and the batch
+//! stays in memory, retried at every tick, with `komugate_access_log_unwritten_bytes`
+//! and a logged error as the alert. Beyond [`MAX_UNWRITTEN`] the writer
+//! stops taking records, the channel fills, and the spill queue takes over
+//! (on the same disk: what it cannot write is counted in
+//! `komugate_access_log_dropped_total` and logged). The data path keeps
+//! serving throughout.
+//!
+//! Clock jumps: the live file is closed at once when the wall clock goes
+//! back before its period began or steps by an hour or more (file names are
+//! unique per process, so a repeated time never overwrites a segment), and
+//! after a step of an hour or more the retention sweep waits a day for the
+//! clock to be put right (`komugate_clock_jumps_total`).
+//!
 //! The data path never touches the disk: both channels are bounded and
 //! `try_send`. A `kill -9` loses what is in the channels and in the current
 //! batch (milliseconds at board load); a power loss at most the records
@@ -26,7 +41,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use super::audit::{AuditEvent, AuditLog};
 use super::layout::{self, CLOSING, SEGMENTS, SHIP, SPILL};
@@ -38,6 +53,22 @@ use crate::metrics::Metrics;
 /// How long the writer lets records gather after writing a batch. Bounds
 /// what a `kill -9` can lose on top of the channel contents, at any load.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// Bytes of records the writer keeps in memory while the disk refuses them,
+/// per file, before it stops taking records from the channel.
+pub const MAX_UNWRITTEN: usize = 64 << 20;
+
+/// How often a disk that keeps refusing writes is reported in the log.
+const DISK_ERROR_REPORT: Duration = Duration::from_secs(10);
+
+/// A wall-clock step at least this large (against the monotonic clock,
+/// between two ticks) is a clock jump.
+const CLOCK_JUMP_MS: i64 = 3_600_000;
+
+/// After a clock jump the retention sweep waits this long (monotonic) for
+/// the clock to be put right: a clock set a year ahead by mistake must not
+/// delete a year of logs.
+const SWEEP_HOLD_AFTER_JUMP: Duration = Duration::from_secs(86_400);
 
 /// Writer settings (from `[log]`).
 #[derive(Debug, Clone)]
@@ -86,6 +117,8 @@ pub struct LogMetrics {
     pub dropped: IntCounter,
     pub segments: IntCounter,
     pub write_errors: IntCounter,
+    pub unwritten_bytes: IntGauge,
+    pub clock_jumps: IntCounter,
     pub ship_sent: IntCounterVec,
     pub ship_errors: IntCounterVec,
     pub ship_dropped: IntCounterVec,
@@ -115,6 +148,15 @@ impl LogMetrics {
                 "komugate_access_log_write_errors_total",
                 "Failed writes or syncs of the access log",
             ),
+            unwritten_bytes: IntGauge::new(
+                "komugate_access_log_unwritten_bytes",
+                "Bytes of records held in memory because the disk refused them (full, I/O error); alert when above 0",
+            )
+            .expect("metric"),
+            clock_jumps: c(
+                "komugate_clock_jumps_total",
+                "Wall-clock steps of an hour or more seen by the log writer (the retention sweep is held for a day after one)",
+            ),
             ship_sent: v(
                 "komugate_log_ship_records_total",
                 "Records acknowledged by an external log target",
@@ -141,6 +183,8 @@ impl LogMetrics {
         let _ = r.register(Box::new(lm.spilled.clone()));
         let _ = r.register(Box::new(lm.segments.clone()));
         let _ = r.register(Box::new(lm.write_errors.clone()));
+        let _ = r.register(Box::new(lm.unwritten_bytes.clone()));
+        let _ = r.register(Box::new(lm.clock_jumps.clone()));
         let _ = r.register(Box::new(lm.ship_sent.clone()));
         let _ = r.register(Box::new(lm.ship_errors.clone()));
         let _ = r.register(Box::new(lm.ship_dropped.clone()));
@@ -307,6 +351,7 @@ pub fn start(
             let _ = spill.join();
             w.ingest_spill();
             w.sync();
+            w.report_lost_at_stop();
             let Writer { compactor_tx, .. } = w;
             drop(compactor_tx);
             let _ = compactor.join();
@@ -327,24 +372,74 @@ fn with_path(e: io::Error, p: &Path, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("cannot {what} {}: {e}", p.display()))
 }
 
-fn open_live(path: &Path) -> io::Result<BufWriter<File>> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| with_path(e, path, "open the access log"))?;
-    Ok(BufWriter::with_capacity(1 << 20, f))
+fn open_live(path: &Path) -> io::Result<AppendFile> {
+    AppendFile::open(path).map_err(|e| with_path(e, path, "open the access log"))
+}
+
+/// An append-only file that never keeps a torn batch: a write the disk
+/// refuses is cut back off the file and the batch waits in `unwritten`.
+struct AppendFile {
+    file: File,
+    /// File length after the last complete write.
+    len: u64,
+    /// Bytes the disk refused, oldest first; retried before anything newer.
+    unwritten: Vec<u8>,
+    /// The last write failed: the file may hold part of it.
+    failed: bool,
+}
+
+impl AppendFile {
+    fn open(path: &Path) -> io::Result<AppendFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(AppendFile {
+            file,
+            len,
+            unwritten: Vec::new(),
+            failed: false,
+        })
+    }
+
+    /// Appends `bytes` after whatever is still unwritten.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.unwritten.extend_from_slice(bytes);
+        self.retry()
+    }
+
+    /// Writes what the disk refused before.
+    fn retry(&mut self) -> io::Result<()> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        // A failed write may have left part of a batch behind: cut it off.
+        if self.failed && self.file.metadata()?.len() != self.len {
+            self.file.set_len(self.len)?;
+        }
+        match self.file.write_all(&self.unwritten) {
+            Ok(()) => {
+                self.len += self.unwritten.len() as u64;
+                self.unwritten.clear();
+                self.failed = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
+    }
 }
 
 struct ShipTee {
     dir: PathBuf,
-    part: Option<(PathBuf, BufWriter<File>)>,
+    part: Option<(PathBuf, AppendFile)>,
 }
 
 struct Writer {
     s: WriterSettings,
     dir: PathBuf,
-    live: BufWriter<File>,
+    live: AppendFile,
     dirty: bool,
     next_tick: Instant,
     next_rotate_ms: i64,
@@ -354,12 +449,18 @@ struct Writer {
     buf: Vec<u8>,
     lm: Arc<LogMetrics>,
     pending_acks: Vec<SyncSender<()>>,
+    /// Since when, and when last reported, the disk refuses writes.
+    disk_failing: Option<(Instant, Instant)>,
+    /// Wall clock (ms) and monotonic clock at the last tick.
+    last_tick: (i64, Instant),
+    /// No retention sweep before this (set by a clock jump).
+    sweep_held_until: Option<Instant>,
 }
 
 impl Writer {
     fn new(
         s: WriterSettings,
-        live: BufWriter<File>,
+        live: AppendFile,
         compactor_tx: mpsc::Sender<PathBuf>,
         lm: Arc<LogMetrics>,
     ) -> Writer {
@@ -386,6 +487,9 @@ impl Writer {
             buf: Vec::with_capacity(1 << 20),
             lm,
             pending_acks: Vec::new(),
+            disk_failing: None,
+            last_tick: (now, Instant::now()),
+            sweep_held_until: None,
         };
         w.maybe_sweep(now);
         w
@@ -394,6 +498,13 @@ impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
         loop {
             let wait = self.next_tick.saturating_duration_since(Instant::now());
+            if self.live.unwritten.len() >= MAX_UNWRITTEN {
+                // The disk refuses and memory holds enough: leave new
+                // records to the channel and the spill queue until it heals.
+                std::thread::sleep(wait);
+                self.tick();
+                continue;
+            }
             match rx.recv_timeout(wait) {
                 Ok(msg) => {
                     self.take(msg);
@@ -404,12 +515,7 @@ impl Writer {
                         }
                     }
                     self.write_batch();
-                    if !self.pending_acks.is_empty() {
-                        self.sync();
-                        for a in self.pending_acks.drain(..) {
-                            let _ = a.try_send(());
-                        }
-                    }
+                    self.acknowledge_syncs();
                     // Let the next records gather instead of blocking in
                     // recv again: a blocked receiver costs every submitting
                     // request a futex wake-up and this thread a context
@@ -439,40 +545,105 @@ impl Writer {
         }
     }
 
-    /// Hands the batch to the OS (a kill -9 after this loses nothing).
-    fn write_batch(&mut self) {
-        if self.buf.is_empty() {
+    /// Answers `sync` callers once everything before them is on disk.
+    fn acknowledge_syncs(&mut self) {
+        if self.pending_acks.is_empty() {
             return;
         }
-        let res = self
-            .live
-            .write_all(&self.buf)
-            .and_then(|_| self.live.flush());
-        if let Err(e) = res {
-            self.lm.write_errors.inc();
+        self.sync();
+        if self.unwritten() == 0 {
+            for a in self.pending_acks.drain(..) {
+                let _ = a.try_send(());
+            }
+        }
+    }
+
+    /// At stop, records the disk still refuses are lost: counted and said.
+    fn report_lost_at_stop(&self) {
+        let lines = self.live.unwritten.iter().filter(|&&b| b == b'\n').count();
+        if lines > 0 {
+            self.lm.dropped.inc_by(lines as u64);
             tracing::error!(
-                "cannot write the access log {}: {e}",
+                "ACCESS RECORDS DROPPED: {lines} record(s) could not be written to {} before the stop (the disk refused them)",
                 self.s.live_file.display()
             );
         }
+    }
+
+    fn unwritten(&self) -> usize {
+        self.live.unwritten.len()
+            + self
+                .tees
+                .iter()
+                .filter_map(|t| t.part.as_ref())
+                .map(|(_, f)| f.unwritten.len())
+                .sum::<usize>()
+    }
+
+    /// Hands the batch (and what the disk refused before) to the OS: a
+    /// kill -9 after this loses nothing.
+    fn write_batch(&mut self) {
+        if self.buf.is_empty() && self.unwritten() == 0 {
+            return;
+        }
+        let mut failure = self
+            .live
+            .append(&self.buf)
+            .err()
+            .map(|e| format!("{}: {e}", self.s.live_file.display()));
         for t in &mut self.tees {
-            if let Err(e) = tee_write(t, &self.buf) {
-                self.lm.write_errors.inc();
-                tracing::error!("cannot write the shipping queue {}: {e}", t.dir.display());
+            if let Err(e) = tee_write(t, &self.buf, &self.lm) {
+                failure.get_or_insert_with(|| format!("{}: {e}", t.dir.display()));
             }
         }
         self.buf.clear();
         self.dirty = true;
+        self.note_disk(failure);
+    }
+
+    /// The alert for a disk that refuses writes: a gauge, an error line at
+    /// the first failure and every [`DISK_ERROR_REPORT`], a line when it heals.
+    fn note_disk(&mut self, failure: Option<String>) {
+        let unwritten = self.unwritten();
+        self.lm.unwritten_bytes.set(unwritten as i64);
+        let now = Instant::now();
+        match (failure, self.disk_failing) {
+            (Some(e), state) => {
+                self.lm.write_errors.inc();
+                let report = match state {
+                    None => true,
+                    Some((_, last)) => now.duration_since(last) >= DISK_ERROR_REPORT,
+                };
+                let since = state.map(|(s, _)| s).unwrap_or(now);
+                if report {
+                    tracing::error!(
+                        "ACCESS LOG CANNOT BE WRITTEN: {e}; {unwritten} bytes of records are kept in memory and retried every {:?} (beyond {} MiB new records go to the spill queue, and are dropped and counted in komugate_access_log_dropped_total if it fails too); free space in {}",
+                        self.s.fsync_interval,
+                        MAX_UNWRITTEN >> 20,
+                        self.dir.display()
+                    );
+                }
+                let last = match state {
+                    Some((_, last)) if !report => last,
+                    _ => now,
+                };
+                self.disk_failing = Some((since, last));
+            }
+            (None, Some((since, _))) if unwritten == 0 => {
+                tracing::warn!(
+                    "the access log is writable again after {:?}; every record kept in memory is written",
+                    now.duration_since(since)
+                );
+                self.disk_failing = None;
+            }
+            (None, _) => {}
+        }
     }
 
     fn sync(&mut self) {
         self.write_batch();
         if self.dirty {
-            if let Err(e) = self
-                .live
-                .flush()
-                .and_then(|_| self.live.get_ref().sync_data())
-            {
+            if let Err(e) = self.live.file.sync_data() {
                 self.lm.write_errors.inc();
                 tracing::error!(
                     "cannot sync the access log {}: {e}",
@@ -480,8 +651,15 @@ impl Writer {
                 );
             }
             for t in &mut self.tees {
-                if let Some((part, mut f)) = t.part.take() {
-                    let res = f.flush().and_then(|_| f.get_ref().sync_data());
+                // A part with unwritten records stays open until they are written.
+                if t.part
+                    .as_ref()
+                    .is_some_and(|(_, f)| !f.unwritten.is_empty())
+                {
+                    continue;
+                }
+                if let Some((part, f)) = t.part.take() {
+                    let res = f.file.sync_data();
                     drop(f);
                     let res =
                         res.and_then(|_| std::fs::rename(&part, part.with_extension("jsonl")));
@@ -501,8 +679,14 @@ impl Writer {
     fn tick(&mut self) {
         self.ingest_spill();
         self.sync();
+        self.acknowledge_syncs();
         let now = now_ms();
-        if now >= self.next_rotate_ms {
+        let jumped = self.watch_clock(now);
+        let period = (self.s.rotate_secs.max(1) * 1000) as i64;
+        // Back before the live file's period began: close it now, so a
+        // file never mixes hours (or days) and a segment's name never
+        // claims a time its records are not from.
+        if jumped || now >= self.next_rotate_ms || now < self.next_rotate_ms - period {
             self.rotate(now);
         }
         self.maybe_sweep(now);
@@ -514,6 +698,9 @@ impl Writer {
         let files = layout::spill_files(&self.dir, false);
         if files.is_empty() {
             return;
+        }
+        if !self.live.unwritten.is_empty() {
+            return; // the disk refuses writes: the spill files are safer where they are
         }
         for f in &files {
             match std::fs::read(f) {
@@ -531,8 +718,10 @@ impl Writer {
             }
         }
         self.sync();
-        for f in &files {
-            let _ = std::fs::remove_file(f);
+        if self.live.unwritten.is_empty() {
+            for f in &files {
+                let _ = std::fs::remove_file(f);
+            }
         }
     }
 
@@ -560,7 +749,10 @@ impl Writer {
         sync_dir(&self.dir.join(CLOSING));
         sync_dir(&self.dir);
         match open_live(&self.s.live_file) {
-            Ok(l) => self.live = l,
+            Ok(mut l) => {
+                l.unwritten = std::mem::take(&mut self.live.unwritten);
+                self.live = l;
+            }
             Err(e) => {
                 self.lm.write_errors.inc();
                 tracing::error!("{e}");
@@ -569,7 +761,33 @@ impl Writer {
         let _ = self.compactor_tx.send(to);
     }
 
+    /// Notices wall-clock jumps (NTP step, an administrator's `date -s`)
+    /// by comparing with the monotonic clock; returns true on a jump.
+    fn watch_clock(&mut self, now: i64) -> bool {
+        let mono = Instant::now();
+        let (last_wall, last_mono) = self.last_tick;
+        self.last_tick = (now, mono);
+        let expected = last_wall + mono.duration_since(last_mono).as_millis() as i64;
+        let step = now - expected;
+        if step.abs() < CLOCK_JUMP_MS {
+            return false;
+        }
+        self.lm.clock_jumps.inc();
+        self.sweep_held_until = Some(mono + SWEEP_HOLD_AFTER_JUMP);
+        tracing::warn!(
+            "the wall clock jumped by {:+} s; the live access log is closed now and the retention sweep waits 24 h for the clock to be put right (check NTP)",
+            step / 1000
+        );
+        true
+    }
+
     fn maybe_sweep(&mut self, now: i64) {
+        if let Some(until) = self.sweep_held_until {
+            if Instant::now() < until {
+                return;
+            }
+            self.sweep_held_until = None;
+        }
         let today = now.div_euclid(86_400_000);
         if today == self.sweep_day {
             return;
@@ -615,17 +833,30 @@ impl Writer {
     }
 }
 
-fn tee_write(t: &mut ShipTee, bytes: &[u8]) -> io::Result<()> {
+fn tee_write(t: &mut ShipTee, bytes: &[u8], lm: &LogMetrics) -> io::Result<()> {
     if t.part.is_none() {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let p = t.dir.join(format!("{}.part", layout::stamp_now()));
-        let f = OpenOptions::new().create(true).append(true).open(&p)?;
-        t.part = Some((p, BufWriter::with_capacity(1 << 16, f)));
+        t.part = Some((p.clone(), AppendFile::open(&p)?));
     }
-    if let Some((_, f)) = &mut t.part {
-        f.write_all(bytes)?;
-        f.flush()?;
+    let Some((_, f)) = &mut t.part else {
+        return Ok(());
+    };
+    if f.unwritten.len() >= MAX_UNWRITTEN {
+        // The shipping queue's disk refuses and memory holds enough: these
+        // records reach the local log only, never the external target.
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        let name = t.dir.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+        lm.ship_dropped.with_label_values(&[name]).inc_by(lines);
+        tracing::error!(
+            "LOG SHIPPING RECORDS DROPPED: {lines} record(s) for {name}; its queue {} cannot be written",
+            t.dir.display()
+        );
+        return f.retry();
     }
-    Ok(())
+    f.append(bytes)
 }
 
 fn next_rotation(now: i64, rotate_secs: u64) -> i64 {

@@ -69,6 +69,7 @@ struct Feed {
     handle: Option<komugate::logs::writer::WriterHandle>,
     stop: ShipStop,
     next: u64,
+    metrics: std::sync::Arc<komugate::logs::writer::LogMetrics>,
 }
 
 impl Feed {
@@ -79,12 +80,25 @@ impl Feed {
         s.ship_queues = vec![target.name().to_string()];
         let (sub, handle, lm) = writer::start(s, &metrics).unwrap();
         let stop = ShipStop::default();
-        ship::spawn(dir, target, lm, stop.clone()).unwrap();
+        ship::spawn(dir, target, lm.clone(), stop.clone()).unwrap();
         Feed {
             sub,
             handle: Some(handle),
             stop,
             next: 0,
+            metrics: lm,
+        }
+    }
+    /// Submits `n` records as fast as the writer takes them, time-stamped
+    /// evenly from `from` to `from + over`.
+    fn send_stamped(&mut self, n: u64, from: SystemTime, over: Duration) {
+        let step = over / n.max(1) as u32;
+        for k in 0..n {
+            self.sub.submit(komugate::logs::cli::sample_record(
+                self.next,
+                from + step * k as u32,
+            ));
+            self.next += 1;
         }
     }
     /// Submits `n` records over `over`.
@@ -119,65 +133,63 @@ fn count_exactly_once(ids: &[String], n: u64) {
     assert_eq!(ids.len() as u64, n, "no record arrived twice");
 }
 
-#[test]
-fn syslog_outage_loses_nothing_and_duplicates_nothing() {
-    let Some(rsyslogd) = find_binary("rsyslogd") else {
-        return skip("rsyslogd");
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let out = tmp.path().join("received.log");
-    let conf = tmp.path().join("rsyslog.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "global(workDirectory=\"{wd}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{port}\" address=\"127.0.0.1\")\n\
-             template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\naction(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
-            wd = tmp.path().display(),
-            out = out.display()
-        ),
-    )
-    .unwrap();
-    let start = || {
-        let c = Command::new(&rsyslogd)
+/// A real rsyslogd on loopback writing every message it receives, raw, to `out`.
+struct Rsyslog {
+    bin: PathBuf,
+    conf: PathBuf,
+    pid: PathBuf,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Rsyslog {
+    fn configure(bin: PathBuf, dir: &Path) -> Rsyslog {
+        let port = free_port();
+        let out = dir.join("received.log");
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "global(workDirectory=\"{wd}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{port}\" address=\"127.0.0.1\")\n\
+                 template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\naction(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
+                wd = dir.display(),
+                out = out.display()
+            ),
+        )
+        .unwrap();
+        Rsyslog {
+            bin,
+            conf,
+            pid: dir.join("rsyslog.pid"),
+            port,
+            out,
+        }
+    }
+
+    fn start(&self) -> Child {
+        let _ = std::fs::remove_file(&self.pid);
+        let c = Command::new(&self.bin)
             .arg("-n")
             .arg("-f")
-            .arg(&conf)
+            .arg(&self.conf)
             .arg("-i")
-            .arg(tmp.path().join("rsyslog.pid"))
+            .arg(&self.pid)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start rsyslogd");
         assert!(
-            wait_port(port, Duration::from_secs(10)),
-            "rsyslogd listens on {port}"
+            wait_port(self.port, Duration::from_secs(10)),
+            "rsyslogd listens on {}",
+            self.port
         );
         c
-    };
-    let mut rs = start();
-    let logs = tmp.path().join("logs");
-    let target = Syslog::new(SyslogTarget {
-        enabled: true,
-        address: format!("127.0.0.1:{port}"),
-        hostname: Some("gw-test".into()),
-        app_name: "komugate".into(),
-        max_buffer_mb: 64,
-        batch_records: 300,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut feed = Feed::start(&logs, Box::new(target));
-    feed.send(1000, Duration::from_millis(700));
-    terminate(&mut rs); // target down mid-stream
-    feed.send(1000, Duration::from_millis(700));
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = std::fs::remove_file(tmp.path().join("rsyslog.pid"));
-    let mut rs = start(); // back
-    feed.send(1000, Duration::from_millis(700));
-    let n = feed.next;
-    let read_ids = || -> Vec<String> {
-        std::fs::read_to_string(&out)
+    }
+
+    /// The `user` field (`seq-<n>`) of every record received, checking the
+    /// RFC 5424 framing of each line.
+    fn received_ids(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
@@ -190,14 +202,116 @@ fn syslog_outage_loses_nothing_and_duplicates_nothing() {
                 Some(v["user"].as_str()?.to_string())
             })
             .collect()
+    }
+
+    fn target(&self, batch_records: usize) -> Syslog {
+        Syslog::new(SyslogTarget {
+            enabled: true,
+            address: format!("127.0.0.1:{}", self.port),
+            hostname: Some("gw-test".into()),
+            app_name: "komugate".into(),
+            max_buffer_mb: 64,
+            batch_records,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+}
+
+#[test]
+fn syslog_outage_loses_nothing_and_duplicates_nothing() {
+    let Some(rsyslogd) = find_binary("rsyslogd") else {
+        return skip("rsyslogd");
     };
+    let tmp = tempfile::tempdir().unwrap();
+    let syslog = Rsyslog::configure(rsyslogd, tmp.path());
+    let mut rs = syslog.start();
+    let logs = tmp.path().join("logs");
+    let mut feed = Feed::start(&logs, Box::new(syslog.target(300)));
+    feed.send(1000, Duration::from_millis(700));
+    terminate(&mut rs); // target down mid-stream
+    feed.send(1000, Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut rs = syslog.start(); // back
+    feed.send(1000, Duration::from_millis(700));
+    let n = feed.next;
     let end = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < end && (read_ids().len() as u64) < n {
+    while Instant::now() < end && (syslog.received_ids().len() as u64) < n {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
     terminate(&mut rs);
-    count_exactly_once(&read_ids(), n);
+    count_exactly_once(&syslog.received_ids(), n);
+}
+
+/// The syslog receiver is down for an hour's worth of records: 36,000
+/// (an hour at 10 records a second), time-stamped across the past hour and
+/// submitted as fast as the writer takes them. Expected: while it is down
+/// every record waits in the on-disk queue (queue bytes > 0, failed
+/// attempts counted, nothing dropped); once it is back, all 36,000 arrive
+/// exactly once (by id) within the shipper's longest backoff (30 s) plus
+/// the sending time, and the queue empties.
+#[test]
+fn syslog_down_for_an_hour_of_records_loses_and_duplicates_nothing() {
+    let Some(rsyslogd) = find_binary("rsyslogd") else {
+        return skip("rsyslogd");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let syslog = Rsyslog::configure(rsyslogd, tmp.path());
+    let logs = tmp.path().join("logs");
+    let mut feed = Feed::start(&logs, Box::new(syslog.target(5000)));
+    let n = 36_000;
+    let hour = Duration::from_secs(3600);
+    feed.send_stamped(n, SystemTime::now() - hour, hour);
+    assert!(
+        feed.sub.sync(Duration::from_secs(20)),
+        "the writer took every record"
+    );
+    let queued = |f: &Feed| {
+        f.metrics
+            .ship_queue_bytes
+            .with_label_values(&["syslog"])
+            .get()
+    };
+    let waited = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < waited
+        && (queued(&feed) == 0
+            || feed
+                .metrics
+                .ship_errors
+                .with_label_values(&["syslog"])
+                .get()
+                == 0)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(queued(&feed) > 0, "the records wait on disk");
+    assert!(
+        feed.metrics
+            .ship_errors
+            .with_label_values(&["syslog"])
+            .get()
+            > 0
+    );
+    assert!(syslog.received_ids().is_empty());
+
+    let mut rs = syslog.start();
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end && (syslog.received_ids().len() as u64) < n {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    terminate(&mut rs);
+    count_exactly_once(&syslog.received_ids(), n);
+    assert_eq!(
+        feed.metrics
+            .ship_dropped
+            .with_label_values(&["syslog"])
+            .get(),
+        0
+    );
+    assert_eq!(feed.metrics.dropped.get(), 0);
+    assert_eq!(queued(&feed), 0, "the queue is empty");
 }
 
 fn clickhouse_config(dir: &Path, http: u16, tcp: u16) -> PathBuf {

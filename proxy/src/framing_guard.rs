@@ -221,6 +221,8 @@ impl<S> FramingGuard<S> {
                 marker_sent_by_client = true;
             }
         }
+        // Where this head starts in `out` (a rebuilt head is shorter than `head`).
+        let start = self.out.len();
         if marker_sent_by_client {
             // Never let a client forge our marker: rebuild the head without it.
             let line_end = head
@@ -245,7 +247,6 @@ impl<S> FramingGuard<S> {
         }
         if te.is_some() && cl_count > 0 {
             // Insert the marker right after the request line.
-            let start = self.out.len() - head.len();
             let line_end = head
                 .iter()
                 .position(|b| *b == b'\n')
@@ -490,6 +491,31 @@ mod tests {
         let mut out = Vec::new();
         guard.read_to_end(&mut out).await.unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn forged_marker_on_a_conflicting_request_is_replaced_by_ours() {
+        // Found by the framing_guard fuzz target: the rebuilt head is shorter
+        // than the one read, and the marker went to the wrong offset (or the
+        // guard panicked when nothing came before it).
+        let bad = b"POST http://a/ HTTP/1.1\r\nkomugate-framing-error: forged-by-client\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let mut pipelined = b"POST http://a/ HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+        pipelined.extend_from_slice(bad);
+        for input in [&bad[..], &pipelined[..]] {
+            for step in [1, 9, input.len()] {
+                let out = through(input, step).await;
+                assert!(!out.contains("forged-by-client"), "step {step}: {out}");
+                assert_eq!(
+                    out.matches(FRAMING_ERROR_HEADER).count(),
+                    1,
+                    "step {step}: {out}"
+                );
+                assert!(
+                    out.contains("POST http://a/ HTTP/1.1\r\nkomugate-framing-error: content-length-and-transfer-encoding\r\nContent-Length: 5\r\n"),
+                    "step {step}: {out}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

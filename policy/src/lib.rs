@@ -21,7 +21,7 @@ pub use compile::{builtin_apps, check, Summary};
 pub use diag::{Diagnostic, PolicyErrors};
 pub use eval::{Decision, Egress, FirewallRequest, FirewallVerdict, Location, Request, Scheme};
 pub use pattern::{HostPattern, PortRange, TimeWindow, Weekdays};
-pub use registry::{GroupBits, MAX_GROUPS};
+pub use registry::{parse_registry_csv, GroupBits, MAX_GROUPS};
 pub use squidguard::import_squidguard;
 
 use komugate_categories::{CategorySet, Matcher};

@@ -240,6 +240,35 @@ pub(crate) fn parse_registry(
     reg
 }
 
+/// Parses a device registry CSV on its own, with `groups` as the known
+/// group names (a group's index is its position): the devices by id with
+/// their user and group indexes, or every error. Entry point for fuzzing
+/// and tests; a policy's `[registry]` goes through the same parser.
+pub fn parse_registry_csv(
+    file: &Path,
+    text: &str,
+    groups: &[&str],
+) -> Result<Vec<(String, String, Vec<usize>)>, crate::PolicyErrors> {
+    let group_names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let group_index: HashMap<String, usize> = group_names
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.clone(), i))
+        .collect();
+    let mut diags = Vec::new();
+    let reg = parse_registry(file, text, &group_index, &group_names, &mut diags);
+    if !diags.is_empty() {
+        return Err(crate::PolicyErrors(diags));
+    }
+    let mut devices: Vec<(String, String, Vec<usize>)> = reg
+        .devices
+        .into_iter()
+        .map(|(id, d)| (id, d.user, d.groups.iter().collect()))
+        .collect();
+    devices.sort();
+    Ok(devices)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +280,27 @@ mod tests {
         assert_eq!(f[1].1, 3);
         assert!(split_csv(r#"a,"b"#).is_err());
         assert!(split_csv(r#"a,b"c"#).is_err());
+    }
+
+    #[test]
+    fn registry_csv_on_its_own() {
+        let file = Path::new("registry.csv");
+        let text = "\u{feff}device_id,user,groups\r\nPC-1,\"Sato, A\",teachers;admins\nPC-2,b,\n";
+        let devices = parse_registry_csv(file, text, &["teachers", "admins"]).unwrap();
+        assert_eq!(
+            devices,
+            [
+                ("PC-1".to_string(), "Sato, A".to_string(), vec![0, 1]),
+                ("PC-2".to_string(), "b".to_string(), vec![]),
+            ]
+        );
+        let errors = parse_registry_csv(
+            file,
+            "device_id,user,groups\nPC-1,a,nurses\n",
+            &["teachers"],
+        )
+        .unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert!(errors.0[0].to_string().contains("unknown group `nurses`"));
     }
 }

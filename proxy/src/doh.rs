@@ -260,6 +260,43 @@ fn response_for(query: &Message) -> Message {
     resp
 }
 
+/// The one question of a standard query, or the reply refusing the
+/// message (FORMERR, NOTIMP) and why.
+fn question(query: &Message) -> Result<&Query, (Message, String)> {
+    let refuse = |code, why: String| {
+        let mut resp = response_for(query);
+        resp.set_response_code(code);
+        Err((resp, why))
+    };
+    if query.message_type() != MessageType::Query || query.queries().len() != 1 {
+        return refuse(
+            ResponseCode::FormErr,
+            "not a query with exactly one question".into(),
+        );
+    }
+    if query.op_code() != OpCode::Query {
+        return refuse(
+            ResponseCode::NotImp,
+            format!("unsupported opcode {:?}", query.op_code()),
+        );
+    }
+    Ok(&query.queries()[0])
+}
+
+/// The wire reply to the DoH query `wire` when its name is blocked (or the
+/// refusal of a malformed query). Entry point for fuzzing and tests: the
+/// decoding, mirroring and blocking steps of [`serve`] without a gateway.
+pub fn blocked_reply(wire: &[u8], answer: BlockedAnswer, ttl: u32) -> Result<Vec<u8>, String> {
+    let query = Message::from_vec(wire).map_err(|e| format!("not a DNS message: {e}"))?;
+    let reply = match question(&query) {
+        Ok(q) => block_answer(response_for(&query), q, answer, ttl),
+        Err((refusal, _)) => refusal,
+    };
+    reply
+        .to_vec()
+        .map_err(|e| format!("cannot encode the DNS answer: {e}"))
+}
+
 /// The reply to one query message.
 async fn answer(
     gw: &Gateway,
@@ -268,18 +305,14 @@ async fn answer(
     wire: &[u8],
     record: &mut AccessRecord,
 ) -> Message {
+    let q = match question(query) {
+        Ok(q) => q,
+        Err((refusal, why)) => {
+            record.error = Some(why);
+            return refusal;
+        }
+    };
     let mut resp = response_for(query);
-    if query.message_type() != MessageType::Query || query.queries().len() != 1 {
-        record.error = Some("not a query with exactly one question".into());
-        resp.set_response_code(ResponseCode::FormErr);
-        return resp;
-    }
-    if query.op_code() != OpCode::Query {
-        record.error = Some(format!("unsupported opcode {:?}", query.op_code()));
-        resp.set_response_code(ResponseCode::NotImp);
-        return resp;
-    }
-    let q: &Query = &query.queries()[0];
     let name = q
         .name()
         .to_ascii()
@@ -384,15 +417,20 @@ async fn answer(
     resp
 }
 
-fn blocked(gw: &Gateway, mut resp: Message, q: &Query, record: &mut AccessRecord) -> Message {
+fn blocked(gw: &Gateway, resp: Message, q: &Query, record: &mut AccessRecord) -> Message {
     record.decision = "block";
-    let ttl = gw.config.doh.blocked_ttl;
-    match gw
+    let answer = gw
         .config
         .doh
         .blocked_answer()
-        .unwrap_or(BlockedAnswer::NxDomain)
-    {
+        .unwrap_or(BlockedAnswer::NxDomain);
+    block_answer(resp, q, answer, gw.config.doh.blocked_ttl)
+}
+
+/// `resp` answering question `q` as blocked: NXDOMAIN, or the block-page
+/// address for A / AAAA (no data for other types).
+fn block_answer(mut resp: Message, q: &Query, answer: BlockedAnswer, ttl: u32) -> Message {
+    match answer {
         BlockedAnswer::NxDomain => {
             resp.set_response_code(ResponseCode::NXDomain);
         }
@@ -432,6 +470,35 @@ mod tests {
         );
         c.blocked_answer = "block-page".into();
         assert!(c.blocked_answer().unwrap_err().contains("nxdomain"));
+    }
+
+    #[test]
+    fn blocked_reply_from_wire() {
+        let mut q = Message::new();
+        q.set_id(7).set_recursion_desired(true);
+        q.add_query(Query::query("bad.example.".parse().unwrap(), RecordType::A));
+        let wire = q.to_vec().unwrap();
+        let ip = "192.0.2.9".parse().unwrap();
+        let reply =
+            Message::from_vec(&blocked_reply(&wire, BlockedAnswer::Address(ip), 60).unwrap())
+                .unwrap();
+        assert_eq!(reply.id(), 7);
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        assert_eq!(
+            reply.answers()[0].data(),
+            &RData::A(A("192.0.2.9".parse().unwrap()))
+        );
+        let reply =
+            Message::from_vec(&blocked_reply(&wire, BlockedAnswer::NxDomain, 60).unwrap()).unwrap();
+        assert_eq!(reply.response_code(), ResponseCode::NXDomain);
+        // Two questions: FORMERR, not a block.
+        q.add_query(Query::query("b.example.".parse().unwrap(), RecordType::A));
+        let reply = Message::from_vec(
+            &blocked_reply(&q.to_vec().unwrap(), BlockedAnswer::NxDomain, 60).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reply.response_code(), ResponseCode::FormErr);
+        assert!(blocked_reply(b"\x00", BlockedAnswer::NxDomain, 60).is_err());
     }
 
     #[test]

@@ -183,13 +183,7 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, auth: Arc<Devic
                 client: peer,
                 device: Some(identity),
             });
-            let serve = async {
-                if h2 {
-                    serve_http2(gw2.clone(), ctx.clone(), tls).await;
-                } else {
-                    serve_http1(gw2.clone(), ctx.clone(), tls).await;
-                }
-            };
+            let serve = serve_connection(gw2.clone(), ctx, tls, h2);
             tokio::select! {
                 _ = serve => {}
                 reason = auth.until_invalid(&device) => {
@@ -205,6 +199,20 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, auth: Arc<Devic
                 }
             }
         });
+    }
+}
+
+/// Serves one client connection that has passed admission (and, on the
+/// mTLS listener, the TLS handshake): HTTP/2 when `h2`, else HTTP/1.1
+/// behind the framing guard. Entry point for fuzzing and tests.
+pub async fn serve_connection<S>(gw: Arc<Gateway>, ctx: Arc<ConnContext>, stream: S, h2: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        serve_http2(gw, ctx, stream).await;
+    } else {
+        serve_http1(gw, ctx, stream).await;
     }
 }
 

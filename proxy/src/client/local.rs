@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -73,17 +73,27 @@ pub async fn serve_http(
             a = listener.accept() => match a { Ok(a) => a, Err(e) => { tracing::warn!("http listener: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; continue; } },
         };
         let _ = stream.set_nodelay(true);
-        let (link, pac_proxy) = (link.clone(), pac_proxy.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| http_request(link.clone(), pac_proxy.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
-        });
+        tokio::spawn(serve_http_connection(
+            link.clone(),
+            pac_proxy.clone(),
+            stream,
+        ));
     }
+}
+
+/// Serves one connection of the local HTTP proxy. Entry point for fuzzing
+/// and tests.
+pub async fn serve_http_connection<S>(link: Arc<Link>, pac_proxy: Arc<String>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| http_request(link.clone(), pac_proxy.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await;
 }
 
 async fn http_request(
@@ -219,7 +229,7 @@ pub async fn serve_socks(link: Arc<Link>, listener: TcpListener, shutdown: Cance
     }
 }
 
-async fn reply(s: &mut TcpStream, code: u8) -> std::io::Result<()> {
+async fn reply<S: AsyncWrite + Unpin>(s: &mut S, code: u8) -> std::io::Result<()> {
     s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
     s.flush().await
 }
@@ -229,6 +239,40 @@ async fn socks_handshake(
     link: &Link,
     mut s: TcpStream,
 ) -> std::io::Result<Option<(TcpStream, hyper::upgrade::Upgraded)>> {
+    let Some((host, port)) = socks_request(&mut s).await? else {
+        return Ok(None);
+    };
+    match link.tunnel(&format!("{host}:{port}")).await {
+        Ok(remote) => {
+            reply(&mut s, rep::OK).await?;
+            Ok(Some((s, remote)))
+        }
+        Err(e) => {
+            let code = match &e {
+                StreamError::Down(_) => rep::NETWORK_UNREACHABLE,
+                StreamError::Failed(_) => rep::GENERAL_FAILURE,
+                StreamError::Refused { status, .. } => match status.as_u16() {
+                    403 | 407 => rep::NOT_ALLOWED,
+                    504 => rep::TTL_EXPIRED,
+                    502 => rep::HOST_UNREACHABLE,
+                    400 => rep::GENERAL_FAILURE,
+                    _ => rep::CONNECTION_REFUSED,
+                },
+            };
+            tracing::info!("socks CONNECT {host}:{port}: {e}");
+            reply(&mut s, code).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Reads a SOCKS5 greeting and request from `s`, answering the greeting
+/// and any refusal itself: the CONNECT target (host, port), or `None` once
+/// refused. Entry point for fuzzing and tests.
+pub async fn socks_request<S>(s: &mut S) -> std::io::Result<Option<(String, u16)>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut head = [0u8; 2];
     s.read_exact(&mut head).await?;
     if head[0] != 5 {
@@ -244,7 +288,7 @@ async fn socks_handshake(
     let mut req = [0u8; 4];
     s.read_exact(&mut req).await?;
     if req[0] != 5 {
-        reply(&mut s, rep::GENERAL_FAILURE).await?;
+        reply(s, rep::GENERAL_FAILURE).await?;
         return Ok(None);
     }
     let host = match req[3] {
@@ -272,13 +316,13 @@ async fn socks_handshake(
                     n
                 }
                 _ => {
-                    reply(&mut s, rep::HOST_UNREACHABLE).await?;
+                    reply(s, rep::HOST_UNREACHABLE).await?;
                     return Ok(None);
                 }
             }
         }
         _ => {
-            reply(&mut s, rep::ADDRESS_TYPE_NOT_SUPPORTED).await?;
+            reply(s, rep::ADDRESS_TYPE_NOT_SUPPORTED).await?;
             return Ok(None);
         }
     };
@@ -287,31 +331,10 @@ async fn socks_handshake(
     let port = u16::from_be_bytes(port);
     if req[1] != 1 {
         // BIND (2) and UDP ASSOCIATE (3) are not carried over the gateway.
-        reply(&mut s, rep::COMMAND_NOT_SUPPORTED).await?;
+        reply(s, rep::COMMAND_NOT_SUPPORTED).await?;
         return Ok(None);
     }
-    match link.tunnel(&format!("{host}:{port}")).await {
-        Ok(remote) => {
-            reply(&mut s, rep::OK).await?;
-            Ok(Some((s, remote)))
-        }
-        Err(e) => {
-            let code = match &e {
-                StreamError::Down(_) => rep::NETWORK_UNREACHABLE,
-                StreamError::Failed(_) => rep::GENERAL_FAILURE,
-                StreamError::Refused { status, .. } => match status.as_u16() {
-                    403 | 407 => rep::NOT_ALLOWED,
-                    504 => rep::TTL_EXPIRED,
-                    502 => rep::HOST_UNREACHABLE,
-                    400 => rep::GENERAL_FAILURE,
-                    _ => rep::CONNECTION_REFUSED,
-                },
-            };
-            tracing::info!("socks CONNECT {host}:{port}: {e}");
-            reply(&mut s, code).await?;
-            Ok(None)
-        }
-    }
+    Ok(Some((host, port)))
 }
 
 // ---------------------------------------------------------------- DNS
@@ -410,4 +433,34 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = std::net::UdpSocket::bind(addr)?;
     s.set_nonblocking(true)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socks_request_reads_a_connect_and_refuses_other_commands() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"\x05\x01\x00\x05\x01\x00\x03\x0bexample.com\x01\xbb")
+            .await
+            .unwrap();
+        let target = socks_request(&mut server).await.unwrap();
+        assert_eq!(target, Some(("example.com".to_string(), 443)));
+        let mut greeting = [0u8; 2];
+        client.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(greeting, [5, 0]);
+
+        // UDP ASSOCIATE is not carried over the gateway.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"\x05\x01\x00\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        assert_eq!(socks_request(&mut server).await.unwrap(), None);
+        let mut answer = [0u8; 12];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer[2..4], [5, rep::COMMAND_NOT_SUPPORTED]);
+    }
 }

@@ -44,12 +44,15 @@ fn gateway() -> &'static Running {
         config.data.dir = dir.path().to_path_buf();
         config.data.create_pki = true;
         config.data.demo_device = String::new();
+        config.data.demo_origin = String::new();
         config.listen.plain = String::new();
         config.listen.mtls = String::new();
         config.listen.admin = String::new();
         config.policy.file = "policy.toml".into();
         config.policy.watch = false;
         config.dns.servers = vec!["127.0.0.1:9".parse().unwrap()];
+        config.dns.timeout_ms = 200;
+        config.dns.attempts = 1;
         config.egress.fixed = Vec::new();
         config.egress.allow_destinations = vec!["127.0.0.1/32".parse().unwrap()];
         config.decision.allowed_ports = vec![9];

@@ -1,28 +1,22 @@
-//! IPS signatures (a Suricata rule subset) and threat-intelligence lists.
+//! IPS signatures (a Suricata rule subset) and threat-intelligence lists in
+//! the gateway: configuration, loading, event logging and the data-path hooks.
+//! Rule parsing, PCRE translation, the scanning engine, the SNI parser and the
+//! threat-intel lists are the pure `komugate-ips` crate, re-exported here.
 //!
-//! - [`rule`]: the rule parser; unsupported rules are skipped with a reason
-//! - [`pcre`]: PCRE to `regex` translation
-//! - [`engine`]: compiled rule set and the scanning API used by the data
-//!   path (`scan_http_request`, `scan_http_request_body_chunk`,
-//!   `scan_http_response_body_chunk`, `scan_tls_sni`, `scan_dns_query`,
-//!   `scan_stream_prefix`)
-//! - [`threat_intel`]: known-bad IPs/CIDRs and domains
-//! - [`sni`]: ClientHello server-name parser for tunnels
 //! - [`tunnel`]: inspection of the first bytes of CONNECT tunnels
-//! - [`http`]: hooks for forwarded (and, later, inspected) HTTP requests
+//! - [`http`]: hooks for forwarded and inspected HTTP requests (headers and
+//!   request/response bodies) and for destination checks
+//! - [`cli`]: `komugate ips check` and `komugate ips check-lists`
 //!
 //! Every hit becomes an [`IpsEvent`] in the access record (field `ips`), a
 //! `tracing` line with sid, msg, device and destination, and a metric
 //! (`komugate_ips_events_total{action}`, `komugate_threat_intel_blocks_total{via}`).
 
 pub mod cli;
-pub mod engine;
 pub mod http;
-pub mod pcre;
-pub mod rule;
-pub mod sni;
-pub mod threat_intel;
 pub mod tunnel;
+
+pub use komugate_ips::{engine, pcre, rule, sni, threat_intel};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,9 +24,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::{BodyScan, Direction, HttpRequestBuffers, IpsEngine, IpsMatch, LoadReport};
-pub use rule::{Action, Buffer};
-pub use threat_intel::{ThreatHit, ThreatIntel};
+pub use komugate_ips::{
+    Action, BodyScan, Buffer, Direction, HttpRequestBuffers, IpsEngine, IpsMatch, LoadReport,
+    ThreatHit, ThreatIntel,
+};
 
 use crate::metrics::Metrics;
 

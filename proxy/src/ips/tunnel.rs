@@ -337,14 +337,14 @@ mod tests {
     #[tokio::test]
     async fn sni_rules_and_threat_intel() {
         let sec = security("drop tls any any -> any any (msg:\"bad sni\"; tls.sni; content:\"bad.example\"; sid:10;)\n", "c2.example\n");
-        let ch = crate::ips::sni::tests::client_hello(Some("www.bad.example"));
+        let ch = crate::ips::sni::client_hello(Some("www.bad.example"));
         let (up, _, events) = run(sec.clone(), 443, &ch, b"").await;
         assert!(up.is_empty());
         assert_eq!(events[0].sid, Some(10));
-        let ch = crate::ips::sni::tests::client_hello(Some("x.c2.example"));
+        let ch = crate::ips::sni::client_hello(Some("x.c2.example"));
         let (_, _, events) = run(sec.clone(), 443, &ch, b"").await;
         assert_eq!(events[0].rule_name(), "threat-intel");
-        let ch = crate::ips::sni::tests::client_hello(Some("good.example"));
+        let ch = crate::ips::sni::client_hello(Some("good.example"));
         let (up, _, events) = run(sec, 443, &ch, b"").await;
         assert_eq!(up, ch);
         assert!(events.is_empty());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
-use super::rule::{
+use crate::rule::{
     parse_rule, Action, Buffer, Cond, Content, FlowDir, Proto, Rule, Skip, BUFFER_COUNT,
 };
 
@@ -42,6 +42,10 @@ enum Phase {
     Stream,
 }
 const PHASES: usize = 6;
+
+/// The fast patterns of one (phase, buffer): the distinct patterns, each
+/// pattern's index, and the rules that use each pattern.
+type FastPatterns = (Vec<Vec<u8>>, HashMap<Vec<u8>, usize>, Vec<Vec<u32>>);
 
 /// The HTTP request buffers, built once per request.
 #[derive(Debug, Clone, Default)]
@@ -193,7 +197,7 @@ impl LoadReport {
 struct CompiledRule {
     meta: IpsMatch,
     dir: FlowDir,
-    ports: super::rule::PortSpec,
+    ports: crate::rule::PortSpec,
     /// Conditions grouped by buffer (rule order kept inside a group).
     groups: Vec<(Buffer, Vec<Cond>)>,
 }
@@ -338,11 +342,7 @@ impl IpsEngine {
 
     fn compile(rules: Vec<(Rule, Phase)>) -> anyhow::Result<IpsEngine> {
         let mut compiled = Vec::with_capacity(rules.len());
-        // (phase, buffer) -> (pattern -> rules)
-        let mut patterns: BTreeMap<
-            (Phase, Buffer),
-            (Vec<Vec<u8>>, HashMap<Vec<u8>, usize>, Vec<Vec<u32>>),
-        > = BTreeMap::new();
+        let mut patterns: BTreeMap<(Phase, Buffer), FastPatterns> = BTreeMap::new();
         let mut phases: [PhaseIndex; PHASES] = Default::default();
         for (rule, phase) in rules {
             let idx = compiled.len() as u32;
@@ -477,7 +477,7 @@ impl IpsEngine {
         out
     }
 
-    fn request_bufs<'a>(req: &'a HttpRequestBuffers) -> [Option<&'a [u8]>; BUFFER_COUNT] {
+    fn request_bufs(req: &HttpRequestBuffers) -> [Option<&[u8]>; BUFFER_COUNT] {
         let mut bufs: [Option<&[u8]>; BUFFER_COUNT] = [None; BUFFER_COUNT];
         bufs[Buffer::HttpMethod as usize] = Some(&req.method);
         bufs[Buffer::HttpUri as usize] = Some(&req.uri);

@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use super::pcre;
+use crate::pcre;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -151,41 +151,42 @@ fn client_hello_sni(body: &[u8]) -> Option<Option<String>> {
     Some(None)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// A minimal but well-formed ClientHello record carrying `sni`.
-    pub fn client_hello(sni: Option<&str>) -> Vec<u8> {
-        let mut exts = Vec::new();
-        if let Some(name) = sni {
-            let n = name.as_bytes();
-            let mut sn = Vec::new();
-            sn.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
-            sn.push(0);
-            sn.extend_from_slice(&(n.len() as u16).to_be_bytes());
-            sn.extend_from_slice(n);
-            exts.extend_from_slice(&0u16.to_be_bytes());
-            exts.extend_from_slice(&(sn.len() as u16).to_be_bytes());
-            exts.extend_from_slice(&sn);
-        }
-        // supported_versions (TLS 1.3), an unrelated extension before/after.
-        exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[7u8; 32]);
-        body.push(0);
-        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]);
-        body.extend_from_slice(&[0x01, 0x00]);
-        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-        body.extend_from_slice(&exts);
-        let mut hs = vec![0x01];
-        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        hs.extend_from_slice(&body);
-        let mut rec = vec![0x16, 0x03, 0x01];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend_from_slice(&hs);
-        rec
+/// A minimal but well-formed ClientHello record carrying `sni`: test input
+/// for this parser and for the tunnel inspection built on it.
+pub fn client_hello(sni: Option<&str>) -> Vec<u8> {
+    let mut exts = Vec::new();
+    if let Some(name) = sni {
+        let n = name.as_bytes();
+        let mut sn = Vec::new();
+        sn.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
+        sn.push(0);
+        sn.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        sn.extend_from_slice(n);
+        exts.extend_from_slice(&0u16.to_be_bytes());
+        exts.extend_from_slice(&(sn.len() as u16).to_be_bytes());
+        exts.extend_from_slice(&sn);
     }
+    // supported_versions (TLS 1.3), an unrelated extension before/after.
+    exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]);
+    body.extend_from_slice(&[0x01, 0x00]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn finds_sni() {
@@ -220,7 +221,7 @@ pub(crate) mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                if x % 7 == 0 {
+                if x.is_multiple_of(7) {
                     *b = x as u8;
                 }
             }

@@ -9,7 +9,7 @@
 //! buffer flags `U H M P Q W V I D` select the buffer; `B O E` are ignored;
 //! other buffer flags (cookie, status) are unsupported.
 
-use super::rule::{Buffer, Skip};
+use crate::rule::{Buffer, Skip};
 
 pub struct Translated {
     pub regex: regex::bytes::Regex,

@@ -595,7 +595,7 @@ async fn valid_site_assertion_moves_device_to_the_site() {
 #[tokio::test]
 async fn forged_expired_replayed_and_other_device_assertions_are_refused() {
     let gw = Gw::start().await;
-    let now = komugate::beacon::unix_now();
+    let now = komugate::common::unix_now();
     let key = &gw.beacon_key;
     let mut a = H2Conn::open(&gw, "PC-H-0001").await;
     assert_eq!(a.location(None).await, "offsite");

@@ -218,7 +218,12 @@ pub async fn start(config: Config) -> Result<Running> {
         }
         None
     };
-    let sites = crate::beacon::SiteAssertions::from_config(&config, &metrics.registry)?;
+    // Empty until the policy is loaded: below and on every reload the
+    // directory is replaced with the policy's sites.
+    let sites = crate::beacon::SiteAssertions::new(
+        crate::beacon::SiteDirectory::default(),
+        &metrics.registry,
+    );
     let ips = crate::ips::Security::from_config(&config)?;
     let gateway = Arc::new(Gateway {
         device_auth,

@@ -22,6 +22,7 @@ pub mod casb;
 pub mod cli;
 pub mod cli_policy;
 pub mod client;
+pub mod common;
 pub mod config;
 pub mod decision;
 pub mod demo_origin;

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::record::{format_rfc3339_ms, now_ms};
+use crate::common::hex;
 
 /// Who asked for a policy reload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,10 +178,6 @@ fn entry_hash(seq: u64, time: &str, prev: &str, event_json: &str) -> String {
     h.update(format!("{seq}\n{time}\n{prev}\n").as_bytes());
     h.update(event_json.as_bytes());
     hex(&h.finalize())
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// SHA-256 of bytes as `sha256:<hex>` (policy digests).

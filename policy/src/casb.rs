@@ -134,30 +134,14 @@ pub(crate) fn check_tenant_host(t: &str) -> Result<(), String> {
     HostPattern::parse(&t.replace("{tenant}", "x")).map(|_| ())
 }
 
-/// Case-insensitive whole-string wildcard match (`*` = any run).
+/// Case-insensitive whole-string wildcard match (`*` = any run; `?` is
+/// literal: in URL paths it starts the query).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, s) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && p[pi] != b'*' && p[pi].eq_ignore_ascii_case(&s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
+    crate::pattern::wildcard_match(
+        pattern.as_bytes(),
+        text.as_bytes(),
+        crate::pattern::QuestionMark::Literal,
+    )
 }
 
 /// One compiled tenant-restriction entry: hosts and the headers to set.

@@ -1,5 +1,6 @@
 //! Small matchers used by rules, apps and egress pools: host patterns,
-//! port ranges, time-of-day windows and weekdays.
+//! port ranges, time-of-day windows and weekdays; and the one wildcard
+//! matcher (`*`, optionally `?`) shared with the gateway's log search.
 
 use std::fmt;
 
@@ -218,6 +219,46 @@ impl fmt::Display for Weekdays {
     }
 }
 
+/// How `?` reads in a [`wildcard_match`] pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuestionMark {
+    /// `?` matches any one byte (log-search host patterns).
+    AnyByte,
+    /// `?` is an ordinary character (app URL paths, where it starts a query).
+    Literal,
+}
+
+/// Case-insensitive (ASCII) whole-text wildcard match: `*` matches any run
+/// of bytes, `?` as `question_mark` says. Linear-ish: one backtrack point.
+pub fn wildcard_match(pattern: &[u8], text: &[u8], question_mark: QuestionMark) -> bool {
+    let any_byte = question_mark == QuestionMark::AnyByte;
+    let (p, s) = (pattern, text);
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len()
+            && p[pi] != b'*'
+            && ((any_byte && p[pi] == b'?') || p[pi].eq_ignore_ascii_case(&s[si]))
+        {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
 /// Parses "+09:00", "-05:30", "Z", "UTC" into seconds east of UTC.
 pub fn parse_offset(s: &str) -> Result<i32, String> {
     let t = s.trim();
@@ -293,5 +334,21 @@ mod tests {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_711_929_600);
         assert_eq!(local_day_minute(t, 9 * 3600), (0, 9 * 60));
         assert_eq!(local_day_minute(t, -3600), (6, 23 * 60));
+    }
+
+    #[test]
+    fn wildcards_and_the_question_mark() {
+        use QuestionMark::{AnyByte, Literal};
+        assert!(wildcard_match(
+            b"*.Example.com",
+            b"a.b.example.COM",
+            Literal
+        ));
+        assert!(!wildcard_match(b"a*b*c", b"acb", AnyByte));
+        assert!(wildcard_match(b"*", b"", Literal));
+        assert!(wildcard_match(b"ad?.net", b"ads.net", AnyByte));
+        assert!(!wildcard_match(b"ad?.net", b"ads.net", Literal));
+        assert!(wildcard_match(b"/x?id=*", b"/x?id=7", Literal));
+        assert!(!wildcard_match(b"/x?id=*", b"/xyid=7", Literal));
     }
 }

@@ -1,6 +1,8 @@
 //! Search filters: parsing of the command line / URL values and matching
 //! against records, sidecar indexes and decoded blocks.
 
+use komugate_policy::pattern::{wildcard_match, QuestionMark};
+
 use super::record::{days_from_civil, now_ms, parse_rfc3339_ms, LogRecord};
 use super::segment::{Block, IndexField, SegmentIndex, StrCol};
 
@@ -34,34 +36,9 @@ impl Glob {
                 host.len() >= s.len()
                     && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
             }
-            Glob::Any(p) => wildcard(p, host),
+            Glob::Any(p) => wildcard_match(p, host, QuestionMark::AnyByte),
         }
     }
-}
-
-/// Iterative wildcard match with single backtrack point (linear-ish time).
-fn wildcard(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi].eq_ignore_ascii_case(&s[si])) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 /// What to look for. Empty fields do not filter. `until_ms` is exclusive.

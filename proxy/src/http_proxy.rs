@@ -720,7 +720,9 @@ pub async fn relay_request(
         failed.store(true, Ordering::Relaxed);
         e
     });
-    let ips = crate::ips::http::inspect_request(
+    // One buffered prefix of the body for the IPS body rules and CASB/DLP.
+    let mut body = crate::replay_body::BodyPrefix::new(body);
+    crate::ips::http::inspect_request(
         gw,
         conn,
         &parts.method,
@@ -728,11 +730,13 @@ pub async fn relay_request(
         &parts.headers,
         &target.host,
         target.port,
-        body,
+        &mut body,
         record,
-    );
-    let body = ips.await.map_err(full)?;
-    let body = casb.request(&mut parts.headers, body, record).await?;
+    )
+    .await
+    .map_err(full)?;
+    casb.request(&mut parts.headers, &mut body, record).await?;
+    let body = body.into_body();
     strip_hop_by_hop(&mut parts.headers, websocket);
     add_via(&mut parts.headers, version);
     // RFC 9112 §3.2.2: the target authority replaces any Host header.

@@ -1,4 +1,4 @@
-//! CASB and DLP in the data path (issue 5), called from
+//! CASB and DLP in the data path, called from
 //! [`crate::http_proxy::relay_request`] for every plain and inspected HTTP
 //! request, in three steps:
 //!
@@ -11,9 +11,10 @@
 //!    and the body: read as a stream up to `[casb] inspect_max_bytes`,
 //!    classified (multipart file parts, size over `upload_threshold`) and
 //!    scanned by the DLP patterns (text from plain / JSON / form /
-//!    multipart bodies and .docx / .xlsx / .pptx). Nothing is buffered
-//!    beyond the cap: a larger body is blocked or streamed on uninspected
-//!    past the cap, as `[casb] over_cap` says.
+//!    multipart bodies and .docx / .xlsx / .pptx). The body prefix is the
+//!    request's [`BodyPrefix`], shared with the IPS body rules. Nothing is
+//!    buffered beyond the cap: a larger body is blocked or streamed on
+//!    uninspected past the cap, as `[casb] over_cap` says.
 //! 3. [`Casb::response`]: a file delivered to the laptop
 //!    (`Content-Disposition: attachment`) is replaced by the block page.
 //!
@@ -30,8 +31,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
+use hyper::body::Body;
 use komugate_policy::{Action, CasbHook, Policy};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
@@ -40,7 +40,7 @@ use crate::access_log::AccessRecord;
 use crate::decision::Decision;
 use crate::gateway::Gateway;
 use crate::http_proxy::{ConnContext, Refusal};
-use crate::upstream::UpstreamBody;
+use crate::replay_body::BodyPrefix;
 
 /// What CASB saw of one request, for the access record. Pattern names
 /// only: never the matched data, never file names.
@@ -278,15 +278,16 @@ impl Casb {
         resp
     }
 
-    /// Step 2: tenant-restriction headers, then the body (uploads, DLP).
+    /// Step 2: tenant-restriction headers, then the body (uploads, DLP),
+    /// read into the request's shared [`BodyPrefix`] up to the cap.
     pub async fn request<B>(
         &mut self,
         headers: &mut HeaderMap,
-        body: B,
+        body: &mut BodyPrefix<B>,
         record: &mut AccessRecord,
-    ) -> Result<UpstreamBody, Refusal>
+    ) -> Result<(), Refusal>
     where
-        B: Body<Data = Bytes, Error = hyper::Error> + Unpin + Send + Sync + 'static,
+        B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
     {
         self.tenant_restriction(headers);
         let content_type = headers
@@ -301,51 +302,43 @@ impl Casb {
             if self.note.upload {
                 self.event("upload");
             }
-            return Ok(body.boxed());
+            return Ok(());
         }
         let Some(policy) = self.policy.clone() else {
-            return Ok(body.boxed());
+            return Ok(());
         };
         let settings = policy.casb();
         let cap = settings.inspect_max_bytes as usize;
-        let mut body = body;
-        let mut frames: Vec<Frame<Bytes>> = Vec::new();
-        let mut buffered = 0usize;
-        let mut finished = false;
-        while buffered <= cap {
-            match body.frame().await {
-                None => {
-                    finished = true;
-                    break;
-                }
+        while body.buffered() <= cap {
+            match body.read_frame().await {
+                None => break,
                 Some(Err(e)) => {
                     record.error = Some(format!("reading the request body: {e}"));
-                    self.gw.metrics.casb.buffered(buffered);
+                    self.gw.metrics.casb.buffered(body.buffered());
                     return Err(crate::http_proxy::full(crate::block_page::error_response(
                         http::StatusCode::BAD_REQUEST,
                         "リクエスト本文を受信できませんでした。",
                         &format!("The request body could not be read: {e}"),
                     )));
                 }
-                Some(Ok(frame)) => {
-                    if let Some(d) = frame.data_ref() {
-                        buffered += d.len();
-                    }
-                    frames.push(frame);
-                }
+                Some(Ok(_)) => {}
             }
         }
-        self.gw.metrics.casb.buffered(buffered);
-        let over = !finished;
+        // The frames up to the one that crossed the cap (an earlier
+        // inspection may have read further).
         let data: Vec<u8> = {
-            let mut v = Vec::with_capacity(buffered.min(cap + 1));
-            for f in &frames {
-                if let Some(d) = f.data_ref() {
-                    v.extend_from_slice(d);
+            let mut v = Vec::with_capacity(body.buffered().min(cap + 1));
+            for d in body.data() {
+                if v.len() > cap {
+                    break;
                 }
+                v.extend_from_slice(d);
             }
             v
         };
+        let buffered = data.len();
+        self.gw.metrics.casb.buffered(buffered);
+        let over = buffered > cap;
         let limits = extract::Limits {
             max_unzipped: (settings.inspect_max_bytes * 8).min(256 << 20),
             ..Default::default()
@@ -400,7 +393,7 @@ impl Casb {
         if self.note.upload {
             self.event("upload");
         }
-        Ok(crate::replay_body::Replay::new(frames.into(), (!finished).then_some(body)).boxed())
+        Ok(())
     }
 
     fn tenant_restriction(&mut self, headers: &mut HeaderMap) {

@@ -5,20 +5,18 @@
 //! - [`inspect_request`]: that, plus IPS rules on the request line and
 //!   headers, and on the first `[ips] body_depth` bytes of the request body
 //!   (read before the request goes upstream, so a `drop` is a clean 403;
-//!   the rest of the body streams through uninspected).
+//!   the rest of the body streams through uninspected). The body prefix is
+//!   a [`BodyPrefix`] shared with CASB/DLP, so it is read and held once.
 //!
 //! A refusal is a 403 block page with rule `ips:<sid>` or `threat-intel`.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Body;
 
 use super::engine::{BodyScan, HttpRequestBuffers};
 use super::{EventContext, IpsEvent, Security};
@@ -26,7 +24,7 @@ use crate::access_log::{rfc3339, AccessRecord};
 use crate::block_page::{self, BlockInfo};
 use crate::gateway::Gateway;
 use crate::http_proxy::ConnContext;
-use crate::replay_body::Replay;
+use crate::replay_body::BodyPrefix;
 
 pub type Refusal = Response<Full<Bytes>>;
 
@@ -129,46 +127,6 @@ pub async fn check_destination(
     Ok(())
 }
 
-/// A forwarded request after inspection: the body to send upstream.
-pub enum InspectedBody<B> {
-    /// Not inspected (no body rules, or no body).
-    Pass(B),
-    /// The inspected prefix, then the rest of the stream.
-    Prefixed(Replay<B>),
-}
-
-impl<B> Body for InspectedBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.get_mut() {
-            InspectedBody::Pass(b) => Pin::new(b).poll_frame(cx),
-            InspectedBody::Prefixed(p) => Pin::new(p).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            InspectedBody::Pass(b) => b.is_end_stream(),
-            InspectedBody::Prefixed(p) => p.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            InspectedBody::Pass(b) => b.size_hint(),
-            InspectedBody::Prefixed(p) => p.size_hint(),
-        }
-    }
-}
-
 /// Threat intel, then IPS on the request head and the first body bytes of
 /// a forwarded request. `host`/`port`: the request target. Alerts are
 /// added to `record`; a drop or listed destination is an `Err` block page.
@@ -180,9 +138,9 @@ pub async fn inspect_request<B>(
     headers: &HeaderMap,
     host: &str,
     port: u16,
-    body: B,
+    body: &mut BodyPrefix<B>,
     record: &mut AccessRecord,
-) -> Result<InspectedBody<B>, Refusal>
+) -> Result<(), Refusal>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -192,7 +150,7 @@ where
     let sec: Arc<Security> = gw.ips.load_full();
     let engine = &sec.engine;
     if !engine.has_http_request_rules() && !engine.has_request_body_rules() {
-        return Ok(InspectedBody::Pass(body));
+        return Ok(());
     }
     let req = HttpRequestBuffers::new(method, uri, headers, host, port);
     let ctx = event_context(gw, conn, &target);
@@ -204,19 +162,33 @@ where
     }
     add_events(record, events);
     if !engine.has_request_body_rules() || body.is_end_stream() || sec.body_depth == 0 {
-        return Ok(InspectedBody::Pass(body));
+        return Ok(());
     }
-    // Read (and inspect) the first body_depth bytes before going upstream.
-    let mut body = body;
+    // Inspect the first body_depth bytes before going upstream: what is
+    // already buffered (by an earlier inspection), then frame by frame.
     let mut state = BodyScan::new(sec.body_depth);
-    let mut frames = VecDeque::new();
-    let mut finished = false;
+    let scan = |data: &[u8], state: &mut BodyScan, record: &mut AccessRecord| {
+        let found = ctx.ips(
+            "http-body",
+            &engine.scan_http_request_body_chunk(&req, state, data),
+        );
+        if let Some(drop) = found.iter().find(|e| e.is_drop()).cloned() {
+            let resp = refusal(conn, &drop, &target, record);
+            add_events(record, found);
+            return Err(resp);
+        }
+        add_events(record, found);
+        Ok(())
+    };
+    for data in body.data() {
+        if state.is_full() {
+            break;
+        }
+        scan(data, &mut state, record)?;
+    }
     while !state.is_full() {
-        match body.frame().await {
-            None => {
-                finished = true;
-                break;
-            }
+        match body.read_frame().await {
+            None => break,
             Some(Err(e)) => {
                 record.error = Some(format!("reading the request body: {e}"));
                 return Err(block_page::error_response(
@@ -227,31 +199,10 @@ where
             }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    let found = ctx.ips(
-                        "http-body",
-                        &engine.scan_http_request_body_chunk(&req, &mut state, data),
-                    );
-                    if let Some(drop) = found.iter().find(|e| e.is_drop()).cloned() {
-                        let resp = refusal(conn, &drop, &target, record);
-                        add_events(record, found);
-                        return Err(resp);
-                    }
-                    add_events(record, found);
+                    scan(data, &mut state, record)?;
                 }
-                frames.push_back(frame);
             }
         }
     }
-    Ok(InspectedBody::Prefixed(Replay::new(
-        frames,
-        (!finished).then_some(body),
-    )))
-}
-
-/// For callers that need a boxed body of the same error type.
-pub fn boxed<B>(body: InspectedBody<B>) -> http_body_util::combinators::BoxBody<Bytes, B::Error>
-where
-    B: Body<Data = Bytes> + Unpin + Send + Sync + 'static,
-{
-    body.boxed()
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! CASB and DLP through the inspecting gateway (issue 5): a local HTTPS
+//! CASB and DLP through the inspecting gateway: a local HTTPS
 //! upstream stands in for the catalog hosts (its own CA, trusted by the
 //! gateway as `inspect.upstream_ca`), a local DNS server (zone `com.`)
 //! maps the catalog names to 127.0.0.1, the client trusts only the

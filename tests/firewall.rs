@@ -1,4 +1,4 @@
-//! Non-web firewall (issue 6 point 4): `[firewall]` rules allow and deny raw
+//! Non-web firewall: `[firewall]` rules allow and deny raw
 //! TCP flows (CONNECT tunnels) to local echo servers by port, CIDR, group and
 //! location; web ports are left to the web policy; each flow is one access
 //! record with bytes and duration.

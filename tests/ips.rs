@@ -1,5 +1,4 @@
-//! IPS signatures, threat-intel lists and DNS over HTTPS (issue 6, points
-//! 5 and 6): real sockets on 127.0.0.0/8, the hand-written rules file
+//! IPS signatures, threat-intel lists and DNS over HTTPS: real sockets on 127.0.0.0/8, the hand-written rules file
 //! `tests/data/ips/komugate-test.rules` (plus any real Suricata rules in
 //! `../shared/ips/`), a local hickory DNS server.
 

@@ -1,4 +1,4 @@
-//! Downloaded category lists (issue 3 point 10): a local HTTP server serves
+//! Downloaded category lists: a local HTTP server serves
 //! a UT1-style tar.gz; updates are verified, swapped in through the reload
 //! path, refused (old lists stay) or rolled back.
 

@@ -1,4 +1,4 @@
-//! Access logs (issue 8): writer, rotation + compaction, search with the
+//! Access logs: writer, rotation + compaction, search with the
 //! sidecar-index skip, spill queue, retention + audit, CSV / xlsx read-back,
 //! `GET /admin/logs`. Shipping to real rsyslog / ClickHouse: logs_ship.rs.
 

@@ -1,4 +1,4 @@
-//! Access-log benchmark (issue 8 point 2): storage bytes/record, ingest
+//! Access-log benchmark: storage bytes/record, ingest
 //! records/s on one core, rare-host search across 365 days, full-scan
 //! records/s. Custom main (not criterion): the figures are throughputs of
 //! big runs, printed as a table for benches/RESULTS.md.

@@ -6,7 +6,9 @@
 //! file and the files it names (registry CSV, block/allow lists).
 //!
 //! The document format is described in `examples/policy.toml` (a complete,
-//! commented example) and in [`compile`]'s module docs.
+//! commented example) and in the module docs of `compile` (one submodule
+//! per policy section). [`pattern`] holds the small matchers (hosts, ports,
+//! times, wildcards), [`casb`] the app catalog and DLP.
 
 pub mod casb;
 mod compile;

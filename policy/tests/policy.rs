@@ -163,7 +163,7 @@ host = "x.example"
         "/nonexistent/p.toml:49:10: invalid scheme `ftp` (use http, https or connect); did you mean `http`?",
         "/nonexistent/p.toml:50:8: path prefix `nope` must start with `/`",
         "/nonexistent/p.toml:51:10: invalid action `maybe` in rule `r1` (use \"allow\" or \"block\")",
-        // A rule with `casb` and no `action` is a CASB-only rule (issue 5).
+        // A rule with `casb` and no `action` is a CASB-only rule.
         "/nonexistent/p.toml:54:37: unknown key `uploads` in `casb` of rule `no action`; did you mean `upload`?",
         "/nonexistent/p.toml:55:1: missing `action` in rule `no action` (\"allow\" or \"block\")",
         "/nonexistent/p.toml:56:8: duplicate rule name `no action` (first defined at /nonexistent/p.toml:53)",

@@ -36,7 +36,7 @@ pub struct Config {
     pub inspect: InspectConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
-    /// `[ips]`: Suricata rules files (issue 6).
+    /// `[ips]`: Suricata rules files.
     #[serde(default)]
     pub ips: crate::ips::IpsConfig,
     /// `[threat_intel]`: known-bad IP/CIDR and domain lists.

@@ -1,5 +1,4 @@
-//! Downloaded category lists (`[[categories.source]]` with `url`, issue 3
-//! point 10).
+//! Downloaded category lists (`[[categories.source]]` with `url`).
 //!
 //! For every remote source of the policy in force, every `refresh`:
 //!

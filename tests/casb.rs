@@ -777,7 +777,8 @@ async fn usage_report_from_the_access_logs() {
             out: Some(out.clone()),
             ..args.clone()
         };
-        komugate::casb::report::run(komugate::casb::report::CasbCommand::Report(args)).unwrap();
+        komugate::casb::report::run_casb(komugate::casb::report::CasbCommand::Report(args))
+            .unwrap();
         assert!(std::fs::metadata(&out).unwrap().len() > 0, "{fmt}");
     }
     let csv = std::fs::read_to_string(e.gw.dir.path().join("report.csv")).unwrap();

@@ -1,4 +1,27 @@
 //! The `komugate` command line.
+//!
+//! Conventions every subcommand follows (README "Command line"):
+//!
+//! - **Names**: subcommands and flags are lowercase kebab-case. A group is a
+//!   noun (`pki`, `policy`, `logs`, `ips`, ...); its subcommands say what
+//!   they do (`check`, `explain`, `issue-device`, `export-ca`). The file a
+//!   command is about is positional (`policy check FILE`, `ips check
+//!   FILE...`); everything else is a flag, with the same spelling wherever
+//!   it appears: `--config` / `--data` (gateway configuration and data
+//!   directory), `--dir`, `--out FILE` (output; standard output without
+//!   it), `--format` (output format), `--since` / `--until`,
+//!   `--utc-offset`, `--force` (overwrite). Repeatable flags are singular
+//!   (`--san`, `--group`, `--beacon`).
+//! - **Exit status**: `0` success; `1` failure, or a check that found
+//!   problems (`policy check`, `config check`, `ips check --strict`,
+//!   `audit verify`); `2` usage error: an unknown subcommand or flag, a
+//!   missing or invalid value, or flags that do not go together. Messages
+//!   go to standard error as `komugate: error: ...` (`komugate: usage
+//!   error: ...` for status 2, clap's own format for what it rejects).
+//!
+//! Each group's handler is `run_<group>` (`crate::logs::cli::run_logs`,
+//! `crate::ips::cli::run_ips`, ...); a handler returns the exit status, or
+//! an error (status 1, or 2 for a [`UsageError`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -100,7 +123,9 @@ enum PkiCommand {
         /// Output prefix: writes PREFIX.pem and PREFIX.key.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 730)]
+        /// Validity in days (1 to 3650).
+        #[arg(long, default_value_t = crate::pki::DEFAULT_DEVICE_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::pki::MAX_DEVICE_DAYS)))]
         days: u32,
         #[arg(long)]
         force: bool,
@@ -145,30 +170,55 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
+/// Exit status of a usage error (the status clap uses for the ones it finds).
+pub const EXIT_USAGE: u8 = 2;
+
+/// A command called the wrong way (an invalid flag value, flags that do not
+/// go together) found after clap's own checks: exit status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// An [`UsageError`] as an `anyhow` error.
+pub fn usage_error(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Serve { config, data } => serve(config.as_deref(), data),
-        Command::Pki(cmd) => pki(cmd),
-        Command::Client(args) => crate::client::run(args),
-        Command::Beacon(args) => crate::beacon::run_beacon_cli(args),
-        Command::Logs(cmd) => crate::logs::cli::run_logs(cmd),
-        Command::Audit(cmd) => crate::logs::cli::run_audit(cmd),
-        Command::Ips(cmd) => crate::ips::cli::run(cmd),
-        Command::Casb(cmd) => crate::casb::report::run(cmd),
-        Command::Policy(cmd) => return exit_code(crate::cli_policy::run_policy(cmd)),
-        Command::Categories(cmd) => return exit_code(crate::cli_policy::run_categories(cmd)),
-        Command::Config(ConfigCommand::Default) => {
-            print!("{DEFAULT_CONFIG}");
-            Ok(())
-        }
-        Command::Config(ConfigCommand::Check { file }) => {
-            Config::load(&file).map(|_| println!("{}: ok", file.display()))
-        }
+        Command::Serve { config, data } => done(run_serve(config.as_deref(), data)),
+        Command::Pki(cmd) => done(run_pki(cmd)),
+        Command::Client(args) => done(crate::client::run_client(args)),
+        Command::Beacon(args) => done(crate::beacon::run_beacon(args)),
+        Command::Logs(cmd) => done(crate::logs::cli::run_logs(cmd)),
+        Command::Audit(cmd) => done(crate::logs::cli::run_audit(cmd)),
+        Command::Ips(cmd) => done(crate::ips::cli::run_ips(cmd)),
+        Command::Casb(cmd) => done(crate::casb::report::run_casb(cmd)),
+        Command::Policy(cmd) => crate::cli_policy::run_policy(cmd),
+        Command::Categories(cmd) => crate::cli_policy::run_categories(cmd),
+        Command::Config(cmd) => done(run_config(cmd)),
     };
+    exit_status(result)
+}
+
+/// The documented exit status of a handler's result, with the error on stderr.
+pub fn exit_status(result: Result<ExitCode>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("komugate: usage error: {e:#} (see `komugate help`)");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) => {
             eprintln!("komugate: error: {e:#}");
             ExitCode::FAILURE
@@ -176,11 +226,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn exit_code(result: Result<ExitCode>) -> ExitCode {
-    result.unwrap_or_else(|e| {
-        eprintln!("komugate: error: {e:#}");
-        ExitCode::FAILURE
-    })
+fn run_config(cmd: ConfigCommand) -> Result<()> {
+    match cmd {
+        ConfigCommand::Default => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        ConfigCommand::Check { file } => {
+            Config::load(&file).map(|_| println!("{}: ok", file.display()))
+        }
+    }
 }
 
 fn init_tracing() {
@@ -192,9 +247,9 @@ fn init_tracing() {
         .try_init();
 }
 
-fn pki(cmd: PkiCommand) -> Result<()> {
+fn run_pki(cmd: PkiCommand) -> Result<()> {
     match cmd {
-        PkiCommand::BeaconKey(args) => crate::beacon::run_beacon_key_cli(args),
+        PkiCommand::BeaconKey(args) => crate::beacon::run_beacon_key(args),
         PkiCommand::ExportCa { dir, format, out } => {
             let path = crate::pki::PkiPaths::new(&dir).inspect_ca_cert();
             // Parsing validates the file; PEM output is the file itself.
@@ -372,7 +427,7 @@ pub fn prepare(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<Conf
     Ok(config)
 }
 
-fn serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
+fn run_serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
     let config = prepare(config_path, data)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

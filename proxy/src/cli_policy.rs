@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
 
+use crate::cli::usage_error;
+
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy file; lists every error as file:line:column and exits non-zero.
@@ -25,8 +27,11 @@ pub enum PolicyCommand {
         url: String,
         #[arg(long, default_value = "GET")]
         method: String,
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// text or json.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ExplainFormat,
+        /// Same as `--format json` (the former spelling).
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Convert a squidGuard.conf into a komugate policy (TOML on stdout or --out).
@@ -35,6 +40,12 @@ pub enum PolicyCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -79,12 +90,15 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             from,
             url,
             method,
+            format,
             json,
         } => {
             let policy = load(&file)?;
+            // Its only errors are about --from, --url and --method.
             let decision =
-                crate::explain::explain(&policy, device.as_deref(), &from, &url, &method)?;
-            if json {
+                crate::explain::explain(&policy, device.as_deref(), &from, &url, &method)
+                    .map_err(|e| usage_error(format!("{e:#}")))?;
+            if json || format == ExplainFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&decision)?);
             } else {
                 print!("{}", decision.explain());

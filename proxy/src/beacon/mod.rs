@@ -31,7 +31,7 @@ mod token;
 
 pub use replay::ReplayCache;
 pub use server::{
-    percent_decode, run_beacon, run_beacon_cli, run_beacon_key_cli, serve_beacon, BeaconArgs,
+    percent_decode, run_beacon, run_beacon_key, serve_beacon, serve_until_signal, BeaconArgs,
     BeaconKeyArgs,
 };
 pub use sites::{SiteAssertions, SiteDirectory, SiteEntry};

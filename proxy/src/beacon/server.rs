@@ -154,11 +154,13 @@ pub struct BeaconKeyArgs {
     pub force: bool,
 }
 
-pub fn run_beacon_cli(a: BeaconArgs) -> Result<()> {
-    run_beacon(&a.site, &a.key, &a.listen)
+/// `komugate beacon`.
+pub fn run_beacon(a: BeaconArgs) -> Result<()> {
+    serve_until_signal(&a.site, &a.key, &a.listen)
 }
 
-pub fn run_beacon_key_cli(a: BeaconKeyArgs) -> Result<()> {
+/// `komugate pki beacon-key`.
+pub fn run_beacon_key(a: BeaconKeyArgs) -> Result<()> {
     let (key, public_path, public) = write_key_pair(&a.out, a.force)?;
     println!(
         "beacon key pair: {} (private, keep it on the site's server) and {}",
@@ -173,8 +175,8 @@ pub fn run_beacon_key_cli(a: BeaconKeyArgs) -> Result<()> {
     Ok(())
 }
 
-/// `komugate beacon`: runs the beacon until SIGTERM / Ctrl-C.
-pub fn run_beacon(site: &str, key_path: &Path, listen: &str) -> Result<()> {
+/// Runs the beacon until SIGTERM / Ctrl-C.
+pub fn serve_until_signal(site: &str, key_path: &Path, listen: &str) -> Result<()> {
     if site.trim().is_empty() {
         bail!("--site must name the site as in the policy's [[site]] name");
     }

@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use crate::cli::usage_error;
 use crate::logs::cli::{build_query, LogDirArgs};
 use crate::logs::query::parse_offset;
 use crate::logs::record::{format_with_offset, LogRecord};
@@ -237,11 +238,11 @@ fn fields(r: &Row) -> [String; 13] {
 
 /// Builds the report rows from the logs (shared with tests).
 pub fn build(args: &ReportArgs) -> Result<Vec<Row>> {
-    let offset = parse_offset(&args.utc_offset).map_err(anyhow::Error::msg)?;
+    let offset = parse_offset(&args.utc_offset).map_err(usage_error)?;
     let by_group = match args.by.as_str() {
         "user" => false,
         "group" => true,
-        other => bail!("--by {other:?}: use user or group"),
+        other => return Err(usage_error(format!("--by {other:?}: use user or group"))),
     };
     let dir = args.loc.resolve()?;
     let q = build_query(
@@ -251,7 +252,7 @@ pub fn build(args: &ReportArgs) -> Result<Vec<Row>> {
         [None; 11],
         None,
     )
-    .map_err(anyhow::Error::msg)?;
+    .map_err(usage_error)?;
     let mut agg = Aggregator {
         apps: apps(args.policy.as_ref())?,
         by_group,
@@ -269,10 +270,15 @@ pub fn build(args: &ReportArgs) -> Result<Vec<Row>> {
     Ok(agg.finish())
 }
 
-pub fn run(cmd: CasbCommand) -> Result<()> {
+pub fn run_casb(cmd: CasbCommand) -> Result<()> {
     match cmd {
         CasbCommand::Report(a) => run_report(a),
         CasbCommand::Catalog { format } => {
+            if !matches!(format.as_str(), "json" | "table") {
+                return Err(usage_error(format!(
+                    "--format {format:?}: use json or table"
+                )));
+            }
             let apps = komugate_policy::builtin_apps().map_err(anyhow::Error::msg)?;
             let mut out = io::stdout().lock();
             if format == "json" {
@@ -301,12 +307,19 @@ pub fn run(cmd: CasbCommand) -> Result<()> {
 }
 
 fn run_report(a: ReportArgs) -> Result<()> {
-    let rows = build(&a)?;
     let format = a.format.to_ascii_lowercase();
-    if format == "xlsx" {
-        let Some(path) = &a.out else {
-            bail!("--format xlsx needs --out FILE.xlsx")
-        };
+    if !matches!(format.as_str(), "table" | "csv" | "xlsx" | "json") {
+        return Err(usage_error(format!(
+            "--format {format:?}: use table, csv, xlsx or json"
+        )));
+    }
+    let xlsx_out = match (format.as_str(), &a.out) {
+        ("xlsx", Some(path)) => Some(path),
+        ("xlsx", None) => return Err(usage_error("--format xlsx needs --out FILE.xlsx")),
+        _ => None,
+    };
+    let rows = build(&a)?;
+    if let Some(path) = xlsx_out {
         return write_xlsx(&rows, path);
     }
     let out: Box<dyn Write> = match &a.out {

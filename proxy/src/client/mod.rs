@@ -87,7 +87,7 @@ pub async fn start(cfg: ClientConfig) -> Result<RunningClient> {
 }
 
 /// `komugate client`: runs until SIGTERM / Ctrl-C.
-pub fn run(args: ClientArgs) -> Result<()> {
+pub fn run_client(args: ClientArgs) -> Result<()> {
     let cfg = ClientConfig::from_args(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,7 +22,7 @@ pub enum IpsCommand {
     },
 }
 
-pub fn run(cmd: IpsCommand) -> anyhow::Result<()> {
+pub fn run_ips(cmd: IpsCommand) -> anyhow::Result<()> {
     match cmd {
         IpsCommand::Check { files, strict } => {
             let started = std::time::Instant::now();

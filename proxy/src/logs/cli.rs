@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use super::export::{OutputFormat, Sink};
 use super::query::{current_ms, parse_offset, parse_time, Glob, Query};
 use super::search::search;
+use crate::cli::usage_error;
 
 #[derive(Subcommand)]
 pub enum LogsCommand {
@@ -290,9 +291,9 @@ fn describe_search(a: &SearchArgs) -> String {
 
 fn run_search(a: SearchArgs) -> Result<()> {
     let dir = a.loc.resolve()?;
-    let offset = parse_offset(&a.utc_offset).map_err(anyhow::Error::msg)?;
+    let offset = parse_offset(&a.utc_offset).map_err(usage_error)?;
     let format = match (&a.format, &a.out) {
-        (Some(f), _) => f.parse::<OutputFormat>().map_err(anyhow::Error::msg)?,
+        (Some(f), _) => f.parse::<OutputFormat>().map_err(usage_error)?,
         (None, Some(p)) => match p
             .extension()
             .and_then(|e| e.to_str())
@@ -325,7 +326,7 @@ fn run_search(a: SearchArgs) -> Result<()> {
         ],
         a.limit,
     )
-    .map_err(anyhow::Error::msg)?;
+    .map_err(usage_error)?;
     // Personal data: the search is audited (who, filters, format, file)
     // before anything is read; if it cannot be audited it does not run.
     let audit_path = match &a.audit_log {

@@ -797,8 +797,13 @@ pub async fn relay_request(
         Ok(r) => r,
         Err(e) => {
             let shown = record.target.clone();
-            if client_body_failed.load(Ordering::Relaxed) {
-                record.error = Some(format!("reading the request body: {e}"));
+            if client_body_failed.load(Ordering::Relaxed) || request_body_failed(&e) {
+                record.bytes_up = up.load(Ordering::Relaxed);
+                record.error = Some(format!(
+                    "reading the request body: the client aborted or malformed it after {} bytes: {}",
+                    record.bytes_up,
+                    innermost(&e)
+                ));
                 return Err(bad_request(
                     "リクエスト本文の形式が不正です (chunked エンコーディングなど)。",
                     "The request body is malformed (e.g. its chunked encoding) or was cut off by the client.",
@@ -809,19 +814,6 @@ pub async fn relay_request(
             }
             if let Some(ee) = egress_error(&e) {
                 return Err(egress_refusal(conn, ee, &shown, record));
-            }
-            record.bytes_up = up.load(Ordering::Relaxed);
-            if request_body_failed(&e) {
-                // Nobody reads this answer; the record says what happened.
-                record.error = Some(format!(
-                    "client aborted the request body after {} bytes: {}",
-                    record.bytes_up,
-                    innermost(&e)
-                ));
-                return Err(bad_request(
-                    "リクエストの本文が途中で途切れました。",
-                    "The request body was cut short.",
-                ));
             }
             record.error = Some(format!("upstream: {e}"));
             return Err(full(block_page::error_response(

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::import::{MatcherBuilder, Palette};
-use crate::normalize::{fast_host, is_ip, normalize_host, split_url, strip_www};
+use crate::normalize::{fast_host, is_ip, normalize_host, normalize_path, split_url, strip_www};
 use crate::table::{hash_finish, hash_key, hash_start, hash_step, Table, MAX_VALUE};
 use crate::{CategoryError, CategoryId, CategorySet, Usage};
 
@@ -41,6 +41,137 @@ pub struct Matcher {
     /// `exceptions` and `url_hosts`: a label suffix whose bit is clear is
     /// in none of the tables, so most probes of a miss never leave cache.
     pub(crate) filter: Vec<u64>,
+    /// Which tagged keys exist ([`TAG_EXACT`] …): tagged probes are skipped
+    /// when none do.
+    pub(crate) tags: u8,
+    /// Adblock URL patterns (sources, for snapshots) and their automata.
+    pub(crate) pattern_src: Vec<PatternSrc>,
+    pub(crate) patterns: Option<Patterns>,
+}
+
+/// Domain-table keys carry a tag byte in front of the host for the entries
+/// that are not "this host and its subdomains" (hosts never start with
+/// these bytes): `=host` exactly that host, `!host` an `$important` adblock
+/// rule, `!=host` both.
+pub(crate) const KEY_EXACT: &[u8] = b"=";
+pub(crate) const KEY_IMPORTANT: &[u8] = b"!";
+pub(crate) const KEY_IMPORTANT_EXACT: &[u8] = b"!=";
+pub(crate) const TAG_EXACT: u8 = 1;
+pub(crate) const TAG_IMPORTANT: u8 = 2;
+pub(crate) const TAG_IMPORTANT_EXACT: u8 = 4;
+
+fn key_tag(key: &[u8]) -> u8 {
+    if key.starts_with(KEY_IMPORTANT_EXACT) {
+        TAG_IMPORTANT_EXACT
+    } else if key.starts_with(KEY_IMPORTANT) {
+        TAG_IMPORTANT
+    } else if key.starts_with(KEY_EXACT) {
+        TAG_EXACT
+    } else {
+        0
+    }
+}
+
+/// One adblock URL pattern of a category.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PatternSrc {
+    pub(crate) cat: CategoryId,
+    pub(crate) exception: bool,
+    pub(crate) important: bool,
+    /// `false`: `text` is a plain lowercase substring; `true`: a regex.
+    pub(crate) regex: bool,
+    pub(crate) text: String,
+    /// Regex rules: a literal every matching URL contains ("" = none).
+    pub(crate) literal: String,
+}
+
+/// Compiled adblock URL patterns. Substring rules are one Aho-Corasick
+/// automaton; regex rules are run only when the automaton of their
+/// literals finds theirs in the URL (or when they have none), so a lookup
+/// costs two automaton passes plus the few regexes that can match.
+pub(crate) struct Patterns {
+    substrings: Option<aho_corasick::AhoCorasick>,
+    substring_rule: Vec<usize>,
+    literals: Option<aho_corasick::AhoCorasick>,
+    literal_rule: Vec<usize>,
+    always: Vec<usize>,
+    /// Per rule index: the compiled regex of a regex rule.
+    regexes: Vec<Option<regex::Regex>>,
+}
+
+pub(crate) fn compile_patterns(src: &[PatternSrc]) -> Result<Option<Patterns>, CategoryError> {
+    if src.is_empty() {
+        return Ok(None);
+    }
+    let bad = |reason: String| CategoryError::InvalidInput {
+        path: "<adblock patterns>".into(),
+        reason,
+    };
+    let ac = |pats: &[(usize, &str)]| -> Result<Option<aho_corasick::AhoCorasick>, CategoryError> {
+        if pats.is_empty() {
+            return Ok(None);
+        }
+        aho_corasick::AhoCorasick::new(pats.iter().map(|(_, t)| t.as_bytes()))
+            .map(Some)
+            .map_err(|e| bad(e.to_string()))
+    };
+    let mut subs = Vec::new();
+    let mut lits = Vec::new();
+    let mut always = Vec::new();
+    let mut regexes = Vec::with_capacity(src.len());
+    for (i, p) in src.iter().enumerate() {
+        if !p.regex {
+            subs.push((i, p.text.as_str()));
+            regexes.push(None);
+            continue;
+        }
+        regexes.push(Some(
+            regex::Regex::new(&p.text).map_err(|e| bad(e.to_string()))?,
+        ));
+        if p.literal.is_empty() {
+            always.push(i);
+        } else {
+            lits.push((i, p.literal.as_str()));
+        }
+    }
+    Ok(Some(Patterns {
+        substrings: ac(&subs)?,
+        substring_rule: subs.iter().map(|(i, _)| *i).collect(),
+        literals: ac(&lits)?,
+        literal_rule: lits.iter().map(|(i, _)| *i).collect(),
+        always,
+        regexes,
+    }))
+}
+
+/// Categories found for one request, by strength.
+#[derive(Default)]
+struct Found {
+    set: CategorySet,
+    excluded: CategorySet,
+    important: CategorySet,
+    important_excluded: CategorySet,
+}
+
+impl Found {
+    fn add(&mut self, s: CategorySet, exception: bool, important: bool) {
+        let t = match (exception, important) {
+            (false, false) => &mut self.set,
+            (true, false) => &mut self.excluded,
+            (false, true) => &mut self.important,
+            (true, true) => &mut self.important_excluded,
+        };
+        *t = t.union(s);
+    }
+
+    /// Exceptions remove a category unless an `$important` block keeps it,
+    /// which only an `$important` exception removes.
+    fn result(self) -> CategorySet {
+        let all_excluded = self.excluded.union(self.important_excluded);
+        self.set
+            .difference(all_excluded)
+            .union(self.important.difference(self.important_excluded))
+    }
 }
 
 /// Bit of the filter for a key hash (bits independent of the table index,
@@ -205,7 +336,20 @@ impl Matcher {
         let mut pal = palette.sets;
         pal.shrink_to_fit();
         let filter = build_filter(&[&domains, &exceptions, &url_hosts]);
+        let mut tags = 0;
+        for t in [&domains, &exceptions] {
+            for &slot in &t.slots {
+                if slot != crate::table::EMPTY {
+                    let off = (slot & 0xffff_ffff) as usize;
+                    tags |= key_tag(&t.arena[off + 1..]);
+                }
+            }
+        }
+        let patterns = compile_patterns(&b.patterns)?;
         Ok(Matcher {
+            tags,
+            pattern_src: b.patterns,
+            patterns,
             filter,
             names: b.names,
             usage: b.usage,
@@ -264,30 +408,52 @@ impl Matcher {
     /// Categories of a request. `host` as seen in the request (any case, may
     /// carry a port / trailing dot / be an IP literal, IPv6 in brackets ok);
     /// `path` = path + optional query, normally starting with `/` (may be
-    /// empty).
+    /// empty), as it came in the request: it is normalised here
+    /// ([`normalize_path`]) exactly as url entries were at import.
+    ///
+    /// Same as [`lookup_request`](Self::lookup_request) with scheme `http`
+    /// (the scheme only matters to adblock patterns that name one).
     pub fn lookup(&self, host: &str, path: &str) -> CategorySet {
+        self.lookup_request("http", host, path)
+    }
+
+    /// Categories of a request to `scheme://host/path` (`scheme` lowercase:
+    /// `http`, `https`; a CONNECT tunnel is `https` with an empty path).
+    pub fn lookup_request(&self, scheme: &str, host: &str, path: &str) -> CategorySet {
         let mut buf = [0u8; 256];
         match fast_host(host, &mut buf) {
-            Some(n) => self.lookup_norm(&buf[..n], path),
+            Some(n) => self.lookup_norm(scheme, &buf[..n], path),
             None => match normalize_host(host) {
-                Ok(h) => self.lookup_norm(h.as_bytes(), path),
+                Ok(h) => self.lookup_norm(scheme, h.as_bytes(), path),
                 Err(_) => CategorySet::empty(),
             },
         }
     }
 
-    /// Convenience: full URL (`http://h:p/path?q`, `https://...`, or
-    /// `host/path`).
+    /// Convenience: full URL (`http://h:p/path?q`, `HTTPS://...`, or
+    /// `host/path`, taken as `http`).
     pub fn lookup_url(&self, url: &str) -> CategorySet {
         let (host, path) = split_url(url);
-        self.lookup(host, path)
+        let scheme = url
+            .trim()
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .filter(|s| !s.contains(['/', '.', '?']))
+            .unwrap_or_else(|| "http".into());
+        self.lookup_request(&scheme, host, path)
     }
 
     /// `host` is normalised (lowercase ASCII, no port/trailing dot).
-    fn lookup_norm(&self, host: &[u8], path: &str) -> CategorySet {
+    fn lookup_norm(&self, scheme: &str, host: &[u8], path: &str) -> CategorySet {
         let ip = is_ip(host);
+        let mut found = Found::default();
         let mut set = CategorySet::empty();
         let mut excluded = CategorySet::empty();
+        // Pre-finish hash states of the label suffixes (for tagged keys).
+        const MAXT: usize = 24;
+        let mut suffix_states = [(0usize, 0u64); MAXT];
+        let mut n_states = 0;
+        let mut full_state = None;
         let check_exc = !self.exceptions.is_empty();
         let mut url_hash = None;
         if ip {
@@ -319,6 +485,13 @@ impl Matcher {
                     url_hash = Some(hash_finish(h));
                 }
                 if i == 0 || host[i - 1] == b'.' {
+                    if n_states < MAXT {
+                        suffix_states[n_states] = (i, h);
+                        n_states += 1;
+                    }
+                    if i == 0 {
+                        full_state = Some(h);
+                    }
                     if n == MAXS {
                         // Absurdly deep host: fall back to probing as we go.
                         let fh = hash_finish(h);
@@ -362,6 +535,31 @@ impl Matcher {
                 }
             }
         }
+        found.add(set, false, false);
+        found.add(excluded, true, false);
+        if self.tags != 0 {
+            let full_state = full_state.unwrap_or_else(|| {
+                host.iter()
+                    .rev()
+                    .fold(hash_start(), |h, &b| hash_step(h, b))
+            });
+            if ip {
+                suffix_states[0] = (0, full_state);
+                n_states = 1;
+            }
+            if self.tags & TAG_IMPORTANT != 0 {
+                for &(start, state) in &suffix_states[..n_states] {
+                    self.probe_tagged(KEY_IMPORTANT, &host[start..], state, true, &mut found);
+                }
+            }
+            if self.tags & TAG_EXACT != 0 {
+                self.probe_tagged(KEY_EXACT, host, full_state, false, &mut found);
+            }
+            if self.tags & TAG_IMPORTANT_EXACT != 0 {
+                self.probe_tagged(KEY_IMPORTANT_EXACT, host, full_state, true, &mut found);
+            }
+        }
+        let mut set = CategorySet::empty();
         if !self.url_hosts.is_empty() {
             let uh = if ip { host } else { strip_www(host) };
             let uhh = url_hash.unwrap_or_else(|| hash_key(uh));
@@ -374,42 +572,96 @@ impl Matcher {
         if let Some(rx) = &self.regexes {
             let mut target = String::with_capacity(host.len() + path.len() + 1);
             target.push_str(std::str::from_utf8(host).unwrap_or(""));
-            if !path.starts_with('/') {
-                target.push('/');
-            }
-            target.push_str(&path.to_ascii_lowercase());
+            target.push_str(&normalize_path(path));
             for m in rx.set.matches(&target).iter() {
                 set.insert(rx.cats[m]);
             }
         }
-        if excluded.is_empty() {
-            set
-        } else {
-            set.difference(excluded)
+        found.add(set, false, false);
+        if let Some(p) = &self.patterns {
+            self.match_patterns(p, scheme, host, path, &mut found);
+        }
+        found.result()
+    }
+
+    /// Probes the domain and exception tables for `tag + suffix`, whose
+    /// right-to-left hash state without the tag is `state`.
+    fn probe_tagged(
+        &self,
+        tag: &[u8],
+        suffix: &[u8],
+        state: u64,
+        important: bool,
+        found: &mut Found,
+    ) {
+        let n = tag.len() + suffix.len();
+        if n > 255 {
+            return;
+        }
+        let h = hash_finish(tag.iter().rev().fold(state, |h, &b| hash_step(h, b)));
+        if !filter_bit(&self.filter, h) {
+            return;
+        }
+        let mut buf = [0u8; 256];
+        buf[..tag.len()].copy_from_slice(tag);
+        buf[tag.len()..n].copy_from_slice(suffix);
+        let key = &buf[..n];
+        if let Some(v) = self.domains.get(h, key) {
+            found.add(self.palette[v as usize], false, important);
+        }
+        if let Some(v) = self.exceptions.get(h, key) {
+            found.add(self.palette[v as usize], true, important);
+        }
+    }
+
+    /// Adblock URL patterns against `scheme://host/normalised-path`.
+    fn match_patterns(
+        &self,
+        p: &Patterns,
+        scheme: &str,
+        host: &[u8],
+        path: &str,
+        found: &mut Found,
+    ) {
+        let mut url = String::with_capacity(scheme.len() + 3 + host.len() + path.len() + 1);
+        url.push_str(&scheme.to_ascii_lowercase());
+        url.push_str("://");
+        url.push_str(std::str::from_utf8(host).unwrap_or(""));
+        url.push_str(&normalize_path(path));
+        let mut hit = |i: usize| {
+            let r = &self.pattern_src[i];
+            let s: CategorySet = [r.cat].into_iter().collect();
+            found.add(s, r.exception, r.important);
+        };
+        if let Some(ac) = &p.substrings {
+            for m in ac.find_overlapping_iter(url.as_bytes()) {
+                hit(p.substring_rule[m.pattern().as_usize()]);
+            }
+        }
+        let mut candidates: Vec<usize> = p.always.clone();
+        if let Some(ac) = &p.literals {
+            candidates.extend(
+                ac.find_overlapping_iter(url.as_bytes())
+                    .map(|m| p.literal_rule[m.pattern().as_usize()]),
+            );
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        for i in candidates {
+            if p.regexes[i].as_ref().is_some_and(|r| r.is_match(&url)) {
+                hit(i);
+            }
         }
     }
 
     /// Union of the sets of every url entry of host `hi` that is a prefix of
-    /// the (lowercased) `path`.
+    /// the normalised `path` ([`normalize_path`]).
     fn url_lookup(&self, hi: usize, path: &str) -> CategorySet {
         let lo = self.url_ranges[hi] as usize;
         let hi_end = self.url_ranges[hi + 1] as usize;
         let entries = &self.url_entries[lo..hi_end];
-        let path = path.split('#').next().unwrap_or("");
-        let raw = path.as_bytes();
-        let owned: Vec<u8>;
-        let mut q: &[u8] =
-            if raw.first() != Some(&b'/') || raw.iter().any(|b| b.is_ascii_uppercase()) {
-                let mut o = Vec::with_capacity(raw.len() + 1);
-                if raw.first() != Some(&b'/') {
-                    o.push(b'/');
-                }
-                o.extend(raw.iter().map(|b| b.to_ascii_lowercase()));
-                owned = o;
-                &owned
-            } else {
-                raw
-            };
+        let path = normalize_path(path);
+        let mut q: &[u8] = path.as_bytes();
         let key = |e: &UrlEntry| &self.url_arena[e.off as usize..(e.off + e.len) as usize];
         let mut set = CategorySet::empty();
         // Find every entry that is a prefix of q: take the largest entry <= q;
@@ -460,7 +712,11 @@ impl Matcher {
     /// Number of distinct entries (domains + url entries + exceptions +
     /// expressions).
     pub fn entry_count(&self) -> usize {
-        self.domains.len + self.url_entries.len() + self.exceptions.len + self.expr_src.len()
+        self.domains.len
+            + self.url_entries.len()
+            + self.exceptions.len
+            + self.expr_src.len()
+            + self.pattern_src.len()
     }
 }
 

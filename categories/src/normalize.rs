@@ -1,5 +1,6 @@
 //! Host / URL normalisation shared by the importers and the lookup path.
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Longest host name we accept (DNS limit).
@@ -142,6 +143,174 @@ pub(crate) fn fast_host(host: &str, buf: &mut [u8; 256]) -> Option<usize> {
     Some(end)
 }
 
+/// The one path normalisation of the matcher, applied to url entries at
+/// import and to every request path at lookup, so that two spellings of the
+/// same resource compare equal (RFC 3986 §6.2.2 and §6.2.3, plus what an
+/// origin server does with the path before it routes it).
+///
+/// Input: path with optional query (`/a/b?q`, may be empty or lack the
+/// leading `/`); a fragment is dropped. Output: ASCII, lowercased, starting
+/// with `/`.
+///
+/// In the **path**:
+/// * `%XX` escapes of printable ASCII (`!`..`~`) are decoded, except `%2F`
+///   (`/`), `%3F` (`?`), `%23` (`#`) and `%25` (`%`). RFC 3986 §6.2.2.2 only
+///   calls the unreserved set (`A-Z a-z 0-9 - . _ ~`) safe to decode; the
+///   matcher decodes the reserved sub-delimiters too (`%3B`, `%3D`, `%40`…)
+///   because origin servers decode the path before they map it to a file or
+///   a route, so `/%64ating` and `/dating` reach the same page (squidGuard
+///   decodes as well). `/`, `?`, `#` and `%` stay encoded: decoding them would
+///   change where a segment, the path or an escape ends.
+/// * Space, control bytes and non-ASCII bytes are (or stay) escaped, so a
+///   raw UTF-8 entry (`/café`) equals the encoded request (`/caf%C3%A9`).
+///   A `%` not followed by two hex digits is taken literally (`%25`).
+/// * Repeated slashes are collapsed (`//a///b` → `/a/b`), then dot segments
+///   are removed (RFC 3986 §5.2.4: `/a/./b/../c` → `/a/c`).
+///
+/// In the **query** only unreserved characters are decoded (`=`, `&`, `+`
+/// keep their meaning there) and non-ASCII / space / control bytes escaped.
+///
+/// Finally everything is lowercased (paths are compared case-insensitively,
+/// as squidGuard does), which also folds the case of the remaining escapes.
+pub fn normalize_path(path: &str) -> Cow<'_, str> {
+    let path = path.split('#').next().unwrap_or("");
+    if is_normal_path(path.as_bytes()) {
+        return Cow::Borrowed(path);
+    }
+    let (p, q) = match path.find('?') {
+        Some(i) => (&path[..i], Some(&path[i + 1..])),
+        None => (path, None),
+    };
+    let mut decoded = Vec::with_capacity(p.len() + 1);
+    if !p.starts_with('/') {
+        decoded.push(b'/');
+    }
+    canonical_escapes(p.as_bytes(), &mut decoded, decode_in_path);
+    let mut out = remove_dot_segments(&collapse_slashes(&decoded));
+    if let Some(q) = q {
+        out.push(b'?');
+        canonical_escapes(q.as_bytes(), &mut out, is_unreserved);
+    }
+    out.make_ascii_lowercase();
+    // Only ASCII is ever written above.
+    Cow::Owned(String::from_utf8(out).unwrap_or_default())
+}
+
+/// True when `normalize_path` would return `p` unchanged (the common case on
+/// the lookup path: no allocation).
+fn is_normal_path(p: &[u8]) -> bool {
+    if p.first() != Some(&b'/') {
+        return false;
+    }
+    let end = p.iter().position(|&b| b == b'?').unwrap_or(p.len());
+    if p.iter()
+        .any(|&b| b == b'%' || b.is_ascii_uppercase() || !(b'!'..=b'~').contains(&b))
+    {
+        return false;
+    }
+    let path = &p[..end];
+    for seg in path[1..].split(|&b| b == b'/') {
+        if seg == b"." || seg == b".." {
+            return false;
+        }
+    }
+    !path.windows(2).any(|w| w == b"//")
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn decode_in_path(b: u8) -> bool {
+    (b'!'..=b'~').contains(&b) && !matches!(b, b'/' | b'?' | b'#' | b'%')
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn push_escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+}
+
+/// Copies `src` to `out` with every escape whose byte `decode` accepts
+/// decoded, every other escape kept, and bytes that cannot appear raw in a
+/// URL (space, controls, non-ASCII, a stray `%`) escaped.
+fn canonical_escapes(src: &[u8], out: &mut Vec<u8>, decode: fn(u8) -> bool) {
+    let mut i = 0;
+    while i < src.len() {
+        let b = src[i];
+        if b == b'%' {
+            let hi = src.get(i + 1).copied().and_then(hex_val);
+            let lo = src.get(i + 2).copied().and_then(hex_val);
+            if let (Some(hi), Some(lo)) = (hi, lo) {
+                let v = hi << 4 | lo;
+                if decode(v) {
+                    out.push(v);
+                } else {
+                    push_escape(out, v);
+                }
+                i += 3;
+                continue;
+            }
+            push_escape(out, b'%');
+        } else if (b'!'..=b'~').contains(&b) {
+            out.push(b);
+        } else {
+            push_escape(out, b);
+        }
+        i += 1;
+    }
+}
+
+fn collapse_slashes(p: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(p.len());
+    for &b in p {
+        if b == b'/' && out.last() == Some(&b'/') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// RFC 3986 §5.2.4 on a path that starts with `/` and has no empty segments.
+fn remove_dot_segments(p: &[u8]) -> Vec<u8> {
+    let mut segs: Vec<&[u8]> = Vec::new();
+    let parts: Vec<&[u8]> = p[1..].split(|&b| b == b'/').collect();
+    let n = parts.len();
+    let mut trailing_slash = false;
+    for (i, seg) in parts.into_iter().enumerate() {
+        let last = i + 1 == n;
+        match seg {
+            b"." => trailing_slash = last,
+            b".." => {
+                segs.pop();
+                trailing_slash = last;
+            }
+            _ => {
+                segs.push(seg);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(p.len());
+    for s in &segs {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
 /// Splits a URL (`scheme://userinfo@host:port/path?q#f`, or `host/path`)
 /// into (host incl. port, path incl. query, without fragment).
 pub(crate) fn split_url(url: &str) -> (&str, &str) {
@@ -233,5 +402,33 @@ mod tests {
         assert_eq!(split_url("http://[::1]:8080/p"), ("[::1]:8080", "/p"));
         assert_eq!(split_url("example.com:8080/p"), ("example.com:8080", "/p"));
         assert_eq!(split_url("HTTPS://a.b"), ("a.b", ""));
+    }
+
+    #[test]
+    fn paths() {
+        let n = |p: &str| normalize_path(p).into_owned();
+        assert_eq!(n("/vkdating"), "/vkdating");
+        assert_eq!(n("/%76kdating"), "/vkdating");
+        assert_eq!(n("//dating/"), "/dating/");
+        assert_eq!(n("/a///b//c"), "/a/b/c");
+        assert_eq!(n("/a/./b/../c"), "/a/c");
+        assert_eq!(n("/a/%2e%2E/b"), "/b");
+        assert_eq!(n("/a/b/.."), "/a/");
+        assert_eq!(n("/a/b/."), "/a/b/");
+        assert_eq!(n("/../a"), "/a");
+        assert_eq!(n(""), "/");
+        assert_eq!(n("a/b"), "/a/b");
+        assert_eq!(n("/A%2fB"), "/a%2fb");
+        assert_eq!(n("/a%2Fb"), "/a%2fb");
+        assert_eq!(n("/%25%3f%23"), "/%25%3f%23");
+        assert_eq!(n("/%3d%40%3B"), "/=@;");
+        assert_eq!(n("/caf%c3%a9"), "/caf%c3%a9");
+        assert_eq!(n("/café"), "/caf%c3%a9");
+        assert_eq!(n("/a b"), "/a%20b");
+        assert_eq!(n("/100%"), "/100%25");
+        assert_eq!(n("/p?q=%41%3D//./"), "/p?q=a%3d//./");
+        assert_eq!(n("/p#frag"), "/p");
+        assert_eq!(n("/P?Q"), "/p?q");
+        assert!(matches!(normalize_path("/a/b.html?x=1"), Cow::Borrowed(_)));
     }
 }

@@ -5,13 +5,14 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::matcher::{compile_regexes, Matcher, UrlEntry};
+use crate::matcher::{compile_patterns, compile_regexes, Matcher, PatternSrc, UrlEntry};
 use crate::set::MAX_CATEGORIES;
 use crate::table::Table;
 use crate::{CategoryError, CategoryId, CategorySet, Usage};
 
 pub(crate) const MAGIC: &[u8; 8] = b"KMGCAT\x00\x1a";
-pub(crate) const VERSION: u32 = 2;
+/// 3: url entry paths are stored in [`crate::normalize_path`] form.
+pub(crate) const VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 4;
 
 pub(crate) fn file_has_magic(path: &Path) -> Result<bool, CategoryError> {
@@ -166,6 +167,14 @@ impl Matcher {
             p.bytes(r.as_bytes());
         }
         p.u64s(&self.filter);
+        p.u8(self.tags);
+        p.u64(self.pattern_src.len() as u64);
+        for ps in &self.pattern_src {
+            p.u32(ps.cat as u32);
+            p.u8(ps.exception as u8 | (ps.important as u8) << 1 | (ps.regex as u8) << 2);
+            p.bytes(ps.text.as_bytes());
+            p.bytes(ps.literal.as_bytes());
+        }
         let payload = p.0;
         let mut head = Vec::with_capacity(HEADER_LEN);
         head.extend_from_slice(MAGIC);
@@ -276,6 +285,24 @@ impl Matcher {
         if !filter.is_empty() && !filter.len().is_power_of_two() {
             return Err("bad filter size".into());
         }
+        let tags = r.u8()?;
+        let npat = r.len(21)?;
+        let mut pattern_src = Vec::with_capacity(npat);
+        for _ in 0..npat {
+            let cat = r.u32()?;
+            if cat as usize >= ncat {
+                return Err("pattern category out of range".into());
+            }
+            let flags = r.u8()?;
+            pattern_src.push(PatternSrc {
+                cat: cat as CategoryId,
+                exception: flags & 1 != 0,
+                important: flags & 2 != 0,
+                regex: flags & 4 != 0,
+                text: r.string()?,
+                literal: r.string()?,
+            });
+        }
         if !r.b.is_empty() {
             return Err("trailing bytes in payload".into());
         }
@@ -304,7 +331,11 @@ impl Matcher {
         } else {
             None
         };
+        let patterns = compile_patterns(&pattern_src).map_err(|e| e.to_string())?;
         Ok(Matcher {
+            tags,
+            pattern_src,
+            patterns,
             names,
             usage,
             palette,

@@ -115,11 +115,29 @@ fn hosts_plain_adblock() {
     let ab = "[Adblock Plus 2.0]\n! comment\n||blocked.test^\n||sub.allowed.test^\n||allowed.test^\n@@||ok.allowed.test^\n\
               ||opt.test^$third-party\nexample.com##.ad\n/regex/\n";
     let r = b.add_list_text("ads", Path::new("a.txt"), ab, ListFormat::Adblock);
-    assert_eq!((r.domains, r.exceptions, r.invalid_lines), (3, 1, 3));
+    // Rules a gateway cannot honour are reported as skipped, with their line.
+    assert_eq!(
+        (r.domains, r.exceptions, r.invalid_lines, r.skipped_lines),
+        (3, 1, 0, 3)
+    );
+    let lines: Vec<usize> = r.first_errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [7, 8, 9]);
+    assert!(
+        r.first_errors[0].reason.contains("third-party"),
+        "{:?}",
+        r.first_errors
+    );
+    // Auto: one format per file. A file with adblock rules is an adblock
+    // list, so its bare names are substring rules (their adblock meaning),
+    // and the hosts-syntax line is reported, not guessed.
     let auto =
         "0.0.0.0 auto-hosts.test\n||auto-ab.test^\nauto-plain.test\nauto-url.test/x\n1.2.3.4\n";
     let r = b.add_list_text("auto", Path::new("auto.txt"), auto, ListFormat::Auto);
-    assert_eq!((r.domains, r.urls, r.invalid_lines), (4, 1, 0));
+    assert_eq!((r.domains, r.skipped_lines, r.invalid_lines), (4, 1, 0));
+    assert_eq!(r.lists[0].format, "adblock");
+    let auto_hosts = "# hosts\n0.0.0.0 h1.test h2.test\n127.0.0.1 h3.test\n";
+    let r = b.add_list_text("autoh", Path::new("ah.txt"), auto_hosts, ListFormat::Auto);
+    assert_eq!((r.domains, r.lists[0].format), (3, "hosts"));
     let m = b.build().unwrap();
     assert_eq!(names(&m, "ads.example"), ["hosts"]);
     assert_eq!(names(&m, "x.tracker.example"), ["hosts"]);
@@ -138,14 +156,18 @@ fn hosts_plain_adblock() {
     assert_eq!(names(&m, "sub.allowed.test"), ["ads"]);
     assert!(m.lookup_url("opt.test").is_empty());
     for u in [
-        "auto-hosts.test",
         "auto-ab.test",
+        "x.auto-ab.test",
         "auto-plain.test",
+        "xauto-plain.test.evil",
         "auto-url.test/x/y",
         "1.2.3.4",
+        "11.2.3.45",
     ] {
         assert_eq!(names(&m, u), ["auto"], "{u}");
     }
+    assert!(m.lookup_url("auto-hosts.test").is_empty());
+    assert_eq!(names(&m, "h3.test"), ["autoh"]);
 }
 
 #[test]

@@ -35,11 +35,8 @@ impl Naive {
                 s.insert(*c);
             }
         }
-        let mut p = path.to_ascii_lowercase();
-        if !p.starts_with('/') {
-            p.insert(0, '/');
-        }
-        let key = format!("{}{}", strip_www(host), p);
+        // Path normalisation has its own tests (unit tests and reencode.rs).
+        let key = format!("{}{}", strip_www(host), normalize_path(path));
         for (u, c) in &self.urls {
             if key.starts_with(u.as_str()) {
                 s.insert(*c);
@@ -125,7 +122,7 @@ proptest! {
                     let p = if p.starts_with('/') { p.clone() } else { format!("/{p}") };
                     b.add_url(&cat, &format!("{h}{p}")).unwrap();
                     // the "?" would start a query: the entry is host + everything after it.
-                    naive.urls.push((format!("{}{}", strip_www(h), p.to_ascii_lowercase()), *c));
+                    naive.urls.push((format!("{}{}", strip_www(h), normalize_path(&p)), *c));
                 }
                 Entry::Exception(d) => {
                     b.add_exception(&cat, d).unwrap();

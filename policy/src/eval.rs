@@ -336,7 +336,13 @@ impl Policy {
                 None => extra_groups.push(g.clone()),
             }
         }
-        let cats = self.matcher.lookup(&host, req.path);
+        // A CONNECT tunnel is an https URL with no path for the adblock
+        // patterns that name a scheme.
+        let url_scheme = match req.scheme {
+            Scheme::Http => "http",
+            Scheme::Https | Scheme::Connect => "https",
+        };
+        let cats = self.matcher.lookup_request(url_scheme, &host, req.path);
         let app = self
             .apps
             .iter()

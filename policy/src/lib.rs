@@ -250,8 +250,24 @@ pub struct SourceReport {
     pub urls: usize,
     pub expressions: usize,
     pub invalid_lines: usize,
-    /// The first few invalid lines, as `file:line: reason`.
+    /// Valid rules not honoured (adblock options a gateway cannot apply).
+    pub skipped_lines: usize,
+    /// The first few invalid or skipped lines, as `file:line: reason`.
     pub first_errors: Vec<String>,
+    /// Counts per list file (a split list counts once).
+    pub lists: Vec<ListCounts>,
+}
+
+/// What one list file of a source gave (logged at start and on every
+/// reload, exported as metrics).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ListCounts {
+    pub path: PathBuf,
+    pub category: String,
+    pub format: String,
+    pub entries: usize,
+    pub skipped: usize,
+    pub invalid: usize,
 }
 
 /// A `[[categories.source]]` with a `url`: the gateway downloads it every

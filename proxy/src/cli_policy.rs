@@ -52,16 +52,28 @@ pub enum ExplainFormat {
 pub enum CategoriesCommand {
     /// Print each URL's categories, one line per URL: `URL<TAB>cat1,cat2` (`-` for none).
     Lookup {
-        /// A squidGuard/UT1 directory or a compiled snapshot file.
+        /// A squidGuard/UT1 directory, a compiled snapshot, or one list file.
         #[arg(long)]
         lists: PathBuf,
+        /// Format of a list file (default: detected once for the whole file).
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
+        /// Read URLs from standard input, one per line (bulk audits).
+        #[arg(long)]
+        stdin: bool,
+        /// One JSON object per line: {"url": …, "categories": [...]}.
+        #[arg(long)]
+        json: bool,
         urls: Vec<String>,
     },
-    /// Compile a squidGuard/UT1 directory into a snapshot file that loads fast.
+    /// Compile a squidGuard/UT1 directory (or one list file) into a snapshot file that loads fast.
     Compile {
         src: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Format of a list file (default: detected once for the whole file).
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
     },
 }
 
@@ -138,28 +150,101 @@ fn load(file: &Path) -> Result<komugate_policy::Policy> {
         .map_err(|e| anyhow!("{}: the policy is not valid:\n{e}", file.display()))
 }
 
+/// `--format` of the `categories` commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    Auto,
+    Squidguard,
+    Hosts,
+    Plain,
+    Adblock,
+}
+
+/// Loads `path` as `format` (auto: directory → squidGuard tree, snapshot by
+/// its magic, a file detected once as a whole).
+fn load_lists(
+    path: &Path,
+    format: FormatArg,
+) -> Result<(
+    komugate_categories::Matcher,
+    komugate_categories::ImportReport,
+)> {
+    use komugate_categories::{ListFormat, MatcherBuilder};
+    let lf = match format {
+        FormatArg::Auto => {
+            return komugate_categories::load_path(path)
+                .map_err(|e| anyhow!("{}: {e}", path.display()))
+        }
+        FormatArg::Squidguard => ListFormat::SquidGuardDir,
+        FormatArg::Hosts => ListFormat::Hosts,
+        FormatArg::Plain => ListFormat::Plain,
+        FormatArg::Adblock => ListFormat::Adblock,
+    };
+    let category = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("list")
+        .to_string();
+    let mut b = MatcherBuilder::new();
+    let report = b
+        .add_list_file(&category, path, lf)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let m = b.build().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((m, report))
+}
+
+/// One lookup result line (TSV or JSON).
+fn print_lookup(
+    out: &mut impl std::io::Write,
+    matcher: &komugate_categories::Matcher,
+    url: &str,
+    json: bool,
+) -> std::io::Result<()> {
+    let names = matcher.names(matcher.lookup_url(url));
+    if json {
+        let v = serde_json::json!({ "url": url, "categories": names });
+        writeln!(out, "{v}")
+    } else if names.is_empty() {
+        writeln!(out, "{url}\t-")
+    } else {
+        writeln!(out, "{url}\t{}", names.join(","))
+    }
+}
+
 pub fn run_categories(cmd: CategoriesCommand) -> Result<ExitCode> {
     match cmd {
-        CategoriesCommand::Lookup { lists, urls } => {
-            let (matcher, report) = komugate_categories::load_path(&lists)
-                .map_err(|e| anyhow!("{}: {e}", lists.display()))?;
-            report_import(&lists, &report);
-            for url in urls {
-                let names = matcher.names(matcher.lookup_url(&url));
-                println!(
-                    "{url}\t{}",
-                    if names.is_empty() {
-                        "-".to_string()
-                    } else {
-                        names.join(",")
-                    }
-                );
+        CategoriesCommand::Lookup {
+            lists,
+            format,
+            stdin,
+            json,
+            urls,
+        } => {
+            use std::io::{BufRead, Write};
+            if !stdin && urls.is_empty() {
+                anyhow::bail!("no URL to look up: give URLs as arguments or use --stdin");
             }
+            let (matcher, report) = load_lists(&lists, format)?;
+            report_import(&lists, &report);
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+            for url in &urls {
+                print_lookup(&mut out, &matcher, url, json)?;
+            }
+            if stdin {
+                for line in std::io::stdin().lock().lines() {
+                    let line = line.context("reading URLs from standard input")?;
+                    let url = line.trim();
+                    if !url.is_empty() {
+                        print_lookup(&mut out, &matcher, url, json)?;
+                    }
+                }
+            }
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        CategoriesCommand::Compile { src, out } => {
-            let (matcher, report) = komugate_categories::load_path(&src)
-                .map_err(|e| anyhow!("{}: {e}", src.display()))?;
+        CategoriesCommand::Compile { src, out, format } => {
+            let (matcher, report) = load_lists(&src, format)?;
             report_import(&src, &report);
             let file = std::fs::File::create(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
@@ -178,13 +263,26 @@ pub fn run_categories(cmd: CategoriesCommand) -> Result<ExitCode> {
     }
 }
 
-/// Invalid lines are reported (count + the first few with file:line) on stderr.
+/// Counts per list file, and invalid / skipped lines (count + the first few
+/// with file:line), on stderr.
 fn report_import(src: &Path, report: &komugate_categories::ImportReport) {
-    if report.invalid_lines > 0 {
+    for l in &report.lists {
         eprintln!(
-            "{}: {} unreadable or invalid line(s) skipped; the rest imported:",
+            "{}: {} as {}: {} entries, {} skipped, {} invalid",
+            l.path.display(),
+            l.category,
+            l.format,
+            l.entries,
+            l.skipped,
+            l.invalid
+        );
+    }
+    if report.invalid_lines + report.skipped_lines > 0 {
+        eprintln!(
+            "{}: {} invalid and {} skipped line(s) not imported; the rest imported:",
             src.display(),
-            report.invalid_lines
+            report.invalid_lines,
+            report.skipped_lines
         );
         for e in &report.first_errors {
             eprintln!("  {e}");

@@ -22,38 +22,14 @@ pub fn explain(
         .parse()
         .map_err(|_| anyhow::anyhow!("--from {from:?} is not an IP address"))?;
     let method = method.to_ascii_uppercase();
-    let (kind, scheme, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (RequestKind::Http, "https", r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (RequestKind::Http, "http", r)
-    } else if method == "CONNECT" {
-        (RequestKind::Connect, "", url)
-    } else {
-        anyhow::bail!("--url {url:?} must start with http:// or https:// (or use --method CONNECT with host:port)");
-    };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (
-            rest,
-            if kind == RequestKind::Connect {
-                ""
-            } else {
-                "/"
-            },
-        ),
-    };
-    let authority: http::uri::Authority = authority
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{url:?}: invalid host"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    let port = authority
-        .port_u16()
-        .unwrap_or(if scheme == "http" { 80 } else { 443 });
+    let target = parse_target(url, &method)?;
+    let (kind, scheme, host, port, path) = (
+        target.kind,
+        target.scheme,
+        target.host.as_str(),
+        target.port,
+        target.path.as_str(),
+    );
     let identity = device.map(|d| DeviceIdentity {
         device_id: d.to_string(),
         cert_groups: Vec::new(),
@@ -69,11 +45,103 @@ pub fn explain(
         client: SocketAddr::new(ip, 0),
         kind,
         method: &method,
-        host: &host,
+        host,
         port,
         path,
         scheme,
         location: None,
     };
     Ok(policy.evaluate(&policy_request(&req, SystemTime::now())))
+}
+
+/// What explain evaluates, parsed the way the proxy parses a request line
+/// (`http::Uri`, as hyper does): scheme in any case, userinfo, port,
+/// trailing dot, IPv6 literal, no path; a fragment is dropped (browsers
+/// never send one).
+struct Target {
+    kind: RequestKind,
+    scheme: &'static str,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_target(url: &str, method: &str) -> anyhow::Result<Target> {
+    let url = url.trim();
+    let url = url.split('#').next().unwrap_or(url);
+    if method == "CONNECT" && !url.contains("://") {
+        let authority: http::uri::Authority = url
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--url {url:?}: CONNECT needs host:port"))?;
+        return Ok(Target {
+            kind: RequestKind::Connect,
+            scheme: "",
+            host: clean_host(authority.host()),
+            port: authority.port_u16().unwrap_or(443),
+            path: String::new(),
+        });
+    }
+    let uri: http::Uri = url.parse().map_err(|e| {
+        anyhow::anyhow!("--url {url:?} is not a URL the proxy would accept ({e}); use http://host/path or https://host/path (or --method CONNECT with host:port)")
+    })?;
+    let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => "http",
+        Some("https") => "https",
+        _ => anyhow::bail!(
+            "--url {url:?} must start with http:// or https:// (or use --method CONNECT with host:port)"
+        ),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("--url {url:?}: no host"))?;
+    let host = clean_host(authority.host());
+    if host.is_empty() {
+        anyhow::bail!("--url {url:?}: empty host");
+    }
+    let path = match uri.query() {
+        Some(q) => format!("{}?{q}", uri.path()),
+        None => uri.path().to_string(),
+    };
+    Ok(Target {
+        kind: RequestKind::Http,
+        scheme,
+        host,
+        port: authority
+            .port_u16()
+            .unwrap_or(if scheme == "http" { 80 } else { 443 }),
+        path,
+    })
+}
+
+fn clean_host(h: &str) -> String {
+    h.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_form_the_proxy_accepts() {
+        let t = parse_target("HTTP://User@VK.com.:8080//a/%76?q=1#f", "GET").unwrap();
+        assert_eq!(
+            (t.scheme, t.host.as_str(), t.port, t.path.as_str()),
+            ("http", "vk.com", 8080, "//a/%76?q=1")
+        );
+        let t = parse_target("Https://[2001:DB8::1]", "GET").unwrap();
+        assert_eq!(
+            (t.scheme, t.host.as_str(), t.port, t.path.as_str()),
+            ("https", "2001:db8::1", 443, "/")
+        );
+        let t = parse_target("example.com:443", "CONNECT").unwrap();
+        assert_eq!(
+            (t.kind, t.host.as_str(), t.port),
+            (RequestKind::Connect, "example.com", 443)
+        );
+        assert!(parse_target("ftp://example.com/", "GET").is_err());
+        assert!(parse_target("example.com/", "GET").is_err());
+    }
 }

@@ -291,6 +291,10 @@ pub async fn start(config: Config) -> Result<Running> {
         gateway
             .sites
             .set_directory(crate::beacon::SiteDirectory::from_policy(policy));
+        gateway
+            .metrics
+            .list_imports
+            .publish(policy.import_report(), 1);
     }
     gateway.metrics.policy_generation.set(1);
     crate::reload::spawn_sighup(gateway.clone());

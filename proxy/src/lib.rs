@@ -36,6 +36,7 @@ pub mod gateway;
 pub mod http_proxy;
 pub mod inspect;
 pub mod ips;
+pub mod list_import_report;
 pub mod list_update;
 pub mod logs;
 pub mod memory;

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub policy_generation: IntGauge,
     /// `komugate_casb_*` / `komugate_dlp_*` (app-labelled, see `crate::casb`).
     pub casb: crate::casb::CasbMetrics,
+    /// `komugate_category_list_lines` (see `crate::list_import_report`).
+    pub list_imports: crate::list_import_report::ListImportMetrics,
 }
 
 impl Metrics {
@@ -154,9 +156,11 @@ impl Metrics {
             )
             .expect("metric"),
             casb: crate::casb::CasbMetrics::new(),
+            list_imports: crate::list_import_report::ListImportMetrics::new(),
             registry,
         };
         m.casb.register(&m.registry);
+        m.list_imports.register(&m.registry);
         let r = &m.registry;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.connections_total.clone()),

@@ -43,6 +43,9 @@ impl Gateway {
                 if let Some(policy) = &runtime.policy {
                     self.sites
                         .set_directory(crate::beacon::SiteDirectory::from_policy(policy));
+                    self.metrics
+                        .list_imports
+                        .publish(policy.import_report(), generation);
                 }
                 self.runtime.store(runtime.clone());
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();

@@ -70,9 +70,19 @@ pub(super) fn section(
                     "max_bytes",
                     "max_invalid_ratio",
                     "max_shrink",
+                    "match",
                 ],
             );
             let format = cx.req_str(t, "format", what, &tsp);
+            let hosts_match = match cx.str(t, "match", what) {
+                None => komugate_categories::HostsMatch::Subdomains,
+                Some((m, _)) if m == "subdomains" => komugate_categories::HostsMatch::Subdomains,
+                Some((m, _)) if m == "exact" => komugate_categories::HostsMatch::Exact,
+                Some((m, sp)) => {
+                    cx.err(&sp, format!("unknown `match = \"{m}\"` (use \"subdomains\" or \"exact\": what a hosts-file name covers)"));
+                    komugate_categories::HostsMatch::Subdomains
+                }
+            };
             let path = cx.req_str(t, "path", what, &tsp);
             let only = cx.strs(t, "only", what);
             let category = cx.str(t, "category", what);
@@ -213,6 +223,18 @@ pub(super) fn section(
                                     }
                                 }
                             }
+                            if rep.domains + rep.urls == 0 && rep.invalid_lines > 0 {
+                                let first = rep.first_errors.first().cloned().unwrap_or_default();
+                                cx.err(&psp, format!("`{rel}`: {} line(s) read as {format} gave no entry; first problem: {first}", rep.invalid_lines));
+                            }
+                            rep.lists.push(crate::ListCounts {
+                                path: p.clone(),
+                                category: cat.clone(),
+                                format: format.clone(),
+                                entries: rep.domains + rep.urls,
+                                skipped: 0,
+                                invalid: rep.invalid_lines,
+                            });
                         }
                     } else {
                         let lf = match format.as_str() {
@@ -223,7 +245,10 @@ pub(super) fn section(
                         };
                         if abs.is_file() {
                             cx.files.push(abs.clone());
-                            match builder.add_list_file(&cat, &abs, lf) {
+                            builder.set_hosts_match(hosts_match);
+                            let imported = builder.add_list_file(&cat, &abs, lf);
+                            builder.set_hosts_match(Default::default());
+                            match imported {
                                 Ok(r) => fill_report(&mut rep, &r),
                                 Err(e) => cx.err(&psp, format!("cannot import `{rel}`: {e}")),
                             }
@@ -545,9 +570,22 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn fill_report(rep: &mut SourceReport, r: &komugate_categories::ImportReport) {
     rep.files = r.files;
-    rep.domains = r.domains;
+    rep.domains = r.domains + r.exceptions;
     rep.urls = r.urls;
     rep.expressions = r.expressions;
     rep.invalid_lines = r.invalid_lines;
+    rep.skipped_lines = r.skipped_lines;
     rep.first_errors = r.first_errors.iter().map(|e| e.to_string()).collect();
+    rep.lists = r
+        .lists
+        .iter()
+        .map(|l| crate::ListCounts {
+            path: l.path.clone(),
+            category: l.category.clone(),
+            format: l.format.to_string(),
+            entries: l.entries,
+            skipped: l.skipped,
+            invalid: l.invalid,
+        })
+        .collect();
 }

@@ -82,7 +82,7 @@ fn reencode(path: &str, choices: &[u8]) -> String {
         let in_query = i >= qpos;
         let r = next();
         if c == b'%'
-            && i + 2 < b.len() + 0
+            && i + 2 < b.len()
             && b[i + 1].is_ascii_hexdigit()
             && b[i + 2].is_ascii_hexdigit()
         {
@@ -106,9 +106,9 @@ fn reencode(path: &str, choices: &[u8]) -> String {
                 3 => out.push_str("%2e/"),
                 _ => {}
             }
-        } else if !in_query && c != b'?' && r % 3 == 0 {
-            out.push_str(&escape(c, r % 2 == 0));
-        } else if in_query && c.is_ascii_alphanumeric() && r % 3 == 0 {
+        } else if r % 3 == 0
+            && ((!in_query && c != b'?') || (in_query && c.is_ascii_alphanumeric()))
+        {
             out.push_str(&escape(c, r % 2 == 0));
         } else if c.is_ascii_alphabetic() && r % 4 == 1 {
             out.push(c.to_ascii_uppercase() as char);
@@ -133,7 +133,7 @@ fn check(entries: &[String], choices: &[u8]) -> Result<(), TestCaseError> {
         let path = if path.is_empty() { "/" } else { path };
         let c = &choices[k % choices.len()..];
         let req = reencode(path, c);
-        let host = if c[0] % 2 == 0 {
+        let host = if c[0].is_multiple_of(2) {
             format!("WWW.{host}:80")
         } else {
             host.to_string()

@@ -438,7 +438,7 @@ mod tests {
                 .replace("mtls = \"127.0.0.1:8443\"", "mtls = \"127.0.0.1:0\"")
                 .replace("admin = \"127.0.0.1:9090\"", "admin = \"\"")
                 .replace(
-                    "allowed_ports = [80, 443, 8080, 8443, 9090]",
+                    "allowed_ports = [80, 443, 8080, 8081, 8443]",
                     "allowed_ports = []",
                 );
             let config = komugate::config::Config::parse(&text, "test").expect("test config");

@@ -30,7 +30,7 @@ async fn gateway_with_dns(
         .replace("mtls = \"127.0.0.1:8443\"", "mtls = \"\"")
         .replace("admin = \"127.0.0.1:9090\"", "admin = \"\"")
         .replace(
-            "allowed_ports = [80, 443, 8080, 8443, 9090]",
+            "allowed_ports = [80, 443, 8080, 8081, 8443]",
             "allowed_ports = []",
         );
     let config = komugate::config::Config::parse(&text, "test").expect("test config");

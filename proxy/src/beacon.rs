@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use arc_swap::ArcSwap;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -452,17 +451,17 @@ struct Asserted {
     expires_at: u64,
 }
 
-/// The gateway's site-assertion state: the site directory (replaced on
-/// reload), the replay cache, the per-connection asserted sites, metrics.
+/// The gateway's site-assertion state: the replay cache, the
+/// per-connection asserted sites, metrics. The site directory is part of
+/// the reloadable generation and is passed in.
 pub struct SiteAssertions {
-    directory: ArcSwap<SiteDirectory>,
     replay: ReplayCache,
     connections: Mutex<HashMap<SocketAddr, Asserted>>,
     results: prometheus::IntCounterVec,
 }
 
 impl SiteAssertions {
-    pub fn new(directory: SiteDirectory, registry: &prometheus::Registry) -> SiteAssertions {
+    pub fn new(registry: &prometheus::Registry) -> SiteAssertions {
         let results = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "komugate_site_assertions_total",
@@ -475,35 +474,17 @@ impl SiteAssertions {
             tracing::warn!("cannot register komugate_site_assertions_total: {e}");
         }
         SiteAssertions {
-            directory: ArcSwap::from_pointee(directory),
             replay: ReplayCache::new(1_000_000),
             connections: Mutex::new(HashMap::new()),
             results,
         }
     }
 
-    /// Empty until the policy is loaded: `gateway::start` and every reload
-    /// call [`SiteAssertions::set_directory`] with the `[policy] file`'s sites.
-    pub fn from_config(
-        _config: &crate::config::Config,
-        registry: &prometheus::Registry,
-    ) -> Result<SiteAssertions> {
-        Ok(SiteAssertions::new(SiteDirectory::default(), registry))
-    }
-
-    pub fn directory(&self) -> Arc<SiteDirectory> {
-        self.directory.load_full()
-    }
-
-    /// Replaces the sites (on policy reload).
-    pub fn set_directory(&self, directory: SiteDirectory) {
-        self.directory.store(Arc::new(directory));
-    }
-
     /// Checks the assertion header of a request, if any, and records the
     /// asserted site for the connection. Refusals are logged and counted.
     pub fn observe(
         &self,
+        directory: &SiteDirectory,
         device: Option<&DeviceIdentity>,
         client: SocketAddr,
         headers: &HeaderMap,
@@ -514,7 +495,7 @@ impl SiteAssertions {
         let token = value.to_str().unwrap_or("");
         let now = unix_now();
         let device_id = device.map(|d| d.device_id.as_str());
-        let result = self.check(token, device_id, client, now);
+        let result = self.check(directory, token, device_id, client, now);
         match result {
             Ok(a) => {
                 self.results.with_label_values(&["ok"]).inc();
@@ -553,13 +534,14 @@ impl SiteAssertions {
 
     fn check(
         &self,
+        directory: &SiteDirectory,
         token: &str,
         device: Option<&str>,
         client: SocketAddr,
         now: u64,
     ) -> Result<Assertion, AssertionError> {
         let device = device.ok_or(AssertionError::NoDevice)?;
-        let a = verify(token, &self.directory.load().keys, device, now)?;
+        let a = verify(token, &directory.keys, device, now)?;
         if !self.replay.bind(
             &a.nonce,
             &format!("{device}@{client}"),
@@ -599,13 +581,14 @@ impl SiteAssertions {
     }
 
     /// Asserted site, else the site whose CIDRs contain the client address.
-    pub fn site_of(&self, device: Option<&DeviceIdentity>, client: SocketAddr) -> Option<String> {
-        self.asserted_site(device, client).or_else(|| {
-            self.directory
-                .load()
-                .site_by_ip(client.ip())
-                .map(|s| s.name.clone())
-        })
+    pub fn site_of(
+        &self,
+        directory: &SiteDirectory,
+        device: Option<&DeviceIdentity>,
+        client: SocketAddr,
+    ) -> Option<String> {
+        self.asserted_site(device, client)
+            .or_else(|| directory.site_by_ip(client.ip()).map(|s| s.name.clone()))
     }
 }
 
@@ -619,8 +602,6 @@ pub async fn serve_beacon(
     key: Arc<BeaconKey>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioIo, TokioTimer};
     let site = Arc::new(site);
     loop {
         let (stream, peer) = tokio::select! {
@@ -632,15 +613,13 @@ pub async fn serve_beacon(
         };
         let (site, key) = (site.clone(), key.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = beacon_response(&site, &key, req.method(), req.uri(), peer);
+            let limits = crate::listen::http::ServerLimits::local(Duration::from_secs(5));
+            let handler = move |req: http::Request<hyper::body::Incoming>| {
+                let flagged = crate::listen::framing_guard::flagged(&req);
+                let resp = beacon_response(&site, &key, req.method(), req.uri(), peer, flagged);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            };
+            let _ = crate::listen::http::serve(limits, stream, false, None, handler).await;
         });
     }
 }
@@ -651,6 +630,7 @@ fn beacon_response(
     method: &http::Method,
     uri: &http::Uri,
     peer: SocketAddr,
+    smuggling: bool,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let reply = |status: u16, body: String| {
         let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
@@ -666,6 +646,12 @@ fn beacon_response(
         );
         r
     };
+    if smuggling {
+        return reply(
+            400,
+            "both Content-Length and Transfer-Encoding: refused\n".into(),
+        );
+    }
     if method != http::Method::GET {
         return reply(405, "only GET\n".into());
     }

@@ -58,7 +58,7 @@ enum Command {
     Ips(crate::ips::cli::IpsCommand),
     /// Cloud apps (CASB): usage report from the access logs, the built-in catalog.
     #[command(subcommand)]
-    Casb(crate::casb::report::CasbCommand),
+    Casb(crate::stages::casb::report::CasbCommand),
 }
 
 #[derive(Subcommand)]
@@ -156,7 +156,7 @@ pub fn main() -> ExitCode {
         Command::Logs(cmd) => crate::logs::cli::run_logs(cmd),
         Command::Audit(cmd) => crate::logs::cli::run_audit(cmd),
         Command::Ips(cmd) => crate::ips::cli::run(cmd),
-        Command::Casb(cmd) => crate::casb::report::run(cmd),
+        Command::Casb(cmd) => crate::stages::casb::report::run(cmd),
         Command::Policy(cmd) => return exit_code(crate::cli_policy::run_policy(cmd)),
         Command::Categories(cmd) => return exit_code(crate::cli_policy::run_categories(cmd)),
         Command::Config(ConfigCommand::Default) => {
@@ -390,7 +390,7 @@ fn serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
                 Some(crate::demo_origin::start(addr, stop_demo.clone()).await?)
             }
         };
-        let running = crate::gateway::start(config).await?;
+        let running = crate::gateway::start::start(config).await?;
         print_banner(&running, demo_origin);
         wait_for_signal().await;
         stop_demo.cancel();
@@ -400,7 +400,10 @@ fn serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
     })
 }
 
-fn print_banner(running: &crate::gateway::Running, demo_origin: Option<std::net::SocketAddr>) {
+fn print_banner(
+    running: &crate::gateway::start::Running,
+    demo_origin: Option<std::net::SocketAddr>,
+) {
     let config = &running.gateway.config;
     let addrs = &running.addrs;
     let data = &config.data.dir;

@@ -59,9 +59,9 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::egress::upstream::UpstreamAlpn;
 use crate::gateway::Gateway;
 use crate::logs::audit::{AuditEvent, ReloadSource};
-use crate::upstream::UpstreamAlpn;
 
 /// Retry delay after a download error (bounded by `refresh`).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15 * 60);
@@ -169,12 +169,12 @@ impl ListUpdates {
 }
 
 fn remote_sources(gw: &Gateway) -> Vec<RemoteSource> {
-    gw.runtime
+    gw.generation
         .load()
+        .runtime
         .policy
-        .as_ref()
-        .map(|p| p.remote_sources().to_vec())
-        .unwrap_or_default()
+        .remote_sources()
+        .to_vec()
 }
 
 fn state_file(path: &Path) -> PathBuf {
@@ -1046,7 +1046,7 @@ pub async fn admin(
             };
             json(
                 status,
-                serde_json::json!({"generation_in_force": gw.runtime.load().generation, "outcomes": outcomes}),
+                serde_json::json!({"generation_in_force": gw.generation.load().number(), "outcomes": outcomes}),
             )
         }
         _ => json(

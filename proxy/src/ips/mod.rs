@@ -9,7 +9,7 @@
 //! - [`threat_intel`]: known-bad IPs/CIDRs and domains
 //! - [`sni`]: ClientHello server-name parser for tunnels
 //! - [`tunnel`]: inspection of the first bytes of CONNECT tunnels
-//! - [`http`]: hooks for forwarded (and, later, inspected) HTTP requests
+//! - the HTTP hooks live in [`crate::stages::ips`]
 //!
 //! Every hit becomes an [`IpsEvent`] in the access record (field `ips`), a
 //! `tracing` line with sid, msg, device and destination, and a metric
@@ -17,7 +17,6 @@
 
 pub mod cli;
 pub mod engine;
-pub mod http;
 pub mod pcre;
 pub mod rule;
 pub mod sni;
@@ -28,11 +27,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-
-pub use engine::{BodyScan, Direction, HttpRequestBuffers, IpsEngine, IpsMatch, LoadReport};
-pub use rule::{Action, Buffer};
 pub use crate::config::{IpsConfig, ThreatIntelConfig};
 pub use crate::record::IpsEvent;
+pub use engine::{BodyScan, Direction, HttpRequestBuffers, IpsEngine, IpsMatch, LoadReport};
+pub use rule::{Action, Buffer};
 pub use threat_intel::{ThreatHit, ThreatIntel};
 
 use crate::metrics::Metrics;

@@ -153,7 +153,7 @@ async fn certificate_checks_follow_the_wall_clock() {
         );
         assert_eq!(mtls_get(&gw, &pki, &later, &url).await, None, "back: later");
 
-        let counted = eventually(Duration::from_secs(2), || {
+        let counted = eventually(Duration::from_secs(15), || {
             let (nyv, exp) = (failures("not_yet_valid"), failures("expired"));
             async move { (nyv >= 2.0 && exp >= 2.0).then_some(()) }
         })
@@ -187,7 +187,7 @@ fn segments(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// Waits until there are more than `n` segments.
 async fn segments_beyond(dir: &Path, n: usize) -> BTreeMap<PathBuf, Vec<u8>> {
-    eventually(Duration::from_secs(5), || {
+    eventually(Duration::from_secs(15), || {
         let s = segments(dir);
         async move { (s.len() > n).then_some(s) }
     })
@@ -243,7 +243,7 @@ async fn log_segments_survive_clock_jumps() {
         synced(&gw);
 
         jump(400 * DAY);
-        let jumps = eventually(Duration::from_secs(3), || {
+        let jumps = eventually(Duration::from_secs(15), || {
             let n = gw.metric("komugate_clock_jumps_total", &[]);
             async move { (n >= 3.0).then_some(n) }
         })

@@ -67,6 +67,8 @@ use stage::{roll_back, stage_and_parse, swap_in};
 use state::{read_state, sibling, write_state, Persisted};
 
 pub use admin::admin;
+/// Archive unpacking with its size and path checks (also the fuzzing entry point).
+pub use archive::unpack;
 
 /// Retry delay after a download error (bounded by `refresh`).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15 * 60);

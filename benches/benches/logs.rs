@@ -22,7 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use komugate::access_log::AccessRecord;
+use komugate::record::AccessRecord;
 use komugate::logs::layout;
 use komugate::logs::query::{Glob, Query};
 use komugate::logs::record::{format_rfc3339_ms, now_ms, LogRecord};

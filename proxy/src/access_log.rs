@@ -1,74 +1,15 @@
-//! Access records: one JSON line per request or tunnel, handed to the log
-//! writer ([`crate::logs::writer`]) so the data path never waits on the disk.
+//! The access-log handle: records ([`crate::record::AccessRecord`]) are
+//! handed to the log writer ([`crate::logs::writer`]) so the data path
+//! never waits on the disk.
 
 use std::sync::Arc;
-use std::time::SystemTime;
-
-use serde::Serialize;
 
 use crate::config::Config;
 use crate::logs::audit::AuditLog;
 use crate::logs::ship::ShipStop;
 use crate::logs::writer::{self, LogMetrics, Submitter, WriterSettings};
 use crate::metrics::Metrics;
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct AccessRecord {
-    /// RFC 3339 UTC time the request started.
-    pub time: String,
-    pub listener: &'static str,
-    pub device: Option<String>,
-    pub groups: Vec<String>,
-    pub client: String,
-    /// `CONNECT` for tunnels, otherwise the HTTP method.
-    pub method: String,
-    /// Full URL for forwarded requests, `host:port` for tunnels.
-    pub target: String,
-    /// `allow`, `block` or `error`.
-    pub decision: &'static str,
-    pub rule: String,
-    pub status: u16,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub duration_ms: u64,
-    /// Local address of the upstream socket (the egress IP the upstream sees).
-    pub egress: Option<String>,
-    pub error: Option<String>,
-    /// Signed-in user, when known (filled by identity).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Site name from location ("offsite" outside the sites).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site: Option<String>,
-    /// URL categories of the target.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub categories: Vec<String>,
-    /// CASB application (m365, google, c4th ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<String>,
-    /// Policy generation that decided (0 = none).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub generation: u64,
-    /// IPS signature id(s) that fired, comma-separated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ips: Option<String>,
-    /// IPS / threat-intel events in detail (sid, msg, action, list).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips_events: Vec<crate::ips::IpsEvent>,
-    /// CASB / DLP: upload, download, DLP pattern names (never the data), tenant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub casb: Option<crate::casb::CasbNote>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    let t: time::OffsetDateTime = t.into();
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+use crate::record::AccessRecord;
 
 /// Cloneable handle the data path uses to submit records.
 #[derive(Clone)]

@@ -38,13 +38,85 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[ips]`: Suricata rules files.
     #[serde(default)]
-    pub ips: crate::ips::IpsConfig,
+    pub ips: IpsConfig,
     /// `[threat_intel]`: known-bad IP/CIDR and domain lists.
     #[serde(default)]
-    pub threat_intel: crate::ips::ThreatIntelConfig,
+    pub threat_intel: ThreatIntelConfig,
     /// `[doh]`: DNS over HTTPS on the mTLS listener.
     #[serde(default)]
-    pub doh: crate::doh::DohConfig,
+    pub doh: DohConfig,
+}
+
+/// `[ips]` in the gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpsConfig {
+    /// Suricata rules files (relative to the data directory).
+    pub rules: Vec<PathBuf>,
+    /// Bytes inspected at the start of each direction of a raw tunnel.
+    pub stream_depth: usize,
+    /// Bytes of a request or response body inspected.
+    pub body_depth: usize,
+}
+
+impl Default for IpsConfig {
+    fn default() -> Self {
+        IpsConfig {
+            rules: Vec::new(),
+            stream_depth: 8192,
+            body_depth: 65536,
+        }
+    }
+}
+
+/// `[threat_intel]` in the gateway configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreatIntelConfig {
+    /// Lists of IPs / CIDRs / domains (relative to the data directory).
+    pub lists: Vec<PathBuf>,
+}
+
+/// `[doh]` in the gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DohConfig {
+    /// Answer DoH at `/dns-query` on the mTLS listener.
+    pub enabled: bool,
+    /// `"nxdomain"`, or an IP address (the block page server) returned for
+    /// A (IPv4) / AAAA (IPv6) queries of blocked names.
+    pub blocked_answer: String,
+    /// TTL of blocked answers, seconds.
+    pub blocked_ttl: u32,
+}
+
+impl Default for DohConfig {
+    fn default() -> Self {
+        DohConfig {
+            enabled: true,
+            blocked_answer: "nxdomain".into(),
+            blocked_ttl: 60,
+        }
+    }
+}
+
+/// What a blocked name resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockedAnswer {
+    NxDomain,
+    Address(IpAddr),
+}
+
+impl DohConfig {
+    pub fn blocked_answer(&self) -> Result<BlockedAnswer, String> {
+        let v = self.blocked_answer.trim();
+        if v.eq_ignore_ascii_case("nxdomain") {
+            return Ok(BlockedAnswer::NxDomain);
+        }
+        v.parse::<IpAddr>().map(BlockedAnswer::Address).map_err(|_| {
+            format!("[doh] blocked_answer = {v:?} must be \"nxdomain\" or an IP address (the block page server)")
+        })
+    }
 }
 
 /// TLS inspection (`[inspect]`).

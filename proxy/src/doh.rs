@@ -24,60 +24,18 @@ use hickory_resolver::proto::ProtoErrorKind;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
 
-use crate::access_log::{rfc3339, AccessRecord};
+use crate::record::{rfc3339, AccessRecord};
 use crate::decision::{ListenerKind, RequestInfo, RequestKind};
 use crate::gateway::Gateway;
 use crate::http_proxy::{ConnContext, ProxyBody};
 use crate::ips::http::{add_events, event_context};
+pub use crate::config::{BlockedAnswer, DohConfig};
 
 pub const PATH: &str = "/dns-query";
 const CONTENT_TYPE: &str = "application/dns-message";
 /// Largest DNS message (RFC 8484 §6 allows up to 65535 bytes).
 const MAX_MESSAGE: usize = 65535;
-
-/// `[doh]` in the gateway configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DohConfig {
-    /// Answer DoH at `/dns-query` on the mTLS listener.
-    pub enabled: bool,
-    /// `"nxdomain"`, or an IP address (the block page server) returned for
-    /// A (IPv4) / AAAA (IPv6) queries of blocked names.
-    pub blocked_answer: String,
-    /// TTL of blocked answers, seconds.
-    pub blocked_ttl: u32,
-}
-
-impl Default for DohConfig {
-    fn default() -> Self {
-        DohConfig {
-            enabled: true,
-            blocked_answer: "nxdomain".into(),
-            blocked_ttl: 60,
-        }
-    }
-}
-
-/// What a blocked name resolves to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockedAnswer {
-    NxDomain,
-    Address(IpAddr),
-}
-
-impl DohConfig {
-    pub fn blocked_answer(&self) -> Result<BlockedAnswer, String> {
-        let v = self.blocked_answer.trim();
-        if v.eq_ignore_ascii_case("nxdomain") {
-            return Ok(BlockedAnswer::NxDomain);
-        }
-        v.parse::<IpAddr>().map(BlockedAnswer::Address).map_err(|_| {
-            format!("[doh] blocked_answer = {v:?} must be \"nxdomain\" or an IP address (the block page server)")
-        })
-    }
-}
 
 /// Whether a request on the proxy listeners is a DoH request to the
 /// gateway itself (origin-form `/dns-query`, or an `https://` h2 request

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use komugate_policy::{FirewallRequest, FirewallVerdict};
 
-use crate::access_log::AccessRecord;
+use crate::record::AccessRecord;
 use crate::gateway::Gateway;
 use crate::http_proxy::{ConnContext, Refusal};
 

@@ -17,7 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
-use crate::access_log::{rfc3339, AccessLog, AccessRecord};
+use crate::access_log::AccessLog;
+use crate::record::{rfc3339, AccessRecord};
 use crate::block_page::{self, BlockInfo};
 use crate::decision::{Decision, ListenerKind, RequestInfo, RequestKind};
 use crate::device_auth::DeviceIdentity;

@@ -45,6 +45,7 @@ pub mod pac;
 pub mod pki;
 pub mod pki_audit;
 pub mod proxy_protocol;
+pub mod record;
 pub mod reload;
 pub mod replay_body;
 pub mod server;

@@ -28,7 +28,7 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     pub policy_generation: IntGauge,
     /// `komugate_casb_*` / `komugate_dlp_*` (app-labelled, see `crate::casb`).
-    pub casb: crate::casb::CasbMetrics,
+    pub casb: CasbMetrics,
     /// `komugate_category_list_lines` (see `crate::list_import_report`).
     pub list_imports: crate::list_import_report::ListImportMetrics,
 }
@@ -155,7 +155,7 @@ impl Metrics {
                 "Policy generation in force",
             )
             .expect("metric"),
-            casb: crate::casb::CasbMetrics::new(),
+            casb: CasbMetrics::new(),
             list_imports: crate::list_import_report::ListImportMetrics::new(),
             registry,
         };
@@ -198,5 +198,69 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// `komugate_casb_*` metrics.
+#[derive(Clone)]
+pub struct CasbMetrics {
+    /// Requests to catalog apps by app and action (allow, block).
+    pub requests: IntCounterVec,
+    /// CASB events by app and kind (upload, download, dlp, over-cap, tenant-restriction).
+    pub events: IntCounterVec,
+    /// DLP pattern matches by pattern name and action.
+    pub dlp_matches: IntCounterVec,
+    /// The most body bytes ever buffered for one request's inspection.
+    pub buffer_max: IntGauge,
+}
+
+impl CasbMetrics {
+    pub fn new() -> CasbMetrics {
+        CasbMetrics {
+            requests: IntCounterVec::new(
+                Opts::new("komugate_casb_requests_total", "Requests to cloud apps (catalog) by app and action"),
+                &["app", "action"],
+            )
+            .expect("metric"),
+            events: IntCounterVec::new(
+                Opts::new("komugate_casb_events_total", "CASB events by app and kind (upload, download, dlp, over-cap, tenant-restriction)"),
+                &["app", "kind"],
+            )
+            .expect("metric"),
+            dlp_matches: IntCounterVec::new(
+                Opts::new("komugate_dlp_matches_total", "DLP pattern matches by pattern name and action"),
+                &["pattern", "action"],
+            )
+            .expect("metric"),
+            buffer_max: IntGauge::new(
+                "komugate_casb_inspect_buffer_max_bytes",
+                "The most request-body bytes buffered for one request's CASB/DLP inspection",
+            )
+            .expect("metric"),
+        }
+    }
+
+    pub fn register(&self, r: &Registry) {
+        for c in [
+            Box::new(self.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.events.clone()),
+            Box::new(self.dlp_matches.clone()),
+            Box::new(self.buffer_max.clone()),
+        ] {
+            let _ = r.register(c);
+        }
+    }
+
+    pub fn buffered(&self, n: usize) {
+        let n = n as i64;
+        if n > self.buffer_max.get() {
+            self.buffer_max.set(n);
+        }
+    }
+}
+
+impl Default for CasbMetrics {
+    fn default() -> Self {
+        CasbMetrics::new()
     }
 }

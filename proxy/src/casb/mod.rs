@@ -33,114 +33,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
 use hyper::body::Body;
 use komugate_policy::{Action, CasbHook, Policy};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use serde::Serialize;
 
-use crate::access_log::AccessRecord;
+pub use crate::record::CasbNote;
+use crate::record::AccessRecord;
 use crate::decision::Decision;
 use crate::gateway::Gateway;
 use crate::http_proxy::{ConnContext, Refusal};
 use crate::replay_body::BodyPrefix;
-
-/// What CASB saw of one request, for the access record. Pattern names
-/// only: never the matched data, never file names.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CasbNote {
-    /// `own` (the board's tenant / system) or `other`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
-    /// The request was an upload (file part, upload endpoint or large body).
-    #[serde(skip_serializing_if = "is_false")]
-    pub upload: bool,
-    /// The request or response was a download (endpoint, parameter, sync client, attachment).
-    #[serde(skip_serializing_if = "is_false")]
-    pub download: bool,
-    /// Multipart parts with a file name.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub files: usize,
-    /// DLP patterns that matched (names).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub dlp: Vec<String>,
-    /// Tenant-restriction entries applied (catalog names).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tenant_restriction: Vec<String>,
-    /// The body was larger than the inspection cap (only its start was inspected).
-    #[serde(skip_serializing_if = "is_false")]
-    pub over_cap: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-/// `komugate_casb_*` metrics.
-#[derive(Clone)]
-pub struct CasbMetrics {
-    /// Requests to catalog apps by app and action (allow, block).
-    pub requests: IntCounterVec,
-    /// CASB events by app and kind (upload, download, dlp, over-cap, tenant-restriction).
-    pub events: IntCounterVec,
-    /// DLP pattern matches by pattern name and action.
-    pub dlp_matches: IntCounterVec,
-    /// The most body bytes ever buffered for one request's inspection.
-    pub buffer_max: IntGauge,
-}
-
-impl CasbMetrics {
-    pub fn new() -> CasbMetrics {
-        CasbMetrics {
-            requests: IntCounterVec::new(
-                Opts::new("komugate_casb_requests_total", "Requests to cloud apps (catalog) by app and action"),
-                &["app", "action"],
-            )
-            .expect("metric"),
-            events: IntCounterVec::new(
-                Opts::new("komugate_casb_events_total", "CASB events by app and kind (upload, download, dlp, over-cap, tenant-restriction)"),
-                &["app", "kind"],
-            )
-            .expect("metric"),
-            dlp_matches: IntCounterVec::new(
-                Opts::new("komugate_dlp_matches_total", "DLP pattern matches by pattern name and action"),
-                &["pattern", "action"],
-            )
-            .expect("metric"),
-            buffer_max: IntGauge::new(
-                "komugate_casb_inspect_buffer_max_bytes",
-                "The most request-body bytes buffered for one request's CASB/DLP inspection",
-            )
-            .expect("metric"),
-        }
-    }
-
-    pub fn register(&self, r: &Registry) {
-        for c in [
-            Box::new(self.requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(self.events.clone()),
-            Box::new(self.dlp_matches.clone()),
-            Box::new(self.buffer_max.clone()),
-        ] {
-            let _ = r.register(c);
-        }
-    }
-
-    fn buffered(&self, n: usize) {
-        let n = n as i64;
-        if n > self.buffer_max.get() {
-            self.buffer_max.set(n);
-        }
-    }
-}
-
-impl Default for CasbMetrics {
-    fn default() -> Self {
-        CasbMetrics::new()
-    }
-}
 
 /// CASB state of one request (see the module docs).
 pub struct Casb {

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{IntCounterVec, Opts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::access_log::AccessRecord;
+use crate::record::AccessRecord;
 use crate::config::{Config, NonTlsAction};
 use crate::decision::{Decision, RequestKind, TunnelMode};
 use crate::gateway::Gateway;

@@ -20,7 +20,7 @@ use hyper::body::Body;
 
 use super::engine::{BodyScan, HttpRequestBuffers};
 use super::{EventContext, IpsEvent, Security};
-use crate::access_log::{rfc3339, AccessRecord};
+use crate::record::{rfc3339, AccessRecord};
 use crate::block_page::{self, BlockInfo};
 use crate::gateway::Gateway;
 use crate::http_proxy::ConnContext;

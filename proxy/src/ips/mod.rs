@@ -22,44 +22,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 
 pub use komugate_ips::{
     Action, BodyScan, Buffer, Direction, HttpRequestBuffers, IpsEngine, IpsMatch, LoadReport,
     ThreatHit, ThreatIntel,
 };
+pub use crate::config::{IpsConfig, ThreatIntelConfig};
+pub use crate::record::IpsEvent;
 
 use crate::metrics::Metrics;
-
-/// `[ips]` in the gateway configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IpsConfig {
-    /// Suricata rules files (relative to the data directory).
-    pub rules: Vec<PathBuf>,
-    /// Bytes inspected at the start of each direction of a raw tunnel.
-    pub stream_depth: usize,
-    /// Bytes of a request or response body inspected.
-    pub body_depth: usize,
-}
-
-impl Default for IpsConfig {
-    fn default() -> Self {
-        IpsConfig {
-            rules: Vec::new(),
-            stream_depth: 8192,
-            body_depth: 65536,
-        }
-    }
-}
-
-/// `[threat_intel]` in the gateway configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ThreatIntelConfig {
-    /// Lists of IPs / CIDRs / domains (relative to the data directory).
-    pub lists: Vec<PathBuf>,
-}
 
 /// The loaded IPS rules and threat-intel lists (swap on reload).
 pub struct Security {
@@ -129,54 +100,6 @@ impl Security {
             body_depth: config.ips.body_depth,
             report,
         })
-    }
-}
-
-/// One IPS or threat-intel hit, as written in the access record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct IpsEvent {
-    /// Where it was seen: `http`, `http-body`, `sni`, `dns`, `stream`, or for
-    /// threat intel the checked name/address kind (`host`, `address`, `sni`, `dns-answer`).
-    pub source: &'static str,
-    /// `alert` or `drop` (threat-intel hits are always `drop`).
-    pub action: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rev: Option<u32>,
-    pub msg: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub classtype: Option<String>,
-    /// Threat intel: the list and the entry that matched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub list: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub entry: Option<String>,
-}
-
-impl IpsEvent {
-    pub fn is_drop(&self) -> bool {
-        self.action == "drop"
-    }
-
-    /// The rule name written to the access record and block page when
-    /// this event blocks: `ips:<sid>` or `threat-intel`.
-    pub fn rule_name(&self) -> String {
-        match self.sid {
-            Some(sid) => format!("ips:{sid}"),
-            None => "threat-intel".to_string(),
-        }
-    }
-
-    /// The reason shown on the block page.
-    pub fn message(&self) -> String {
-        match (&self.list, &self.entry) {
-            (Some(list), Some(entry)) => format!("{} ({list}: {entry})", self.msg),
-            _ => match self.sid {
-                Some(sid) => format!("IPS signature {sid}: {}", self.msg),
-                None => self.msg.clone(),
-            },
-        }
     }
 }
 

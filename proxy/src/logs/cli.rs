@@ -435,9 +435,9 @@ pub fn run_audit(cmd: AuditCommand) -> Result<()> {
 }
 
 /// A generated record for tests and benchmarks.
-pub fn sample_record(i: u64, time: std::time::SystemTime) -> crate::access_log::AccessRecord {
-    crate::access_log::AccessRecord {
-        time: crate::access_log::rfc3339(time),
+pub fn sample_record(i: u64, time: std::time::SystemTime) -> crate::record::AccessRecord {
+    crate::record::AccessRecord {
+        time: crate::record::rfc3339(time),
         listener: "mtls",
         device: Some(format!("T-{:04}", i % 800)),
         groups: vec!["teachers".into()],

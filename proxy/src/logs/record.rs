@@ -5,7 +5,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One access record as stored and searched. The JSON form is the same as
-/// the gateway's [`crate::access_log::AccessRecord`] (one line per record in
+/// the gateway's [`crate::record::AccessRecord`] (one line per record in
 /// the live file): `time` is RFC 3339, `decision` is the action.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

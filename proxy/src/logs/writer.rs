@@ -47,7 +47,7 @@ use super::audit::{AuditEvent, AuditLog};
 use super::layout::{self, CLOSING, SEGMENTS, SHIP, SPILL};
 use super::record::{days_from_civil, now_ms, utc_day, LogRecord};
 use super::segment::{sync_dir, write_atomic, SegmentWriter};
-use crate::access_log::AccessRecord;
+use crate::record::AccessRecord;
 use crate::metrics::Metrics;
 
 /// How long the writer lets records gather after writing a batch. Bounds

@@ -732,7 +732,7 @@ async fn usage_report_from_the_access_logs() {
         .access_log
         .sync(Duration::from_secs(5));
     let dir = e.gw.access_log.parent().unwrap().to_path_buf();
-    let args = komugate::casb::report::ReportArgs {
+    let args = komugate::stages::casb::report::ReportArgs {
         loc: komugate::logs::cli::LogDirArgs {
             dir: Some(dir.clone()),
             ..Default::default()
@@ -745,7 +745,7 @@ async fn usage_report_from_the_access_logs() {
         policy: None,
         utc_offset: "+09:00".into(),
     };
-    let rows = komugate::casb::report::build(&args).unwrap();
+    let rows = komugate::stages::casb::report::build(&args).unwrap();
     let dropbox = rows
         .iter()
         .find(|r| r.app == "dropbox")
@@ -772,13 +772,15 @@ async fn usage_report_from_the_access_logs() {
     // Every output format of `komugate casb report` (same code path as the CLI).
     for fmt in ["table", "csv", "json", "xlsx"] {
         let out = e.gw.dir.path().join(format!("report.{fmt}"));
-        let args = komugate::casb::report::ReportArgs {
+        let args = komugate::stages::casb::report::ReportArgs {
             format: fmt.into(),
             out: Some(out.clone()),
             ..args.clone()
         };
-        komugate::casb::report::run_casb(komugate::casb::report::CasbCommand::Report(args))
-            .unwrap();
+        komugate::stages::casb::report::run_casb(
+            komugate::stages::casb::report::CasbCommand::Report(args),
+        )
+        .unwrap();
         assert!(std::fs::metadata(&out).unwrap().len() > 0, "{fmt}");
     }
     let csv = std::fs::read_to_string(e.gw.dir.path().join("report.csv")).unwrap();

@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use komugate::beacon::{Assertion, BeaconKey};
 use komugate::client::{ClientConfig, RunningClient};
 use komugate::config::Config;
-use komugate::gateway::Running;
+use komugate::gateway::start::Running;
 use komugate_tests::dns::{self, DnsServer};
 use komugate_tests::gw::{base_config, metric_value, TestPki, DNS_RECORDS};
 use komugate_tests::upstream::HttpUpstream;
@@ -90,7 +90,7 @@ action = "block"
     }
 
     async fn up(&mut self) {
-        let running = komugate::gateway::start(self.config.clone())
+        let running = komugate::gateway::start::start(self.config.clone())
             .await
             .expect("gateway starts");
         // Restart on the same addresses.
@@ -503,6 +503,27 @@ impl H2Conn {
             .as_u16()
     }
 
+    /// The DoH answer (DNS wire format) for an A query of `name`.
+    async fn doh(&mut self, name: &str, assertion: Option<&str>) -> Vec<u8> {
+        let q = komugate_tests::base64url(&dns_query(0x0d0e, name));
+        let mut req = http::Request::get(format!("https://localhost/dns-query?dns={q}"));
+        if let Some(a) = assertion {
+            req = req.header(komugate::beacon::ASSERTION_HEADER, a);
+        }
+        let resp = self
+            .0
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
     async fn location(&mut self, assertion: Option<&str>) -> String {
         let mut req = http::Request::get("https://localhost/proxy.pac");
         if let Some(a) = assertion {
@@ -669,6 +690,23 @@ async fn forged_expired_replayed_and_other_device_assertions_are_refused() {
             "{result}"
         );
     }
+}
+
+/// DoH queries are located like web requests: the policy blocks C4th
+/// off-site, so its name does not resolve; with a valid site assertion on
+/// the connection it does.
+#[tokio::test]
+async fn doh_honours_a_site_assertion() {
+    let gw = Gw::start().await;
+    let rcode = |a: &[u8]| a[3] & 0x0f;
+    let mut conn = H2Conn::open(&gw, "PC-H-0005").await;
+    let offsite = conn.doh("www.c4th.test", None).await;
+    assert_eq!(rcode(&offsite), 3, "NXDOMAIN off-site: {offsite:?}");
+    let now = komugate::common::unix_now();
+    let token = gw.beacon_key.issue(HOSPITAL, "PC-H-0005", now).unwrap();
+    let at_site = conn.doh("www.c4th.test", Some(&token)).await;
+    assert_eq!(rcode(&at_site), 0, "NOERROR at the site: {at_site:?}");
+    assert_eq!(&at_site[at_site.len() - 4..], &[127, 0, 0, 1]);
 }
 
 // ---------------------------------------------------------------- DNS

@@ -296,3 +296,99 @@ action = "deny"
     assert_eq!(rec["rule"], "no-loopback-web", "{rec}");
     assert_eq!(by_inspector.accepts(), 0);
 }
+
+/// The firewall locates a flow like the decision does: a valid site
+/// assertion on the CONNECT places the device at its site, so a rule
+/// limited to that site allows the flow; without it the device is off-site.
+#[tokio::test]
+async fn firewall_honours_a_site_assertion() {
+    let echo_server = EchoServer::start().await;
+    let port = echo_server.addr.port();
+    let key = komugate::beacon::BeaconKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+version = 1
+
+[[site]]
+name = "hospital"
+assertion = true
+beacon_key = "{}"
+
+[firewall]
+default = "deny"
+
+[[firewall.rule]]
+name = "hospital-only"
+ports = [{port}]
+location = "hospital"
+action = "allow"
+"#,
+            key.public_base64()
+        ),
+    )
+    .unwrap();
+    let policy = policy.display().to_string();
+    let gw = TestGateway::start(move |c, _| c.policy.file = policy).await;
+    let target = echo_server.addr.to_string();
+    let now = komugate::common::unix_now();
+    for (device, assert_site, status) in [("H-1", false, 403), ("H-2", true, 200)] {
+        let cert = gw.tls().device(device, &["staff"]);
+        let config = gw.tls().client_config(Some(&cert), &[b"http/1.1"]);
+        let tcp = TcpStream::connect(gw.mtls()).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let assertion = if assert_site {
+            format!(
+                "{}: {}\r\n",
+                komugate::beacon::ASSERTION_HEADER,
+                key.issue("hospital", device, now).unwrap()
+            )
+        } else {
+            String::new()
+        };
+        tls.write_all(
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{assertion}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(
+                within("CONNECT response", tls.read(&mut b)).await.unwrap(),
+                1
+            );
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{device}: {head}"
+        );
+        if status == 200 {
+            echo(&mut tls, b"at the hospital").await;
+        } else {
+            assert_eq!(
+                rule_of(&head).as_deref(),
+                Some("firewall-default"),
+                "{head}"
+            );
+        }
+    }
+    let rec = gw
+        .access_record(|r| r["device"] == "H-2" && r["target"] == target.as_str())
+        .await;
+    assert_eq!(rec["rule"], "hospital-only", "{rec}");
+    assert_eq!(rec["site"], "hospital", "{rec}");
+    assert_eq!(
+        echo_server.accepts(),
+        1,
+        "only the device at the hospital got through"
+    );
+}

@@ -1185,3 +1185,50 @@ async fn x_host_header_and_request_forms() {
     })
     .await
 }
+
+/// A client that goes away before the upstream answers still leaves one
+/// access record: status 499 ("client closed"), with what was sent so far.
+#[tokio::test]
+async fn client_closing_before_the_answer_is_logged() {
+    let gw = TestGateway::start(|_, _| {}).await;
+    // Forward: the upstream accepts and never answers.
+    let silent = komugate_tests::upstream::SilentServer::start().await;
+    let url = format!("http://127.0.0.1:{}/waiting", silent.addr.port());
+    let mut c = RawConn::connect(gw.plain()).await;
+    c.send(&get(&url, "")).await.unwrap();
+    eventually(Duration::from_secs(3), || {
+        let n = silent.accepts();
+        async move { (n > 0).then_some(()) }
+    })
+    .await
+    .expect("the request reached the upstream");
+    drop(c);
+    let rec = gw.access_record(|r| r["target"] == url.as_str()).await;
+    assert_eq!(rec["status"], 499, "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("client closed"),
+        "{rec}"
+    );
+
+    // CONNECT: the upstream's TCP handshake does not complete.
+    let unanswered = komugate_tests::upstream::UnansweredAddress::start().await;
+    let target = unanswered.addr.to_string();
+    let mut c = RawConn::connect(gw.plain()).await;
+    c.send(&connect_req(&target)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c);
+    let rec = gw.access_record(|r| r["target"] == target.as_str()).await;
+    assert_eq!(rec["status"], 499, "{rec}");
+    assert_eq!(rec["method"], "CONNECT", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("client closed"),
+        "{rec}"
+    );
+    gw.shutdown().await;
+}

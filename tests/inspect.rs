@@ -687,4 +687,82 @@ async fn inspected_requests_never_reach_the_gateways_own_listeners() {
         assert_eq!(answers[0].0, StatusCode::FORBIDDEN, "{authority}");
         assert_eq!(answers[0].1["komugate-rule"], "own-listener", "{authority}");
     }
+    gw.shutdown().await;
+}
+
+/// The request-smuggling guard also fronts the HTTP/1.1 server inside an
+/// inspected tunnel: Content-Length with Transfer-Encoding is a 400, and
+/// nothing reaches the origin.
+#[tokio::test]
+async fn smuggling_inside_an_inspected_tunnel_is_refused() {
+    let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();
+    let upstream = https_upstream(&upstream_ca, "plain.test", Validity::Good).await;
+    let gw = inspecting_gateway(&upstream_ca, |_| {}).await;
+    let authority = format!("plain.test:{}", upstream.addr.port());
+    let tunnel = connect_tunnel(&gw, &authority).await;
+    let tls = tls_over(
+        tunnel,
+        "plain.test",
+        trust_only(gw.tls().server_ca(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let mut conn = komugate_tests::raw::RawConn::new(tls);
+    conn.send(
+        format!(
+            "POST /smuggle HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 5\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /second HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let resp = within("400", conn.read_response(false)).await.unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    let url = format!("https://{authority}/smuggle");
+    let rec = gw.access_record(|r| r["status"] == 400).await;
+    assert_eq!(rec["method"], "POST", "{rec} ({url})");
+    assert_eq!(upstream.accepts(), 0, "nothing reached the origin");
+    gw.shutdown().await;
+}
+
+/// A client that leaves an inspected tunnel while an inner request waits for
+/// the upstream still leaves that request's access record (status 499).
+#[tokio::test]
+async fn inner_request_of_a_client_that_went_away_is_logged() {
+    let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();
+    let silent = komugate_tests::upstream::SilentServer::start().await;
+    let gw = inspecting_gateway(&upstream_ca, |_| {}).await;
+    let authority = format!("plain.test:{}", silent.addr.port());
+    let tunnel = connect_tunnel(&gw, &authority).await;
+    let tls = tls_over(
+        tunnel,
+        "plain.test",
+        trust_only(gw.tls().server_ca(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let mut conn = komugate_tests::raw::RawConn::new(tls);
+    conn.send(format!("GET /waiting HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    komugate_tests::eventually(Duration::from_secs(3), || {
+        let n = silent.accepts();
+        async move { (n > 0).then_some(()) }
+    })
+    .await
+    .expect("the inner request reached the upstream");
+    drop(conn);
+    let url = format!("https://{authority}/waiting");
+    let rec = gw.access_record(|r| r["target"] == url.as_str()).await;
+    assert_eq!(rec["status"], 499, "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("client closed"),
+        "{rec}"
+    );
+    gw.shutdown().await;
 }

@@ -13,7 +13,7 @@ use komugate::config::Config;
 use komugate_tests::gw::{tls_connect, TestGateway, TestPki};
 use komugate_tests::raw::{self, RawConn};
 use komugate_tests::upstream::{EchoServer, HttpUpstream, TlsUpstream};
-use komugate_tests::{dns, within};
+use komugate_tests::{base64url, dns, within};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -407,23 +407,6 @@ fn dns_query(name: &str, qtype: RecordType) -> Vec<u8> {
     m.set_id(0xbeef).set_recursion_desired(true);
     m.add_query(Query::query(format!("{name}.").parse().unwrap(), qtype));
     m.to_vec().unwrap()
-}
-
-fn base64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..chunk.len() + 1 {
-            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 struct Doh {

@@ -319,9 +319,9 @@ async fn good_update_is_applied_and_304_is_a_no_op() {
                 .as_ref()
                 .unwrap()
                 .gateway
-                .runtime
+                .generation
                 .load()
-                .generation;
+                .number();
         let hits = s.server.state.lock().unwrap().conditional_hits;
         let (status, o) = update_now(&s.gw).await;
         assert_eq!(
@@ -335,9 +335,9 @@ async fn good_update_is_applied_and_304_is_a_no_op() {
                 .as_ref()
                 .unwrap()
                 .gateway
-                .runtime
+                .generation
                 .load()
-                .generation,
+                .number(),
             generation
         );
         assert_eq!(count(&s.gw, "not_modified"), 1.0);
@@ -494,9 +494,9 @@ async fn failing_reload_rolls_back() {
                 .as_ref()
                 .unwrap()
                 .gateway
-                .runtime
+                .generation
                 .load()
-                .generation;
+                .number();
         // Plenty of entries, but no `gambling` category: the rule naming it no longer validates.
         let mut adult = domains("adult", 150);
         adult.push("newbad.example".into());
@@ -522,9 +522,9 @@ async fn failing_reload_rolls_back() {
                 .as_ref()
                 .unwrap()
                 .gateway
-                .runtime
-                .load()
                 .generation
+                .load()
+                .number()
                 > generation
         );
         let audit = audit_text(&s.gw);

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use komugate::proxy_protocol::encode_v2;
+use komugate::listen::proxy_protocol::encode_v2;
 use komugate_tests::gw::TestGateway;
 use komugate_tests::raw::RawConn;
 use komugate_tests::within;

@@ -1,5 +1,5 @@
 //! Header rewrite on the forward path: hop-by-hop stripping
-//! (`komugate::http_proxy::strip_hop_by_hop`) on a typical browser request.
+//! (`komugate::flow::http::strip_hop_by_hop`) on a typical browser request.
 //!
 //! Run: `cargo bench -p komugate-benches --bench header_rewrite`
 
@@ -34,7 +34,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("strip_hop_by_hop/browser_request_12_headers", |b| {
         b.iter_batched_ref(
             || base.clone(),
-            |h| komugate::http_proxy::strip_hop_by_hop(black_box(h), false),
+            |h| komugate::flow::http::strip_hop_by_hop(black_box(h), false),
             BatchSize::SmallInput,
         )
     });

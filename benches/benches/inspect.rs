@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use komugate::inspect::mint::{CertMinter, MintMetrics};
+use komugate::stages::inspect::mint::{CertMinter, MintMetrics};
 
 fn bench(c: &mut Criterion) {
     let ca = komugate::pki::generate_ca("komugate inspection CA").expect("CA");

@@ -22,11 +22,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use komugate::record::AccessRecord;
 use komugate::logs::layout;
 use komugate::logs::query::{Glob, Query};
 use komugate::logs::record::{format_rfc3339_ms, now_ms, LogRecord};
 use komugate::logs::writer::{self, WriterSettings};
+use komugate::record::AccessRecord;
 
 struct Rng(u64);
 impl Rng {

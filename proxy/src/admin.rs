@@ -9,11 +9,10 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
+use crate::listen::http::ServerLimits;
 
 pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
@@ -27,23 +26,22 @@ pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener) {
         let gw2 = gw.clone();
         let shutdown = gw.shutdown.clone();
         gw.spawn_tracked(async move {
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(crate::pac::Peer(peer));
-                admin_request(gw2.clone(), req)
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
+            let limits = ServerLimits {
+                header_read_timeout: std::time::Duration::from_secs(10),
+                ..ServerLimits::from(&gw2.config.limits)
+            };
             // Idle keep-alive admin connections must not hold shutdown up.
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            let _ = crate::listen::http::serve(
+                limits,
+                stream,
+                false,
+                Some(&shutdown),
+                move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(crate::pac::Peer(peer));
+                    admin_request(gw2.clone(), req)
+                },
+            )
+            .await;
         });
     }
 }
@@ -66,6 +64,13 @@ async fn admin_request(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if crate::listen::framing_guard::flagged(&req) {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "a request with both Content-Length and Transfer-Encoding is refused\n",
+        ));
+    }
     Ok(match req.uri().path() {
         "/healthz" => {
             if gw.shutdown.is_cancelled() {
@@ -79,7 +84,12 @@ async fn admin_request(
             "text/plain; version=0.0.4",
             gw.metrics.render(),
         ),
-        "/proxy.pac" => crate::pac::admin_response(&gw, &req),
+        "/proxy.pac" => crate::pac::admin_response(
+            &gw.sites,
+            &gw.current().sites,
+            crate::config::Config::listen_addr(&gw.config.listen.mtls).map(|a| a.port()),
+            &req,
+        ),
         "/admin/logs" => crate::logs::admin_http::handle(&gw, &req).await,
         "/admin/reload" => reload(&gw, &req).await,
         "/admin/explain" => explain(&gw, &req),
@@ -151,7 +161,7 @@ async fn reload(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Byt
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({
                 "result": "error",
-                "generation_in_force": gw.runtime.load().generation,
+                "generation_in_force": gw.generation.load().number(),
                 "errors": e.lines().collect::<Vec<_>>(),
             }),
         ),
@@ -177,11 +187,18 @@ fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "usage: /admin/explain?device=ID&from=IP&url=URL[&method=GET]\n",
         );
     };
-    let runtime = gw.runtime.load();
-    let Some(policy) = &runtime.policy else {
+    let generation = gw.current();
+    let runtime = &generation.runtime;
+    if runtime.builtin {
         return text(StatusCode::CONFLICT, "text/plain", "no policy file is configured ([policy] file); decisions come from the [decision] lists\n");
-    };
-    match crate::explain::explain(policy, q("device"), from, url, q("method").unwrap_or("GET")) {
+    }
+    match crate::explain::explain(
+        &runtime.policy,
+        q("device"),
+        from,
+        url,
+        q("method").unwrap_or("GET"),
+    ) {
         Ok(decision) => json(
             StatusCode::OK,
             serde_json::json!({"generation": runtime.generation, "decision": decision, "text": decision.explain()}),

@@ -81,7 +81,7 @@ enum Command {
     Ips(crate::ips::cli::IpsCommand),
     /// Cloud apps (CASB): usage report from the access logs, the built-in catalog.
     #[command(subcommand)]
-    Casb(crate::casb::report::CasbCommand),
+    Casb(crate::stages::casb::report::CasbCommand),
 }
 
 #[derive(Subcommand)]
@@ -203,7 +203,7 @@ pub fn main() -> ExitCode {
         Command::Logs(cmd) => done(crate::logs::cli::run_logs(cmd)),
         Command::Audit(cmd) => done(crate::logs::cli::run_audit(cmd)),
         Command::Ips(cmd) => done(crate::ips::cli::run_ips(cmd)),
-        Command::Casb(cmd) => done(crate::casb::report::run_casb(cmd)),
+        Command::Casb(cmd) => done(crate::stages::casb::report::run_casb(cmd)),
         Command::Policy(cmd) => crate::cli_policy::run_policy(cmd),
         Command::Categories(cmd) => crate::cli_policy::run_categories(cmd),
         Command::Config(cmd) => done(run_config(cmd)),
@@ -445,7 +445,7 @@ fn run_serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
                 Some(crate::demo_origin::start(addr, stop_demo.clone()).await?)
             }
         };
-        let running = crate::gateway::start(config).await?;
+        let running = crate::gateway::start::start(config).await?;
         print_banner(&running, demo_origin);
         wait_for_signal().await;
         stop_demo.cancel();
@@ -455,7 +455,10 @@ fn run_serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
     })
 }
 
-fn print_banner(running: &crate::gateway::Running, demo_origin: Option<std::net::SocketAddr>) {
+fn print_banner(
+    running: &crate::gateway::start::Running,
+    demo_origin: Option<std::net::SocketAddr>,
+) {
     let config = &running.gateway.config;
     let addrs = &running.addrs;
     let data = &config.data.dir;

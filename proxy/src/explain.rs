@@ -6,8 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
-use crate::decision::{policy_request, ListenerKind, RequestInfo, RequestKind};
 use crate::device_auth::DeviceIdentity;
+use crate::stages::decide::{policy_request, ListenerKind, RequestInfo, RequestKind};
 
 /// Evaluates `url` (`http://…`, `https://…`, or `host:port` for a CONNECT)
 /// as sent by `device` from `from`.

@@ -1,53 +1,57 @@
 //! komugate: secure web gateway / ZTNA edge proxy.
 //!
-//! Data path (see shared DESIGN.md): listener -> identity -> location ->
-//! decision -> block / forward / tunnel -> egress -> access record.
-//! One module per hop:
-//! - [`server`]: accept loops, client admission, HTTP/1.1 or HTTP/2 by ALPN
-//! - [`device_auth`]: device certificates on the mTLS listener
-//! - [`http_proxy`]: forwarding and CONNECT, calling the one decision point
-//! - [`decision`]: the decision point ([`decision::Runtime::decide`])
-//! - [`egress`] / [`upstream`]: DNS, destination guard, bound connects, pools
-//! - [`tunnel`]: bidirectional relay with half-close and idle timeout
-//! - [`access_log`], [`metrics`], [`admin`]: observability
-//! - [`pki`]: CA and certificate helpers; [`config`]: gateway configuration
-//! - [`atomic_file`]: whole-file replacement for config, policy, list and state files
+//! The data path, from `main.rs`: [`cli`] → [`gateway::start`] (assembles
+//! the gateway, starts the listeners) → [`listen`] (accept, admission,
+//! device identity, the one HTTP server) → [`flow`] (every request, every
+//! kind of traffic, stage by stage, to its access record). See
+//! `docs/ARCHITECTURE.md` for the picture.
+//!
+//! Layout, from the bottom up:
+//! - [`record`], [`request`], [`config`], [`metrics`]: plain data every
+//!   layer uses (the access record, a request's connection, target and
+//!   refusal, the configuration)
+//! - [`stages`]: one module per stage of the data path (decision,
+//!   firewall, IPS, CASB / DLP, TLS inspection, DoH); they take the state
+//!   they need, never the whole gateway
+//! - [`egress`]: DNS, destination guard, bound connects, upstream pools,
+//!   the tunnel relay
+//! - [`flow`]: the order of the stages, the refusal → answer mapping, the
+//!   one place a record is finished
+//! - [`listen`]: accept loops and the HTTP server for client connections
+//! - [`gateway`]: shared state, the reloadable [`gateway::generation`],
+//!   reload, start
+//! - beside the data path: [`admin`] (admin listener), [`logs`] and
+//!   [`access_log`] (log storage, search, shipping), [`ips`] (IPS rules and
+//!   threat-intel lists), [`beacon`] (site assertions), [`pac`],
+//!   [`list_update`], [`pki`], [`device_auth`], [`client`] (the laptop-side
+//!   `komugate client`), [`cli`] and the `cli_*` / `explain` commands
 
 pub mod access_log;
 pub mod admin;
 pub mod atomic_file;
 pub mod beacon;
-pub mod block_page;
-pub mod casb;
 pub mod cli;
 pub mod cli_policy;
 pub mod client;
 pub mod common;
 pub mod config;
-pub mod decision;
 pub mod demo_origin;
 pub mod device_auth;
-pub mod doh;
 pub mod egress;
 pub mod explain;
-pub mod firewall;
-pub mod framing_guard;
+pub mod flow;
 pub mod gateway;
-pub mod http_proxy;
-pub mod inspect;
 pub mod ips;
 pub mod list_import_report;
 pub mod list_update;
+pub mod listen;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
 pub mod pac;
 pub mod pki;
 pub mod pki_audit;
-pub mod proxy_protocol;
 pub mod record;
-pub mod reload;
 pub mod replay_body;
-pub mod server;
-pub mod tunnel;
-pub mod upstream;
+pub mod request;
+pub mod stages;

@@ -27,7 +27,7 @@ pub struct Metrics {
     pub doh_queries: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub policy_generation: IntGauge,
-    /// `komugate_casb_*` / `komugate_dlp_*` (app-labelled, see `crate::casb`).
+    /// `komugate_casb_*` / `komugate_dlp_*` (app-labelled, see `crate::stages::casb`).
     pub casb: CasbMetrics,
     /// `komugate_category_list_lines` (see `crate::list_import_report`).
     pub list_imports: crate::list_import_report::ListImportMetrics,

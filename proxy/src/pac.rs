@@ -19,6 +19,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::beacon::{SiteAssertions, SiteDirectory};
+
 /// The PAC text: `direct` entries go DIRECT, everything else to `proxy`
 /// (a PAC proxy string such as `HTTPS gw.example.jp:8443` or
 /// `PROXY 127.0.0.1:3128`). `label` is shown in a comment (site name).
@@ -134,7 +136,7 @@ function FindProxyForURL(url, host) {{
 }
 
 /// The DIRECT list for a requester at `site` (or off-site).
-pub fn direct_list(dir: &crate::beacon::SiteDirectory, site: Option<&str>) -> Vec<String> {
+pub fn direct_list(dir: &SiteDirectory, site: Option<&str>) -> Vec<String> {
     let mut list = dir.pac_direct.clone();
     if let Some(s) = site.and_then(|s| dir.site(s)) {
         list.extend(s.pac_direct.iter().cloned());
@@ -144,11 +146,7 @@ pub fn direct_list(dir: &crate::beacon::SiteDirectory, site: Option<&str>) -> Ve
 
 /// The gateway's PAC proxy string: `[pac] proxy`, else `HTTPS host:port`
 /// with the host the requester used to reach the gateway.
-pub fn gateway_proxy(
-    dir: &crate::beacon::SiteDirectory,
-    host: Option<&str>,
-    port: Option<u16>,
-) -> String {
+pub fn gateway_proxy(dir: &SiteDirectory, host: Option<&str>, port: Option<u16>) -> String {
     if let Some(p) = &dir.pac_proxy {
         return p.clone();
     }
@@ -206,23 +204,26 @@ pub fn is_pac_request<B>(req: &http::Request<B>) -> bool {
 /// `GET /proxy.pac` on the mTLS listener: the PAC for the requester's site
 /// (asserted, or by address) or off-site.
 pub fn gateway_response<B>(
-    gw: &crate::gateway::Gateway,
+    sites: &SiteAssertions,
+    dir: &SiteDirectory,
     device: Option<&crate::device_auth::DeviceIdentity>,
     client: std::net::SocketAddr,
     req: &http::Request<B>,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let (host, port) = request_authority(req);
-    located_response(gw, device, client, host.as_deref(), port)
+    located_response(sites, dir, device, client, host.as_deref(), port)
 }
 
 /// The peer address of an admin-listener request (request extension).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
-/// `GET /proxy.pac` on the admin listener: by the requester's address; the
-/// proxy port is the configured mTLS listener's.
+/// `GET /proxy.pac` on the admin listener: by the requester's address;
+/// `mtls_port` is the configured mTLS listener's.
 pub fn admin_response<B>(
-    gw: &crate::gateway::Gateway,
+    sites: &SiteAssertions,
+    dir: &SiteDirectory,
+    mtls_port: Option<u16>,
     req: &http::Request<B>,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let client = req
@@ -231,26 +232,25 @@ pub fn admin_response<B>(
         .map(|p| p.0)
         .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
     let (host, _) = request_authority(req);
-    let port = crate::config::Config::listen_addr(&gw.config.listen.mtls).map(|a| a.port());
-    located_response(gw, None, client, host.as_deref(), port)
+    located_response(sites, dir, None, client, host.as_deref(), mtls_port)
 }
 
 fn located_response(
-    gw: &crate::gateway::Gateway,
+    sites: &SiteAssertions,
+    dir: &SiteDirectory,
     device: Option<&crate::device_auth::DeviceIdentity>,
     client: std::net::SocketAddr,
     host: Option<&str>,
     port: Option<u16>,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
-    let dir = gw.sites.directory();
-    let site = gw.sites.site_of(device, client);
+    let site = sites.site_of(dir, device, client);
     let label = site
         .clone()
         .map(|s| format!("site {s}"))
         .unwrap_or_else(|| "offsite".into());
     let mut r = response(generate(
-        &direct_list(&dir, site.as_deref()),
-        &gateway_proxy(&dir, host, port),
+        &direct_list(dir, site.as_deref()),
+        &gateway_proxy(dir, host, port),
         &label,
     ));
     // Header values are ASCII: percent-encode the (Japanese) site name.

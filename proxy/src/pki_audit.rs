@@ -147,7 +147,7 @@ pub fn revoke(
     if listed.contains(&canonical) {
         return Ok((serial, false));
     }
-    let time = crate::access_log::rfc3339(std::time::SystemTime::now());
+    let time = crate::record::rfc3339(std::time::SystemTime::now());
     let mut text = existing;
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');

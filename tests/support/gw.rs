@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use komugate::config::{Config, DEFAULT_CONFIG};
-use komugate::gateway::{BoundAddrs, Running};
+use komugate::gateway::start::{BoundAddrs, Running};
 use komugate::pki::{CaMaterial, IssuedCert};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -69,7 +69,7 @@ impl TestGateway {
         let mut config = base_config(dir.path(), dns.addr);
         tweak(&mut config, &TestPki { dir: pki.clone() });
         let access_log = config.data_path(&config.log.access_log);
-        let running = komugate::gateway::start(config)
+        let running = komugate::gateway::start::start(config)
             .await
             .expect("gateway starts");
         let addrs = running.addrs.clone();

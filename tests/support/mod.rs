@@ -41,3 +41,21 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         Err(_) => panic!("{what}: did not finish within 10 s"),
     }
 }
+
+/// Base64url without padding (RFC 4648 §5), as DoH GET `?dns=` wants it.
+pub fn base64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..chunk.len() + 1 {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}

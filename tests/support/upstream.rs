@@ -257,3 +257,70 @@ impl EchoServer {
         self.accepts.load(Ordering::SeqCst)
     }
 }
+
+/// An upstream that never answers: it accepts connections and holds them
+/// without reading or writing (no HTTP response, no TLS handshake).
+pub struct SilentServer {
+    pub addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    _task: Task,
+}
+
+impl SilentServer {
+    pub async fn start() -> SilentServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let accepts2 = accepts.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                accepts2.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        SilentServer {
+            addr,
+            accepts,
+            _task: Task(task),
+        }
+    }
+
+    pub fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+}
+
+/// An address where a TCP connect does not complete for a while: a
+/// listener whose accept queue is full and never drained, so the kernel
+/// drops new SYNs. Keep the value alive while it is used.
+pub struct UnansweredAddress {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<tokio::net::TcpStream>,
+}
+
+impl UnansweredAddress {
+    pub async fn start() -> UnansweredAddress {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(std::time::Duration::from_millis(200), connect).await {
+                Ok(Ok(s)) => queued.push(s),
+                _ => break,
+            }
+        }
+        UnansweredAddress {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}

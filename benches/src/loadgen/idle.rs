@@ -443,7 +443,7 @@ mod tests {
                 );
             let config = komugate::config::Config::parse(&text, "test").expect("test config");
             gateways.push(
-                komugate::gateway::start(config)
+                komugate::gateway::start::start(config)
                     .await
                     .expect("gateway starts"),
             );

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::client::{parse_mix, ProxySpec, RunConfig};
 use crate::origin::{start, OriginOptions};
 
-async fn gateway(data: &std::path::Path) -> komugate::gateway::Running {
+async fn gateway(data: &std::path::Path) -> komugate::gateway::start::Running {
     gateway_with_dns(data, None).await
 }
 
@@ -15,7 +15,7 @@ async fn gateway(data: &std::path::Path) -> komugate::gateway::Running {
 async fn gateway_with_dns(
     data: &std::path::Path,
     dns: Option<std::net::SocketAddr>,
-) -> komugate::gateway::Running {
+) -> komugate::gateway::start::Running {
     let servers = dns
         .map(|d| format!("servers = [\"{d}\"]"))
         .unwrap_or_else(|| "servers = []".into());
@@ -34,7 +34,7 @@ async fn gateway_with_dns(
             "allowed_ports = []",
         );
     let config = komugate::config::Config::parse(&text, "test").expect("test config");
-    komugate::gateway::start(config)
+    komugate::gateway::start::start(config)
         .await
         .expect("gateway starts")
 }

@@ -3,7 +3,7 @@
 //! Input: a Content-Type line, a newline, then the body.
 #![no_main]
 
-use komugate::casb::extract::{extract, Limits};
+use komugate::stages::casb::extract::{extract, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use komugate::client::local::servfail;
-use komugate::doh::{blocked_reply, BlockedAnswer};
+use komugate::stages::doh::{blocked_reply, BlockedAnswer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! and bodies, delivered in input-chosen chunks, through `FramingGuard`.
 #![no_main]
 
-use komugate::framing_guard::FramingGuard;
+use komugate::listen::framing_guard::FramingGuard;
 use komugate_fuzz::{runtime, split_plan, ChunkedStream};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncReadExt;

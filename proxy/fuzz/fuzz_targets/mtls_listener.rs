@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use komugate::config::Config;
-use komugate::decision::ListenerKind;
+use komugate::request::ListenerKind;
 use komugate::device_auth::DeviceIdentity;
-use komugate::gateway::{self, Running};
-use komugate::http_proxy::ConnContext;
-use komugate::server::serve_connection;
+use komugate::gateway::start::{self, Running};
+use komugate::request::ConnContext;
+use komugate::listen::serve_connection;
 use komugate_fuzz::{runtime, split_plan, ChunkedStream};
 use libfuzzer_sys::fuzz_target;
 
@@ -59,7 +59,7 @@ fn gateway() -> &'static Running {
         config.ips.rules = vec!["fuzz.rules".into()];
         config.limits.header_read_timeout_ms = 1000;
         let running = runtime()
-            .block_on(gateway::start(config))
+            .block_on(start::start(config))
             .expect("the fuzz gateway starts");
         (dir, running)
     })

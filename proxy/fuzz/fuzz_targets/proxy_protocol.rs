@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use komugate::proxy_protocol::{encode_v2, parse_v1, parse_v2, read_header, ProxyHeader};
+use komugate::listen::proxy_protocol::{encode_v2, parse_v1, parse_v2, read_header, ProxyHeader};
 use komugate_fuzz::{runtime, split_plan, ChunkedStream};
 use libfuzzer_sys::fuzz_target;
 

@@ -20,8 +20,6 @@ pub async fn serve_beacon(
     key: Arc<BeaconKey>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioIo, TokioTimer};
     let site = Arc::new(site);
     loop {
         let (stream, peer) = tokio::select! {
@@ -33,15 +31,13 @@ pub async fn serve_beacon(
         };
         let (site, key) = (site.clone(), key.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = beacon_response(&site, &key, req.method(), req.uri(), peer);
+            let limits = crate::listen::http::ServerLimits::local(Duration::from_secs(5));
+            let handler = move |req: http::Request<hyper::body::Incoming>| {
+                let flagged = crate::listen::framing_guard::flagged(&req);
+                let resp = beacon_response(&site, &key, req.method(), req.uri(), peer, flagged);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            };
+            let _ = crate::listen::http::serve(limits, stream, false, None, handler).await;
         });
     }
 }
@@ -52,6 +48,7 @@ fn beacon_response(
     method: &http::Method,
     uri: &http::Uri,
     peer: SocketAddr,
+    smuggling: bool,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let reply = |status: u16, body: String| {
         let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
@@ -67,6 +64,12 @@ fn beacon_response(
         );
         r
     };
+    if smuggling {
+        return reply(
+            400,
+            "both Content-Length and Transfer-Encoding: refused\n".into(),
+        );
+    }
     if method != http::Method::GET {
         return reply(405, "only GET\n".into());
     }

@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, Result};
-use arc_swap::ArcSwap;
 use ed25519_dalek::VerifyingKey;
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -93,17 +92,17 @@ struct Asserted {
     expires_at: u64,
 }
 
-/// The gateway's site-assertion state: the site directory (replaced on
-/// reload), the replay cache, the per-connection asserted sites, metrics.
+/// The gateway's site-assertion state: the replay cache, the
+/// per-connection asserted sites, metrics. The site directory is part of
+/// the reloadable generation and is passed in.
 pub struct SiteAssertions {
-    directory: ArcSwap<SiteDirectory>,
     replay: ReplayCache,
     connections: Mutex<HashMap<SocketAddr, Asserted>>,
     results: prometheus::IntCounterVec,
 }
 
 impl SiteAssertions {
-    pub fn new(directory: SiteDirectory, registry: &prometheus::Registry) -> SiteAssertions {
+    pub fn new(registry: &prometheus::Registry) -> SiteAssertions {
         let results = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "komugate_site_assertions_total",
@@ -116,26 +115,17 @@ impl SiteAssertions {
             tracing::warn!("cannot register komugate_site_assertions_total: {e}");
         }
         SiteAssertions {
-            directory: ArcSwap::from_pointee(directory),
             replay: ReplayCache::new(1_000_000),
             connections: Mutex::new(HashMap::new()),
             results,
         }
     }
 
-    pub fn directory(&self) -> Arc<SiteDirectory> {
-        self.directory.load_full()
-    }
-
-    /// Replaces the sites (on policy reload).
-    pub fn set_directory(&self, directory: SiteDirectory) {
-        self.directory.store(Arc::new(directory));
-    }
-
     /// Checks the assertion header of a request, if any, and records the
     /// asserted site for the connection. Refusals are logged and counted.
     pub fn observe(
         &self,
+        directory: &SiteDirectory,
         device: Option<&DeviceIdentity>,
         client: SocketAddr,
         headers: &HeaderMap,
@@ -146,7 +136,7 @@ impl SiteAssertions {
         let token = value.to_str().unwrap_or("");
         let now = unix_now();
         let device_id = device.map(|d| d.device_id.as_str());
-        let result = self.check(token, device_id, client, now);
+        let result = self.check(directory, token, device_id, client, now);
         match result {
             Ok(a) => {
                 self.results.with_label_values(&["ok"]).inc();
@@ -185,13 +175,14 @@ impl SiteAssertions {
 
     fn check(
         &self,
+        directory: &SiteDirectory,
         token: &str,
         device: Option<&str>,
         client: SocketAddr,
         now: u64,
     ) -> Result<Assertion, AssertionError> {
         let device = device.ok_or(AssertionError::NoDevice)?;
-        let a = verify(token, &self.directory.load().keys, device, now)?;
+        let a = verify(token, &directory.keys, device, now)?;
         if !self.replay.bind(
             &a.nonce,
             &format!("{device}@{client}"),
@@ -231,12 +222,13 @@ impl SiteAssertions {
     }
 
     /// Asserted site, else the site whose CIDRs contain the client address.
-    pub fn site_of(&self, device: Option<&DeviceIdentity>, client: SocketAddr) -> Option<String> {
-        self.asserted_site(device, client).or_else(|| {
-            self.directory
-                .load()
-                .site_by_ip(client.ip())
-                .map(|s| s.name.clone())
-        })
+    pub fn site_of(
+        &self,
+        directory: &SiteDirectory,
+        device: Option<&DeviceIdentity>,
+        client: SocketAddr,
+    ) -> Option<String> {
+        self.asserted_site(device, client)
+            .or_else(|| directory.site_by_ip(client.ip()).map(|s| s.name.clone()))
     }
 }

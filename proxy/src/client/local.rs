@@ -11,8 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +26,7 @@ fn boxed(r: Response<Full<Bytes>>) -> Response<LinkBody> {
 }
 
 fn error_page(status: StatusCode, ja: &str, en: &str) -> Response<LinkBody> {
-    let mut r: Response<Full<Bytes>> = crate::block_page::error_response(status, ja, en);
+    let mut r: Response<Full<Bytes>> = crate::flow::block_page::error_response(status, ja, en);
     r.headers_mut()
         .insert("komugate-client-error", HeaderValue::from_static("1"));
     boxed(r)
@@ -87,13 +86,9 @@ pub async fn serve_http_connection<S>(link: Arc<Link>, pac_proxy: Arc<String>, s
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| http_request(link.clone(), pac_proxy.clone(), req));
-    let _ = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades()
-        .await;
+    let limits = crate::listen::http::ServerLimits::local(Duration::from_secs(30));
+    let handler = move |req| http_request(link.clone(), pac_proxy.clone(), req);
+    let _ = crate::listen::http::serve(limits, stream, false, None, handler).await;
 }
 
 async fn http_request(
@@ -101,6 +96,13 @@ async fn http_request(
     pac_proxy: Arc<String>,
     req: Request<Incoming>,
 ) -> Result<Response<LinkBody>, Infallible> {
+    if crate::listen::framing_guard::flagged(&req) {
+        return Ok(error_page(
+            StatusCode::BAD_REQUEST,
+            "Content-Length と Transfer-Encoding の両方を含むリクエストは受け付けません。",
+            "A request with both Content-Length and Transfer-Encoding is refused (request smuggling risk).",
+        ));
+    }
     if req.method() == Method::CONNECT {
         return Ok(http_connect(link, req).await);
     }
@@ -122,7 +124,7 @@ async fn http_request(
         ));
     }
     let (mut parts, body) = req.into_parts();
-    crate::http_proxy::strip_hop_by_hop(&mut parts.headers, false);
+    crate::flow::http::strip_hop_by_hop(&mut parts.headers, false);
     parts.headers.remove(header::HOST);
     parts.version = Version::HTTP_2;
     let req = Request::from_parts(parts, body.boxed());
@@ -149,7 +151,12 @@ async fn http_connect(link: Arc<Link>, req: Request<Incoming>) -> Response<LinkB
             tokio::spawn(async move {
                 match hyper::upgrade::on(req).await {
                     Ok(local) => {
-                        crate::tunnel::relay(TokioIo::new(local), TokioIo::new(remote), IDLE).await;
+                        crate::egress::tunnel::relay(
+                            TokioIo::new(local),
+                            TokioIo::new(remote),
+                            IDLE,
+                        )
+                        .await;
                     }
                     Err(e) => tracing::debug!("local CONNECT upgrade failed: {e}"),
                 }
@@ -219,7 +226,7 @@ pub async fn serve_socks(link: Arc<Link>, listener: TcpListener, shutdown: Cance
                 .await
             {
                 Ok(Ok(Some((local, remote)))) => {
-                    crate::tunnel::relay(local, TokioIo::new(remote), IDLE).await;
+                    crate::egress::tunnel::relay(local, TokioIo::new(remote), IDLE).await;
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::debug!("socks {peer}: {e}"),

@@ -4,8 +4,7 @@
 //! threat-intel lists are the pure `komugate-ips` crate, re-exported here.
 //!
 //! - [`tunnel`]: inspection of the first bytes of CONNECT tunnels
-//! - [`http`]: hooks for forwarded and inspected HTTP requests (headers and
-//!   request/response bodies) and for destination checks
+//! - the HTTP hooks live in [`crate::stages::ips`]
 //! - [`cli`]: `komugate ips check` and `komugate ips check-lists`
 //!
 //! Every hit becomes an [`IpsEvent`] in the access record (field `ips`), a
@@ -13,7 +12,6 @@
 //! (`komugate_ips_events_total{action}`, `komugate_threat_intel_blocks_total{via}`).
 
 pub mod cli;
-pub mod http;
 pub mod tunnel;
 
 pub use komugate_ips::{engine, pcre, rule, sni, threat_intel};
@@ -22,13 +20,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-
+pub use crate::config::{IpsConfig, ThreatIntelConfig};
+pub use crate::record::IpsEvent;
 pub use komugate_ips::{
     Action, BodyScan, Buffer, Direction, HttpRequestBuffers, IpsEngine, IpsMatch, LoadReport,
     ThreatHit, ThreatIntel,
 };
-pub use crate::config::{IpsConfig, ThreatIntelConfig};
-pub use crate::record::IpsEvent;
 
 use crate::metrics::Metrics;
 

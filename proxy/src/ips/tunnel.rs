@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::engine::Direction;
 use super::sni::{parse_client_hello, SniResult};
 use super::{EventContext, IpsEvent, Security};
-use crate::tunnel::RelayStats;
+use crate::egress::tunnel::RelayStats;
 
 /// Shared inspection state of one tunnel.
 pub struct TunnelInspector {
@@ -238,11 +238,11 @@ where
 {
     match TunnelInspector::new(sec, ctx, port) {
         None => (
-            crate::tunnel::relay(client, upstream, idle).await,
+            crate::egress::tunnel::relay(client, upstream, idle).await,
             Vec::new(),
         ),
         Some(insp) => {
-            let stats = crate::tunnel::relay(
+            let stats = crate::egress::tunnel::relay(
                 insp.wrap(client, Direction::ToServer),
                 insp.wrap(upstream, Direction::ToClient),
                 idle,

@@ -61,7 +61,7 @@ pub async fn admin(
             };
             json(
                 status,
-                serde_json::json!({"generation_in_force": gw.runtime.load().generation, "outcomes": outcomes}),
+                serde_json::json!({"generation_in_force": gw.generation.load().number(), "outcomes": outcomes}),
             )
         }
         _ => json(

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 
 use super::Stop;
 use crate::common::hex;
+use crate::egress::upstream::UpstreamAlpn;
 use crate::gateway::Gateway;
-use crate::upstream::UpstreamAlpn;
 
 const MAX_REDIRECTS: usize = 5;
 

@@ -159,12 +159,12 @@ impl ListUpdates {
 }
 
 fn remote_sources(gw: &Gateway) -> Vec<RemoteSource> {
-    gw.runtime
+    gw.generation
         .load()
+        .runtime
         .policy
-        .as_ref()
-        .map(|p| p.remote_sources().to_vec())
-        .unwrap_or_default()
+        .remote_sources()
+        .to_vec()
 }
 
 fn now_text() -> String {

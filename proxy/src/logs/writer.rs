@@ -47,8 +47,8 @@ use super::audit::{AuditEvent, AuditLog};
 use super::layout::{self, CLOSING, SEGMENTS, SHIP, SPILL};
 use super::record::{days_from_civil, now_ms, utc_day, LogRecord};
 use super::segment::{sync_dir, write_atomic, SegmentWriter};
-use crate::record::AccessRecord;
 use crate::metrics::Metrics;
+use crate::record::AccessRecord;
 
 /// How long the writer lets records gather after writing a batch. Bounds
 /// what a `kill -9` can lose on top of the channel contents, at any load.

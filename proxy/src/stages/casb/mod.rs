@@ -1,6 +1,5 @@
-//! CASB and DLP in the data path, called from
-//! [`crate::http_proxy::relay_request`] for every plain and inspected HTTP
-//! request, in three steps:
+//! CASB and DLP in the data path, called by [`crate::flow`] for every
+//! plain and inspected HTTP request, in three steps:
 //!
 //! 1. [`Casb::begin`] (after the decision): the request's app (catalog),
 //!    whether the instance is the board's tenant; blocks download / sync
@@ -34,18 +33,18 @@ use http::{Method, Uri};
 use hyper::body::Body;
 use komugate_policy::{Action, CasbHook, Policy};
 
-pub use crate::record::CasbNote;
+use crate::metrics::Metrics;
 use crate::record::AccessRecord;
-use crate::decision::Decision;
-use crate::gateway::Gateway;
-use crate::http_proxy::{ConnContext, Refusal};
+pub use crate::record::CasbNote;
 use crate::replay_body::BodyPrefix;
+use crate::request::{Block, Refusal};
+use crate::stages::decide::Decision;
 
 /// CASB state of one request (see the module docs).
 pub struct Casb {
-    gw: Arc<Gateway>,
-    conn: Arc<ConnContext>,
-    decision: Decision,
+    metrics: Arc<Metrics>,
+    /// Categories of the destination, for the block page.
+    category: Option<String>,
     hook: CasbHook,
     policy: Option<Arc<Policy>>,
     app: Option<String>,
@@ -63,8 +62,8 @@ impl Casb {
     /// sync and upload-endpoint blocks.
     #[allow(clippy::too_many_arguments)]
     pub fn begin(
-        gw: &Arc<Gateway>,
-        conn: &Arc<ConnContext>,
+        policy: Option<&Arc<Policy>>,
+        metrics: &Arc<Metrics>,
         decision: &Decision,
         method: &Method,
         uri: &Uri,
@@ -72,7 +71,7 @@ impl Casb {
         host: &str,
         record: &mut AccessRecord,
     ) -> Result<Casb, Refusal> {
-        let policy = gw.runtime.load().policy.clone();
+        let policy = policy.cloned();
         let app = decision
             .app
             .as_deref()
@@ -89,9 +88,8 @@ impl Casb {
             size_upload = FILE_CATEGORIES.contains(&a.category.as_str());
         }
         let mut casb = Casb {
-            gw: gw.clone(),
-            conn: conn.clone(),
-            decision: decision.clone(),
+            metrics: metrics.clone(),
+            category: (!decision.categories.is_empty()).then(|| decision.categories.join(", ")),
             hook: decision.casb.clone().unwrap_or_default(),
             policy,
             app: app.as_ref().map(|a| a.name.clone()),
@@ -146,8 +144,7 @@ impl Casb {
 
     fn event(&self, kind: &str) {
         if let Some(app) = &self.app {
-            self.gw
-                .metrics
+            self.metrics
                 .casb
                 .events
                 .with_label_values(&[app.as_str(), kind])
@@ -155,16 +152,15 @@ impl Casb {
         }
     }
 
-    /// The block page for a CASB decision; counts it and notes it in the record.
+    /// The refusal for a CASB decision; counts it and notes it in the record.
     fn block(&mut self, record: &mut AccessRecord, rule: &str, message: &str) -> Refusal {
-        let mut d = self.decision.clone();
-        d.rule = rule.to_string();
-        d.message = Some(message.to_string());
-        let shown = record.target.clone();
-        let resp = crate::http_proxy::blocked(&self.conn, &d, &shown, record);
+        let resp = Refusal::Blocked(Block {
+            rule: rule.to_string(),
+            message: Some(message.to_string()),
+            category: self.category.clone(),
+        });
         if let Some(app) = &self.app {
-            self.gw
-                .metrics
+            self.metrics
                 .casb
                 .requests
                 .with_label_values(&[app.as_str(), "block"])
@@ -212,13 +208,8 @@ impl Casb {
             match body.read_frame().await {
                 None => break,
                 Some(Err(e)) => {
-                    record.error = Some(format!("reading the request body: {e}"));
-                    self.gw.metrics.casb.buffered(body.buffered());
-                    return Err(crate::http_proxy::full(crate::block_page::error_response(
-                        http::StatusCode::BAD_REQUEST,
-                        "リクエスト本文を受信できませんでした。",
-                        &format!("The request body could not be read: {e}"),
-                    )));
+                    self.metrics.casb.buffered(body.buffered());
+                    return Err(Refusal::BodyUnreadable(e.to_string()));
                 }
                 Some(Ok(_)) => {}
             }
@@ -236,7 +227,7 @@ impl Casb {
             v
         };
         let buffered = data.len();
-        self.gw.metrics.casb.buffered(buffered);
+        self.metrics.casb.buffered(buffered);
         let over = buffered > cap;
         let limits = extract::Limits {
             max_unzipped: (settings.inspect_max_bytes * 8).min(256 << 20),
@@ -267,8 +258,7 @@ impl Casb {
                 } else {
                     "log"
                 };
-                self.gw
-                    .metrics
+                self.metrics
                     .casb
                     .dlp_matches
                     .with_label_values(&[p.name.as_str(), action])
@@ -348,8 +338,7 @@ impl Casb {
             }
         }
         if let Some(app) = &self.app {
-            self.gw
-                .metrics
+            self.metrics
                 .casb
                 .requests
                 .with_label_values(&[app.as_str(), "allow"])

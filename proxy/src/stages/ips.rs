@@ -8,30 +8,29 @@
 //!   the rest of the body streams through uninspected). The body prefix is
 //!   a [`BodyPrefix`] shared with CASB/DLP, so it is read and held once.
 //!
-//! A refusal is a 403 block page with rule `ips:<sid>` or `threat-intel`.
+//! - [`screen_sni`]: threat intel and `tls.sni` rules on the SNI of an
+//!   inspected tunnel (plain tunnels get this in `crate::ips::tunnel`).
+//!
+//! A refusal is a block with rule `ips:<sid>` or `threat-intel`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response, Uri};
-use http_body_util::Full;
+use http::{HeaderMap, Method, Uri};
 use hyper::body::Body;
 
-use super::engine::{BodyScan, HttpRequestBuffers};
-use super::{EventContext, IpsEvent, Security};
-use crate::record::{rfc3339, AccessRecord};
-use crate::block_page::{self, BlockInfo};
-use crate::gateway::Gateway;
-use crate::http_proxy::ConnContext;
+use crate::egress::Resolver;
+use crate::ips::engine::{BodyScan, HttpRequestBuffers};
+use crate::ips::{EventContext, IpsEvent, Security};
+use crate::metrics::Metrics;
+use crate::record::AccessRecord;
 use crate::replay_body::BodyPrefix;
+use crate::request::{ConnContext, Refusal};
 
-pub type Refusal = Response<Full<Bytes>>;
-
-pub fn event_context(gw: &Gateway, conn: &ConnContext, target: &str) -> EventContext {
+pub fn event_context(metrics: &Arc<Metrics>, conn: &ConnContext, target: &str) -> EventContext {
     EventContext {
-        metrics: gw.metrics.clone(),
-        device: conn.device.as_ref().map(|d| d.device_id.clone()),
+        metrics: metrics.clone(),
+        device: conn.device_id().map(str::to_string),
         client: conn.client,
         target: target.to_string(),
     }
@@ -69,55 +68,40 @@ pub fn add_events(record: &mut AccessRecord, events: impl IntoIterator<Item = Ip
     record.ips = Some(ids.join(","));
 }
 
-/// The block page for an event, with the record updated.
-pub fn refusal(
-    conn: &ConnContext,
-    event: &IpsEvent,
-    target: &str,
-    record: &mut AccessRecord,
-) -> Refusal {
-    record.decision = "block";
-    record.rule = event.rule_name();
-    let time = rfc3339(SystemTime::now());
-    let message = event.message();
-    block_page::blocked_response(&BlockInfo {
-        target,
-        rule: &record.rule,
-        message: Some(&message),
-        category: None,
-        device: conn.device.as_ref().map(|d| d.device_id.as_str()),
-        time: &time,
-        contact: None,
-    })
+/// The refusal for a blocking event.
+pub fn refusal(event: &IpsEvent) -> Refusal {
+    Refusal::blocked(event.rule_name(), event.message())
 }
 
 /// Threat intel for `host` (domain or IP literal) and, when address lists
 /// are loaded, for every address it resolves to (resolution failures are
 /// left to the connect that follows).
+#[allow(clippy::too_many_arguments)]
 pub async fn check_destination(
-    gw: &Gateway,
+    sec: &Security,
+    resolver: &Resolver,
+    metrics: &Arc<Metrics>,
     conn: &ConnContext,
     host: &str,
     target: &str,
     record: &mut AccessRecord,
 ) -> Result<(), Refusal> {
-    let sec = gw.ips.load_full();
     if sec.intel.is_empty() {
         return Ok(());
     }
-    let ctx = event_context(gw, conn, target);
+    let ctx = event_context(metrics, conn, target);
     if let Some(hit) = sec.intel.check_host(host) {
         let event = ctx.threat("host", host, &hit);
-        let resp = refusal(conn, &event, target, record);
+        let resp = refusal(&event);
         add_events(record, [event]);
         return Err(resp);
     }
     if host.parse::<std::net::IpAddr>().is_err() {
-        if let Ok(addrs) = gw.egress.resolver.resolve(host).await {
+        if let Ok(addrs) = resolver.resolve(host).await {
             for addr in addrs.iter() {
                 if let Some(hit) = sec.intel.check_ip(*addr) {
                     let event = ctx.threat("address", &format!("{host} ({addr})"), &hit);
-                    let resp = refusal(conn, &event, target, record);
+                    let resp = refusal(&event);
                     add_events(record, [event]);
                     return Err(resp);
                 }
@@ -129,9 +113,12 @@ pub async fn check_destination(
 
 /// Threat intel, then IPS on the request head and the first body bytes of
 /// a forwarded request. `host`/`port`: the request target. Alerts are
-/// added to `record`; a drop or listed destination is an `Err` block page.
+/// added to `record`; a drop or listed destination is a refusal.
+#[allow(clippy::too_many_arguments)]
 pub async fn inspect_request<B>(
-    gw: &Gateway,
+    sec: &Security,
+    resolver: &Resolver,
+    metrics: &Arc<Metrics>,
     conn: &ConnContext,
     method: &Method,
     uri: &Uri,
@@ -146,17 +133,16 @@ where
     B::Error: std::fmt::Display,
 {
     let target = record.target.clone();
-    check_destination(gw, conn, host, &target, record).await?;
-    let sec: Arc<Security> = gw.ips.load_full();
+    check_destination(sec, resolver, metrics, conn, host, &target, record).await?;
     let engine = &sec.engine;
     if !engine.has_http_request_rules() && !engine.has_request_body_rules() {
         return Ok(());
     }
     let req = HttpRequestBuffers::new(method, uri, headers, host, port);
-    let ctx = event_context(gw, conn, &target);
+    let ctx = event_context(metrics, conn, &target);
     let events = ctx.ips("http", &engine.scan_http_request(&req));
     if let Some(drop) = events.iter().find(|e| e.is_drop()).cloned() {
-        let resp = refusal(conn, &drop, &target, record);
+        let resp = refusal(&drop);
         add_events(record, events);
         return Err(resp);
     }
@@ -173,7 +159,7 @@ where
             &engine.scan_http_request_body_chunk(&req, state, data),
         );
         if let Some(drop) = found.iter().find(|e| e.is_drop()).cloned() {
-            let resp = refusal(conn, &drop, &target, record);
+            let resp = refusal(&drop);
             add_events(record, found);
             return Err(resp);
         }
@@ -190,12 +176,7 @@ where
         match body.read_frame().await {
             None => break,
             Some(Err(e)) => {
-                record.error = Some(format!("reading the request body: {e}"));
-                return Err(block_page::error_response(
-                    http::StatusCode::BAD_REQUEST,
-                    "リクエスト本文を受信できませんでした。",
-                    &format!("The request body could not be read: {e}"),
-                ));
+                return Err(Refusal::BodyUnreadable(e.to_string()));
             }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -205,4 +186,27 @@ where
         }
     }
     Ok(())
+}
+
+/// Threat intel and IPS `tls.sni` rules on the SNI of an inspected tunnel;
+/// events go to the record. `true`: a drop (the tunnel is closed).
+pub fn screen_sni(
+    sec: &Security,
+    metrics: &Arc<Metrics>,
+    conn: &ConnContext,
+    sni: &str,
+    port: u16,
+    record: &mut AccessRecord,
+) -> bool {
+    let ctx = event_context(metrics, conn, &record.target);
+    let mut events: Vec<IpsEvent> = sec
+        .intel
+        .check_host(sni)
+        .map(|hit| ctx.threat("sni", sni, &hit))
+        .into_iter()
+        .collect();
+    events.extend(ctx.ips("sni", &sec.engine.scan_tls_sni(sni, port)));
+    let drop = events.iter().any(|e| e.is_drop());
+    apply_events(record, events);
+    drop
 }

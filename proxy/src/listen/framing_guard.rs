@@ -25,6 +25,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Header the guard adds; client-sent copies are removed.
 pub const FRAMING_ERROR_HEADER: &str = "komugate-framing-error";
 
+/// Whether the guard flagged this request (both Content-Length and
+/// Transfer-Encoding): its handler must answer 400 and close.
+pub fn flagged<B>(req: &http::Request<B>) -> bool {
+    req.headers().contains_key(FRAMING_ERROR_HEADER)
+}
+
 enum State {
     /// Collecting a request head.
     Head,

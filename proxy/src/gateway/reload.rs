@@ -1,6 +1,7 @@
-//! Policy hot reload. A new [`Runtime`] (policy + categories + registry) is
-//! built off the hot path, validated, and swapped in atomically; requests
-//! already being decided keep the generation they loaded. A failure keeps
+//! Hot reload. A new [`Generation`] (policy + categories + registry, IPS
+//! rules and threat-intel lists, sites) is built off the hot path, validated,
+//! and swapped in with one store; requests already running keep the
+//! generation they loaded. A failure keeps
 //! the running generation and is reported (log line, metric, audit entry,
 //! HTTP error body). Triggers: SIGHUP, a change of the policy file or any
 //! file it includes (polled), `POST /admin/reload`. The mTLS listener's
@@ -11,9 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::decision::Runtime;
-use crate::gateway::Gateway;
+use super::generation::Generation;
+use super::Gateway;
 use crate::logs::audit::{AuditEvent, DiffSummary, ReloadSource};
+use crate::stages::decide::Runtime;
 
 /// Result of a successful reload.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -23,40 +25,56 @@ pub struct Reloaded {
 }
 
 impl Gateway {
-    /// Rebuilds the decision state from the configured policy file and swaps
-    /// it in. Reloads are serialised; the build runs on a blocking thread.
+    /// Rebuilds the hot-reloadable state and swaps it in as one
+    /// [`Generation`]: the policy from the configured file (a failure keeps
+    /// the running one), the IPS rules and threat-intel lists (a failure
+    /// keeps the loaded ones). Reloads are serialised; the builds run on a
+    /// blocking thread.
     pub async fn reload(self: &Arc<Self>, source: ReloadSource) -> Result<Reloaded, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let old = self.runtime.load_full();
-        let generation = old.generation + 1;
+        let old = self.generation.load_full();
+        let generation = old.number() + 1;
         let config = self.config.clone();
-        let built = tokio::task::spawn_blocking(move || {
+        let (built, security) = tokio::task::spawn_blocking(move || {
             let built = Runtime::build(&config, generation);
+            let security = crate::ips::Security::from_config(&config);
             crate::memory::release_thread_cache();
-            built
+            (built, security)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the policy build task failed: {e}")));
+        .unwrap_or_else(|e| {
+            let failed = format!("the reload task failed: {e}");
+            (Err(failed.clone()), Err(anyhow::anyhow!(failed)))
+        });
+        let security = match security {
+            Ok(sec) => Arc::new(sec),
+            Err(e) => {
+                tracing::error!("IPS rules / threat-intel lists not reloaded (the loaded ones stay in force): {e:#}");
+                old.security.clone()
+            }
+        };
         let result = match built {
             Ok(runtime) => {
-                let runtime = Arc::new(runtime);
-                if let Some(policy) = &runtime.policy {
-                    self.sites
-                        .set_directory(crate::beacon::SiteDirectory::from_policy(policy));
-                    self.metrics
-                        .list_imports
-                        .publish(policy.import_report(), generation);
-                }
-                self.runtime.store(runtime.clone());
+                let next = Generation::assemble(Arc::new(runtime), security);
+                let digest = next.runtime.digest.clone();
+                self.metrics
+                    .list_imports
+                    .publish(next.runtime.policy.import_report(), generation);
+                self.generation.store(Arc::new(next));
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.policy_generation.set(generation as i64);
-                tracing::info!(generation, digest = %runtime.digest, ?source, "policy reloaded");
-                Ok(Reloaded {
-                    generation,
-                    digest: runtime.digest.clone(),
-                })
+                tracing::info!(generation, digest = %digest, ?source, "policy reloaded");
+                Ok(Reloaded { generation, digest })
             }
             Err(error) => {
+                // The running policy stays; the IPS state may still be new.
+                if !Arc::ptr_eq(&security, &old.security) {
+                    self.generation.store(Arc::new(Generation {
+                        runtime: old.runtime.clone(),
+                        security,
+                        sites: old.sites.clone(),
+                    }));
+                }
                 self.metrics
                     .policy_reloads
                     .with_label_values(&["error"])
@@ -64,19 +82,11 @@ impl Gateway {
                 tracing::error!(
                     ?source,
                     "policy reload failed; generation {} stays in force:\n{error}",
-                    old.generation
+                    old.number()
                 );
                 Err(error)
             }
         };
-        // IPS rules and threat-intel lists are re-read on every reload; a
-        // failure keeps the loaded ones (crate::ips).
-        let config = self.config.clone();
-        match tokio::task::spawn_blocking(move || crate::ips::Security::from_config(&config)).await {
-            Ok(Ok(sec)) => self.ips.store(Arc::new(sec)),
-            Ok(Err(e)) => tracing::error!("IPS rules / threat-intel lists not reloaded (the loaded ones stay in force): {e:#}"),
-            Err(e) => tracing::error!("the IPS reload task failed: {e}"),
-        }
         // The mTLS trust: a new server config (and session cache) from the files.
         let policy_result = result.clone();
         let mut result = result;
@@ -114,13 +124,13 @@ impl Gateway {
         if let Some(audit) = self.access_log.audit() {
             let (ok, error, new_generation, new_digest, diff) = match &policy_result {
                 Ok(r) => {
-                    let new = self.runtime.load();
+                    let new = self.generation.load();
                     (
                         true,
                         None,
                         Some(r.generation),
                         Some(r.digest.clone()),
-                        DiffSummary::of_rules(&old.rule_digests, &new.rule_digests),
+                        DiffSummary::of_rules(&old.runtime.rule_digests, &new.runtime.rule_digests),
                     )
                 }
                 Err(e) => (false, Some(e.clone()), None, None, DiffSummary::default()),
@@ -129,9 +139,9 @@ impl Gateway {
                 source,
                 ok,
                 error,
-                old_generation: old.generation,
+                old_generation: old.number(),
                 new_generation,
-                old_digest: old.digest.clone(),
+                old_digest: old.runtime.digest.clone(),
                 new_digest,
                 diff,
             };
@@ -181,12 +191,10 @@ fn snapshot(files: &[PathBuf]) -> Snapshot {
 
 /// The policy file and every file it read (lists, registry), for watching.
 fn watched_files(gw: &Gateway) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = crate::decision::policy_path(&gw.config)
+    let mut files: Vec<PathBuf> = crate::stages::decide::policy_path(&gw.config)
         .into_iter()
         .collect();
-    if let Some(policy) = &gw.runtime.load().policy {
-        files.extend(policy.source_files());
-    }
+    files.extend(gw.generation.load().runtime.policy.source_files());
     if let Some(auth) = &gw.device_auth {
         let tls = auth.files();
         files.extend([

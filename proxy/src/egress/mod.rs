@@ -3,6 +3,9 @@
 //! TCP connects bound to the decision's source address, with a
 //! happy-eyeballs style fallback across the resolved addresses.
 
+pub mod tunnel;
+pub mod upstream;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -48,6 +51,48 @@ pub enum EgressError {
         port: u16,
         error: std::io::Error,
     },
+}
+
+impl Clone for EgressError {
+    /// A copy for the refusal; an I/O error keeps its kind and message.
+    fn clone(&self) -> Self {
+        match self {
+            EgressError::Resolve { host, reason } => EgressError::Resolve {
+                host: host.clone(),
+                reason: reason.clone(),
+            },
+            EgressError::ForbiddenDestination { addr, class } => {
+                EgressError::ForbiddenDestination {
+                    addr: *addr,
+                    class: *class,
+                }
+            }
+            EgressError::OwnListener { addr } => EgressError::OwnListener { addr: *addr },
+            EgressError::ResolveTimeout {
+                host,
+                tries,
+                timeout_ms,
+            } => EgressError::ResolveTimeout {
+                host: host.clone(),
+                tries: *tries,
+                timeout_ms: *timeout_ms,
+            },
+            EgressError::Connect { host, port, reason } => EgressError::Connect {
+                host: host.clone(),
+                port: *port,
+                reason: reason.clone(),
+            },
+            EgressError::Timeout { host, port } => EgressError::Timeout {
+                host: host.clone(),
+                port: *port,
+            },
+            EgressError::Tls { host, port, error } => EgressError::Tls {
+                host: host.clone(),
+                port: *port,
+                error: std::io::Error::new(error.kind(), error.to_string()),
+            },
+        }
+    }
 }
 
 impl EgressError {

@@ -9,11 +9,10 @@
 //! configured block-page address (`[doh] blocked_answer`). Allowed queries
 //! are resolved with hickory (the gateway's `[dns]` servers); answers whose
 //! addresses or CNAME targets are threat-intel listed are blocked as well.
-//! Every query is one access record (method `DNS`, target the name).
+//! Every query is one access record (method `DNS`, target the name). The
+//! order of these steps is stated in [`crate::flow`]; this module has them.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -25,12 +24,12 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::record::{rfc3339, AccessRecord};
-use crate::decision::{ListenerKind, RequestInfo, RequestKind};
-use crate::gateway::Gateway;
-use crate::http_proxy::{ConnContext, ProxyBody};
-use crate::ips::http::{add_events, event_context};
 pub use crate::config::{BlockedAnswer, DohConfig};
+use crate::egress::Resolver;
+use crate::ips::{EventContext, Security};
+use crate::record::AccessRecord;
+use crate::request::{ConnContext, ListenerKind, ProxyBody};
+use crate::stages::ips::add_events;
 
 pub const PATH: &str = "/dns-query";
 const CONTENT_TYPE: &str = "application/dns-message";
@@ -64,76 +63,70 @@ fn bad(status: StatusCode, msg: &str) -> Response<ProxyBody> {
     )
 }
 
-/// Serves one DoH request and writes its access record.
-pub async fn serve(
-    gw: &Arc<Gateway>,
-    conn: &ConnContext,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let mut record = AccessRecord {
-        time: rfc3339(SystemTime::now()),
-        listener: conn.listener.label(),
-        device: conn.device.as_ref().map(|d| d.device_id.clone()),
-        groups: conn
-            .device
-            .as_ref()
-            .map(|d| d.cert_groups.clone())
-            .unwrap_or_default(),
-        client: conn.client.to_string(),
-        method: "DNS".into(),
-        target: PATH.into(),
-        decision: "error",
-        ..Default::default()
-    };
-    let resp = match read_query(gw, req).await {
-        Err(resp) => resp,
-        Ok(bytes) => match Message::from_vec(&bytes) {
-            Err(e) => bad(StatusCode::BAD_REQUEST, &format!("not a DNS message: {e}")),
-            Ok(query) => {
-                let answer = answer(gw, conn, &query, &bytes, &mut record).await;
-                match answer.to_vec() {
-                    Ok(wire) => {
-                        let mut resp = respond(StatusCode::OK, CONTENT_TYPE, Bytes::from(wire));
-                        let ttl = answer
-                            .answers()
-                            .iter()
-                            .map(|r| r.ttl())
-                            .min()
-                            .unwrap_or(0)
-                            .min(300);
-                        if let Ok(v) = HeaderValue::from_str(&format!("max-age={ttl}")) {
-                            resp.headers_mut().insert(header::CACHE_CONTROL, v);
-                        }
-                        resp
-                    }
-                    Err(e) => {
-                        record.error = Some(format!("cannot encode the DNS answer: {e}"));
-                        bad(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "cannot encode the DNS answer",
-                        )
-                    }
-                }
+/// The HTTP answer carrying a DNS reply (`Cache-Control` from its TTLs).
+pub fn reply(answer: &Message, record: &mut AccessRecord) -> Response<ProxyBody> {
+    match answer.to_vec() {
+        Ok(wire) => {
+            let mut resp = respond(StatusCode::OK, CONTENT_TYPE, Bytes::from(wire));
+            let ttl = answer
+                .answers()
+                .iter()
+                .map(|r| r.ttl())
+                .min()
+                .unwrap_or(0)
+                .min(300);
+            if let Ok(v) = HeaderValue::from_str(&format!("max-age={ttl}")) {
+                resp.headers_mut().insert(header::CACHE_CONTROL, v);
             }
-        },
-    };
-    record.status = resp.status().as_u16();
-    record.duration_ms = started.elapsed().as_millis() as u64;
-    gw.metrics
-        .doh_queries
-        .with_label_values(&[record.decision])
-        .inc();
-    gw.metrics
-        .requests_total
-        .with_label_values(&["doh", record.decision])
-        .inc();
-    gw.access_log.submit(record);
-    resp
+            resp
+        }
+        Err(e) => {
+            record.error = Some(format!("cannot encode the DNS answer: {e}"));
+            bad(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the DNS answer",
+            )
+        }
+    }
 }
 
-async fn read_query(gw: &Gateway, req: Request<Incoming>) -> Result<Vec<u8>, Response<ProxyBody>> {
-    if !gw.config.doh.enabled {
+/// The one question of a DoH query, lowercase without the trailing dot.
+pub struct Question {
+    query: Message,
+    pub name: String,
+}
+
+/// Parses a query; a malformed one is answered right away (400, or a DNS
+/// FORMERR / NOTIMP reply).
+pub fn question(wire: &[u8], record: &mut AccessRecord) -> Result<Question, Response<ProxyBody>> {
+    let query = Message::from_vec(wire)
+        .map_err(|e| bad(StatusCode::BAD_REQUEST, &format!("not a DNS message: {e}")))?;
+    if query.message_type() != MessageType::Query || query.queries().len() != 1 {
+        record.error = Some("not a query with exactly one question".into());
+        let mut resp = response_for(&query);
+        resp.set_response_code(ResponseCode::FormErr);
+        return Err(reply(&resp, record));
+    }
+    if query.op_code() != OpCode::Query {
+        record.error = Some(format!("unsupported opcode {:?}", query.op_code()));
+        let mut resp = response_for(&query);
+        resp.set_response_code(ResponseCode::NotImp);
+        return Err(reply(&resp, record));
+    }
+    let name = query.queries()[0]
+        .name()
+        .to_ascii()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    Ok(Question { query, name })
+}
+
+/// The DNS message of a DoH request (GET `?dns=` or POST body).
+pub async fn read_query(
+    config: &DohConfig,
+    req: Request<Incoming>,
+) -> Result<Vec<u8>, Response<ProxyBody>> {
+    if !config.enabled {
         return Err(bad(
             StatusCode::NOT_FOUND,
             "DNS over HTTPS is disabled on this gateway ([doh] enabled = false)",
@@ -218,108 +211,50 @@ fn response_for(query: &Message) -> Message {
     resp
 }
 
-/// The one question of a standard query, or the reply refusing the
-/// message (FORMERR, NOTIMP) and why.
-fn question(query: &Message) -> Result<&Query, (Message, String)> {
-    let refuse = |code, why: String| {
-        let mut resp = response_for(query);
-        resp.set_response_code(code);
-        Err((resp, why))
-    };
-    if query.message_type() != MessageType::Query || query.queries().len() != 1 {
-        return refuse(
-            ResponseCode::FormErr,
-            "not a query with exactly one question".into(),
-        );
-    }
-    if query.op_code() != OpCode::Query {
-        return refuse(
-            ResponseCode::NotImp,
-            format!("unsupported opcode {:?}", query.op_code()),
-        );
-    }
-    Ok(&query.queries()[0])
-}
-
-/// The wire reply to the DoH query `wire` when its name is blocked (or the
-/// refusal of a malformed query). Entry point for fuzzing and tests: the
-/// decoding, mirroring and blocking steps of [`serve`] without a gateway.
-pub fn blocked_reply(wire: &[u8], answer: BlockedAnswer, ttl: u32) -> Result<Vec<u8>, String> {
-    let query = Message::from_vec(wire).map_err(|e| format!("not a DNS message: {e}"))?;
-    let reply = match question(&query) {
-        Ok(q) => block_answer(response_for(&query), q, answer, ttl),
-        Err((refusal, _)) => refusal,
-    };
-    reply
-        .to_vec()
-        .map_err(|e| format!("cannot encode the DNS answer: {e}"))
-}
-
-/// The reply to one query message.
-async fn answer(
-    gw: &Gateway,
-    conn: &ConnContext,
-    query: &Message,
+/// Threat intel and IPS `dns` rules on the queried name; events go to the
+/// record. `true`: the name is blocked (`record.rule` says why).
+pub fn screen_name(
+    sec: &Security,
+    ctx: &EventContext,
+    q: &Question,
     wire: &[u8],
     record: &mut AccessRecord,
-) -> Message {
-    let q = match question(query) {
-        Ok(q) => q,
-        Err((refusal, why)) => {
-            record.error = Some(why);
-            return refusal;
-        }
-    };
-    let mut resp = response_for(query);
-    let name = q
-        .name()
-        .to_ascii()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    record.target = name.clone();
-    let ctx = event_context(gw, conn, &name);
-    let sec = gw.ips.load_full();
-
-    // 1. Threat intel on the name.
-    if let Some(hit) = sec.intel.check_host(&name) {
-        let event = ctx.threat("dns", &name, &hit);
+) -> bool {
+    let name = &q.name;
+    if let Some(hit) = sec.intel.check_host(name) {
+        let event = ctx.threat("dns", name, &hit);
         record.rule = event.rule_name();
         add_events(record, [event]);
-        return blocked(gw, resp, q, record);
+        return true;
     }
-    // 2. IPS dns rules.
     if sec.engine.has_dns_rules() {
-        let events = ctx.ips("dns", &sec.engine.scan_dns_query(&name, Some(wire)));
+        let events = ctx.ips("dns", &sec.engine.scan_dns_query(name, Some(wire)));
         let drop = events.iter().find(|e| e.is_drop()).map(|e| e.rule_name());
         add_events(record, events);
         if let Some(rule) = drop {
             record.rule = rule;
-            return blocked(gw, resp, q, record);
+            return true;
         }
     }
-    // 3. The decision point, as for a CONNECT to name:443.
-    let decision = gw.runtime.load().decide(&RequestInfo {
-        listener: conn.listener,
-        device: conn.device.as_ref(),
-        client: conn.client,
-        kind: RequestKind::Connect,
-        method: "CONNECT",
-        host: &name,
-        port: 443,
-        path: "",
-        scheme: "",
-        location: None,
-    });
-    record.rule = decision.rule.clone();
-    if decision.is_blocked() {
-        return blocked(gw, resp, q, record);
-    }
-    // 4. Resolve.
-    match gw
-        .egress
-        .resolver
+    false
+}
+
+/// Resolves an allowed query; answers whose addresses or CNAME targets are
+/// threat-intel listed are blocked.
+pub async fn resolve(
+    config: &DohConfig,
+    resolver: &Resolver,
+    sec: &Security,
+    ctx: &EventContext,
+    q: &Question,
+    record: &mut AccessRecord,
+) -> Message {
+    let mut resp = response_for(&q.query);
+    let question = &q.query.queries()[0];
+    let name = &q.name;
+    match resolver
         .hickory()
-        .lookup(q.name().clone(), q.query_type())
+        .lookup(question.name().clone(), question.query_type())
         .await
     {
         Ok(lookup) => {
@@ -346,7 +281,7 @@ async fn answer(
                     let event = ctx.threat("dns-answer", &format!("{name} ({what})"), &hit);
                     record.rule = event.rule_name();
                     add_events(record, [event]);
-                    return blocked(gw, resp, q, record);
+                    return blocked(config, q, record);
                 }
             }
             record.decision = "allow";
@@ -375,14 +310,50 @@ async fn answer(
     resp
 }
 
-fn blocked(gw: &Gateway, resp: Message, q: &Query, record: &mut AccessRecord) -> Message {
+/// The reply for a blocked name: NXDOMAIN or the block-page address.
+pub fn blocked(config: &DohConfig, q: &Question, record: &mut AccessRecord) -> Message {
     record.decision = "block";
-    let answer = gw
-        .config
-        .doh
-        .blocked_answer()
-        .unwrap_or(BlockedAnswer::NxDomain);
-    block_answer(resp, q, answer, gw.config.doh.blocked_ttl)
+    let answer = config.blocked_answer().unwrap_or(BlockedAnswer::NxDomain);
+    block_answer(
+        response_for(&q.query),
+        &q.query.queries()[0],
+        answer,
+        config.blocked_ttl,
+    )
+}
+
+/// The wire reply to the DoH query `wire` when its name is blocked (or the
+/// refusal of a malformed query). Entry point for fuzzing and tests: the
+/// decoding, mirroring and blocking steps without a gateway.
+pub fn blocked_reply(wire: &[u8], answer: BlockedAnswer, ttl: u32) -> Result<Vec<u8>, String> {
+    let mut record = AccessRecord::default();
+    let reply = match question(wire, &mut record) {
+        Ok(q) => block_answer(response_for(&q.query), &q.query.queries()[0], answer, ttl),
+        Err(_) if Message::from_vec(wire).is_err() => {
+            return Err(format!(
+                "not a DNS message: {}",
+                Message::from_vec(wire)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            ))
+        }
+        Err(_) => {
+            let query = Message::from_vec(wire).map_err(|e| e.to_string())?;
+            let mut resp = response_for(&query);
+            resp.set_response_code(
+                if query.message_type() != MessageType::Query || query.queries().len() != 1 {
+                    ResponseCode::FormErr
+                } else {
+                    ResponseCode::NotImp
+                },
+            );
+            resp
+        }
+    };
+    reply
+        .to_vec()
+        .map_err(|e| format!("cannot encode the DNS answer: {e}"))
 }
 
 /// `resp` answering question `q` as blocked: NXDOMAIN, or the block-page

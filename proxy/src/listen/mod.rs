@@ -1,20 +1,23 @@
 //! Accept loops for the two proxy listeners: client admission (CIDRs on
-//! the plain listener, device certificates on the mTLS one), protocol
-//! selection (HTTP/1.1 or HTTP/2 by ALPN), limits and graceful shutdown.
+//! the plain listener, device certificates on the mTLS one: the identity
+//! stage), protocol selection (HTTP/1.1 or HTTP/2 by ALPN), connection
+//! limits and graceful shutdown. Each admitted connection is served by
+//! [`http::serve`] with [`crate::flow::handle`] for every request.
+
+pub mod framing_guard;
+pub mod http;
+pub mod proxy_protocol;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::decision::ListenerKind;
 use crate::device_auth::DeviceAuth;
 use crate::gateway::Gateway;
-use crate::http_proxy::{handle, ConnContext};
+use crate::request::{ConnContext, ListenerKind};
 
 /// Plain HTTP/1.1 forward proxy: only clients from `plain_clients` CIDRs.
 pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
@@ -55,7 +58,7 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
                 client,
                 device: None,
             });
-            serve_http1(gw2, ctx, stream).await;
+            serve_connection(gw2, ctx, stream, false).await;
         });
     }
 }
@@ -79,7 +82,9 @@ async fn client_address(
     {
         return Some(peer);
     }
-    match crate::proxy_protocol::read_header(stream, gw.config.limits.header_read_timeout()).await {
+    match crate::listen::proxy_protocol::read_header(stream, gw.config.limits.header_read_timeout())
+        .await
+    {
         Ok(header) => Some(header.client(peer)),
         Err(e) => {
             gw.metrics
@@ -202,20 +207,6 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, auth: Arc<Devic
     }
 }
 
-/// Serves one client connection that has passed admission (and, on the
-/// mTLS listener, the TLS handshake): HTTP/2 when `h2`, else HTTP/1.1
-/// behind the framing guard. Entry point for fuzzing and tests.
-pub async fn serve_connection<S>(gw: Arc<Gateway>, ctx: Arc<ConnContext>, stream: S, h2: bool)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    if h2 {
-        serve_http2(gw, ctx, stream).await;
-    } else {
-        serve_http1(gw, ctx, stream).await;
-    }
-}
-
 struct OpenConnection<'a> {
     gw: &'a Gateway,
     listener: &'static str,
@@ -245,67 +236,25 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-async fn serve_http1<S>(gw: Arc<Gateway>, ctx: Arc<ConnContext>, stream: S)
+/// Serves one client connection that has passed admission (and, on the
+/// mTLS listener, the TLS handshake) with the flow's handler: HTTP/2 when
+/// `h2`, else HTTP/1.1 behind the framing guard. Entry point for fuzzing
+/// and tests.
+pub async fn serve_connection<S>(gw: Arc<Gateway>, ctx: Arc<ConnContext>, stream: S, h2: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _open = OpenConnection::new(&gw, ctx.listener.label());
-    let limits = &gw.config.limits;
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout())
-        .max_headers(limits.max_headers)
-        .max_buf_size(hyper_buf_size(limits.max_header_bytes))
-        .keep_alive(true);
-    let gw_svc = gw.clone();
-    let ctx_svc = ctx.clone();
-    let service = service_fn(move |req| handle(gw_svc.clone(), ctx_svc.clone(), req));
-    let stream = crate::framing_guard::FramingGuard::new(stream, limits.max_header_bytes);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => log_conn_end(&ctx, result),
-        _ = gw.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            log_conn_end(&ctx, conn.await);
-        }
-    }
-}
-
-async fn serve_http2<S>(gw: Arc<Gateway>, ctx: Arc<ConnContext>, stream: S)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let _open = OpenConnection::new(&gw, ctx.listener.label());
-    let limits = &gw.config.limits;
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        .max_header_list_size((limits.max_header_bytes as u32).max(16 * 1024))
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-        .keep_alive_timeout(std::time::Duration::from_secs(20));
-    let gw_svc = gw.clone();
-    let ctx_svc = ctx.clone();
-    let service = service_fn(move |req| handle(gw_svc.clone(), ctx_svc.clone(), req));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => log_conn_end(&ctx, result),
-        _ = gw.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            log_conn_end(&ctx, conn.await);
-        }
-    }
-}
-
-/// hyper's read buffer: room for a head of exactly `max_header_bytes` plus
-/// what follows it in the same read. The exact limit is the framing guard's.
-pub fn hyper_buf_size(max_header_bytes: usize) -> usize {
-    (max_header_bytes + 16 * 1024).max(8192)
+    let (gw_svc, ctx_svc) = (gw.clone(), ctx.clone());
+    let result = http::serve(
+        (&gw.config.limits).into(),
+        stream,
+        h2,
+        Some(&gw.shutdown),
+        move |req| crate::flow::handle(gw_svc.clone(), ctx_svc.clone(), req),
+    )
+    .await;
+    log_conn_end(&ctx, result);
 }
 
 fn log_conn_end(ctx: &ConnContext, result: Result<(), hyper::Error>) {

@@ -1,5 +1,5 @@
-//! The running gateway: shared state, listeners started from a config,
-//! graceful shutdown.
+//! Assembling a gateway from its config: the shared state, the first
+//! generation, and the listeners (`listen` for the proxy ports, `admin`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,43 +12,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::generation::Generation;
+use super::Gateway;
 use crate::access_log::AccessLog;
 use crate::config::Config;
-use crate::decision::Runtime;
+use crate::egress::upstream::UpstreamPools;
 use crate::egress::Egress;
 use crate::metrics::Metrics;
-use crate::upstream::UpstreamPools;
-
-/// State shared by every connection.
-pub struct Gateway {
-    pub config: Config,
-    /// The mTLS listener's TLS state (device CA, revocations); rebuilt on reload.
-    pub device_auth: Option<Arc<crate::device_auth::DeviceAuth>>,
-    /// The decision state; replaced atomically on reload.
-    pub runtime: ArcSwap<Runtime>,
-    /// Serialises reloads (see `reload.rs`).
-    pub reload_lock: tokio::sync::Mutex<()>,
-    /// Downloaded category lists: status and metrics (see `list_update.rs`).
-    pub list_updates: crate::list_update::ListUpdates,
-    pub egress: Arc<Egress>,
-    pub pools: UpstreamPools,
-    /// TLS inspection (minting, cache); None when the inspection CA is not configured.
-    pub inspector: Option<Arc<crate::inspect::Inspector>>,
-    pub metrics: Arc<Metrics>,
-    pub access_log: AccessLog,
-    /// Sites, site assertions (beacon keys, replay cache) and PAC lists.
-    pub sites: crate::beacon::SiteAssertions,
-    /// IPS rules and threat-intel lists (`crate::ips`); swap on reload.
-    pub ips: ArcSwap<crate::ips::Security>,
-    /// Cancelled on SIGTERM / Ctrl-C: listeners stop accepting.
-    pub shutdown: CancellationToken,
-    /// Every connection and tunnel task, so shutdown can wait for them.
-    pub tasks: TaskTracker,
-    /// Cancelled when the drain time is over: remaining connections and
-    /// tunnels are closed.
-    pub hard_stop: CancellationToken,
-    device_connections: Mutex<HashMap<String, usize>>,
-}
 
 /// Addresses the listeners actually bound (port 0 in tests becomes real).
 #[derive(Debug, Clone, Default)]
@@ -98,88 +68,22 @@ impl Running {
     }
 }
 
-impl Gateway {
-    /// Spawns a connection or tunnel task that shutdown waits for, and that
-    /// is dropped (closing its sockets) when the drain time is over.
-    pub fn spawn_tracked<F>(&self, fut: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let stop = self.hard_stop.clone();
-        // Boxed: an async block keeps a moved-in future twice (as its
-        // captured argument and as the select!'s operand), which for a
-        // relay or connection state is kilobytes per open tunnel.
-        let fut = Box::pin(fut);
-        // Relays see the token (task-local) and end with `cut`, so their
-        // access records are still written; anything else still running at
-        // the hard stop is dropped, which closes its sockets.
-        self.tasks
-            .spawn(crate::tunnel::HARD_STOP.scope(stop.clone(), async move {
-                tokio::select! {
-                    biased;
-                    _ = fut => {}
-                    _ = stop.cancelled() => {}
-                }
-            }));
-    }
-
-    /// Counts a connection of `device`; `None` if it is over its limit.
-    pub fn device_connection(self: &Arc<Self>, device: &str) -> Option<DeviceConnectionGuard> {
-        let mut map = self
-            .device_connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(device.to_string()).or_insert(0);
-        if *n >= self.config.limits.max_connections_per_device {
-            return None;
-        }
-        *n += 1;
-        Some(DeviceConnectionGuard {
-            gateway: self.clone(),
-            device: device.to_string(),
-        })
-    }
-}
-
-pub struct DeviceConnectionGuard {
-    gateway: Arc<Gateway>,
-    device: String,
-}
-
-impl Drop for DeviceConnectionGuard {
-    fn drop(&mut self) {
-        let mut map = self
-            .gateway
-            .device_connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.device) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.device);
-            }
-        }
-    }
-}
-
 /// Binds the configured listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running> {
     restrict_umask();
     let metrics = Arc::new(Metrics::new());
     let egress = Arc::new(Egress::new(&config.dns, &config.egress, metrics.clone())?);
     let (access_log, log_writer) = AccessLog::start(&config, metrics.clone()).await?;
-    let runtime = {
+    let generation = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            let built = Runtime::build(&config, 1);
+            let built = Generation::first(&config);
             crate::memory::release_thread_cache();
             built
         })
         .await
         .context("building the policy")?
-        .map_err(|e| {
-            anyhow::anyhow!("the policy is not valid; komugate will not start with it:\n{e}")
-        })?
+        .map_err(anyhow::Error::msg)?
     };
 
     let device_auth = if Config::listen_addr(&config.listen.mtls).is_some() {
@@ -205,10 +109,12 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let upstream_ca = (!config.inspect.upstream_ca.is_empty())
         .then(|| config.data_path(std::path::Path::new(&config.inspect.upstream_ca)));
-    let upstream_tls = crate::upstream::upstream_tls_config(upstream_ca.as_deref())
+    let upstream_tls = crate::egress::upstream::upstream_tls_config(upstream_ca.as_deref())
         .context("[inspect] upstream_ca")?;
     let inspector = if config.data_path(&config.inspect.ca_key).exists() {
-        Some(Arc::new(crate::inspect::Inspector::new(&config, &metrics)?))
+        Some(Arc::new(crate::stages::inspect::Inspector::new(
+            &config, &metrics,
+        )?))
     } else {
         if !config.inspect.hosts.is_empty() {
             anyhow::bail!(
@@ -218,17 +124,10 @@ pub async fn start(config: Config) -> Result<Running> {
         }
         None
     };
-    // Empty until the policy is loaded: below and on every reload the
-    // directory is replaced with the policy's sites.
-    let sites = crate::beacon::SiteAssertions::new(
-        crate::beacon::SiteDirectory::default(),
-        &metrics.registry,
-    );
-    let ips = crate::ips::Security::from_config(&config)?;
+    let sites = crate::beacon::SiteAssertions::new(&metrics.registry);
     let gateway = Arc::new(Gateway {
         device_auth,
         sites,
-        ips: ArcSwap::from_pointee(ips),
         pools: UpstreamPools::new(
             egress.clone(),
             upstream_tls,
@@ -236,7 +135,7 @@ pub async fn start(config: Config) -> Result<Running> {
         ),
         inspector,
         egress,
-        runtime: ArcSwap::from_pointee(runtime),
+        generation: ArcSwap::from_pointee(generation),
         reload_lock: tokio::sync::Mutex::new(()),
         list_updates: crate::list_update::ListUpdates::new(&metrics.registry),
         metrics,
@@ -278,27 +177,21 @@ pub async fn start(config: Config) -> Result<Running> {
         .own_listeners
         .set(crate::egress::OwnListeners::new(own));
     if let Some(listener) = plain {
-        tokio::spawn(crate::server::serve_plain(gateway.clone(), listener));
+        tokio::spawn(crate::listen::serve_plain(gateway.clone(), listener));
     }
     if let Some((listener, auth)) = mtls {
-        tokio::spawn(crate::server::serve_mtls(gateway.clone(), listener, auth));
+        tokio::spawn(crate::listen::serve_mtls(gateway.clone(), listener, auth));
     }
     if let Some(listener) = admin {
         tokio::spawn(crate::admin::serve_admin(gateway.clone(), listener));
     }
-    if let Some(policy) = &gateway.runtime.load().policy {
-        // The policy's sites also drive site assertions and PAC files.
-        gateway
-            .sites
-            .set_directory(crate::beacon::SiteDirectory::from_policy(policy));
-        gateway
-            .metrics
-            .list_imports
-            .publish(policy.import_report(), 1);
-    }
+    gateway
+        .metrics
+        .list_imports
+        .publish(gateway.generation.load().runtime.policy.import_report(), 1);
     gateway.metrics.policy_generation.set(1);
-    crate::reload::spawn_sighup(gateway.clone());
-    crate::reload::spawn_file_watch(gateway.clone());
+    crate::gateway::reload::spawn_sighup(gateway.clone());
+    crate::gateway::reload::spawn_file_watch(gateway.clone());
     crate::list_update::spawn(gateway.clone());
     Ok(Running {
         gateway,

@@ -1,0 +1,787 @@
+//! The data path: one request from its arrival to its access record, for
+//! every kind of traffic, in this file. Each stage is a call over the
+//! request's [`Flow`] that continues or returns a [`Refusal`]; what a
+//! refusal answers and records is decided in one place ([`refusal`]), and
+//! the record is finished and counted in one place ([`entry`]).
+//!
+//! The stages, in order:
+//!
+//! 1. identity: listener admission and the device certificate
+//!    (`crate::listen`), then the site assertion a request may carry
+//! 2. location: the asserted site, else by address ([`Flow::locate`])
+//! 3. decision: policy ([`Flow::decide`], the one caller of `Runtime::decide`)
+//! 4. firewall: tunnels not inspected as web traffic (`stages::firewall`)
+//! 5. IPS: threat intel and signatures (`stages::ips`, `ips::tunnel`)
+//! 6. CASB / DLP: cloud apps, uploads, downloads (`stages::casb`)
+//! 7. egress: the upstream connection (`crate::egress`)
+//! 8. response: headers, byte counts ([`http::respond`])
+//! 9. log: the access record and metrics ([`entry::Entry`])
+//!
+//! Which stages each kind of traffic runs:
+//!
+//! - forward `http://` ([`forward`] → [`exchange`]): location, decision,
+//!   CASB (request), IPS, CASB (body), egress, CASB (response), response, log
+//! - CONNECT ([`connect`]): location, decision, IPS (destination),
+//!   firewall, then either an inspected tunnel or egress and a relay with
+//!   IPS on the first bytes, log
+//! - inspected tunnel ([`inspected_tunnel`]): TLS peek, IPS (SNI),
+//!   decision on the SNI, then a bypass ([`bypass`]: firewall, egress,
+//!   relay) or a minted certificate and [`exchange`] for every inner request
+//! - DoH ([`doh_query`]): IPS (name), location, decision, egress (resolve) with
+//!   IPS on the answers, log
+
+pub mod block_page;
+pub mod entry;
+pub mod http;
+pub mod refusal;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ::http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use komugate_policy::Location;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::NonTlsAction;
+use crate::egress::tunnel::RelayStats;
+use crate::egress::upstream::{egress_error, tls_error, EgressInfo, UpstreamAlpn};
+use crate::gateway::generation::Generation;
+use crate::gateway::Gateway;
+use crate::record::AccessRecord;
+use crate::request::{bracket, Block, ConnContext, ListenerKind, ProxyBody, Refusal, Target};
+use crate::stages::decide::{Decision, RequestInfo, RequestKind, TunnelMode};
+use crate::stages::inspect::rewind::Rewind;
+use crate::stages::inspect::{Inspector, Peek};
+use crate::stages::{casb, doh, firewall, inspect, ips};
+use entry::{Entry, Kind};
+
+/// One request on its way through the stages.
+pub struct Flow {
+    gw: Arc<Gateway>,
+    conn: Arc<ConnContext>,
+    /// The generation (policy, IPS rules, sites) this request is decided by.
+    gen: Arc<Generation>,
+    /// `Some(Site)` for an asserted site; `None` = located by address.
+    location: Option<Location>,
+    entry: Entry,
+}
+
+/// The service function of every client connection (`crate::listen`).
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let gen = gw.current();
+    let kind = if req.method() == Method::CONNECT {
+        Kind::Connect
+    } else if doh::is_doh(&conn, &req) {
+        Kind::Doh
+    } else {
+        Kind::Http
+    };
+    if let Some(refusal) = http::framing_error(&req) {
+        let flow = Flow::new(gw, conn, gen, req.method().as_str(), kind);
+        return Ok(flow.refuse(refusal));
+    }
+    // Identity: the connection's is in `conn`; a request may assert a site.
+    gw.sites
+        .observe(&gen.sites, conn.device.as_ref(), conn.client, req.headers());
+    if conn.listener == ListenerKind::Mtls && crate::pac::is_pac_request(&req) {
+        return Ok(refusal::full(crate::pac::gateway_response(
+            &gw.sites,
+            &gen.sites,
+            conn.device.as_ref(),
+            conn.client,
+            &req,
+        )));
+    }
+    Ok(match kind {
+        Kind::Doh => doh_query(Flow::new(gw, conn, gen, "DNS", kind), req).await,
+        Kind::Connect => connect(Flow::new(gw, conn, gen, "CONNECT", kind), req).await,
+        Kind::Http => {
+            let flow = Flow::new(gw, conn, gen, req.method().as_str(), kind);
+            forward(flow, req).await
+        }
+    })
+}
+
+// ---------------------------------------------------------------- forward
+
+/// An absolute-form `http://` request.
+async fn forward(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> {
+    let target = match http::forward_target(req.uri()) {
+        Ok(t) => t,
+        Err(refusal) => {
+            flow.entry.record.target = req.uri().to_string();
+            return flow.refuse(refusal);
+        }
+    };
+    flow.locate();
+    exchange(flow, req, target, UpstreamAlpn::None).await
+}
+
+/// One HTTP request to `target`: a forwarded request, or one inside an
+/// inspected tunnel (location already set).
+async fn exchange(
+    mut flow: Flow,
+    req: Request<Incoming>,
+    target: Target,
+    alpn: UpstreamAlpn,
+) -> Response<ProxyBody> {
+    match exchange_stages(&mut flow, req, &target, alpn).await {
+        Ok(resp) => resp,
+        Err(refusal) => flow.refuse(refusal),
+    }
+}
+
+async fn exchange_stages(
+    flow: &mut Flow,
+    mut req: Request<Incoming>,
+    target: &Target,
+    alpn: UpstreamAlpn,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    flow.entry.record.target = format!("{}{path}", target.origin());
+    // Decision.
+    let decision = flow.decide(RequestKind::Http, req.method().as_str(), target, &path);
+    if decision.is_blocked() {
+        return Err(Refusal::Blocked(decision.block()));
+    }
+    // CASB: the app and tenant; request-level download / upload blocks.
+    let mut casb = casb::Casb::begin(
+        Some(&flow.gen.runtime.policy),
+        &flow.gw.metrics,
+        &decision,
+        req.method(),
+        req.uri(),
+        req.headers(),
+        &target.host,
+        &mut flow.entry.record,
+    )?;
+    let websocket = req.version() == Version::HTTP_11 && http::is_websocket_upgrade(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    // A client body that fails (bad chunked framing, a reset h2 stream) is
+    // the client's fault: 400, not the 502 the upstream request would give.
+    let client_body_failed = Arc::new(AtomicBool::new(false));
+    let failed = client_body_failed.clone();
+    let body = body.map_err(move |e| {
+        failed.store(true, Ordering::Relaxed);
+        e
+    });
+    // One buffered prefix of the body for the IPS body rules and CASB/DLP.
+    let mut body = crate::replay_body::BodyPrefix::new(body);
+    // IPS: threat intel on the destination, signatures on the head and the
+    // first body bytes.
+    ips::inspect_request(
+        &flow.gen.security,
+        &flow.gw.egress.resolver,
+        &flow.gw.metrics,
+        &flow.conn,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &target.host,
+        target.port,
+        &mut body,
+        &mut flow.entry.record,
+    )
+    .await?;
+    // CASB / DLP: tenant restriction headers, the body.
+    casb.request(&mut parts.headers, &mut body, &mut flow.entry.record)
+        .await?;
+    let body = body.into_body().boxed();
+    // Egress: the upstream request, from a pool bound to the egress source.
+    http::upstream_head(&mut parts, target, &flow.entry.record.target, websocket)?;
+    let request_sent = Arc::new(tokio::sync::Notify::new());
+    let body = http::counted_upload(body, flow.entry.count_up(), request_sent.clone());
+    let client = flow.gw.pools.client(decision.egress_source, alpn);
+    let head_timeout =
+        std::time::Duration::from_millis(flow.gw.config.egress.response_header_timeout_ms);
+    // The upstream's clock starts once the whole request is sent: a slow
+    // upload is the client's pace, not a slow upstream.
+    let head_deadline = async {
+        request_sent.notified().await;
+        tokio::time::sleep(head_timeout).await;
+    };
+    let answer = tokio::select! {
+        answer = client.request(Request::from_parts(parts, body)) => answer,
+        () = head_deadline => return Err(Refusal::UpstreamTimeout(head_timeout.as_millis())),
+    };
+    let mut resp = match answer {
+        Ok(resp) => resp,
+        Err(e) if client_body_failed.load(Ordering::Relaxed) || http::request_body_failed(&e) => {
+            // Often nobody reads this answer; the record says what happened.
+            let sent = flow.entry.bytes_up();
+            flow.entry.fail(format!(
+                "reading the request body: the client aborted or malformed it after {sent} bytes: {}",
+                http::innermost(&e)
+            ));
+            return Err(Refusal::bad_request(
+                "リクエスト本文の形式が不正です (chunked エンコーディングなど)。",
+                "The request body is malformed (e.g. its chunked encoding) or was cut off by the client.",
+            ));
+        }
+        Err(e) => return Err(upstream_refusal(&e)),
+    };
+    // CASB: files delivered to the laptop.
+    casb.response(resp.headers(), &mut flow.entry.record)?;
+    // Response.
+    let record = &mut flow.entry.record;
+    record.decision = "allow";
+    record.status = resp.status().as_u16();
+    record.egress = resp
+        .extensions()
+        .get::<EgressInfo>()
+        .map(|i| i.local.ip().to_string());
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let mut entry = flow.entry.hand_over();
+        let gw = flow.gw.clone();
+        flow.gw.spawn_tracked(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let idle = gw.config.limits.idle_timeout();
+                    let stats =
+                        crate::egress::tunnel::relay(TokioIo::new(c), TokioIo::new(u), idle).await;
+                    entry.tunnel_ended(stats);
+                }
+                Err(e) => entry.fail(format!("websocket upgrade failed: {e}")),
+            }
+        });
+        return Ok(http::switching_protocols(resp));
+    }
+    // Log: the record goes with the body to its last byte. hyper may never
+    // poll a body it knows to be empty (HEAD, 204, 304).
+    let nothing_to_relay =
+        hyper::body::Body::is_end_stream(resp.body()) || flow.entry.record.method == "HEAD";
+    Ok(http::respond(
+        resp,
+        flow.entry.hand_over(),
+        nothing_to_relay,
+    ))
+}
+
+fn upstream_refusal(e: &hyper_util::client::legacy::Error) -> Refusal {
+    if let Some(tls) = tls_error(e) {
+        return Refusal::UpstreamCertificate(tls.clone());
+    }
+    if let Some(egress) = egress_error(e) {
+        return Refusal::Egress(egress.clone());
+    }
+    Refusal::UpstreamFailed(e.to_string())
+}
+
+// ---------------------------------------------------------------- CONNECT
+
+/// What an allowed CONNECT becomes.
+enum Tunnel {
+    Inspect {
+        target: Target,
+        decision: Decision,
+        inspector: Arc<Inspector>,
+    },
+    Relay {
+        target: Target,
+        upstream: tokio::net::TcpStream,
+    },
+}
+
+/// A CONNECT tunnel (HTTP/1.1, or an HTTP/2 CONNECT stream).
+async fn connect(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> {
+    let tunnel = match connect_stages(&mut flow, req.uri()).await {
+        Ok(t) => t,
+        Err(refusal) => return flow.refuse(refusal),
+    };
+    flow.entry.record.decision = "allow";
+    flow.entry.record.status = 200;
+    // Only the upgrade handle goes into the tunnel task, not the request: a
+    // moved-in request would keep its slot in the task for the tunnel's life.
+    let on_upgrade = hyper::upgrade::on(req);
+    let gw = flow.gw.clone();
+    gw.spawn_tracked(async move {
+        let client = match on_upgrade.await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => {
+                flow.entry.fail(format!("client upgrade failed: {e}"));
+                return;
+            }
+        };
+        match tunnel {
+            Tunnel::Inspect {
+                target,
+                decision,
+                inspector,
+            } => inspected_tunnel(flow, inspector, client, target, decision).await,
+            Tunnel::Relay { target, upstream } => relay(flow, client, upstream, target.port).await,
+        }
+    });
+    Response::new(http::empty())
+}
+
+async fn connect_stages(flow: &mut Flow, uri: &Uri) -> Result<Tunnel, Refusal> {
+    let target = http::connect_target(uri)?;
+    let shown = target.authority();
+    flow.entry.record.target = shown.clone();
+    // Location, decision.
+    flow.locate();
+    let decision = flow.decide(RequestKind::Connect, "CONNECT", &target, "");
+    if decision.is_blocked() {
+        return Err(Refusal::Blocked(decision.block()));
+    }
+    // IPS: threat intel on the host and its addresses.
+    ips::check_destination(
+        &flow.gen.security,
+        &flow.gw.egress.resolver,
+        &flow.gw.metrics,
+        &flow.conn,
+        &target.host,
+        &shown,
+        &mut flow.entry.record,
+    )
+    .await?;
+    // Firewall: every tunnel that will not be inspected as web traffic.
+    let inspector = match decision.tunnel {
+        TunnelMode::Inspect => flow.gw.inspector.clone(),
+        TunnelMode::Bypass => None,
+    };
+    flow.firewall(&target, &shown, inspector.is_some()).await?;
+    if let Some(inspector) = inspector {
+        return Ok(Tunnel::Inspect {
+            target,
+            decision,
+            inspector,
+        });
+    }
+    // Egress.
+    let upstream = flow
+        .gw
+        .egress
+        .connect(&target.host, target.port, decision.egress_source)
+        .await
+        .map_err(Refusal::Egress)?;
+    flow.entry.record.egress = upstream.local_addr().ok().map(|a| a.ip().to_string());
+    Ok(Tunnel::Relay { target, upstream })
+}
+
+/// A plain tunnel: the relay, with IPS on the first bytes of each direction.
+async fn relay<C>(flow: Flow, client: C, upstream: tokio::net::TcpStream, port: u16)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    // The generation is not kept for the tunnel's life, only its IPS rules
+    // (fields left out of a partial move would live until the relay ends).
+    let Flow {
+        gw,
+        conn,
+        gen,
+        mut entry,
+        ..
+    } = flow;
+    let security = gen.security.clone();
+    drop(gen);
+    let events = ips::event_context(&gw.metrics, &conn, &entry.record.target);
+    drop(conn);
+    gw.metrics.tunnels_open.inc();
+    let idle = gw.config.limits.idle_timeout();
+    let (stats, ips_events) =
+        crate::ips::tunnel::relay(security, events, port, client, upstream, idle).await;
+    ips::apply_events(&mut entry.record, ips_events);
+    gw.metrics.tunnels_open.dec();
+    if stats.idle_timeout {
+        entry.record.error = Some("idle timeout".into());
+    }
+    entry.tunnel_ended(stats);
+}
+
+/// A tunnel marked for inspection, after the CONNECT was answered.
+async fn inspected_tunnel<S>(
+    mut flow: Flow,
+    inspector: Arc<Inspector>,
+    mut client: S,
+    dest: Target,
+    decision: Decision,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = flow.gw.config.limits.header_read_timeout();
+    // TLS: the ClientHello (SNI, ALPN), read without consuming it.
+    let peek = tokio::time::timeout(timeout, inspect::peek_client_hello(&mut client)).await;
+    let record = &mut flow.entry.record;
+    let hello = match peek {
+        Ok(Ok(Peek::Tls(hello))) => hello,
+        Ok(Ok(Peek::Closed)) => {
+            record.error = Some("client closed the tunnel before sending anything".into());
+            return;
+        }
+        Ok(Ok(Peek::NotTls(bytes))) => match inspector.non_tls() {
+            NonTlsAction::Tunnel => {
+                record.rule = format!("{} (not TLS: tunnelled)", record.rule);
+                return bypass(flow, Rewind::new(bytes, client), &dest, &decision).await;
+            }
+            NonTlsAction::Block => {
+                record.decision = "block";
+                record.rule = "inspect-non-tls".into();
+                record.error = Some("bytes on an inspected tunnel are not TLS; closed ([inspect] non_tls = \"block\")".into());
+                return;
+            }
+        },
+        Ok(Err(e)) => {
+            record.error = Some(format!("reading the ClientHello: {e}"));
+            return;
+        }
+        Err(_) => {
+            record.error = Some("no ClientHello within the header timeout".into());
+            return;
+        }
+    };
+    // IPS: threat intel and `tls.sni` rules on the SNI.
+    if let Some(sni) = &hello.sni {
+        if ips::screen_sni(
+            &flow.gen.security,
+            &flow.gw.metrics,
+            &flow.conn,
+            sni,
+            dest.port,
+            &mut flow.entry.record,
+        ) {
+            return;
+        }
+    }
+    // Decision on the SNI (or the CONNECT host without one): what policy
+    // and the minted certificate use.
+    let name = hello.sni.clone().unwrap_or_else(|| dest.host.clone());
+    let sni_target = Target {
+        scheme: "https",
+        host: name.clone(),
+        port: dest.port,
+    };
+    let sni_decision = if name != dest.host {
+        flow.decide_again(RequestKind::Connect, "CONNECT", &sni_target, "")
+    } else {
+        decision
+    };
+    if !sni_decision.is_blocked() && sni_decision.tunnel == TunnelMode::Bypass {
+        flow.entry.record.rule = sni_decision.rule.clone();
+        let client = Rewind::new(hello.bytes, client);
+        return bypass(flow, client, &sni_target, &sni_decision).await;
+    }
+    // TLS with the client, with a certificate minted for the name.
+    let accepted = match inspector.accept(&name, hello.bytes, client, timeout).await {
+        Ok(a) => a,
+        Err(e) => {
+            flow.entry.record.error = Some(e);
+            return;
+        }
+    };
+    let alpn = if hello.offers_h2 {
+        UpstreamAlpn::H2AndHttp1
+    } else {
+        UpstreamAlpn::Http1
+    };
+    let blocked_by_sni = sni_decision.is_blocked().then(|| sni_decision.block());
+    // Every inner request is a flow of its own, under the generation in
+    // force when it arrives; the tunnel keeps only its record.
+    let Flow {
+        gw,
+        conn,
+        gen,
+        mut entry,
+        ..
+    } = flow;
+    drop(gen);
+    let (gw_svc, default_port) = (gw.clone(), dest.port);
+    let handler = move |req: Request<Incoming>| {
+        let (gw, conn, name, blocked) = (
+            gw_svc.clone(),
+            conn.clone(),
+            name.clone(),
+            blocked_by_sni.clone(),
+        );
+        async move {
+            let resp = inner_request(gw, conn, req, &name, default_port, alpn, blocked).await;
+            Ok::<_, Infallible>(resp)
+        }
+    };
+    let serve = crate::listen::http::serve(
+        (&gw.config.limits).into(),
+        accepted.tls,
+        accepted.h2,
+        None,
+        handler,
+    );
+    // At the shutdown hard stop the session is cut but still logged.
+    let hard_stop = crate::egress::tunnel::HARD_STOP
+        .try_with(|t| t.clone())
+        .unwrap_or_default();
+    let cut = tokio::select! {
+        result = serve => {
+            if let Err(e) = result {
+                tracing::debug!("inspected tunnel to {}: {e}", dest.host);
+            }
+            false
+        }
+        _ = hard_stop.cancelled() => true,
+    };
+    entry.record.rule = format!("{} (inspected)", entry.record.rule);
+    entry.tunnel_ended(RelayStats {
+        up: accepted.read.load(Ordering::Relaxed),
+        down: accepted.written.load(Ordering::Relaxed),
+        idle_timeout: false,
+        cut,
+    });
+}
+
+/// One request inside an inspected tunnel.
+async fn inner_request(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnContext>,
+    req: Request<Incoming>,
+    tunnel_name: &str,
+    default_port: u16,
+    alpn: UpstreamAlpn,
+    blocked_by_sni: Option<Block>,
+) -> Response<ProxyBody> {
+    let gen = gw.current();
+    let mut flow = Flow::new(gw, conn, gen, req.method().as_str(), Kind::Http);
+    if let Some(refusal) = http::framing_error(&req) {
+        return flow.refuse(refusal);
+    }
+    let target = http::inner_target(req.uri(), req.headers(), tunnel_name, default_port);
+    if let Some(block) = blocked_by_sni {
+        flow.entry.record.target = format!("https://{}{}", bracket(&target.host), req.uri().path());
+        return flow.refuse(Refusal::Blocked(block));
+    }
+    flow.locate();
+    exchange(flow, req, target, alpn).await
+}
+
+/// A tunnel left uninspected after the peek: firewall, egress, relay (the
+/// bytes already read from the client are replayed first).
+async fn bypass<S>(mut flow: Flow, client: S, dest: &Target, decision: &Decision)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Firewall: a bypassed tunnel is not inspected web traffic (the CONNECT
+    // was already answered, so a deny closes the tunnel).
+    if let Err(refusal) = flow.firewall(dest, &dest.authority(), false).await {
+        flow.close(refusal, Some("closed by the non-web firewall"));
+        return;
+    }
+    // Egress.
+    let upstream = match flow
+        .gw
+        .egress
+        .connect(&dest.host, dest.port, decision.egress_source)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            flow.close(Refusal::Egress(e), None);
+            return;
+        }
+    };
+    flow.entry.record.egress = upstream.local_addr().ok().map(|a| a.ip().to_string());
+    // The relay keeps only the gateway and the record (fields left out of a
+    // partial move would live until the relay ends, the generation too).
+    let Flow {
+        gw,
+        conn,
+        gen,
+        mut entry,
+        ..
+    } = flow;
+    drop((conn, gen));
+    gw.metrics.tunnels_open.inc();
+    let idle = gw.config.limits.idle_timeout();
+    let stats = crate::egress::tunnel::relay(client, upstream, idle).await;
+    gw.metrics.tunnels_open.dec();
+    entry.tunnel_ended(stats);
+}
+
+// ---------------------------------------------------------------- DoH
+
+/// A DNS-over-HTTPS query to the gateway itself (`stages::doh`).
+async fn doh_query(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> {
+    flow.entry.record.target = doh::PATH.into();
+    flow.entry.record.decision = "error";
+    let gw = flow.gw.clone();
+    let config = &gw.config.doh;
+    let wire = match doh::read_query(config, req).await {
+        Ok(wire) => wire,
+        Err(resp) => return flow.answer(resp),
+    };
+    let q = match doh::question(&wire, &mut flow.entry.record) {
+        Ok(q) => q,
+        Err(resp) => return flow.answer(resp),
+    };
+    flow.entry.record.target = q.name.clone();
+    // IPS: threat intel and `dns` rules on the name.
+    let events = ips::event_context(&flow.gw.metrics, &flow.conn, &q.name);
+    let record = &mut flow.entry.record;
+    let reply = if doh::screen_name(&flow.gen.security, &events, &q, &wire, record) {
+        doh::blocked(config, &q, record)
+    } else {
+        // Location, decision: as a CONNECT to the name on port 443.
+        flow.locate();
+        let target = Target {
+            scheme: "https",
+            host: q.name.clone(),
+            port: 443,
+        };
+        let decision = flow.decide(RequestKind::Connect, "CONNECT", &target, "");
+        let record = &mut flow.entry.record;
+        if decision.is_blocked() {
+            doh::blocked(config, &q, record)
+        } else {
+            // Egress: resolve; IPS: threat intel on the answers.
+            let resolver = &gw.egress.resolver;
+            doh::resolve(config, resolver, &flow.gen.security, &events, &q, record).await
+        }
+    };
+    let resp = doh::reply(&reply, &mut flow.entry.record);
+    flow.answer(resp)
+}
+
+// ---------------------------------------------------------------- the context
+
+impl Flow {
+    fn new(
+        gw: Arc<Gateway>,
+        conn: Arc<ConnContext>,
+        gen: Arc<Generation>,
+        method: &str,
+        kind: Kind,
+    ) -> Flow {
+        let entry = Entry::new(gw.clone(), &conn, method, kind);
+        Flow {
+            gw,
+            conn,
+            gen,
+            location: None,
+            entry,
+        }
+    }
+
+    /// Location: an asserted site on this connection, else `None` (the
+    /// policy locates by the client address).
+    fn locate(&mut self) {
+        self.location = self
+            .gw
+            .sites
+            .location(self.conn.device.as_ref(), self.conn.client);
+    }
+
+    /// Decision: what policy says of a request to `target`; the record
+    /// notes it (rule, site, user, groups, categories, app, generation).
+    fn decide(&mut self, kind: RequestKind, method: &str, target: &Target, path: &str) -> Decision {
+        let decision = self.evaluate(kind, method, target, path);
+        note_decision(&mut self.entry.record, &decision);
+        decision
+    }
+
+    /// The decision for another name of the same request (the SNI of an
+    /// inspected tunnel), without noting it.
+    fn decide_again(
+        &self,
+        kind: RequestKind,
+        method: &str,
+        target: &Target,
+        path: &str,
+    ) -> Decision {
+        self.evaluate(kind, method, target, path)
+    }
+
+    fn evaluate(&self, kind: RequestKind, method: &str, target: &Target, path: &str) -> Decision {
+        self.gen.runtime.decide(&RequestInfo {
+            listener: self.conn.listener,
+            device: self.conn.device.as_ref(),
+            client: self.conn.client,
+            kind,
+            method,
+            host: &target.host,
+            port: target.port,
+            path,
+            scheme: if kind == RequestKind::Connect {
+                ""
+            } else {
+                target.scheme
+            },
+            location: self.location.clone(),
+        })
+    }
+
+    /// Firewall, with the location of this flow (off when the policy has
+    /// no `[firewall]`).
+    async fn firewall(
+        &mut self,
+        target: &Target,
+        shown: &str,
+        web_inspected: bool,
+    ) -> Result<(), Refusal> {
+        firewall::check(
+            &self.gen.runtime.policy,
+            &self.gw.egress.resolver,
+            &self.conn,
+            self.location.as_ref(),
+            &target.host,
+            target.port,
+            web_inspected,
+            shown,
+            &mut self.entry.record,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Ends the request with the answer for `refusal`; the record says why.
+    fn refuse(mut self, refusal: Refusal) -> Response<ProxyBody> {
+        refusal::note(&mut self.entry.record, &refusal);
+        let resp = refusal::answer(
+            &refusal,
+            &self.conn,
+            &self.entry.record.target,
+            self.gen.runtime.contact(),
+            self.gen.number(),
+        );
+        self.answer(resp)
+    }
+
+    /// Ends the request with `resp` (the record is written as the flow drops).
+    fn answer(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.entry.record.status = resp.status().as_u16();
+        resp
+    }
+
+    /// Ends a tunnel that was already answered: the record says why.
+    fn close(mut self, refusal: Refusal, error: Option<&str>) {
+        refusal::note(&mut self.entry.record, &refusal);
+        if let Some(e) = error {
+            self.entry.record.error = Some(e.to_string());
+        }
+    }
+}
+
+/// Copies what the decision knows (rule, location, user, categories, app,
+/// policy generation) into the access record.
+fn note_decision(record: &mut AccessRecord, decision: &Decision) {
+    record.rule = decision.rule.clone();
+    record.site = decision.site.clone();
+    record.user = decision.user.clone();
+    record.categories = decision.categories.clone();
+    record.app = decision.app.clone();
+    record.generation = decision.generation;
+    if !decision.groups.is_empty() {
+        record.groups = decision.groups.clone();
+    }
+}

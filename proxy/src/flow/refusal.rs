@@ -1,0 +1,214 @@
+//! The one mapping from a stage's [`Refusal`] to what the client gets (the
+//! block page or an error status) and what the access record says.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::block_page::{self, BlockInfo};
+use crate::egress::EgressError;
+use crate::record::{rfc3339, AccessRecord};
+use crate::request::{ConnContext, ProxyBody, Refusal};
+
+pub fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
+    resp.map(|b| b.map_err(|never| match never {}).boxed())
+}
+
+/// What the record says about a refusal: decision, rule, error.
+pub fn note(record: &mut AccessRecord, refusal: &Refusal) {
+    match refusal {
+        Refusal::Blocked(block) => {
+            record.decision = "block";
+            record.rule = block.rule.clone();
+        }
+        Refusal::BadRequest { .. } | Refusal::HeadTooLarge => {}
+        Refusal::BodyUnreadable(e) => {
+            record.error = Some(format!("reading the request body: {e}"));
+        }
+        Refusal::Egress(e) => {
+            record.error = Some(e.to_string());
+            if let Some(rule) = e.guard_rule() {
+                record.decision = "block";
+                record.rule = rule.into();
+            }
+        }
+        Refusal::UpstreamCertificate(e) => {
+            record.decision = "block";
+            record.rule = "upstream-certificate-invalid".into();
+            record.error = Some(format!("upstream certificate: {e}"));
+        }
+        Refusal::UpstreamTimeout(ms) => {
+            record.error = Some(format!(
+                "upstream timeout: no complete response head within {ms} ms after the request was sent ([egress] response_header_timeout_ms)"
+            ));
+        }
+        Refusal::UpstreamFailed(e) => {
+            record.error = Some(format!("upstream: {e}"));
+        }
+    }
+}
+
+/// The answer for a refusal of a request to `target` (as shown to the
+/// user). `contact` and `generation` go on block pages.
+pub fn answer(
+    refusal: &Refusal,
+    conn: &ConnContext,
+    target: &str,
+    contact: Option<&str>,
+    generation: u64,
+) -> Response<ProxyBody> {
+    match refusal {
+        Refusal::Blocked(block) => {
+            let mut resp = block_page_for(
+                conn,
+                target,
+                &block.rule,
+                block.message.as_deref(),
+                block.category.as_deref(),
+                contact,
+            );
+            resp.headers_mut()
+                .insert("komugate-policy-generation", HeaderValue::from(generation));
+            resp
+        }
+        Refusal::BadRequest { ja, en } => {
+            let mut resp = full(block_page::error_response(StatusCode::BAD_REQUEST, ja, en));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+        Refusal::HeadTooLarge => {
+            let mut resp = full(block_page::error_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "リクエストヘッダーが大きすぎます。",
+                "The request head is larger than the gateway's limit ([limits] max_header_bytes).",
+            ));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+        Refusal::BodyUnreadable(e) => full(block_page::error_response(
+            StatusCode::BAD_REQUEST,
+            "リクエスト本文を受信できませんでした。",
+            &format!("The request body could not be read: {e}"),
+        )),
+        Refusal::Egress(e) => egress_answer(conn, e, target, contact),
+        Refusal::UpstreamCertificate(e) => invalid_certificate(conn, e, target, contact),
+        Refusal::UpstreamTimeout(ms) => full(block_page::error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "接続先のサーバーが時間内に応答しませんでした。",
+            &format!("The upstream server for {target} did not answer within {ms} ms."),
+        )),
+        Refusal::UpstreamFailed(e) => full(block_page::error_response(
+            StatusCode::BAD_GATEWAY,
+            "接続先のサーバーから正しい応答がありませんでした。",
+            &format!("The upstream server did not answer properly: {e}"),
+        )),
+    }
+}
+
+/// The 403 block page for `conn`, now.
+fn block_page_for(
+    conn: &ConnContext,
+    target: &str,
+    rule: &str,
+    message: Option<&str>,
+    category: Option<&str>,
+    contact: Option<&str>,
+) -> Response<ProxyBody> {
+    let time = rfc3339(SystemTime::now());
+    full(block_page::blocked_response(&BlockInfo {
+        target,
+        rule,
+        message,
+        category,
+        device: conn.device_id(),
+        time: &time,
+        contact,
+    }))
+}
+
+fn egress_answer(
+    conn: &ConnContext,
+    err: &EgressError,
+    target: &str,
+    contact: Option<&str>,
+) -> Response<ProxyBody> {
+    match err {
+        EgressError::ForbiddenDestination { .. } | EgressError::OwnListener { .. } => {
+            block_page_for(
+                conn,
+                target,
+                err.guard_rule().unwrap_or("destination-guard"),
+                Some(&err.to_string()),
+                None,
+                contact,
+            )
+        }
+        EgressError::Timeout { .. } => full(block_page::error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "接続先のサーバーが時間内に応答しませんでした。",
+            &err.to_string(),
+        )),
+        EgressError::Tls { .. } => full(block_page::error_response(
+            StatusCode::BAD_GATEWAY,
+            "接続先のサーバーと TLS で接続できませんでした。",
+            &err.to_string(),
+        )),
+        EgressError::ResolveTimeout { .. } => full(block_page::error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "DNS サーバーが時間内に応答せず、接続先の名前を解決できませんでした。",
+            &err.to_string(),
+        )),
+        EgressError::Resolve { .. } => full(block_page::error_response(
+            StatusCode::BAD_GATEWAY,
+            "DNS で接続先の名前を解決できませんでした。",
+            &err.to_string(),
+        )),
+        EgressError::Connect { .. } => full(block_page::error_response(
+            StatusCode::BAD_GATEWAY,
+            "接続先のサーバーに接続できませんでした。",
+            &err.to_string(),
+        )),
+    }
+}
+
+/// The block page for an upstream whose certificate failed verification:
+/// never re-signed, never a valid-looking response.
+fn invalid_certificate(
+    conn: &ConnContext,
+    err: &rustls::Error,
+    target: &str,
+    contact: Option<&str>,
+) -> Response<ProxyBody> {
+    tracing::warn!(target, device = ?conn.device_id(), "upstream certificate invalid: {err}");
+    let reason = match err {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. }) => {
+            "サイトの証明書の有効期限が切れています。 / The site's certificate has expired.".to_string()
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYetContext { .. }) => {
+            "サイトの証明書はまだ有効になっていません。 / The site's certificate is not valid yet.".to_string()
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => {
+            "サイトの証明書がこのホスト名用ではありません。 / The site's certificate is not valid for this host name.".to_string()
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            "サイトの証明書の発行元が信頼されていません。 / The site's certificate is issued by an unknown CA.".to_string()
+        }
+        other => format!("サイトの証明書が不正です。 / The site's certificate is invalid: {other}"),
+    };
+    block_page_for(
+        conn,
+        target,
+        "upstream-certificate-invalid",
+        Some(&reason),
+        None,
+        contact,
+    )
+}

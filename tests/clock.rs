@@ -203,6 +203,18 @@ async fn segments_beyond(dir: &Path, n: usize) -> BTreeMap<PathBuf, Vec<u8>> {
 /// exactly once; and a jump of 400 days forward does not let the
 /// retention sweep delete the year of logs (`komugate_clock_jumps_total`
 /// counts the jumps).
+/// Waits until the log writer has counted `count` jumps. It sees a jump at
+/// its next tick (every 100 ms here): waiting keeps two jumps from falling
+/// between the same two ticks, where they would look like one.
+async fn jump_seen(gw: &TestGateway, count: f64) {
+    let seen = eventually(Duration::from_secs(5), || {
+        let n = gw.metric("komugate_clock_jumps_total", &[]);
+        async move { (n >= count).then_some(n) }
+    })
+    .await;
+    assert!(seen.is_some(), "jump {count} counted:\n{}", gw.metrics());
+}
+
 async fn log_segments_survive_clock_jumps() {
     within("log segments and the clock", async {
         jump(0);
@@ -231,10 +243,12 @@ async fn log_segments_survive_clock_jumps() {
         send("before").await;
         synced(&gw);
         jump(HOUR);
+        jump_seen(&gw, 1.0).await;
         let after_forward = segments_beyond(&log_dir, 0).await;
         send("ahead").await;
         synced(&gw);
         jump(0);
+        jump_seen(&gw, 2.0).await;
         let after_back = segments_beyond(&log_dir, after_forward.len()).await;
         for (p, bytes) in &after_forward {
             assert_eq!(after_back.get(p), Some(bytes), "{} kept", p.display());
@@ -243,12 +257,7 @@ async fn log_segments_survive_clock_jumps() {
         synced(&gw);
 
         jump(400 * DAY);
-        let jumps = eventually(Duration::from_secs(15), || {
-            let n = gw.metric("komugate_clock_jumps_total", &[]);
-            async move { (n >= 3.0).then_some(n) }
-        })
-        .await;
-        assert!(jumps.is_some(), "three jumps counted:\n{}", gw.metrics());
+        jump_seen(&gw, 3.0).await;
         tokio::time::sleep(Duration::from_millis(500)).await; // a few ticks on the new clock
         let after_far = segments(&log_dir);
         for (p, bytes) in &after_back {

@@ -769,7 +769,9 @@ impl Writer {
         self.last_tick = (now, mono);
         let expected = last_wall + mono.duration_since(last_mono).as_millis() as i64;
         let step = now - expected;
-        if step.abs() < CLOCK_JUMP_MS {
+        // The two clocks are read a moment apart and rounded to ms: allow a
+        // second of slack, so a step of exactly an hour always counts.
+        if step.abs() + 1_000 < CLOCK_JUMP_MS {
             return false;
         }
         self.lm.clock_jumps.inc();

@@ -544,7 +544,7 @@ impl H2Conn {
 }
 
 fn percent_decode(s: &str) -> String {
-    komugate::beacon::percent_decode(s).unwrap()
+    komugate::beacon::percent_decode(s).expect("UTF-8")
 }
 
 #[tokio::test]

@@ -44,12 +44,11 @@ async fn carried_source_is_the_client_when_the_peer_is_the_load_balancer() {
         .expect("response");
     assert_eq!(r.status, 403, "{}", r.head);
     let rec = gw.access_record(|v| v["client"] == "10.20.1.5:40000").await;
-    assert_eq!(
+    assert!(
         rec["target"]
             .as_str()
             .unwrap_or_default()
             .contains("blocked.test"),
-        true,
         "{rec}"
     );
 
@@ -112,9 +111,9 @@ async fn header_from_any_other_peer_is_not_accepted() {
         BLOCKED_GET,
     )
     .await;
-    match within("forged header", c.read_response(false)).await {
-        Ok(r) => assert_eq!(r.status, 400, "{}", r.head),
-        Err(_) => {} // closed without a response
+    // Either a 400 or closed without a response.
+    if let Ok(r) = within("forged header", c.read_response(false)).await {
+        assert_eq!(r.status, 400, "{}", r.head);
     }
     let log = std::fs::read_to_string(&gw.access_log).unwrap_or_default();
     assert!(

@@ -81,10 +81,7 @@ impl ThreatIntel {
     }
 
     pub fn check_ip(&self, ip: IpAddr) -> Option<ThreatHit> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         let found = match ip {
             IpAddr::V4(v4) => lookup(&self.v4, u32::from(v4)),
             IpAddr::V6(v6) => lookup(&self.v6, u128::from(v6)),

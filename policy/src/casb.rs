@@ -392,8 +392,7 @@ pub(crate) fn dlp_regex(name: String, action: Action, re: &str) -> Result<DlpPat
             let last = text
                 .lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .last()
+                .rfind(|l| !l.is_empty())
                 .unwrap_or("")
                 .to_string();
             format!(

@@ -163,7 +163,7 @@ pub(crate) fn suggest<'a, I: IntoIterator<Item = &'a str>>(word: &str, candidate
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(&word.to_lowercase(), &c.to_lowercase());
-        if d <= max && best.map_or(true, |(bd, _)| d < bd) {
+        if d <= max && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }

@@ -400,7 +400,7 @@ impl Policy {
         let policy = self
             .policies
             .iter()
-            .find(|p| p.groups.as_ref().map_or(true, |g| g.intersects(&groups)));
+            .find(|p| p.groups.as_ref().is_none_or(|g| g.intersects(&groups)));
         if decided.is_none() {
             if let Some(p) = policy {
                 for &ri in &p.rules {
@@ -578,10 +578,7 @@ impl Policy {
         let dest_ip = req
             .dest_ip
             .or_else(|| host.parse::<IpAddr>().ok())
-            .map(|ip| match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-                v4 => v4,
-            });
+            .map(|ip| ip.to_canonical());
         let (day, minute) = local_day_minute(req.time, self.tz_offset);
         let ctx = Ctx {
             device: req.device,

@@ -454,10 +454,7 @@ impl Policy {
     }
 
     pub(crate) fn locate_index(&self, ip: IpAddr) -> Option<usize> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.site_nets
             .iter()
             .find(|(n, _)| n.contains(&ip))
@@ -582,15 +579,6 @@ impl Fnv {
     }
 }
 
-#[cfg(test)]
-mod send_sync {
-    fn assert_send_sync<T: Send + Sync>() {}
-    #[test]
-    fn policy_is_send_sync() {
-        assert_send_sync::<super::Policy>();
-    }
-}
-
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
@@ -601,5 +589,14 @@ impl std::fmt::Debug for Policy {
             .field("rules", &self.rules.len())
             .field("devices", &self.registry.devices.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<T: Send + Sync>() {}
+    #[test]
+    fn policy_is_send_sync() {
+        assert_send_sync::<super::Policy>();
     }
 }

@@ -318,8 +318,7 @@ action = "block"
     let read_last = |rel: &str| -> String {
         let t = std::fs::read_to_string(root.join(rel)).unwrap();
         t.lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap()
             .trim()
             .to_string()

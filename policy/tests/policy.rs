@@ -211,7 +211,7 @@ action = "block"
     };
     let f = p.display().to_string();
     let d = dir.display().to_string();
-    let want = vec![
+    let want = [
         format!("{f}:8:8: cannot read `missing.txt` ({d}/missing.txt): no such file"),
         format!("{f}:11:8: cannot read directory `nodir` ({d}/nodir): No such file or directory (os error 2)"),
         format!("{f}:13:10: unknown list format `plian` (use squidguard, hosts, plain, adblock, auto, domainlist or urllist); did you mean `plain`?"),

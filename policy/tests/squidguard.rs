@@ -135,7 +135,7 @@ fn squidguard(l: &Lists, ip: IpAddr, host: &str, path: &str, time: SystemTime) -
     let games = in_domains(&l.games, host);
     let white = in_domains(&l.white, host);
     // pass lists, evaluated left to right; (matches, allow?) ; end of list = pass
-    let eval = |terms: &[(bool, bool)]| terms.iter().find(|(m, _)| *m).map_or(true, |(_, a)| *a);
+    let eval = |terms: &[(bool, bool)]| terms.iter().find(|(m, _)| *m).is_none_or(|(_, a)| *a);
     match src {
         "teachers" => eval(&[(adult, false), (true, true)]),
         "pupils" if school_hours => eval(&[

@@ -44,6 +44,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the larger variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the gateway (the embedded demo configuration without --config).
     Serve {

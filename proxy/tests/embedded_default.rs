@@ -165,8 +165,7 @@ fn sh(line: &str) -> Output {
     ] {
         cmd.env_remove(v);
     }
-    let out = cmd.output().expect("run sh");
-    out
+    cmd.output().expect("run sh")
 }
 
 fn wait_for_log(path: &Path, needle: &str, count: usize) -> String {

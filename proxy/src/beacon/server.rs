@@ -84,7 +84,7 @@ fn beacon_response(
                 .map(percent_decode);
             let device =
                 match device {
-                    Some(Ok(d)) if crate::pki::validate_name("device id", &d).is_ok() => d,
+                    Some(Some(d)) if crate::pki::validate_name("device id", &d).is_ok() => d,
                     _ => return reply(
                         400,
                         "usage: GET /assertion?device=DEVICE-ID (ASCII letters, digits, - _ . @)\n"
@@ -103,30 +103,9 @@ fn beacon_response(
     }
 }
 
-/// Decodes `%XX` escapes (and `+` as space) of a query value.
-pub fn percent_decode(s: &str) -> Result<String, ()> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let h = std::str::from_utf8(&b[i + 1..i + 3]).map_err(|_| ())?;
-                out.push(u8::from_str_radix(h, 16).map_err(|_| ())?);
-                i += 3;
-            }
-            b'%' => return Err(()),
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| ())
+/// A query value decoded (`%XX`, `+`); `None` unless it is UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    String::from_utf8(crate::common::percent_decode_form(s.as_bytes())).ok()
 }
 
 /// `komugate beacon` arguments.

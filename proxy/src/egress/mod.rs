@@ -280,10 +280,7 @@ impl DestinationGuard {
         if matches!(class, AddressClass::Public | AddressClass::Documentation) {
             return Ok(());
         }
-        let canonical = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
-            v4 => v4,
-        };
+        let canonical = addr.to_canonical();
         if self.allowed.iter().any(|net| net.contains(&canonical)) {
             return Ok(());
         }
@@ -310,10 +307,7 @@ impl OwnListeners {
     }
 
     pub fn check(&self, addr: IpAddr, port: u16) -> Result<(), EgressError> {
-        let ip = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
-            v4 => v4,
-        };
+        let ip = addr.to_canonical();
         for listener in self.bound.iter().filter(|l| l.port() == port) {
             let hit = if listener.ip().is_unspecified() {
                 // 0.0.0.0 / [::]: every address of this host, on that port.
@@ -342,11 +336,14 @@ fn is_local_address(ip: IpAddr) -> bool {
 
 /// A DNS resolver with a TTL-respecting answer cache in front of hickory's,
 /// so that hits are visible as a metric.
+/// Cached answers: name → (addresses, when they expire).
+type AnswerCache = HashMap<String, (Arc<Vec<IpAddr>>, Instant)>;
+
 pub struct Resolver {
     inner: TokioResolver,
     timeout_ms: u64,
     tries: usize,
-    cache: Mutex<HashMap<String, (Arc<Vec<IpAddr>>, Instant)>>,
+    cache: Mutex<AnswerCache>,
     max_entries: usize,
     metrics: Arc<Metrics>,
 }

@@ -37,7 +37,9 @@ pub enum EgressStream {
         info: EgressInfo,
     },
     Tls {
-        io: TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+        /// Boxed: a TLS session is over 1 KiB, and plain connections
+        /// should not carry that size.
+        io: Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
         info: EgressInfo,
         h2: bool,
     },
@@ -171,7 +173,7 @@ impl tower_service::Service<Uri> for EgressConnector {
                 })?;
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             Ok(EgressStream::Tls {
-                io: TokioIo::new(tls_stream),
+                io: Box::new(TokioIo::new(tls_stream)),
                 info,
                 h2,
             })

@@ -288,7 +288,7 @@ fn upstream_refusal(e: &hyper_util::client::legacy::Error) -> Refusal {
 enum Tunnel {
     Inspect {
         target: Target,
-        decision: Decision,
+        decision: Box<Decision>,
         inspector: Arc<Inspector>,
     },
     Relay {
@@ -322,7 +322,7 @@ async fn connect(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> 
                 target,
                 decision,
                 inspector,
-            } => inspected_tunnel(flow, inspector, client, target, decision).await,
+            } => inspected_tunnel(flow, inspector, client, target, *decision).await,
             Tunnel::Relay { target, upstream } => relay(flow, client, upstream, target.port).await,
         }
     });
@@ -359,7 +359,7 @@ async fn connect_stages(flow: &mut Flow, uri: &Uri) -> Result<Tunnel, Refusal> {
     if let Some(inspector) = inspector {
         return Ok(Tunnel::Inspect {
             target,
-            decision,
+            decision: Box::new(decision),
             inspector,
         });
     }

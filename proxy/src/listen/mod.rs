@@ -36,7 +36,7 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
             let Some(client) = client_address(&gw2, "plain", &mut stream, peer).await else {
                 return;
             };
-            let client_ip = canonical_ip(client);
+            let client_ip = client.ip().to_canonical();
             if !gw2
                 .config
                 .listen
@@ -72,7 +72,7 @@ async fn client_address(
     stream: &mut tokio::net::TcpStream,
     peer: SocketAddr,
 ) -> Option<SocketAddr> {
-    let peer_ip = canonical_ip(peer);
+    let peer_ip = peer.ip().to_canonical();
     if !gw
         .config
         .listen
@@ -94,16 +94,6 @@ async fn client_address(
             tracing::info!("{listener} listener: {peer}: {e}");
             None
         }
-    }
-}
-
-fn canonical_ip(addr: SocketAddr) -> std::net::IpAddr {
-    match addr.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(std::net::IpAddr::V4)
-            .unwrap_or(addr.ip()),
-        v4 => v4,
     }
 }
 

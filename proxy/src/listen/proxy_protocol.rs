@@ -127,10 +127,7 @@ pub fn parse_v2(head: &[u8; 16], payload: &[u8]) -> Result<ProxyHeader, ProxyPro
             let dport = u16::from_be_bytes([p[34], p[35]]);
             let src = Ipv6Addr::from(s);
             // An IPv4-mapped source is reported as IPv4 so CIDR checks match.
-            let src_ip = src
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(src));
+            let src_ip = IpAddr::V6(src).to_canonical();
             Ok(ProxyHeader::Proxied {
                 source: SocketAddr::new(src_ip, sport),
                 destination: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(d)), dport),

@@ -13,6 +13,8 @@ use super::search::search;
 use crate::cli::usage_error;
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the larger variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum LogsCommand {
     /// Search access logs (closed hours and the live file), streaming the results.
     Search(SearchArgs),

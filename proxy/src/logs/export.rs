@@ -102,7 +102,7 @@ pub enum Sink<W: Write> {
         out: W,
     },
     Csv {
-        out: csv::Writer<W>,
+        out: Box<csv::Writer<W>>,
         offset_min: i32,
     },
     Xlsx(Box<XlsxSink<W>>),
@@ -126,7 +126,10 @@ impl<W: Write> Sink<W> {
                 let mut header: Vec<String> = COLUMNS.iter().map(|c| c.0.to_string()).collect();
                 header[0] = format!("日時 time ({})", offset_label(offset_min));
                 w.write_record(&header).map_err(csv_err)?;
-                Sink::Csv { out: w, offset_min }
+                Sink::Csv {
+                    out: Box::new(w),
+                    offset_min,
+                }
             }
             OutputFormat::Xlsx => {
                 Sink::Xlsx(Box::new(XlsxSink::new(out, offset_min, EXCEL_MAX_ROWS)?))

@@ -498,8 +498,9 @@ impl SegmentIndex {
                 let len = c.varint()? as usize;
                 c.bytes(len)?;
             }
-            if k < INDEX_FIELDS {
-                fields[k] = (start, c.i, n);
+            // Fields a newer writer added are skipped, not an error.
+            if let Some(slot) = fields.get_mut(k) {
+                *slot = (start, c.i, n);
             }
         }
         Ok((count, min_ms, max_ms, fields))

@@ -163,20 +163,17 @@ impl Runtime {
             }
         };
         let mut bypass_hosts = Vec::new();
+        let builtin_bypass: &[&str] = if config.inspect.builtin_bypass {
+            BUILTIN_BYPASS
+        } else {
+            &[]
+        };
         for h in config
             .inspect
             .bypass_hosts
             .iter()
             .map(String::as_str)
-            .chain(
-                config
-                    .inspect
-                    .builtin_bypass
-                    .then_some(BUILTIN_BYPASS)
-                    .unwrap_or_default()
-                    .iter()
-                    .copied(),
-            )
+            .chain(builtin_bypass.iter().copied())
         {
             bypass_hosts.push(
                 komugate_policy::HostPattern::parse(h)
@@ -340,13 +337,7 @@ pub fn policy_request<'a>(
     req: &'a RequestInfo<'a>,
     time: SystemTime,
 ) -> komugate_policy::Request<'a> {
-    let client_ip = match req.client.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(req.client.ip()),
-        v4 => v4,
-    };
+    let client_ip = req.client.ip().to_canonical();
     komugate_policy::Request {
         device: req.device.map(|d| d.device_id.as_str()),
         cert_groups: req.device.map(|d| d.cert_groups.as_slice()).unwrap_or(&[]),

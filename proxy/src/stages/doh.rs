@@ -98,6 +98,8 @@ pub struct Question {
 
 /// Parses a query; a malformed one is answered right away (400, or a DNS
 /// FORMERR / NOTIMP reply).
+// The refusal is answered at once: its size does not matter.
+#[allow(clippy::result_large_err)]
 pub fn question(wire: &[u8], record: &mut AccessRecord) -> Result<Question, Response<ProxyBody>> {
     let query = Message::from_vec(wire)
         .map_err(|e| bad(StatusCode::BAD_REQUEST, &format!("not a DNS message: {e}")))?;

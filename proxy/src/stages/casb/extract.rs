@@ -63,11 +63,9 @@ pub fn extract(content_type: &str, body: &[u8], limits: Limits) -> Extracted {
 
 fn content_text(ct: &str, data: &[u8], out: &mut Extracted, budget: &mut u64, max_entries: usize) {
     let ct = ct.to_ascii_lowercase();
-    if data.starts_with(b"PK\x03\x04") {
-        if office_text(data, out, budget, max_entries) {
-            out.documents += 1;
-            return;
-        }
+    if data.starts_with(b"PK\x03\x04") && office_text(data, out, budget, max_entries) {
+        out.documents += 1;
+        return;
     }
     if ct.contains("json") {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
@@ -76,7 +74,7 @@ fn content_text(ct: &str, data: &[u8], out: &mut Extracted, budget: &mut u64, ma
         }
     } else if ct.starts_with("application/x-www-form-urlencoded") {
         for pair in data.split(|b| *b == b'&') {
-            out.text.push_str(&percent_decode(pair));
+            out.text.push_str(&form_pair_text(pair));
             out.text.push('\n');
         }
         return;
@@ -109,29 +107,21 @@ fn json_strings(v: &serde_json::Value, out: &mut String, depth: usize) {
     }
 }
 
-fn percent_decode(s: &[u8]) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
-                (Some(a), Some(b)) => {
-                    out.push(a * 16 + b);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b'=' => out.push(b'\n'),
-            c => out.push(c),
+/// One `key=value` pair of a form body as text: both sides decoded, on
+/// separate lines (a DLP pattern must not match across them). `=` inside
+/// a key or value is escaped, so the first raw one is the separator.
+fn form_pair_text(pair: &[u8]) -> String {
+    let decode = crate::common::percent_decode_form;
+    let text = match pair.iter().position(|b| *b == b'=') {
+        Some(eq) => {
+            let mut t = decode(&pair[..eq]);
+            t.push(b'\n');
+            t.extend(decode(&pair[eq + 1..]));
+            t
         }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
+        None => decode(pair),
+    };
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// `name=value` parameter of a header value (quoted or not).
@@ -399,8 +389,8 @@ mod tests {
         assert!(e.text.contains("成績 1"), "{}", e.text);
         let e = extract("text/plain", &[0xff, 0xfe, b'a'], Limits::default());
         assert!(e.text.ends_with('a'));
-        assert_eq!(percent_decode(b"%4"), "%4");
-        assert_eq!(percent_decode(b"a%"), "a%");
+        assert_eq!(form_pair_text(b"k%3D=v%3d+1"), "k=\nv= 1");
+        assert_eq!(form_pair_text(b"a%"), "a%");
     }
 
     #[test]

@@ -28,6 +28,8 @@ use crate::logs::query::parse_offset;
 use crate::logs::record::{format_with_offset, LogRecord};
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the larger variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CasbCommand {
     /// Cloud-app usage per day, app and user (or group): requests, bytes, uploads, blocks, risk.
     Report(ReportArgs),

@@ -133,3 +133,37 @@ async fn explain_agrees_with_the_proxy_on_re_encoded_urls() {
     assert_eq!(d.rule, "default");
     env.gw.shutdown().await;
 }
+
+/// The import counts of every list file are exported at start and follow a
+/// reload: `komugate_category_list_lines{category,file,kind}`.
+#[tokio::test]
+async fn list_import_counts_are_metrics_and_follow_reloads() {
+    let env = env().await;
+    let urls_file = env.policy.parent().unwrap().join("ut1/dating/urls");
+    let file = urls_file.display().to_string();
+    let lines = |kind: &'static str| {
+        env.gw.metric(
+            "komugate_category_list_lines",
+            &[("category", "dating"), ("file", &file), ("kind", kind)],
+        )
+    };
+    assert_eq!(lines("entries"), 2.0, "{}", env.gw.metrics());
+    assert_eq!(lines("invalid"), 0.0);
+
+    // One more entry and one line that is not a URL entry.
+    std::fs::write(
+        &urls_file,
+        format!("{DATING_URLS}example.com/dating/more\nhttp://[bad\n"),
+    )
+    .unwrap();
+    env.gw
+        .running
+        .as_ref()
+        .unwrap()
+        .gateway
+        .reload(komugate::logs::audit::ReloadSource::Sighup)
+        .await
+        .expect("the policy reloads");
+    assert_eq!(lines("entries"), 3.0, "{}", env.gw.metrics());
+    assert_eq!(lines("invalid"), 1.0, "{}", env.gw.metrics());
+}

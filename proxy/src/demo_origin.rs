@@ -5,14 +5,13 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,11 +34,8 @@ pub async fn start(addr: SocketAddr, stop: CancellationToken) -> Result<SocketAd
                 },
             };
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service_fn(hello))
-                    .await;
+                let limits = crate::listen::http::ServerLimits::local(Duration::from_secs(10));
+                let _ = crate::listen::http::serve(limits, stream, false, None, hello).await;
             });
         }
     });

@@ -1,6 +1,6 @@
 //! The one HTTP server komugate runs: the proxy listeners, inside
-//! inspected tunnels, the admin listener, the site beacon and the local
-//! proxy of `komugate client`. HTTP/1.1 always behind the request-smuggling
+//! inspected tunnels, the admin listener, the site beacon, the local
+//! proxy of `komugate client` and the embedded demo's origin. HTTP/1.1 always behind the request-smuggling
 //! guard ([`FramingGuard`]) with bounded heads, HTTP/2 with bounded streams
 //! and header lists. A handler answers a request the guard flagged
 //! ([`super::framing_guard::flagged`]) with 400.

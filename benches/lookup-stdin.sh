@@ -76,5 +76,13 @@ echo "|---|---:|---:|---:|"
 echo "| squidGuard $(squidGuard -v 2>&1 | head -1 | awk '{print $2}') helper (\`squidGuard -c CONF\`) | $sg0 | $sg | $sgr |"
 echo "| \`komugate categories lookup --stdin\` (snapshot) | $kg0 | $kg | $kgr |"
 echo "| \`komugate categories lookup --stdin --json\` | $kg0 | $kgj | $kgjr |"
+# Same verdicts? squidGuard 1.6 answers `OK status=302 url=…` for a blocked
+# URL and `ERR` (no change) for a passed one; komugate `URL<TAB>categories` (`-` for none).
+squidGuard -c "$W/sg.conf" <"$W/sg-input" | awk '{ print ($1 == "OK" ? "block" : "pass") }' >"$W/sg-verdicts"
+"$KG" categories lookup --lists "$W/ut1.snap" --stdin <"$W/urls" 2>/dev/null \
+  | awk -F'\t' '{ print ($2 == "-" ? "pass" : "block") }' >"$W/kg-verdicts"
+agree=$(paste -d' ' "$W/sg-verdicts" "$W/kg-verdicts" | awk '$1 == $2' | wc -l)
+blocked=$(grep -c block "$W/kg-verdicts" || true)
 echo
-echo "komugate / squidGuard: $(echo "scale=2; $kgr / $sgr" | bc)× (categories: $CATEGORIES; $(cat "$W"/ut1/*/domains "$W"/ut1/*/urls | wc -l) list lines)"
+echo "komugate / squidGuard: $(echo "scale=2; $kgr / $sgr" | bc)× (categories: $CATEGORIES; $(cat "$W"/ut1/*/domains "$W"/ut1/*/urls | wc -l) list lines)."
+echo "Same verdict on $agree of $n URLs ($blocked blocked by komugate)."

@@ -503,7 +503,11 @@ async fn c07_destination_guard_refuses_loopback_before_connecting() {
 #[tokio::test]
 async fn c08_blocked_host_and_disallowed_port() {
     within("check 8", async {
-        let gw = TestGateway::start(|c, _| c.decision.allowed_ports = vec![80, 443]).await;
+        let gw = TestGateway::start(|c, _| {
+            c.decision.allowed_ports = vec![80, 443];
+            c.block_page.contact = "校務支援係 内線 123".into();
+        })
+        .await;
         let up = HttpUpstream::start("127.0.0.1").await;
         let r = raw::proxy_get(gw.plain(), "http://blocked.test/page")
             .await
@@ -516,6 +520,18 @@ async fn c08_blocked_host_and_disallowed_port() {
             "{body}"
         );
         assert!(body.contains("http://blocked.test/page"), "{body}");
+        assert!(body.contains("次にすること"), "what to do next: {body}");
+        assert!(
+            body.contains("校務支援係 内線 123"),
+            "[block_page] contact without a policy contact: {body}"
+        );
+        let year = time::OffsetDateTime::now_utc().year();
+        assert!(
+            body.contains(&format!("<td>{year}年"))
+                || body.contains(&format!("<td>{}年", year + 1)),
+            "the time as a date in Japanese: {body}"
+        );
+        assert!(body.contains(" JST</td>"), "Japan time by default: {body}");
         let r = raw::request(gw.plain(), &connect_req("www.gambling.test:443"))
             .await
             .unwrap();

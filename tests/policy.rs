@@ -228,9 +228,10 @@ async fn ut1_domains_and_subdomains_blocked_allow_list_wins() {
             "{page}"
         );
         assert!(
-            page.contains("gambling"),
-            "category on the block page: {page}"
+            page.contains("ギャンブル (gambling)"),
+            "category on the block page, Japanese label beside the id: {page}"
         );
+        assert!(page.contains(" JST"), "time in Japan time: {page}");
         assert!(
             page.contains("0263-00-0000"),
             "contact from the policy: {page}"

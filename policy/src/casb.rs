@@ -454,6 +454,19 @@ impl CasbSettings {
 mod tests {
     use super::*;
 
+    /// The block page, console and reports show app categories by their
+    /// Japanese label; "other" is what an app without a category gets.
+    #[test]
+    fn every_app_category_has_a_japanese_label() {
+        for c in APP_CATEGORIES.iter().chain(&["other"]) {
+            let label = komugate_categories::category_label(c);
+            assert!(
+                label.is_some(),
+                "categories/labels.tsv has no row for app category {c}"
+            );
+        }
+    }
+
     fn digits(s: &str) -> [u8; 11] {
         let mut a = [0u8; 11];
         for (i, c) in s.bytes().take(11).enumerate() {

@@ -5,7 +5,6 @@ use crate::registry::GroupBits;
 use crate::{Action, CasbHook, FirewallHook, Policy, Rule, TunnelMode};
 use crate::{SCHEME_CONNECT, SCHEME_HTTP, SCHEME_HTTPS};
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -106,75 +105,10 @@ impl Decision {
         self.action == Action::Block
     }
 
-    /// Human-readable multi-line explanation.
+    /// Human-readable multi-line explanation (English; other languages:
+    /// [`crate::wording::Wording::explain`]).
     pub fn explain(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "request:    {}", self.request);
-        let _ = writeln!(s, "location:   {}", self.location);
-        let _ = writeln!(
-            s,
-            "device:     {}",
-            self.device.as_deref().unwrap_or("(none)")
-        );
-        let _ = writeln!(
-            s,
-            "user:       {}",
-            self.user.as_deref().unwrap_or("(unknown)")
-        );
-        let _ = writeln!(
-            s,
-            "groups:     {}",
-            if self.groups.is_empty() {
-                "(none)".to_string()
-            } else {
-                self.groups.join(", ")
-            }
-        );
-        let _ = writeln!(
-            s,
-            "categories: {}",
-            if self.categories.is_empty() {
-                "(none)".to_string()
-            } else {
-                self.categories.join(", ")
-            }
-        );
-        let _ = writeln!(s, "app:        {}", self.app.as_deref().unwrap_or("(none)"));
-        if let Some(p) = &self.policy {
-            let _ = writeln!(s, "policy:     {p}");
-        }
-        match &self.rule_origin {
-            Some(o) => {
-                let _ = writeln!(s, "rule:       {} ({o})", self.rule);
-            }
-            None => {
-                let _ = writeln!(s, "rule:       {}", self.rule);
-            }
-        }
-        let _ = writeln!(s, "action:     {}", self.action);
-        if let Some(m) = &self.message {
-            let _ = writeln!(s, "message:    {m}");
-        }
-        match &self.egress {
-            Some(e) => {
-                let _ = writeln!(s, "egress:     {} (source {})", e.pool, e.source);
-            }
-            None => {
-                let _ = writeln!(s, "egress:     default");
-            }
-        }
-        if let Some(t) = self.tunnel {
-            let _ = writeln!(
-                s,
-                "tunnel:     {}",
-                if t == TunnelMode::Inspect {
-                    "inspect"
-                } else {
-                    "bypass"
-                }
-            );
-        }
-        s
+        crate::wording::EN.explain(self)
     }
 }
 

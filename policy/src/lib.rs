@@ -17,6 +17,7 @@ mod eval;
 pub mod pattern;
 mod registry;
 mod squidguard;
+pub mod wording;
 
 pub use casb::{CasbSettings, Dlp, DlpPattern, TenantRestriction};
 pub use compile::{builtin_apps, check, Summary};
@@ -25,6 +26,7 @@ pub use eval::{Decision, Egress, FirewallRequest, FirewallVerdict, Location, Req
 pub use pattern::{HostPattern, PortRange, TimeWindow, Weekdays};
 pub use registry::{parse_registry_csv, GroupBits, MAX_GROUPS};
 pub use squidguard::import_squidguard;
+pub use wording::Wording;
 
 use komugate_categories::{CategorySet, Matcher};
 use std::collections::HashMap;

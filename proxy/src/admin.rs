@@ -170,8 +170,9 @@ async fn reload(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Byt
     }
 }
 
-/// `GET /admin/explain?device=ID&from=IP&url=URL[&method=M]`: the decision
-/// the proxy would make, computed by the same function.
+/// `GET /admin/explain?device=ID&from=IP&url=URL[&method=M][&lang=ja]`: the
+/// decision the proxy would make, computed by the same function; `text` in
+/// the language asked for (English by default).
 fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if let Err(r) = authorize(gw, req) {
         return r;
@@ -189,6 +190,13 @@ fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "usage: /admin/explain?device=ID&from=IP&url=URL[&method=GET]\n",
         );
     };
+    let Some(wording) = komugate_policy::Wording::for_lang(q("lang").unwrap_or("en")) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "lang must be en or ja\n",
+        );
+    };
     let generation = gw.current();
     let runtime = &generation.runtime;
     if runtime.builtin {
@@ -203,7 +211,7 @@ fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     ) {
         Ok(decision) => json(
             StatusCode::OK,
-            serde_json::json!({"generation": runtime.generation, "decision": decision, "text": decision.explain()}),
+            serde_json::json!({"generation": runtime.generation, "decision": decision, "text": wording.explain(&decision)}),
         ),
         Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     }

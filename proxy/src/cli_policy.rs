@@ -12,7 +12,12 @@ use crate::cli::usage_error;
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy file; lists every error as file:line:column and exits non-zero.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Language of the messages: en or ja (diagnostics stay as written).
+        #[arg(long, value_enum, default_value = "en")]
+        lang: Lang,
+    },
     /// Show how the policy decides a request: location, groups, categories, rule, action, egress.
     Explain {
         file: PathBuf,
@@ -33,6 +38,9 @@ pub enum PolicyCommand {
         /// Same as `--format json` (the former spelling).
         #[arg(long, hide = true)]
         json: bool,
+        /// Language of the text format: en or ja.
+        #[arg(long, value_enum, default_value = "en")]
+        lang: Lang,
     },
     /// Convert a squidGuard.conf into a komugate policy (TOML on stdout or --out).
     ImportSquidguard {
@@ -40,6 +48,22 @@ pub enum PolicyCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// `--lang` of `policy check` and `policy explain`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    En,
+    Ja,
+}
+
+impl Lang {
+    pub fn wording(self) -> &'static komugate_policy::Wording {
+        match self {
+            Lang::En => &komugate_policy::wording::EN,
+            Lang::Ja => &komugate_policy::wording::JA,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,18 +104,16 @@ pub enum CategoriesCommand {
 /// Runs a policy command; `check` and validation failures exit 1 with every error listed.
 pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
     match cmd {
-        PolicyCommand::Check { file } => match komugate_policy::check(&file) {
+        PolicyCommand::Check { file, lang } => match komugate_policy::check(&file) {
             Ok(summary) => {
-                println!("{}: ok", file.display());
-                println!("{summary:#?}");
+                print!("{}", lang.wording().summary(&summary));
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {
                 eprintln!("{errors}");
                 eprintln!(
-                    "{}: {} error(s); the policy was not accepted",
-                    file.display(),
-                    errors.0.len()
+                    "{}",
+                    (lang.wording().check_failed)(&file.display().to_string(), errors.0.len())
                 );
                 Ok(ExitCode::FAILURE)
             }
@@ -104,6 +126,7 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             method,
             format,
             json,
+            lang,
         } => {
             let policy = load(&file)?;
             // Its only errors are about --from, --url and --method.
@@ -113,7 +136,7 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             if json || format == ExplainFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&decision)?);
             } else {
-                print!("{}", decision.explain());
+                print!("{}", lang.wording().explain(&decision));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -45,6 +45,24 @@ pub struct Config {
     /// `[doh]`: DNS over HTTPS on the mTLS listener.
     #[serde(default)]
     pub doh: DohConfig,
+    /// `[block_page]`: what the block page shows and where.
+    #[serde(default)]
+    pub block_page: BlockPageConfig,
+}
+
+/// `[block_page]` in the gateway configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockPageConfig {
+    /// Zone of the time shown on the page (`Asia/Tokyo`, `UTC`, `+09:00`).
+    pub time_zone: crate::local_time::LocalZone,
+    /// Whom to contact, shown when the policy has no `[contact]`; "" = a generic line.
+    pub contact: String,
+    /// Answer blocked HTTPS on the plain listener inside TLS with a
+    /// certificate from the inspection CA, so the browser shows the page.
+    /// Only for networks whose devices all trust that CA (the mTLS
+    /// listener always does it: its devices are managed).
+    pub https_on_plain: bool,
 }
 
 /// `[ips]` in the gateway configuration.
@@ -520,6 +538,23 @@ mod tests {
         assert_eq!(c.listen.plain, "127.0.0.1:3128");
         assert_eq!(c.listen.mtls, "127.0.0.1:8443");
         assert_eq!(c.listen.admin, "127.0.0.1:9090");
+        assert_eq!(c.block_page.time_zone.name(), "Asia/Tokyo");
+        assert!(
+            !c.block_page.https_on_plain,
+            "off by default on the plain listener"
+        );
+    }
+
+    #[test]
+    fn block_page_zone_with_daylight_saving_is_refused_with_position() {
+        let text =
+            DEFAULT_CONFIG.replace("time_zone = \"Asia/Tokyo\"", "time_zone = \"Europe/Paris\"");
+        let err = Config::parse(&text, "gw.toml").unwrap_err().to_string();
+        assert!(err.contains("gw.toml:"), "{err}");
+        assert!(
+            err.contains("Europe/Paris") && err.contains("+09:00"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub mod ips;
 pub mod list_import_report;
 pub mod list_update;
 pub mod listen;
+pub mod local_time;
 pub mod logs;
 pub mod memory;
 pub mod metrics;

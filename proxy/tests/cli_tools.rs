@@ -391,3 +391,66 @@ fn ca_and_certificate_actions_and_log_searches_are_audited() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn policy_check_and_explain_speak_japanese_with_lang_ja() {
+    let example = repo().join("examples/policy.toml");
+    let example = example.to_str().unwrap();
+    let ok = komugate(&["policy", "check", example, "--lang", "ja"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let text = stdout(&ok);
+    assert!(text.contains("問題ありません"), "{text}");
+    assert!(text.contains("ギャンブル (gambling)"), "{text}");
+    let en = stdout(&komugate(&["policy", "check", example]));
+    assert!(
+        en.contains(": OK (generation") && !en.contains("問題ありません"),
+        "English stays the default: {en}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("policy.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\n[[rule]]\nname = \"r\"\nactoin = \"block\"\n",
+    )
+    .unwrap();
+    let out = komugate(&["policy", "check", bad.to_str().unwrap(), "--lang", "ja"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("policy.toml:4:1"), "positions stay: {err}");
+    assert!(
+        err.contains("エラーが") && err.contains("受け付けられませんでした"),
+        "{err}"
+    );
+
+    let explain = |lang: &str| {
+        let o = komugate(&[
+            "policy",
+            "explain",
+            example,
+            "--from",
+            "203.0.113.3",
+            "--url",
+            "https://www.0-casino.info/",
+            "--lang",
+            lang,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let ja = explain("ja");
+    for needle in [
+        "判定:         ブロック",
+        "カテゴリ:     ギャンブル (gambling)",
+        "ルール:       UT1 有害カテゴリ",
+    ] {
+        assert!(ja.contains(needle), "{needle:?} in\n{ja}");
+    }
+    let en = explain("en");
+    assert!(en.contains("action:     block"), "{en}");
+    assert!(en.contains("categories: gambling\n"), "{en}");
+
+    let wrong = komugate(&["policy", "check", example, "--lang", "fr"]);
+    assert!(!wrong.status.success());
+    assert!(stderr(&wrong).contains("ja"), "{}", stderr(&wrong));
+}

@@ -92,32 +92,7 @@ pub struct Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "{}: OK (generation {})",
-            self.file.display(),
-            self.digest
-        )?;
-        writeln!(
-            f,
-            "  {} sites, {} groups, {} devices, {} apps, {} egress pools, {} rules",
-            self.sites, self.groups, self.devices, self.apps, self.egress_pools, self.rules
-        )?;
-        if !self.policies.is_empty() {
-            writeln!(f, "  policies: {}", self.policies.join(", "))?;
-        }
-        writeln!(f, "  categories: {}", self.categories.join(", "))?;
-        writeln!(
-            f,
-            "  lists: {} files, {} domains, {} urls, {} invalid lines skipped",
-            self.import.files, self.import.domains, self.import.urls, self.import.invalid_lines
-        )?;
-        for s in &self.import.sources {
-            for e in &s.first_errors {
-                writeln!(f, "  warning: {e}")?;
-            }
-        }
-        Ok(())
+        f.write_str(&crate::wording::EN.summary(self))
     }
 }
 

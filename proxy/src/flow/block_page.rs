@@ -1,19 +1,45 @@
 //! The block page and the gateway's own error pages: Japanese first,
 //! English beneath. Every value is HTML-escaped.
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
+
+use crate::local_time::LocalZone;
 
 /// What the user is told when a request is refused.
 pub struct BlockInfo<'a> {
     pub target: &'a str,
     pub rule: &'a str,
     pub message: Option<&'a str>,
+    /// Category ids, comma-separated (shown with their Japanese labels).
     pub category: Option<&'a str>,
     pub device: Option<&'a str>,
+    /// Already in the display zone ([`PageContext::now`]).
     pub time: &'a str,
     pub contact: Option<&'a str>,
 }
+
+/// What every block page shows besides the refusal itself: whom to
+/// contact, the display zone, the policy generation (a header).
+#[derive(Debug, Clone)]
+pub struct PageContext {
+    pub contact: Option<String>,
+    pub zone: LocalZone,
+    pub generation: u64,
+}
+
+impl PageContext {
+    /// The time of the refusal as people read it (JST by default).
+    pub fn now(&self) -> String {
+        self.zone.format_ja(SystemTime::now())
+    }
+}
+
+/// Shown when neither the policy nor `[block_page] contact` names anyone.
+const DEFAULT_CONTACT: &str =
+    "学校の情報担当の先生、または教育委員会の ICT 担当 / your school's ICT teacher or the board's ICT office";
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -30,6 +56,19 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// `ギャンブル (gambling), 賭博 …`: each category id with its Japanese label.
+fn category_labels(ids: &str) -> String {
+    ids.split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(|id| match komugate_categories::category_label(id) {
+            Some(label) => format!("{} ({id})", label.ja),
+            None => id.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn render(info: &BlockInfo) -> String {
     let row = |ja: &str, en: &str, v: &str| {
         format!(
@@ -40,7 +79,7 @@ pub fn render(info: &BlockInfo) -> String {
     let mut rows = String::new();
     rows += &row("アクセス先", "Blocked", info.target);
     if let Some(c) = info.category {
-        rows += &row("カテゴリ", "Category", c);
+        rows += &row("カテゴリ", "Category", &category_labels(c));
     }
     rows += &row("ルール", "Rule", info.rule);
     if let Some(m) = info.message {
@@ -53,16 +92,25 @@ pub fn render(info: &BlockInfo) -> String {
         info.device
             .unwrap_or("(校内ネットワーク / in-school network)"),
     );
-    let contact = info
-        .contact
-        .unwrap_or("教育委員会 ICT 担当 / the board's ICT office");
-    rows += &row("お問い合わせ", "Contact", contact);
+    rows += &row(
+        "お問い合わせ",
+        "Contact",
+        info.contact.unwrap_or(DEFAULT_CONTACT),
+    );
     format!(
-        "<!DOCTYPE html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\"><title>アクセスがブロックされました / Access blocked</title>\n\
-<style>body{{font-family:sans-serif;max-width:46em;margin:2em auto;padding:0 1em}}th{{text-align:left;padding-right:1em;vertical-align:top}}small{{color:#555}}</style></head>\n\
-<body>\n<h1>このページへのアクセスはブロックされました</h1>\n<p>学校のセキュリティポリシーにより、このアクセスは許可されていません。業務に必要な場合は下記までご連絡ください。</p>\n\
-<h2 lang=\"en\">Access to this page was blocked</h2>\n<p lang=\"en\">The school board's security policy does not allow this request. If you need it for your work, please contact us.</p>\n\
-<table>\n{rows}</table>\n</body></html>\n"
+        "<!DOCTYPE html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>アクセスがブロックされました / Access blocked</title>\n\
+<style>body{{font-family:sans-serif;max-width:46em;margin:2em auto;padding:0 1em;line-height:1.6}}th{{text-align:left;padding-right:1em;vertical-align:top}}small{{color:#555}}</style></head>\n\
+<body>\n<h1>このページへのアクセスはブロックされました</h1>\n<p>学校のセキュリティポリシーにより、このアクセスは許可されていません。</p>\n\
+<table>\n{rows}</table>\n\
+<h2>次にすること</h2>\n<ol>\n\
+<li>授業や校務でこのページが必要なときは、上の「お問い合わせ」の担当者に連絡して、利用の許可を申請してください。</li>\n\
+<li>連絡するときは、この画面の「アクセス先」「日時」「端末」を伝えてください (画面を撮影して送ると確実です)。</li>\n\
+<li>担当者が確認して許可すると、このページを開けるようになります。誤ってブロックされていると思うときも、同じ連絡先にお知らせください。</li>\n\
+</ol>\n\
+<h2 lang=\"en\">Access to this page was blocked</h2>\n<p lang=\"en\">The school board's security policy does not allow this request. \
+If you need this page for teaching or school work, ask the contact above for access and tell them the address, time and device shown here \
+(a photo of this screen is easiest). Once they allow it, the page opens. Tell them too if you think it was blocked by mistake.</p>\n\
+</body></html>\n"
     )
 }
 
@@ -131,11 +179,31 @@ mod tests {
             contact: None,
         });
         let ja = html.find("ブロックされました").unwrap();
+        let next = html.find("次にすること").unwrap();
         let en = html.find("Access to this page was blocked").unwrap();
-        assert!(ja < en);
+        assert!(ja < next && next < en);
+        assert!(html.contains("ギャンブル (gambling)"), "{html}");
+        assert!(
+            html.contains("教育委員会の ICT 担当"),
+            "the default contact: {html}"
+        );
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("laptop-001"));
         assert!(html.contains("C4th は校内からのみ利用できます"));
+    }
+
+    #[test]
+    fn categories_show_their_japanese_label_beside_the_id() {
+        assert_eq!(
+            category_labels("gambling, phishing,board-list"),
+            "ギャンブル (gambling), フィッシング詐欺 (phishing), board-list"
+        );
+        let page = PageContext {
+            contact: Some("教育委員会 学校教育課 0263-00-0000".into()),
+            zone: LocalZone::default(),
+            generation: 1,
+        };
+        assert!(page.now().ends_with(" JST"), "{}", page.now());
     }
 
     #[test]

@@ -751,10 +751,24 @@ impl Flow {
             &refusal,
             &self.conn,
             &self.entry.record.target,
-            self.gen.runtime.contact(),
-            self.gen.number(),
+            &self.page(),
         );
         self.answer(resp)
+    }
+
+    /// What this flow's block pages show besides the refusal: the
+    /// policy's contact (else `[block_page] contact`), the display zone.
+    fn page(&self) -> block_page::PageContext {
+        let config = &self.gw.config.block_page;
+        let contact = match self.gen.runtime.contact() {
+            Some(c) => Some(c.to_string()),
+            None => (!config.contact.is_empty()).then(|| config.contact.clone()),
+        };
+        block_page::PageContext {
+            contact,
+            zone: config.time_zone.clone(),
+            generation: self.gen.number(),
+        }
     }
 
     /// Ends the request with `resp` (the record is written as the flow drops).

@@ -1,16 +1,14 @@
 //! The one mapping from a stage's [`Refusal`] to what the client gets (the
 //! block page or an error status) and what the access record says.
 
-use std::time::SystemTime;
-
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use super::block_page::{self, BlockInfo};
+use super::block_page::{self, BlockInfo, PageContext};
 use crate::egress::EgressError;
-use crate::record::{rfc3339, AccessRecord};
+use crate::record::AccessRecord;
 use crate::request::{ConnContext, ProxyBody, Refusal};
 
 pub fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
@@ -52,13 +50,12 @@ pub fn note(record: &mut AccessRecord, refusal: &Refusal) {
 }
 
 /// The answer for a refusal of a request to `target` (as shown to the
-/// user). `contact` and `generation` go on block pages.
+/// user). `page` says what block pages show besides the refusal.
 pub fn answer(
     refusal: &Refusal,
     conn: &ConnContext,
     target: &str,
-    contact: Option<&str>,
-    generation: u64,
+    page: &PageContext,
 ) -> Response<ProxyBody> {
     match refusal {
         Refusal::Blocked(block) => {
@@ -68,10 +65,12 @@ pub fn answer(
                 &block.rule,
                 block.message.as_deref(),
                 block.category.as_deref(),
-                contact,
+                page,
             );
-            resp.headers_mut()
-                .insert("komugate-policy-generation", HeaderValue::from(generation));
+            resp.headers_mut().insert(
+                "komugate-policy-generation",
+                HeaderValue::from(page.generation),
+            );
             resp
         }
         Refusal::BadRequest { ja, en } => {
@@ -95,8 +94,8 @@ pub fn answer(
             "リクエスト本文を受信できませんでした。",
             &format!("The request body could not be read: {e}"),
         )),
-        Refusal::Egress(e) => egress_answer(conn, e, target, contact),
-        Refusal::UpstreamCertificate(e) => invalid_certificate(conn, e, target, contact),
+        Refusal::Egress(e) => egress_answer(conn, e, target, page),
+        Refusal::UpstreamCertificate(e) => invalid_certificate(conn, e, target, page),
         Refusal::UpstreamTimeout(ms) => full(block_page::error_response(
             StatusCode::GATEWAY_TIMEOUT,
             "接続先のサーバーが時間内に応答しませんでした。",
@@ -117,17 +116,16 @@ fn block_page_for(
     rule: &str,
     message: Option<&str>,
     category: Option<&str>,
-    contact: Option<&str>,
+    page: &PageContext,
 ) -> Response<ProxyBody> {
-    let time = rfc3339(SystemTime::now());
     full(block_page::blocked_response(&BlockInfo {
         target,
         rule,
         message,
         category,
         device: conn.device_id(),
-        time: &time,
-        contact,
+        time: &page.now(),
+        contact: page.contact.as_deref(),
     }))
 }
 
@@ -135,7 +133,7 @@ fn egress_answer(
     conn: &ConnContext,
     err: &EgressError,
     target: &str,
-    contact: Option<&str>,
+    page: &PageContext,
 ) -> Response<ProxyBody> {
     match err {
         EgressError::ForbiddenDestination { .. } | EgressError::OwnListener { .. } => {
@@ -145,7 +143,7 @@ fn egress_answer(
                 err.guard_rule().unwrap_or("destination-guard"),
                 Some(&err.to_string()),
                 None,
-                contact,
+                page,
             )
         }
         EgressError::Timeout { .. } => full(block_page::error_response(
@@ -182,7 +180,7 @@ fn invalid_certificate(
     conn: &ConnContext,
     err: &rustls::Error,
     target: &str,
-    contact: Option<&str>,
+    page: &PageContext,
 ) -> Response<ProxyBody> {
     tracing::warn!(target, device = ?conn.device_id(), "upstream certificate invalid: {err}");
     let reason = match err {
@@ -209,6 +207,6 @@ fn invalid_certificate(
         "upstream-certificate-invalid",
         Some(&reason),
         None,
-        contact,
+        page,
     )
 }

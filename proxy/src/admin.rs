@@ -1,20 +1,28 @@
-//! Admin listener: `/metrics` (Prometheus), `/healthz`, `/proxy.pac`, and
-//! the token-protected API: `/admin/reload`, `/admin/explain`, `/admin/logs`,
+//! Admin listener: `/metrics` (Prometheus), `/healthz`, `/proxy.pac`, the
+//! console under `/console/` (see [`crate::console`]), and the
+//! token-protected API: `/admin/reload`, `/admin/explain`, `/admin/logs`,
 //! `/admin/lists` and `POST /admin/lists/update` (downloaded category lists).
+//! TLS unless on loopback ([`crate::console::tls`]).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
+use crate::console::respond::{boxed, Body};
+use crate::console::Console;
 use crate::gateway::Gateway;
 use crate::listen::http::ServerLimits;
 
-pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener) {
+pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let console = Arc::new(Console::new(&gw.config, tls.is_some()));
     loop {
         let (stream, peer) = tokio::select! {
             _ = gw.shutdown.cancelled() => return,
@@ -24,26 +32,49 @@ pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener) {
             },
         };
         let gw2 = gw.clone();
-        let shutdown = gw.shutdown.clone();
+        let console = console.clone();
+        let tls = tls.clone();
         gw.spawn_tracked(async move {
-            let limits = ServerLimits {
-                header_read_timeout: std::time::Duration::from_secs(10),
-                ..ServerLimits::from(&gw2.config.limits)
-            };
-            // Idle keep-alive admin connections must not hold shutdown up.
-            let _ = crate::listen::http::serve(
-                limits,
-                stream,
-                false,
-                Some(&shutdown),
-                move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(crate::pac::Peer(peer));
-                    admin_request(gw2.clone(), req)
-                },
-            )
-            .await;
+            match tls {
+                None => serve_connection(gw2, console, stream, peer).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(s)) => serve_connection(gw2, console, s, peer).await,
+                        Ok(Err(e)) => tracing::debug!("admin TLS handshake from {peer}: {e}"),
+                        Err(_) => tracing::debug!("admin TLS handshake from {peer}: timed out"),
+                    }
+                }
+            }
         });
     }
+}
+
+async fn serve_connection<S>(gw: Arc<Gateway>, console: Arc<Console>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = ServerLimits {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        ..ServerLimits::from(&gw.config.limits)
+    };
+    let shutdown = gw.shutdown.clone();
+    // Idle keep-alive admin connections must not hold shutdown up.
+    let _ = crate::listen::http::serve(
+        limits,
+        stream,
+        false,
+        Some(&shutdown),
+        move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(crate::pac::Peer(peer));
+            admin_request(gw.clone(), console.clone(), req, peer)
+        },
+    )
+    .await;
 }
 
 fn text(
@@ -62,16 +93,22 @@ fn text(
 
 async fn admin_request(
     gw: Arc<Gateway>,
+    console: Arc<Console>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     if crate::listen::framing_guard::flagged(&req) {
-        return Ok(text(
+        return Ok(boxed(text(
             StatusCode::BAD_REQUEST,
             "text/plain",
             "a request with both Content-Length and Transfer-Encoding is refused\n",
-        ));
+        )));
     }
-    Ok(match req.uri().path() {
+    let path = req.uri().path();
+    if path == "/console" || path.starts_with("/console/") {
+        return Ok(crate::console::routes::handle(gw, console, req, peer).await);
+    }
+    Ok(boxed(match path {
         "/healthz" => {
             if gw.shutdown.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
@@ -90,46 +127,60 @@ async fn admin_request(
             crate::config::Config::listen_addr(&gw.config.listen.mtls).map(|a| a.port()),
             &req,
         ),
-        "/admin/logs" => crate::logs::admin_http::handle(&gw, &req).await,
+        "/admin/logs" => match authorize(&gw, &req) {
+            Ok(name) => crate::logs::admin_http::handle(&gw, &req, &name).await,
+            Err(r) => *r,
+        },
         "/admin/reload" => reload(&gw, &req).await,
         "/admin/explain" => explain(&gw, &req),
         "/admin/lists" | "/admin/lists/update" => match authorize(&gw, &req) {
-            Ok(()) => crate::list_update::admin(&gw, &req).await,
-            Err(r) => r,
+            Ok(_) => crate::list_update::admin(&gw, &req).await,
+            Err(r) => *r,
         },
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /healthz or /metrics\n",
+            "not found: try /console/, /healthz or /metrics\n",
         ),
-    })
+    }))
 }
 
-/// `Err(response)` unless the request carries `Authorization: Bearer <[admin] token>`.
-// The refusal is rare and answered at once: its size does not matter.
-#[allow(clippy::result_large_err)]
-fn authorize(gw: &Gateway, req: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
-    let token = gw.config.admin.token.trim();
-    if token.is_empty() {
-        return Err(text(
+/// The name of the API token the request carries (`Authorization: Bearer
+/// <token>`): "admin" for `[admin] token`, or its name in `[admin.tokens]`.
+/// `Err(response)` without a known token.
+pub fn authorize<B>(gw: &Gateway, req: &Request<B>) -> Result<String, Box<Response<Full<Bytes>>>> {
+    let admin = &gw.config.admin;
+    let configured = std::iter::once(("admin", admin.token.trim()))
+        .chain(admin.tokens.iter().map(|(n, t)| (n.as_str(), t.trim())))
+        .filter(|(_, t)| !t.is_empty())
+        .collect::<Vec<_>>();
+    if configured.is_empty() {
+        return Err(Box::new(text(
             StatusCode::FORBIDDEN,
             "text/plain",
-            "the admin API is off: set [admin] token in the gateway configuration\n",
-        ));
+            "the admin API is off: set [admin] token (or [admin.tokens]) in the gateway configuration\n",
+        )));
     }
-    if !crate::logs::admin_http::token_ok(token, req.headers().get(header::AUTHORIZATION)) {
+    let presented = req.headers().get(header::AUTHORIZATION);
+    // Every token is compared (in constant time each), whichever matches.
+    let mut found = None;
+    for (name, token) in configured {
+        if crate::logs::admin_http::token_ok(token, presented) && found.is_none() {
+            found = Some(name.to_string());
+        }
+    }
+    found.ok_or_else(|| {
         let mut r = text(
             StatusCode::UNAUTHORIZED,
             "text/plain",
-            "missing or wrong admin token: send Authorization: Bearer <[admin] token>\n",
+            "missing or wrong admin token: send Authorization: Bearer <token from [admin] token or [admin.tokens]>\n",
         );
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             http::HeaderValue::from_static("Bearer"),
         );
-        return Err(r);
-    }
-    Ok(())
+        Box::new(r)
+    })
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
@@ -141,9 +192,10 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
 /// `POST /admin/reload`: rebuild and swap the policy; 200 with the new
 /// generation, or 422 with every validation error (the old policy stays).
 async fn reload(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Err(r) = authorize(gw, req) {
-        return r;
-    }
+    let token_name = match authorize(gw, req) {
+        Ok(name) => name,
+        Err(r) => return *r,
+    };
     if req.method() != http::Method::POST {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -151,9 +203,7 @@ async fn reload(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Byt
             "use POST /admin/reload\n",
         );
     }
-    let source = crate::logs::audit::ReloadSource::Api {
-        token_name: "admin".into(),
-    };
+    let source = crate::logs::audit::ReloadSource::Api { token_name };
     match gw.reload(source).await {
         Ok(r) => json(
             StatusCode::OK,
@@ -175,7 +225,7 @@ async fn reload(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Byt
 /// the language asked for (English by default).
 fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if let Err(r) = authorize(gw, req) {
-        return r;
+        return *r;
     }
     let query = req.uri().query().unwrap_or("");
     let params: std::collections::HashMap<String, String> =

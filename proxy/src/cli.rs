@@ -72,6 +72,9 @@ enum Command {
     /// The audit log of administration.
     #[command(subcommand)]
     Audit(crate::logs::cli::AuditCommand),
+    /// Console accounts: `komugate admin user add|passwd|remove|list`.
+    #[command(subcommand)]
+    Admin(crate::console::cli::AdminCommand),
     /// Policy tools: check, explain, import a squidGuard configuration.
     #[command(subcommand)]
     Policy(crate::cli_policy::PolicyCommand),
@@ -204,6 +207,7 @@ pub fn main() -> ExitCode {
         Command::Beacon(args) => done(crate::beacon::run_beacon(args)),
         Command::Logs(cmd) => done(crate::logs::cli::run_logs(cmd)),
         Command::Audit(cmd) => done(crate::logs::cli::run_audit(cmd)),
+        Command::Admin(cmd) => done(crate::console::cli::run_admin(cmd)),
         Command::Ips(cmd) => done(crate::ips::cli::run_ips(cmd)),
         Command::Casb(cmd) => done(crate::stages::casb::report::run_casb(cmd)),
         Command::Policy(cmd) => crate::cli_policy::run_policy(cmd),
@@ -447,8 +451,9 @@ fn run_serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
                 Some(crate::demo_origin::start(addr, stop_demo.clone()).await?)
             }
         };
+        let demo_account = crate::console::cli::ensure_demo_account(&config)?;
         let running = crate::gateway::start::start(config).await?;
-        print_banner(&running, demo_origin);
+        print_banner(&running, demo_origin, demo_account);
         wait_for_signal().await;
         stop_demo.cancel();
         eprintln!("komugate: shutting down: no new connections; draining for up to {drain:?}");
@@ -460,6 +465,7 @@ fn run_serve(config_path: Option<&Path>, data: Option<PathBuf>) -> Result<()> {
 fn print_banner(
     running: &crate::gateway::start::Running,
     demo_origin: Option<std::net::SocketAddr>,
+    demo_account: Option<(String, String)>,
 ) {
     let config = &running.gateway.config;
     let addrs = &running.addrs;
@@ -481,7 +487,19 @@ fn print_banner(
         println!("  mTLS HTTPS proxy   https://{a}  (device certificate required)");
     }
     if let Some(a) = addrs.admin {
-        println!("  admin              http://{a}/metrics  http://{a}/healthz");
+        let scheme = if addrs.admin_tls { "https" } else { "http" };
+        println!("  admin              {scheme}://{a}/metrics  {scheme}://{a}/healthz");
+        println!("  console            {scheme}://{a}/console/");
+        match &demo_account {
+            Some((name, password)) => println!(
+                "  console sign-in    {name} / {password}  (generated now, shown once; `komugate admin user passwd {name}` sets a new one)"
+            ),
+            None if !config.data.demo_console_user.is_empty() => println!(
+                "  console sign-in    {} (password shown at first start; `komugate admin user passwd {}` sets a new one)",
+                config.data.demo_console_user, config.data.demo_console_user
+            ),
+            None => {}
+        }
     }
     println!(
         "  access log         {}",

@@ -194,6 +194,10 @@ pub struct DataConfig {
     /// The demo's origin web server (`crate::demo_origin`); "" = off.
     #[serde(default)]
     pub demo_origin: String,
+    /// Console account created (role admin, generated password printed
+    /// once) on first start when the accounts file does not have it; "" = none.
+    #[serde(default)]
+    pub demo_console_user: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -409,12 +413,43 @@ impl Default for PolicyConfig {
     }
 }
 
-/// `[admin]`: the admin API.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[admin]`: the admin API and the console on the admin listener.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Bearer token for `/admin/*` API endpoints (`GET /admin/logs`); "" = those endpoints are off.
+    /// Bearer token for `/admin/*` API endpoints (`GET /admin/logs`), named
+    /// "admin" in the audit log; "" = that token is off.
     pub token: String,
+    /// More API tokens, by name (`ci-backup = "..."`): audit entries carry the name.
+    pub tokens: std::collections::BTreeMap<String, String>,
+    /// "auto": TLS with `[tls] server_cert` unless the admin listener is on
+    /// a loopback address; "on": TLS always.
+    pub tls: String,
+    /// Console accounts (argon2id hashes), relative to the data directory.
+    pub users_file: PathBuf,
+    /// A console session ends after this long without a request.
+    pub session_idle_secs: u64,
+    /// Failed sign-ins allowed per account and per client address within
+    /// `signin_window_secs` before further attempts are refused.
+    pub signin_max_failures: u32,
+    pub signin_window_secs: u64,
+    /// Console log searches and exports running at once (each on a blocking thread).
+    pub max_searches: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig {
+            token: String::new(),
+            tokens: Default::default(),
+            tls: "auto".into(),
+            users_file: PathBuf::from("console-users.json"),
+            session_idle_secs: 1800,
+            signin_max_failures: 5,
+            signin_window_secs: 900,
+            max_searches: 2,
+        }
+    }
 }
 
 impl Config {
@@ -490,6 +525,24 @@ impl Config {
             bail!(
                 "{origin}: [log.clickhouse] enabled but url is not like \"http://127.0.0.1:8123\""
             );
+        }
+        if !matches!(self.admin.tls.as_str(), "auto" | "on") {
+            bail!(
+                "{origin}: [admin] tls = {:?}: use \"auto\" (TLS unless the admin listener is on loopback) or \"on\"",
+                self.admin.tls
+            );
+        }
+        if self.admin.session_idle_secs == 0
+            || self.admin.signin_max_failures == 0
+            || self.admin.signin_window_secs == 0
+            || self.admin.max_searches == 0
+        {
+            bail!("{origin}: [admin] session_idle_secs, signin_max_failures, signin_window_secs and max_searches must be at least 1");
+        }
+        for (name, token) in &self.admin.tokens {
+            if token.trim().len() < 16 {
+                bail!("{origin}: [admin.tokens] {name:?}: a token must be at least 16 characters (e.g. `openssl rand -hex 24`)");
+            }
         }
         if self.limits.max_header_bytes < 8192 {
             bail!("{origin}: [limits] max_header_bytes must be at least 8192");

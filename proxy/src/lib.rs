@@ -20,7 +20,8 @@
 //! - [`listen`]: accept loops and the HTTP server for client connections
 //! - [`gateway`]: shared state, the reloadable [`gateway::generation`],
 //!   reload, start
-//! - beside the data path: [`admin`] (admin listener), [`logs`] and
+//! - beside the data path: [`admin`] (admin listener) and [`console`]
+//!   (the web console on it), [`logs`] and
 //!   [`access_log`] (log storage, search, shipping), [`ips`] (IPS rules and
 //!   threat-intel lists), [`beacon`] (site assertions), [`pac`],
 //!   [`list_update`], [`pki`], [`device_auth`], [`client`] (the laptop-side
@@ -35,6 +36,7 @@ pub mod cli_policy;
 pub mod client;
 pub mod common;
 pub mod config;
+pub mod console;
 pub mod demo_origin;
 pub mod device_auth;
 pub mod egress;

@@ -7,7 +7,9 @@
 //! - [`gw`]: a gateway in a tempdir, mTLS client helpers, access log and
 //!   metrics readers
 //! - [`raw`]: raw HTTP/1.1 over TCP
+//! - [`console`]: an HTTP client with a cookie jar for the admin console
 
+pub mod console;
 pub mod dns;
 pub mod gw;
 pub mod raw;

@@ -1,5 +1,6 @@
 //! Assembling a gateway from its config: the shared state, the first
-//! generation, and the listeners (`listen` for the proxy ports, `admin`).
+//! generation, and the listeners (`listen` for the proxy ports, `admin`
+//! with the console, over TLS unless on loopback).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ pub struct BoundAddrs {
     pub plain: Option<SocketAddr>,
     pub mtls: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The admin listener speaks TLS (`https://`).
+    pub admin_tls: bool,
 }
 
 /// A started gateway.
@@ -168,6 +171,11 @@ pub async fn start(config: Config) -> Result<Running> {
     addrs.plain = plain.as_ref().map(|l| l.local_addr()).transpose()?;
     addrs.mtls = mtls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     addrs.admin = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    let admin_tls = match addrs.admin {
+        Some(addr) => crate::console::tls::acceptor(&gateway.config, addr)?,
+        None => None,
+    };
+    addrs.admin_tls = admin_tls.is_some();
     let own: Vec<SocketAddr> = [addrs.plain, addrs.mtls, addrs.admin]
         .into_iter()
         .flatten()
@@ -183,7 +191,11 @@ pub async fn start(config: Config) -> Result<Running> {
         tokio::spawn(crate::listen::serve_mtls(gateway.clone(), listener, auth));
     }
     if let Some(listener) = admin {
-        tokio::spawn(crate::admin::serve_admin(gateway.clone(), listener));
+        tokio::spawn(crate::admin::serve_admin(
+            gateway.clone(),
+            listener,
+            admin_tls,
+        ));
     }
     gateway
         .metrics

@@ -132,13 +132,31 @@ pub enum AuditEvent {
     /// any record is shown; a search that cannot be audited is refused.
     LogSearch {
         actor: String,
-        /// "cli" or "admin-api".
+        /// "cli", "admin-api" or "console".
         via: String,
         /// The filters as given (`since=-7d host=*.dropbox.com …`).
         query: String,
         format: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         out: Option<String>,
+    },
+    /// A console sign-in (`action`: sign_in, sign_in_failed,
+    /// sign_in_refused by the rate limit) or sign-out, with the account name
+    /// as typed and the client address.
+    ConsoleSession {
+        user: String,
+        client: String,
+        action: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
+    /// A console account added, changed or removed (`action`: add, passwd, remove).
+    AccountChange {
+        actor: String,
+        action: String,
+        account: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
     },
     /// Anything else worth an audit trail.
     Note { actor: String, message: String },

@@ -63,7 +63,8 @@ pub const COLUMNS: [(&str, f64); 21] = [
     ("受付 listener", 8.0),
 ];
 
-fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 21] {
+/// A record's cells, in [`COLUMNS`] order, times in `offset_min`.
+pub fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 21] {
     // "YYYY-MM-DD HH:MM:SS.mmm" in local time; the header names the offset.
     let t = format_with_offset(r.time_ms, offset_min, true).replace('T', " ");
     [
@@ -171,7 +172,7 @@ impl<W: Write> Sink<W> {
                 out.write_all(b"\n")
             }
             Sink::Csv { out, offset_min } => out
-                .write_record(text_fields(r, *offset_min))
+                .write_record(text_fields(r, *offset_min).map(neutralise_formula))
                 .map_err(csv_err),
             Sink::Xlsx(x) => x.write(r),
         }
@@ -189,6 +190,16 @@ impl<W: Write> Sink<W> {
                 .map_err(|e| io::Error::other(e.to_string())),
             Sink::Xlsx(x) => x.finish(),
         }
+    }
+}
+
+/// A spreadsheet opening the CSV would run a cell starting with `=`, `+`,
+/// `-`, `@`, tab or carriage return as a formula (`=cmd|' /C calc'!A0`):
+/// such a cell gets a leading `'`, which shows the text as typed.
+pub fn neutralise_formula(cell: String) -> String {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}"),
+        _ => cell,
     }
 }
 
@@ -324,11 +335,56 @@ impl<W: Write> XlsxSink<W> {
         self.sheets
     }
 
+    /// Assembles the workbook in an unlinked temporary file (not in
+    /// memory: a month of records is gigabytes) and copies it to the output.
     pub fn finish(mut self) -> io::Result<W> {
+        use std::io::{Seek, SeekFrom};
         self.finish_sheet()?;
-        let bytes = self.wb.save_to_buffer().map_err(xlsx_err)?;
-        self.out.write_all(&bytes)?;
+        let mut file = unlinked_temp_file()?;
+        self.wb.save_to_writer(&mut file).map_err(xlsx_err)?;
+        file.seek(SeekFrom::Start(0))?;
+        io::copy(&mut file, &mut self.out)?;
         self.out.flush()?;
         Ok(self.out)
+    }
+}
+
+/// A private file in the temporary directory, already removed from it (it
+/// disappears when closed, even after a crash).
+fn unlinked_temp_file() -> io::Result<std::fs::File> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        ".komugate-export-{}-{}.xlsx",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot create the temporary file {}: {e}", path.display()),
+        )
+    })?;
+    let _ = std::fs::remove_file(&path);
+    Ok(file)
+}
+
+#[cfg(test)]
+mod formula_tests {
+    #[test]
+    fn formulas_are_neutralised() {
+        use super::neutralise_formula as n;
+        assert_eq!(n("=cmd|' /C calc'!A0".into()), "'=cmd|' /C calc'!A0");
+        assert_eq!(n("+1".into()), "'+1");
+        assert_eq!(n("@SUM(A1)".into()), "'@SUM(A1)");
+        assert_eq!(n("example.com".into()), "example.com");
+        assert_eq!(n(String::new()), "");
     }
 }

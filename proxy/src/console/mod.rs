@@ -1,0 +1,70 @@
+//! The admin console: server-rendered pages under `/console/` on the admin
+//! listener (the same process, no extra service), for the board's staff.
+//! Japanese first with an English switch, times in the configured display
+//! zone (`[log] display_utc_offset`, JST by default).
+//!
+//! - [`routes`]: which path is which page, the role each page needs, the
+//!   session and CSRF checks every request passes
+//! - [`respond`]: HTML, redirects, cookies and the security headers
+//! - [`templates`], [`text`]: the embedded minijinja templates and the
+//!   Japanese / English wording
+//! - [`assets`]: the vendored htmx and the stylesheet, embedded
+//! - [`accounts`]: local accounts (argon2id hashes in a file) and roles
+//! - [`auth`]: sessions (idle expiry), CSRF tokens, the sign-in rate limit
+//! - [`form`]: query strings, form bodies and cookies
+//! - [`pages`]: one module per page
+//! - [`tls`]: TLS for the admin listener
+//! - [`cli`]: `komugate admin user add|passwd|remove|list`
+
+pub mod accounts;
+pub mod assets;
+pub mod auth;
+pub mod cli;
+pub mod form;
+pub mod pages;
+pub mod respond;
+pub mod routes;
+pub mod templates;
+pub mod text;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+
+/// The console's state, shared by the admin listener's connections.
+pub struct Console {
+    pub sessions: auth::Sessions,
+    pub limiter: auth::SignInLimiter,
+    pub accounts: accounts::AccountCache,
+    /// Bounds the log searches and exports running at once.
+    pub searches: Arc<tokio::sync::Semaphore>,
+    /// The admin listener speaks TLS: cookies are `Secure`.
+    pub secure: bool,
+    /// Display offset in minutes east of UTC (540 = JST).
+    pub offset_min: i32,
+}
+
+impl Console {
+    pub fn new(config: &Config, secure: bool) -> Console {
+        let a = &config.admin;
+        Console {
+            sessions: auth::Sessions::new(std::time::Duration::from_secs(a.session_idle_secs)),
+            limiter: auth::SignInLimiter::new(
+                a.signin_max_failures,
+                std::time::Duration::from_secs(a.signin_window_secs),
+            ),
+            accounts: accounts::AccountCache::new(users_file(config)),
+            searches: Arc::new(tokio::sync::Semaphore::new(a.max_searches)),
+            secure,
+            offset_min: crate::logs::query::parse_offset(&config.log.display_utc_offset)
+                .unwrap_or(540),
+        }
+    }
+}
+
+/// The accounts file of a configuration.
+pub fn users_file(config: &Config) -> PathBuf {
+    config.data_path(&config.admin.users_file)
+}

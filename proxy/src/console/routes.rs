@@ -1,0 +1,179 @@
+//! Which path is which page, and the checks every console request passes:
+//! the session (idle expiry, account still there with the same password),
+//! the role the page needs, the CSRF token on every POST.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::accounts::Role;
+use super::auth::{constant_time_eq, Session};
+use super::form::{cookie, read_form, Params};
+use super::pages::{self, Ctx};
+use super::respond::{self, Body};
+use super::text::{fill, Lang};
+use super::Console;
+use crate::gateway::Gateway;
+
+pub const SESSION_COOKIE: &str = "komugate_session";
+pub const SIGNIN_COOKIE: &str = "komugate_signin";
+pub const LANG_COOKIE: &str = "komugate_lang";
+
+/// Serves `/console` and everything under `/console/`.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    console: Arc<Console>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let Some(rest) = path.strip_prefix("/console/") else {
+        return respond::redirect("/console/");
+    };
+    if let Some(name) = rest.strip_prefix("assets/") {
+        if req.method() == Method::GET {
+            if let Some(r) = super::assets::get(name) {
+                return r;
+            }
+        }
+    }
+    let query = Params::parse(req.uri().query().unwrap_or(""));
+    let chosen_lang = query.get("lang").and_then(Lang::parse);
+    let lang = chosen_lang
+        .or_else(|| cookie(req.headers(), LANG_COOKIE).and_then(|c| Lang::parse(&c)))
+        .unwrap_or(Lang::Ja);
+    let mut resp = route(&gw, &console, req, peer, rest, query, lang).await;
+    if let Some(l) = chosen_lang {
+        respond::set_cookie(
+            &mut resp,
+            LANG_COOKIE,
+            l.code(),
+            console.secure,
+            Some(365 * 86_400),
+        );
+    }
+    resp
+}
+
+/// Which role a page needs; `None` for a path that is no page.
+fn required_role(method: &Method, page: &str) -> Option<Role> {
+    Some(match (method.as_str(), page) {
+        ("GET", "" | "dashboard" | "logs" | "logs/record") => Role::Viewer,
+        ("POST", "signout") => Role::Viewer,
+        ("GET", "logs/export" | "explain") => Role::Operator,
+        ("GET", "audit") | ("POST", "audit/verify") => Role::Admin,
+        _ => return None,
+    })
+}
+
+async fn route(
+    gw: &Arc<Gateway>,
+    console: &Arc<Console>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    page: &str,
+    query: Params,
+    lang: Lang,
+) -> Response<Body> {
+    let method = req.method().clone();
+    if page == "signin" {
+        return match method {
+            Method::GET => pages::signin::form(console, lang, &query, None, ""),
+            Method::POST => pages::signin::submit(gw, console, req, peer, lang).await,
+            _ => respond::text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST"),
+        };
+    }
+    let token = cookie(req.headers(), SESSION_COOKIE);
+    let session = token.as_deref().and_then(|t| current_session(console, t));
+    let Some(session) = session else {
+        // No session, or one that expired: back to the sign-in page.
+        let mut r = if token.is_some() {
+            respond::redirect("/console/signin?expired=1")
+        } else {
+            respond::redirect("/console/signin")
+        };
+        if token.is_some() {
+            respond::set_cookie(&mut r, SESSION_COOKIE, "", console.secure, Some(0));
+        }
+        return r;
+    };
+    let token = token.unwrap_or_default();
+    let mut ctx = Ctx {
+        gw,
+        console,
+        session: &session,
+        lang,
+        query,
+        peer,
+    };
+    let Some(role) = required_role(&method, page) else {
+        return ctx.error(
+            StatusCode::NOT_FOUND,
+            "title_not_found",
+            fill(
+                lang,
+                "err_not_found",
+                &[("path", &format!("/console/{page}"))],
+            ),
+        );
+    };
+    if session.role < role {
+        let role_name =
+            super::text::lookup(lang, &format!("role_{}", role.as_str())).unwrap_or(role.as_str());
+        return ctx.error(
+            StatusCode::FORBIDDEN,
+            "title_forbidden",
+            fill(lang, "err_forbidden", &[("role", role_name)]),
+        );
+    }
+    let form = if method == Method::POST {
+        let form = match read_form(req.into_body()).await {
+            Ok(f) => f,
+            Err(e) => return ctx.error(StatusCode::BAD_REQUEST, "title_error", e),
+        };
+        if !form
+            .get("csrf")
+            .is_some_and(|c| constant_time_eq(c, &session.csrf))
+        {
+            return ctx.error(
+                StatusCode::FORBIDDEN,
+                "title_forbidden",
+                fill(lang, "err_csrf", &[]),
+            );
+        }
+        Some(form)
+    } else {
+        None
+    };
+    match page {
+        "" => respond::redirect("/console/dashboard"),
+        "signout" => pages::signin::signout(&ctx, &token),
+        "dashboard" => pages::dashboard::page(&ctx),
+        "logs" => pages::logs::search_page(&ctx).await,
+        "logs/record" => pages::logs::record_page(&ctx).await,
+        "logs/export" => pages::logs::export(&ctx).await,
+        "explain" => pages::explain::page(&ctx),
+        "audit" => pages::audit::page(&ctx, None).await,
+        "audit/verify" => {
+            ctx.query = form.unwrap_or_default();
+            pages::audit::verify(&ctx).await
+        }
+        _ => unreachable!("required_role lists every page"),
+    }
+}
+
+/// The session behind a cookie, if it is still valid: not idle too long,
+/// the account still there, with the same password and role.
+fn current_session(console: &Console, token: &str) -> Option<Session> {
+    let session = console.sessions.touch(token)?;
+    let accounts = console.accounts.get().ok()?;
+    match accounts.find(&session.user) {
+        Some(a) if a.hash == session.password_hash && a.role == session.role => Some(session),
+        _ => {
+            console.sessions.remove(token);
+            None
+        }
+    }
+}

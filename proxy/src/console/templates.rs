@@ -1,0 +1,99 @@
+//! The console's HTML templates (minijinja), embedded in the binary.
+//! Every value is HTML-escaped (the templates' names end in `.html`);
+//! `t("key")` gives the wording in the page's language.
+
+use std::sync::OnceLock;
+
+use minijinja::{Environment, Error, ErrorKind, State, Value};
+
+use super::text::{lookup, Lang};
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("templates/base.html")),
+    ("signin.html", include_str!("templates/signin.html")),
+    ("error.html", include_str!("templates/error.html")),
+    ("dashboard.html", include_str!("templates/dashboard.html")),
+    ("logs.html", include_str!("templates/logs.html")),
+    ("record.html", include_str!("templates/record.html")),
+    ("explain.html", include_str!("templates/explain.html")),
+    ("audit.html", include_str!("templates/audit.html")),
+];
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, source) in TEMPLATES {
+            env.add_template(name, source)
+                .expect("the embedded templates parse (tested)");
+        }
+        env.add_function("t", |state: &State, key: &str| -> Result<String, Error> {
+            let lang = state
+                .lookup("lang")
+                .and_then(|v| v.as_str().and_then(Lang::parse))
+                .unwrap_or(Lang::Ja);
+            lookup(lang, key).map(str::to_string).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("no wording for the text key {key:?}"),
+                )
+            })
+        });
+        env
+    })
+}
+
+/// Renders `name` with `context` (a JSON object: the page's values).
+pub fn render(name: &str, context: &serde_json::Value) -> Result<String, String> {
+    env()
+        .get_template(name)
+        .and_then(|t| t.render(Value::from_serialize(context)))
+        .map_err(|e| format!("template {name}: {e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every template renders in both languages with a full context, and
+    /// values are escaped.
+    #[test]
+    fn every_template_renders_escaped_in_both_languages() {
+        for lang in ["ja", "en"] {
+            let mut ctx = serde_json::json!({
+                "lang": lang, "user": "<b>x</b>", "role": "admin", "csrf": "c",
+                "can_operate": true, "is_admin": true, "zone": "UTC+09:00", "version": "0",
+                "signin_csrf": "s", "name": "n", "error": "<script>alert(1)</script>",
+                "title": "t", "message": "m", "back": "/console/",
+            });
+            let more = [
+                serde_json::json!({
+                    "now": "2026-01-01 00:00", "generation": 1, "builtin": true,
+                    "reloads_ok": 0, "reloads_failed": 0, "requests": 0, "blocks": 0,
+                    "connections": 0, "tunnels": 0,
+                }),
+                serde_json::json!({
+                    "f": {"since": "", "action": "block", "type": "", "contains": ""},
+                    "searched": true, "page": 2, "more": true, "query": "a=b", "can_export": true,
+                    "rows": [{"time": "t", "action": "block", "n": 0, "host": "h"}, {"action": "weird"}],
+                }),
+                serde_json::json!({
+                    "fields": [{"label": "l", "value": "v"}], "explain_query": "x=y",
+                    "d": {"action": "block", "rule": "r", "rule_origin": "p:1"},
+                    "verify": {"ok": false, "entries": 3, "head": "h", "problems": ["p"]},
+                    "entries": [{"seq": 1, "time": "t", "kind": "k", "actor": "a", "detail": "d"}],
+                    "total": 1,
+                }),
+            ];
+            for m in more {
+                if let (Some(c), serde_json::Value::Object(m)) = (ctx.as_object_mut(), m) {
+                    c.extend(m);
+                }
+            }
+            for (name, _) in TEMPLATES {
+                let html = render(name, &ctx).unwrap_or_else(|e| panic!("{lang} {name}: {e}"));
+                assert!(!html.contains("<script>alert"), "{name} escapes");
+            }
+        }
+    }
+}

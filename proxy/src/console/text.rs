@@ -1,0 +1,171 @@
+//! The console's wording, Japanese first, with English. Templates call
+//! `t("key")`; an unknown key is a render error (caught by the tests that
+//! render every page in both languages).
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Ja,
+    En,
+}
+
+impl Lang {
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Ja => "ja",
+            Lang::En => "en",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Lang> {
+        match s {
+            "ja" => Some(Lang::Ja),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+}
+
+/// (key, Japanese, English)
+const TEXT: &[(&str, &str, &str)] = &[
+    ("console", "管理コンソール", "admin console"),
+    ("nav_dashboard", "状況", "Dashboard"),
+    ("nav_logs", "ログ検索", "Log search"),
+    ("nav_explain", "判定の理由", "Why blocked?"),
+    ("nav_audit", "監査ログ", "Audit log"),
+    ("role_viewer", "閲覧者", "viewer"),
+    ("role_operator", "運用担当", "operator"),
+    ("role_admin", "管理者", "admin"),
+    ("signin", "サインイン", "Sign in"),
+    ("signout", "サインアウト", "Sign out"),
+    ("account", "アカウント名", "Account"),
+    ("password", "パスワード", "Password"),
+    ("times_in", "時刻の表示:", "Times shown in"),
+    ("back", "戻る", "Back"),
+    ("now", "現在時刻", "Now"),
+    ("health", "稼働状態", "Health"),
+    ("healthy", "正常", "healthy"),
+    ("draining", "停止処理中", "draining"),
+    ("policy_generation", "ポリシー世代", "Policy generation"),
+    ("builtin_policy", "設定ファイルの簡易リスト", "built-in lists of the configuration"),
+    ("reloads", "再読み込み", "Reloads"),
+    ("ok", "成功", "ok"),
+    ("failed", "失敗", "failed"),
+    ("requests_since_start", "起動後のリクエスト数", "Requests since start"),
+    ("blocks_since_start", "起動後のブロック数", "Blocks since start"),
+    ("connections_open", "接続中のクライアント接続", "Open client connections"),
+    ("tunnels_open", "中継中のトンネル", "Open tunnels"),
+    ("since", "開始日時", "From"),
+    ("until", "終了日時", "Until"),
+    ("device", "端末", "Device"),
+    ("user", "利用者", "User"),
+    ("group", "グループ", "Group"),
+    ("site", "拠点", "Site"),
+    ("host", "ホスト", "Host"),
+    ("category", "カテゴリ", "Category"),
+    ("action", "判定", "Action"),
+    ("any", "すべて", "any"),
+    ("action_allow", "許可", "allowed"),
+    ("action_block", "ブロック", "blocked"),
+    ("action_error", "エラー", "error"),
+    ("rule", "ルール", "Rule"),
+    ("app", "アプリ", "App"),
+    ("url_contains", "URL に含む文字列", "URL contains"),
+    ("ips", "IPS シグネチャ", "IPS signature"),
+    ("search", "検索", "Search"),
+    ("results_page", "ページ", "Page"),
+    ("records", "件", "records"),
+    ("export_csv", "CSV で出力", "Export CSV"),
+    ("export_xlsx", "Excel で出力", "Export Excel"),
+    ("time", "日時", "Time"),
+    ("details", "詳細", "Details"),
+    ("no_records", "該当する記録はありません。", "No matching records."),
+    ("prev_page", "← 前のページ", "← Previous"),
+    ("next_page", "次のページ →", "Next →"),
+    ("record", "アクセス記録の詳細", "Access record"),
+    ("why_this", "この判定の理由を調べる", "Why this decision?"),
+    ("back_to_results", "検索結果に戻る", "Back to the results"),
+    ("from_address", "接続元 IP アドレス", "Client IP address"),
+    ("method", "メソッド", "Method"),
+    ("explain_go", "判定を調べる", "Explain"),
+    ("verdict", "判定", "Decision"),
+    ("request", "リクエスト", "Request"),
+    ("location", "場所", "Location"),
+    ("policy", "ポリシー", "Policy"),
+    ("deciding_rule", "決め手のルール", "Deciding rule"),
+    ("message", "メッセージ", "Message"),
+    ("audit_type", "種類", "Type"),
+    ("audit_contains", "含む文字列", "Contains"),
+    ("audit_actor", "実施者", "Who"),
+    ("audit_detail", "内容", "Detail"),
+    ("verify_chain", "改ざん検査（ハッシュチェーンの検証）", "Verify the hash chain"),
+    ("chain_ok", "監査ログは改ざんされていません。", "The audit log is intact."),
+    ("chain_broken", "監査ログに不整合があります。", "The audit log has problems."),
+    ("entries", "件数", "entries"),
+    ("latest_first", "新しい順", "Latest first"),
+    // Messages built in the code.
+    ("title_error", "エラー", "Error"),
+    ("title_forbidden", "権限がありません", "Not allowed"),
+    ("title_not_found", "ページが見つかりません", "Page not found"),
+    ("err_signin", "アカウント名またはパスワードが正しくありません。", "Wrong account name or password."),
+    ("err_rate_limited", "サインインの失敗が続いたため、一時的に受け付けを停止しています。{secs} 秒後にもう一度お試しください。", "Too many failed sign-ins: try again in {secs} seconds."),
+    ("err_csrf", "フォームの確認用トークンがないか、古くなっています。ページを開き直してからもう一度送信してください。", "The form's check token is missing or stale: reload the page and send it again."),
+    ("err_forbidden", "このページには「{role}」以上の権限が必要です。管理者に依頼してください。", "This page needs the {role} role or higher; ask an administrator."),
+    ("err_not_found", "「{path}」というページはありません。", "There is no page {path}."),
+    ("err_session_expired", "一定時間操作がなかったため、サインアウトしました。もう一度サインインしてください。", "You were signed out after a period without activity; sign in again."),
+    ("err_accounts", "アカウント情報を読み込めません: {detail}", "Cannot read the accounts: {detail}"),
+    ("err_audit", "監査ログに記録できないため、この操作は実行しませんでした: {detail}", "Not done: it cannot be written to the audit log: {detail}"),
+    ("err_no_audit", "監査ログが設定されていないため、ログ検索はできません（[log] audit_log を設定してください）。", "Log search needs the audit log: set [log] audit_log."),
+    ("err_busy", "他の検索・出力が実行中です。しばらく待ってからもう一度お試しください。", "Other searches or exports are running; try again shortly."),
+    ("err_time", "{field}「{value}」を日時として読み取れません。2026-04-01 08:00 のように入力してください。", "{field} {value:?} is not a date and time; enter it like 2026-04-01 08:00."),
+    ("err_time_order", "開始日時は終了日時より前にしてください。", "The start must be before the end."),
+    ("err_field", "「{field}」の値が長すぎるか、使えない文字を含んでいます（{max} 文字まで、制御文字は使えません）。", "{field} is too long or holds control characters (at most {max} characters)."),
+    ("err_page", "ページ番号は 1 から {max} までの数で指定してください。", "The page must be a number from 1 to {max}."),
+    ("err_search", "検索に失敗しました: {detail}", "The search failed: {detail}"),
+    ("err_record", "この記録はもう見つかりません（検索条件か記録が変わりました）。", "This record is no longer found (the filters or the logs changed)."),
+    ("err_format", "出力形式は csv か xlsx を指定してください。", "The export format must be csv or xlsx."),
+    ("err_explain_input", "接続元 IP アドレスと URL を入力してください。", "Enter the client IP address and the URL."),
+    ("err_explain", "判定できません: {detail}", "Cannot explain: {detail}"),
+    ("err_explain_builtin", "ポリシーファイルが設定されていないため、判定は設定ファイルの簡易リストによります（[policy] file を設定すると詳しい理由を表示できます）。", "No policy file is configured ([policy] file); decisions come from the configuration's simple lists."),
+    ("err_audit_read", "監査ログを読み込めません: {detail}", "Cannot read the audit log: {detail}"),
+];
+
+/// The wording of `key` in `lang`; `None` for an unknown key.
+pub fn lookup(lang: Lang, key: &str) -> Option<&'static str> {
+    TEXT.iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, ja, en)| if lang == Lang::Ja { *ja } else { *en })
+}
+
+/// The wording of `key` with `{name}` placeholders filled in.
+pub fn fill(lang: Lang, key: &str, args: &[(&str, &str)]) -> String {
+    let mut s = lookup(lang, key).unwrap_or(key).to_string();
+    for (name, value) in args {
+        s = s.replace(&format!("{{{name}:?}}"), &format!("{value:?}"));
+        s = s.replace(&format!("{{{name}}}"), value);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_and_filled() {
+        for (i, (k, ja, en)) in TEXT.iter().enumerate() {
+            assert!(!ja.is_empty() && !en.is_empty(), "{k}");
+            assert!(
+                TEXT[i + 1..].iter().all(|(k2, _, _)| k2 != k),
+                "duplicate key {k}"
+            );
+        }
+        assert_eq!(
+            fill(Lang::Ja, "err_page", &[("max", "100")]),
+            "ページ番号は 1 から 100 までの数で指定してください。"
+        );
+        assert_eq!(
+            fill(Lang::En, "err_time", &[("field", "From"), ("value", "x")]),
+            "From \"x\" is not a date and time; enter it like 2026-04-01 08:00."
+        );
+    }
+}

@@ -119,6 +119,10 @@ async fn sign_in_roles_csrf_sign_out_and_audit() {
             d.text()
         );
         assert!(d.text().contains("/console/assets/htmx.min.js"));
+        assert!(
+            d.visible().contains("JST (Asia/Tokyo)"),
+            "times in the block page's zone"
+        );
         let js = c.get("/console/assets/htmx.min.js").await;
         assert_eq!(js.status, 200);
         assert!(js.text().contains("htmx"), "htmx is embedded");

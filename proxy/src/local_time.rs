@@ -62,6 +62,16 @@ impl LocalZone {
         &self.name
     }
 
+    /// `JST`, `UTC`, or `UTC+05:30` for a bare offset.
+    pub fn abbreviation(&self) -> &str {
+        &self.abbreviation
+    }
+
+    /// Minutes east of UTC (540 for Asia/Tokyo).
+    pub fn offset_minutes(&self) -> i32 {
+        self.offset.whole_minutes() as i32
+    }
+
     /// `2026年12月2日 11:08:04 JST`: the date as people write it in Japan.
     pub fn format_ja(&self, t: SystemTime) -> String {
         let t = OffsetDateTime::from(t).to_offset(self.offset);

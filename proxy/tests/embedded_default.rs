@@ -1,7 +1,8 @@
 //! The embedded default, end to end, through the real binary: `komugate
 //! serve` with no config prints a banner whose `curl` lines must work as
 //! printed; `komugate config default` round-trips; `komugate pki` writes
-//! keys 0600 and never overwrites without --force.
+//! keys 0600 and never overwrites without --force; the console and its demo
+//! sign-in work as printed; `komugate admin user` manages console accounts.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -267,6 +268,45 @@ fn embedded_default_banner_curl_lines_work_and_sigterm_exits_zero() {
     );
     assert!(log.contains("blocked.example"), "{log}");
 
+    // The console and the demo sign-in, as printed, work.
+    let printed = |label: &str| {
+        serve
+            .banner
+            .iter()
+            .map(|l| l.trim())
+            .find_map(|l| l.strip_prefix(label).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("the banner has no {label:?} line: {:#?}", serve.banner))
+    };
+    let console = printed("console  ");
+    assert_eq!(console, "http://127.0.0.1:9090/console/");
+    let sign_in = printed("console sign-in");
+    let (name, rest) = sign_in.split_once(" / ").expect("name / password");
+    let password = rest.split_whitespace().next().unwrap();
+    assert!(password.len() >= 12, "a generated password: {sign_in}");
+    let jar = data.join("cookies.txt");
+    let jar = jar.display();
+    let form = sh(&format!("curl -sS -c {jar} {console}signin"));
+    let form = String::from_utf8_lossy(&form.stdout).into_owned();
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf field in the sign-in page:\n{form}"));
+    let out = sh(&format!(
+        "curl -sS -b {jar} -c {jar} -o /dev/null -w '%{{http_code}} %{{redirect_url}}' --data-urlencode csrf={csrf} --data-urlencode user={name} --data-urlencode password={password} {console}signin"
+    ));
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.starts_with("303 ") && answer.ends_with("/console/dashboard"),
+        "sign-in with the printed password: {answer}"
+    );
+    let out = sh(&format!("curl -sS -b {jar} {console}dashboard"));
+    let dashboard = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dashboard.contains("ポリシー世代") && dashboard.contains(name),
+        "{dashboard}"
+    );
+
     let status = serve.terminate();
     assert!(
         status.success(),
@@ -412,5 +452,100 @@ fn pki_init_and_issue_device_via_the_binary() {
         cert_before
     );
     assert_eq!(mode(&dir.join("devices/laptop-1.key")), 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn admin_user_commands_via_the_binary() {
+    let dir = tempdir("users");
+    let data = dir.to_str().unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--data", data])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["admin", "user", "add", "山田", "--role", "operator"], "");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("password (shown once): "), "{out}");
+    let file = dir.join("console-users.json");
+    assert_eq!(mode(&file), 0o600, "the hashes are private");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("$argon2id$") && !text.contains("shown once"),
+        "{text}"
+    );
+
+    let (code, out) = run(&["admin", "user", "add", "山田", "--role", "viewer"], "");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("already exists"), "{out}");
+    let (code, out) = run(&["admin", "user", "add", "x", "--role", "root"], "");
+    assert_eq!(code, Some(2), "a usage error: {out}");
+    assert!(out.contains("viewer (look)"), "{out}");
+    let (code, out) = run(&["admin", "user", "add", "a b", "--role", "viewer"], "");
+    assert_eq!(code, Some(2), "{out}");
+
+    let (code, out) = run(
+        &["admin", "user", "passwd", "山田", "--password-stdin"],
+        "short\n",
+    );
+    assert_eq!(code, Some(2));
+    assert!(out.contains("at least 12 characters"), "{out}");
+    let (code, out) = run(
+        &["admin", "user", "passwd", "山田", "--password-stdin"],
+        "a-long-enough-password\n",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        !out.contains("shown once"),
+        "a typed password is not printed"
+    );
+    let (code, out) = run(&["admin", "user", "list"], "");
+    assert_eq!(code, Some(0));
+    assert!(out.contains("山田") && out.contains("operator"), "{out}");
+    let (code, out) = run(&["admin", "user", "remove", "山田"], "");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&["admin", "user", "remove", "山田"], "");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("no account"), "{out}");
+
+    let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+    for action in ["add", "passwd", "remove"] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains("\"type\":\"account_change\"")
+                    && l.contains(&format!("\"action\":\"{action}\""))
+                    && l.contains("\"account\":\"山田\"")),
+            "{action} audited:\n{audit}"
+        );
+    }
+    let verify = Command::new(BIN)
+        .args([
+            "audit",
+            "verify",
+            "--file",
+            dir.join("audit.log").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(verify.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,8 @@
 //! The admin console: server-rendered pages under `/console/` on the admin
 //! listener (the same process, no extra service), for the board's staff.
-//! Japanese first with an English switch, times in the configured display
-//! zone (`[log] display_utc_offset`, JST by default).
+//! Japanese first with an English switch, times in the zone people read
+//! times in (`[block_page] time_zone`, Asia/Tokyo by default; the same
+//! `crate::local_time` zone as the block page).
 //!
 //! - [`routes`]: which path is which page, the role each page needs, the
 //!   session and CSRF checks every request passes
@@ -44,6 +45,8 @@ pub struct Console {
     pub secure: bool,
     /// Display offset in minutes east of UTC (540 = JST).
     pub offset_min: i32,
+    /// How the zone is named on every page (`JST (Asia/Tokyo)`).
+    pub zone_label: String,
 }
 
 impl Console {
@@ -58,8 +61,8 @@ impl Console {
             accounts: accounts::AccountCache::new(users_file(config)),
             searches: Arc::new(tokio::sync::Semaphore::new(a.max_searches)),
             secure,
-            offset_min: crate::logs::query::parse_offset(&config.log.display_utc_offset)
-                .unwrap_or(540),
+            offset_min: config.block_page.time_zone.offset_minutes(),
+            zone_label: zone_label(&config.block_page.time_zone),
         }
     }
 }
@@ -67,4 +70,13 @@ impl Console {
 /// The accounts file of a configuration.
 pub fn users_file(config: &Config) -> PathBuf {
     config.data_path(&config.admin.users_file)
+}
+
+/// `JST (Asia/Tokyo)`, or the offset alone for a bare offset.
+pub fn zone_label(zone: &crate::local_time::LocalZone) -> String {
+    if zone.abbreviation() == zone.name() || zone.abbreviation().ends_with(zone.name()) {
+        zone.abbreviation().to_string()
+    } else {
+        format!("{} ({})", zone.abbreviation(), zone.name())
+    }
 }

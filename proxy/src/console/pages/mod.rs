@@ -31,19 +31,11 @@ pub struct Ctx<'a> {
     pub peer: SocketAddr,
 }
 
-/// "UTC+09:00" for the display offset.
-pub fn zone_label(offset_min: i32) -> String {
-    let sign = if offset_min < 0 { '-' } else { '+' };
-    let o = offset_min.abs();
-    let name = if offset_min == 540 { " (JST)" } else { "" };
-    format!("UTC{sign}{:02}:{:02}{name}", o / 60, o % 60)
-}
-
 /// The values every page's layout needs.
-pub fn layout(lang: Lang, offset_min: i32, session: Option<&Session>) -> serde_json::Value {
+pub fn layout(lang: Lang, console: &Console, session: Option<&Session>) -> serde_json::Value {
     let mut v = serde_json::json!({
         "lang": lang.code(),
-        "zone": zone_label(offset_min),
+        "zone": console.zone_label,
         "version": env!("CARGO_PKG_VERSION"),
     });
     if let Some(s) = session {
@@ -100,7 +92,7 @@ impl Ctx<'_> {
         render(
             status,
             template,
-            layout(self.lang, self.console.offset_min, Some(self.session)),
+            layout(self.lang, self.console, Some(self.session)),
             values,
         )
     }

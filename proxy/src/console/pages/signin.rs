@@ -39,7 +39,7 @@ pub fn form(
     let mut r = render(
         status,
         "signin.html",
-        layout(lang, console.offset_min, None),
+        layout(lang, console, None),
         serde_json::json!({"signin_csrf": token, "error": error, "name": name}),
     );
     respond::set_cookie(&mut r, SIGNIN_COOKIE, &token, console.secure, Some(3600));

@@ -298,6 +298,12 @@ async fn search_finds_traffic_just_sent_and_exports_it() {
     );
     let r = raw::proxy_get(gw.plain(), &url).await.unwrap();
     assert_eq!(r.status, 200);
+    let r = raw::proxy_get(gw.plain(), "http://blocked.test/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    gw.access_record(|v| v["target"] == "http://blocked.test/")
+        .await;
     gw.access_record(|v| {
         v["target"]
             .as_str()
@@ -311,6 +317,19 @@ async fn search_finds_traffic_just_sent_and_exports_it() {
     within("search and export", async {
         let mut c = ConsoleClient::plain(gw.admin());
         assert_eq!(c.sign_in("op1", OPERATOR_PW).await.status, 303);
+
+        // The dashboard counts the traffic just sent, in its charts too.
+        let d = c.get("/console/dashboard").await.visible();
+        assert!(
+            d.contains("<td id=\"requests-total\">2</td>")
+                && d.contains("<td id=\"blocks-total\">1</td>"),
+            "{d}"
+        );
+        assert!(
+            d.contains("過去 24 時間（10 分ごと）: リクエスト 2 / ブロック 1")
+                && d.contains("過去 7 日間（1 時間ごと）: リクエスト 2 / ブロック 1"),
+            "{d}"
+        );
 
         let p = c.get("/console/logs?host=plain.test").await;
         assert_eq!(p.status, 200, "{}", p.text());

@@ -10,6 +10,7 @@
 //! - [`templates`], [`text`]: the embedded minijinja templates and the
 //!   Japanese / English wording
 //! - [`assets`]: the vendored htmx and the stylesheet, embedded
+//! - [`activity`]: requests and blocks per minute for the dashboard's charts
 //! - [`accounts`]: local accounts (argon2id hashes in a file) and roles
 //! - [`auth`]: sessions (idle expiry), CSRF tokens, the sign-in rate limit
 //! - [`form`]: query strings, form bodies and cookies
@@ -18,6 +19,7 @@
 //! - [`cli`]: `komugate admin user add|passwd|remove|list`
 
 pub mod accounts;
+pub mod activity;
 pub mod assets;
 pub mod auth;
 pub mod cli;
@@ -47,6 +49,8 @@ pub struct Console {
     pub offset_min: i32,
     /// How the zone is named on every page (`JST (Asia/Tokyo)`).
     pub zone_label: String,
+    /// Requests and blocks over time (sampled once a minute).
+    pub activity: Arc<activity::Activity>,
 }
 
 impl Console {
@@ -63,6 +67,7 @@ impl Console {
             secure,
             offset_min: config.block_page.time_zone.offset_minutes(),
             zone_label: zone_label(&config.block_page.time_zone),
+            activity: Arc::new(activity::Activity::default()),
         }
     }
 }

@@ -70,7 +70,12 @@ mod tests {
                 serde_json::json!({
                     "now": "2026-01-01 00:00", "generation": 1, "builtin": true,
                     "reloads_ok": 0, "reloads_failed": 0, "requests": 0, "blocks": 0,
-                    "connections": 0, "tunnels": 0,
+                    "connections": 0, "tunnels": 0, "devices": 0, "ips_events": 0,
+                    "threat_intel_blocks": 0, "dlp_matches": 0,
+                    "day": {"bars": [{"x": 0, "h": 10, "hb": 1, "title": "<t>", "label": "09:00"}],
+                            "width": 4, "max": 1, "requests": 1, "blocks": 0},
+                    "week": {"bars": [], "width": 4, "max": 1, "requests": 0, "blocks": 0},
+                    "lists": [{"path": "p", "applied": "a", "result": "ok", "entries": 1}],
                 }),
                 serde_json::json!({
                     "f": {"since": "", "action": "block", "type": "", "contains": ""},

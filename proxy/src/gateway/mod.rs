@@ -82,6 +82,14 @@ impl Gateway {
         );
     }
 
+    /// Devices with at least one open connection now (the console's dashboard).
+    pub fn devices_connected(&self) -> usize {
+        self.device_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Counts a connection of `device`; `None` if it is over its limit.
     pub fn device_connection(self: &Arc<Self>, device: &str) -> Option<DeviceConnectionGuard> {
         let mut map = self

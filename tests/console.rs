@@ -326,6 +326,10 @@ async fn search_finds_traffic_just_sent_and_exports_it() {
             "{d}"
         );
         assert!(
+            d.contains("<td><a href=\"/console/logs?action=block&host=blocked.test\">blocked.test</a></td><td>1</td>"),
+            "top blocked hosts: {d}"
+        );
+        assert!(
             d.contains("過去 24 時間（10 分ごと）: リクエスト 2 / ブロック 1")
                 && d.contains("過去 7 日間（1 時間ごと）: リクエスト 2 / ブロック 1"),
             "{d}"
@@ -339,6 +343,10 @@ async fn search_finds_traffic_just_sent_and_exports_it() {
             "{html}"
         );
         assert!(!html.contains("planted.test"), "the host filter applies");
+        assert!(
+            p.visible().contains("/console/explain?from=127.0.0.1&url=http"),
+            "each row links to explain: {html}"
+        );
 
         // The detail view, with a link to explain filled in.
         let d = c.get("/console/logs/record?host=plain.test&n=0").await;

@@ -11,6 +11,7 @@
 //!   Japanese / English wording
 //! - [`assets`]: the vendored htmx and the stylesheet, embedded
 //! - [`activity`]: requests and blocks per minute for the dashboard's charts
+//! - [`top_blocked`]: the most blocked hosts and categories of the last day
 //! - [`accounts`]: local accounts (argon2id hashes in a file) and roles
 //! - [`auth`]: sessions (idle expiry), CSRF tokens, the sign-in rate limit
 //! - [`form`]: query strings, form bodies and cookies
@@ -30,6 +31,7 @@ pub mod routes;
 pub mod templates;
 pub mod text;
 pub mod tls;
+pub mod top_blocked;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +53,7 @@ pub struct Console {
     pub zone_label: String,
     /// Requests and blocks over time (sampled once a minute).
     pub activity: Arc<activity::Activity>,
+    pub top_blocked: top_blocked::TopBlockedCache,
 }
 
 impl Console {
@@ -68,6 +71,7 @@ impl Console {
             offset_min: config.block_page.time_zone.offset_minutes(),
             zone_label: zone_label(&config.block_page.time_zone),
             activity: Arc::new(activity::Activity::default()),
+            top_blocked: Default::default(),
         }
     }
 }

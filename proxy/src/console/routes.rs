@@ -150,7 +150,7 @@ async fn route(
     match page {
         "" => respond::redirect("/console/dashboard"),
         "signout" => pages::signin::signout(&ctx, &token),
-        "dashboard" => pages::dashboard::page(&ctx),
+        "dashboard" => pages::dashboard::page(&ctx).await,
         "logs" => pages::logs::search_page(&ctx).await,
         "logs/record" => pages::logs::record_page(&ctx).await,
         "logs/export" => pages::logs::export(&ctx).await,

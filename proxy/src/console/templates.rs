@@ -76,6 +76,7 @@ mod tests {
                             "width": 4, "max": 1, "requests": 1, "blocks": 0},
                     "week": {"bars": [], "width": 4, "max": 1, "requests": 0, "blocks": 0},
                     "lists": [{"path": "p", "applied": "a", "result": "ok", "entries": 1}],
+                    "top": {"hosts": [["a b&c", 2]], "categories": [["gambling", 1]], "capped": true},
                 }),
                 serde_json::json!({
                     "f": {"since": "", "action": "block", "type": "", "contains": ""},

@@ -1,6 +1,7 @@
 //! The dashboard: the gateway's state now (health, policy generation,
 //! reloads, open connections, devices connected, IPS / threat-intel / DLP
-//! events, category list updates) and requests / blocks over the last 24
+//! events, category list updates, the most blocked hosts and categories of
+//! the last day) and requests / blocks over the last 24
 //! hours and 7 days as bar charts (inline SVG drawn by the template, no
 //! chart script). The figures are this gateway process's (on Kubernetes,
 //! one pod's). The page refreshes itself every 30 s (htmx).
@@ -44,7 +45,7 @@ fn chart(ctx: &Ctx, buckets: &[Bucket], label_every: usize, with_date: bool) -> 
     })
 }
 
-pub fn page(ctx: &Ctx) -> Response<Body> {
+pub async fn page(ctx: &Ctx<'_>) -> Response<Body> {
     let gw = ctx.gw;
     let m = &gw.metrics;
     let generation = gw.current();
@@ -52,6 +53,11 @@ pub fn page(ctx: &Ctx) -> Response<Body> {
     let activity = &ctx.console.activity;
     let day = activity.buckets(now, 86_400_000, 600_000);
     let week = activity.buckets(now, 7 * 86_400_000, 3_600_000);
+    let top = ctx
+        .console
+        .top_blocked
+        .get(crate::logs::cli::log_dir(&gw.config), &ctx.console.searches)
+        .await;
     let lists: Vec<serde_json::Value> = gw
         .list_updates
         .status()
@@ -85,6 +91,7 @@ pub fn page(ctx: &Ctx) -> Response<Body> {
             "day": chart(ctx, &day, 18, false),
             "week": chart(ctx, &week, 24, true),
             "lists": lists,
+            "top": top.as_deref(),
         }),
     )
 }

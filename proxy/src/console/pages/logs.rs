@@ -257,6 +257,7 @@ pub async fn search_page(ctx: &Ctx<'_>) -> Response<Body> {
                 "device": r.device, "user": r.user, "site": r.site,
                 "action": r.action, "host": r.host, "rule": r.rule,
                 "categories": r.categories.join(", "),
+                "explain": explain_query(r),
             })
         })
         .collect();
@@ -337,24 +338,29 @@ pub async fn record_page(ctx: &Ctx<'_>) -> Response<Body> {
             serde_json::json!({"label": label, "value": value})
         })
         .collect();
+    ctx.page(
+        "record.html",
+        serde_json::json!({
+            "fields": fields, "explain_query": explain_query(&r),
+            "query": search.link,
+        }),
+    )
+}
+
+/// The explain form's query string with a record's fields filled in.
+fn explain_query(r: &LogRecord) -> String {
     let client_ip = r
         .client
         .parse::<std::net::SocketAddr>()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| r.client.clone());
-    let explain = crate::console::form::Params(vec![
+    crate::console::form::Params(vec![
         ("device".into(), r.device.clone()),
         ("from".into(), client_ip),
         ("url".into(), r.target.clone()),
         ("method".into(), r.method.clone()),
-    ]);
-    ctx.page(
-        "record.html",
-        serde_json::json!({
-            "fields": fields, "explain_query": explain.to_query(&[]),
-            "query": search.link,
-        }),
-    )
+    ])
+    .to_query(&[])
 }
 
 /// Bytes written on a blocking thread, sent to the response body in chunks.

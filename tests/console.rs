@@ -399,6 +399,26 @@ async fn search_finds_traffic_just_sent_and_exports_it() {
         );
         let p = c.get("/console/logs?action=drop%20table").await;
         assert_eq!(p.status, 400);
+        for malformed in [
+            "/console/logs?page=abc",
+            "/console/logs?page=-1",
+            "/console/logs?since=%ff%fe",
+            "/console/logs?until=99999-99-99",
+            "/console/logs/record?n=abc",
+            "/console/logs/record?n=99999999999999999999",
+        ] {
+            let p = c.get(malformed).await;
+            assert!(p.status == 400 || p.status == 404, "{malformed}: {}", p.status);
+            assert!(p.text().contains("class=\"error\""), "{malformed}: {}", p.text());
+        }
+        let p = c.get("/console/logs?host=%ff%00x").await;
+        assert_eq!(p.status, 400, "a control character in a filter");
+        let big = "x".repeat(70 * 1024);
+        let csrf = c.get("/console/dashboard").await.field("csrf").unwrap();
+        let p = c.post("/console/signout", &[("csrf", &csrf), ("pad", &big)]).await;
+        assert_eq!(p.status, 400);
+        assert!(p.text().contains("64 KB を超えているか"), "{}", p.text());
+        assert_eq!(c.get("/console/dashboard").await.status, 200, "still signed in");
 
         // xlsx export of the traffic, read back.
         let x = c

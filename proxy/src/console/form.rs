@@ -61,15 +61,16 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Largest form body the console accepts.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
 
-/// Reads a form body (at most [`MAX_FORM_BYTES`]).
+/// Reads a form body (at most [`MAX_FORM_BYTES`]); `Err` is the wording key
+/// of the problem (`err_form_read`, `err_form_utf8`).
 pub async fn read_form(body: hyper::body::Incoming) -> Result<Params, String> {
     let limited = http_body_util::Limited::new(body, MAX_FORM_BYTES);
     let bytes = limited
         .collect()
         .await
-        .map_err(|e| format!("the form could not be read: {e}"))?
+        .map_err(|_| "err_form_read".to_string())?
         .to_bytes();
-    let text = std::str::from_utf8(&bytes).map_err(|_| "the form is not UTF-8".to_string())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| "err_form_utf8".to_string())?;
     Ok(Params::parse(text))
 }
 

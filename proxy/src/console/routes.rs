@@ -131,7 +131,13 @@ async fn route(
     let form = if method == Method::POST {
         let form = match read_form(req.into_body()).await {
             Ok(f) => f,
-            Err(e) => return ctx.error(StatusCode::BAD_REQUEST, "title_error", e),
+            Err(key) => {
+                return ctx.error(
+                    StatusCode::BAD_REQUEST,
+                    "title_error",
+                    fill(lang, &key, &[]),
+                )
+            }
         };
         if !form
             .get("csrf")

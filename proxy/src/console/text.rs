@@ -143,6 +143,8 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("err_explain_input", "接続元 IP アドレスと URL を入力してください。", "Enter the client IP address and the URL."),
     ("err_explain", "判定できません: {detail}", "Cannot explain: {detail}"),
     ("err_explain_builtin", "ポリシーファイルが設定されていないため、判定は設定ファイルの簡易リストによります（[policy] file を設定すると詳しい理由を表示できます）。", "No policy file is configured ([policy] file); decisions come from the configuration's simple lists."),
+    ("err_form_read", "フォームを読み取れません（64 KB を超えているか、送信が途中で切れました）。", "The form could not be read (over 64 KB, or cut off)."),
+    ("err_form_utf8", "フォームの文字コードが UTF-8 ではありません。", "The form is not UTF-8."),
     ("err_audit_read", "監査ログを読み込めません: {detail}", "Cannot read the audit log: {detail}"),
 ];
 

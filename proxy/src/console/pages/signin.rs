@@ -62,7 +62,16 @@ pub async fn submit(
     let none = Params::default();
     let f = match read_form(req.into_body()).await {
         Ok(f) => f,
-        Err(e) => return form(console, lang, &none, Some((StatusCode::BAD_REQUEST, e)), ""),
+        Err(key) => {
+            let message = fill(lang, &key, &[]);
+            return form(
+                console,
+                lang,
+                &none,
+                Some((StatusCode::BAD_REQUEST, message)),
+                "",
+            );
+        }
     };
     let name = typed_name(f.get("user").unwrap_or(""));
     let fail = |status: StatusCode, key: &str, args: &[(&str, &str)]| {

@@ -219,6 +219,32 @@ async fn sign_in_is_rate_limited_per_account() {
         assert!(!c.cookies.contains_key("komugate_session"));
         // Another account from the same address is not locked yet.
         assert_eq!(c.sign_in("root1", ADMIN_PW).await.status, 303);
+
+        // Attempts sent at once cannot all pass before the first fails:
+        // of 10 parallel wrong passwords for a fresh account, at most 3
+        // are checked, the rest refused.
+        let mut forms = Vec::new();
+        for _ in 0..10 {
+            let mut c = ConsoleClient::plain(gw.admin());
+            let csrf = c.get("/console/signin").await.field("csrf").unwrap();
+            forms.push((c, csrf));
+        }
+        let attempts = forms.into_iter().map(|(mut c, csrf)| async move {
+            c.post(
+                "/console/signin",
+                &[
+                    ("csrf", &csrf),
+                    ("user", "見る人"),
+                    ("password", "wrong-password-z"),
+                ],
+            )
+            .await
+            .status
+        });
+        let statuses = futures_util::future::join_all(attempts).await;
+        let checked = statuses.iter().filter(|s| **s == 401).count();
+        let refused = statuses.iter().filter(|s| **s == 429).count();
+        assert!(checked <= 3 && checked + refused == 10, "{statuses:?}");
     })
     .await;
     assert!(audit_entries(&gw)

@@ -129,6 +129,16 @@ impl SignInLimiter {
         ]
     }
 
+    /// Starts an attempt: `Err(wait)` while the account or the address is
+    /// locked out, else the attempt is counted as a failure at once (so
+    /// attempts sent in parallel cannot all pass the check before any has
+    /// failed); [`SignInLimiter::succeeded`] takes it back.
+    pub fn begin(&self, account: &str, client: &str) -> Result<(), Duration> {
+        self.check(account, client)?;
+        self.failed(account, client);
+        Ok(())
+    }
+
     /// `Err(wait)` while the account or the address is locked out.
     pub fn check(&self, account: &str, client: &str) -> Result<(), Duration> {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -166,12 +176,14 @@ impl SignInLimiter {
         }
     }
 
-    /// A successful sign-in clears the account's failures (not the address's).
-    pub fn succeeded(&self, account: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&format!("account:{account}"));
+    /// A successful sign-in clears the account's failures and takes back
+    /// the address's count of this attempt (its earlier failures stay).
+    pub fn succeeded(&self, account: &str, client: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&format!("account:{account}"));
+        if let Some(q) = map.get_mut(&format!("client:{client}")) {
+            q.pop_back();
+        }
     }
 }
 
@@ -203,8 +215,17 @@ mod tests {
         assert!(l.check("d", "1.1.1.1").is_ok(), "3 of 4 for the address");
         l.failed("e", "1.1.1.1");
         assert!(l.check("d", "1.1.1.1").is_err(), "address locked");
-        l.succeeded("a");
+        l.succeeded("a", "3.3.3.3");
         assert!(l.check("a", "3.3.3.3").is_ok());
+        let l = SignInLimiter::new(2, Duration::from_secs(60));
+        assert!(l.begin("z", "9.9.9.9").is_ok());
+        assert!(l.begin("z", "9.9.9.9").is_ok());
+        assert!(
+            l.begin("z", "9.9.9.9").is_err(),
+            "two attempts in flight use the allowance"
+        );
+        l.succeeded("z", "9.9.9.9");
+        assert!(l.begin("z", "9.9.9.9").is_ok());
         assert!(constant_time_eq("abc", "abc") && !constant_time_eq("abc", "abd"));
     }
 }

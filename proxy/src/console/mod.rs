@@ -43,6 +43,8 @@ pub struct Console {
     pub sessions: auth::Sessions,
     pub limiter: auth::SignInLimiter,
     pub accounts: accounts::AccountCache,
+    /// Bounds the password verifications running at once.
+    pub verifications: tokio::sync::Semaphore,
     /// Bounds the log searches and exports running at once.
     pub searches: Arc<tokio::sync::Semaphore>,
     /// The admin listener speaks TLS: cookies are `Secure`.
@@ -66,6 +68,7 @@ impl Console {
                 std::time::Duration::from_secs(a.signin_window_secs),
             ),
             accounts: accounts::AccountCache::new(users_file(config)),
+            verifications: tokio::sync::Semaphore::new(4),
             searches: Arc::new(tokio::sync::Semaphore::new(a.max_searches)),
             secure,
             offset_min: config.block_page.time_zone.offset_minutes(),

@@ -132,6 +132,7 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("err_accounts", "アカウント情報を読み込めません: {detail}", "Cannot read the accounts: {detail}"),
     ("err_audit", "監査ログに記録できないため、この操作は実行しませんでした: {detail}", "Not done: it cannot be written to the audit log: {detail}"),
     ("err_no_audit", "監査ログが設定されていないため、ログ検索はできません（[log] audit_log を設定してください）。", "Log search needs the audit log: set [log] audit_log."),
+    ("err_no_audit_signin", "監査ログが設定されていないため、コンソールにはサインインできません（[log] audit_log を設定してください）。", "Console sign-in needs the audit log: set [log] audit_log."),
     ("err_busy", "他の検索・出力が実行中です。しばらく待ってからもう一度お試しください。", "Other searches or exports are running; try again shortly."),
     ("err_time", "{field}「{value}」を日時として読み取れません。2026-04-01 08:00 のように入力してください。", "{field} {value:?} is not a date and time; enter it like 2026-04-01 08:00."),
     ("err_time_order", "開始日時は終了日時より前にしてください。", "The start must be before the end."),

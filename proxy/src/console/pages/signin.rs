@@ -98,7 +98,7 @@ pub async fn submit(
             .unwrap_or_default();
     let client = peer.ip().to_string();
     let Some(audit) = gw.access_log.audit().cloned() else {
-        return fail(StatusCode::FORBIDDEN, "err_no_audit", &[]);
+        return fail(StatusCode::FORBIDDEN, "err_no_audit_signin", &[]);
     };
     let record = |action: &str, reason: &str| {
         audit.append(AuditEvent::ConsoleSession {
@@ -108,7 +108,7 @@ pub async fn submit(
             reason: reason.into(),
         })
     };
-    if let Err(wait) = console.limiter.check(&name, &client) {
+    if let Err(wait) = console.limiter.begin(&name, &client) {
         let _ = record("sign_in_refused", "too many failed sign-ins");
         return fail(
             StatusCode::TOO_MANY_REQUESTS,
@@ -129,6 +129,10 @@ pub async fn submit(
     let account = accounts.find(&name).cloned();
     let known = account.is_some();
     let check = account.clone();
+    // Each verification costs ~20 MiB and tens of milliseconds: a few at once.
+    let Ok(_slot) = console.verifications.acquire().await else {
+        return fail(StatusCode::SERVICE_UNAVAILABLE, "err_busy", &[]);
+    };
     let ok = tokio::task::spawn_blocking(move || match check {
         Some(a) => verify_password(&a.hash, &password),
         None => {
@@ -141,7 +145,7 @@ pub async fn submit(
     let account = match (ok, account) {
         (true, Some(a)) => a,
         _ => {
-            console.limiter.failed(&name, &client);
+            // Already counted by begin().
             let reason = if known {
                 "wrong password"
             } else {
@@ -160,7 +164,7 @@ pub async fn submit(
             &[("detail", &e)],
         );
     }
-    console.limiter.succeeded(&name);
+    console.limiter.succeeded(&name, &client);
     let (token, _) = console
         .sessions
         .create(&account.name, account.role, &account.hash);

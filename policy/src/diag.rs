@@ -103,6 +103,9 @@ pub(crate) struct Sink<'t> {
     pub text: &'t str,
     index: LineIndex,
     pub diags: Vec<Diagnostic>,
+    /// Problems that do not stop the policy from loading (e.g. a rule that
+    /// can never apply); `komugate policy check` prints them.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl<'t> Sink<'t> {
@@ -112,6 +115,7 @@ impl<'t> Sink<'t> {
             text,
             index: LineIndex::new(text),
             diags: Vec::new(),
+            warnings: Vec::new(),
         }
     }
     pub fn pos(&self, span: &Option<Range<usize>>) -> (usize, usize) {
@@ -120,14 +124,22 @@ impl<'t> Sink<'t> {
             None => (0, 0),
         }
     }
-    pub fn err(&mut self, span: &Option<Range<usize>>, message: impl Into<String>) {
+    fn diagnostic(&self, span: &Option<Range<usize>>, message: impl Into<String>) -> Diagnostic {
         let (line, column) = self.pos(span);
-        self.diags.push(Diagnostic {
+        Diagnostic {
             file: self.file.clone(),
             line,
             column,
             message: message.into(),
-        });
+        }
+    }
+    pub fn err(&mut self, span: &Option<Range<usize>>, message: impl Into<String>) {
+        let d = self.diagnostic(span, message);
+        self.diags.push(d);
+    }
+    pub fn warn(&mut self, span: &Option<Range<usize>>, message: impl Into<String>) {
+        let d = self.diagnostic(span, message);
+        self.warnings.push(d);
     }
     /// `file:line` of a span, for cross references in messages.
     pub fn at(&self, span: &Option<Range<usize>>) -> String {

@@ -321,6 +321,16 @@ impl Policy {
                 }
             }
         }
+        // With a `[firewall]`, a CONNECT to a port outside `web_ports` is not
+        // web traffic: after the deny lists it is the firewall's to decide
+        // (the data path runs it next), relayed, never inspected. Allow lists
+        // and `[[rule]]`s decide web traffic only, so a web rule such as
+        // "no CONNECT except 443" cannot shadow a firewall exception.
+        let firewall_decides =
+            req.scheme == Scheme::Connect && self.has_firewall() && !self.is_web_port(req.port);
+        if decided.is_none() && firewall_decides {
+            decided = Some((Action::Allow, FIREWALL_DECIDES.into(), None));
+        }
         if decided.is_none() {
             let allowed = cats.intersects(&self.allow_global)
                 || self
@@ -427,13 +437,21 @@ impl Policy {
                 pool: self.egress[i].name.clone(),
                 source: self.egress[i].source,
             }),
-            tunnel: rule.and_then(|r| r.tunnel).or(self.default_tunnel),
-            casb,
+            tunnel: if firewall_decides {
+                Some(TunnelMode::Bypass)
+            } else {
+                rule.and_then(|r| r.tunnel).or(self.default_tunnel)
+            },
+            casb: casb.filter(|_| !firewall_decides),
             firewall: rule.and_then(|r| r.firewall.clone()),
             request,
         }
     }
 }
+
+/// The rule a [`Decision`] names when a CONNECT to a non-web port is left
+/// to the `[firewall]` (whose verdict then names the firewall rule).
+pub const FIREWALL_DECIDES: &str = "firewall";
 
 /// One non-web flow (a tunnel that will not be inspected) for [`Policy::firewall`].
 #[derive(Clone, Debug)]

@@ -22,7 +22,9 @@ pub mod wording;
 pub use casb::{CasbSettings, Dlp, DlpPattern, TenantRestriction};
 pub use compile::{builtin_apps, check, Summary};
 pub use diag::{Diagnostic, PolicyErrors};
-pub use eval::{Decision, Egress, FirewallRequest, FirewallVerdict, Location, Request, Scheme};
+pub use eval::{
+    Decision, Egress, FirewallRequest, FirewallVerdict, Location, Request, Scheme, FIREWALL_DECIDES,
+};
 pub use pattern::{HostPattern, PortRange, TimeWindow, Weekdays};
 pub use registry::{parse_registry_csv, GroupBits, MAX_GROUPS};
 pub use squidguard::import_squidguard;

@@ -241,6 +241,9 @@ impl Wording {
                 let _ = writeln!(s, "  {}{e}", self.check_warning);
             }
         }
+        for w in &sm.warnings {
+            let _ = writeln!(s, "  {}{w}", self.check_warning);
+        }
         s
     }
 }

@@ -235,11 +235,128 @@ fn lists_and_connect_ports() {
     assert_eq!(d.rule, "allow-list");
     let mut r = req(None, SCHOOL, "https://example.org/");
     r.scheme = Scheme::Connect;
-    r.port = 22;
+    r.port = 8080;
     r.path = "";
     assert_eq!(p.evaluate(&r).rule, "443 以外への CONNECT");
     r.port = 443;
     assert_eq!(p.evaluate(&r).rule, "default");
+    // A non-web port is the firewall's: relayed, never inspected.
+    r.port = 22;
+    let d = p.evaluate(&r);
+    assert_eq!((d.is_blocked(), d.rule.as_str()), (false, FIREWALL_DECIDES));
+    assert_eq!(d.tunnel, Some(TunnelMode::Bypass));
+    // The deny lists still refuse a listed host on any port.
+    let mut r = req(Some("PC-B-0002"), SCHOOL, "https://games.example/");
+    r.scheme = Scheme::Connect;
+    r.port = 22;
+    r.path = "";
+    assert_eq!(p.evaluate(&r).rule, "deny-list:事務局");
+}
+
+/// The example turns on the cloud controls: inspection of the catalog's
+/// cloud apps, tenant restriction and DLP everywhere, no uploads outside
+/// the tenant, no off-site downloads or local-file uploads to the tenant.
+#[test]
+fn example_inspects_cloud_apps_with_casb_controls() {
+    let p = example();
+    let d = p.evaluate(&req(
+        Some("PC-T-0001"),
+        HOME,
+        "https://azumino.sharepoint.com/sites/x",
+    ));
+    assert_eq!(d.rule, "クラウドサービスの検査");
+    assert_eq!(d.tunnel, Some(TunnelMode::Inspect));
+    assert_eq!(d.app_tenant, Some("own"));
+    let casb = d.casb.expect("casb controls");
+    assert_eq!(
+        (casb.tenant_restriction, casb.dlp),
+        (Some(true), Some(true))
+    );
+    assert_eq!(
+        (casb.upload, casb.download),
+        (Some(Action::Block), Some(Action::Block))
+    );
+    let d = p.evaluate(&req(
+        Some("PC-T-0001"),
+        SCHOOL,
+        "https://azumino.sharepoint.com/sites/x",
+    ));
+    let casb = d.casb.expect("casb controls");
+    assert_eq!(
+        (casb.upload, casb.download),
+        (None, None),
+        "in school: allowed"
+    );
+    let d = p.evaluate(&req(Some("PC-T-0001"), SCHOOL, "https://www.dropbox.com/"));
+    assert_eq!(d.casb.expect("casb").upload, Some(Action::Block));
+    // School apps are not inspected (C4th is reached by the fixed egress address).
+    let d = p.evaluate(&req(Some("PC-T-0001"), SCHOOL, "https://www.c4th.example/"));
+    assert_eq!(d.tunnel, None);
+}
+
+/// `policy check` warns, at the rule, about a firewall rule an earlier one
+/// shadows and a web rule that could only match non-web CONNECTs; the
+/// example has neither.
+#[test]
+fn check_warns_about_rules_that_never_apply() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
+    assert_eq!(check(&dir).unwrap().warnings, vec![]);
+    let tmp = std::env::temp_dir().join(format!("komugate-fw-warn-{}.toml", std::process::id()));
+    std::fs::write(
+        &tmp,
+        r#"version = 1
+[[rule]]
+name = "ssh-web"
+scheme = "connect"
+ports = [22, "2222-2223"]
+action = "block"
+
+[[rule]]
+name = "connect-80"
+scheme = "connect"
+ports = ["22-80"]
+action = "block"
+
+[firewall]
+[[firewall.rule]]
+name = "lan"
+cidrs = ["10.0.0.0/8"]
+ports = [22, 3389]
+action = "allow"
+
+[[firewall.rule]]
+name = "lan-ssh-teachers"
+cidrs = ["10.1.0.0/16"]
+ports = [22]
+action = "deny"
+
+[[firewall.rule]]
+name = "other-ssh"
+ports = [22]
+action = "deny"
+"#,
+    )
+    .unwrap();
+    let s = check(&tmp).unwrap();
+    std::fs::remove_file(&tmp).unwrap();
+    let w: Vec<(usize, usize, &str)> = s
+        .warnings
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!((w[0].0, w[0].1), (3, 8));
+    assert!(w[0].2.starts_with("rule `ssh-web` never applies"), "{w:?}");
+    assert_eq!((w[1].0, w[1].1), (22, 8));
+    assert!(
+        w[1].2.starts_with(
+            "firewall rule `lan-ssh-teachers` can never be reached: firewall rule `lan` ("
+        ),
+        "{w:?}"
+    );
+    assert!(s
+        .to_string()
+        .contains(&format!("warning: {}", s.warnings[1])));
 }
 
 #[test]

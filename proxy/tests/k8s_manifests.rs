@@ -351,3 +351,42 @@ fn binary_needs_only_what_distroless_cc_has() {
         );
     }
 }
+
+/// The policy ConfigMap is the board's example policy in force: the same
+/// sites, groups, tenants, CASB/DLP, egress, apps, rule sets, policies and
+/// firewall; only the files a ConfigMap cannot hold (registry, UT1 lists and
+/// the rule on their categories) are left out.
+#[test]
+fn policy_configmap_holds_the_examples_controls() {
+    let parse = |what: &str, text: &str| -> toml::Table {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{what}: {e}"))
+    };
+    let example = parse("examples/policy.toml", &repo_file("examples/policy.toml"));
+    let shipped = parse("k8s/configmap-policy.yaml", &manifests().policy);
+    for key in [
+        "version", "timezone", "contact", "defaults", "tenant", "casb", "group", "site", "egress",
+        "app", "policy", "firewall",
+    ] {
+        assert_eq!(
+            example.get(key),
+            shipped.get(key),
+            "`{key}` differs between examples/policy.toml and k8s/configmap-policy.yaml"
+        );
+    }
+    let mut rulesets = example["ruleset"].as_array().unwrap().clone();
+    for rs in &mut rulesets {
+        let rules = rs["rule"].as_array_mut().unwrap();
+        rules.retain(|r| r.get("categories").is_none());
+    }
+    assert_eq!(
+        Some(&toml::Value::Array(rulesets)),
+        shipped.get("ruleset"),
+        "the rule sets differ (besides the UT1 category rule)"
+    );
+    for key in ["casb", "firewall", "tenant"] {
+        assert!(
+            shipped.contains_key(key),
+            "the shipped policy has no [{key}]"
+        );
+    }
+}

@@ -28,27 +28,34 @@ impl Drop for DnsServer {
 /// Serves zone `origin` (e.g. "test.") with the given A records
 /// (fully qualified names, e.g. "www.c4th.test.").
 pub async fn start(origin: &str, records: &[(&str, Ipv4Addr)]) -> DnsServer {
-    let origin_name = Name::from_str(origin).expect("zone origin");
-    let mut authority = InMemoryAuthority::empty(origin_name.clone(), ZoneType::Primary, false);
-    let soa = SOA::new(
-        Name::from_str(&format!("ns.{origin}")).unwrap(),
-        Name::from_str(&format!("hostmaster.{origin}")).unwrap(),
-        1,
-        3600,
-        600,
-        86400,
-        60,
-    );
-    authority.upsert_mut(
-        Record::from_rdata(origin_name.clone(), 3600, RData::SOA(soa)),
-        1,
-    );
-    for (name, ip) in records {
-        let name = Name::from_str(name).expect("record name");
-        authority.upsert_mut(Record::from_rdata(name, 300, RData::A(A(*ip))), 1);
-    }
+    start_zones(&[(origin, records)]).await
+}
+
+/// Serves several zones from one server: (origin, A records) each.
+pub async fn start_zones(zones: &[(&str, &[(&str, Ipv4Addr)])]) -> DnsServer {
     let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::new(&origin_name), vec![Arc::new(authority)]);
+    for (origin, records) in zones {
+        let origin_name = Name::from_str(origin).expect("zone origin");
+        let mut authority = InMemoryAuthority::empty(origin_name.clone(), ZoneType::Primary, false);
+        let soa = SOA::new(
+            Name::from_str(&format!("ns.{origin}")).unwrap(),
+            Name::from_str(&format!("hostmaster.{origin}")).unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        authority.upsert_mut(
+            Record::from_rdata(origin_name.clone(), 3600, RData::SOA(soa)),
+            1,
+        );
+        for (name, ip) in records.iter() {
+            let name = Name::from_str(name).expect("record name");
+            authority.upsert_mut(Record::from_rdata(name, 300, RData::A(A(*ip))), 1);
+        }
+        catalog.upsert(LowerName::new(&origin_name), vec![Arc::new(authority)]);
+    }
 
     let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS UDP");
     let addr = udp.local_addr().unwrap();

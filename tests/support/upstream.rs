@@ -138,22 +138,29 @@ async fn respond(
         .unwrap())
 }
 
-/// A TLS (HTTP/1.1) upstream with its own CA; answers every request with
-/// `secure hello` and closes.
+/// A TLS (HTTP/1.1) upstream with its own CA; reads each request's body
+/// and answers `secure hello`; notes `METHOD host path` of every request.
 pub struct TlsUpstream {
     pub addr: SocketAddr,
     /// The upstream's CA certificate: what a client through the tunnel trusts.
     pub ca: CertificateDer<'static>,
+    /// The same CA certificate, PEM (for the gateway's `inspect.upstream_ca`).
+    pub ca_pem: String,
     accepts: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
     _task: Task,
 }
 
 impl TlsUpstream {
     pub async fn start() -> TlsUpstream {
+        Self::start_for(&["localhost", "127.0.0.1"]).await
+    }
+
+    /// The same, with a certificate for these names (all resolved to 127.0.0.1 by the test's DNS).
+    pub async fn start_for(names: &[&str]) -> TlsUpstream {
         let ca = komugate::pki::generate_ca("komugate-tests upstream CA").unwrap();
-        let leaf = ca
-            .issue_server(&["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
+        let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let leaf = ca.issue_server(&sans).unwrap();
         let chain = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
         let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -170,6 +177,8 @@ impl TlsUpstream {
         let addr = listener.local_addr().unwrap();
         let accepts = Arc::new(AtomicUsize::new(0));
         let accepts2 = accepts.clone();
+        let requests: Arc<Mutex<Vec<String>>> = Default::default();
+        let requests2 = requests.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -177,14 +186,27 @@ impl TlsUpstream {
                 };
                 accepts2.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
+                let requests = requests2.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let svc = service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(
-                            b"secure hello",
-                        ))))
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let requests = requests.clone();
+                        async move {
+                            let host = req
+                                .headers()
+                                .get(header::HOST)
+                                .and_then(|h| h.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let line = format!("{} {host} {}", req.method(), req.uri());
+                            req.into_body().collect().await?;
+                            requests.lock().unwrap().push(line);
+                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(
+                                b"secure hello",
+                            ))))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
@@ -195,13 +217,20 @@ impl TlsUpstream {
         TlsUpstream {
             addr,
             ca: ca.cert_der().clone(),
+            ca_pem: ca.cert_pem(),
             accepts,
+            requests,
             _task: Task(task),
         }
     }
 
     pub fn accepts(&self) -> usize {
         self.accepts.load(Ordering::SeqCst)
+    }
+
+    /// `METHOD host path` of every request answered so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     /// A client config trusting only this upstream's CA.

@@ -34,6 +34,10 @@ impl<'t> Cx<'t> {
         self.s.err(span, msg)
     }
 
+    pub(super) fn warn(&mut self, span: &Span, msg: impl Into<String>) {
+        self.s.warn(span, msg)
+    }
+
     pub(super) fn keys(&mut self, t: &dyn TableLike, what: &str, allowed: &[&str]) {
         for (k, _) in t.iter() {
             if !allowed.contains(&k) {

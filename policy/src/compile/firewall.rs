@@ -4,7 +4,8 @@
 use toml_edit::TableLike;
 
 use super::conditions::{parse_conds, Conds, Names};
-use super::cx::{port_list, Cx};
+use super::cx::{port_list, Cx, Span};
+use super::reachability::covers;
 use crate::diag::suggest;
 use crate::pattern::PortRange;
 use crate::*;
@@ -65,6 +66,7 @@ pub(super) fn section(
     };
     let default_log = cx.bool(ft, "log", "[firewall]").unwrap_or(true);
     let mut rules = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for (t, tsp) in cx.tables(ft, "rule", "firewall.rule") {
         let name = cx.req_str(t, "name", "[[firewall.rule]]", &tsp);
@@ -146,6 +148,7 @@ pub(super) fn section(
             continue;
         }
         seen.insert(name.clone(), origin.clone());
+        spans.push(nspan);
         rules.push(FirewallRule {
             cond: Rule {
                 name,
@@ -178,10 +181,74 @@ pub(super) fn section(
             log,
         });
     }
+    report_unreachable(cx, &rules, &spans);
     Some(FirewallSettings {
         web_ports,
         default_allow,
         default_log,
         rules,
     })
+}
+
+/// Warns at every firewall rule that can never be reached: an earlier rule
+/// matches every flow it matches (first match wins).
+fn report_unreachable(cx: &mut Cx<'_>, rules: &[FirewallRule], spans: &[Span]) {
+    for (j, b) in rules.iter().enumerate() {
+        let Some(a) = rules[..j].iter().find(|a| fw_covers(a, b)) else {
+            continue;
+        };
+        let outcome = if a.allow == b.allow {
+            "the same action"
+        } else if a.allow {
+            "allow"
+        } else {
+            "deny"
+        };
+        cx.warn(
+            &spans[j],
+            format!(
+                "firewall rule `{}` can never be reached: firewall rule `{}` ({}) matches every flow it matches and comes first ({outcome}); move it above, narrow the earlier rule, or remove it",
+                b.cond.name, a.cond.name, a.cond.origin
+            ),
+        );
+    }
+}
+
+/// Does firewall rule `a` match every flow `b` matches? (sound, not complete)
+fn fw_covers(a: &FirewallRule, b: &FirewallRule) -> bool {
+    let cidrs = match (&a.cidrs, &b.cidrs) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => b.iter().all(|n| {
+            a.iter()
+                .any(|m| m.contains(&n.network()) && m.prefix_len() <= n.prefix_len())
+        }),
+    };
+    cidrs && covers(&a.cond, &b.cond)
+}
+
+/// Warns at every `[[rule]]` that can only match CONNECTs to non-web
+/// ports: with a `[firewall]` those are the firewall's to decide, so the
+/// rule never applies.
+pub(super) fn report_web_rules_left_to_firewall(
+    cx: &mut Cx<'_>,
+    rules: &[Rule],
+    spans: &[Span],
+    fw: &FirewallSettings,
+) {
+    for (r, sp) in rules.iter().zip(spans) {
+        let (Some(schemes), Some(ports)) = (r.schemes, &r.ports) else {
+            continue;
+        };
+        let non_web = |p: &PortRange| !fw.web_ports.iter().any(|w| w.0 <= p.1 && p.0 <= w.1);
+        if schemes == SCHEME_CONNECT && ports.iter().all(non_web) {
+            cx.warn(
+                sp,
+                format!(
+                    "rule `{}` never applies: it matches only CONNECTs to ports outside [firewall] web_ports, and those are decided by the [firewall] (after the deny lists); write it as a [[firewall.rule]]",
+                    r.name
+                ),
+            );
+        }
+    }
 }

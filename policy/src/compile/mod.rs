@@ -88,6 +88,8 @@ pub struct Summary {
     pub import: ImportSummary,
     pub source_files: Vec<PathBuf>,
     pub digest: String,
+    /// Problems that do not stop the policy from loading.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl std::fmt::Display for Summary {
@@ -194,6 +196,9 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         policies.explicit,
     );
     let firewall = firewall::section(&mut cx, root, &names);
+    if let Some(fw) = &firewall {
+        firewall::report_web_rules_left_to_firewall(&mut cx, &rules.rules, &rules.spans, fw);
+    }
     drop(names);
 
     if !cx.s.diags.is_empty() {
@@ -241,6 +246,11 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         import: cats.import.clone(),
         source_files: files.clone(),
         digest: digest.clone(),
+        warnings: {
+            let mut w = cx.s.warnings;
+            w.sort_by_key(|d| (d.line, d.column));
+            w
+        },
     };
     let has_casb_rules = rules.rules.iter().any(|r| r.casb.is_some());
     let policy = Policy {

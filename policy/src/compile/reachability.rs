@@ -78,7 +78,7 @@ fn has_conditions(r: &Rule) -> bool {
 }
 
 /// Does `a` match every request `b` matches? (sound, not complete)
-fn covers(a: &Rule, b: &Rule) -> bool {
+pub(super) fn covers(a: &Rule, b: &Rule) -> bool {
     fn dim<T>(a: &Option<T>, b: &Option<T>, sub: impl Fn(&T, &T) -> bool) -> bool {
         match (a, b) {
             (None, _) => true,

@@ -520,6 +520,10 @@ fn admin_user_commands_via_the_binary() {
     let (code, out) = run(&["admin", "user", "list"], "");
     assert_eq!(code, Some(0));
     assert!(out.contains("山田") && out.contains("operator"), "{out}");
+    let (code, out) = run(&["admin", "user", "role", "山田", "--role", "viewer"], "");
+    assert_eq!(code, Some(0), "{out}");
+    let (_, out) = run(&["admin", "user", "list"], "");
+    assert!(out.contains("山田") && out.contains("viewer"), "{out}");
     let (code, out) = run(&["admin", "user", "remove", "山田"], "");
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = run(&["admin", "user", "remove", "山田"], "");
@@ -527,7 +531,7 @@ fn admin_user_commands_via_the_binary() {
     assert!(out.contains("no account"), "{out}");
 
     let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
-    for action in ["add", "passwd", "remove"] {
+    for action in ["add", "passwd", "role", "remove"] {
         assert!(
             audit
                 .lines()

@@ -1,4 +1,4 @@
-//! `komugate admin user add|passwd|remove|list`: the console's local
+//! `komugate admin user add|passwd|role|remove|list`: the console's local
 //! accounts. Each change is an audit-log entry; the running gateway sees it
 //! on the next request.
 
@@ -14,7 +14,7 @@ use crate::logs::audit::{cli_actor, AuditEvent, AuditLog};
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
-    /// Console accounts.
+    /// Console accounts: add, passwd, role, remove, list.
     #[command(subcommand)]
     User(UserCommand),
 }
@@ -33,6 +33,15 @@ pub enum UserCommand {
     /// Set a new password (generated and printed, or --password-stdin); ends the account's sessions.
     Passwd {
         name: String,
+        #[command(flatten)]
+        common: UserArgs,
+    },
+    /// Change an account's role; ends its sessions.
+    Role {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
         #[command(flatten)]
         common: UserArgs,
     },
@@ -92,6 +101,7 @@ pub fn run_admin(cmd: AdminCommand) -> Result<()> {
     let common = match &cmd {
         UserCommand::Add { common, .. }
         | UserCommand::Passwd { common, .. }
+        | UserCommand::Role { common, .. }
         | UserCommand::Remove { common, .. }
         | UserCommand::List { common } => common.clone(),
     };
@@ -162,6 +172,23 @@ pub fn run_admin(cmd: AdminCommand) -> Result<()> {
             if show {
                 println!("password (shown once): {password}");
             }
+        }
+        UserCommand::Role { name, role, .. } => {
+            let role = Role::parse(&role).map_err(usage_error)?;
+            let Some(i) = file.accounts.iter().position(|a| a.name == name) else {
+                bail!(
+                    "no account {name:?} in {}; `komugate admin user list` shows them",
+                    path.display()
+                );
+            };
+            file.accounts[i].role = role;
+            file.accounts[i].changed = now;
+            record("role", &name, Some(role))?;
+            accounts::save(&path, &file).map_err(anyhow::Error::msg)?;
+            println!(
+                "{name} is now {}; its console sessions are ended",
+                role.as_str()
+            );
         }
         UserCommand::Remove { name, .. } => {
             let before = file.accounts.len();

@@ -150,7 +150,7 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         reason: String,
     },
-    /// A console account added, changed or removed (`action`: add, passwd, remove).
+    /// A console account added, changed or removed (`action`: add, passwd, role, remove).
     AccountChange {
         actor: String,
         action: String,

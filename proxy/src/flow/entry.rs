@@ -40,7 +40,9 @@ impl Kind {
 /// An access record on its way to the log; written once, on drop.
 pub struct Entry {
     gw: Arc<Gateway>,
-    pub record: AccessRecord,
+    /// Boxed: the record is large and the entry moves with every stage's
+    /// future; a pointer moves for free, the record would be copied.
+    pub record: Box<AccessRecord>,
     pub kind: Kind,
     started: Instant,
     /// Request body bytes sent upstream (counted by the upstream request body).
@@ -54,7 +56,7 @@ pub struct Entry {
 impl Entry {
     /// A fresh record for a request from `conn`.
     pub fn new(gw: Arc<Gateway>, conn: &ConnContext, method: &str, kind: Kind) -> Entry {
-        let record = AccessRecord {
+        let record = Box::new(AccessRecord {
             time: rfc3339(SystemTime::now()),
             listener: conn.listener.label(),
             device: conn.device_id().map(str::to_string),
@@ -62,7 +64,7 @@ impl Entry {
             client: conn.client.to_string(),
             method: method.to_string(),
             ..Default::default()
-        };
+        });
         Entry {
             gw,
             record,

@@ -110,7 +110,7 @@ SQ_BUMP=127.0.0.1:33129
 M365=outlook.office365.com
 
 wait_port() { # host:port
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then return 0; fi
     sleep 0.1
   done

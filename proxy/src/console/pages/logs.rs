@@ -92,8 +92,11 @@ fn parse_search(ctx: &Ctx) -> Result<Search, String> {
                 .map_err(|_| ctx.fill("err_time", &[("field", ctx.t(key)), ("value", v)])),
         }
     };
-    let since = time("since", "since", Some(now - 86_400_000))?;
-    let until = time("until", "until", None)?;
+    // To the minute, as the form and the links carry them: the next page,
+    // a record's detail and an export read exactly the same records.
+    let minute = |t: Option<i64>| t.map(|ms| ms.div_euclid(60_000) * 60_000);
+    let since = minute(time("since", "since", Some(now - 86_400_000))?);
+    let until = minute(time("until", "until", None)?);
     if let (Some(a), Some(b)) = (since, until) {
         if a >= b {
             return Err(ctx.fill("err_time_order", &[]));

@@ -1089,8 +1089,10 @@ async fn x_mtls_h2_connect_refusals_and_h1_connect() {
             .unwrap();
         let (client, conn) = h2::client::handshake(tls).await.unwrap();
         tokio::spawn(conn);
+        // Port 8443: a blocked CONNECT to 443 on this listener gets the
+        // block page inside TLS instead (tests/https_block_page.rs).
         for (target, rule) in [
-            ("www.gambling.test:443".to_string(), "blocked-hosts"),
+            ("www.gambling.test:8443".to_string(), "blocked-hosts"),
             (
                 format!("127.0.0.2:{}", echo.addr.port()),
                 "destination-guard",

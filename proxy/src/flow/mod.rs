@@ -284,8 +284,14 @@ fn upstream_refusal(e: &hyper_util::client::legacy::Error) -> Refusal {
 
 // ---------------------------------------------------------------- CONNECT
 
-/// What an allowed CONNECT becomes.
+/// What a CONNECT becomes once it is answered with 200.
 enum Tunnel {
+    /// Refused by policy, answered with the block page inside TLS.
+    BlockPage {
+        target: Target,
+        block: Block,
+        inspector: Arc<Inspector>,
+    },
     Inspect {
         target: Target,
         decision: Box<Decision>,
@@ -303,8 +309,13 @@ async fn connect(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> 
         Ok(t) => t,
         Err(refusal) => return flow.refuse(refusal),
     };
-    flow.entry.record.decision = "allow";
-    flow.entry.record.status = 200;
+    if let Tunnel::BlockPage { block, .. } = &tunnel {
+        // The status is the block page's, once it is served.
+        refusal::note(&mut flow.entry.record, &Refusal::Blocked(block.clone()));
+    } else {
+        flow.entry.record.decision = "allow";
+        flow.entry.record.status = 200;
+    }
     // Only the upgrade handle goes into the tunnel task, not the request: a
     // moved-in request would keep its slot in the task for the tunnel's life.
     let on_upgrade = hyper::upgrade::on(req);
@@ -318,6 +329,11 @@ async fn connect(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> 
             }
         };
         match tunnel {
+            Tunnel::BlockPage {
+                target,
+                block,
+                inspector,
+            } => blocked_tunnel(flow, inspector, client, target, block).await,
             Tunnel::Inspect {
                 target,
                 decision,
@@ -337,6 +353,14 @@ async fn connect_stages(flow: &mut Flow, uri: &Uri) -> Result<Tunnel, Refusal> {
     flow.locate();
     let decision = flow.decide(RequestKind::Connect, "CONNECT", &target, "");
     if decision.is_blocked() {
+        // A browser shows only a page that comes inside TLS.
+        if let Some(inspector) = flow.block_page_inspector(&target) {
+            return Ok(Tunnel::BlockPage {
+                target,
+                block: decision.block(),
+                inspector,
+            });
+        }
         return Err(Refusal::Blocked(decision.block()));
     }
     // IPS: threat intel on the host and its addresses.
@@ -404,6 +428,72 @@ where
     entry.tunnel_ended(stats);
 }
 
+/// A CONNECT refused by policy, for a device that trusts the inspection
+/// CA: the TLS handshake is completed with a certificate minted for the
+/// SNI and the first request gets the block page (403); then the tunnel
+/// closes. Bytes that are not TLS get the same refusal in plain HTTP/1.1.
+/// The CONNECT's one record says block, the rule and the page's status.
+async fn blocked_tunnel<S>(
+    mut flow: Flow,
+    inspector: Arc<Inspector>,
+    mut client: S,
+    dest: Target,
+    block: Block,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits: crate::listen::http::ServerLimits = (&flow.gw.config.limits).into();
+    let page = refusal::FirstRequest {
+        refusal: Refusal::Blocked(block),
+        conn: flow.conn.clone(),
+        page: flow.page(),
+        limits,
+    };
+    // TLS: the ClientHello (SNI), read without consuming it.
+    let answered = match inspect::peek_client_hello(&mut client, limits.header_read_timeout).await {
+        Ok(Peek::Tls(hello)) => {
+            let name = hello.sni.clone().unwrap_or_else(|| dest.host.clone());
+            let accepted = match inspector
+                .accept(&name, hello.bytes, client, limits.header_read_timeout)
+                .await
+            {
+                Ok(accepted) => accepted,
+                Err(e) => return flow.entry.fail(e),
+            };
+            let (read, written) = (accepted.read.clone(), accepted.written.clone());
+            let origin = Target {
+                scheme: "https",
+                host: name,
+                port: dest.port,
+            }
+            .origin();
+            let status = page.answer(accepted.tls, accepted.h2, origin).await;
+            flow.entry.tunnel_ended(RelayStats {
+                up: read.load(Ordering::Relaxed),
+                down: written.load(Ordering::Relaxed),
+                idle_timeout: false,
+                cut: false,
+            });
+            status
+        }
+        Ok(Peek::NotTls(bytes)) => {
+            let origin = Target {
+                scheme: "http",
+                ..dest
+            }
+            .origin();
+            page.answer(Rewind::new(bytes, client), false, origin).await
+        }
+        Err(reason) => return flow.entry.fail(reason),
+    };
+    match answered {
+        Some(status) => flow.entry.record.status = status,
+        None => flow
+            .entry
+            .fail("no request on the blocked tunnel within the header timeout".into()),
+    }
+}
+
 /// A tunnel marked for inspection, after the CONNECT was answered.
 async fn inspected_tunnel<S>(
     mut flow: Flow,
@@ -416,15 +506,11 @@ async fn inspected_tunnel<S>(
 {
     let timeout = flow.gw.config.limits.header_read_timeout();
     // TLS: the ClientHello (SNI, ALPN), read without consuming it.
-    let peek = tokio::time::timeout(timeout, inspect::peek_client_hello(&mut client)).await;
+    let peek = inspect::peek_client_hello(&mut client, timeout).await;
     let record = &mut flow.entry.record;
     let hello = match peek {
-        Ok(Ok(Peek::Tls(hello))) => hello,
-        Ok(Ok(Peek::Closed)) => {
-            record.error = Some("client closed the tunnel before sending anything".into());
-            return;
-        }
-        Ok(Ok(Peek::NotTls(bytes))) => match inspector.non_tls() {
+        Ok(Peek::Tls(hello)) => hello,
+        Ok(Peek::NotTls(bytes)) => match inspector.non_tls() {
             NonTlsAction::Tunnel => {
                 record.rule = format!("{} (not TLS: tunnelled)", record.rule);
                 return bypass(flow, Rewind::new(bytes, client), &dest, &decision).await;
@@ -436,12 +522,8 @@ async fn inspected_tunnel<S>(
                 return;
             }
         },
-        Ok(Err(e)) => {
-            record.error = Some(format!("reading the ClientHello: {e}"));
-            return;
-        }
-        Err(_) => {
-            record.error = Some("no ClientHello within the header timeout".into());
+        Err(reason) => {
+            record.error = Some(reason);
             return;
         }
     };
@@ -754,6 +836,24 @@ impl Flow {
             &self.page(),
         );
         self.answer(resp)
+    }
+
+    /// The inspector that answers a blocked CONNECT with the block page
+    /// inside TLS, when the device trusts the inspection CA (always on
+    /// the mTLS listener; on the plain one with `[block_page]
+    /// https_on_plain`), the port is 443 (`https://`: other ports are
+    /// seldom browsers, and SOCKS clients read the CONNECT status) and the
+    /// host may be intercepted (not on the inspection bypass lists).
+    /// `None`: the plain 403 at CONNECT.
+    fn block_page_inspector(&self, target: &Target) -> Option<Arc<Inspector>> {
+        let trusts_ca = match self.conn.listener {
+            ListenerKind::Mtls => true,
+            ListenerKind::Plain => self.gw.config.block_page.https_on_plain,
+        };
+        if !trusts_ca || target.port != 443 || self.gen.runtime.never_inspected(&target.host) {
+            return None;
+        }
+        self.gw.inspector.clone()
     }
 
     /// What this flow's block pages show besides the refusal: the

@@ -1,15 +1,72 @@
 //! The one mapping from a stage's [`Refusal`] to what the client gets (the
-//! block page or an error status) and what the access record says.
+//! block page or an error status) and what the access record says; and
+//! [`FirstRequest`], the block page served inside TLS for a blocked CONNECT.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 
 use super::block_page::{self, BlockInfo, PageContext};
 use crate::egress::EgressError;
+use crate::listen::http::ServerLimits;
 use crate::record::AccessRecord;
 use crate::request::{ConnContext, ProxyBody, Refusal};
+
+/// A refusal given to the first request on a connection the gateway
+/// serves itself (a TLS session inside a refused CONNECT), then the
+/// connection closes.
+pub struct FirstRequest {
+    pub refusal: Refusal,
+    pub conn: Arc<ConnContext>,
+    pub page: PageContext,
+    pub limits: ServerLimits,
+}
+
+impl FirstRequest {
+    /// Serves `stream` (HTTP/2 when `h2`) until the first request has its
+    /// answer, then closes; the whole exchange gets the head timeout (the
+    /// answer is a few kilobytes). `origin` (`https://host`) and the
+    /// request's path make the address shown. `Some(status)`: a request
+    /// was answered.
+    pub async fn answer<S>(self, stream: S, h2: bool, origin: String) -> Option<u16>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let answered = Arc::new(OnceLock::new());
+        let close = CancellationToken::new();
+        let limits = self.limits;
+        let shared = Arc::new((self, origin));
+        let handler = {
+            let (answered, close) = (answered.clone(), close.clone());
+            move |req: Request<Incoming>| {
+                let (answered, close, shared) = (answered.clone(), close.clone(), shared.clone());
+                async move {
+                    let (first, origin) = &*shared;
+                    let target = format!("{origin}{}", req.uri().path());
+                    let mut resp = answer(&first.refusal, &first.conn, &target, &first.page);
+                    if !h2 {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    let _ = answered.set(resp.status().as_u16());
+                    // Closes after this answer (HTTP/2: GOAWAY).
+                    close.cancel();
+                    Ok::<_, Infallible>(resp)
+                }
+            }
+        };
+        let serve = crate::listen::http::serve(limits, stream, h2, Some(&close), handler);
+        let _ = tokio::time::timeout(limits.header_read_timeout, serve).await;
+        answered.get().copied()
+    }
+}
 
 pub fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
     resp.map(|b| b.map_err(|never| match never {}).boxed())

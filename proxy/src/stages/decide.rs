@@ -191,6 +191,12 @@ impl Runtime {
         })
     }
 
+    /// Whether `host` is on the inspection bypass lists (pinned apps, OS
+    /// updates): never intercepted, not even for a block page.
+    pub fn never_inspected(&self, host: &str) -> bool {
+        self.bypass_hosts.iter().any(|p| p.matches(host))
+    }
+
     /// Whom to contact (the policy's `[contact]`), for block pages.
     pub fn contact(&self) -> Option<&str> {
         self.contact.as_deref()
@@ -209,9 +215,7 @@ impl Runtime {
     /// refused for hosts on the bypass lists whatever the rule says.
     pub fn from_policy(&self, req: &RequestInfo, d: komugate_policy::Decision) -> Decision {
         let tunnel = match d.tunnel {
-            Some(TunnelMode::Inspect) if !self.bypass_hosts.iter().any(|p| p.matches(req.host)) => {
-                TunnelMode::Inspect
-            }
+            Some(TunnelMode::Inspect) if !self.never_inspected(req.host) => TunnelMode::Inspect,
             _ => TunnelMode::Bypass,
         };
         Decision {

@@ -72,31 +72,41 @@ pub struct Hello {
 pub enum Peek {
     Tls(Hello),
     NotTls(Vec<u8>),
-    Closed,
 }
 
-/// Reads until a complete ClientHello is buffered (rustls parses it).
-pub async fn peek_client_hello<S: AsyncRead + Unpin>(client: &mut S) -> std::io::Result<Peek> {
+/// The first bytes of a tunnel, within `timeout`: a ClientHello or bytes
+/// that are not TLS. `Err`: why there are none (for the record).
+pub async fn peek_client_hello<S: AsyncRead + Unpin>(
+    client: &mut S,
+    timeout: Duration,
+) -> Result<Peek, String> {
+    match tokio::time::timeout(timeout, read_client_hello(client)).await {
+        Ok(Ok(Some(peek))) => Ok(peek),
+        Ok(Ok(None)) => Err("client closed the tunnel before sending anything".into()),
+        Ok(Err(e)) => Err(format!("reading the ClientHello: {e}")),
+        Err(_) => Err("no ClientHello within the header timeout".into()),
+    }
+}
+
+/// Reads until a complete ClientHello is buffered (rustls parses it);
+/// `None`: the client closed without sending anything.
+async fn read_client_hello<S: AsyncRead + Unpin>(client: &mut S) -> std::io::Result<Option<Peek>> {
     let mut bytes = Vec::with_capacity(1024);
     let mut acceptor = rustls::server::Acceptor::default();
     let mut chunk = [0u8; 4096];
     loop {
         let n = client.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(if bytes.is_empty() {
-                Peek::Closed
-            } else {
-                Peek::NotTls(bytes)
-            });
+            return Ok((!bytes.is_empty()).then_some(Peek::NotTls(bytes)));
         }
         bytes.extend_from_slice(&chunk[..n]);
         if bytes[0] != 0x16 {
-            return Ok(Peek::NotTls(bytes));
+            return Ok(Some(Peek::NotTls(bytes)));
         }
         let mut fresh = &chunk[..n];
         while !fresh.is_empty() {
             if acceptor.read_tls(&mut fresh).is_err() {
-                return Ok(Peek::NotTls(bytes));
+                return Ok(Some(Peek::NotTls(bytes)));
             }
         }
         match acceptor.accept() {
@@ -109,17 +119,17 @@ pub async fn peek_client_hello<S: AsyncRead + Unpin>(client: &mut S) -> std::io:
                     .alpn()
                     .map(|mut a| a.any(|p| p == b"h2"))
                     .unwrap_or(false);
-                return Ok(Peek::Tls(Hello {
+                return Ok(Some(Peek::Tls(Hello {
                     bytes,
                     sni,
                     offers_h2,
-                }));
+                })));
             }
             Ok(None) => {}
-            Err(_) => return Ok(Peek::NotTls(bytes)),
+            Err(_) => return Ok(Some(Peek::NotTls(bytes))),
         }
         if bytes.len() > MAX_CLIENT_HELLO {
-            return Ok(Peek::NotTls(bytes));
+            return Ok(Some(Peek::NotTls(bytes)));
         }
     }
 }

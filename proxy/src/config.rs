@@ -48,6 +48,64 @@ pub struct Config {
     /// `[block_page]`: what the block page shows and where.
     #[serde(default)]
     pub block_page: BlockPageConfig,
+    /// `[alerts]`: notifications of security events and faults.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]` in the gateway configuration (see `crate::alerts`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Incoming-webhook URL (Teams or Slack); "" = no webhook.
+    pub webhook_url: String,
+    /// At most one message per kind per this many minutes.
+    pub interval_minutes: u64,
+    /// The first event of a kind waits this long for more before its message goes out.
+    pub gather_secs: u64,
+    /// Events queued between the data path and the notifier (beyond: dropped, counted).
+    pub queue: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url: String::new(),
+            interval_minutes: 15,
+            gather_secs: 30,
+            queue: 1024,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Whether any channel is configured (otherwise events are only counted).
+    pub fn enabled(&self) -> bool {
+        !self.webhook_url.is_empty()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !self.webhook_url.is_empty() {
+            let uri: http::Uri = self.webhook_url.parse().map_err(|e| {
+                anyhow::anyhow!(
+                    "[alerts] webhook_url {:?} is not a URL: {e}",
+                    self.webhook_url
+                )
+            })?;
+            if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
+                anyhow::bail!(
+                    "[alerts] webhook_url {:?} must be an http(s) URL with a host, e.g. the Teams or Slack incoming-webhook URL",
+                    self.webhook_url
+                );
+            }
+        }
+        if self.interval_minutes == 0 {
+            anyhow::bail!(
+                "[alerts] interval_minutes must be at least 1 (one message per kind per interval)"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[block_page]` in the gateway configuration.
@@ -483,6 +541,9 @@ impl Config {
     fn validate(&self, origin: &str) -> Result<()> {
         self.doh
             .blocked_answer()
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        self.alerts
+            .validate()
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         for (name, addr) in [
             ("plain", &self.listen.plain),

@@ -29,6 +29,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod alerts;
 pub mod atomic_file;
 pub mod beacon;
 pub mod cli;

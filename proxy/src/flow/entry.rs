@@ -164,6 +164,7 @@ impl Entry {
             .requests_total
             .with_label_values(&[self.kind.label(), record.decision])
             .inc();
+        self.gw.alerts.observe(record);
         self.gw.access_log.submit(std::mem::take(record));
     }
 }

@@ -39,6 +39,8 @@ pub struct Gateway {
     pub inspector: Option<Arc<crate::stages::inspect::Inspector>>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// Alerts on security events and faults (never waits; see `crate::alerts`).
+    pub alerts: crate::alerts::Alerts,
     /// Site assertions seen on connections (replay cache, asserted sites).
     pub sites: crate::beacon::SiteAssertions,
     /// Cancelled on SIGTERM / Ctrl-C: listeners stop accepting.

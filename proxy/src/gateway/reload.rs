@@ -50,6 +50,10 @@ impl Gateway {
             Ok(sec) => Arc::new(sec),
             Err(e) => {
                 tracing::error!("IPS rules / threat-intel lists not reloaded (the loaded ones stay in force): {e:#}");
+                self.alerts.raise(
+                    crate::alerts::Kind::ReloadFailed,
+                    format!("IPS rules / threat-intel lists: {e:#}"),
+                );
                 old.security.clone()
             }
         };
@@ -83,6 +87,10 @@ impl Gateway {
                     ?source,
                     "policy reload failed; generation {} stays in force:\n{error}",
                     old.number()
+                );
+                self.alerts.raise(
+                    crate::alerts::Kind::ReloadFailed,
+                    format!("{source:?}: {}", error.lines().next().unwrap_or("")),
                 );
                 Err(error)
             }

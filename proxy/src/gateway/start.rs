@@ -128,7 +128,9 @@ pub async fn start(config: Config) -> Result<Running> {
         None
     };
     let sites = crate::beacon::SiteAssertions::new(&metrics.registry);
+    let (alerts, alerts_rx) = crate::alerts::Alerts::new(&config.alerts, &metrics.registry);
     let gateway = Arc::new(Gateway {
+        alerts,
         device_auth,
         sites,
         pools: UpstreamPools::new(
@@ -149,6 +151,16 @@ pub async fn start(config: Config) -> Result<Running> {
         device_connections: Mutex::new(HashMap::new()),
         config,
     });
+
+    if let Some(rx) = alerts_rx {
+        tokio::spawn(crate::alerts::run(
+            gateway.alerts.clone(),
+            gateway.config.alerts.clone(),
+            crate::alerts::Client::new(&gateway.pools, &gateway.config.alerts.webhook_url),
+            rx,
+            gateway.shutdown.clone(),
+        ));
+    }
 
     // Bind everything first, so the own-listener guard (egress::OwnListeners)
     // is in place before the first connection is accepted.

@@ -256,10 +256,18 @@ pub async fn check_now(gw: &Arc<Gateway>, src: &RemoteSource) -> UpdateOutcome {
             tracing::info!(url = %src.url, path = %src.path.display(), result = outcome.result, "list update: {}", outcome.detail)
         }
         "rolled_back" | "error" => {
-            tracing::error!(url = %src.url, path = %src.path.display(), result = outcome.result, "list update failed; the lists in force stay: {}", outcome.detail)
+            tracing::error!(url = %src.url, path = %src.path.display(), result = outcome.result, "list update failed; the lists in force stay: {}", outcome.detail);
+            gw.alerts.raise(
+                crate::alerts::Kind::ListUpdateFailed,
+                format!("{} ({}): {}", src.url, outcome.result, outcome.detail),
+            );
         }
         _ => {
-            tracing::warn!(url = %src.url, path = %src.path.display(), result = outcome.result, "list update refused; the lists in force stay: {}", outcome.detail)
+            tracing::warn!(url = %src.url, path = %src.path.display(), result = outcome.result, "list update refused; the lists in force stay: {}", outcome.detail);
+            gw.alerts.raise(
+                crate::alerts::Kind::ListUpdateFailed,
+                format!("{} ({}): {}", src.url, outcome.result, outcome.detail),
+            );
         }
     }
     if outcome.result != "not_modified" {

@@ -133,7 +133,7 @@ fn check(entries: &[String], choices: &[u8]) -> Result<(), TestCaseError> {
         let path = if path.is_empty() { "/" } else { path };
         let c = &choices[k % choices.len()..];
         let req = reencode(path, c);
-        let host = if c[0].is_multiple_of(2) {
+        let host = if c[0] % 2 == 0 {
             format!("WWW.{host}:80")
         } else {
             host.to_string()

@@ -204,3 +204,54 @@ async fn plain_http_inside_a_blocked_tunnel_gets_the_refusal_in_http1() {
     })
     .await
 }
+
+/// What a teacher sees: headless chromium (trusting the inspection CA
+/// through its NSS database) opens a blocked https:// URL through the plain
+/// listener with `[block_page] https_on_plain`, and renders the Japanese
+/// block page. The screenshot is saved under the test output directory.
+#[tokio::test]
+async fn a_real_browser_renders_the_japanese_block_page_for_a_blocked_https_site() {
+    let gw = TestGateway::start(|c, _| c.block_page.https_on_plain = true).await;
+    let ca_pem = std::fs::read_to_string(gw.pki.join("inspect-ca.pem")).unwrap();
+    let browser =
+        komugate_tests::browser::Browser::start(&komugate_tests::browser::BrowserOptions {
+            proxy: Some(gw.plain()),
+            trusted_ca_pems: vec![ca_pem],
+        })
+        .await;
+    let opened = tokio::time::timeout(
+        Duration::from_secs(60),
+        browser.client.goto("https://www.gambling.test/casino"),
+    )
+    .await;
+    assert!(matches!(opened, Ok(Ok(()))), "opening the page: {opened:?}");
+    let text = browser.body_text().await;
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("browser")
+        .join("https-block-page.png");
+    browser.screenshot(&shot).await;
+    for needle in [
+        "このページへのアクセスはブロックされました",
+        "次にすること",
+        "https://www.gambling.test/casino",
+        "blocked-hosts",
+        " JST",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle:?} on the rendered page ({}):\n{text}",
+            shot.display()
+        );
+    }
+    let title = browser.client.title().await.unwrap();
+    assert!(title.contains("アクセスがブロックされました"), "{title}");
+    browser.stop().await;
+    // Chromium also opens spare connections it never uses (recorded as
+    // blocked CONNECTs the client closed, 499); the page's is the 403.
+    let rec = gw
+        .access_record(|r| r["target"] == "www.gambling.test:443" && r["status"] == 403)
+        .await;
+    assert_eq!(rec["decision"], "block");
+    assert_eq!(rec["rule"], "blocked-hosts");
+    gw.shutdown().await;
+}

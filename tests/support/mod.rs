@@ -7,8 +7,10 @@
 //! - [`gw`]: a gateway in a tempdir, mTLS client helpers, access log and
 //!   metrics readers
 //! - [`raw`]: raw HTTP/1.1 over TCP
+//! - [`browser`]: headless chromium over WebDriver, trusting test CAs
 //! - [`console`]: an HTTP client with a cookie jar for the admin console
 
+pub mod browser;
 pub mod console;
 pub mod dns;
 pub mod gw;

@@ -1,0 +1,188 @@
+//! A real browser for tests that check what a person sees: Debian's
+//! headless `chromium` driven over WebDriver by `chromedriver` (both from
+//! apt, see `.ci/run`), each test with its own HOME whose NSS database
+//! trusts the CAs the test names, so TLS is verified for real.
+//!
+//! ```ignore
+//! let browser = Browser::start(&BrowserOptions {
+//!     proxy: Some(gw.plain()),
+//!     trusted_ca_pems: vec![inspect_ca_pem],
+//! }).await;
+//! browser.client.goto("https://www.gambling.test/").await?;
+//! browser.screenshot(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("x.png")).await;
+//! browser.stop().await;
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// How to start the browser.
+#[derive(Default)]
+pub struct BrowserOptions {
+    /// An HTTP proxy for every request (`--proxy-server`), loopback included.
+    pub proxy: Option<SocketAddr>,
+    /// CA certificates (PEM) the browser trusts, added to its NSS database.
+    pub trusted_ca_pems: Vec<String>,
+}
+
+/// A headless chromium session; stop it with [`Browser::stop`] (dropping
+/// it kills chromedriver, which ends chromium).
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+    /// HOME of chromedriver and chromium (NSS db, profile), removed on drop.
+    _home: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free loopback port and one chromium session.
+    /// Panics with what to install when chromium or chromedriver is missing.
+    pub async fn start(options: &BrowserOptions) -> Browser {
+        for exe in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(exe).exists(),
+                "{exe} is missing: apt-get install chromium chromium-driver fonts-noto-cjk libnss3-tools (.ci/run does)"
+            );
+        }
+        let home = tempfile::tempdir().expect("browser HOME");
+        trust_cas(home.path(), &options.trusted_ca_pems);
+        let port = free_port();
+        // chromium inherits chromedriver's environment: HOME selects the NSS db.
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .env("HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".to_string(),
+            "--disable-gpu".to_string(),
+            "--disable-dev-shm-usage".to_string(),
+            "--no-first-run".to_string(),
+            "--window-size=1024,900".to_string(),
+            "--lang=ja".to_string(),
+            format!("--user-data-dir={}", home.path().join("profile").display()),
+        ];
+        if let Some(proxy) = options.proxy {
+            args.push(format!("--proxy-server=http://{proxy}"));
+            // Without this chromium sends loopback addresses around the proxy.
+            args.push("--proxy-bypass-list=<-loopback>".to_string());
+        }
+        let caps = serde_json::json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+        });
+        let serde_json::Value::Object(caps) = caps else {
+            unreachable!("a JSON object")
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        builder.capabilities(caps);
+        // chromedriver takes a moment to listen.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            match builder.connect(&url).await {
+                Ok(c) => break c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no WebDriver session from {CHROMEDRIVER} on {url}: {e}"),
+            }
+        };
+        Browser {
+            client,
+            driver,
+            _home: home,
+        }
+    }
+
+    /// Saves a PNG of the current page at `path` (its directory is
+    /// created; tests pass a path under `CARGO_TARGET_TMPDIR`).
+    pub async fn screenshot(&self, path: &Path) {
+        let png = self.client.screenshot().await.expect("screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("screenshot dir");
+        }
+        std::fs::write(path, png).expect("write screenshot");
+    }
+
+    /// The visible text of the page (`document.body.innerText`).
+    pub async fn body_text(&self) -> String {
+        self.client
+            .execute("return document.body.innerText;", vec![])
+            .await
+            .expect("read the page text")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Ends the session and chromedriver.
+    pub async fn stop(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// An NSS database in `home/.pki/nssdb` (where chromium on Linux looks)
+/// trusting each CA for TLS servers.
+fn trust_cas(home: &Path, pems: &[String]) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).expect("nssdb dir");
+    let db_arg = format!("sql:{}", db.display());
+    certutil(&["-N", "-d", &db_arg, "--empty-password"]);
+    for (i, pem) in pems.iter().enumerate() {
+        let file = home.join(format!("ca-{i}.pem"));
+        std::fs::write(&file, pem).expect("write CA");
+        let name = format!("komugate-test-ca-{i}");
+        certutil(&[
+            "-A",
+            "-d",
+            &db_arg,
+            "-t",
+            "C,,",
+            "-n",
+            &name,
+            "-i",
+            file.to_str().expect("utf-8 path"),
+        ]);
+    }
+}
+
+fn certutil(args: &[&str]) {
+    let out = Command::new("certutil")
+        .args(args)
+        .output()
+        .expect("certutil is missing: apt-get install libnss3-tools (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "certutil {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}

@@ -65,6 +65,17 @@ pub struct AlertsConfig {
     pub gather_secs: u64,
     /// Events queued between the data path and the notifier (beyond: dropped, counted).
     pub queue: usize,
+    /// SMTP submission server for alert mails; "" = no mail. STARTTLS is required.
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    /// Sender and recipients (`"ICT 担当 <ict@example.jp>"` or a bare address).
+    pub smtp_from: String,
+    pub smtp_to: Vec<String>,
+    /// Login (empty = none) and a file holding the password (relative to the data dir).
+    pub smtp_username: String,
+    pub smtp_password_file: String,
+    /// Extra CA (PEM) trusted for the SMTP server besides the public roots; "" = none.
+    pub smtp_ca: String,
 }
 
 impl Default for AlertsConfig {
@@ -74,6 +85,13 @@ impl Default for AlertsConfig {
             interval_minutes: 15,
             gather_secs: 30,
             queue: 1024,
+            smtp_host: String::new(),
+            smtp_port: 587,
+            smtp_from: String::new(),
+            smtp_to: Vec::new(),
+            smtp_username: String::new(),
+            smtp_password_file: String::new(),
+            smtp_ca: String::new(),
         }
     }
 }
@@ -81,7 +99,7 @@ impl Default for AlertsConfig {
 impl AlertsConfig {
     /// Whether any channel is configured (otherwise events are only counted).
     pub fn enabled(&self) -> bool {
-        !self.webhook_url.is_empty()
+        !self.webhook_url.is_empty() || !self.smtp_host.is_empty()
     }
 
     fn validate(&self) -> Result<()> {
@@ -97,6 +115,16 @@ impl AlertsConfig {
                     "[alerts] webhook_url {:?} must be an http(s) URL with a host, e.g. the Teams or Slack incoming-webhook URL",
                     self.webhook_url
                 );
+            }
+        }
+        if !self.smtp_host.is_empty() {
+            if self.smtp_from.is_empty() || self.smtp_to.is_empty() {
+                anyhow::bail!(
+                    "[alerts] smtp_host is set: give smtp_from and at least one smtp_to address"
+                );
+            }
+            if !self.smtp_username.is_empty() && self.smtp_password_file.is_empty() {
+                anyhow::bail!("[alerts] smtp_username is set: give smtp_password_file (a file holding the password)");
             }
         }
         if self.interval_minutes == 0 {

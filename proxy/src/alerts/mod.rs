@@ -1,5 +1,5 @@
 //! Alerts: security events and gateway faults, aggregated per kind, sent to
-//! a webhook (Teams / Slack incoming webhooks).
+//! a webhook (Teams / Slack incoming webhooks) and by e-mail (SMTP, STARTTLS).
 //!
 //! ```text
 //! flow::entry (every finished record) ─┐
@@ -16,6 +16,7 @@
 //! message. Messages are Japanese first with English beside, times in
 //! Japan time (the board's staff read them).
 
+mod mail;
 mod message;
 mod webhook;
 
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 use crate::config::AlertsConfig;
 use crate::record::AccessRecord;
 
+pub use mail::Mailer;
 pub use message::Message;
 pub use webhook::Client;
 
@@ -238,6 +240,7 @@ pub async fn run(
     alerts: Alerts,
     config: AlertsConfig,
     client: Client,
+    mailer: Option<Mailer>,
     mut rx: mpsc::Receiver<Event>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -305,11 +308,21 @@ pub async fn run(
                 samples: p.samples,
                 host: host.clone(),
             };
-            let result = client.send(&msg).await;
-            let label = if result.is_ok() { "ok" } else { "error" };
-            alerts.sent.with_label_values(&["webhook", label]).inc();
-            if let Err(e) = result {
-                tracing::warn!(kind = kind.id(), "alert not delivered to the webhook: {e}");
+            if client.configured() {
+                let result = client.send(&msg).await;
+                let label = if result.is_ok() { "ok" } else { "error" };
+                alerts.sent.with_label_values(&["webhook", label]).inc();
+                if let Err(e) = result {
+                    tracing::warn!(kind = kind.id(), "alert not delivered to the webhook: {e}");
+                }
+            }
+            if let Some(mailer) = &mailer {
+                let result = mailer.send(&msg).await;
+                let label = if result.is_ok() { "ok" } else { "error" };
+                alerts.sent.with_label_values(&["mail", label]).inc();
+                if let Err(e) = result {
+                    tracing::warn!(kind = kind.id(), "alert mail not delivered: {e}");
+                }
             }
         }
         if flush_all {

@@ -27,6 +27,10 @@ impl Client {
         }
     }
 
+    pub fn configured(&self) -> bool {
+        self.url.is_some()
+    }
+
     pub async fn send(&self, msg: &Message) -> Result<(), String> {
         let Some(url) = &self.url else {
             return Ok(());

@@ -153,10 +153,14 @@ pub async fn start(config: Config) -> Result<Running> {
     });
 
     if let Some(rx) = alerts_rx {
+        let data =
+            |p: &str| std::fs::read_to_string(gateway.config.data_path(std::path::Path::new(p)));
+        let mailer = crate::alerts::Mailer::new(&gateway.config.alerts, data)?;
         tokio::spawn(crate::alerts::run(
             gateway.alerts.clone(),
             gateway.config.alerts.clone(),
             crate::alerts::Client::new(&gateway.pools, &gateway.config.alerts.webhook_url),
+            mailer,
             rx,
             gateway.shutdown.clone(),
         ));

@@ -390,3 +390,102 @@ fn policy_configmap_holds_the_examples_controls() {
         );
     }
 }
+
+/// Every `komugate_*` metric an expression names.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("komugate_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        out.push(name);
+    }
+    out
+}
+
+/// Metric names the gateway registers (string literals in proxy/src).
+fn exported_metrics() -> std::collections::HashSet<String> {
+    fn walk(dir: &Path, out: &mut std::collections::HashSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for part in text.split('"').skip(1).step_by(2) {
+                    if part.starts_with("komugate_")
+                        && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        out.insert(part.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+    out
+}
+
+/// The Prometheus alert rules pass `promtool check rules` and the Grafana
+/// dashboard parses; both name only metrics komugate exports.
+#[test]
+fn prometheus_rules_and_grafana_dashboard() {
+    let exported = exported_metrics();
+    assert!(exported.contains("komugate_requests_total"), "{exported:?}");
+    let rules = block_scalar(
+        &repo_file("k8s/prometheus-rules.yaml"),
+        "komugate-rules.yaml",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("komugate-rules.yaml");
+    std::fs::write(&file, &rules).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): install Debian's prometheus package (.ci/run does)")
+        });
+    assert!(
+        out.status.success(),
+        "promtool check rules k8s/prometheus-rules.yaml:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let in_rules: Vec<String> = rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+        .flat_map(metric_names)
+        .collect();
+    assert!(in_rules.len() >= 9, "{in_rules:?}");
+    for m in &in_rules {
+        assert!(
+            exported.contains(m),
+            "k8s/prometheus-rules.yaml names {m}, which komugate does not export"
+        );
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file("k8s/grafana-dashboard.json"))
+            .expect("k8s/grafana-dashboard.json is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    for p in panels {
+        let targets = p["targets"].as_array().expect("targets");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "panel {}: {expr}", p["title"]);
+            for m in names {
+                assert!(
+                    exported.contains(&m),
+                    "panel {} names {m}, which komugate does not export",
+                    p["title"]
+                );
+            }
+        }
+    }
+}

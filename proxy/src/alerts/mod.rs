@@ -16,6 +16,7 @@
 //! message. Messages are Japanese first with English beside, times in
 //! Japan time (the board's staff read them).
 
+pub mod faults;
 mod mail;
 mod message;
 mod webhook;

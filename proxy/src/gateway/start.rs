@@ -153,6 +153,22 @@ pub async fn start(config: Config) -> Result<Running> {
     });
 
     if let Some(rx) = alerts_rx {
+        let c = &gateway.config;
+        let certs: crate::alerts::faults::Certificates = [
+            ("server certificate / サーバー証明書", &c.tls.server_cert),
+            ("device CA / 端末 CA", &c.tls.device_ca),
+            ("inspection CA / 検査用 CA", &c.inspect.ca_cert),
+        ]
+        .into_iter()
+        .map(|(what, p)| (what, c.data_path(p)))
+        .filter(|(_, p)| p.exists())
+        .collect();
+        tokio::spawn(crate::alerts::faults::watch(
+            gateway.alerts.clone(),
+            gateway.access_log.log_metrics().spilled.clone(),
+            certs,
+            gateway.shutdown.clone(),
+        ));
         let data =
             |p: &str| std::fs::read_to_string(gateway.config.data_path(std::path::Path::new(p)));
         let mailer = crate::alerts::Mailer::new(&gateway.config.alerts, data)?;

@@ -1,11 +1,11 @@
 //! Faults found by watching, not raised at a call site: the access log
-//! spilling to disk (the writer is behind) and certificates or CAs that
-//! expire within 30 days.
+//! spilling to disk (the writer is behind), ClickHouse inserts failing,
+//! and certificates or CAs that expire within 30 days.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio_util::sync::CancellationToken;
 
 use super::{Alerts, Kind};
@@ -54,10 +54,14 @@ pub fn expiring(certs: &Certificates, now: SystemTime) -> Vec<String> {
 pub async fn watch(
     alerts: Alerts,
     spilled: IntCounter,
+    ship_errors: IntCounterVec,
     certs: Certificates,
     stop: CancellationToken,
 ) {
     let mut seen_spilled = spilled.get();
+    // The ClickHouse shipper counts its failed inserts under its target name.
+    let clickhouse = ship_errors.with_label_values(&["clickhouse"]);
+    let mut seen_clickhouse = clickhouse.get();
     let mut next_cert_check = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_cert_check {
@@ -77,6 +81,18 @@ pub async fn watch(
                 ),
             );
             seen_spilled = now_spilled;
+        }
+        let now_clickhouse = clickhouse.get();
+        if now_clickhouse > seen_clickhouse {
+            alerts.raise(
+                Kind::ClickhouseUnreachable,
+                format!(
+                    "{} 回の挿入に失敗 (記録はディスクに保持、復旧後に再送) / {} inserts failed (records kept on disk, resent when it is back)",
+                    now_clickhouse - seen_clickhouse,
+                    now_clickhouse - seen_clickhouse
+                ),
+            );
+            seen_clickhouse = now_clickhouse;
         }
         tokio::select! {
             _ = tokio::time::sleep(SPILL_CHECK) => {}

@@ -166,6 +166,7 @@ pub async fn start(config: Config) -> Result<Running> {
         tokio::spawn(crate::alerts::faults::watch(
             gateway.alerts.clone(),
             gateway.access_log.log_metrics().spilled.clone(),
+            gateway.access_log.log_metrics().ship_errors.clone(),
             certs,
             gateway.shutdown.clone(),
         ));

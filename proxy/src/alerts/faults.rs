@@ -23,9 +23,9 @@ pub type Certificates = Vec<(&'static str, PathBuf)>;
 pub fn expiring(certs: &Certificates, now: SystemTime) -> Vec<String> {
     let mut out = Vec::new();
     for (what, path) in certs {
-        let der = match crate::pki::load_certs(path) {
-            Ok(c) if !c.is_empty() => c.into_iter().next().unwrap(),
-            Ok(_) | Err(_) => {
+        let der = match crate::pki::load_certs(path).map(|c| c.into_iter().next()) {
+            Ok(Some(first)) => first,
+            Ok(None) | Err(_) => {
                 out.push(format!("{what} {}: cannot be read", path.display()));
                 continue;
             }

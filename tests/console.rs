@@ -345,22 +345,31 @@ async fn search_finds_traffic_just_sent_and_exports_it() {
         let mut c = ConsoleClient::plain(gw.admin());
         assert_eq!(c.sign_in("op1", OPERATOR_PW).await.status, 303);
 
-        // The dashboard counts the traffic just sent, in its charts too.
+        // The dashboard counts the traffic just sent (and the planted
+        // blocked record), in its charts too.
         let d = c.get("/console/dashboard").await.visible();
         assert!(
-            d.contains("<td id=\"requests-total\">2</td>")
-                && d.contains("<td id=\"blocks-total\">1</td>"),
+            d.contains("<td id=\"requests-24h\">3</td>")
+                && d.contains("<td id=\"blocks-24h\">2</td>"),
             "{d}"
         );
         assert!(
             d.contains("<td><a href=\"/console/logs?action=block&host=blocked.test\">blocked.test</a></td><td>1</td>"),
             "top blocked hosts: {d}"
         );
-        assert!(
-            d.contains("過去 24 時間（10 分ごと）: リクエスト 2 / ブロック 1")
-                && d.contains("過去 7 日間（1 時間ごと）: リクエスト 2 / ブロック 1"),
-            "{d}"
-        );
+        let data = c.get("/console/dashboard/data").await;
+        let v: serde_json::Value = serde_json::from_slice(&data.body).unwrap();
+        for span in ["day", "week"] {
+            let sum = |k: &str| {
+                v[span][k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap())
+                    .sum::<u64>()
+            };
+            assert_eq!((sum("requests"), sum("blocks")), (3, 2), "{span}: {v}");
+        }
 
         let p = c.get("/console/logs?host=plain.test").await;
         assert_eq!(p.status, 200, "{}", p.text());

@@ -24,146 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use komugate::logs::layout;
 use komugate::logs::query::{Glob, Query};
-use komugate::logs::record::{format_rfc3339_ms, now_ms, LogRecord};
+use komugate::logs::record::now_ms;
 use komugate::logs::writer::{self, WriterSettings};
 use komugate::record::AccessRecord;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// Zipf-like: small indexes much more likely.
-    fn zipf(&mut self, n: u64) -> u64 {
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        ((n as f64).powf(u) - 1.0) as u64 % n
-    }
-}
-
-const RULES: [&str; 12] = [
-    "default",
-    "m365 tenant",
-    "google tenant",
-    "c4th only in school",
-    "youtube teachers",
-    "social block",
-    "malware",
-    "phishing",
-    "adult",
-    "gambling",
-    "upload limit",
-    "ips",
-];
-const CATS: [&str; 10] = [
-    "",
-    "education",
-    "news",
-    "social",
-    "video",
-    "search",
-    "cloud",
-    "shopping",
-    "games",
-    "malware",
-];
-const APPS: [&str; 8] = ["", "", "", "m365", "google", "c4th", "hyakumon", "box"];
-
-/// A board-scale record at `t` (ms). Devices, users and sites repeat;
-/// hosts follow a Zipf law over 30,000 names.
-fn gen(rng: &mut Rng, t: i64) -> LogRecord {
-    let dev = rng.zipf(3000);
-    let host_id = rng.zipf(30_000);
-    let host = match host_id {
-        0 => "outlook.office365.com".to_string(),
-        1 => "teams.microsoft.com".to_string(),
-        2 => "www.google.com".to_string(),
-        3 => "c4th.example.jp".to_string(),
-        n => format!("h{n}.site{}.example", n % 997),
-    };
-    let connect = rng.below(10) < 7;
-    let target = if connect {
-        format!("{host}:443")
-    } else {
-        let p = rng.zipf(5000);
-        if rng.below(5) == 0 {
-            format!("https://{host}/p/{p}/item?id={}", rng.below(1_000_000))
-        } else {
-            format!("https://{host}/p/{p}/index.html")
-        }
-    };
-    let blocked = rng.below(100) < 3;
-    let site = dev % 19;
-    LogRecord {
-        time_ms: t,
-        listener: if site == 18 { "mtls" } else { "plain" }.into(),
-        device: format!("T-{dev:05}"),
-        user: format!("u{:05}", dev),
-        groups: vec![
-            if dev % 10 == 0 { "office" } else { "teachers" }.into(),
-            format!("school-{site:02}"),
-        ],
-        site: format!("学校{site:02}"),
-        client: format!(
-            "10.{site}.{}.{}:{}",
-            dev / 250 % 250,
-            dev % 250,
-            1024 + rng.below(60_000)
-        ),
-        method: if connect { "CONNECT" } else { "GET" }.into(),
-        target,
-        host: String::new(),
-        action: if blocked { "block" } else { "allow" }.into(),
-        rule: RULES[if blocked {
-            5 + rng.below(6)
-        } else {
-            rng.below(5)
-        } as usize]
-            .into(),
-        categories: match CATS[(host_id % 10) as usize] {
-            "" => vec![],
-            c => vec![c.into()],
-        },
-        app: APPS[(host_id % 8) as usize].into(),
-        ips: String::new(),
-        status: if blocked { 403 } else { 200 },
-        bytes_up: if blocked { 0 } else { 200 + rng.below(20_000) },
-        bytes_down: if blocked {
-            1800
-        } else {
-            500 + rng.below(2_000_000)
-        },
-        duration_ms: rng.below(30_000),
-        egress: if host_id == 3 {
-            "198.51.100.7".into()
-        } else {
-            String::new()
-        },
-        error: String::new(),
-    }
-}
-
-/// Diurnal shape: share of a day's records in each UTC hour (JST school day).
-fn hour_weights() -> [f64; 24] {
-    let mut w = [0.0; 24];
-    for (h, x) in w.iter_mut().enumerate() {
-        let jst = (h + 9) % 24;
-        *x = match jst {
-            8..=9 => 12.0,
-            10..=16 => 8.0,
-            7 | 17 => 4.0,
-            18..=21 => 1.5,
-            _ => 0.3,
-        };
-    }
-    let sum: f64 = w.iter().sum();
-    w.map(|x| x / sum)
-}
+use komugate_benches::board::{access_record, gen, hour_weights, Rng};
 
 fn dir_bytes(p: &Path) -> u64 {
     let mut n = 0;
@@ -214,33 +78,7 @@ fn main() {
     let ingest_n = 500_000u64;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let recs: Vec<AccessRecord> = (0..ingest_n)
-        .map(|i| {
-            let r = gen(&mut rng, now_ms() + i as i64);
-            AccessRecord {
-                time: format_rfc3339_ms(r.time_ms),
-                listener: "mtls",
-                device: Some(r.device),
-                groups: r.groups,
-                client: r.client,
-                method: r.method,
-                target: r.target,
-                decision: if r.action == "block" {
-                    "block"
-                } else {
-                    "allow"
-                },
-                rule: r.rule,
-                status: r.status,
-                bytes_up: r.bytes_up,
-                bytes_down: r.bytes_down,
-                duration_ms: r.duration_ms,
-                user: Some(r.user),
-                site: Some(r.site),
-                categories: r.categories,
-                app: (!r.app.is_empty()).then_some(r.app),
-                ..Default::default()
-            }
-        })
+        .map(|i| access_record(gen(&mut rng, now_ms() + i as i64)))
         .collect();
     let wdir = root.join("ingest");
     let _ = std::fs::remove_dir_all(&wdir);

@@ -1,1 +1,3 @@
+//! Shared by the benches: board-scale access records.
 
+pub mod board;

@@ -23,7 +23,6 @@ use crate::listen::http::ServerLimits;
 
 pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let console = Arc::new(Console::new(&gw.config, tls.is_some()));
-    crate::console::activity::spawn_sampler(gw.clone(), console.activity.clone());
     loop {
         let (stream, peer) = tokio::select! {
             _ = gw.shutdown.cancelled() => return,

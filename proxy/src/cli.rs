@@ -87,6 +87,9 @@ enum Command {
     /// Cloud apps (CASB): usage report from the access logs, the built-in catalog.
     #[command(subcommand)]
     Casb(crate::stages::casb::report::CasbCommand),
+    /// Reports for the board: `komugate report monthly --month 2026-11 --format xlsx --out F`.
+    #[command(subcommand)]
+    Report(crate::report::cli::ReportCommand),
 }
 
 #[derive(Subcommand)]
@@ -210,6 +213,7 @@ pub fn main() -> ExitCode {
         Command::Admin(cmd) => done(crate::console::cli::run_admin(cmd)),
         Command::Ips(cmd) => done(crate::ips::cli::run_ips(cmd)),
         Command::Casb(cmd) => done(crate::stages::casb::report::run_casb(cmd)),
+        Command::Report(cmd) => done(crate::report::cli::run_report(cmd)),
         Command::Policy(cmd) => crate::cli_policy::run_policy(cmd),
         Command::Categories(cmd) => crate::cli_policy::run_categories(cmd),
         Command::Config(cmd) => done(run_config(cmd)),

@@ -22,15 +22,19 @@
 //!   reload, start
 //! - beside the data path: [`admin`] (admin listener) and [`console`]
 //!   (the web console on it), [`logs`] and
-//!   [`access_log`] (log storage, search, shipping), [`ips`] (IPS rules and
+//!   [`access_log`] (log storage, search, shipping), [`aggregate`] (grouped
+//!   counts of the logs, local or shared) and [`report`] (the monthly
+//!   report), [`ips`] (IPS rules and
 //!   threat-intel lists), [`beacon`] (site assertions), [`pac`],
 //!   [`list_update`], [`pki`], [`device_auth`], [`client`] (the laptop-side
 //!   `komugate client`), [`cli`] and the `cli_*` / `explain` commands
 
 pub mod access_log;
 pub mod admin;
+pub mod aggregate;
 pub mod alerts;
 pub mod atomic_file;
+pub mod background;
 pub mod beacon;
 pub mod cli;
 pub mod cli_policy;
@@ -57,5 +61,6 @@ pub mod pki;
 pub mod pki_audit;
 pub mod record;
 pub mod replay_body;
+pub mod report;
 pub mod request;
 pub mod stages;

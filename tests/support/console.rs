@@ -179,3 +179,21 @@ where
         body,
     }
 }
+
+/// Writes the console's accounts file the way `komugate admin user add` does.
+pub fn write_accounts(
+    config: &komugate::config::Config,
+    accounts: &[(&str, komugate::console::accounts::Role, &str)],
+) {
+    use komugate::console::accounts::{self, Account, AccountFile};
+    let mut file = AccountFile::default();
+    for (name, role, pw) in accounts {
+        file.accounts.push(Account {
+            name: name.to_string(),
+            role: *role,
+            hash: accounts::hash_password(pw).unwrap(),
+            changed: String::new(),
+        });
+    }
+    accounts::save(&komugate::console::users_file(config), &file).unwrap();
+}

@@ -9,13 +9,25 @@ use super::respond::{full, security_headers, Body};
 /// htmx from the npm registry, `htmx.org` 2.0.11 (0BSD).
 pub const HTMX_VERSION: &str = "2.0.11";
 const HTMX: &str = include_str!("assets/htmx.min.js");
-const CSS: &str = include_str!("assets/console.css");
+/// uPlot from the npm registry, `uplot` 1.6.32 (MIT): the dashboard's charts.
+pub const UPLOT_VERSION: &str = "1.6.32";
+const UPLOT_JS: &str = include_str!("assets/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("assets/uPlot.min.css");
+/// The dashboard's own script (feeds uPlot).
+const DASHBOARD_JS: &str = include_str!("assets/dashboard.js");
+pub const CSS: &str = include_str!("assets/console.css");
+/// The monthly report's layout and print rules (A4).
+pub const REPORT_CSS: &str = include_str!("assets/report.css");
 
 /// `/console/assets/<name>`, or `None` for an unknown name.
 pub fn get(name: &str) -> Option<Response<Body>> {
     let (body, content_type) = match name {
         "htmx.min.js" => (HTMX, "text/javascript; charset=utf-8"),
+        "uPlot.iife.min.js" => (UPLOT_JS, "text/javascript; charset=utf-8"),
+        "uPlot.min.css" => (UPLOT_CSS, "text/css; charset=utf-8"),
+        "dashboard.js" => (DASHBOARD_JS, "text/javascript; charset=utf-8"),
         "console.css" => (CSS, "text/css; charset=utf-8"),
+        "report.css" => (REPORT_CSS, "text/css; charset=utf-8"),
         _ => return None,
     };
     let mut r = Response::new(full(body));

@@ -9,9 +9,8 @@
 //! - [`respond`]: HTML, redirects, cookies and the security headers
 //! - [`templates`], [`text`]: the embedded minijinja templates and the
 //!   Japanese / English wording
-//! - [`assets`]: the vendored htmx and the stylesheet, embedded
-//! - [`activity`]: requests and blocks per minute for the dashboard's charts
-//! - [`top_blocked`]: the most blocked hosts and categories of the last day
+//! - [`assets`]: the vendored htmx and uPlot, the stylesheets, embedded
+//! - [`activity`]: this process's counters for the dashboard
 //! - [`accounts`]: local accounts (argon2id hashes in a file) and roles
 //! - [`auth`]: sessions (idle expiry), CSRF tokens, the sign-in rate limit
 //! - [`form`]: query strings, form bodies and cookies
@@ -31,7 +30,6 @@ pub mod routes;
 pub mod templates;
 pub mod text;
 pub mod tls;
-pub mod top_blocked;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,14 +51,14 @@ pub struct Console {
     pub offset_min: i32,
     /// How the zone is named on every page (`JST (Asia/Tokyo)`).
     pub zone_label: String,
-    /// Requests and blocks over time (sampled once a minute).
-    pub activity: Arc<activity::Activity>,
-    pub top_blocked: top_blocked::TopBlockedCache,
+    /// Where the dashboard's and the report's counts come from.
+    pub aggregates: Arc<dyn crate::aggregate::LogAggregates>,
 }
 
 impl Console {
     pub fn new(config: &Config, secure: bool) -> Console {
         let a = &config.admin;
+        let searches = Arc::new(tokio::sync::Semaphore::new(a.max_searches));
         Console {
             sessions: auth::Sessions::new(std::time::Duration::from_secs(a.session_idle_secs)),
             limiter: auth::SignInLimiter::new(
@@ -69,12 +67,11 @@ impl Console {
             ),
             accounts: accounts::AccountCache::new(users_file(config)),
             verifications: tokio::sync::Semaphore::new(4),
-            searches: Arc::new(tokio::sync::Semaphore::new(a.max_searches)),
+            aggregates: crate::aggregate::for_config(config, Some(searches.clone())),
+            searches,
             secure,
             offset_min: config.block_page.time_zone.offset_minutes(),
             zone_label: zone_label(&config.block_page.time_zone),
-            activity: Arc::new(activity::Activity::default()),
-            top_blocked: Default::default(),
         }
     }
 }

@@ -60,7 +60,9 @@ pub async fn handle(
 /// Which role a page needs; `None` for a path that is no page.
 fn required_role(method: &Method, page: &str) -> Option<Role> {
     Some(match (method.as_str(), page) {
-        ("GET", "" | "dashboard" | "logs" | "logs/record") => Role::Viewer,
+        ("GET", "" | "dashboard" | "dashboard/data" | "logs" | "logs/record" | "report") => {
+            Role::Viewer
+        }
         ("POST", "signout") => Role::Viewer,
         ("GET", "logs/export" | "explain") => Role::Operator,
         ("GET", "audit") | ("POST", "audit/verify") => Role::Admin,
@@ -157,9 +159,11 @@ async fn route(
         "" => respond::redirect("/console/dashboard"),
         "signout" => pages::signin::signout(&ctx, &token),
         "dashboard" => pages::dashboard::page(&ctx).await,
+        "dashboard/data" => pages::dashboard::data(&ctx).await,
         "logs" => pages::logs::search_page(&ctx).await,
         "logs/record" => pages::logs::record_page(&ctx).await,
         "logs/export" => pages::logs::export(&ctx).await,
+        "report" => pages::report::page(&ctx).await,
         "explain" => pages::explain::page(&ctx),
         "audit" => pages::audit::page(&ctx, None).await,
         "audit/verify" => {

@@ -17,6 +17,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("record.html", include_str!("templates/record.html")),
     ("explain.html", include_str!("templates/explain.html")),
     ("audit.html", include_str!("templates/audit.html")),
+    ("report.html", include_str!("templates/report.html")),
 ];
 
 fn env() -> &'static Environment<'static> {
@@ -69,14 +70,19 @@ mod tests {
             let more = [
                 serde_json::json!({
                     "now": "2026-01-01 00:00", "generation": 1, "builtin": true,
-                    "reloads_ok": 0, "reloads_failed": 0, "requests": 0, "blocks": 0,
-                    "connections": 0, "tunnels": 0, "devices": 0, "ips_events": 0,
-                    "threat_intel_blocks": 0, "dlp_matches": 0,
-                    "day": {"bars": [{"x": 0, "h": 10, "hb": 1, "title": "<t>", "label": "09:00"}],
-                            "width": 4, "max": 1, "requests": 1, "blocks": 0},
-                    "week": {"bars": [], "width": 4, "max": 1, "requests": 0, "blocks": 0},
-                    "lists": [{"path": "p", "applied": "a", "result": "ok", "entries": 1}],
-                    "top": {"hosts": [["a b&c", 2]], "categories": [["gambling", 1]], "capped": true},
+                    "reloads_ok": 0, "reloads_failed": 0, "connections": 0, "tunnels": 0,
+                    "devices": 0, "spilled": 1, "ship_errors": 1,
+                    "last_reload": {"at": "t", "ok": false, "error": "<script>alert(1)</script>"},
+                    "source": {"kind": "local", "gateway_wide": false, "detail": "<d>"},
+                    "store": {"requests": 1, "blocks": 1, "ips_events": 0, "threat_intel": 0,
+                        "dlp_blocks": 0, "devices_day": 1, "devices_active": 1,
+                        "categories": [{"id": "gambling", "ja": "ギャンブル", "en": "gambling", "blocks": 1}],
+                        "hosts": [{"host": "a b&c", "blocks": 2}],
+                        "sites": [{"site": "<s>", "requests": 1, "blocks": 0, "devices": 1}, {"site": "", "requests": 1, "blocks": 0, "devices": 0}],
+                        "problems": ["p"]},
+                    "lists": [{"category": "adult", "label": "l", "file": "f", "entries": 1, "changed": "c", "age_hours": 80, "stale": true},
+                              {"category": "x", "label": "l", "file": "f", "entries": 1, "changed": "", "age_hours": null, "stale": true}],
+                    "downloads": [{"path": "p", "applied": "a", "result": "ok", "entries": 1}],
                 }),
                 serde_json::json!({
                     "f": {"since": "", "action": "block", "type": "", "contains": ""},
@@ -91,6 +97,8 @@ mod tests {
                     "total": 1,
                 }),
             ];
+            let mut more = more.to_vec();
+            more.push(crate::report::html::values(&crate::report::tests::sample()));
             for m in more {
                 if let (Some(c), serde_json::Value::Object(m)) = (ctx.as_object_mut(), m) {
                     c.extend(m);

@@ -29,8 +29,9 @@ pub struct Gateway {
     /// Policy, IPS rules and sites; replaced as a whole on reload. A
     /// request loads it once ([`Gateway::current`]).
     pub generation: ArcSwap<Generation>,
-    /// Serialises reloads (see `reload.rs`).
-    pub reload_lock: tokio::sync::Mutex<()>,
+    /// Serialises reloads (see `reload.rs`) and holds the last one's
+    /// outcome (for the console's dashboard).
+    pub reload_lock: tokio::sync::Mutex<Option<reload::LastReload>>,
     /// Downloaded category lists: status and metrics (see `list_update.rs`).
     pub list_updates: crate::list_update::ListUpdates,
     pub egress: Arc<Egress>,

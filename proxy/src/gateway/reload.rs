@@ -17,6 +17,14 @@ use super::Gateway;
 use crate::logs::audit::{AuditEvent, DiffSummary, ReloadSource};
 use crate::stages::decide::Runtime;
 
+/// When the last reload ran and how it ended (`Err`: the first line of
+/// the error; the running generation stayed).
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    pub at_ms: i64,
+    pub result: Result<u64, String>,
+}
+
 /// Result of a successful reload.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Reloaded {
@@ -31,7 +39,7 @@ impl Gateway {
     /// keeps the loaded ones). Reloads are serialised; the builds run on a
     /// blocking thread.
     pub async fn reload(self: &Arc<Self>, source: ReloadSource) -> Result<Reloaded, String> {
-        let _one_at_a_time = self.reload_lock.lock().await;
+        let mut one_at_a_time = self.reload_lock.lock().await;
         let old = self.generation.load_full();
         let generation = old.number() + 1;
         let config = self.config.clone();
@@ -157,6 +165,13 @@ impl Gateway {
                 tracing::error!("cannot write the audit log: {e}");
             }
         }
+        *one_at_a_time = Some(LastReload {
+            at_ms: crate::logs::record::now_ms(),
+            result: result
+                .as_ref()
+                .map(|r| r.generation)
+                .map_err(|e| e.lines().next().unwrap_or("").to_string()),
+        });
         result
     }
 }

@@ -141,7 +141,7 @@ pub async fn start(config: Config) -> Result<Running> {
         inspector,
         egress,
         generation: ArcSwap::from_pointee(generation),
-        reload_lock: tokio::sync::Mutex::new(()),
+        reload_lock: tokio::sync::Mutex::new(None),
         list_updates: crate::list_update::ListUpdates::new(&metrics.registry),
         metrics,
         access_log,

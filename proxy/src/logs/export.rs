@@ -197,10 +197,21 @@ impl<W: Write> Sink<W> {
 /// `-`, `@`, tab or carriage return as a formula (`=cmd|' /C calc'!A0`):
 /// such a cell gets a leading `'`, which shows the text as typed.
 pub fn neutralise_formula(cell: String) -> String {
-    match cell.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}"),
-        _ => cell,
+    if looks_like_formula(&cell) {
+        format!("'{cell}")
+    } else {
+        cell
     }
+}
+
+/// Would a spreadsheet take this text for a formula? (`=`, `+`, `-`, `@`,
+/// tab or carriage return first.) In xlsx such text gets Excel's quote
+/// prefix: the cell shows it as typed and stays text when edited.
+pub fn looks_like_formula(cell: &str) -> bool {
+    matches!(
+        cell.as_bytes().first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+    )
 }
 
 fn csv_err(e: csv::Error) -> io::Error {
@@ -238,6 +249,7 @@ pub struct XlsxSink<W: Write> {
     sheets: usize,
     date: Format,
     header: Format,
+    quoted: Format,
     _tmp: Option<PathBuf>,
 }
 
@@ -254,6 +266,7 @@ impl<W: Write> XlsxSink<W> {
             sheets: 0,
             date: Format::new().set_num_format("yyyy-mm-dd hh:mm:ss"),
             header: Format::new().set_bold(),
+            quoted: Format::new().set_quote_prefix(),
             _tmp: None,
         };
         s.new_sheet()?;
@@ -312,6 +325,7 @@ impl<W: Write> XlsxSink<W> {
         let dt = ExcelDateTime::from_timestamp(local_secs).map_err(xlsx_err)?;
         let f = text_fields(r, self.offset_min);
         let date = self.date.clone();
+        let quoted = self.quoted.clone();
         let ws = self.current()?;
         ws.write_datetime_with_format(row, 0, &dt, &date)
             .map_err(xlsx_err)?;
@@ -323,6 +337,9 @@ impl<W: Write> XlsxSink<W> {
                 16 => ws.write_number(row, c, r.bytes_down as f64).map(|_| ()),
                 17 => ws.write_number(row, c, r.duration_ms as f64).map(|_| ()),
                 _ if v.is_empty() => Ok(()),
+                _ if looks_like_formula(v) => {
+                    ws.write_string_with_format(row, c, v, &quoted).map(|_| ())
+                }
                 _ => ws.write_string(row, c, v).map(|_| ()),
             }
             .map_err(xlsx_err)?;

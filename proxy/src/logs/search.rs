@@ -146,7 +146,7 @@ fn scan_jsonl(
 /// Segment files in day order; whole days before `since - 1 day` are not
 /// even listed (a file opened on a day holds that day's and at most the
 /// previous hours' records).
-fn list_segments(dir: &Path, q: &Query) -> Vec<PathBuf> {
+pub(crate) fn list_segments(dir: &Path, q: &Query) -> Vec<PathBuf> {
     let root = dir.join(layout::SEGMENTS);
     let mut days: Vec<String> = match std::fs::read_dir(&root) {
         Ok(rd) => rd

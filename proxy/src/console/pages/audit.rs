@@ -13,6 +13,8 @@ use crate::logs::audit::{AuditEntry, AuditEvent, VerifyReport};
 
 /// Entries shown at most (the latest).
 const SHOWN: usize = 200;
+/// Longest filter value, in characters.
+const MAX_FILTER_CHARS: usize = 256;
 
 struct Listing {
     entries: Vec<serde_json::Value>,
@@ -112,12 +114,29 @@ pub async fn page(ctx: &Ctx<'_>, verify: Option<VerifyReport>) -> Response<Body>
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let clean = |name: &str| -> Option<String> {
-        ctx.query
-            .get(name)
-            .map(|v| v.chars().filter(|c| !c.is_control()).take(256).collect())
-    };
-    let (kind, contains) = (clean("type"), clean("contains"));
+    // Filters are plain text: too long or with control characters is a
+    // clear error, not a silently changed filter.
+    for (name, key) in [("type", "audit_type"), ("contains", "audit_contains")] {
+        if let Some(v) = ctx.query.get(name) {
+            if v.chars().count() > MAX_FILTER_CHARS || v.chars().any(char::is_control) {
+                return ctx.error(
+                    StatusCode::BAD_REQUEST,
+                    "title_error",
+                    ctx.fill(
+                        "err_field",
+                        &[
+                            ("field", ctx.t(key)),
+                            ("max", &MAX_FILTER_CHARS.to_string()),
+                        ],
+                    ),
+                );
+            }
+        }
+    }
+    let (kind, contains) = (
+        ctx.query.get("type").map(str::to_string),
+        ctx.query.get("contains").map(str::to_string),
+    );
     let f = serde_json::json!({"type": kind.clone().unwrap_or_default(), "contains": contains.clone().unwrap_or_default()});
     let offset = ctx.console.offset_min;
     let permit = match tokio::time::timeout(

@@ -1,97 +1,257 @@
-//! The dashboard: the gateway's state now (health, policy generation,
-//! reloads, open connections, devices connected, IPS / threat-intel / DLP
-//! events, category list updates, the most blocked hosts and categories of
-//! the last day) and requests / blocks over the last 24
-//! hours and 7 days as bar charts (inline SVG drawn by the template, no
-//! chart script). The figures are this gateway process's (on Kubernetes,
-//! one pod's). The page refreshes itself every 30 s (htmx).
+//! The dashboard. Two kinds of figures, each labelled on the page:
+//!
+//! - **from the log store** ([`crate::aggregate::LogAggregates`]): requests
+//!   and blocks per minute over 24 h and per hour over 7 days (uPlot
+//!   charts fed by `/console/dashboard/data`), the most blocked categories
+//!   and hosts, usage per site, devices active in the last 5 minutes, IPS /
+//!   threat-intel / DLP events of the last 24 h. With a shared store these
+//!   are the whole gateway's (every replica); with the local one, this
+//!   gateway's. Ranges start on the hour so closed segments are counted
+//!   once and kept.
+//! - **from this process**: health, policy generation and the last reload,
+//!   devices connected to this replica now, open connections, the age of
+//!   each category list file in force.
+//!
+//! The status part refreshes itself every 30 s (htmx), the charts every
+//! 60 s (their own script).
 
-use http::Response;
+use std::time::SystemTime;
+
+use http::{Response, StatusCode};
 
 use super::Ctx;
-use crate::console::activity::{sum, totals, Bucket};
-use crate::console::respond::Body;
+use crate::aggregate::{GroupQuery, Grouped, Key, KeyValue, Measure};
+use crate::console::activity::sum;
+use crate::console::respond::{self, Body};
+use crate::logs::query::current_ms;
 
-/// Chart height in SVG units.
-const CHART_HEIGHT: u64 = 100;
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 86_400_000;
+/// "Active now": a device with a record in the last this long.
+const ACTIVE_MS: i64 = 5 * MINUTE;
+/// A list file older than this is shown as stale (the alert rule's 3 days).
+const STALE_MS: i64 = 3 * DAY;
+const TOP: usize = 10;
 
-/// Bars scaled to the chart, with their labels.
-fn chart(ctx: &Ctx, buckets: &[Bucket], label_every: usize, with_date: bool) -> serde_json::Value {
-    let max = buckets.iter().map(|b| b.requests).max().unwrap_or(0).max(1);
-    let scale = |v: u64| v * CHART_HEIGHT / max;
-    let bars: Vec<serde_json::Value> = buckets
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let time = ctx.local_time(b.start_ms);
-            let label = if with_date {
-                &time[5..13]
-            } else {
-                &time[11..16]
-            };
-            serde_json::json!({
-                "x": i * 4,
-                "h": scale(b.requests),
-                "hb": scale(b.blocks),
-                "title": format!("{time} {} / {}", b.requests, b.blocks),
-                "label": (i % label_every == 0).then(|| label.to_string()),
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "bars": bars, "width": buckets.len() * 4, "max": max,
-        "requests": buckets.iter().map(|b| b.requests).sum::<u64>(),
-        "blocks": buckets.iter().map(|b| b.blocks).sum::<u64>(),
+fn floor(t: i64, unit: i64) -> i64 {
+    t.div_euclid(unit) * unit
+}
+
+/// The figures from the store, in the order the page asks for them.
+struct StoreFigures {
+    cats: Grouped,
+    hosts: Grouped,
+    sites: Grouped,
+    day_total: Grouped,
+    active: Grouped,
+}
+
+async fn store_figures(ctx: &Ctx<'_>, now: i64) -> Result<StoreFigures, String> {
+    let day_since = floor(now - DAY, HOUR);
+    let until = floor(now, MINUTE) + MINUTE;
+    let day = GroupQuery::total(day_since, until);
+    let answers = ctx
+        .console
+        .aggregates
+        .grouped_many(vec![
+            day.clone()
+                .by(&[Key::Category])
+                .blocked()
+                .top(Measure::Blocks, TOP + 1),
+            day.clone()
+                .by(&[Key::Host])
+                .blocked()
+                .top(Measure::Blocks, TOP),
+            day.clone().by(&[Key::Site]).with_devices(),
+            day.clone().with_devices(),
+            GroupQuery::total(now - ACTIVE_MS, until).with_devices(),
+        ])
+        .await
+        .map_err(|e| e.0)?;
+    let [cats, hosts, sites, day_total, active]: [Grouped; 5] = answers
+        .try_into()
+        .map_err(|_| "the log store gave a wrong number of answers".to_string())?;
+    Ok(StoreFigures {
+        cats,
+        hosts,
+        sites,
+        day_total,
+        active,
     })
+}
+
+fn text(k: &[KeyValue]) -> String {
+    k.first().map(|v| v.text().to_string()).unwrap_or_default()
+}
+
+/// Each category list file in force: its category, entries and age.
+fn list_ages(ctx: &Ctx, now: i64) -> Vec<serde_json::Value> {
+    let generation = ctx.gw.current();
+    let mut out = Vec::new();
+    for src in &generation.runtime.policy.import_report().sources {
+        for l in &src.lists {
+            let modified = std::fs::metadata(&l.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64);
+            let (ja, en) = crate::report::category_labels(&l.category);
+            out.push(serde_json::json!({
+                "category": l.category,
+                "label": if ctx.lang == crate::console::text::Lang::Ja { ja } else { en },
+                "file": l.path.display().to_string(),
+                "entries": l.entries,
+                "changed": modified.map(|m| ctx.local_time(m)).unwrap_or_default(),
+                "age_hours": modified.map(|m| (now - m).max(0) / HOUR),
+                "stale": modified.is_none_or(|m| now - m > STALE_MS),
+            }));
+        }
+    }
+    out
 }
 
 pub async fn page(ctx: &Ctx<'_>) -> Response<Body> {
     let gw = ctx.gw;
     let m = &gw.metrics;
     let generation = gw.current();
-    let now = totals(gw);
-    let activity = &ctx.console.activity;
-    let day = activity.buckets(now, 86_400_000, 600_000);
-    let week = activity.buckets(now, 7 * 86_400_000, 3_600_000);
-    let top = ctx
+    let now = current_ms();
+    let store = ctx.console.aggregates.source();
+    let figures = store_figures(ctx, now).await;
+    let last_reload = match gw.reload_lock.try_lock() {
+        Ok(g) => match &*g {
+            None => serde_json::json!({"none": true}),
+            Some(r) => serde_json::json!({
+                "at": ctx.local_time(r.at_ms),
+                "ok": r.result.is_ok(),
+                "error": r.result.as_ref().err(),
+            }),
+        },
+        Err(_) => serde_json::json!({"running": true}),
+    };
+    let mut v = serde_json::json!({
+        "now": ctx.local_time(now),
+        "draining": gw.shutdown.is_cancelled(),
+        "generation": generation.number(),
+        "builtin": generation.runtime.builtin,
+        "reloads_ok": sum(&m.policy_reloads, Some(("result", "ok"))),
+        "reloads_failed": sum(&m.policy_reloads, Some(("result", "error"))),
+        "last_reload": last_reload,
+        "connections": sum(&m.connections_open, None),
+        "devices": gw.devices_connected(),
+        "tunnels": m.tunnels_open.get(),
+        "spilled": gw.access_log.log_metrics().spilled.get(),
+        "ship_errors": sum(&gw.access_log.log_metrics().ship_errors, None),
+        "lists": list_ages(ctx, now),
+        "downloads": gw.list_updates.status().iter().map(|s| serde_json::json!({
+            "path": s.path.display().to_string(),
+            "applied": s.last_applied.clone().unwrap_or_default(),
+            "result": s.last_result.clone().unwrap_or_default(),
+            "entries": s.entries_in_force,
+        })).collect::<Vec<_>>(),
+        "source": store,
+    });
+    match figures {
+        Ok(f) => {
+            let t = f.day_total.total;
+            let problems: Vec<&String> = [&f.cats, &f.hosts, &f.sites, &f.day_total, &f.active]
+                .iter()
+                .flat_map(|g| g.problems.iter())
+                .collect();
+            v["store"] = serde_json::json!({
+                "requests": t.requests,
+                "blocks": t.blocks,
+                "ips_events": t.ips_events,
+                "threat_intel": t.threat_intel,
+                "dlp_blocks": t.dlp_blocks,
+                "devices_day": t.devices,
+                "devices_active": f.active.total.devices,
+                "categories": f.cats.rows.iter().filter(|r| !text(&r.key).is_empty()).take(TOP).map(|r| {
+                    let id = text(&r.key);
+                    let (ja, en) = crate::report::category_labels(&id);
+                    serde_json::json!({"id": id, "ja": ja, "en": en, "blocks": r.counts.blocks})
+                }).collect::<Vec<_>>(),
+                "hosts": f.hosts.rows.iter().map(|r| serde_json::json!({"host": text(&r.key), "blocks": r.counts.blocks})).collect::<Vec<_>>(),
+                "sites": f.sites.rows.iter().map(|r| serde_json::json!({
+                    "site": text(&r.key), "requests": r.counts.requests, "blocks": r.counts.blocks, "devices": r.counts.devices,
+                })).collect::<Vec<_>>(),
+                "problems": problems,
+            });
+        }
+        Err(e) => v["store_error"] = e.into(),
+    }
+    ctx.page("dashboard.html", v)
+}
+
+/// `/console/dashboard/data`: the chart series as uPlot takes them (x in
+/// Unix seconds, one array per series), every bucket present.
+pub async fn data(ctx: &Ctx<'_>) -> Response<Body> {
+    let now = current_ms();
+    let day = (floor(now - DAY, HOUR), floor(now, MINUTE) + MINUTE, MINUTE);
+    let week = (floor(now - 7 * DAY, HOUR), floor(now, HOUR) + HOUR, HOUR);
+    let offset_ms = ctx.console.offset_min as i64 * MINUTE;
+    let q = |(since, until, width): (i64, i64, i64)| {
+        GroupQuery::total(since, until).by(&[Key::Time {
+            width_ms: width,
+            offset_ms,
+        }])
+    };
+    let answers = ctx
         .console
-        .top_blocked
-        .get(crate::logs::cli::log_dir(&gw.config), &ctx.console.searches)
+        .aggregates
+        .grouped_many(vec![q(day), q(week)])
         .await;
-    let lists: Vec<serde_json::Value> = gw
-        .list_updates
-        .status()
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "path": s.path.display().to_string(),
-                "applied": s.last_applied.clone().unwrap_or_default(),
-                "result": s.last_result.clone().unwrap_or_default(),
-                "entries": s.entries_in_force,
-            })
-        })
-        .collect();
-    ctx.page(
-        "dashboard.html",
+    let answers = match answers {
+        Ok(a) => a,
+        Err(e) => {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": ctx.fill("err_dashboard", &[("detail", &e.0)])}),
+            )
+        }
+    };
+    let series = |g: &Grouped, (since, until, width): (i64, i64, i64)| {
+        let mut x = Vec::new();
+        let mut requests = Vec::new();
+        let mut blocks = Vec::new();
+        let mut rows = g.rows.iter().peekable();
+        let mut t = Key::bucket(width, offset_ms, since);
+        while t < until {
+            let mut c = (0, 0);
+            while let Some(r) = rows.peek() {
+                let k = r.key.first().map(KeyValue::time).unwrap_or(i64::MAX);
+                if k < t {
+                    rows.next();
+                } else {
+                    if k == t {
+                        c = (r.counts.requests, r.counts.blocks);
+                    }
+                    break;
+                }
+            }
+            x.push(t / 1000);
+            requests.push(c.0);
+            blocks.push(c.1);
+            t += width;
+        }
+        serde_json::json!({"x": x, "requests": requests, "blocks": blocks})
+    };
+    json(
+        StatusCode::OK,
         serde_json::json!({
-            "now": ctx.local_time(now.at_ms),
-            "draining": gw.shutdown.is_cancelled(),
-            "generation": generation.number(),
-            "builtin": generation.runtime.builtin,
-            "reloads_ok": sum(&m.policy_reloads, Some(("result", "ok"))),
-            "reloads_failed": sum(&m.policy_reloads, Some(("result", "error"))),
-            "requests": now.requests,
-            "blocks": now.blocks,
-            "connections": sum(&m.connections_open, None),
-            "devices": gw.devices_connected(),
-            "tunnels": m.tunnels_open.get(),
-            "ips_events": sum(&m.ips_events, None),
-            "threat_intel_blocks": sum(&m.threat_intel_blocks, None),
-            "dlp_matches": sum(&m.casb.dlp_matches, None),
-            "day": chart(ctx, &day, 18, false),
-            "week": chart(ctx, &week, 24, true),
-            "lists": lists,
-            "top": top.as_deref(),
+            "day": series(&answers[0], day),
+            "week": series(&answers[1], week),
+            "offset_min": ctx.console.offset_min,
+            "gateway_wide": ctx.console.aggregates.source().gateway_wide,
         }),
     )
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = respond::text(status, v.to_string());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }

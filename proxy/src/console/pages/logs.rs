@@ -1,7 +1,8 @@
 //! Log search: the filters of `komugate logs search` (time range in the
 //! display zone), pages of results, a detail view per record, and CSV / xlsx
-//! export of the whole result, streamed. Every search runs on a blocking
-//! thread, at most `[admin] max_searches` at once, never on the proxy's
+//! export of the whole result, streamed. Every search runs on a
+//! low-priority thread of its own ([`crate::background`]), at most
+//! `[admin] max_searches` at once, never on the proxy's
 //! request path; every search, detail view and export is audited first.
 
 use std::io::{self, Write};
@@ -183,7 +184,7 @@ async fn fetch(
     let dir = crate::logs::cli::log_dir(&ctx.gw.config);
     let mut q = query.clone();
     q.limit = Some(skip + take + 1);
-    let result = tokio::task::spawn_blocking(move || {
+    let result = crate::background::run("komugate-search", move || {
         let _permit = permit;
         let mut n = 0u64;
         let mut rows = Vec::new();
@@ -420,7 +421,9 @@ pub async fn export(ctx: &Ctx<'_>) -> Response<Body> {
     let offset = ctx.console.offset_min;
     let query = search.query;
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
+    // The thread starts now; its output travels in the channel, so the
+    // completion future is not needed.
+    drop(crate::background::run("komugate-export", move || {
         let _permit = permit;
         let err_tx = tx.clone();
         let run = || -> io::Result<()> {
@@ -438,7 +441,7 @@ pub async fn export(ctx: &Ctx<'_>) -> Response<Body> {
                 let _ = err_tx.blocking_send(Err(e));
             }
         }
-    });
+    }));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item.map(Frame::data), rx))
     });

@@ -110,6 +110,7 @@ fn monthly(a: MonthlyArgs) -> Result<()> {
         ),
     };
     let dir = a
+        .loc
         .dir
         .clone()
         .unwrap_or_else(|| crate::logs::cli::log_dir(&config));

@@ -54,6 +54,17 @@ category = "blog"
 name = "c4th"
 hosts = [".c4th.test"]
 
+[casb]
+
+[[casb.dlp]]
+name = "my-number"
+my_number = true
+action = "block"
+
+[[rule]]
+name = "DLP everywhere"
+casb = { dlp = true }
+
 [[rule]]
 name = "ギャンブル禁止"
 categories = ["gambling"]
@@ -67,14 +78,25 @@ async fn gateway() -> TestGateway {
         std::fs::write(dir.join("blog.txt"), "plain.test\n").unwrap();
         std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
         c.policy.file = dir.join("policy.toml").display().to_string();
+        std::fs::write(dir.join("threats.txt"), "evil.test\n").unwrap();
+        c.threat_intel.lists = vec![dir.join("threats.txt")];
+        c.ips.rules =
+            vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("data/ips/komugate-test.rules")];
         write_accounts(c, &[("見る人", Role::Viewer, VIEWER_PW)]);
     })
     .await
 }
 
-/// A GET through the gateway from source address `from`: on the plain
-/// listener, or over mutual TLS as `device`.
-async fn get(gw: &TestGateway, from: &str, url: &str, device: Option<&IssuedCert>) -> RawResponse {
+/// A request through the gateway from source address `from`: on the plain
+/// listener, or over mutual TLS as `device`; a POST when `body` is given.
+async fn send(
+    gw: &TestGateway,
+    from: &str,
+    url: &str,
+    body: Option<&str>,
+    device: Option<&IssuedCert>,
+) -> RawResponse {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
     let host = url
@@ -82,7 +104,13 @@ async fn get(gw: &TestGateway, from: &str, url: &str, device: Option<&IssuedCert
         .nth(1)
         .and_then(|r| r.split('/').next())
         .unwrap_or("");
-    let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let req = match body {
+        None => format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        Some(b) => format!(
+            "POST {url} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            b.len()
+        ),
+    };
     match device {
         None => {
             let mut c = RawConn::new(sock.connect(gw.plain()).await.unwrap());
@@ -116,30 +144,44 @@ async fn send_traffic(gw: &TestGateway, up: SocketAddr) -> Sent {
     let c4th = format!("http://www.c4th.test:{port}/");
     let t1 = gw.tls().device("T-1", &["teachers"]);
     let t2 = gw.tls().device("T-2", &["teachers"]);
-    let plan: Vec<(&str, &str, Option<&IssuedCert>, u16)> = vec![
-        // North: 3 blog + 1 c4th + 2 casino anonymous, 1 blog as T-1.
-        ("127.0.0.1", &blog, None, 200),
-        ("127.0.0.1", &blog, None, 200),
-        ("127.0.0.1", &blog, None, 200),
-        ("127.0.0.1", &c4th, None, 200),
-        ("127.0.0.1", "http://casino.test/", None, 403),
-        ("127.0.0.1", "http://casino.test/x", None, 403),
-        ("127.0.0.1", &blog, Some(&t1), 200),
-        // South: 1 blog + 3 casino + 1 poker anonymous, 1 casino as T-2.
-        ("127.0.0.2", &blog, None, 200),
-        ("127.0.0.2", "http://casino.test/", None, 403),
-        ("127.0.0.2", "http://casino.test/", None, 403),
-        ("127.0.0.2", "http://casino.test/", None, 403),
-        ("127.0.0.2", "http://poker.test/", None, 403),
-        ("127.0.0.2", "http://casino.test/", Some(&t2), 403),
+    let ips_alert = format!("http://plain.test:{port}/ips-alert-marker");
+    let my_number = "個人番号 1234 5678 9018 です";
+    type Step<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a IssuedCert>,
+        u16,
+    );
+    let plan: Vec<Step> = vec![
+        // North: 3 blog + 1 c4th + 2 casino anonymous, 1 blog as T-1,
+        // 1 blog with an IPS alert (allowed), 1 blog POST blocked by DLP.
+        ("127.0.0.1", &blog, None, None, 200),
+        ("127.0.0.1", &blog, None, None, 200),
+        ("127.0.0.1", &blog, None, None, 200),
+        ("127.0.0.1", &c4th, None, None, 200),
+        ("127.0.0.1", "http://casino.test/", None, None, 403),
+        ("127.0.0.1", "http://casino.test/x", None, None, 403),
+        ("127.0.0.1", &blog, None, Some(&t1), 200),
+        ("127.0.0.1", &ips_alert, None, None, 200),
+        ("127.0.0.1", &blog, Some(my_number), None, 403),
+        // South: 1 blog + 3 casino + 1 poker anonymous, 1 casino as T-2,
+        // 1 threat-intel host.
+        ("127.0.0.2", &blog, None, None, 200),
+        ("127.0.0.2", "http://casino.test/", None, None, 403),
+        ("127.0.0.2", "http://casino.test/", None, None, 403),
+        ("127.0.0.2", "http://casino.test/", None, None, 403),
+        ("127.0.0.2", "http://poker.test/", None, None, 403),
+        ("127.0.0.2", "http://casino.test/", None, Some(&t2), 403),
+        ("127.0.0.2", "http://evil.test/", None, None, 403),
     ];
-    for (from, url, device, want) in &plan {
-        let r = get(gw, from, url, *device).await;
+    for (from, url, body, device, want) in &plan {
+        let r = send(gw, from, url, *body, *device).await;
         assert_eq!(r.status, *want, "{from} {url}: {r:?}");
     }
     let sent = Sent {
         requests: plan.len() as u64,
-        blocks: plan.iter().filter(|p| p.3 == 403).count() as u64,
+        blocks: plan.iter().filter(|p| p.4 == 403).count() as u64,
     };
     // Every record written before anything is counted.
     let path = gw.access_log.clone();
@@ -244,8 +286,8 @@ fn check_workbook(bytes: Vec<u8>, sent: &Sent) {
             .unwrap_or_else(|| panic!("no site {name} in {sites:?}"))
     };
     // requests, blocks, IPS, threat intel, DLP, devices
-    assert_eq!(site(NORTH), vec![7, 2, 0, 0, 0, 1]);
-    assert_eq!(site(SOUTH), vec![6, 5, 0, 0, 0, 1]);
+    assert_eq!(site(NORTH), vec![9, 3, 1, 0, 1, 1]);
+    assert_eq!(site(SOUTH), vec![7, 6, 0, 1, 0, 1]);
 
     let sc = sheet(&mut wb, "拠点・カテゴリ Site×Category");
     let pair = |s: &str, id: &str| {
@@ -254,9 +296,10 @@ fn check_workbook(bytes: Vec<u8>, sent: &Sent) {
             .map(|r| (text(&r[1]), num(&r[4]), num(&r[5])))
             .unwrap_or_else(|| panic!("no {s}/{id} in {sc:?}"))
     };
-    assert_eq!(pair(NORTH, "blog"), ("ブログ".into(), 4, 0));
+    assert_eq!(pair(NORTH, "blog"), ("ブログ".into(), 6, 1));
     assert_eq!(pair(NORTH, "gambling"), ("ギャンブル".into(), 2, 2));
     assert_eq!(pair(SOUTH, "gambling"), ("ギャンブル".into(), 5, 5));
+    assert_eq!(pair(SOUTH, ""), ("分類なし".into(), 1, 1));
 
     let top = sheet(&mut wb, "ブロック上位 Top blocked");
     assert_eq!(text(&top[1][0]), "ギャンブル (Gambling)");
@@ -265,8 +308,10 @@ fn check_workbook(bytes: Vec<u8>, sent: &Sent) {
         (text(&top[1][3]), num(&top[1][4])),
         ("casino.test".into(), 6)
     );
+    // Ties by name: evil.test, plain.test (the DLP block), poker.test.
+    assert_eq!((text(&top[2][3]), num(&top[2][4])), ("evil.test".into(), 1));
     assert_eq!(
-        (text(&top[2][3]), num(&top[2][4])),
+        (text(&top[4][3]), num(&top[4][4])),
         ("poker.test".into(), 1)
     );
 
@@ -305,9 +350,14 @@ async fn monthly_report_page_xlsx_and_cli_match_the_traffic() {
         );
         let overall = row_numbers(&html, "overall", "");
         assert_eq!(&overall[..2], &[sent.requests, sent.blocks], "{html}");
+        assert_eq!(
+            &overall[2..],
+            &[1, 1, 1, 2],
+            "IPS, threat intel, DLP, devices"
+        );
         assert_eq!(overall.last(), Some(&2), "devices active");
-        assert_eq!(row_numbers(&html, "sites", NORTH), vec![7, 2, 0, 0, 0, 1]);
-        assert_eq!(row_numbers(&html, "sites", SOUTH), vec![6, 5, 0, 0, 0, 1]);
+        assert_eq!(row_numbers(&html, "sites", NORTH), vec![9, 3, 1, 0, 1, 1]);
+        assert_eq!(row_numbers(&html, "sites", SOUTH), vec![7, 6, 0, 1, 0, 1]);
         assert_eq!(row_numbers(&html, "top-categories", "ギャンブル"), vec![7]);
         assert_eq!(row_numbers(&html, "top-hosts", "casino.test"), vec![6]);
         assert_eq!(row_numbers(&html, "apps", "c4th"), vec![1, 0, 0, 0]);
@@ -412,9 +462,9 @@ async fn dashboard_figures_match_the_traffic() {
             "T-1 and T-2 in the last 5 minutes"
         );
         assert_eq!(cell("devices-day"), 2);
-        assert_eq!(cell("ips-events"), 0);
-        assert_eq!(cell("threat-intel"), 0);
-        assert_eq!(cell("dlp-blocks"), 0);
+        assert_eq!(cell("ips-events"), 1, "the IPS alert");
+        assert_eq!(cell("threat-intel"), 1, "evil.test");
+        assert_eq!(cell("dlp-blocks"), 1, "the My Number POST");
         assert_eq!(
             cell("devices-connected"),
             0,
@@ -425,8 +475,8 @@ async fn dashboard_figures_match_the_traffic() {
         assert_eq!(row_numbers(&html, "top-categories", "ギャンブル"), vec![7]);
         assert_eq!(row_numbers(&html, "top-hosts", "casino.test"), vec![6]);
         assert_eq!(row_numbers(&html, "top-hosts", "poker.test"), vec![1]);
-        assert_eq!(row_numbers(&html, "sites", NORTH), vec![7, 2, 1]);
-        assert_eq!(row_numbers(&html, "sites", SOUTH), vec![6, 5, 1]);
+        assert_eq!(row_numbers(&html, "sites", NORTH), vec![9, 3, 1]);
+        assert_eq!(row_numbers(&html, "sites", SOUTH), vec![7, 6, 1]);
         assert!(
             html.contains("このゲートウェイ自身のログ"),
             "says where the figures come from"

@@ -145,6 +145,11 @@ fn monthly_report_files_and_clear_errors() {
         .used_cells()
         .next()
         .is_none());
+    // ... and carries Excel's quote prefix, so editing the cell keeps it text.
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&xlsx).unwrap()).unwrap();
+    let mut styles = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("xl/styles.xml").unwrap(), &mut styles).unwrap();
+    assert!(styles.contains("quotePrefix=\"1\""), "{styles}");
 
     let out = komugate(&[
         "report",

@@ -401,6 +401,10 @@ mod formula_tests {
         assert_eq!(n("=cmd|' /C calc'!A0".into()), "'=cmd|' /C calc'!A0");
         assert_eq!(n("+1".into()), "'+1");
         assert_eq!(n("@SUM(A1)".into()), "'@SUM(A1)");
+        assert_eq!(n("-2+3".into()), "'-2+3");
+        assert_eq!(n("\tcmd".into()), "'\tcmd");
+        assert_eq!(n("\rcmd".into()), "'\rcmd");
+        assert_eq!(n("a=b".into()), "a=b", "only the first character counts");
         assert_eq!(n("example.com".into()), "example.com");
         assert_eq!(n(String::new()), "");
     }

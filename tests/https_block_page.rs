@@ -217,6 +217,7 @@ async fn a_real_browser_renders_the_japanese_block_page_for_a_blocked_https_site
         komugate_tests::browser::Browser::start(&komugate_tests::browser::BrowserOptions {
             proxy: Some(gw.plain()),
             trusted_ca_pems: vec![ca_pem],
+            ..Default::default()
         })
         .await;
     let opened = tokio::time::timeout(

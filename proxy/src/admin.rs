@@ -23,6 +23,7 @@ use crate::listen::http::ServerLimits;
 
 pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let console = Arc::new(Console::new(&gw.config, tls.is_some()));
+    console.oidc_metrics.register(&gw.metrics.registry);
     loop {
         let (stream, peer) = tokio::select! {
             _ = gw.shutdown.cancelled() => return,

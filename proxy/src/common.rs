@@ -3,6 +3,20 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Percent-encodes everything but unreserved characters (RFC 3986 2.3),
+/// for query strings and form bodies.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Lowercase hex, two digits per byte (`[0x0a, 0xff]` → `"0aff"`).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -521,6 +521,101 @@ pub struct AdminConfig {
     pub signin_window_secs: u64,
     /// Console log searches and exports running at once (each on a blocking thread).
     pub max_searches: usize,
+    /// `[admin.oidc]`: console sign-in through an OpenID provider (Entra ID).
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `[admin.oidc]`: console sign-in with OpenID Connect (authorization code
+/// flow with PKCE), roles from a group claim.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer, exactly as its discovery document names it
+    /// (`https://login.microsoftonline.com/TENANT/v2.0`); https, or plain
+    /// http to a loopback address only.
+    pub issuer: String,
+    pub client_id: String,
+    /// A file holding the client secret (one line), relative to the data
+    /// directory; kept out of the configuration file.
+    pub client_secret_file: PathBuf,
+    /// This console's callback, registered at the provider:
+    /// `https://HOST:PORT/console/oidc/callback`.
+    pub redirect_uri: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim listing the person's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// The claims naming the person in the audit log and on pages, the
+    /// first present one wins (`sub` when none is).
+    #[serde(default = "default_name_claims")]
+    pub name_claims: Vec<String>,
+    /// Group → role (`viewer`, `operator`, `admin`); the highest role of
+    /// the person's groups applies; no mapped group, no sign-in.
+    pub roles: std::collections::BTreeMap<String, String>,
+    /// Extra CA certificates (PEM) trusted for the provider's TLS, besides
+    /// the public roots; relative to the data directory.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Clock difference tolerated with the provider (token times).
+    #[serde(default = "default_clock_skew_secs")]
+    pub clock_skew_secs: u64,
+    /// The provider's keys are fetched again for an unknown key id at most
+    /// this often.
+    #[serde(default = "default_jwks_refetch_secs")]
+    pub jwks_min_refetch_secs: u64,
+    /// The sign-in button's label (`Entra ID でサインイン`).
+    #[serde(default = "default_oidc_label")]
+    pub label: String,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_name_claims() -> Vec<String> {
+    vec!["name".into(), "preferred_username".into(), "email".into()]
+}
+fn default_clock_skew_secs() -> u64 {
+    60
+}
+fn default_jwks_refetch_secs() -> u64 {
+    60
+}
+fn default_oidc_label() -> String {
+    "Entra ID".into()
+}
+
+impl OidcConfig {
+    /// Checks what can be checked without the provider.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let at = |e: String| anyhow::anyhow!("{origin}: [admin.oidc] {e}");
+        crate::oidc::check_url("issuer", &self.issuer).map_err(at)?;
+        crate::oidc::check_url("redirect_uri", &self.redirect_uri).map_err(at)?;
+        if !self.redirect_uri.ends_with("/console/oidc/callback") {
+            bail!("{origin}: [admin.oidc] redirect_uri {:?} must end with /console/oidc/callback (this console's callback, as registered at the provider)", self.redirect_uri);
+        }
+        if self.client_id.trim().is_empty() {
+            bail!("{origin}: [admin.oidc] client_id is empty: set the application (client) id registered at the provider");
+        }
+        if !self.scopes.iter().any(|s| s == "openid") {
+            bail!("{origin}: [admin.oidc] scopes must include \"openid\"");
+        }
+        if self.roles.is_empty() {
+            bail!("{origin}: [admin.oidc] roles is empty: map at least one group, e.g. roles = {{ \"komugate-admins\" = \"admin\" }}");
+        }
+        for (group, role) in &self.roles {
+            if !matches!(role.as_str(), "viewer" | "operator" | "admin") {
+                bail!("{origin}: [admin.oidc] roles: group {group:?} maps to {role:?}; use viewer, operator or admin");
+            }
+        }
+        if self.clock_skew_secs > 600 {
+            bail!("{origin}: [admin.oidc] clock_skew_secs = {} is more than 600; fix the clocks (NTP) instead", self.clock_skew_secs);
+        }
+        Ok(())
+    }
 }
 
 impl Default for AdminConfig {
@@ -534,6 +629,7 @@ impl Default for AdminConfig {
             signin_max_failures: 5,
             signin_window_secs: 900,
             max_searches: 2,
+            oidc: None,
         }
     }
 }
@@ -627,6 +723,9 @@ impl Config {
             || self.admin.max_searches == 0
         {
             bail!("{origin}: [admin] session_idle_secs, signin_max_failures, signin_window_secs and max_searches must be at least 1");
+        }
+        if let Some(o) = &self.admin.oidc {
+            o.validate(origin)?;
         }
         for (name, token) in &self.admin.tokens {
             if token.trim().len() < 16 {

@@ -56,6 +56,7 @@ pub mod local_time;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
+pub mod oidc;
 pub mod pac;
 pub mod pki;
 pub mod pki_audit;

@@ -30,6 +30,8 @@ pub struct BrowserOptions {
     pub proxy: Option<SocketAddr>,
     /// CA certificates (PEM) the browser trusts, added to its NSS database.
     pub trusted_ca_pems: Vec<String>,
+    /// Where downloads go (without it chromium asks where to save).
+    pub download_dir: Option<std::path::PathBuf>,
 }
 
 /// A headless chromium session; stop it with [`Browser::stop`] (dropping
@@ -77,9 +79,16 @@ impl Browser {
             // Without this chromium sends loopback addresses around the proxy.
             args.push("--proxy-bypass-list=<-loopback>".to_string());
         }
+        let mut chrome = serde_json::json!({ "binary": CHROMIUM, "args": args });
+        if let Some(dir) = &options.download_dir {
+            chrome["prefs"] = serde_json::json!({
+                "download.default_directory": dir,
+                "download.prompt_for_download": false,
+            });
+        }
         let caps = serde_json::json!({
             "browserName": "chrome",
-            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+            "goog:chromeOptions": chrome,
         });
         let serde_json::Value::Object(caps) = caps else {
             unreachable!("a JSON object")
@@ -117,6 +126,14 @@ impl Browser {
         std::fs::write(path, png).expect("write screenshot");
     }
 
+    /// Saves a PNG of the current page as `NAME.png` in
+    /// [`screenshot_dir`]; returns its path.
+    pub async fn shot(&self, name: &str) -> std::path::PathBuf {
+        let path = screenshot_dir().join(format!("{name}.png"));
+        self.screenshot(&path).await;
+        path
+    }
+
     /// The visible text of the page (`document.body.innerText`).
     pub async fn body_text(&self) -> String {
         self.client
@@ -140,6 +157,20 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// Where tests save their screenshots: `$KOMUGATE_SCREENSHOT_DIR`, else
+/// `tmp/screenshots/` in the target directory the test runs from
+/// (`target/debug/deps/TEST` → `target/tmp/screenshots`).
+pub fn screenshot_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("KOMUGATE_SCREENSHOT_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    match exe.ancestors().nth(3) {
+        Some(target) => target.join("tmp/screenshots"),
+        None => std::env::temp_dir().join("komugate-screenshots"),
     }
 }
 

@@ -9,11 +9,14 @@
 //! - [`raw`]: raw HTTP/1.1 over TCP
 //! - [`browser`]: headless chromium over WebDriver, trusting test CAs
 //! - [`console`]: an HTTP client with a cookie jar for the admin console
+//! - [`oidc_provider`]: a real OpenID provider (npm `oidc-provider`) over
+//!   HTTPS on loopback
 
 pub mod browser;
 pub mod console;
 pub mod dns;
 pub mod gw;
+pub mod oidc_provider;
 pub mod raw;
 pub mod upstream;
 

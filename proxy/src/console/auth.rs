@@ -1,5 +1,5 @@
 //! Console sessions (random tokens in an HttpOnly cookie, ended after an
-//! idle period, on sign-out, or when the account's password or role
+//! idle period, on sign-out, or when a local account's password or role
 //! changes), their CSRF tokens, and the sign-in rate limit.
 //!
 //! Sessions live in memory: a restart signs everyone out.
@@ -18,10 +18,19 @@ pub struct Session {
     pub role: Role,
     /// Sent back in every form; checked on every POST.
     pub csrf: String,
-    /// The account's password hash at sign-in: a changed password (or a
-    /// removed account) ends the session.
-    pub password_hash: String,
+    pub origin: Origin,
     last_seen: Instant,
+}
+
+/// How a session was signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A local account; its password hash at sign-in: a changed password
+    /// (or a removed account) ends the session.
+    Local { password_hash: String },
+    /// An OpenID provider vouched for the person (`sub` at `issuer`); the
+    /// role came from the group claim at sign-in.
+    Oidc { issuer: String, subject: String },
 }
 
 /// Most sessions kept at once; beyond it the oldest idle one goes.
@@ -45,13 +54,13 @@ impl Sessions {
     }
 
     /// Starts a session; returns its cookie token.
-    pub fn create(&self, user: &str, role: Role, password_hash: &str) -> (String, Session) {
+    pub fn create(&self, user: &str, role: Role, origin: Origin) -> (String, Session) {
         let token = hex(&random_bytes::<32>());
         let session = Session {
             user: user.to_string(),
             role,
             csrf: hex(&random_bytes::<32>()),
-            password_hash: password_hash.to_string(),
+            origin,
             last_seen: Instant::now(),
         };
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -194,7 +203,10 @@ mod tests {
     #[test]
     fn sessions_expire_when_idle() {
         let s = Sessions::new(Duration::from_millis(50));
-        let (t, sess) = s.create("a", Role::Viewer, "h");
+        let origin = Origin::Local {
+            password_hash: "h".into(),
+        };
+        let (t, sess) = s.create("a", Role::Viewer, origin);
         assert_eq!(sess.csrf.len(), 64);
         assert!(s.touch(&t).is_some());
         std::thread::sleep(Duration::from_millis(80));

@@ -34,17 +34,7 @@ impl Params {
 }
 
 /// Percent-encodes everything but unreserved characters.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::common::percent_encode as encode;
 
 /// The value of cookie `name`.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

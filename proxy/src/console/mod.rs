@@ -13,6 +13,8 @@
 //! - [`activity`]: this process's counters for the dashboard
 //! - [`accounts`]: local accounts (argon2id hashes in a file) and roles
 //! - [`auth`]: sessions (idle expiry), CSRF tokens, the sign-in rate limit
+//! - [`oidc_signin`]: sign-in through an OpenID provider (`[admin.oidc]`),
+//!   roles from a group claim
 //! - [`form`]: query strings, form bodies and cookies
 //! - [`pages`]: one module per page
 //! - [`tls`]: TLS for the admin listener
@@ -24,6 +26,7 @@ pub mod assets;
 pub mod auth;
 pub mod cli;
 pub mod form;
+pub mod oidc_signin;
 pub mod pages;
 pub mod respond;
 pub mod routes;
@@ -53,6 +56,9 @@ pub struct Console {
     pub zone_label: String,
     /// Where the dashboard's and the report's counts come from.
     pub aggregates: Arc<dyn crate::aggregate::LogAggregates>,
+    /// Sign-in through an OpenID provider, when `[admin.oidc]` is set.
+    pub oidc: Option<oidc_signin::OidcSignIn>,
+    pub oidc_metrics: crate::oidc::metrics::OidcMetrics,
 }
 
 impl Console {
@@ -72,6 +78,11 @@ impl Console {
             secure,
             offset_min: config.block_page.time_zone.offset_minutes(),
             zone_label: zone_label(&config.block_page.time_zone),
+            oidc: a
+                .oidc
+                .as_ref()
+                .map(|o| oidc_signin::OidcSignIn::new(config, o)),
+            oidc_metrics: Default::default(),
         }
     }
 }

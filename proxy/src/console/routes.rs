@@ -9,7 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::accounts::Role;
-use super::auth::{constant_time_eq, Session};
+use super::auth::{constant_time_eq, Origin, Session};
 use super::form::{cookie, read_form, Params};
 use super::pages::{self, Ctx};
 use super::respond::{self, Body};
@@ -80,6 +80,13 @@ async fn route(
     lang: Lang,
 ) -> Response<Body> {
     let method = req.method().clone();
+    match (page, &method) {
+        ("oidc/start", &Method::GET) => return pages::oidc::start(console, lang).await,
+        ("oidc/callback", &Method::GET) => {
+            return pages::oidc::callback(gw, console, req, peer, lang, &query).await
+        }
+        _ => {}
+    }
     if page == "signin" {
         return match method {
             Method::GET => pages::signin::form(console, lang, &query, None, ""),
@@ -174,13 +181,17 @@ async fn route(
     }
 }
 
-/// The session behind a cookie, if it is still valid: not idle too long,
-/// the account still there, with the same password and role.
+/// The session behind a cookie, if it is still valid: not idle too long;
+/// for a local account, the account still there, with the same password
+/// and role.
 fn current_session(console: &Console, token: &str) -> Option<Session> {
     let session = console.sessions.touch(token)?;
+    let Origin::Local { password_hash } = &session.origin else {
+        return Some(session);
+    };
     let accounts = console.accounts.get().ok()?;
     match accounts.find(&session.user) {
-        Some(a) if a.hash == session.password_hash && a.role == session.role => Some(session),
+        Some(a) if a.hash == *password_hash && a.role == session.role => Some(session),
         _ => {
             console.sessions.remove(token);
             None

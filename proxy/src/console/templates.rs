@@ -18,6 +18,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("explain.html", include_str!("templates/explain.html")),
     ("audit.html", include_str!("templates/audit.html")),
     ("report.html", include_str!("templates/report.html")),
+    ("continue.html", include_str!("templates/continue.html")),
 ];
 
 fn env() -> &'static Environment<'static> {
@@ -65,7 +66,8 @@ mod tests {
                 "lang": lang, "user": "<b>x</b>", "role": "admin", "csrf": "c",
                 "can_operate": true, "is_admin": true, "zone": "UTC+09:00", "version": "0",
                 "signin_csrf": "s", "name": "n", "error": "<script>alert(1)</script>",
-                "title": "t", "message": "m", "back": "/console/",
+                "title": "t", "message": "m", "back": "/console/", "next": "/console/dashboard",
+                "oidc_label": "Entra ID でサインイン",
             });
             let more = [
                 serde_json::json!({

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod dashboard;
 pub mod explain;
 pub mod logs;
+pub mod oidc;
 pub mod report;
 pub mod signin;
 

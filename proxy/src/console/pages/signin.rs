@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 use super::{layout, render, Ctx};
 use crate::console::accounts::{burn_verification, verify_password};
-use crate::console::auth::{constant_time_eq, new_token};
+use crate::console::auth::{constant_time_eq, new_token, Origin};
 use crate::console::form::{cookie, read_form, Params};
 use crate::console::respond::{self, Body};
 use crate::console::routes::{SESSION_COOKIE, SIGNIN_COOKIE};
@@ -40,7 +40,10 @@ pub fn form(
         status,
         "signin.html",
         layout(lang, console, None),
-        serde_json::json!({"signin_csrf": token, "error": error, "name": name}),
+        serde_json::json!({
+            "signin_csrf": token, "error": error, "name": name,
+            "oidc_label": console.oidc.as_ref().map(|o| fill(lang, "oidc_signin", &[("label", &o.label)])),
+        }),
     );
     respond::set_cookie(&mut r, SIGNIN_COOKIE, &token, console.secure, Some(3600));
     r
@@ -165,9 +168,10 @@ pub async fn submit(
         );
     }
     console.limiter.succeeded(&name, &client);
-    let (token, _) = console
-        .sessions
-        .create(&account.name, account.role, &account.hash);
+    let origin = Origin::Local {
+        password_hash: account.hash.clone(),
+    };
+    let (token, _) = console.sessions.create(&account.name, account.role, origin);
     let mut r = respond::redirect("/console/dashboard");
     respond::set_cookie(&mut r, SESSION_COOKIE, &token, console.secure, None);
     respond::set_cookie(&mut r, SIGNIN_COOKIE, "", console.secure, Some(0));

@@ -1,0 +1,67 @@
+// A real OpenID provider for the console tests: the npm package
+// oidc-provider (8.x), with its own login and consent pages
+// (devInteractions: any password; the login name is the account id).
+//
+// Usage: node oidc_provider.mjs NODE_MODULES_DIR CONFIG_JSON
+// CONFIG_JSON: { host, port (0 = any), cert_file, key_file, client_id,
+//   client_secret, redirect_uri, accounts: { id: { claims... } } }
+// Prints "ISSUER <url>" once listening. Signing keys (RSA, RS256) are
+// generated at every start under a fresh kid: a restart on the same port
+// is a key rotation.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+const [modules, configFile] = process.argv.slice(2);
+const cfg = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+const { default: Provider } = await import(
+  pathToFileURL(path.join(modules, 'oidc-provider', 'lib', 'index.js')).href
+);
+
+const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const jwk = {
+  ...privateKey.export({ format: 'jwk' }),
+  kid: `k-${crypto.randomBytes(6).toString('hex')}`,
+  alg: 'RS256',
+  use: 'sig',
+};
+
+const server = https.createServer({
+  cert: fs.readFileSync(cfg.cert_file),
+  key: fs.readFileSync(cfg.key_file),
+});
+server.listen(cfg.port || 0, cfg.host, () => {
+  const issuer = `https://${cfg.host}:${server.address().port}`;
+  const provider = new Provider(issuer, {
+    clients: [{
+      client_id: cfg.client_id,
+      client_secret: cfg.client_secret,
+      redirect_uris: [cfg.redirect_uri],
+      response_types: ['code'],
+      grant_types: ['authorization_code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    }],
+    jwks: { keys: [jwk] },
+    // The console must send PKCE; the provider refuses it otherwise.
+    pkce: { methods: ['S256'], required: () => true },
+    // Like Entra ID: the groups in the ID token itself.
+    conformIdTokenClaims: false,
+    claims: {
+      openid: ['sub', 'groups'],
+      profile: ['name', 'preferred_username'],
+      email: ['email'],
+    },
+    cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+    findAccount: async (ctx, id) => ({
+      accountId: id,
+      async claims() {
+        return { sub: id, ...(cfg.accounts[id] || {}) };
+      },
+    }),
+  });
+  provider.on('server_error', (ctx, err) => console.error('server_error', err));
+  server.on('request', provider.callback());
+  console.log(`ISSUER ${issuer} KID ${jwk.kid}`);
+});

@@ -1,0 +1,191 @@
+//! A real OpenID provider for the console's sign-in tests: the npm package
+//! `oidc-provider` (8.x, installed by `.ci/run` into the node cache) run by
+//! `oidc_provider.mjs`, with its own login and consent pages.
+//!
+//! It speaks HTTPS on 127.0.0.2 with a certificate from a test CA (made
+//! with komugate's own `pki init`): komugate requires https for a real
+//! issuer, so the tests go through the TLS path a board's Entra ID uses
+//! (the CA given to komugate as `[admin.oidc] ca_file`, to the browser
+//! through its NSS db). 127.0.0.2 is another site than the console on
+//! 127.0.0.1, as the provider is in production: the browser applies its
+//! cross-site cookie rules to the callback.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use komugate::config::OidcConfig;
+
+pub const HOST: &str = "127.0.0.2";
+
+/// A free loopback port for the admin listener: the redirect URI names it
+/// before the gateway starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The client registered at the provider and the people it knows.
+#[derive(Clone)]
+pub struct ProviderSetup {
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uri: String,
+    /// `{ "login name": { "name": …, "groups": […] } }`
+    pub accounts: serde_json::Value,
+}
+
+pub struct OidcProvider {
+    pub issuer: String,
+    /// The id of the signing key in use (a new one after [`OidcProvider::rotate_keys`]).
+    pub kid: String,
+    port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// Where `oidc-provider` is installed: `$KOMUGATE_OIDC_NODE_PATH`, else
+/// the cache `.ci/run` installs it into.
+pub fn node_modules() -> PathBuf {
+    if let Some(p) = std::env::var_os("KOMUGATE_OIDC_NODE_PATH") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("komugate-ci/node/node_modules")
+}
+
+impl OidcProvider {
+    pub async fn start(setup: &ProviderSetup) -> OidcProvider {
+        let dir = tempfile::tempdir().expect("provider dir");
+        komugate::pki::init(&dir.path().join("pki"), &[HOST.to_string()], false)
+            .expect("provider certificate");
+        let (child, issuer, kid) = spawn(dir.path(), setup, 0);
+        let port = issuer
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        OidcProvider {
+            issuer,
+            kid,
+            port,
+            child,
+            dir,
+        }
+    }
+
+    /// The CA (PEM) the provider's certificate chains to.
+    pub fn ca_file(&self) -> PathBuf {
+        komugate::pki::PkiPaths::new(self.dir.path().join("pki")).inspect_ca_cert()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_file()).expect("provider CA")
+    }
+
+    /// `[admin.oidc]` for a console using this provider as `setup`'s
+    /// client, the secret in `secret_file`; groups komugate-admins,
+    /// komugate-operators and komugate-viewers map to the roles; keys may
+    /// be fetched again every second.
+    pub fn console_config(&self, setup: &ProviderSetup, secret_file: &str) -> OidcConfig {
+        OidcConfig {
+            issuer: self.issuer.clone(),
+            client_id: setup.client_id.clone(),
+            client_secret_file: secret_file.into(),
+            redirect_uri: setup.redirect_uri.clone(),
+            scopes: vec!["openid".into(), "profile".into(), "email".into()],
+            groups_claim: "groups".into(),
+            name_claims: vec!["name".into(), "preferred_username".into()],
+            roles: [
+                ("komugate-admins", "admin"),
+                ("komugate-operators", "operator"),
+                ("komugate-viewers", "viewer"),
+            ]
+            .into_iter()
+            .map(|(g, r)| (g.to_string(), r.to_string()))
+            .collect(),
+            ca_file: Some(self.ca_file()),
+            clock_skew_secs: 60,
+            jwks_min_refetch_secs: 1,
+            label: "Entra ID".into(),
+        }
+    }
+
+    /// Restarts the provider on the same address with a new signing key
+    /// (the old one no longer published): a key rotation.
+    pub fn rotate_keys(&mut self, setup: &ProviderSetup) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, issuer, kid) = spawn(self.dir.path(), setup, self.port);
+        assert_eq!(issuer, self.issuer, "same issuer after the restart");
+        assert_ne!(kid, self.kid, "a new key");
+        self.child = child;
+        self.kid = kid;
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, setup: &ProviderSetup, port: u16) -> (Child, String, String) {
+    let modules = node_modules();
+    assert!(
+        modules.join("oidc-provider/package.json").exists(),
+        "oidc-provider is not installed at {}: run .ci/run once, or `npm install --prefix DIR oidc-provider@8.8.1` and set KOMUGATE_OIDC_NODE_PATH=DIR/node_modules",
+        modules.display()
+    );
+    let pki = komugate::pki::PkiPaths::new(dir.join("pki"));
+    let config = serde_json::json!({
+        "host": HOST,
+        "port": port,
+        "cert_file": pki.server_cert(),
+        "key_file": pki.server_key(),
+        "client_id": setup.client_id,
+        "client_secret": setup.client_secret,
+        "redirect_uri": setup.redirect_uri,
+        "accounts": setup.accounts,
+    });
+    let config_file = dir.join("provider.json");
+    std::fs::write(&config_file, config.to_string()).expect("provider config");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/oidc_provider.mjs");
+    let mut child = Command::new("node")
+        .arg(&script)
+        .arg(&modules)
+        .arg(&config_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node is missing: apt-get install nodejs (.ci/run does)");
+    let stdout = child.stdout.take().expect("stdout");
+    // The first line says where it listens; a restart on a port just freed
+    // may need a moment.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let _ = tx.send(first);
+        // Keep reading so the provider never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("oidc-provider did not start within 30 s");
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("ISSUER"), Some(issuer), Some("KID"), Some(kid)) => {
+            (child, issuer.to_string(), kid.to_string())
+        }
+        _ => panic!("oidc-provider did not start: {line:?}"),
+    }
+}

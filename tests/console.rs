@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use komugate::console::accounts::{self, Account, AccountFile, Role};
-use komugate_tests::console::{ConsoleClient, Page};
+use komugate::console::accounts::{self, Role};
+use komugate_tests::console::{write_accounts, ConsoleClient, Page, SCHOOL_POLICY};
 use komugate_tests::gw::TestGateway;
 use komugate_tests::upstream::HttpUpstream;
 use komugate_tests::{raw, within};
@@ -15,22 +15,15 @@ const OPERATOR_PW: &str = "operator-password-1";
 const VIEWER_PW: &str = "viewer-password-22";
 const ADMIN_PW: &str = "admin-password-333";
 
-/// Writes the accounts file the way `komugate admin user add` does.
 fn add_accounts(config: &komugate::config::Config) {
-    let mut file = AccountFile::default();
-    for (name, role, pw) in [
-        ("op1", Role::Operator, OPERATOR_PW),
-        ("見る人", Role::Viewer, VIEWER_PW),
-        ("root1", Role::Admin, ADMIN_PW),
-    ] {
-        file.accounts.push(Account {
-            name: name.into(),
-            role,
-            hash: accounts::hash_password(pw).unwrap(),
-            changed: String::new(),
-        });
-    }
-    accounts::save(&komugate::console::users_file(config), &file).unwrap();
+    write_accounts(
+        config,
+        &[
+            ("op1", Role::Operator, OPERATOR_PW),
+            ("見る人", Role::Viewer, VIEWER_PW),
+            ("root1", Role::Admin, ADMIN_PW),
+        ],
+    );
 }
 
 async fn gateway(tweak: impl FnOnce(&mut komugate::config::Config)) -> TestGateway {
@@ -577,29 +570,11 @@ async fn named_api_tokens_are_named_in_the_audit_log() {
     gw.shutdown().await;
 }
 
-const POLICY: &str = r#"
-version = 1
-timezone = "+09:00"
-
-[defaults]
-action = "allow"
-
-[[site]]
-name = "豊科南小学校"
-cidrs = ["127.0.0.1/32"]
-
-[[rule]]
-name = "ゲーム禁止"
-hosts = ["blocked.test"]
-action = "block"
-message = "ゲームサイトは利用できません。"
-"#;
-
 #[tokio::test]
 async fn explain_shows_the_deciding_rule_in_japanese() {
     let gw = gateway(|c| {
         let policy = c.data.dir.join("policy.toml");
-        std::fs::write(&policy, POLICY).unwrap();
+        std::fs::write(&policy, SCHOOL_POLICY).unwrap();
         c.policy.file = policy.display().to_string();
     })
     .await;

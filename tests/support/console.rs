@@ -197,3 +197,23 @@ pub fn write_accounts(
     }
     accounts::save(&komugate::console::users_file(config), &file).unwrap();
 }
+
+/// A policy with one school on loopback and one blocking rule, for pages
+/// that name the deciding rule (explain).
+pub const SCHOOL_POLICY: &str = r#"
+version = 1
+timezone = "+09:00"
+
+[defaults]
+action = "allow"
+
+[[site]]
+name = "豊科南小学校"
+cidrs = ["127.0.0.1/32"]
+
+[[rule]]
+name = "ゲーム禁止"
+hosts = ["blocked.test"]
+action = "block"
+message = "ゲームサイトは利用できません。"
+"#;

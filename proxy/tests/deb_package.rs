@@ -373,3 +373,146 @@ fn packaged_binary_accepts_the_packaged_config_and_policy() {
     assert!(c.egress.allow_destinations.is_empty());
     assert_eq!(c.log.retention_days, 365);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.0 GET on loopback; the whole answer, or None if refused.
+fn get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn replaced(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "the packaged file no longer has {from:?}"
+    );
+    text.replace(from, to)
+}
+
+/// The packaged binary serves on the packaged configuration (moved to
+/// loopback ports and a temporary state directory, the policy's download
+/// replaced by the repository's UT1 excerpt: tests stay on 127.0.0.0/8),
+/// writes its logs under the state directory and reloads on SIGHUP, what
+/// `systemctl reload komugate` sends.
+#[test]
+fn packaged_gateway_serves_its_config_and_reloads_on_sighup() {
+    let root = &package().root;
+    let binary = root.join("usr/bin/komugate");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    run(
+        path_str(&binary),
+        &["pki", "init", "--dir", path_str(&state.join("pki"))],
+    );
+
+    let policy = std::fs::read_to_string(root.join("etc/komugate/policy.toml")).unwrap();
+    let policy = replaced(
+        &policy,
+        "path = \"/var/lib/komugate/lists/ut1\"",
+        &format!("path = {:?}", path_str(&repo().join("examples/lists/ut1"))),
+    );
+    let policy: String = policy
+        .lines()
+        .filter(|l| !l.starts_with("url = ") && !l.starts_with("refresh = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(&policy_file, policy).unwrap();
+
+    let (mtls, admin) = (free_port(), free_port());
+    let config = std::fs::read_to_string(root.join("etc/komugate/komugate.toml")).unwrap();
+    let config = replaced(
+        &config,
+        "mtls = \"0.0.0.0:8443\"",
+        &format!("mtls = \"127.0.0.1:{mtls}\""),
+    );
+    let config = replaced(
+        &config,
+        "admin = \"127.0.0.1:9090\"",
+        &format!("admin = \"127.0.0.1:{admin}\""),
+    );
+    let config = replaced(
+        &config,
+        "file = \"/etc/komugate/policy.toml\"",
+        &format!("file = {:?}", path_str(&policy_file)),
+    );
+    let config_file = dir.path().join("komugate.toml");
+    std::fs::write(&config_file, config).unwrap();
+
+    /// Stops the gateway if an assertion fails first.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut gateway = Command::new(&binary)
+        .args(["serve", "--config", path_str(&config_file), "--data"])
+        .arg(&state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(Running)
+        .unwrap();
+    let generation = || {
+        let metrics = get(admin, "/metrics")?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("komugate_policy_generation "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    until("the packaged gateway answers /healthz", || {
+        get(admin, "/healthz")
+            .filter(|a| a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200"))
+    });
+    let first = until("komugate_policy_generation", generation);
+
+    let pid = gateway.0.id().to_string();
+    run("kill", &["-HUP", &pid]);
+    until("SIGHUP reloads the policy", || {
+        generation().filter(|g| *g > first)
+    });
+
+    // Logs on the state directory: the live access log's folder and the
+    // audit log, which names the SIGHUP reload.
+    assert!(state.join("logs").is_dir());
+    let audit = std::fs::read_to_string(state.join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"policy_reload\"") && l.contains("\"sighup\"")),
+        "no SIGHUP reload in the audit log:\n{audit}"
+    );
+
+    run("kill", &["-TERM", &pid]);
+    let status = gateway.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "the gateway exited with {status} on SIGTERM"
+    );
+}

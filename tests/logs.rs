@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use komugate::local_time::LocalZone;
 use komugate::logs::export::{OutputFormat, Sink, XlsxSink};
 use komugate::logs::query::{Glob, Query};
 use komugate::logs::record::{parse_rfc3339_ms, LogRecord};
@@ -322,7 +323,7 @@ fn sample_for_export() -> Vec<LogRecord> {
             host: "c4th.example".into(),
             action: "block".into(),
             rule: "C4th は校内からのみ".into(),
-            categories: vec!["school".into()],
+            categories: vec!["gambling".into(), "phishing".into()],
             app: "c4th".into(),
             status: 403,
             bytes_up: 10,
@@ -353,7 +354,7 @@ fn sample_for_export() -> Vec<LogRecord> {
 
 #[test]
 fn csv_is_bom_utf8_rfc4180_and_reads_back() {
-    let mut sink = Sink::new(OutputFormat::Csv, Vec::new(), 540).unwrap();
+    let mut sink = Sink::new(OutputFormat::Csv, Vec::new(), &LocalZone::default()).unwrap();
     for r in sample_for_export() {
         sink.write(&r).unwrap();
     }
@@ -365,7 +366,16 @@ fn csv_is_bom_utf8_rfc4180_and_reads_back() {
     assert!(bytes.windows(2).any(|w| w == b"\r\n"), "CRLF records");
     let mut rd = csv::ReaderBuilder::new().from_reader(&bytes[3..]);
     let header = rd.headers().unwrap().clone();
-    assert!(header[0].contains("UTC+09:00"), "{header:?}");
+    assert_eq!(
+        &header[0], "日時 time (JST, Asia/Tokyo)",
+        "the zone is named"
+    );
+    assert_eq!(
+        &header[11], "カテゴリ categories",
+        "Japanese first, English beside"
+    );
+    assert_eq!(&header[21], "日時UTC time_utc");
+    assert_eq!(&header[22], "カテゴリID category_ids");
     let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), 3);
     assert_eq!(&rows[0][0], "2025-04-02 08:30:00.250", "JST display time");
@@ -377,6 +387,20 @@ fn csv_is_bom_utf8_rfc4180_and_reads_back() {
     );
     assert_eq!(&rows[0][10], "C4th は校内からのみ");
     assert_eq!(&rows[0][14], "403");
+    // Categories by their Japanese labels; the ids and the UTC time stay
+    // machine-readable in the last columns.
+    assert_eq!(&rows[0][11], "ギャンブル,フィッシング詐欺");
+    assert_eq!(&rows[0][21], "2025-04-01T23:30:00.250Z");
+    assert_eq!(&rows[0][22], "gambling,phishing");
+    // Another zone is named as such.
+    let utc = LocalZone::parse("UTC").unwrap();
+    let mut sink = Sink::new(OutputFormat::Csv, Vec::new(), &utc).unwrap();
+    sink.write(&sample_for_export()[0]).unwrap();
+    let bytes = sink.finish().unwrap();
+    let mut rd = csv::ReaderBuilder::new().from_reader(&bytes[3..]);
+    assert_eq!(&rd.headers().unwrap()[0], "日時 time (UTC)");
+    let row = rd.records().next().unwrap().unwrap();
+    assert_eq!(&row[0], "2025-04-01 23:30:00.250");
 }
 
 #[test]
@@ -385,7 +409,7 @@ fn xlsx_has_header_filter_freeze_datetimes_and_continues_on_new_sheets() {
     // A 3-row sheet limit (header + 2) to exercise the overflow cheaply;
     // production uses the real limit.
     assert_eq!(komugate::logs::export::EXCEL_MAX_ROWS, 1_048_576);
-    let mut x = XlsxSink::new(Vec::new(), 540, 3).unwrap();
+    let mut x = XlsxSink::new(Vec::new(), &LocalZone::default(), 3).unwrap();
     for r in sample_for_export() {
         x.write(&r).unwrap();
     }
@@ -399,6 +423,22 @@ fn xlsx_has_header_filter_freeze_datetimes_and_continues_on_new_sheets() {
     let s1 = wb.worksheet_range("ログ").unwrap();
     assert_eq!(s1.height(), 3);
     assert!(matches!(s1.get((0, 1)), Some(Data::String(h)) if h.contains("device")));
+    assert_eq!(
+        s1.get((0, 0)),
+        Some(&Data::String("日時 time (JST, Asia/Tokyo)".into()))
+    );
+    assert_eq!(
+        s1.get((1, 11)),
+        Some(&Data::String("ギャンブル,フィッシング詐欺".into()))
+    );
+    assert_eq!(
+        s1.get((1, 21)),
+        Some(&Data::String("2025-04-01T23:30:00.250Z".into()))
+    );
+    assert_eq!(
+        s1.get((1, 22)),
+        Some(&Data::String("gambling,phishing".into()))
+    );
     match s1.get((1, 0)) {
         Some(Data::DateTime(dt)) => {
             use komugate::logs::record::days_from_civil;
@@ -420,7 +460,7 @@ fn xlsx_has_header_filter_freeze_datetimes_and_continues_on_new_sheets() {
     assert_eq!(s2.get((1, 1)), Some(&Data::String("T-0003".into())));
     // Auto-filter and frozen header are in the sheet XML.
     let mut zip = zip_entry(&bytes, "xl/worksheets/sheet1.xml");
-    assert!(zip.contains("<autoFilter ref=\"A1:U3\""), "{zip}");
+    assert!(zip.contains("<autoFilter ref=\"A1:W3\""), "{zip}");
     assert!(zip.contains("state=\"frozen\""), "{zip}");
     assert!(zip.contains("<col "), "column widths");
     zip = zip_entry(&bytes, "xl/worksheets/sheet2.xml");

@@ -42,6 +42,25 @@ pub enum PolicyCommand {
         #[arg(long, value_enum, default_value = "en")]
         lang: Lang,
     },
+    /// Write the settings document (設定書) of the configuration and the
+    /// policy in force: sites, groups, policies, rules in order, lists,
+    /// cloud apps, firewall, fixed egress, inspection bypasses.
+    Document {
+        /// The policy file (default: the configuration's [policy] file).
+        file: Option<PathBuf>,
+        /// Gateway configuration (default: the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides [data] dir; the [policy] file is relative to it).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// xlsx or html (default: from --out's extension).
+        #[arg(long, value_enum)]
+        format: Option<crate::policy_document::DocumentFormat>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Convert a squidGuard.conf into a komugate policy (TOML on stdout or --out).
     ImportSquidguard {
         file: PathBuf,
@@ -140,6 +159,13 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        PolicyCommand::Document {
+            file,
+            config,
+            data,
+            format,
+            out,
+        } => write_document(file, config, data, format, out),
         PolicyCommand::ImportSquidguard { file, out } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -166,6 +192,58 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `komugate policy document`.
+fn write_document(
+    file: Option<PathBuf>,
+    config_file: Option<PathBuf>,
+    data: Option<PathBuf>,
+    format: Option<crate::policy_document::DocumentFormat>,
+    out: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use crate::policy_document::{self as doc, DocumentFormat};
+    use std::io::{IsTerminal, Write};
+    let format = match (format, &out) {
+        (Some(f), _) => f,
+        (None, Some(p)) => DocumentFormat::from_extension(p).ok_or_else(|| {
+            usage_error(format!(
+                "cannot tell the format from {}: name it .xlsx or .html, or give --format xlsx|html",
+                p.display()
+            ))
+        })?,
+        (None, None) => {
+            return Err(usage_error(
+                "give --format xlsx|html (or --out FILE.xlsx / FILE.html)",
+            ))
+        }
+    };
+    if format == DocumentFormat::Xlsx && out.is_none() && std::io::stdout().is_terminal() {
+        return Err(usage_error(
+            "an xlsx workbook is binary: write it to a file with --out FILE.xlsx",
+        ));
+    }
+    let mut config = match &config_file {
+        Some(p) => crate::config::Config::load(p)?,
+        None => crate::config::Config::embedded_default(),
+    };
+    if let Some(d) = data {
+        config.data.dir = d;
+    }
+    let document = doc::generate(&config, config_file.as_deref(), file.as_deref())?;
+    let bytes = match format {
+        DocumentFormat::Xlsx => doc::to_xlsx(&document)?,
+        DocumentFormat::Html => doc::to_html(&document).into_bytes(),
+    };
+    match &out {
+        Some(p) => {
+            crate::atomic_file::write(p, &bytes)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => std::io::stdout().lock().write_all(&bytes)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load(file: &Path) -> Result<komugate_policy::Policy> {

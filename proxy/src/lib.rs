@@ -60,6 +60,7 @@ pub mod oidc;
 pub mod pac;
 pub mod pki;
 pub mod pki_audit;
+pub mod policy_document;
 pub mod record;
 pub mod replay_body;
 pub mod report;

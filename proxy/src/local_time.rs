@@ -67,6 +67,16 @@ impl LocalZone {
         &self.abbreviation
     }
 
+    /// `JST, Asia/Tokyo` for a named zone, `UTC+05:30` for a bare offset:
+    /// what a heading shows so a reader knows which clock the times use.
+    pub fn label(&self) -> String {
+        if self.abbreviation == self.name || self.abbreviation.ends_with(&self.name) {
+            self.abbreviation.clone()
+        } else {
+            format!("{}, {}", self.abbreviation, self.name)
+        }
+    }
+
     /// Minutes east of UTC (540 for Asia/Tokyo).
     pub fn offset_minutes(&self) -> i32 {
         self.offset.whole_minutes() as i32

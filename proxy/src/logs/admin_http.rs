@@ -11,7 +11,6 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 
 use super::export::{OutputFormat, Sink};
-use super::query::parse_offset;
 use crate::gateway::Gateway;
 
 /// Default and maximum rows per response (the body is built in memory).
@@ -96,10 +95,16 @@ pub async fn handle<B>(gw: &Gateway, req: &Request<B>, token_name: &str) -> Resp
             format!("unknown parameter {k:?}; known: {}", KNOWN.join(", ")),
         );
     }
-    let offset = match parse_offset(get("utc_offset").unwrap_or("+09:00")) {
-        Ok(o) => o,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+    // `utc_offset` takes a zone name too (Asia/Tokyo, UTC, +09:00); without
+    // it, the zone the block page and console use.
+    let zone = match get("utc_offset") {
+        Some(z) => match crate::local_time::LocalZone::parse(z) {
+            Ok(z) => z,
+            Err(e) => return reply(StatusCode::BAD_REQUEST, format!("utc_offset: {e}")),
+        },
+        None => gw.config.block_page.time_zone.clone(),
     };
+    let offset = zone.offset_minutes();
     let limit = match get("limit").map(str::parse::<u64>) {
         None => DEFAULT_LIMIT,
         Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -165,7 +170,7 @@ pub async fn handle<B>(gw: &Gateway, req: &Request<B>, token_name: &str) -> Resp
     let dir = super::cli::log_dir(&gw.config);
     let result =
         tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, super::SearchStats)> {
-            let mut sink = Sink::new(format, Vec::new(), offset)?;
+            let mut sink = Sink::new(format, Vec::new(), &zone)?;
             let stats = super::search(&dir, &q, |r| sink.write(&r).map(|_| true))?;
             Ok((sink.finish()?, stats))
         })

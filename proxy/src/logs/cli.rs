@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use super::export::{OutputFormat, Sink};
-use super::query::{current_ms, parse_offset, parse_time, Glob, Query};
+use super::query::{current_ms, parse_time, Glob, Query};
 use super::search::search;
 use crate::cli::usage_error;
 
@@ -104,6 +104,15 @@ impl LogDirArgs {
         }
         Ok(log_dir(&config))
     }
+
+    /// The zone people read times in: the configuration's `[block_page]
+    /// time_zone` (the embedded default's Asia/Tokyo without `--config`).
+    pub fn display_zone(&self) -> Result<crate::local_time::LocalZone> {
+        Ok(match &self.config {
+            Some(p) => crate::config::Config::load(p)?.block_page.time_zone,
+            None => crate::local_time::LocalZone::default(),
+        })
+    }
 }
 
 /// The log directory of a configuration.
@@ -158,9 +167,11 @@ pub struct SearchArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub limit: Option<u64>,
-    /// UTC offset for times without a zone and for displayed times.
-    #[arg(long, default_value = "+09:00")]
-    pub utc_offset: String,
+    /// Time zone for times without a zone and for displayed times:
+    /// Asia/Tokyo, UTC or a fixed offset like +09:00 (default: the
+    /// configuration's [block_page] time_zone, Asia/Tokyo).
+    #[arg(long, alias = "utc-offset")]
+    pub time_zone: Option<String>,
     /// Print what the search read (files skipped by the index ...) to stderr.
     #[arg(long)]
     pub stats: bool,
@@ -293,7 +304,12 @@ fn describe_search(a: &SearchArgs) -> String {
 
 fn run_search(a: SearchArgs) -> Result<()> {
     let dir = a.loc.resolve()?;
-    let offset = parse_offset(&a.utc_offset).map_err(usage_error)?;
+    let zone = match &a.time_zone {
+        Some(z) => crate::local_time::LocalZone::parse(z)
+            .map_err(|e| usage_error(format!("--time-zone: {e}")))?,
+        None => a.loc.display_zone()?,
+    };
+    let offset = zone.offset_minutes();
     let format = match (&a.format, &a.out) {
         (Some(f), _) => f.parse::<OutputFormat>().map_err(usage_error)?,
         (None, Some(p)) => match p
@@ -356,7 +372,7 @@ fn run_search(a: SearchArgs) -> Result<()> {
         )),
         None => Box::new(io::BufWriter::with_capacity(1 << 16, io::stdout().lock())),
     };
-    let mut sink = Sink::new(format, out, offset)?;
+    let mut sink = Sink::new(format, out, &zone)?;
     let result = search(&dir, &q, |r| sink.write(&r).map(|_| true));
     let stats = match result {
         Ok(s) => s,

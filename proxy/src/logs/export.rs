@@ -3,13 +3,19 @@
 //! header, real date-time cells, column widths; a result larger than one
 //! sheet continues on further sheets). All of them stream: the xlsx writer
 //! uses rust_xlsxwriter's constant-memory worksheets.
+//!
+//! CSV and xlsx are read by people: times in the display zone (named in the
+//! first heading), categories by their Japanese labels. The last two
+//! columns keep the machine-readable values (UTC time, category ids) for
+//! scripts.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
 
 use rust_xlsxwriter::{ExcelDateTime, Format, Workbook, Worksheet};
 
-use super::record::{format_with_offset, LogRecord};
+use super::record::{format_rfc3339_ms, format_with_offset, LogRecord};
+use crate::local_time::LocalZone;
 
 /// Rows per Excel sheet, header included (the format's limit).
 pub const EXCEL_MAX_ROWS: u32 = 1_048_576;
@@ -39,7 +45,7 @@ impl std::str::FromStr for OutputFormat {
 
 /// Column headers of table, CSV and xlsx output (Japanese + English so both
 /// the board's staff and the vendor can read them).
-pub const COLUMNS: [(&str, f64); 21] = [
+pub const COLUMNS: [(&str, f64); 23] = [
     ("日時 time", 20.0),
     ("端末 device", 14.0),
     ("利用者 user", 14.0),
@@ -61,10 +67,29 @@ pub const COLUMNS: [(&str, f64); 21] = [
     ("出口 egress", 18.0),
     ("エラー error", 24.0),
     ("受付 listener", 8.0),
+    ("日時UTC time_utc", 26.0),
+    ("カテゴリID category_ids", 18.0),
 ];
 
+/// Index of the local time column (its heading names the zone).
+const TIME_COLUMN: usize = 0;
+
+/// The first heading: `日時 time (JST, Asia/Tokyo)`.
+fn time_heading(zone: &LocalZone) -> String {
+    format!("{} ({})", COLUMNS[TIME_COLUMN].0, zone.label())
+}
+
+/// `ギャンブル,フィッシング詐欺`: the Japanese label of each category id
+/// (an id without a label stays as it is).
+fn category_labels_ja(ids: &[String]) -> String {
+    ids.iter()
+        .map(|id| komugate_categories::category_label_ja(id))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A record's cells, in [`COLUMNS`] order, times in `offset_min`.
-pub fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 21] {
+pub fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 23] {
     // "YYYY-MM-DD HH:MM:SS.mmm" in local time; the header names the offset.
     let t = format_with_offset(r.time_ms, offset_min, true).replace('T', " ");
     [
@@ -79,7 +104,7 @@ pub fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 21] {
         r.host.clone(),
         r.action.clone(),
         r.rule.clone(),
-        r.categories.join(","),
+        category_labels_ja(&r.categories),
         r.app.clone(),
         r.ips.clone(),
         r.status.to_string(),
@@ -89,6 +114,8 @@ pub fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 21] {
         r.egress.clone(),
         r.error.clone(),
         r.listener.clone(),
+        format_rfc3339_ms(r.time_ms),
+        r.categories.join(","),
     ]
 }
 
@@ -110,8 +137,9 @@ pub enum Sink<W: Write> {
 }
 
 impl<W: Write> Sink<W> {
-    /// `offset_min`: UTC offset for displayed times (JSON stays in UTC).
-    pub fn new(format: OutputFormat, mut out: W, offset_min: i32) -> io::Result<Sink<W>> {
+    /// `zone`: the zone of displayed times (JSON stays in UTC).
+    pub fn new(format: OutputFormat, mut out: W, zone: &LocalZone) -> io::Result<Sink<W>> {
+        let offset_min = zone.offset_minutes();
         Ok(match format {
             OutputFormat::Table => Sink::Table {
                 out,
@@ -125,16 +153,14 @@ impl<W: Write> Sink<W> {
                     .terminator(csv::Terminator::CRLF)
                     .from_writer(out);
                 let mut header: Vec<String> = COLUMNS.iter().map(|c| c.0.to_string()).collect();
-                header[0] = format!("日時 time ({})", offset_label(offset_min));
+                header[TIME_COLUMN] = time_heading(zone);
                 w.write_record(&header).map_err(csv_err)?;
                 Sink::Csv {
                     out: Box::new(w),
                     offset_min,
                 }
             }
-            OutputFormat::Xlsx => {
-                Sink::Xlsx(Box::new(XlsxSink::new(out, offset_min, EXCEL_MAX_ROWS)?))
-            }
+            OutputFormat::Xlsx => Sink::Xlsx(Box::new(XlsxSink::new(out, zone, EXCEL_MAX_ROWS)?)),
         })
     }
 
@@ -221,19 +247,6 @@ fn csv_err(e: csv::Error) -> io::Error {
     }
 }
 
-fn offset_label(offset_min: i32) -> String {
-    if offset_min == 0 {
-        "UTC".into()
-    } else {
-        let s = if offset_min < 0 { '-' } else { '+' };
-        format!(
-            "UTC{s}{:02}:{:02}",
-            offset_min.abs() / 60,
-            offset_min.abs() % 60
-        )
-    }
-}
-
 fn xlsx_err(e: rust_xlsxwriter::XlsxError) -> io::Error {
     io::Error::other(format!("xlsx: {e}"))
 }
@@ -243,6 +256,7 @@ pub struct XlsxSink<W: Write> {
     out: W,
     wb: Workbook,
     offset_min: i32,
+    time_heading: String,
     rows_per_sheet: u32,
     sheet: usize,
     row: u32,
@@ -255,11 +269,12 @@ pub struct XlsxSink<W: Write> {
 
 impl<W: Write> XlsxSink<W> {
     /// `rows_per_sheet` includes the header row (tests use small values).
-    pub fn new(out: W, offset_min: i32, rows_per_sheet: u32) -> io::Result<XlsxSink<W>> {
+    pub fn new(out: W, zone: &LocalZone, rows_per_sheet: u32) -> io::Result<XlsxSink<W>> {
         let mut s = XlsxSink {
             out,
             wb: Workbook::new(),
-            offset_min,
+            offset_min: zone.offset_minutes(),
+            time_heading: time_heading(zone),
             rows_per_sheet: rows_per_sheet.clamp(2, EXCEL_MAX_ROWS),
             sheet: 0,
             row: 0,
@@ -281,12 +296,11 @@ impl<W: Write> XlsxSink<W> {
             format!("ログ{}", self.sheets + 1)
         };
         let header = self.header.clone();
-        let label = offset_label(self.offset_min);
         let ws = self.wb.add_worksheet_with_constant_memory();
         ws.set_name(&name).map_err(xlsx_err)?;
         for (c, (title, width)) in COLUMNS.iter().enumerate() {
-            let title = if c == 0 {
-                format!("{title} ({label})")
+            let title = if c == TIME_COLUMN {
+                self.time_heading.clone()
             } else {
                 title.to_string()
             };

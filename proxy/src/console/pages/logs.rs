@@ -418,7 +418,8 @@ pub async fn export(ctx: &Ctx<'_>) -> Response<Body> {
         Err(e) => return ctx.error(StatusCode::SERVICE_UNAVAILABLE, "title_error", e),
     };
     let dir = crate::logs::cli::log_dir(&ctx.gw.config);
-    let offset = ctx.console.offset_min;
+    let zone = ctx.gw.config.block_page.time_zone.clone();
+    let offset = zone.offset_minutes();
     let query = search.query;
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
     // The thread starts now; its output travels in the channel, so the
@@ -431,7 +432,7 @@ pub async fn export(ctx: &Ctx<'_>) -> Response<Body> {
                 tx,
                 buf: Vec::with_capacity(CHUNK),
             };
-            let mut sink = Sink::new(format, out, offset)?;
+            let mut sink = Sink::new(format, out, &zone)?;
             crate::logs::search(&dir, &query, |r| sink.write(&r).map(|_| true))?;
             sink.finish()?.flush()
         };

@@ -72,6 +72,13 @@ impl Browser {
             "--no-first-run".to_string(),
             "--window-size=1024,900".to_string(),
             "--lang=ja".to_string(),
+            // No traffic of the browser's own (updates, sync, safe browsing):
+            // only the test's requests reach the gateway and its logs.
+            "--disable-background-networking".to_string(),
+            "--disable-component-update".to_string(),
+            "--disable-sync".to_string(),
+            "--disable-domain-reliability".to_string(),
+            "--no-default-browser-check".to_string(),
             format!("--user-data-dir={}", home.path().join("profile").display()),
         ];
         if let Some(proxy) = options.proxy {

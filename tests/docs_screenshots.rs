@@ -36,11 +36,12 @@ const SHOTS: &[(&str, &str)] = &[
     ("console-logs.png", "console log search with results"),
     ("console-record.png", "console record detail"),
     ("console-explain.png", "console explain (why blocked?)"),
+    ("console-report.png", "console monthly report"),
     ("console-audit.png", "console audit log"),
 ];
 
 /// The console's menu as the staff manual names it.
-const MENU: [&str; 4] = ["状況", "ログ検索", "判定の理由", "監査ログ"];
+const MENU: [&str; 5] = ["状況", "ログ検索", "判定の理由", "月次報告", "監査ログ"];
 
 const ADMIN: &str = "鈴木";
 const ADMIN_PW: &str = "docs-screenshot-password-1";
@@ -270,6 +271,7 @@ async fn screenshots_of_the_pages_the_manuals_show() {
     let browser = Browser::start(&BrowserOptions {
         proxy: client.http,
         trusted_ca_pems: vec![ca_pem.clone()],
+        ..BrowserOptions::default()
     })
     .await;
     let allowed = format!("http://plain.test:{}/kyouzai/", upstream.addr.port());
@@ -310,6 +312,7 @@ async fn screenshots_of_the_pages_the_manuals_show() {
     let browser = Browser::start(&BrowserOptions {
         proxy: down.http,
         trusted_ca_pems: vec![],
+        ..BrowserOptions::default()
     })
     .await;
     shoot(
@@ -375,6 +378,17 @@ async fn screenshots_of_the_pages_the_manuals_show() {
         &format!("{console}/console/explain?device={DEVICE}&from=127.0.0.1&url=https%3A%2F%2Fwww.{gambling}%2F"),
         &["UT1 有害カテゴリ", "豊科南小学校"],
         "console-explain.png",
+    )
+    .await;
+    // This month (JST), with the traffic just sent.
+    let now =
+        time::OffsetDateTime::now_utc().to_offset(time::UtcOffset::from_hms(9, 0, 0).unwrap());
+    let month = format!("{:04}-{:02}", now.year(), u8::from(now.month()));
+    shoot(
+        &browser,
+        &format!("{console}/console/report?month={month}"),
+        &["月次報告", "豊科南小学校", "ギャンブル"],
+        "console-report.png",
     )
     .await;
     shoot(

@@ -157,6 +157,9 @@ pub struct BlockPageConfig {
 pub struct IpsConfig {
     /// Suricata rules files (relative to the data directory).
     pub rules: Vec<PathBuf>,
+    /// `[[ips.feed]]`: rules downloaded on a timer (see `crate::list_update`).
+    #[serde(rename = "feed")]
+    pub feeds: Vec<FeedConfig>,
     /// Bytes inspected at the start of each direction of a raw tunnel.
     pub stream_depth: usize,
     /// Bytes of a request or response body inspected.
@@ -167,6 +170,7 @@ impl Default for IpsConfig {
     fn default() -> Self {
         IpsConfig {
             rules: Vec::new(),
+            feeds: Vec::new(),
             stream_depth: 8192,
             body_depth: 65536,
         }
@@ -179,6 +183,104 @@ impl Default for IpsConfig {
 pub struct ThreatIntelConfig {
     /// Lists of IPs / CIDRs / domains (relative to the data directory).
     pub lists: Vec<PathBuf>,
+    /// `[[threat_intel.feed]]`: lists downloaded on a timer.
+    #[serde(rename = "feed")]
+    pub feeds: Vec<FeedConfig>,
+}
+
+/// A feed the gateway downloads every `refresh_secs` into `path` and
+/// reloads (`[[ips.feed]]`, `[[threat_intel.feed]]`); the download is
+/// checked like a downloaded category list (see `crate::list_update`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// `https://` (or `http://` with `sha256`/`sha256_url`) URL.
+    pub url: String,
+    /// Where the feed is kept (relative to the data directory): a file, or
+    /// for an IPS rules tarball a directory of `.rules` files.
+    pub path: PathBuf,
+    #[serde(default = "FeedConfig::default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// Expected SHA-256 of the download (hex).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// URL of a checksum file (`<hex>` or `<hex>  name`) published with the feed.
+    #[serde(default)]
+    pub sha256_url: Option<String>,
+    #[serde(default = "FeedConfig::default_max_bytes")]
+    pub max_bytes: u64,
+    /// Refuse a download when this share of it cannot be used: invalid
+    /// lines of a threat list, rules the IPS engine cannot load. Default
+    /// 0.01 for threat lists, 0.5 for IPS rules (the engine loads a subset
+    /// of Suricata's language; see `komugate ips check FILE`).
+    #[serde(default)]
+    pub max_invalid_ratio: Option<f64>,
+    /// Refuse a download with fewer than (1 − max_shrink) × the entries in force.
+    #[serde(default = "FeedConfig::default_max_shrink")]
+    pub max_shrink: f64,
+}
+
+impl FeedConfig {
+    pub const MIN_REFRESH_SECS: u64 = 300;
+    fn default_refresh_secs() -> u64 {
+        24 * 3600
+    }
+    fn default_max_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+    fn default_max_shrink() -> f64 {
+        0.5
+    }
+
+    fn validate(&self, what: &str) -> Result<(), String> {
+        let url = self.url.as_str();
+        let at = format!("{what} {url:?}");
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(format!(
+                "{at}: `url` must start with https:// (or http:// with a checksum)"
+            ));
+        }
+        if url.starts_with("http://") && self.sha256.is_none() && self.sha256_url.is_none() {
+            return Err(format!(
+                "{at}: a feed over plain http:// needs `sha256` or `sha256_url` (or use https://)"
+            ));
+        }
+        if self.path.as_os_str().is_empty() {
+            return Err(format!(
+                "{at}: `path` is empty; name the file the feed is kept in"
+            ));
+        }
+        if self.refresh_secs < Self::MIN_REFRESH_SECS {
+            return Err(format!(
+                "{at}: `refresh_secs` = {} is too short (at least {}; feed servers are shared)",
+                self.refresh_secs,
+                Self::MIN_REFRESH_SECS
+            ));
+        }
+        if let Some(h) = &self.sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{at}: `sha256` must be 64 hex digits"));
+            }
+            if self.sha256_url.is_some() {
+                return Err(format!(
+                    "{at}: use either `sha256` or `sha256_url`, not both"
+                ));
+            }
+        }
+        if self.max_bytes == 0 {
+            return Err(format!("{at}: `max_bytes` must be at least 1"));
+        }
+        let ratios = [
+            ("max_invalid_ratio", self.max_invalid_ratio.unwrap_or(0.0)),
+            ("max_shrink", self.max_shrink),
+        ];
+        for (key, v) in ratios {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{at}: `{key}` must be a number from 0 to 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[doh]` in the gateway configuration.
@@ -730,6 +832,15 @@ impl Config {
         for (name, token) in &self.admin.tokens {
             if token.trim().len() < 16 {
                 bail!("{origin}: [admin.tokens] {name:?}: a token must be at least 16 characters (e.g. `openssl rand -hex 24`)");
+            }
+        }
+        for (what, feeds) in [
+            ("[[ips.feed]]", &self.ips.feeds),
+            ("[[threat_intel.feed]]", &self.threat_intel.feeds),
+        ] {
+            for feed in feeds {
+                feed.validate(what)
+                    .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
             }
         }
         if self.limits.max_header_bytes < 8192 {

@@ -100,7 +100,14 @@ fn configmaps_hold_a_valid_config_and_policy() {
     let config = dir.path().join("komugate.toml");
     let policy = dir.path().join("policy.toml");
     std::fs::write(&config, &m.config).unwrap();
-    std::fs::write(&policy, &m.policy).unwrap();
+    // The policy reads the registry the komugate-registry Secret mounts.
+    let etc = dir.path().join("etc");
+    place_mounted_files(&etc);
+    std::fs::write(
+        &policy,
+        m.policy.replace("/etc/komugate", etc.to_str().unwrap()),
+    )
+    .unwrap();
     let out = komugate(&["config", "check", config.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -140,6 +147,13 @@ fn every_file_the_config_names_is_mounted_and_provided() {
         }
     }
     provided.extend(["komugate.toml".to_string(), "policy.toml".to_string()]);
+    // The small security files' ConfigMaps (`name: |` data keys).
+    provided.extend(
+        repo_file("k8s/configmap-security.yaml")
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(": |"))
+            .map(str::to_string),
+    );
     for path in absolute_paths(&m.config) {
         let mount = mounts
             .iter()
@@ -195,6 +209,28 @@ fn the_pod_runs_the_image_command() {
         .any(|mp| config_path == &format!("{mp}/komugate.toml")));
 }
 
+/// The small files the Secrets and ConfigMaps of k8s/configmap-security.yaml
+/// and k8s/secrets.example.yaml mount under `etc` (= /etc/komugate).
+fn place_mounted_files(etc: &Path) {
+    let security = repo_file("k8s/configmap-security.yaml");
+    for (file, text) in [
+        (
+            "revocation/revoked-serials.txt",
+            block_scalar(&security, "revoked-serials.txt"),
+        ),
+        ("ips/local.rules", block_scalar(&security, "local.rules")),
+        (
+            "threat-intel/local.txt",
+            block_scalar(&security, "local.txt"),
+        ),
+        ("registry/registry.csv", repo_file("examples/registry.csv")),
+    ] {
+        let dest = etc.join(file);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(&dest, text).unwrap();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -232,6 +268,8 @@ fn the_gateway_starts_from_the_configmap_config() {
     let config = m
         .config
         .replace("/etc/komugate", etc.to_str().unwrap())
+        // Feeds: a closed port on loopback (tests never leave 127.0.0.0/8).
+        .replace("url = \"https://", "url = \"https://127.0.0.1:1/")
         .replace("/var/lib/komugate", data.to_str().unwrap())
         .replace("0.0.0.0:8443", &format!("127.0.0.1:{mtls}"))
         .replace("0.0.0.0:9090", &format!("127.0.0.1:{admin}"));
@@ -258,8 +296,10 @@ fn the_gateway_starts_from_the_configmap_config() {
     place("device-ca.pem", "device-ca/device-ca.pem");
     place("inspect-ca.pem", "inspect-ca/inspect-ca.pem");
     place("inspect-ca.key", "inspect-ca/inspect-ca.key");
+    place_mounted_files(&etc);
     std::fs::create_dir_all(etc.join("policy")).unwrap();
-    std::fs::write(etc.join("policy/policy.toml"), &m.policy).unwrap();
+    let policy = m.policy.replace("/etc/komugate", etc.to_str().unwrap());
+    std::fs::write(etc.join("policy/policy.toml"), policy).unwrap();
     std::fs::create_dir_all(etc.join("config")).unwrap();
     let config_path = etc.join("config/komugate.toml");
     std::fs::write(&config_path, config).unwrap();
@@ -487,5 +527,193 @@ fn prometheus_rules_and_grafana_dashboard() {
                 );
             }
         }
+    }
+}
+
+/// Items of the YAML list under the first `key:` line, each as its
+/// `field: value` pairs in order (nested fields flattened).
+fn list_items(yaml: &str, key: &str) -> Vec<Vec<(String, String)>> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}:"));
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let key_indent = indent(header);
+    let mut items: Vec<Vec<(String, String)>> = Vec::new();
+    let mut item_indent = None;
+    for line in lines {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if indent(line) <= key_indent {
+            break;
+        }
+        let trimmed = line.trim();
+        if trimmed.starts_with("- ") && *item_indent.get_or_insert(indent(line)) == indent(line) {
+            items.push(Vec::new());
+        }
+        if let (Some(item), Some((k, v))) = (
+            items.last_mut(),
+            trimmed.trim_start_matches("- ").split_once(':'),
+        ) {
+            item.push((k.trim().to_string(), v.trim().trim_matches('"').to_string()));
+        }
+    }
+    items
+}
+
+fn field<'a>(item: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    item.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The document of a multi-document YAML text whose metadata names `name`.
+fn object_named<'a>(yaml: &'a str, kind: &str, name: &str) -> Option<&'a str> {
+    yaml.split("\n---").find(|doc| {
+        doc.contains(&format!("kind: {kind}\n"))
+            && yaml_values(doc, "name").first().map(String::as_str) == Some(name)
+    })
+}
+
+/// The revocation list, IPS rules, threat lists, registry CSV and console
+/// credentials each come from the Secret or ConfigMap mounted where the
+/// gateway config (or the policy) looks for them, with a key of that file
+/// name; the downloaded feeds go to a writable volume.
+#[test]
+fn security_files_come_from_secrets_and_configmaps_and_feeds_from_a_writable_volume() {
+    let m = manifests();
+    let config = komugate::config::Config::parse(&m.config, "k8s/configmap-gateway.yaml").unwrap();
+    let policy: toml::Table = toml::from_str(&m.policy).unwrap();
+    let configmaps = [
+        repo_file("k8s/configmap-security.yaml"),
+        repo_file("k8s/configmap-gateway.yaml"),
+        repo_file("k8s/configmap-policy.yaml"),
+    ]
+    .join("\n---\n");
+    let mounts = list_items(&m.deployment, "volumeMounts");
+    let volumes = list_items(&m.deployment, "volumes");
+    let mount_of = |path: &str| {
+        mounts
+            .iter()
+            .filter(|mt| {
+                field(mt, "mountPath").is_some_and(|mp| path.starts_with(&format!("{mp}/")))
+            })
+            .max_by_key(|mt| field(mt, "mountPath").unwrap().len())
+            .unwrap_or_else(|| panic!("{path} is under no mountPath of k8s/deployment.yaml"))
+    };
+    let volume_of = |mount: &[(String, String)]| {
+        let name = field(mount, "name").unwrap();
+        volumes
+            .iter()
+            .find(|v| field(v, "name") == Some(name))
+            .unwrap_or_else(|| panic!("volume {name} is mounted but not defined"))
+            .clone()
+    };
+    let must_be_provided: Vec<(&str, String)> = vec![
+        ("[tls] revoked_serials", config.tls.revoked_serials.clone()),
+        (
+            "[ips] rules",
+            config
+                .ips
+                .rules
+                .first()
+                .expect("[ips] rules")
+                .display()
+                .to_string(),
+        ),
+        (
+            "[threat_intel] lists",
+            config
+                .threat_intel
+                .lists
+                .first()
+                .expect("[threat_intel] lists")
+                .display()
+                .to_string(),
+        ),
+        (
+            "[admin] users_file",
+            config.admin.users_file.display().to_string(),
+        ),
+        (
+            "the policy's [registry] path",
+            policy
+                .get("registry")
+                .and_then(|r| r.get("path"))
+                .and_then(|p| p.as_str())
+                .expect("the policy ConfigMap names the registry")
+                .to_string(),
+        ),
+    ];
+    for (what, path) in must_be_provided {
+        assert!(
+            path.starts_with("/etc/komugate/"),
+            "{what} = {path:?}: not a mounted file"
+        );
+        let mount = mount_of(&path);
+        assert_eq!(
+            field(mount, "readOnly"),
+            Some("true"),
+            "{what}: {path} is on a writable mount"
+        );
+        let volume = volume_of(mount);
+        let file = path.rsplit('/').next().unwrap();
+        let (kind, name, source) = if let Some(secret) = field(&volume, "secretName") {
+            ("Secret", secret.to_string(), m.secrets.clone())
+        } else if volume.iter().any(|(k, _)| k == "configMap") {
+            let name = volume
+                .iter()
+                .filter(|(k, _)| k == "name")
+                .nth(1)
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            ("ConfigMap", name, configmaps.clone())
+        } else {
+            panic!("{what}: {path} is on volume {volume:?}, not a Secret or ConfigMap");
+        };
+        let doc = object_named(&source, kind, &name)
+            .unwrap_or_else(|| panic!("{what}: {kind} {name} is mounted but not defined in k8s/"));
+        assert!(
+            doc.lines()
+                .any(|l| l.trim().starts_with(&format!("{file}:"))),
+            "{what}: {kind} {name} has no key {file}"
+        );
+    }
+    // Feeds: on a writable volume (not the read-only mounts), one that is not
+    // the log buffer, so a full list volume never stops logging.
+    let feeds: Vec<_> = config
+        .ips
+        .feeds
+        .iter()
+        .chain(&config.threat_intel.feeds)
+        .collect();
+    assert!(
+        !config.ips.feeds.is_empty() && !config.threat_intel.feeds.is_empty(),
+        "the ConfigMap downloads no IPS or threat-intel feed"
+    );
+    for feed in feeds {
+        let path = config.data_path(&feed.path).display().to_string();
+        let mount = mount_of(&path);
+        assert_ne!(
+            field(mount, "readOnly"),
+            Some("true"),
+            "feed {}: {path} is read-only",
+            feed.url
+        );
+        let volume = volume_of(mount);
+        assert!(
+            volume
+                .iter()
+                .any(|(k, _)| k == "emptyDir" || k == "persistentVolumeClaim"),
+            "feed {}: {path} is on {volume:?}",
+            feed.url
+        );
+        assert_ne!(
+            field(mount, "mountPath"),
+            Some("/var/lib/komugate"),
+            "feed {}: keep feeds off the log volume",
+            feed.url
+        );
     }
 }

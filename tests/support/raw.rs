@@ -202,6 +202,20 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Sends one request on a new connection and reads one response.
+/// `METHOD path` on the admin listener with a bearer token: (status, JSON body).
+pub async fn admin_json(
+    admin: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let r = request(admin, req.as_bytes()).await.expect("admin request");
+    let v = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", r.text()));
+    (r.status, v)
+}
+
 pub async fn request(addr: SocketAddr, bytes: &[u8]) -> io::Result<RawResponse> {
     let mut c = RawConn::connect(addr).await;
     c.send(bytes).await?;

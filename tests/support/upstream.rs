@@ -138,6 +138,29 @@ async fn respond(
         .unwrap())
 }
 
+/// An HTTP/1.1 TLS acceptor with a certificate for `names` issued by a new
+/// CA named `ca_name`; and that CA (what clients of the server trust).
+pub fn tls_acceptor(
+    ca_name: &str,
+    names: &[&str],
+) -> (tokio_rustls::TlsAcceptor, komugate::pki::CaMaterial) {
+    let ca = komugate::pki::generate_ca(ca_name).unwrap();
+    let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let leaf = ca.issue_server(&sans).unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca)
+}
+
 /// A TLS (HTTP/1.1) upstream with its own CA; reads each request's body
 /// and answers `secure hello`; notes `METHOD host path` of every request.
 pub struct TlsUpstream {
@@ -158,21 +181,7 @@ impl TlsUpstream {
 
     /// The same, with a certificate for these names (all resolved to 127.0.0.1 by the test's DNS).
     pub async fn start_for(names: &[&str]) -> TlsUpstream {
-        let ca = komugate::pki::generate_ca("komugate-tests upstream CA").unwrap();
-        let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let leaf = ca.issue_server(&sans).unwrap();
-        let chain = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (acceptor, ca) = tls_acceptor("komugate-tests upstream CA", names);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepts = Arc::new(AtomicUsize::new(0));

@@ -30,6 +30,9 @@ pub struct LastReload {
 pub struct Reloaded {
     pub generation: u64,
     pub digest: String,
+    /// Why the IPS rules / threat-intel lists were not reloaded (the loaded ones stayed).
+    #[serde(skip)]
+    pub security_error: Option<String>,
 }
 
 impl Gateway {
@@ -54,9 +57,11 @@ impl Gateway {
             let failed = format!("the reload task failed: {e}");
             (Err(failed.clone()), Err(anyhow::anyhow!(failed)))
         });
+        let mut security_error = None;
         let security = match security {
             Ok(sec) => Arc::new(sec),
             Err(e) => {
+                security_error = Some(format!("{e:#}"));
                 tracing::error!("IPS rules / threat-intel lists not reloaded (the loaded ones stay in force): {e:#}");
                 self.alerts.raise(
                     crate::alerts::Kind::ReloadFailed,
@@ -76,7 +81,11 @@ impl Gateway {
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.policy_generation.set(generation as i64);
                 tracing::info!(generation, digest = %digest, ?source, "policy reloaded");
-                Ok(Reloaded { generation, digest })
+                Ok(Reloaded {
+                    generation,
+                    digest,
+                    security_error,
+                })
             }
             Err(error) => {
                 // The running policy stays; the IPS state may still be new.

@@ -55,18 +55,30 @@ impl Security {
     /// the data directory). Unreadable files are errors; skipped rules and
     /// invalid list lines are logged.
     pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Security> {
-        let rule_paths: Vec<PathBuf> = config
+        let mut rule_paths: Vec<PathBuf> = config
             .ips
             .rules
             .iter()
             .map(|p| config.data_path(p))
             .collect();
-        let list_paths: Vec<PathBuf> = config
+        for feed in &config.ips.feeds {
+            rule_paths.extend(rule_files(&config.data_path(&feed.path))?);
+        }
+        let mut list_paths: Vec<PathBuf> = config
             .threat_intel
             .lists
             .iter()
             .map(|p| config.data_path(p))
             .collect();
+        // A feed not downloaded yet is empty until its first update.
+        list_paths.extend(
+            config
+                .threat_intel
+                .feeds
+                .iter()
+                .map(|f| config.data_path(&f.path))
+                .filter(|p| p.exists()),
+        );
         let (engine, report) = IpsEngine::load(&rule_paths)?;
         let (intel, lists) = ThreatIntel::load(&list_paths)?;
         if !rule_paths.is_empty() {
@@ -98,6 +110,35 @@ impl Security {
             report,
         })
     }
+}
+
+/// The rules files of a downloaded IPS feed: the file itself, or every
+/// `*.rules` file under the directory an archive was unpacked to (sorted);
+/// nothing while it has not been downloaded yet.
+pub fn rule_files(path: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|e| e == "rules") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    walk(path, &mut out).map_err(|e| {
+        anyhow::anyhow!("cannot read the IPS feed directory {}: {e}", path.display())
+    })?;
+    out.sort();
+    Ok(out)
 }
 
 /// Who and where, for the event log line and metrics.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 
-use super::{remote_sources, update_all};
+use super::{feeds, update_all};
 use crate::gateway::Gateway;
 
 /// `GET /admin/lists` (status) and `POST /admin/lists/update[?url=U]`
@@ -30,12 +30,12 @@ pub async fn admin(
     };
     match (req.method(), req.uri().path()) {
         (&http::Method::GET, "/admin/lists") => {
-            let configured: Vec<serde_json::Value> = remote_sources(gw)
+            let configured: Vec<serde_json::Value> = feeds(gw)
                 .iter()
                 .map(|s| {
                     serde_json::json!({
-                        "url": s.url, "path": s.path, "format": s.format, "refresh_secs": s.refresh.as_secs(),
-                        "entries_in_force": s.entries, "present": s.present,
+                        "kind": s.kind.label(), "url": s.url, "path": s.path, "format": s.format,
+                        "refresh_secs": s.refresh.as_secs(), "entries_in_force": s.entries, "present": s.present,
                     })
                 })
                 .collect();

@@ -1,6 +1,11 @@
-//! Downloaded category lists (`[[categories.source]]` with `url`).
+//! Downloaded feeds: the policy's category lists (`[[categories.source]]`
+//! with `url`), and the configuration's IPS rules (`[[ips.feed]]`, Suricata
+//! format: a `.rules` file or a tar / tar.gz of them such as ET Open's
+//! `emerging.rules.tar.gz`) and threat-intel lists (`[[threat_intel.feed]]`).
+//! All take the same path ([`Feed`]); for IPS rules "invalid" means rules
+//! the engine cannot load, and the entries are the rules it loads.
 //!
-//! For every remote source of the policy in force, every `refresh`:
+//! For every feed in force, every `refresh`:
 //!
 //! 1. **Download** with the gateway's own egress (DNS, destination guard,
 //!    `https` verified against the webpki roots plus `[inspect]
@@ -24,15 +29,20 @@
 //!    longer has), the files are rolled back (`path.prev` → `path`) and the
 //!    policy reloaded again, so files and running state agree.
 //!
-//! Every outcome is logged, counted in `komugate_list_updates_total{result}`
+//! Every outcome is logged, counted in `komugate_list_updates_total{kind,result}`
 //! (`applied`, `not_modified`, `download_error`, `refused_size`,
 //! `refused_sha256`, `refused_archive`, `refused_invalid`, `refused_shrink`,
-//! `refused_empty`, `rolled_back`, `error`), shown by `GET /admin/lists` and,
+//! `refused_empty`, `rolled_back`, `error`; `kind` is `categories`, `ips` or
+//! `threat_intel`), its age in `komugate_list_last_success_timestamp_seconds`,
+//! shown by `GET /admin/lists` and,
 //! except `not_modified`, written to the audit log (a `note` for refusals,
 //! the `policy_reload` entries for swaps). `POST /admin/lists/update`
 //! checks every source (or `?url=`) now and answers with the outcomes.
 //!
-//! **First start**: a source whose `path` does not exist yet is loaded as
+//! An IPS or threat-intel feed is also rolled back when the reload could
+//! not load the rules / lists with it.
+//!
+//! **First start**: a feed whose `path` does not exist yet is loaded as
 //! an empty list (its categories declared so rules validate; `policy check`
 //! warns), and the updater downloads it at once. Until that download is in
 //! force those categories match nothing: the gateway fails open for them
@@ -47,6 +57,7 @@
 mod admin;
 mod archive;
 mod download;
+mod feed;
 mod stage;
 mod state;
 
@@ -55,7 +66,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use komugate_policy::RemoteSource;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::Serialize;
 
@@ -63,12 +73,13 @@ use crate::common::unix_now;
 use crate::gateway::Gateway;
 use crate::logs::audit::{AuditEvent, ReloadSource};
 use download::{download, fetch_checksum, Fetched};
-use stage::{roll_back, stage_and_parse, swap_in};
+use stage::{entries_in_force, roll_back, stage_and_parse, swap_in};
 use state::{read_state, sibling, write_state, Persisted};
 
 pub use admin::admin;
 /// Archive unpacking with its size and path checks (also the fuzzing entry point).
 pub use archive::unpack;
+pub use feed::{feeds, Feed, FeedKind};
 
 /// Retry delay after a download error (bounded by `refresh`).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15 * 60);
@@ -89,6 +100,7 @@ pub struct ListUpdates {
 /// What `GET /admin/lists` shows for a source.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceStatus {
+    pub kind: &'static str,
     pub url: String,
     pub path: PathBuf,
     pub checks: u64,
@@ -114,6 +126,9 @@ pub struct UpdateOutcome {
     pub entries: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// Entries in force after the check (IPS / threat-intel feeds, when known).
+    #[serde(skip)]
+    in_force: Option<usize>,
 }
 
 impl ListUpdates {
@@ -121,17 +136,17 @@ impl ListUpdates {
         let results = IntCounterVec::new(
             Opts::new(
                 "komugate_list_updates_total",
-                "Checks of downloaded category lists by result",
+                "Checks of downloaded feeds (category lists, IPS rules, threat-intel lists) by kind and result",
             ),
-            &["result"],
+            &["kind", "result"],
         )
         .expect("metric");
         let last_success = IntGaugeVec::new(
             Opts::new(
                 "komugate_list_last_success_timestamp_seconds",
-                "Unix time of the last check that left a downloaded list current (applied or not modified)",
+                "Unix time of the last check that left a downloaded feed current (applied or not modified)",
             ),
-            &["url"],
+            &["kind", "url"],
         )
         .expect("metric");
         // Two gateways in one process (tests) share nothing; ignore a duplicate registration.
@@ -153,31 +168,22 @@ impl ListUpdates {
         v
     }
 
-    fn key(src: &RemoteSource) -> String {
+    fn key(src: &Feed) -> String {
         format!("{}\n{}", src.url, src.path.display())
     }
-}
-
-fn remote_sources(gw: &Gateway) -> Vec<RemoteSource> {
-    gw.generation
-        .load()
-        .runtime
-        .policy
-        .remote_sources()
-        .to_vec()
 }
 
 fn now_text() -> String {
     crate::logs::record::format_rfc3339_ms(crate::logs::record::now_ms())
 }
 
-/// Starts the scheduler (nothing to do until the policy has remote sources).
+/// Starts the scheduler (nothing to do until there are feeds).
 pub fn spawn(gw: Arc<Gateway>) {
     tokio::spawn(async move {
         loop {
             let now = SystemTime::now();
             let mut next = now + TICK;
-            for src in remote_sources(&gw) {
+            for src in feeds(&gw) {
                 let due = next_due(&gw, &src);
                 if due <= now {
                     if gw.shutdown.is_cancelled() {
@@ -201,7 +207,7 @@ pub fn spawn(gw: Arc<Gateway>) {
     });
 }
 
-fn next_due(gw: &Gateway, src: &RemoteSource) -> SystemTime {
+fn next_due(gw: &Gateway, src: &Feed) -> SystemTime {
     let key = ListUpdates::key(src);
     if let Some(due) = gw
         .list_updates
@@ -223,7 +229,7 @@ fn next_due(gw: &Gateway, src: &RemoteSource) -> SystemTime {
 /// after the other; for `POST /admin/lists/update` and tests.
 pub async fn update_all(gw: &Arc<Gateway>, only_url: Option<&str>) -> Vec<UpdateOutcome> {
     let mut out = Vec::new();
-    for src in remote_sources(gw) {
+    for src in feeds(gw) {
         if only_url.is_some_and(|u| u != src.url) {
             continue;
         }
@@ -233,22 +239,26 @@ pub async fn update_all(gw: &Arc<Gateway>, only_url: Option<&str>) -> Vec<Update
 }
 
 /// One check of one source: download, verify, swap, reload; records the outcome.
-pub async fn check_now(gw: &Arc<Gateway>, src: &RemoteSource) -> UpdateOutcome {
+pub async fn check_now(gw: &Arc<Gateway>, src: &Feed) -> UpdateOutcome {
     let lists = &gw.list_updates;
     let _one = lists.running.lock().await;
     // The source as the policy in force now describes it (entries may have
     // changed while waiting for the lock).
-    let src = remote_sources(gw)
+    let src = feeds(gw)
         .into_iter()
         .find(|s| s.url == src.url && s.path == src.path)
         .unwrap_or_else(|| src.clone());
     let outcome = run(gw, &src).await;
-    lists.results.with_label_values(&[outcome.result]).inc();
+    let kind = src.kind.label();
+    lists
+        .results
+        .with_label_values(&[kind, outcome.result])
+        .inc();
     let ok = matches!(outcome.result, "applied" | "not_modified");
     if ok {
         lists
             .last_success
-            .with_label_values(&[&src.url])
+            .with_label_values(&[kind, &src.url])
             .set(unix_now() as i64);
     }
     match outcome.result {
@@ -274,7 +284,7 @@ pub async fn check_now(gw: &Arc<Gateway>, src: &RemoteSource) -> UpdateOutcome {
         if let Some(audit) = gw.access_log.audit() {
             let message = format!(
                 "{} {} -> {}: {}: {}",
-                src.url,
+                src.describe(),
                 src.path.display(),
                 outcome.result,
                 if ok { "in force" } else { "current lists kept" },
@@ -293,13 +303,21 @@ pub async fn check_now(gw: &Arc<Gateway>, src: &RemoteSource) -> UpdateOutcome {
         "download_error" | "error" => src.refresh.min(RETRY_AFTER_ERROR),
         _ => src.refresh,
     };
-    let entries_now = remote_sources(gw)
-        .iter()
-        .find(|s| s.url == src.url && s.path == src.path)
-        .map(|s| s.entries)
-        .unwrap_or(src.entries);
+    let entries_now = match &src.kind {
+        FeedKind::Categories => feeds(gw)
+            .iter()
+            .find(|s| s.url == src.url && s.path == src.path)
+            .map(|s| s.entries)
+            .unwrap_or(src.entries),
+        _ => outcome.in_force.unwrap_or(0),
+    };
     let mut map = lists.status.lock().unwrap_or_else(|e| e.into_inner());
     let st = map.entry(ListUpdates::key(&src)).or_default();
+    let entries_now = match (&src.kind, outcome.in_force) {
+        (FeedKind::Categories, _) | (_, Some(_)) => entries_now,
+        _ => st.entries_in_force,
+    };
+    st.kind = kind;
     st.url = src.url.clone();
     st.path = src.path.clone();
     st.checks += 1;
@@ -317,7 +335,7 @@ pub async fn check_now(gw: &Arc<Gateway>, src: &RemoteSource) -> UpdateOutcome {
 /// Refusal / failure with its metric label.
 struct Stop(&'static str, String);
 
-async fn run(gw: &Arc<Gateway>, src: &RemoteSource) -> UpdateOutcome {
+async fn run(gw: &Arc<Gateway>, src: &Feed) -> UpdateOutcome {
     let mut outcome = UpdateOutcome {
         url: src.url.clone(),
         path: src.path.clone(),
@@ -325,6 +343,7 @@ async fn run(gw: &Arc<Gateway>, src: &RemoteSource) -> UpdateOutcome {
         detail: String::new(),
         entries: None,
         generation: None,
+        in_force: None,
     };
     let tmp = Temps::new(&src.path);
     match update(gw, src, &tmp, &mut outcome).await {
@@ -368,7 +387,7 @@ impl Drop for Temps {
 
 async fn update(
     gw: &Arc<Gateway>,
-    src: &RemoteSource,
+    src: &Feed,
     tmp: &Temps,
     outcome: &mut UpdateOutcome,
 ) -> Result<(), Stop> {
@@ -427,16 +446,20 @@ async fn update(
             return Err(Stop("refused_sha256", format!("SHA-256 mismatch: expected {expected}, the download ({bytes} bytes) has {sha256}")));
         }
     }
-    let checked = {
+    let (checked, in_force) = {
         let (src, download, staging) = (src.clone(), tmp.download.clone(), tmp.staging.clone());
         tokio::task::spawn_blocking(move || {
+            let in_force = entries_in_force(&src);
             let parsed = stage_and_parse(&src, &download, &staging);
             crate::memory::release_thread_cache();
-            parsed
+            parsed.map(|c| (c, in_force))
         })
         .await
         .map_err(|e| Stop("error", format!("the verification task failed: {e}")))??
     };
+    if !matches!(src.kind, FeedKind::Categories) {
+        outcome.in_force = Some(in_force);
+    }
     outcome.entries = Some(checked.entries);
     let invalid_ratio = checked.invalid as f64 / (checked.entries + checked.invalid).max(1) as f64;
     if invalid_ratio > src.max_invalid_ratio {
@@ -462,13 +485,13 @@ async fn update(
             "the download has no list entries".into(),
         ));
     }
-    let floor = ((1.0 - src.max_shrink) * src.entries as f64).ceil() as usize;
+    let floor = ((1.0 - src.max_shrink) * in_force as f64).ceil() as usize;
     if src.present && checked.entries < floor {
         return Err(Stop(
             "refused_shrink",
             format!(
-                "the list shrank from {} to {} entries (more than max_shrink {:.0}%; at least {floor} needed)",
-                src.entries,
+                "the feed shrank from {} to {} entries (more than max_shrink {:.0}%; at least {floor} needed)",
+                in_force,
                 checked.entries,
                 src.max_shrink * 100.0
             ),
@@ -485,7 +508,15 @@ async fn update(
     let source = ReloadSource::ListUpdate {
         url: src.url.clone(),
     };
-    match gw.reload(source.clone()).await {
+    let reloaded = match gw.reload(source.clone()).await {
+        // Rules or lists the reload could not load are not in force: roll back.
+        Ok(r) if !matches!(src.kind, FeedKind::Categories) => match r.security_error {
+            Some(e) => Err(e),
+            None => Ok(r),
+        },
+        other => other,
+    };
+    match reloaded {
         Ok(r) => {
             write_state(
                 src,
@@ -498,6 +529,9 @@ async fn update(
                 },
             );
             outcome.result = "applied";
+            if outcome.in_force.is_some() {
+                outcome.in_force = Some(checked.entries);
+            }
             outcome.generation = Some(r.generation);
             outcome.detail = format!(
                 "{} entries ({} invalid lines skipped), {bytes} bytes; generation {} in force",

@@ -1,12 +1,12 @@
-//! Putting a verified download next to the list in force: unpack or place
-//! it in a staging directory and parse it with `komugate_categories`, then
+//! Putting a verified download next to the feed in force: unpack or place
+//! it in a staging directory and parse it the way the gateway will load it
+//! (`komugate_categories`, the IPS engine, the threat-intel lists), then
 //! swap it in (keeping `path.prev`) or roll it back.
 
 use std::path::{Path, PathBuf};
 
-use komugate_policy::RemoteSource;
-
 use super::archive::{archive_root, unpack};
+use super::feed::{Feed, FeedKind};
 use super::state::sibling;
 use super::Stop;
 
@@ -17,26 +17,123 @@ pub(super) struct Checked {
     /// What to swap into `path` (a directory inside staging, or the download).
     pub root: PathBuf,
     pub entries: usize,
+    /// Lines (or rules) that cannot be used.
     pub invalid: usize,
     pub first_error: Option<String>,
 }
 
-/// Unpacks (squidguard) or places (single list) the download and parses it.
+/// Unpacks or places the download and parses it as its kind.
 pub(super) fn stage_and_parse(
-    src: &RemoteSource,
+    feed: &Feed,
     download: &Path,
     staging: &Path,
 ) -> Result<Checked, Stop> {
+    match feed.kind {
+        FeedKind::Categories => stage_categories(feed, download, staging),
+        FeedKind::IpsRules => {
+            let root = if is_archive(download) {
+                unpack_to(feed, download, staging)?;
+                archive_root(staging)
+            } else {
+                place(download, staging)?
+            };
+            let checked = parse_ips(&root)?;
+            if checked.entries + checked.invalid == 0 {
+                return Err(Stop(
+                    "refused_empty",
+                    "the download has no IPS rules (no `.rules` file, or only comments)".into(),
+                ));
+            }
+            Ok(Checked { root, ..checked })
+        }
+        FeedKind::ThreatIntel => {
+            let root = place(download, staging)?;
+            Ok(Checked {
+                root: root.clone(),
+                ..parse_threat_list(&root)?
+            })
+        }
+    }
+}
+
+/// Entries of the feed now on disk (IPS rules loaded, threat-list entries);
+/// categories come from the policy compile instead.
+pub(super) fn entries_in_force(feed: &Feed) -> usize {
+    if !feed.path.exists() {
+        return 0;
+    }
+    let parsed = match feed.kind {
+        FeedKind::Categories => return feed.entries,
+        FeedKind::IpsRules => parse_ips(&feed.path),
+        FeedKind::ThreatIntel => parse_threat_list(&feed.path),
+    };
+    parsed.map(|c| c.entries).unwrap_or(0)
+}
+
+fn parse_ips(root: &Path) -> Result<Checked, Stop> {
+    let files =
+        crate::ips::rule_files(root).map_err(|e| Stop("refused_archive", format!("{e:#}")))?;
+    let (_, report) = komugate_ips::IpsEngine::load(&files)
+        .map_err(|e| Stop("refused_invalid", format!("{e:#}")))?;
+    let first_error = report
+        .skipped
+        .iter()
+        .max_by_key(|(_, stat)| stat.count)
+        .map(|(reason, stat)| format!("{reason} ({} rules)", stat.count));
+    Ok(Checked {
+        root: root.to_path_buf(),
+        entries: report.loaded,
+        invalid: report.skipped_total(),
+        first_error,
+    })
+}
+
+fn parse_threat_list(file: &Path) -> Result<Checked, Stop> {
+    let (_, reports) = komugate_ips::ThreatIntel::load(&[file])
+        .map_err(|e| Stop("refused_invalid", format!("{e:#}")))?;
+    let report = reports.into_iter().next().unwrap_or_default();
+    Ok(Checked {
+        root: file.to_path_buf(),
+        entries: report.ips + report.domains,
+        invalid: report.invalid.len(),
+        first_error: report.invalid.first().map(|(line, text)| {
+            format!("line {line}: {text:?} is not an address, network or domain")
+        }),
+    })
+}
+
+/// gzip, or a tar header (`ustar` at offset 257).
+fn is_archive(file: &Path) -> bool {
+    let mut head = [0u8; 262];
+    let n = std::fs::File::open(file)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    (n >= 2 && head[..2] == [0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar")
+}
+
+fn unpack_to(feed: &Feed, download: &Path, staging: &Path) -> Result<(), Stop> {
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Stop("error", format!("cannot create {}: {e}", staging.display())))?;
+    unpack(
+        download,
+        staging,
+        feed.max_bytes.saturating_mul(UNPACK_FACTOR),
+    )
+    .map_err(|e| Stop("refused_archive", e))
+}
+
+/// A single-file download becomes the staged file.
+fn place(download: &Path, staging: &Path) -> Result<PathBuf, Stop> {
+    std::fs::rename(download, staging)
+        .map_err(|e| Stop("error", format!("cannot stage the download: {e}")))?;
+    Ok(staging.to_path_buf())
+}
+
+fn stage_categories(feed: &Feed, download: &Path, staging: &Path) -> Result<Checked, Stop> {
+    let only = feed.only.as_deref();
     let mut b = komugate_categories::MatcherBuilder::new();
-    let (root, report) = if src.format == "squidguard" {
-        std::fs::create_dir_all(staging)
-            .map_err(|e| Stop("error", format!("cannot create {}: {e}", staging.display())))?;
-        unpack(
-            download,
-            staging,
-            src.max_bytes.saturating_mul(UNPACK_FACTOR),
-        )
-        .map_err(|e| Stop("refused_archive", e))?;
+    let (root, report) = if feed.format == "squidguard" {
+        unpack_to(feed, download, staging)?;
         let root = archive_root(staging);
         let present: Vec<String> = std::fs::read_dir(&root)
             .map(|rd| {
@@ -46,7 +143,7 @@ pub(super) fn stage_and_parse(
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(only) = &src.only {
+        if let Some(only) = only {
             let missing: Vec<&String> = only.iter().filter(|c| !present.contains(c)).collect();
             if !missing.is_empty() {
                 return Err(Stop(
@@ -60,23 +157,21 @@ pub(super) fn stage_and_parse(
             }
         }
         let report = b
-            .add_squidguard_dir(&root, src.only.as_deref())
+            .add_squidguard_dir(&root, only)
             .map_err(|e| Stop("refused_archive", e.to_string()))?;
         (root, report)
     } else {
-        std::fs::rename(download, staging)
-            .map_err(|e| Stop("error", format!("cannot stage the download: {e}")))?;
-        let format = match src.format.as_str() {
+        let staged = place(download, staging)?;
+        let format = match feed.format.as_str() {
             "hosts" => komugate_categories::ListFormat::Hosts,
             "adblock" => komugate_categories::ListFormat::Adblock,
             "auto" => komugate_categories::ListFormat::Auto,
             _ => komugate_categories::ListFormat::Plain,
         };
-        let cat = src.category.clone().unwrap_or_else(|| "list".into());
         let report = b
-            .add_list_file(&cat, staging, format)
+            .add_list_file(feed.category.as_deref().unwrap_or("list"), &staged, format)
             .map_err(|e| Stop("refused_invalid", e.to_string()))?;
-        (staging.to_path_buf(), report)
+        (staged, report)
     };
     b.build()
         .map_err(|e| Stop("refused_invalid", e.to_string()))?;

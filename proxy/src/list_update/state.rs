@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use komugate_policy::RemoteSource;
+use super::feed::Feed;
 use serde::{Deserialize, Serialize};
 
 /// Validators and time of the last accepted check, in `<path>.update.json`.
@@ -35,13 +35,13 @@ pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-pub(super) fn read_state(src: &RemoteSource) -> Option<Persisted> {
+pub(super) fn read_state(src: &Feed) -> Option<Persisted> {
     let text = std::fs::read_to_string(state_file(&src.path)).ok()?;
     let p: Persisted = serde_json::from_str(&text).ok()?;
     (p.url == src.url && src.path.exists()).then_some(p)
 }
 
-pub(super) fn write_state(src: &RemoteSource, p: &Persisted) {
+pub(super) fn write_state(src: &Feed, p: &Persisted) {
     let file = state_file(&src.path);
     let result = serde_json::to_vec_pretty(p)
         .map_err(std::io::Error::other)

@@ -30,8 +30,13 @@ impl AccessLog {
         let log = &config.log;
         let audit_path = config.data_path(&log.audit_log);
         let audit = Arc::new(AuditLog::open(&audit_path).map_err(anyhow::Error::msg)?);
-        let targets = crate::logs::ship::targets(&log.syslog, &log.clickhouse, log.retention_days)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let targets = crate::logs::ship::targets(
+            &log.syslog,
+            &log.clickhouse,
+            log.retention_days,
+            Some(audit.clone()),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut s = WriterSettings::new(config.data_path(&log.access_log));
         s.retention_days = log.retention_days;
         s.fsync_interval = std::time::Duration::from_millis(log.fsync_interval_ms.clamp(1, 1000));
@@ -53,6 +58,16 @@ impl AccessLog {
         for t in targets {
             crate::logs::ship::spawn(&dir, t, lm.clone(), stop.clone())
                 .map_err(|e| anyhow::anyhow!("cannot start log shipping: {e}"))?;
+        }
+        if log.clickhouse.enabled {
+            crate::logs::audit_ship::spawn(
+                audit_path.clone(),
+                &dir,
+                log.clickhouse.clone(),
+                lm.clone(),
+                stop.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot start audit log shipping: {e}"))?;
         }
         let join = tokio::task::spawn_blocking(move || {
             handle.join();

@@ -300,6 +300,10 @@ fn the_gateway_starts_from_the_configmap_config() {
     std::fs::create_dir_all(etc.join("policy")).unwrap();
     let policy = m.policy.replace("/etc/komugate", etc.to_str().unwrap());
     std::fs::write(etc.join("policy/policy.toml"), policy).unwrap();
+    // The komugate-clickhouse Secret's key (ClickHouse itself is not
+    // running: the records wait in the buffer, the gateway serves).
+    std::fs::create_dir_all(etc.join("clickhouse")).unwrap();
+    std::fs::write(etc.join("clickhouse/password"), "REPLACE\n").unwrap();
     std::fs::create_dir_all(etc.join("config")).unwrap();
     let config_path = etc.join("config/komugate.toml");
     std::fs::write(&config_path, config).unwrap();
@@ -346,6 +350,93 @@ fn the_gateway_starts_from_the_configmap_config() {
     }
     // The mTLS listener is up too (device certificates are checked per connection).
     TcpStream::connect(("127.0.0.1", mtls)).expect("mTLS listener");
+}
+
+/// The YAML documents of a file, split at `---` lines.
+fn documents(yaml: &str) -> Vec<String> {
+    yaml.split("\n---\n").map(str::to_string).collect()
+}
+
+/// The document of `kind` named `name`.
+fn find_doc(yaml: &str, kind: &str, name: &str) -> String {
+    documents(yaml)
+        .into_iter()
+        .find(|d| {
+            yaml_values(d, "kind").first().map(String::as_str) == Some(kind)
+                && yaml_values(d, "name").first().map(String::as_str) == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name:?}"))
+}
+
+#[test]
+fn the_gateways_log_to_the_clickhouse_service() {
+    let m = manifests();
+    let config = komugate::config::Config::parse(&m.config, "k8s/configmap-gateway.yaml")
+        .expect("the ConfigMap's config parses");
+    let ch = &config.log.clickhouse;
+    assert!(ch.enabled, "[log.clickhouse] is enabled in the ConfigMap");
+    assert_eq!(config.log.retention_days, 365);
+    let clickhouse = repo_file("k8s/clickhouse.yaml");
+    let kustomization = repo_file("k8s/kustomization.yaml");
+    assert!(kustomization.contains("  - clickhouse.yaml"));
+    // url = http://<Service>.<namespace>.svc.cluster.local:<Service port>
+    let service = find_doc(&clickhouse, "Service", "clickhouse");
+    let namespace = yaml_values(&service, "namespace")[0].clone();
+    let port = yaml_values(&service, "port")[0].clone();
+    assert_eq!(
+        ch.url,
+        format!("http://clickhouse.{namespace}.svc.cluster.local:{port}"),
+        "[log.clickhouse] url names the clickhouse Service"
+    );
+    // The Service selects the StatefulSet's pods, which keep their data on a claim.
+    let sts = find_doc(&clickhouse, "StatefulSet", "clickhouse");
+    let selector = "app.kubernetes.io/name: clickhouse";
+    assert!(service.contains(selector) && sts.contains(selector));
+    assert!(
+        sts.contains("volumeClaimTemplates:") && sts.contains("mountPath: /var/lib/clickhouse")
+    );
+    assert!(sts.contains(&format!("containerPort: {port}")));
+    // One password: the Secret the StatefulSet sets it from is the one
+    // mounted where the gateway reads it.
+    let user_env = sts
+        .split("name: CLICKHOUSE_USER")
+        .nth(1)
+        .and_then(|rest| yaml_values(rest, "value").first().cloned())
+        .expect("CLICKHOUSE_USER");
+    assert_eq!(ch.user, user_env);
+    assert!(sts.contains("name: komugate-clickhouse") && sts.contains("key: password"));
+    let file = ch
+        .password_file
+        .as_ref()
+        .expect("password_file")
+        .display()
+        .to_string();
+    let (mount_dir, key) = file.rsplit_once('/').unwrap();
+    let deployment = &m.deployment;
+    let volume = deployment
+        .split(&format!("mountPath: {mount_dir}\n"))
+        .next()
+        .and_then(|before| yaml_values(before, "name").last().cloned())
+        .expect("the password_file's folder is mounted");
+    let volume_def = deployment
+        .split("volumes:")
+        .nth(1)
+        .and_then(|v| v.split(&format!("- name: {volume}\n")).nth(1))
+        .expect("the mounted volume is defined");
+    assert_eq!(
+        yaml_values(volume_def, "secretName")
+            .first()
+            .map(String::as_str),
+        Some("komugate-clickhouse")
+    );
+    assert_eq!(key, "password");
+    assert!(m.secrets.contains("name: komugate-clickhouse"));
+    // The gateways' NetworkPolicy lets them reach it.
+    let np = repo_file("k8s/networkpolicy.yaml");
+    let egress = np.split("egress:").nth(1).expect("egress rules");
+    assert!(egress.contains(selector) && egress.contains(&format!("port: {port}")));
+    // The local volume is documented as a buffer only.
+    assert!(deployment.contains("A buffer only"));
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! listener: the same filters as `komugate logs search` (`since`, `until`,
 //! `device`, `user`, `group`, `site`, `host`, `url_contains`, `action`,
 //! `rule`, `category`, `app`, `ips`, `limit`, `utc_offset`) and
-//! `format=json|csv|xlsx` (default json: one JSON object per line).
+//! `format=json|csv|xlsx` (default json: one JSON object per line). It reads
+//! ClickHouse when `[log.clickhouse]` is enabled (every replica's records),
+//! else this gateway's files ([`super::store`]).
 //! Requires an API token (`Authorization: Bearer …`, see
 //! `crate::admin::authorize`); the audit entry names the token.
 
@@ -167,11 +169,14 @@ pub async fn handle<B>(gw: &Gateway, req: &Request<B>, token_name: &str) -> Resp
             format!("log search refused: it cannot be audited ({e})"),
         );
     }
-    let dir = super::cli::log_dir(&gw.config);
+    let store = match super::store::for_config(&gw.config) {
+        Ok(s) => s,
+        Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
     let result =
         tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, super::SearchStats)> {
             let mut sink = Sink::new(format, Vec::new(), &zone)?;
-            let stats = super::search(&dir, &q, |r| sink.write(&r).map(|_| true))?;
+            let stats = store.search(&q, &mut |r| sink.write(&r).map(|_| true))?;
             Ok((sink.finish()?, stats))
         })
         .await;

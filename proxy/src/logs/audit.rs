@@ -127,6 +127,18 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A monthly partition of the ClickHouse access log dropped by the
+    /// retention (every day in it older than `retention_days`); `error`
+    /// when the run failed (nothing dropped).
+    PartitionDrop {
+        table: String,
+        partition: String,
+        rows: u64,
+        retention_days: u32,
+        cutoff_day: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// A search or export of the access logs (personal data): who, through
     /// what, with which filters, into which format and file. Written before
     /// any record is shown; a search that cannot be audited is refused.

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -9,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::export::{OutputFormat, Sink};
 use super::query::{current_ms, parse_time, Glob, Query};
-use super::search::search;
+use super::store::{LocalStore, LogStore};
 use crate::cli::usage_error;
 
 #[derive(Subcommand)]
@@ -41,6 +42,15 @@ pub enum LogsCommand {
         rate: u64,
         #[arg(long, default_value_t = 3600)]
         rotate_secs: u64,
+        /// Stop submitting after this many records (keep shipping).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Also ship to this ClickHouse (http://host:port) ...
+        #[arg(long)]
+        clickhouse: Option<String>,
+        /// ... into this database.
+        #[arg(long, default_value = "komugate")]
+        clickhouse_database: String,
     },
 }
 
@@ -81,6 +91,24 @@ impl LogDirArgs {
             let data = d.parent().filter(|p| !p.as_os_str().is_empty());
             return Ok(data.unwrap_or(Path::new(".")).join("audit.log"));
         }
+        let config = self.config()?;
+        Ok(config.data_path(&config.log.audit_log))
+    }
+
+    /// Where to search: ClickHouse when the configuration enables
+    /// `[log.clickhouse]` (every replica's records), else the log directory;
+    /// `--dir` or `local` always searches the files here.
+    pub fn store(&self, local: bool) -> Result<Arc<dyn LogStore>> {
+        if self.dir.is_some() || local {
+            return Ok(Arc::new(LocalStore {
+                dir: self.resolve()?,
+            }));
+        }
+        let config = self.config()?;
+        super::store::for_config(&config).map_err(anyhow::Error::msg)
+    }
+
+    fn config(&self) -> Result<crate::config::Config> {
         let mut config = match &self.config {
             Some(p) => crate::config::Config::load(p)?,
             None => crate::config::Config::embedded_default(),
@@ -88,21 +116,14 @@ impl LogDirArgs {
         if let Some(d) = &self.data {
             config.data.dir = d.clone();
         }
-        Ok(config.data_path(&config.log.audit_log))
+        Ok(config)
     }
 
     pub fn resolve(&self) -> Result<PathBuf> {
         if let Some(d) = &self.dir {
             return Ok(d.clone());
         }
-        let mut config = match &self.config {
-            Some(p) => crate::config::Config::load(p)?,
-            None => crate::config::Config::embedded_default(),
-        };
-        if let Some(d) = &self.data {
-            config.data.dir = d.clone();
-        }
-        Ok(log_dir(&config))
+        Ok(log_dir(&self.config()?))
     }
 
     /// The zone people read times in: the configuration's `[block_page]
@@ -175,6 +196,10 @@ pub struct SearchArgs {
     /// Print what the search read (files skipped by the index ...) to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Search this host's log files even when [log.clickhouse] is enabled
+    /// (by default the search reads ClickHouse then: every replica's records).
+    #[arg(long)]
+    pub local: bool,
     /// Audit log that records this search (default: the configuration's
     /// [log] audit_log; with --dir, audit.log next to the log directory).
     #[arg(long)]
@@ -212,6 +237,7 @@ pub fn build_query(
         category: s(category),
         app: s(app),
         ips: s(ips),
+        skip: 0,
         limit,
     };
     if let (Some(a), Some(b)) = (q.since_ms, q.until_ms) {
@@ -259,7 +285,19 @@ pub fn run_logs(cmd: LogsCommand) -> Result<()> {
             dir,
             rate,
             rotate_secs,
-        } => write_test(&dir, rate, rotate_secs),
+            count,
+            clickhouse,
+            clickhouse_database,
+        } => {
+            let ch = clickhouse.map(|url| super::ship::ClickHouseTarget {
+                enabled: true,
+                url,
+                database: clickhouse_database,
+                batch_records: 500,
+                ..Default::default()
+            });
+            write_test(&dir, rate, rotate_secs, count, ch)
+        }
     }
 }
 
@@ -303,7 +341,7 @@ fn describe_search(a: &SearchArgs) -> String {
 }
 
 fn run_search(a: SearchArgs) -> Result<()> {
-    let dir = a.loc.resolve()?;
+    let store = a.loc.store(a.local)?;
     let zone = match &a.time_zone {
         Some(z) => crate::local_time::LocalZone::parse(z)
             .map_err(|e| usage_error(format!("--time-zone: {e}")))?,
@@ -373,11 +411,11 @@ fn run_search(a: SearchArgs) -> Result<()> {
         None => Box::new(io::BufWriter::with_capacity(1 << 16, io::stdout().lock())),
     };
     let mut sink = Sink::new(format, out, &zone)?;
-    let result = search(&dir, &q, |r| sink.write(&r).map(|_| true));
+    let result = store.search(&q, &mut |r| sink.write(&r).map(|_| true));
     let stats = match result {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-        Err(e) => bail!("search in {}: {e}", dir.display()),
+        Err(e) => bail!("search in {}: {e}", store.describe()),
     };
     match sink.finish() {
         Ok(_) => {}
@@ -473,16 +511,33 @@ pub fn sample_record(i: u64, time: std::time::SystemTime) -> crate::record::Acce
     }
 }
 
-fn write_test(dir: &Path, rate: u64, rotate_secs: u64) -> Result<()> {
+fn write_test(
+    dir: &Path,
+    rate: u64,
+    rotate_secs: u64,
+    count: Option<u64>,
+    clickhouse: Option<super::ship::ClickHouseTarget>,
+) -> Result<()> {
     let metrics = crate::metrics::Metrics::new();
     let mut s = super::writer::WriterSettings::new(dir.join("access.log"));
     s.rotate_secs = rotate_secs;
-    let (sub, _handle, _) = super::writer::start(s, &metrics)?;
+    let target = match clickhouse {
+        Some(c) => Some(super::ship::ClickHouse::new(c, 365, None).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    if target.is_some() {
+        s.ship_queues = vec!["clickhouse".into()];
+    }
+    let (sub, _handle, lm) = super::writer::start(s, &metrics)?;
+    if let Some(t) = target {
+        super::ship::spawn(dir, Box::new(t), lm, super::ship::ShipStop::default())?;
+    }
     let start = Instant::now();
     let mut i = 0u64;
     let stdout = io::stdout();
     loop {
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        let due =
+            ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(count.unwrap_or(u64::MAX));
         while i < due {
             sub.submit(sample_record(i, std::time::SystemTime::now()));
             i += 1;

@@ -1,10 +1,12 @@
--- komugate access-log table for ClickHouse (HTTP JSONEachRow inserts).
--- {db}, {table} and {ttl} are filled in by the gateway, which runs this at
--- start when [log.clickhouse] create_table = true. One partition per day;
--- on servers with table TTL (19.6+) {ttl} is "TTL date + INTERVAL N DAY",
--- otherwise the gateway drops partitions older than retention_days daily.
--- ReplacingMergeTree + id: a batch re-sent after a lost acknowledgement is
--- collapsed on merge; count exactly with uniqExact(id) or FINAL.
+-- komugate's tables in ClickHouse (run by the gateway at start when
+-- [log.clickhouse] create_table = true; {db}, {table} and {audit_table}
+-- are filled in). Accepted by ClickHouse 18.16 (Debian) and current releases.
+--
+-- One partition per month; the gateway drops the partitions whose every day
+-- is older than [log] retention_days (ALTER TABLE … DROP PARTITION, audited).
+-- ReplacingMergeTree keyed by a stable id per record: a batch re-sent after
+-- a lost acknowledgement adds identical rows that FINAL (used by every
+-- query of the gateway) and background merges collapse.
 CREATE TABLE IF NOT EXISTS {db}.{table} (
     date Date,
     ts_ms UInt64,
@@ -31,6 +33,20 @@ CREATE TABLE IF NOT EXISTS {db}.{table} (
     egress String,
     error String
 ) ENGINE = ReplacingMergeTree()
-PARTITION BY date
-ORDER BY (date, host, ts_ms, id)
-{ttl}
+PARTITION BY toYYYYMM(date)
+ORDER BY (date, ts_ms, id);
+
+-- The audit log of every gateway: one row per hash-chained entry; id is the
+-- entry's hash, source the instance that wrote it, event its JSON.
+CREATE TABLE IF NOT EXISTS {db}.{audit_table} (
+    date Date,
+    ts_ms UInt64,
+    id String,
+    source String,
+    seq UInt64,
+    prev String,
+    type String,
+    event String
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(date)
+ORDER BY (date, ts_ms, id)

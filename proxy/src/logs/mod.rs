@@ -9,13 +9,18 @@
 //! - [`query`], [`search`]: filters and the streaming search
 //! - [`export`]: table / JSON / CSV / xlsx output
 //! - [`audit`]: the audit log and its verification
-//! - [`ship`]: RFC 5424 syslog (TCP/TLS) and ClickHouse shipping
+//! - [`ship`]: RFC 5424 syslog (TCP/TLS) and ClickHouse shipping;
+//!   [`audit_ship`]: the audit log to ClickHouse
+//! - [`clickhouse`]: ClickHouse client, tables and retention by month
+//! - [`store`]: one search interface over the local files or ClickHouse
 //! - [`cli`]: `komugate logs …` and `komugate audit …`
 //! - [`admin_http`]: `GET /admin/logs` on the admin listener
 
 pub mod admin_http;
 pub mod audit;
+pub mod audit_ship;
 pub mod cli;
+pub mod clickhouse;
 pub mod export;
 pub mod layout;
 pub mod query;
@@ -23,6 +28,7 @@ pub mod record;
 pub mod search;
 pub mod segment;
 pub mod ship;
+pub mod store;
 pub mod writer;
 
 pub use query::{Glob, Query};

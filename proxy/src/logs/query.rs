@@ -57,6 +57,8 @@ pub struct Query {
     pub category: Option<String>,
     pub app: Option<String>,
     pub ips: Option<String>,
+    /// Matches passed over before the first one returned (paging).
+    pub skip: u64,
     pub limit: Option<u64>,
 }
 

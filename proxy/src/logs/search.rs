@@ -30,8 +30,8 @@ pub struct SearchStats {
     pub limit_reached: bool,
 }
 
-/// Runs `q` over `dir`, calling `emit` for each match in order; `emit`
-/// returns `Ok(false)` to stop early.
+/// Runs `q` over `dir`, calling `emit` for each match in order (after the
+/// first `q.skip` matches); `emit` returns `Ok(false)` to stop early.
 pub fn search(
     dir: &Path,
     q: &Query,
@@ -45,7 +45,12 @@ pub fn search(
     }
     let mut st = SearchStats::default();
     let limit = q.limit.unwrap_or(u64::MAX);
+    let mut skipped = 0u64;
     let mut emit_one = |r: LogRecord, st: &mut SearchStats| -> io::Result<bool> {
+        if skipped < q.skip {
+            skipped += 1;
+            return Ok(true);
+        }
         st.records_matched += 1;
         let go_on = emit(r)?;
         if st.records_matched >= limit {

@@ -7,8 +7,11 @@
 //! (up to `max_buffer_mb`, beyond which the oldest are dropped, counted in
 //! `komugate_log_ship_dropped_total` and logged), and sending is retried
 //! with exponential backoff (0.2 s doubling to 30 s). Every record carries
-//! a stable `id` (`<queue file>:<line>`) so a re-sent batch can be
-//! de-duplicated by the receiver.
+//! a stable `id`, `<instance>/<queue file>:<line>`, so a re-sent batch can be
+//! de-duplicated by the receiver: the instance is a random name kept in the
+//! log directory (`ship/instance`), so two gateways never share an id even
+//! with the same process id and clock (every pod is pid 1), and a restarted
+//! gateway re-sends what it had not seen acknowledged under the same ids.
 //!
 //! - **syslog**: RFC 5424 messages, octet-counted framing (RFC 6587 / 5425)
 //!   over TCP, optionally TLS. Each batch uses one connection which the
@@ -17,11 +20,13 @@
 //!   other). MSG is the record's JSON; the id is in
 //!   `[komugate@32473 id="…"]`.
 //! - **ClickHouse**: `INSERT … FORMAT JSONEachRow` over HTTP; HTTP 200 is the
-//!   acknowledgement. Table DDL: `clickhouse.sql` (partition per day). On
-//!   servers without table TTL (before 19.6, e.g. Debian's 18.16) the
-//!   shipper drops partitions older than the retention once a day.
+//!   acknowledgement. Tables: `clickhouse.sql` (monthly partitions,
+//!   ReplacingMergeTree on the id, read with FINAL). Once a day the shipper
+//!   drops the partitions older than the retention, each drop audited
+//!   ([`super::clickhouse`]). The audit log goes to its own table
+//!   ([`super::audit_ship`]).
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::audit::{AuditEvent, AuditLog};
+use super::clickhouse::{Client, RetentionReport};
 use super::layout::{self, SHIP};
 use super::record::{format_rfc3339_ms, now_ms, utc_day, LogRecord};
 use super::writer::LogMetrics;
-
-pub const CLICKHOUSE_DDL: &str = include_str!("clickhouse.sql");
 
 fn default_true() -> bool {
     true
@@ -90,10 +95,17 @@ pub struct ClickHouseTarget {
     pub database: String,
     #[serde(default = "default_table")]
     pub table: String,
+    /// Table of the audit log entries (every gateway's, by entry hash).
+    #[serde(default = "default_audit_table")]
+    pub audit_table: String,
     #[serde(default = "default_user")]
     pub user: String,
     #[serde(default)]
     pub password: String,
+    /// File holding the password (a mounted Secret), read at start and at
+    /// each search; takes the place of `password`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Run the DDL (`CREATE DATABASE/TABLE IF NOT EXISTS`) at start.
     #[serde(default = "default_true")]
     pub create_table: bool,
@@ -109,6 +121,9 @@ fn default_db() -> String {
 fn default_table() -> String {
     "access_log".into()
 }
+fn default_audit_table() -> String {
+    "audit_log".into()
+}
 fn default_user() -> String {
     "default".into()
 }
@@ -120,8 +135,10 @@ impl Default for ClickHouseTarget {
             url: String::new(),
             database: default_db(),
             table: default_table(),
+            audit_table: default_audit_table(),
             user: default_user(),
             password: String::new(),
+            password_file: None,
             create_table: true,
             max_buffer_mb: default_buffer_mb(),
             batch_records: default_batch(),
@@ -156,8 +173,12 @@ impl ShipStop {
     pub fn stop(&self) {
         self.0.store(true, Ordering::Relaxed)
     }
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+    /// Sleeps `d`, or less when stopped meanwhile.
+    pub(crate) fn sleep(&self, d: Duration) {
+        sleep_unless_stopped(self, d)
     }
 }
 
@@ -170,6 +191,7 @@ pub fn spawn(
 ) -> io::Result<()> {
     let qdir = log_dir.join(SHIP).join(target.name());
     std::fs::create_dir_all(&qdir)?;
+    let instance = instance_id(log_dir)?;
     std::thread::Builder::new()
         .name(format!("komugate-ship-{}", target.name()))
         .spawn(move || {
@@ -186,7 +208,7 @@ pub fn spawn(
                     }
                 }
                 enforce_cap(&qdir, target.max_buffer_bytes(), name, &metrics);
-                match ship_once(&qdir, target.as_mut(), &metrics) {
+                match ship_once(&qdir, &instance, target.as_mut(), &metrics) {
                     Ok(0) => sleep_unless_stopped(&stop, Duration::from_millis(200)),
                     Ok(_) => backoff = Duration::from_millis(200),
                     Err(e) => {
@@ -202,6 +224,27 @@ pub fn spawn(
             }
         })?;
     Ok(())
+}
+
+/// This log directory's instance name (created once, random): the first
+/// part of every shipped record's id.
+pub fn instance_id(log_dir: &Path) -> io::Result<String> {
+    let path = log_dir.join(SHIP).join("instance");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Ok(s.to_string());
+        }
+    }
+    std::fs::create_dir_all(log_dir.join(SHIP))?;
+    let mut seed = [0u8; 16];
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| io::Error::other("no randomness for the instance name"))?;
+    let id = crate::common::hex(&seed);
+    super::segment::write_atomic(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
 }
 
 fn sleep_unless_stopped(stop: &ShipStop, d: Duration) {
@@ -247,7 +290,7 @@ fn enforce_cap(qdir: &Path, cap: u64, name: &'static str, metrics: &LogMetrics) 
 }
 
 /// Reads one queue file: records after `skip` lines; a torn tail is ignored.
-fn load(file: &Path, skip: usize) -> io::Result<Vec<Shipped>> {
+fn load(file: &Path, instance: &str, skip: usize) -> io::Result<Vec<Shipped>> {
     let stem = file
         .file_stem()
         .and_then(|s| s.to_str())
@@ -261,7 +304,7 @@ fn load(file: &Path, skip: usize) -> io::Result<Vec<Shipped>> {
         }
         match LogRecord::from_json_line(line) {
             Ok(rec) => out.push(Shipped {
-                id: format!("{stem}:{n}"),
+                id: format!("{instance}/{stem}:{n}"),
                 rec,
             }),
             Err(e) => tracing::warn!(
@@ -275,7 +318,12 @@ fn load(file: &Path, skip: usize) -> io::Result<Vec<Shipped>> {
 }
 
 /// Sends up to one batch; returns the records sent (0 = queue empty).
-fn ship_once(qdir: &Path, target: &mut dyn Target, metrics: &LogMetrics) -> Result<usize, String> {
+fn ship_once(
+    qdir: &Path,
+    instance: &str,
+    target: &mut dyn Target,
+    metrics: &LogMetrics,
+) -> Result<usize, String> {
     let files = layout::list_files(qdir, ".jsonl");
     if files.is_empty() {
         return Ok(0);
@@ -299,7 +347,8 @@ fn ship_once(qdir: &Path, target: &mut dyn Target, metrics: &LogMetrics) -> Resu
             Some((cf, n)) if *cf == name => *n,
             _ => 0,
         };
-        let mut recs = load(f, skip).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let mut recs =
+            load(f, instance, skip).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
         let room = max - batch.len();
         if recs.len() > room {
             if batch.is_empty() || recs.len() > max {
@@ -511,184 +560,88 @@ impl Target for Syslog {
 
 // ------------------------------------------------------------ ClickHouse
 
-/// ClickHouse over its HTTP interface.
+/// ClickHouse over its HTTP interface ([`super::clickhouse`]).
 pub struct ClickHouse {
     cfg: ClickHouseTarget,
-    host_port: String,
+    client: Client,
     retention_days: u32,
+    audit: Option<Arc<AuditLog>>,
     ready: bool,
-    has_ttl: bool,
 }
 
 impl ClickHouse {
-    pub fn new(cfg: ClickHouseTarget, retention_days: u32) -> Result<ClickHouse, String> {
-        let rest = cfg.url.strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "[log.clickhouse] url {:?} must be like http://127.0.0.1:8123",
-                cfg.url
-            )
-        })?;
-        let host_port = rest.trim_end_matches('/').to_string();
-        if host_port.is_empty() || host_port.contains('/') {
-            return Err(format!(
-                "[log.clickhouse] url {:?} must be like http://127.0.0.1:8123",
-                cfg.url
-            ));
-        }
-        let ident_ok =
-            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ident_ok(&cfg.database) || !ident_ok(&cfg.table) {
-            return Err("[log.clickhouse] database and table must be letters, digits and _".into());
-        }
+    pub fn new(
+        cfg: ClickHouseTarget,
+        retention_days: u32,
+        audit: Option<Arc<AuditLog>>,
+    ) -> Result<ClickHouse, String> {
         Ok(ClickHouse {
+            client: Client::new(&cfg)?,
             cfg,
-            host_port,
             retention_days,
+            audit,
             ready: false,
-            has_ttl: false,
         })
     }
 
-    /// Runs one statement; returns the response body.
-    pub fn query(&self, sql: &str, body: &[u8]) -> Result<String, String> {
-        let target = &self.host_port;
-        let mut path = String::from("/?query=");
-        path.push_str(&url_encode(sql));
-        path.push_str("&user=");
-        path.push_str(&url_encode(&self.cfg.user));
-        if !self.cfg.password.is_empty() {
-            path.push_str("&password=");
-            path.push_str(&url_encode(&self.cfg.password));
-        }
-        let mut s = connect(target).map_err(|e| format!("clickhouse {target}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {target}\r\nContent-Length: {}\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let fail = |e: io::Error| format!("clickhouse {target}: {e}");
-        s.write_all(head.as_bytes()).map_err(fail)?;
-        s.write_all(body).map_err(fail)?;
-        s.flush().map_err(fail)?;
-        let mut r = io::BufReader::new(s);
-        let mut status = String::new();
-        r.read_line(&mut status).map_err(fail)?;
-        let code: u16 = status
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let mut chunked = false;
-        let mut len: Option<usize> = None;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).map_err(fail)? == 0 || h == "\r\n" {
-                break;
-            }
-            let lower = h.to_ascii_lowercase();
-            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            }
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().ok();
-            }
-        }
-        let mut out = Vec::new();
-        if chunked {
-            loop {
-                let mut size = String::new();
-                r.read_line(&mut size).map_err(fail)?;
-                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
-                    .unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                let mut chunk = vec![0; n + 2];
-                r.read_exact(&mut chunk).map_err(fail)?;
-                out.extend_from_slice(&chunk[..n]);
-            }
-        } else if let Some(n) = len {
-            out.resize(n, 0);
-            r.read_exact(&mut out).map_err(fail)?;
-        } else {
-            r.read_to_end(&mut out).map_err(fail)?;
-        }
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if code == 200 {
-            Ok(text)
-        } else {
-            Err(format!("clickhouse {target}: HTTP {code}: {}", text.trim()))
-        }
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
-    fn ensure_table(&mut self) -> Result<(), String> {
-        if self.ready {
-            return Ok(());
+    fn ensure_tables(&mut self) -> Result<(), String> {
+        if !self.ready {
+            if self.cfg.create_table {
+                self.client.create_tables()?;
+            }
+            self.ready = true;
         }
-        let version = self.query("SELECT version()", b"")?;
-        let mut parts = version
-            .trim()
-            .split('.')
-            .map(|p| p.parse::<u32>().unwrap_or(0));
-        let (maj, min) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        self.has_ttl = maj > 19 || (maj == 19 && min >= 6);
-        if self.cfg.create_table {
-            self.query(
-                &format!("CREATE DATABASE IF NOT EXISTS {}", self.cfg.database),
-                b"",
-            )?;
-            let ttl = if self.has_ttl {
-                format!("TTL date + INTERVAL {} DAY", self.retention_days)
-            } else {
-                String::new()
-            };
-            let ddl = CLICKHOUSE_DDL
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-                .replace("{db}", &self.cfg.database)
-                .replace("{table}", &self.cfg.table)
-                .replace("{ttl}", &ttl);
-            self.query(&ddl, b"")?;
-        }
-        self.ready = true;
         Ok(())
     }
 
-    /// Drops day partitions older than the retention (servers without TTL).
-    pub fn drop_old_partitions(&mut self, now_ms: i64) -> Result<Vec<String>, String> {
-        self.ensure_table()?;
-        let cutoff = utc_day(now_ms - (self.retention_days as i64 - 1) * 86_400_000);
-        let list = self.query(
-            &format!(
-                "SELECT DISTINCT partition FROM system.parts WHERE database = '{}' AND table = '{}' AND active FORMAT TabSeparated",
-                self.cfg.database, self.cfg.table
-            ),
-            b"",
-        )?;
-        let mut dropped = Vec::new();
-        for p in list.lines().map(str::trim).filter(|p| !p.is_empty()) {
-            // TabSeparated escapes quotes: '2024-01-01' arrives as \'2024-01-01\'
-            let day = p.replace("\\'", "").replace('\'', "");
-            if day.len() == 10 && day.as_str() < cutoff.as_str() {
-                self.query(
-                    &format!(
-                        "ALTER TABLE {}.{} DROP PARTITION '{day}'",
-                        self.cfg.database, self.cfg.table
-                    ),
-                    b"",
-                )?;
-                dropped.push(day);
+    /// Drops the monthly partitions older than the retention, each drop in
+    /// the audit log.
+    pub fn drop_old_partitions(&mut self, now_ms: i64) -> Result<RetentionReport, String> {
+        self.ensure_tables()?;
+        let res = self.client.drop_old_partitions(now_ms, self.retention_days);
+        if let Some(a) = &self.audit {
+            let events: Vec<AuditEvent> = match &res {
+                Ok(rep) => rep
+                    .dropped
+                    .iter()
+                    .map(|(partition, rows)| AuditEvent::PartitionDrop {
+                        table: rep.table.clone(),
+                        partition: partition.clone(),
+                        rows: *rows,
+                        retention_days: self.retention_days,
+                        cutoff_day: rep.cutoff_day.clone(),
+                        error: None,
+                    })
+                    .collect(),
+                Err(e) => vec![AuditEvent::PartitionDrop {
+                    table: self.client.access(),
+                    partition: String::new(),
+                    rows: 0,
+                    retention_days: self.retention_days,
+                    cutoff_day: String::new(),
+                    error: Some(e.clone()),
+                }],
+            };
+            for ev in events {
+                if let Err(e) = a.append(ev) {
+                    tracing::error!("cannot write the audit log: {e}");
+                }
             }
         }
-        if !dropped.is_empty() {
+        let rep = res?;
+        if !rep.dropped.is_empty() {
             tracing::info!(
-                "clickhouse: dropped partitions older than {cutoff}: {}",
-                dropped.join(", ")
+                "clickhouse: dropped partitions of {} before {}: {:?}",
+                rep.table,
+                rep.cutoff_day,
+                rep.dropped
             );
         }
-        Ok(dropped)
+        Ok(rep)
     }
 
     /// The JSONEachRow line of one record.
@@ -705,18 +658,6 @@ impl ClickHouse {
     }
 }
 
-fn url_encode(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
-}
-
 impl Target for ClickHouse {
     fn name(&self) -> &'static str {
         "clickhouse"
@@ -728,25 +669,18 @@ impl Target for ClickHouse {
         self.cfg.batch_records
     }
     fn send(&mut self, batch: &[Shipped]) -> Result<(), String> {
-        self.ensure_table()?;
+        self.ensure_tables()?;
         let mut body = Vec::with_capacity(batch.len() * 400);
         for s in batch {
             serde_json::to_writer(&mut body, &ClickHouse::row(s)).map_err(|e| e.to_string())?;
             body.push(b'\n');
         }
-        self.query(
-            &format!(
-                "INSERT INTO {}.{} FORMAT JSONEachRow",
-                self.cfg.database, self.cfg.table
-            ),
+        self.client.insert(
+            &format!("INSERT INTO {} FORMAT JSONEachRow", self.client.access()),
             &body,
-        )?;
-        Ok(())
+        )
     }
     fn maintain(&mut self, now_ms: i64) -> Result<(), String> {
-        if self.has_ttl && self.ready {
-            return Ok(());
-        }
         self.drop_old_partitions(now_ms).map(|_| ())
     }
 }
@@ -756,6 +690,7 @@ pub fn targets(
     syslog: &SyslogTarget,
     clickhouse: &ClickHouseTarget,
     retention_days: u32,
+    audit: Option<Arc<AuditLog>>,
 ) -> Result<Vec<Box<dyn Target>>, String> {
     let mut v: Vec<Box<dyn Target>> = Vec::new();
     if syslog.enabled {
@@ -765,6 +700,7 @@ pub fn targets(
         v.push(Box::new(ClickHouse::new(
             clickhouse.clone(),
             retention_days,
+            audit,
         )?));
     }
     Ok(v)
@@ -809,6 +745,9 @@ mod tests {
             url: "https://x".into(),
             ..Default::default()
         };
-        assert!(ClickHouse::new(c, 365).err().unwrap().contains("http://"));
+        assert!(ClickHouse::new(c, 365, None)
+            .err()
+            .unwrap()
+            .contains("http://"));
     }
 }

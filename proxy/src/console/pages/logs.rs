@@ -1,9 +1,10 @@
 //! Log search: the filters of `komugate logs search` (time range in the
-//! display zone), pages of results, a detail view per record, and CSV / xlsx
-//! export of the whole result, streamed. Every search runs on a
-//! low-priority thread of its own ([`crate::background`]), at most
-//! `[admin] max_searches` at once, never on the proxy's
-//! request path; every search, detail view and export is audited first.
+//! display zone) over ClickHouse or the local files ([`crate::logs::store`]),
+//! pages of results, a detail view per record, and CSV / xlsx export of the
+//! whole result, streamed. Every search runs on a low-priority thread of its
+//! own ([`crate::background`]), at most `[admin] max_searches` at once, never
+//! on the proxy's request path; every search, detail view and export is
+//! audited first.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -132,6 +133,7 @@ fn parse_search(ctx: &Ctx) -> Result<Search, String> {
         category: take(8),
         app: take(9),
         ips: take(10),
+        skip: 0,
         limit: None,
     };
     // Links keep the filters with the time range made explicit, so the
@@ -181,24 +183,24 @@ async fn fetch(
     take: u64,
 ) -> Result<(Vec<LogRecord>, bool), String> {
     let permit = slot(ctx).await?;
-    let dir = crate::logs::cli::log_dir(&ctx.gw.config);
+    let store = crate::logs::store::for_config(&ctx.gw.config)
+        .map_err(|e| ctx.fill("err_search", &[("detail", &e)]))?;
     let mut q = query.clone();
-    q.limit = Some(skip + take + 1);
+    q.skip = skip;
+    q.limit = Some(take + 1);
     let result = crate::background::run("komugate-search", move || {
         let _permit = permit;
-        let mut n = 0u64;
         let mut rows = Vec::new();
-        let mut more = false;
-        crate::logs::search(&dir, &q, |r| {
-            if n >= skip + take {
-                more = true;
-            } else if n >= skip {
+        store
+            .search(&q, &mut |r| {
                 rows.push(r);
-            }
-            n += 1;
-            Ok(true)
-        })
-        .map(|_| (rows, more))
+                Ok(true)
+            })
+            .map(|_| {
+                let more = rows.len() as u64 > take;
+                rows.truncate(take as usize);
+                (rows, more)
+            })
     })
     .await;
     match result {
@@ -417,7 +419,16 @@ pub async fn export(ctx: &Ctx<'_>) -> Response<Body> {
         Ok(p) => p,
         Err(e) => return ctx.error(StatusCode::SERVICE_UNAVAILABLE, "title_error", e),
     };
-    let dir = crate::logs::cli::log_dir(&ctx.gw.config);
+    let store = match crate::logs::store::for_config(&ctx.gw.config) {
+        Ok(s) => s,
+        Err(e) => {
+            return ctx.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "title_error",
+                ctx.fill("err_search", &[("detail", &e)]),
+            )
+        }
+    };
     let zone = ctx.gw.config.block_page.time_zone.clone();
     let offset = zone.offset_minutes();
     let query = search.query;
@@ -433,7 +444,7 @@ pub async fn export(ctx: &Ctx<'_>) -> Response<Body> {
                 buf: Vec::with_capacity(CHUNK),
             };
             let mut sink = Sink::new(format, out, &zone)?;
-            crate::logs::search(&dir, &query, |r| sink.write(&r).map(|_| true))?;
+            store.search(&query, &mut |r| sink.write(&r).map(|_| true))?;
             sink.finish()?.flush()
         };
         if let Err(e) = run() {

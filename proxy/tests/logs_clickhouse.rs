@@ -289,7 +289,11 @@ fn dataset() -> Vec<AccessRecord> {
             method: if i % 2 == 0 { "GET" } else { "CONNECT" }.into(),
             target,
             decision: decisions[i as usize % 5],
-            rule: format!("rule-{}", i % 6),
+            rule: match i % 10 {
+                5 => "dlp:mynumber".into(),
+                7 => "inspect (inspected)".into(),
+                _ => format!("rule-{}", i % 6),
+            },
             categories: match i % 4 {
                 0 => vec!["adult".into(), "gambling".into()],
                 1 => vec!["malware".into()],
@@ -299,6 +303,8 @@ fn dataset() -> Vec<AccessRecord> {
             ips: match i % 9 {
                 0 => Some("2001,2002".into()),
                 3 => Some("3001 4001".into()),
+                6 => Some("threat-intel, 2003".into()),
+                8 if i % 2 == 0 => Some("threat-intel".into()),
                 _ => None,
             },
             status: [200, 403, 502][i as usize % 3],
@@ -349,12 +355,21 @@ fn jst(ms: i64) -> String {
     format_with_offset(ms, 540, false)
 }
 
-#[test]
-fn same_searches_give_the_same_records_on_both_stores() {
-    let Some(server) = shared() else { return };
+/// The same records in a local log directory and in ClickHouse database
+/// `database`, and what the comparisons need to know about them.
+struct Filled {
+    _feed: Feed,
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    cfg: ClickHouseTarget,
+    first_ms: i64,
+    n: u64,
+}
+
+fn fill(server: &Server, database: &str) -> Filled {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("logs");
-    let cfg = server.target("cmp");
+    let cfg = server.target(database);
     let feed = Feed::start(
         &dir,
         Box::new(ClickHouse::new(cfg.clone(), 365, None).unwrap()),
@@ -366,17 +381,30 @@ fn same_searches_give_the_same_records_on_both_stores() {
         feed.sub.submit(r);
     }
     assert!(feed.sub.sync(Duration::from_secs(20)));
-    let ch = ClickHouseStore::new(&cfg).unwrap();
-    let local = LocalStore { dir: dir.clone() };
-    let final_count = format!("SELECT count() FROM {} FINAL", ch.client().access());
+    let c = Client::new(&cfg).unwrap();
+    let final_count = format!("SELECT count() FROM {} FINAL", c.access());
     assert!(
-        wait_for(Duration::from_secs(60), || scalar(
-            ch.client(),
-            &final_count
-        ) == n),
+        wait_for(Duration::from_secs(60), || scalar(&c, &final_count) == n),
         "every record reached ClickHouse ({} of {n})",
-        scalar(ch.client(), &final_count)
+        scalar(&c, &final_count)
     );
+    Filled {
+        _feed: feed,
+        _tmp: tmp,
+        dir,
+        cfg,
+        first_ms,
+        n,
+    }
+}
+
+#[test]
+fn same_searches_give_the_same_records_on_both_stores() {
+    let Some(server) = shared() else { return };
+    let f = fill(server, "cmp");
+    let (first_ms, n) = (f.first_ms, f.n);
+    let ch = ClickHouseStore::new(&f.cfg).unwrap();
+    let local = LocalStore { dir: f.dir.clone() };
 
     let q = |f: &dyn Fn(&mut Query)| {
         let mut q = Query::default();
@@ -561,7 +589,61 @@ fn same_searches_give_the_same_records_on_both_stores() {
         "{} searches compared, {nonempty} with matches",
         queries.len()
     );
-    drop(feed);
+}
+
+#[test]
+fn same_counts_on_both_stores() {
+    use komugate::aggregate::{GroupQuery, Key, Measure, SegmentStore};
+    let Some(server) = shared() else { return };
+    let f = fill(server, "agg");
+    let local = SegmentStore::new(f.dir.clone(), None);
+    let ch = komugate::logs::clickhouse_agg::ClickHouseAggregates::new(&f.cfg, None).unwrap();
+    let day = 86_400_000;
+    let jst = 9 * 3_600_000;
+    let (from, to) = (f.first_ms - day, f.first_ms + 6 * day);
+    let daily = Key::Time {
+        width_ms: day,
+        offset_ms: jst,
+    };
+    let queries = vec![
+        GroupQuery::total(from, to).with_devices(),
+        GroupQuery::total(from, to).by(&[Key::Site]).with_devices(),
+        GroupQuery::total(from, to).by(&[Key::Category]).blocked(),
+        GroupQuery::total(from, to)
+            .by(&[Key::Host])
+            .top(Measure::Blocks, 3),
+        GroupQuery::total(from, to).by(&[Key::App, daily]),
+        GroupQuery::total(f.first_ms + day + 3_600_000, f.first_ms + 2 * day).by(&[Key::Time {
+            width_ms: 3_600_000,
+            offset_ms: jst,
+        }]),
+        GroupQuery::total(from, to).by(&[Key::Site, Key::Category, daily]),
+        GroupQuery::total(from, to)
+            .by(&[Key::Site])
+            .with_devices()
+            .top(Measure::Devices, 2),
+        GroupQuery::total(from, to)
+            .by(&[Key::Category])
+            .top(Measure::ThreatIntel, 4),
+        GroupQuery::total(from, to)
+            .by(&[Key::Host])
+            .top(Measure::IpsEvents, 2),
+        GroupQuery::total(to, to + day).by(&[Key::Site]),
+    ];
+    for q in &queries {
+        let a = local.count(std::slice::from_ref(q)).unwrap().remove(0);
+        let b = ch.count(q).unwrap();
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert_eq!(a, b, "same figures for {q:?}");
+    }
+    let all = ch.count(&queries[0]).unwrap().total;
+    // Inspected CONNECT tunnels are not counted; every measure is exercised.
+    assert!(all.requests > 0 && all.requests < f.n, "{all:?}");
+    assert!(
+        all.blocks > 0 && all.ips_events > 0 && all.threat_intel > 0 && all.dlp_blocks > 0,
+        "{all:?}"
+    );
+    assert_eq!(all.devices, 13 + EVIL.len() as u64);
 }
 
 #[test]

@@ -310,11 +310,21 @@ pub trait LogAggregates: Send + Sync {
     }
 }
 
-/// The store a configuration reads: the local log directory.
+/// The store a configuration reads: ClickHouse when `[log.clickhouse]` is
+/// enabled (every replica's records), else the local log directory.
 pub fn for_config(
     config: &crate::config::Config,
     slots: Option<Arc<tokio::sync::Semaphore>>,
 ) -> Arc<dyn LogAggregates> {
+    if config.log.clickhouse.enabled {
+        match crate::logs::clickhouse_agg::ClickHouseAggregates::new(
+            &config.log.clickhouse,
+            slots.clone(),
+        ) {
+            Ok(a) => return Arc::new(a),
+            Err(e) => tracing::error!("{e}; the figures are this gateway's own logs only"),
+        }
+    }
     Arc::new(SegmentStore::new(crate::logs::cli::log_dir(config), slots))
 }
 

@@ -11,7 +11,8 @@
 //! - [`audit`]: the audit log and its verification
 //! - [`ship`]: RFC 5424 syslog (TCP/TLS) and ClickHouse shipping;
 //!   [`audit_ship`]: the audit log to ClickHouse
-//! - [`clickhouse`]: ClickHouse client, tables and retention by month
+//! - [`clickhouse`]: ClickHouse client, tables and retention by month;
+//!   [`clickhouse_agg`]: the dashboard's and report's counts in SQL
 //! - [`store`]: one search interface over the local files or ClickHouse
 //! - [`cli`]: `komugate logs …` and `komugate audit …`
 //! - [`admin_http`]: `GET /admin/logs` on the admin listener
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod audit_ship;
 pub mod cli;
 pub mod clickhouse;
+pub mod clickhouse_agg;
 pub mod export;
 pub mod layout;
 pub mod query;

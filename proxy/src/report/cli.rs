@@ -114,13 +114,23 @@ fn monthly(a: MonthlyArgs) -> Result<()> {
         .dir
         .clone()
         .unwrap_or_else(|| crate::logs::cli::log_dir(&config));
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "log directory {} does not exist: pass the gateway's log directory with --dir (e.g. komugate-data/logs) or its configuration with --config",
-            dir.display()
-        );
-    }
-    let store = SegmentStore::new(dir, None);
+    // Gateway-wide from ClickHouse when the configuration logs there.
+    let store: std::sync::Arc<dyn LogAggregates> = if a.loc.dir.is_none()
+        && config.log.clickhouse.enabled
+    {
+        std::sync::Arc::new(
+            crate::logs::clickhouse_agg::ClickHouseAggregates::new(&config.log.clickhouse, None)
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                    "log directory {} does not exist: pass the gateway's log directory with --dir (e.g. komugate-data/logs) or its configuration with --config",
+                    dir.display()
+                );
+        }
+        std::sync::Arc::new(SegmentStore::new(dir, None))
+    };
     let audit_log = if a.loc.dir.is_some() {
         a.loc.audit_log()?
     } else {
@@ -156,12 +166,7 @@ fn monthly(a: MonthlyArgs) -> Result<()> {
         .build()
         .context("cannot start the runtime")?;
     let report = rt
-        .block_on(MonthlyReport::build(
-            &store as &dyn LogAggregates,
-            month,
-            offset_min,
-            &zone,
-        ))
+        .block_on(MonthlyReport::build(&*store, month, offset_min, &zone))
         .map_err(|e| anyhow::anyhow!("cannot count {}: {e}", month.label()))?;
     let bytes = match format {
         Format::Xlsx => super::xlsx::workbook(&report).map_err(anyhow::Error::msg)?,

@@ -539,9 +539,13 @@ fn same_searches_give_the_same_records_on_both_stores() {
             set(&mut query, &e);
             queries.push((query, false));
         }
-        let mut query = Query::default();
-        query.ips = Some(e.clone());
-        queries.push((query, false));
+        queries.push((
+            Query {
+                ips: Some(e.clone()),
+                ..Default::default()
+            },
+            false,
+        ));
     }
     let mut nonempty = 0;
     for (query, must_match) in &queries {

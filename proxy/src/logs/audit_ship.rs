@@ -90,19 +90,31 @@ fn read_cursor(path: &Path) -> (u64, String) {
         .unwrap_or((0, GENESIS.to_string()))
 }
 
-/// The rows of up to [`BATCH`] entries after `offset`, the offset after
-/// them and the last hash; `None` when the first entry does not continue
+/// The rows of up to [`BATCH`] entries after `offset`; `None` when the first entry does not continue
 /// `last_hash` (empty: no check).
+/// JSONEachRow rows, entries in them, the offset after them, the last hash.
+#[derive(Default)]
+struct Batch {
+    body: Vec<u8>,
+    entries: usize,
+    end: u64,
+    last_hash: String,
+}
+
 fn read_batch(
     audit_log: &Path,
     offset: u64,
     last_hash: &str,
     instance: &str,
-) -> io::Result<Option<(Vec<u8>, usize, u64, String)>> {
+) -> io::Result<Option<Batch>> {
     let mut f = match File::open(audit_log) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Some((Vec::new(), 0, offset, last_hash.to_string())))
+            return Ok(Some(Batch {
+                end: offset,
+                last_hash: last_hash.to_string(),
+                ..Batch::default()
+            }))
         }
         Err(e) => return Err(e),
     };
@@ -156,7 +168,12 @@ fn read_batch(
         hash = e.hash;
         n += 1;
     }
-    Ok(Some((body, n, pos, hash)))
+    Ok(Some(Batch {
+        body,
+        entries: n,
+        end: pos,
+        last_hash: hash,
+    }))
 }
 
 /// Sends the next batch; returns the entries sent.
@@ -180,15 +197,15 @@ fn ship_once(
             read(0, "")?.unwrap_or_default()
         }
     };
-    let (body, n, pos, last) = batch;
-    if n == 0 {
+    if batch.entries == 0 {
         return Ok(0);
     }
     client.insert(
         &format!("INSERT INTO {} FORMAT JSONEachRow", client.audit()),
-        &body,
+        &batch.body,
     )?;
-    super::segment::write_atomic(cursor, format!("{pos} {last}\n").as_bytes())
+    let cursor_text = format!("{} {}\n", batch.end, batch.last_hash);
+    super::segment::write_atomic(cursor, cursor_text.as_bytes())
         .map_err(|e| format!("{}: {e}", cursor.display()))?;
-    Ok(n)
+    Ok(batch.entries)
 }

@@ -304,6 +304,7 @@ fn planted_record() -> String {
         "user": "<img src=x onerror=alert(1)>", "client": "127.0.0.9:5000",
         "method": "GET", "target": "http://planted.test/@SUM(1+1)", "host": "planted.test",
         "decision": "block", "rule": "+HYPERLINK(\"http://evil\")", "status": 403,
+        "categories": ["gambling"],
     })
     .to_string()
 }
@@ -396,6 +397,11 @@ async fn search_finds_traffic_just_sent_and_exports_it() {
             "{html}"
         );
         assert!(!html.contains("<img src=x"), "{html}");
+        // Categories read as their Japanese labels in the list.
+        assert!(
+            html.contains("<td>ギャンブル</td>") && !html.contains("<td>gambling</td>"),
+            "{html}"
+        );
         let p = c
             .get("/console/logs?host=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
             .await;

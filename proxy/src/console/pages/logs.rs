@@ -253,6 +253,7 @@ pub async fn search_page(ctx: &Ctx<'_>) -> Response<Body> {
         }
     };
     let first = (page - 1) * PAGE_SIZE;
+    let en = ctx.lang == crate::console::text::Lang::En;
     let rows: Vec<serde_json::Value> = rows
         .iter()
         .enumerate()
@@ -262,7 +263,7 @@ pub async fn search_page(ctx: &Ctx<'_>) -> Response<Body> {
                 "time": ctx.local_time(r.time_ms),
                 "device": r.device, "user": r.user, "site": r.site,
                 "action": r.action, "host": r.host, "rule": r.rule,
-                "categories": r.categories.join(", "),
+                "categories": category_cell(&r.categories, en),
                 "explain": explain_query(r),
             })
         })
@@ -274,6 +275,22 @@ pub async fn search_page(ctx: &Ctx<'_>) -> Response<Body> {
             "more": more, "query": search.link, "can_export": can_export,
         }),
     )
+}
+
+/// A record's categories as staff read them: the Japanese labels (ギャンブル),
+/// or the English ones under the English switch; unknown ids as they are.
+fn category_cell(ids: &[String], en: bool) -> String {
+    ids.iter()
+        .map(|id| {
+            let (ja, en_label) = crate::report::category_labels(id);
+            if en {
+                en_label
+            } else {
+                ja
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The filters as typed (for a form shown again with an error).

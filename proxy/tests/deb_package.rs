@@ -501,13 +501,15 @@ fn packaged_gateway_serves_its_config_and_reloads_on_sighup() {
     // Logs on the state directory: the live access log's folder and the
     // audit log, which names the SIGHUP reload.
     assert!(state.join("logs").is_dir());
-    let audit = std::fs::read_to_string(state.join("audit.log")).unwrap();
-    assert!(
+    // The audit entry is appended just after the new generation is swapped
+    // in (the metric above), so wait for it too.
+    until("a SIGHUP reload in the audit log", || {
+        let audit = std::fs::read_to_string(state.join("audit.log")).ok()?;
         audit
             .lines()
-            .any(|l| l.contains("\"policy_reload\"") && l.contains("\"sighup\"")),
-        "no SIGHUP reload in the audit log:\n{audit}"
-    );
+            .any(|l| l.contains("\"policy_reload\"") && l.contains("\"sighup\""))
+            .then_some(())
+    });
 
     run("kill", &["-TERM", &pid]);
     let status = gateway.0.wait().unwrap();

@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::{
     rank, AggError, AggFuture, AggManyFuture, Counts, GroupQuery, Grouped, Key, KeyValue,
@@ -27,9 +26,6 @@ use crate::logs::segment::{Block, Dict, IndexField, SegmentIndex, SegmentReader,
 
 /// Groups kept in the per-segment cache, all entries together.
 pub const CACHE_GROUPS: usize = 2_000_000;
-/// How long a count waits for a free slot.
-const QUEUE_WAIT: Duration = Duration::from_secs(10);
-
 /// This gateway's log directory as a [`LogAggregates`].
 #[derive(Clone)]
 pub struct SegmentStore {
@@ -242,18 +238,7 @@ impl LogAggregates for SegmentStore {
             for q in &qs {
                 q.check()?;
             }
-            let permit = match &inner.slots {
-                Some(s) => Some(
-                    tokio::time::timeout(QUEUE_WAIT, s.clone().acquire_owned())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .ok_or_else(|| {
-                            AggError::new("other log searches are running; try again shortly")
-                        })?,
-                ),
-                None => None,
-            };
+            let permit = crate::aggregate::wait_for_slot(&inner.slots).await?;
             crate::background::run("komugate-count", move || {
                 let _permit = permit;
                 inner.count(&qs)

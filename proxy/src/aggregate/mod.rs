@@ -344,6 +344,23 @@ pub fn rank(rows: &mut Vec<Row>, top: Option<(Measure, usize)>) {
     }
 }
 
+/// How long a count waits for one of the bounded search slots before it
+/// gives up with a "try again" answer.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One of the bounded search slots both stores share (`None`: unbounded).
+pub(crate) async fn wait_for_slot(
+    slots: &Option<Arc<tokio::sync::Semaphore>>,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, AggError> {
+    let Some(s) = slots else { return Ok(None) };
+    tokio::time::timeout(QUEUE_WAIT, s.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(Some)
+        .ok_or_else(|| AggError::new("other log searches are running; try again shortly"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,6 @@
 //! and cap. Reads use `FINAL`, so a batch stored twice counts once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::clickhouse::{sql_string, Client};
 use super::record::utc_day;
@@ -15,9 +14,6 @@ use crate::aggregate::{
     AggError, AggFuture, Counts, GroupQuery, Grouped, Key, KeyValue, LogAggregates, Measure, Only,
     Row, Source, MAX_GROUPS,
 };
-
-/// How long a count waits for a free slot (as the local store).
-const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// The access-log table as a [`LogAggregates`].
 #[derive(Clone)]
@@ -247,18 +243,7 @@ impl LogAggregates for ClickHouseAggregates {
         let this = self.clone();
         Box::pin(async move {
             q.check()?;
-            let permit = match &this.slots {
-                Some(s) => Some(
-                    tokio::time::timeout(QUEUE_WAIT, s.clone().acquire_owned())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .ok_or_else(|| {
-                            AggError::new("other log searches are running; try again shortly")
-                        })?,
-                ),
-                None => None,
-            };
+            let permit = crate::aggregate::wait_for_slot(&this.slots).await?;
             crate::background::run("komugate-count", move || {
                 let _permit = permit;
                 this.count(&q)

@@ -430,6 +430,34 @@ impl Matcher {
         }
     }
 
+    /// Whether the path or scheme of a request to `host` can change its
+    /// categories: some url entry is listed under the host, or expressions
+    /// or adblock URL patterns are loaded. When false, every request to the
+    /// host has the categories of `lookup_request(_, host, "")` (callers
+    /// that evaluate many requests, such as a policy dry run, group them).
+    pub fn path_matters(&self, host: &str) -> bool {
+        if self.regexes.is_some() || self.patterns.is_some() {
+            return true;
+        }
+        if self.url_hosts.is_empty() {
+            return false;
+        }
+        let mut buf = [0u8; 256];
+        let owned;
+        let h: &[u8] = match fast_host(host, &mut buf) {
+            Some(n) => &buf[..n],
+            None => match normalize_host(host) {
+                Ok(h) => {
+                    owned = h;
+                    owned.as_bytes()
+                }
+                Err(_) => return false,
+            },
+        };
+        let uh = if is_ip(h) { h } else { strip_www(h) };
+        self.url_hosts.get(hash_key(uh), uh).is_some()
+    }
+
     /// Convenience: full URL (`http://h:p/path?q`, `HTTPS://...`, or
     /// `host/path`, taken as `http`).
     pub fn lookup_url(&self, url: &str) -> CategorySet {

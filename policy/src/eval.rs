@@ -74,8 +74,9 @@ pub struct Egress {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Decision {
     pub action: Action,
-    /// The deciding rule's name; `"default"`, `"allow-list"`, `"deny-list"` or
-    /// `"deny-list:<group>"` for the built-in steps.
+    /// The deciding rule's name; `"default"`, `"allow-list"`, `"deny-list"`,
+    /// `"deny-list:<group>"`, `"policy-deny-list:<policy>"` or
+    /// `"category-block:<policy>"` for the built-in steps.
     pub rule: String,
     /// `file:line` of the deciding rule (None for built-in steps).
     pub rule_origin: Option<String>,
@@ -304,14 +305,20 @@ impl Policy {
             minute,
         };
 
-        // 1. deny lists, 2. allow lists, 3. the user's policy rules, 4. default.
+        // 1. deny lists, 2. allow lists, 3. the policy's blocked categories,
+        // 4. the user's policy rules, 5. default.
+        let t_ms = unix_ms(req.time);
+        let policy = self
+            .policies
+            .iter()
+            .find(|p| p.groups.as_ref().is_none_or(|g| g.intersects(&groups)));
         let mut decided: Option<(Action, String, Option<&Rule>)> = None;
-        if cats.intersects(&self.deny_global) {
+        if self.deny_global.hits(&cats, t_ms) {
             decided = Some((Action::Block, "deny-list".into(), None));
         }
         if decided.is_none() {
             for (g, _, deny) in &self.group_lists {
-                if groups.contains(*g) && cats.intersects(deny) {
+                if groups.contains(*g) && deny.hits(&cats, t_ms) {
                     decided = Some((
                         Action::Block,
                         format!("deny-list:{}", self.groups[*g].name),
@@ -319,6 +326,11 @@ impl Policy {
                     ));
                     break;
                 }
+            }
+        }
+        if decided.is_none() {
+            if let Some(p) = policy.filter(|p| p.deny.hits(&cats, t_ms)) {
+                decided = Some((Action::Block, format!("policy-deny-list:{}", p.name), None));
             }
         }
         // With a `[firewall]`, a CONNECT to a port outside `web_ports` is not
@@ -332,19 +344,26 @@ impl Policy {
             decided = Some((Action::Allow, FIREWALL_DECIDES.into(), None));
         }
         if decided.is_none() {
-            let allowed = cats.intersects(&self.allow_global)
+            let allowed = self.allow_global.hits(&cats, t_ms)
                 || self
                     .group_lists
                     .iter()
-                    .any(|(g, allow, _)| groups.contains(*g) && cats.intersects(allow));
+                    .any(|(g, allow, _)| groups.contains(*g) && allow.hits(&cats, t_ms))
+                || policy.is_some_and(|p| p.allow.hits(&cats, t_ms));
             if allowed {
                 decided = Some((Action::Allow, "allow-list".into(), None));
             }
         }
-        let policy = self
-            .policies
-            .iter()
-            .find(|p| p.groups.as_ref().is_none_or(|g| g.intersects(&groups)));
+        if decided.is_none() {
+            if let Some(p) = policy.filter(|p| p.block_categories.intersects(&cats)) {
+                decided = Some((Action::Block, format!("category-block:{}", p.name), None));
+            }
+        }
+        // The policy's ignored categories are invisible to its rules.
+        let mut ctx = ctx;
+        if let Some(p) = policy {
+            ctx.cats = ctx.cats.difference(p.ignore_categories);
+        }
         if decided.is_none() {
             if let Some(p) = policy {
                 for &ri in &p.rules {
@@ -446,6 +465,14 @@ impl Policy {
             firewall: rule.and_then(|r| r.firewall.clone()),
             request,
         }
+    }
+}
+
+/// Unix time in milliseconds (negative before 1970).
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod casb;
 mod compile;
+mod dependence;
 mod diag;
 mod eval;
 pub mod pattern;
@@ -21,6 +22,7 @@ pub mod wording;
 
 pub use casb::{CasbSettings, Dlp, DlpPattern, TenantRestriction};
 pub use compile::{builtin_apps, check, Summary};
+pub use dependence::SubjectKey;
 pub use diag::{Diagnostic, PolicyErrors};
 pub use eval::{
     Decision, Egress, FirewallRequest, FirewallVerdict, Location, Request, Scheme, FIREWALL_DECIDES,
@@ -377,6 +379,27 @@ pub(crate) struct FirewallSettings {
 /// Default `web_ports` of `[firewall]`.
 pub const FIREWALL_WEB_PORTS: &[u16] = &[80, 443, 8080, 8443];
 
+/// One allow or deny list as internal categories of the matcher: entries
+/// without `until` in `permanent`; entries with one grouped by date, each
+/// applying while the request's time is before its end (ms).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ListMasks {
+    pub permanent: CategorySet,
+    pub expiring: Vec<(i64, CategorySet)>,
+}
+
+impl ListMasks {
+    /// Whether a request with categories `cats` at `t_ms` is on the list.
+    #[inline]
+    pub fn hits(&self, cats: &CategorySet, t_ms: i64) -> bool {
+        cats.intersects(&self.permanent)
+            || self
+                .expiring
+                .iter()
+                .any(|(until, s)| t_ms < *until && cats.intersects(s))
+    }
+}
+
 /// A per-group policy: the concatenation of the rule sets it names.
 #[derive(Clone, Debug)]
 pub(crate) struct GroupPolicy {
@@ -385,6 +408,13 @@ pub(crate) struct GroupPolicy {
     pub groups: Option<GroupBits>,
     pub rules: Vec<usize>,
     pub default_action: Option<Action>,
+    /// The policy's own allow / deny lists (`allow`, `deny`, `*_files`).
+    pub allow: ListMasks,
+    pub deny: ListMasks,
+    /// `block_categories`: blocked for this policy's users before its rules.
+    pub block_categories: CategorySet,
+    /// `ignore_categories`: the policy's rules do not see these categories.
+    pub ignore_categories: CategorySet,
 }
 
 /// A compiled, immutable policy (Send + Sync). Cheap to share behind an `Arc`.
@@ -412,10 +442,10 @@ pub struct Policy {
     pub(crate) matcher: Matcher,
     /// Visible (blocklist) categories, i.e. not the internal `@allow`/`@deny` ones.
     pub(crate) visible: CategorySet,
-    pub(crate) allow_global: CategorySet,
-    pub(crate) deny_global: CategorySet,
+    pub(crate) allow_global: ListMasks,
+    pub(crate) deny_global: ListMasks,
     /// (group index, allow, deny)
-    pub(crate) group_lists: Vec<(usize, CategorySet, CategorySet)>,
+    pub(crate) group_lists: Vec<(usize, ListMasks, ListMasks)>,
     pub(crate) source_files: Vec<PathBuf>,
     pub(crate) digest: String,
     pub(crate) import: ImportSummary,
@@ -425,6 +455,8 @@ pub struct Policy {
     pub(crate) has_casb_rules: bool,
     /// `[firewall]`; `None` when the document has no such section.
     pub(crate) firewall: Option<FirewallSettings>,
+    /// When decisions can change with the time (see `dependence`).
+    pub(crate) time_profile: dependence::TimeProfile,
 }
 
 impl Policy {
@@ -563,6 +595,80 @@ impl Policy {
                     .collect(),
             )
         })
+    }
+}
+
+/// How one category stands in one `[[policy]]` (the console's switches).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CategoryState {
+    pub category: String,
+    /// In the policy's `block_categories`.
+    pub blocked_by_policy: bool,
+    /// In the policy's `ignore_categories` (its rules do not see it).
+    pub ignored: bool,
+    /// Blocking rules of the policy that name the category (in order).
+    pub blocking_rules: Vec<String>,
+}
+
+impl CategoryState {
+    /// Whether requests in this category (and no other) are blocked for the
+    /// policy's users by the category itself.
+    pub fn blocked(&self) -> bool {
+        self.blocked_by_policy || (!self.ignored && !self.blocking_rules.is_empty())
+    }
+}
+
+impl Policy {
+    /// The names of the document's `[[policy]]` sections, in order (empty
+    /// when it has none and its top-level rules apply to everyone).
+    pub fn policy_names(&self) -> Vec<String> {
+        if self.policies.len() == 1
+            && self.policies[0].name == "main"
+            && self.policies[0].groups.is_none()
+        {
+            return Vec::new();
+        }
+        self.policies.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// Every blocklist category (not the internal list categories), sorted.
+    pub fn category_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .visible
+            .iter()
+            .map(|c| self.matcher.category_name(c).to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Each blocklist category's state in `[[policy]]` `name`; `None` when
+    /// there is no such policy.
+    pub fn category_states(&self, name: &str) -> Option<Vec<CategoryState>> {
+        let p = self.policies.iter().find(|p| p.name == name)?;
+        Some(
+            self.category_names()
+                .into_iter()
+                .map(|category| {
+                    let id = self.matcher.category_id(&category);
+                    let has = |set: &CategorySet| id.is_some_and(|i| set.contains(i));
+                    let blocking_rules = p
+                        .rules
+                        .iter()
+                        .map(|&i| &self.rules[i])
+                        .filter(|r| r.decides && r.action == Action::Block)
+                        .filter(|r| r.categories.as_ref().is_some_and(&has))
+                        .map(|r| r.name.clone())
+                        .collect();
+                    CategoryState {
+                        blocked_by_policy: has(&p.block_categories),
+                        ignored: has(&p.ignore_categories),
+                        blocking_rules,
+                        category,
+                    }
+                })
+                .collect(),
+        )
     }
 }
 

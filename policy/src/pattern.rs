@@ -281,6 +281,56 @@ pub fn parse_offset(s: &str) -> Result<i32, String> {
     Ok(sign * m * 60)
 }
 
+/// Days since 1970-01-01 of a calendar date `YYYY-MM-DD` (the format of
+/// list-entry expiry dates); `Err` says what is wrong.
+pub fn parse_date(s: &str) -> Result<i64, String> {
+    let bad = || format!("`{s}` is not a date (write it like \"2026-03-31\")");
+    let b = s.trim().as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        let t = std::str::from_utf8(&b[r]).map_err(|_| bad())?;
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        t.parse::<i64>().map_err(|_| bad())
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m) || d < 1 || d > month_days[(m - 1) as usize] {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Ok(era * 146_097 + doe - 719_468)
+}
+
+/// The Unix time (ms) at which an entry valid through local date `day`
+/// (days since 1970-01-01) stops applying: the next local midnight.
+pub fn end_of_local_day_ms(day: i64, offset_secs: i32) -> i64 {
+    ((day + 1) * 86_400 - offset_secs as i64) * 1000
+}
+
 /// (weekday Monday=0, minute of day) for a time at a fixed UTC offset.
 pub fn local_day_minute(t: std::time::SystemTime, offset_secs: i32) -> (u8, u16) {
     let secs: i64 = match t.duration_since(std::time::UNIX_EPOCH) {
@@ -298,6 +348,18 @@ pub fn local_day_minute(t: std::time::SystemTime, offset_secs: i32) -> (u8, u16)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date("1970-01-01"), Ok(0));
+        assert_eq!(parse_date("2026-03-31"), Ok(20_543));
+        assert_eq!(parse_date("2024-02-29"), Ok(19_782));
+        assert!(parse_date("2025-02-29").is_err());
+        assert!(parse_date("2026-3-31").is_err());
+        assert!(parse_date("2026-13-01").is_err());
+        // Through 2026-03-31 in JST: until 2026-03-31T15:00:00Z.
+        assert_eq!(end_of_local_day_ms(20_543, 9 * 3600), 1_774_969_200_000);
+    }
     #[test]
     fn host_patterns() {
         let exact = HostPattern::parse("Example.com").unwrap();

@@ -61,6 +61,7 @@ pub mod pac;
 pub mod pki;
 pub mod pki_audit;
 pub mod policy_document;
+pub mod policy_edit;
 pub mod record;
 pub mod replay_body;
 pub mod report;

@@ -21,9 +21,11 @@ pub(super) struct Categories {
     pub remote_sources: Vec<RemoteSource>,
     pub matcher: Matcher,
     pub visible: CategorySet,
-    pub allow_global: CategorySet,
-    pub deny_global: CategorySet,
-    pub group_lists: Vec<(usize, CategorySet, CategorySet)>,
+    pub allow_global: ListMasks,
+    pub deny_global: ListMasks,
+    pub group_lists: Vec<(usize, ListMasks, ListMasks)>,
+    /// (policy name, allow, deny) of the `[[policy]]` lists.
+    pub policy_lists: Vec<(String, ListMasks, ListMasks)>,
 }
 
 /// `None` when the matcher cannot be built (reported).
@@ -35,7 +37,7 @@ pub(super) fn section(
     let mut builder = MatcherBuilder::new();
     let mut declared: HashSet<String> = HashSet::new();
     let mut import = ImportSummary::default();
-    let mut global_lists: Vec<ListSpec> = Vec::new();
+    let (mut global_allow, mut global_deny) = (None, None);
     let mut remote_sources: Vec<RemoteSource> = Vec::new();
     if let Some((ct, _)) = cx.table(root, "categories") {
         cx.keys(
@@ -279,15 +281,30 @@ pub(super) fn section(
             import.invalid_lines += rep.invalid_lines;
             import.sources.push(rep);
         }
-        if let Some(s) = list_spec(cx, ct, "[categories]", "allow", "@allow".into()) {
-            global_lists.push(s);
-        }
-        if let Some(s) = list_spec(cx, ct, "[categories]", "deny", "@deny".into()) {
-            global_lists.push(s);
-        }
+        global_allow = list_spec(cx, ct, "[categories]", "allow", "@allow".into());
+        global_deny = list_spec(cx, ct, "[categories]", "deny", "@deny".into());
     }
-    for s in &global_lists {
+    for s in [&global_allow, &global_deny].into_iter().flatten() {
         add_lists(cx, &mut builder, s);
+    }
+    // `[[policy]]` allow / deny lists (the rest of a policy is read later,
+    // once the matcher exists; its shape errors are reported there).
+    let mut policy_specs: Vec<(String, Option<ListSpec>, Option<ListSpec>)> = Vec::new();
+    if let Some(toml_edit::Item::ArrayOfTables(a)) = root.get("policy") {
+        for t in a.iter() {
+            let Some(name) = t.get("name").and_then(|n| n.as_str()) else {
+                continue;
+            };
+            let what = format!("policy `{name}`");
+            let allow = list_spec(cx, t, &what, "allow", format!("@allow#{name}"));
+            let deny = list_spec(cx, t, &what, "deny", format!("@deny#{name}"));
+            for s in [&allow, &deny].into_iter().flatten() {
+                add_lists(cx, &mut builder, s);
+            }
+            if allow.is_some() || deny.is_some() {
+                policy_specs.push((name.to_string(), allow, deny));
+            }
+        }
     }
     for (_, a, d) in &groups.lists {
         for s in [a, d].into_iter().flatten() {
@@ -301,13 +318,6 @@ pub(super) fn section(
             return None;
         }
     };
-    let mask = |name: &str| {
-        let mut s = CategorySet::empty();
-        if let Some(id) = matcher.category_id(name) {
-            s.insert(id);
-        }
-        s
-    };
     let mut visible = CategorySet::empty();
     for (i, n) in matcher.category_names().iter().enumerate() {
         if !n.starts_with('@') {
@@ -315,17 +325,26 @@ pub(super) fn section(
             declared.insert(n.clone());
         }
     }
-    let allow_global = mask("@allow");
-    let deny_global = mask("@deny");
-    let group_lists: Vec<(usize, CategorySet, CategorySet)> = groups
+    let allow_global = masks_of(global_allow.as_ref(), &matcher);
+    let deny_global = masks_of(global_deny.as_ref(), &matcher);
+    let group_lists: Vec<(usize, ListMasks, ListMasks)> = groups
         .lists
         .iter()
-        .map(|(g, _, _)| {
-            let n = &groups.groups[*g].name;
+        .map(|(g, a, d)| {
             (
                 *g,
-                mask(&format!("@allow:{n}")),
-                mask(&format!("@deny:{n}")),
+                masks_of(a.as_ref(), &matcher),
+                masks_of(d.as_ref(), &matcher),
+            )
+        })
+        .collect();
+    let policy_lists = policy_specs
+        .iter()
+        .map(|(name, a, d)| {
+            (
+                name.clone(),
+                masks_of(a.as_ref(), &matcher),
+                masks_of(d.as_ref(), &matcher),
             )
         })
         .collect();
@@ -338,6 +357,7 @@ pub(super) fn section(
         allow_global,
         deny_global,
         group_lists,
+        policy_lists,
     })
 }
 
@@ -362,6 +382,38 @@ pub(super) struct ListSpec {
     cat: String,
     entries: Vec<(String, Span)>,
     files: Vec<(String, Span)>,
+    /// Entries with `until`: (entry, span, date) — each date is its own
+    /// internal category `<cat>~<date>` so it can stop applying at the
+    /// request's time without a reload.
+    expiring: Vec<(String, Span, String)>,
+    /// Distinct dates of `expiring` with the time (ms) each stops applying.
+    until: Vec<(String, i64)>,
+}
+
+/// The internal category names and expiry times of one allow or deny list.
+impl ListSpec {
+    fn masks(&self, matcher: &Matcher) -> ListMasks {
+        let mask = |name: &str| {
+            let mut s = CategorySet::empty();
+            if let Some(id) = matcher.category_id(name) {
+                s.insert(id);
+            }
+            s
+        };
+        ListMasks {
+            permanent: mask(&self.cat),
+            expiring: self
+                .until
+                .iter()
+                .map(|(date, ms)| (*ms, mask(&format!("{}~{date}", self.cat))))
+                .collect(),
+        }
+    }
+}
+
+/// The masks of an optional list (empty when the list is absent).
+pub(super) fn masks_of(spec: Option<&ListSpec>, matcher: &Matcher) -> ListMasks {
+    spec.map(|s| s.masks(matcher)).unwrap_or_default()
 }
 
 /// Adds inline entries and list files to the builder; problems are errors
@@ -369,6 +421,11 @@ pub(super) struct ListSpec {
 fn add_lists(cx: &mut Cx<'_>, b: &mut MatcherBuilder, spec: &ListSpec) {
     for (e, sp) in &spec.entries {
         if let Err(msg) = add_entry(b, &spec.cat, e) {
+            cx.err(sp, format!("invalid list entry `{e}`: {msg}"));
+        }
+    }
+    for (e, sp, date) in &spec.expiring {
+        if let Err(msg) = add_entry(b, &format!("{}~{date}", spec.cat), e) {
             cx.err(sp, format!("invalid list entry `{e}`: {msg}"));
         }
     }
@@ -394,18 +451,119 @@ pub(super) fn list_spec(
     kind: &str,
     cat: String,
 ) -> Option<ListSpec> {
-    let entries = cx.strs(t, kind, what).unwrap_or_default();
+    let (entries, expiring) = list_entries(cx, t, kind, what);
     let files = cx
         .strs(t, &format!("{kind}_files"), what)
         .unwrap_or_default();
-    if entries.is_empty() && files.is_empty() {
+    if entries.is_empty() && files.is_empty() && expiring.is_empty() {
         return None;
+    }
+    let mut until: Vec<(String, i64)> = Vec::new();
+    for (_, _, date) in &expiring {
+        if !until.iter().any(|(d, _)| d == date) {
+            let day = crate::pattern::parse_date(date).unwrap_or(0);
+            until.push((
+                date.clone(),
+                crate::pattern::end_of_local_day_ms(day, cx.tz_offset),
+            ));
+        }
     }
     Some(ListSpec {
         cat,
         entries,
         files,
+        expiring,
+        until,
     })
+}
+
+/// The entries of an allow or deny list: strings, or inline tables
+/// `{ entry = "example.com", until = "2026-03-31", note = "…" }` whose
+/// entry applies through `until` (inclusive, in the policy's timezone).
+/// Returns (permanent entries, expiring entries with their date).
+#[allow(clippy::type_complexity)]
+fn list_entries(
+    cx: &mut Cx<'_>,
+    t: &dyn TableLike,
+    kind: &str,
+    what: &str,
+) -> (Vec<(String, Span)>, Vec<(String, Span, String)>) {
+    let (mut plain, mut expiring) = (Vec::new(), Vec::new());
+    let Some(item) = t.get(kind) else {
+        return (plain, expiring);
+    };
+    if let Some(s) = item.as_str() {
+        plain.push((s.to_string(), item.span()));
+        return (plain, expiring);
+    }
+    let Some(arr) = item.as_array() else {
+        cx.err(
+            &item.span(),
+            format!("`{kind}` in {what} must be an array of entries (strings, or {{ entry = \"…\", until = \"YYYY-MM-DD\" }})"),
+        );
+        return (plain, expiring);
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    for v in arr.iter() {
+        if let Some(s) = v.as_str() {
+            plain.push((s.to_string(), v.span()));
+            continue;
+        }
+        let Some(it) = v.as_inline_table() else {
+            cx.err(
+                &v.span(),
+                format!("`{kind}` in {what} must contain strings or {{ entry = \"…\", until = \"YYYY-MM-DD\" }} tables"),
+            );
+            continue;
+        };
+        let ewhat = format!("an entry of `{kind}` in {what}");
+        cx.keys(it, &ewhat, &["entry", "until", "note"]);
+        let entry = cx.req_str(it, "entry", &ewhat, &v.span());
+        let _ = cx.str(it, "note", &ewhat);
+        let until = match it.get("until") {
+            None => None,
+            Some(u) => {
+                let text = u
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| u.as_datetime().and_then(|d| d.date).map(|d| d.to_string()));
+                match text.as_deref().map(|d| (d, crate::pattern::parse_date(d))) {
+                    Some((d, Ok(day))) => {
+                        let end = crate::pattern::end_of_local_day_ms(day, cx.tz_offset);
+                        if end <= now_ms {
+                            cx.warn(
+                                &u.span(),
+                                format!(
+                                    "the entry expired after {d} and no longer applies; remove it"
+                                ),
+                            );
+                        }
+                        Some(d.to_string())
+                    }
+                    Some((_, Err(e))) => {
+                        cx.err(&u.span(), format!("`until` of {ewhat}: {e}"));
+                        None
+                    }
+                    None => {
+                        cx.err(
+                            &u.span(),
+                            format!("`until` of {ewhat} must be a date like \"2026-03-31\""),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        match (entry, until) {
+            (Some((e, sp)), Some(d)) => expiring.push((e, sp, d)),
+            (Some((e, sp)), None) if !it.contains_key("until") => plain.push((e, sp)),
+            _ => {}
+        }
+    }
+    (plain, expiring)
 }
 
 /// The download keys of a `[[categories.source]]` (None without `url`;

@@ -27,6 +27,9 @@ pub(super) struct Cx<'t> {
     pub base: PathBuf,
     /// The policy file and every file read while compiling it (for the digest).
     pub files: Vec<PathBuf>,
+    /// The document's `timezone` (seconds east of UTC), once read: list
+    /// entries' `until` dates end at its midnight.
+    pub tz_offset: i32,
 }
 
 impl<'t> Cx<'t> {

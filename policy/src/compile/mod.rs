@@ -38,13 +38,21 @@
 //!             (conditions include app, app_category, app_tenant = "own"|"other";
 //!             a rule with `casb` and no `action` only sets CASB controls)
 //! [[ruleset]] name, [[ruleset.rule]] ...
-//! [[policy]]  name, groups = [..] (omit = everyone), rulesets = [..], default
+//! [[policy]]  name, groups = [..] (omit = everyone), rulesets = [..], default,
+//!             allow/deny = [entries], allow_files/deny_files = [paths],
+//!             block_categories = [..] (blocked before its rules),
+//!             ignore_categories = [..] (its rules do not see them)
+//! list entries (in every allow/deny): "example.com" or
+//!             { entry = "example.com", until = "2026-03-31", note = ".." }
+//!             (applies through `until`, in `timezone`; no reload needed)
 //! ```
 //!
-//! Evaluation order: deny lists → allow lists → the rules of the first
-//! `[[policy]]` whose groups include one of the user's groups (or the
-//! top-level `[[rule]]`s when there is no `[[policy]]`), first match wins →
-//! the policy's `default` or `[defaults] action`.
+//! Evaluation order: deny lists (global, the user's groups', the user's
+//! policy's) → allow lists (the same three) → the policy's
+//! `block_categories` → the rules of the first `[[policy]]` whose groups
+//! include one of the user's groups (or the top-level `[[rule]]`s when
+//! there is no `[[policy]]`), first match wins → the policy's `default` or
+//! `[defaults] action`.
 
 mod apps;
 mod casb;
@@ -137,6 +145,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         s: Sink::new(file, text),
         base,
         files: vec![file.to_path_buf()],
+        tz_offset: 9 * 3600,
     };
     let doc = match ImDocument::parse(text) {
         Ok(d) => d,
@@ -152,6 +161,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
     // Sections in dependency order: rules resolve names of groups, sites,
     // apps, egress pools and categories; policies name rulesets.
     let header = document::header(&mut cx, root);
+    cx.tz_offset = header.tz_offset;
     let tenants = tenant::section(&mut cx, root);
     let sites = sites::section(&mut cx, root);
     let pac = sites::pac(&mut cx, root);
@@ -187,7 +197,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         matcher: &cats.matcher,
     };
     let rules = rules::section(&mut cx, root, &names);
-    let policies = policies::section(&mut cx, root, &names, &rules);
+    let policies = policies::section(&mut cx, root, &names, &rules, &cats.policy_lists);
     reachability::report_unreachable(
         &mut cx,
         &rules.rules,
@@ -284,6 +294,11 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         has_casb_rules,
         casb: casb_settings,
         firewall,
+        time_profile: Default::default(),
+    };
+    let policy = Policy {
+        time_profile: crate::dependence::TimeProfile::of(&policy),
+        ..policy
     };
     Ok((policy, summary))
 }

@@ -10,7 +10,8 @@ use super::cx::{key_span, Cx};
 use super::rules::Rules;
 use crate::diag::suggest;
 use crate::registry::GroupBits;
-use crate::GroupPolicy;
+use crate::{GroupPolicy, ListMasks};
+use komugate_categories::CategorySet;
 
 /// The policies in document order; `explicit` is false when the document
 /// has no `[[policy]]` (one implicit policy `main` holds the top-level rules).
@@ -24,6 +25,7 @@ pub(super) fn section(
     root: &dyn TableLike,
     names: &Names<'_>,
     rules: &Rules,
+    lists: &[(String, ListMasks, ListMasks)],
 ) -> Policies {
     let mut policies: Vec<GroupPolicy> = Vec::new();
     let policy_tables = cx.tables(root, "policy", "policy");
@@ -40,8 +42,51 @@ pub(super) fn section(
         cx.keys(
             *t,
             &what,
-            &["name", "groups", "rulesets", "default", "description"],
+            &[
+                "name",
+                "groups",
+                "rulesets",
+                "default",
+                "description",
+                "allow",
+                "deny",
+                "allow_files",
+                "deny_files",
+                "block_categories",
+                "ignore_categories",
+            ],
         );
+        let category_set = |key: &str, cx: &mut Cx<'_>| {
+            let mut set = CategorySet::empty();
+            for (c, sp) in cx.strs(*t, key, &what).unwrap_or_default() {
+                if !names.categories.contains(&c) || c.starts_with('@') {
+                    cx.err(
+                        &sp,
+                        format!(
+                            "unknown category `{c}` in `{key}` of {what}{}",
+                            suggest(&c, names.category_names.iter().copied())
+                        ),
+                    );
+                } else if let Some(id) = names.matcher.category_id(&c) {
+                    set.insert(id);
+                }
+            }
+            set
+        };
+        let block_categories = category_set("block_categories", cx);
+        let ignore_categories = category_set("ignore_categories", cx);
+        if block_categories.intersects(&ignore_categories) {
+            let sp = key_span(*t, "ignore_categories");
+            cx.err(
+                &sp,
+                format!("a category is in both `block_categories` and `ignore_categories` of {what}; keep it in one"),
+            );
+        }
+        let (allow, deny) = lists
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, a, d)| (a.clone(), d.clone()))
+            .unwrap_or_default();
         let groups_bits = cx.cond_strs(*t, "group", "groups", &what).map(|v| {
             let mut b = GroupBits::default();
             for (g, sp) in v {
@@ -89,6 +134,10 @@ pub(super) fn section(
             groups: groups_bits,
             rules: ids,
             default_action: default,
+            allow,
+            deny,
+            block_categories,
+            ignore_categories,
         });
     }
     if policy_tables.is_empty() {
@@ -101,6 +150,10 @@ pub(super) fn section(
             groups: None,
             rules: rules.top.clone(),
             default_action: None,
+            allow: ListMasks::default(),
+            deny: ListMasks::default(),
+            block_categories: CategorySet::empty(),
+            ignore_categories: CategorySet::empty(),
         });
     }
     Policies {

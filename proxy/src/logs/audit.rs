@@ -45,6 +45,10 @@ pub enum ReloadSource {
         token_name: String,
     },
     Startup,
+    /// A policy change applied from the console (or restored there).
+    Console {
+        actor: String,
+    },
     /// A downloaded category list was swapped in (or rolled back); see `list_update.rs`.
     ListUpdate {
         url: String,
@@ -107,6 +111,28 @@ pub enum AuditEvent {
         new_digest: Option<String>,
         #[serde(default)]
         diff: DiffSummary,
+    },
+    /// A change of the policy file through `policy_edit` (`action`: apply,
+    /// restore, rollback after a failed reload): who, what, the diff, the
+    /// dry run's summary and the versions before and after. `error` when
+    /// it was not applied or rolled back.
+    PolicyChange {
+        actor: String,
+        /// "console" or "cli".
+        via: String,
+        action: String,
+        summary: String,
+        base_version: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        new_version: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        version_id: String,
+        /// Unified diff of the policy file (cut at 64 KiB).
+        diff: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        dry_run: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// A CA, key or server certificate changed (`what`: "device-ca", "inspect-ca", "server-cert", …).
     CaChange {

@@ -184,7 +184,8 @@ fn target_rest(target: &str, host: &str) -> String {
     target.to_string()
 }
 
-fn target_from_rest(rest: &str, host: &str) -> String {
+/// The target again from its host-relative form (see the module docs).
+pub(crate) fn target_from_rest(rest: &str, host: &str) -> String {
     let mut chars = rest.chars();
     let prefix = match chars.next() {
         Some('\u{2}') => "",

@@ -1,0 +1,172 @@
+//! What a decision depends on, for callers that evaluate many similar
+//! requests and want to evaluate each distinct case once (the dry run of a
+//! policy change over weeks of access logs). Two requests that agree on
+//! everything these functions and [`crate::Request`]'s host, scheme, port
+//! and location give are decided alike by [`crate::Policy::evaluate`].
+
+use std::time::SystemTime;
+
+use crate::eval::unix_ms;
+use crate::pattern::local_day_minute;
+use crate::registry::GroupBits;
+use crate::Policy;
+
+/// The requester as the policy sees it: the groups (registry ∪
+/// certificate) and, only when some rule names devices, the device.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SubjectKey {
+    groups: GroupBits,
+    device: Option<String>,
+}
+
+/// The times at which a policy's decisions can change: rule time windows
+/// (minutes of the day), whether rules look at the weekday, and list
+/// entries' expiry instants.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TimeProfile {
+    pub minutes: Vec<u16>,
+    pub days: bool,
+    pub expiries: Vec<i64>,
+}
+
+impl TimeProfile {
+    pub fn of(policy: &Policy) -> TimeProfile {
+        let mut p = TimeProfile::default();
+        for r in &policy.rules {
+            if let Some(w) = r.time {
+                p.minutes.extend([w.start, w.end]);
+                p.days = true; // overnight windows look at the previous day
+            }
+            if r.days.is_some() {
+                p.days = true;
+            }
+        }
+        let lists = [&policy.allow_global, &policy.deny_global]
+            .into_iter()
+            .chain(policy.group_lists.iter().flat_map(|(_, a, d)| [a, d]))
+            .chain(policy.policies.iter().flat_map(|g| [&g.allow, &g.deny]));
+        for l in lists {
+            p.expiries.extend(l.expiring.iter().map(|(t, _)| *t));
+        }
+        p.minutes.sort_unstable();
+        p.minutes.dedup();
+        p.expiries.sort_unstable();
+        p.expiries.dedup();
+        p
+    }
+}
+
+impl Policy {
+    /// Whether some web rule names devices (`device`/`devices`).
+    pub fn rules_use_devices(&self) -> bool {
+        self.rules.iter().any(|r| r.devices.is_some())
+    }
+
+    /// Whether some web rule names methods (`method`/`methods`).
+    pub fn rules_use_methods(&self) -> bool {
+        self.rules.iter().any(|r| r.methods.is_some())
+    }
+
+    /// Whether the path (or, for adblock patterns, the scheme) of a request
+    /// to `host` can change its decision: a rule with `paths`, or list
+    /// entries that look at paths for this host.
+    pub fn path_matters(&self, host: &str) -> bool {
+        self.rules.iter().any(|r| r.paths.is_some()) || self.matcher.path_matters(host)
+    }
+
+    /// The requester's key (see [`SubjectKey`]).
+    pub fn subject_key(&self, device: Option<&str>, cert_groups: &[String]) -> SubjectKey {
+        let mut groups = GroupBits::default();
+        if let Some(e) = device.and_then(|d| self.registry.devices.get(d)) {
+            groups = e.groups;
+        }
+        for g in cert_groups {
+            if let Some(i) = self.group_index.get(g.as_str()) {
+                groups.insert(*i);
+            }
+        }
+        SubjectKey {
+            groups,
+            device: device
+                .filter(|_| self.rules_use_devices())
+                .map(str::to_string),
+        }
+    }
+
+    /// A number equal for two instants that no rule time window, weekday
+    /// condition or list-entry expiry tells apart (0 for a policy with none).
+    pub fn time_class(&self, t: SystemTime) -> u64 {
+        let p = &self.time_profile;
+        if p.minutes.is_empty() && !p.days && p.expiries.is_empty() {
+            return 0;
+        }
+        let (day, minute) = local_day_minute(t, self.tz_offset);
+        let bucket = p.minutes.partition_point(|m| *m <= minute) as u64;
+        let day = if p.days { day as u64 + 1 } else { 0 };
+        let ms = unix_ms(t);
+        let expired = p.expiries.partition_point(|e| *e <= ms) as u64;
+        (expired << 32) | (day << 16) | bucket
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use crate::{Policy, Request, Scheme};
+
+    const DOC: &str = r#"
+timezone = "+09:00"
+[[group]]
+name = "teachers"
+[[site]]
+name = "school"
+cidrs = ["10.0.0.0/8"]
+[categories]
+allow = [{ entry = "temp.example", until = "2026-03-31" }]
+[[rule]]
+name = "night"
+hosts = ["night.example"]
+time = "22:00-06:00"
+action = "block"
+"#;
+
+    fn at(ms: u64) -> std::time::SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn time_classes_split_where_decisions_change() {
+        let p = Policy::from_str(DOC, Path::new("/tmp/p.toml")).unwrap();
+        // 2026-03-31 12:00 JST and 13:00 JST: same window, same day, same expiry state.
+        let noon = 1_774_926_000_000u64;
+        assert_eq!(p.time_class(at(noon)), p.time_class(at(noon + 3_600_000)));
+        // 23:00 JST is inside the night window.
+        assert_ne!(
+            p.time_class(at(noon)),
+            p.time_class(at(noon + 11 * 3_600_000))
+        );
+        let req = |t| Request {
+            device: None,
+            cert_groups: &[],
+            client_ip: "10.1.1.1".parse().unwrap(),
+            location: None,
+            scheme: Scheme::Https,
+            method: "GET",
+            host: "temp.example",
+            port: 443,
+            path: "/",
+            time: at(t),
+        };
+        // The expiring allow entry applies through 2026-03-31 JST only.
+        let before = p.evaluate(&req(noon));
+        assert_eq!(before.rule, "allow-list");
+        let after = p.evaluate(&req(noon + 12 * 3_600_000));
+        assert_eq!(after.rule, "default");
+        assert_ne!(
+            p.time_class(at(noon)),
+            p.time_class(at(noon + 12 * 3_600_000))
+        );
+    }
+}

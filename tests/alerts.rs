@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use komugate::logs::audit::ReloadSource;
 use komugate_tests::gw::TestGateway;
 use komugate_tests::raw::proxy_get;
+use komugate_tests::smtp::SmtpServer;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -173,89 +174,13 @@ async fn a_burst_of_malware_hits_is_one_message_with_its_count() {
     gw.shutdown().await;
 }
 
-/// The Python virtualenv .ci/run prepares (aiosmtpd installed).
-fn venv_python() -> std::path::PathBuf {
-    let venv = std::env::var_os("KOMUGATE_CI_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| {
-                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
-                });
-            cache.join("komugate-ci/venv")
-        });
-    let python = venv.join("bin/python");
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import aiosmtpd"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{} cannot import aiosmtpd: run .ci/run once, or `{}/bin/pip install aiosmtpd`",
-        python.display(),
-        venv.display()
-    );
-    python
-}
-
-const SMTP_SERVER: &str = r#"
-import asyncio, json, ssl, sys
-from aiosmtpd.controller import Controller
-cert, key, port, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-class Handler:
-    async def handle_DATA(self, server, session, envelope):
-        with open(out, "a") as f:
-            f.write(json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos,
-                                "tls": session.ssl is not None,
-                                "data": envelope.original_content.decode("utf-8", "replace")}) + "\n")
-        return "250 OK"
-ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-ctx.load_cert_chain(cert, key)
-c = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True)
-c.start()
-print("ready", flush=True)
-sys.stdin.read()
-"#;
-
 /// A real SMTP server (aiosmtpd, STARTTLS required, its own CA) gets one
 /// mail for a burst, in Japanese and English, over TLS.
 #[tokio::test]
 async fn alert_mail_over_starttls_to_a_real_smtp_server() {
-    use std::io::{BufRead, BufReader};
-    let python = venv_python();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = komugate::pki::generate_ca("alerts-test SMTP CA").unwrap();
-    let leaf = ca
-        .issue_server(&["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
-    std::fs::write(dir.path().join("smtp.pem"), &leaf.cert_pem).unwrap();
-    std::fs::write(dir.path().join("smtp.key"), &leaf.key_pem).unwrap();
-    std::fs::write(dir.path().join("smtp-ca.pem"), ca.cert_pem()).unwrap();
-    std::fs::write(dir.path().join("server.py"), SMTP_SERVER).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let out = dir.path().join("mails.jsonl");
-    let mut child = std::process::Command::new(&python)
-        .arg(dir.path().join("server.py"))
-        .arg(dir.path().join("smtp.pem"))
-        .arg(dir.path().join("smtp.key"))
-        .arg(port.to_string())
-        .arg(&out)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start aiosmtpd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
-
-    let ca_path = dir.path().join("smtp-ca.pem").display().to_string();
+    let smtp = SmtpServer::start();
+    let (port, out) = (smtp.port, smtp.mails.clone());
+    let ca_path = smtp.ca_path.display().to_string();
     let gw = TestGateway::start(move |c, pki| {
         let d = pki.dir.parent().unwrap();
         std::fs::write(d.join("malware.txt"), "evil.test\n").unwrap();
@@ -305,7 +230,4 @@ async fn alert_mail_over_starttls_to_a_real_smtp_server() {
         ) == 1.0
     );
     gw.shutdown().await;
-    drop(child.stdin.take());
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -68,7 +68,9 @@ impl std::fmt::Display for Location {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Egress {
     pub pool: String,
-    pub source: IpAddr,
+    /// The bound source address (None: the network translates, see `seen_as`).
+    pub source: Option<IpAddr>,
+    pub seen_as: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -455,6 +457,7 @@ impl Policy {
             egress: egress_idx.map(|i| crate::Egress {
                 pool: self.egress[i].name.clone(),
                 source: self.egress[i].source,
+                seen_as: self.egress[i].seen_as,
             }),
             tunnel: if firewall_decides {
                 Some(TunnelMode::Bypass)

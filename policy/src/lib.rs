@@ -228,7 +228,12 @@ impl App {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct EgressPool {
     pub name: String,
-    pub source: IpAddr,
+    /// Address the upstream socket is bound to; None when the network
+    /// translates (a cloud NAT or egress gateway on Kubernetes).
+    pub source: Option<IpAddr>,
+    /// Address the destination sees (what C4th / 百問繚乱 allow-list), when
+    /// it differs from `source`; `komugate doctor` checks it.
+    pub seen_as: Option<IpAddr>,
     pub hosts: Vec<String>,
     #[serde(skip)]
     pub(crate) patterns: Vec<HostPattern>,

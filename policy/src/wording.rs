@@ -199,7 +199,13 @@ impl Wording {
         match &d.egress {
             Some(e) => line(
                 self.egress,
-                &(self.egress_source)(&e.pool, &e.source.to_string()),
+                &(self.egress_source)(
+                    &e.pool,
+                    &e.source
+                        .or(e.seen_as)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                ),
             ),
             None => line(self.egress, self.default_egress),
         }

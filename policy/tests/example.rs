@@ -139,7 +139,8 @@ fn c4th_blocked_offsite_allowed_at_school_with_fixed_egress() {
         d.egress,
         Some(Egress {
             pool: "city-fixed-ip".into(),
-            source: "198.51.100.7".parse().unwrap()
+            source: Some("198.51.100.7".parse().unwrap()),
+            seen_as: None
         })
     );
     // telework staff are not excepted for C4th
@@ -174,7 +175,7 @@ fn hyakumon_offsite_only_for_telework() {
     assert_eq!(d.rule, "百問繚乱 テレワーク");
     assert_eq!(d.policy.as_deref(), Some("テレワーク承認者"));
     assert_eq!(
-        d.egress.as_ref().unwrap().source.to_string(),
+        d.egress.as_ref().unwrap().source.unwrap().to_string(),
         "198.51.100.7"
     );
     let d = p.evaluate(&req(Some("PC-B-0001"), HOME, "https://hyakumon.example/"));

@@ -147,7 +147,7 @@ host = "x.example"
         "/nonexistent/p.toml:27:10: invalid CIDR `10.0.0.0/33` in site `bad` (e.g. \"203.0.113.16/29\")",
         "/nonexistent/p.toml:27:25: CIDR `10.1.0.1/16` has host bits set (did you mean `10.1.0.0/16`?)",
         "/nonexistent/p.toml:27:40: invalid CIDR `not-an-ip` in site `bad` (e.g. \"203.0.113.16/29\")",
-        "/nonexistent/p.toml:30:10: invalid IP address `1.2.3` in egress pool `e2`",
+        "/nonexistent/p.toml:30:10: invalid IP address `1.2.3` for `source` in egress pool `e2`",
         "/nonexistent/p.toml:33:12: unknown category `gamblin`",
         "/nonexistent/p.toml:34:9: unknown group `teacher`; did you mean `teachers`?",
         "/nonexistent/p.toml:35:13: unknown site `schol` (locations are site names, `any-site` or `offsite`); did you mean `school`?",
@@ -569,7 +569,8 @@ firewall = { ips = true }
         d.egress,
         Some(Egress {
             pool: "fixed".into(),
-            source: "127.0.0.2".parse().unwrap()
+            source: Some("127.0.0.2".parse().unwrap()),
+            seen_as: None
         })
     );
     assert_eq!(r("c4th.example").eval(&p).egress, None); // `*.` = subdomains only
@@ -595,7 +596,34 @@ message = "no"
     let p = load(&text);
     let d = r("www.a.example").eval(&p);
     assert_eq!((d.rule.as_str(), d.action), ("first", Action::Allow));
-    assert_eq!(d.egress.unwrap().source.to_string(), "127.0.0.2");
+    assert_eq!(d.egress.unwrap().source.unwrap().to_string(), "127.0.0.2");
+}
+
+/// On Kubernetes the pod cannot bind the city's public address: a pool
+/// with only `seen_as` binds nothing (the NAT translates) and still names
+/// the route; a pool with neither is an error at its table.
+#[test]
+fn egress_pools_translated_by_the_network() {
+    let text = format!(
+        "{}{}",
+        BASE.replace("source = \"127.0.0.2\"", "seen_as = \"198.51.100.7\""),
+        "[[rule]]\nname = \"c4th\"\napp = \"c4th\"\naction = \"allow\"\n"
+    );
+    let p = load(&text);
+    let d = r("www.c4th.example").eval(&p);
+    let e = d.egress.expect("the pool still decides the route");
+    assert_eq!((e.pool.as_str(), e.source), ("fixed", None));
+    assert_eq!(e.seen_as, Some("198.51.100.7".parse().unwrap()));
+    assert_eq!(p.egress_pools()[0].seen_as, e.seen_as);
+
+    let text = BASE.replace("source = \"127.0.0.2\"\n", "");
+    let e = errors(&text);
+    assert!(
+        e.iter().any(|l| l.contains(
+            "egress pool `fixed` needs `source` (an address on this host to bind) or `seen_as`"
+        )),
+        "{e:?}"
+    );
 }
 
 #[test]

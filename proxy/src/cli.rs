@@ -90,6 +90,9 @@ enum Command {
     /// Reports for the board: `komugate report monthly --month 2026-11 --format xlsx --out F`.
     #[command(subcommand)]
     Report(crate::report::cli::ReportCommand),
+    /// Check a deployment: configuration, certificates, list ages, ClickHouse,
+    /// SMTP, webhook, the running gateway, and the egress address seen outside.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 #[derive(Subcommand)]
@@ -217,6 +220,7 @@ pub fn main() -> ExitCode {
         Command::Policy(cmd) => crate::cli_policy::run_policy(cmd),
         Command::Categories(cmd) => crate::cli_policy::run_categories(cmd),
         Command::Config(cmd) => done(run_config(cmd)),
+        Command::Doctor(args) => crate::doctor::run_doctor(args),
     };
     exit_status(result)
 }

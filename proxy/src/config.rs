@@ -51,6 +51,33 @@ pub struct Config {
     /// `[alerts]`: notifications of security events and faults.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// `[doctor]`: what `komugate doctor` compares the deployment against.
+    #[serde(default)]
+    pub doctor: DoctorConfig,
+}
+
+/// `[doctor]`: expectations `komugate doctor` checks (see `crate::doctor`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DoctorConfig {
+    /// A URL that answers with the client address it sees (plain text or
+    /// JSON with an "ip" field); "" = the egress address is not checked.
+    pub echo_url: String,
+    /// The address(es) the fixed-egress traffic must be seen from (the
+    /// city's registered IP); empty = only report what is seen.
+    pub expected_egress: Vec<IpAddr>,
+    /// A blocklist, IPS rules file or threat list older than this is a warning.
+    pub list_max_age_days: u64,
+}
+
+impl Default for DoctorConfig {
+    fn default() -> Self {
+        DoctorConfig {
+            echo_url: String::new(),
+            expected_egress: Vec::new(),
+            list_max_age_days: 8,
+        }
+    }
 }
 
 /// `[alerts]` in the gateway configuration (see `crate::alerts`).

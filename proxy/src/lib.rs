@@ -44,6 +44,7 @@ pub mod config;
 pub mod console;
 pub mod demo_origin;
 pub mod device_auth;
+pub mod doctor;
 pub mod egress;
 pub mod explain;
 pub mod flow;

@@ -454,3 +454,94 @@ fn policy_check_and_explain_speak_japanese_with_lang_ja() {
     assert!(!wrong.status.success());
     assert!(stderr(&wrong).contains("ja"), "{}", stderr(&wrong));
 }
+
+/// `komugate doctor` on a configuration whose PKI is missing and whose
+/// gateway is not running: exit status 1, each fault named (JSON for
+/// scripts); after `pki init` the certificates pass. A configuration with
+/// a typo is refused with its file and line.
+#[test]
+fn doctor_names_what_is_missing_and_passes_once_it_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.path().join("komugate.toml");
+    let text = stdout(&komugate(&["config", "default"])).replace(
+        "admin = \"127.0.0.1:9090\"",
+        &format!("admin = \"{closed}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (config_arg, data_arg) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let run = || {
+        let out = komugate(&[
+            "doctor",
+            "--config",
+            config_arg,
+            "--data",
+            data_arg,
+            "--format",
+            "json",
+            "--timeout",
+            "3",
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+        let status = |area: &str| -> Vec<String> {
+            report["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["area"] == area)
+                .map(|c| c["status"].as_str().unwrap().to_string())
+                .collect()
+        };
+        (
+            out.status.code(),
+            status("config"),
+            status("certificate"),
+            status("gateway"),
+        )
+    };
+    let (code, config_status, certs, gateway) = run();
+    assert_eq!(code, Some(1));
+    assert_eq!(config_status, ["ok"]);
+    assert_eq!(certs, ["fail", "fail"], "no PKI yet");
+    assert_eq!(gateway, ["fail"], "nothing listens on {closed}");
+
+    let init = komugate(&["pki", "init", "--dir", data.join("pki").to_str().unwrap()]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let (_, _, certs, _) = run();
+    assert_eq!(
+        certs,
+        ["ok", "ok", "ok"],
+        "server, device CA, inspection CA"
+    );
+
+    // People read the text form: Japanese first, English beside.
+    let out = komugate(&[
+        "doctor",
+        "--config",
+        config_arg,
+        "--data",
+        data_arg,
+        "--timeout",
+        "3",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("[FAIL] 稼働中のゲートウェイ / running gateway"),
+        "{text}"
+    );
+    assert!(text.contains("対処 / fix:"), "{text}");
+
+    std::fs::write(&config, "[listen]\nplian = \"127.0.0.1:3128\"\n").unwrap();
+    let out = komugate(&["doctor", "--config", config_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(config_arg) && stderr(&out).contains("plian"),
+        "{}",
+        stderr(&out)
+    );
+}

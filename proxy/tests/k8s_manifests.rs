@@ -495,8 +495,8 @@ fn policy_configmap_holds_the_examples_controls() {
     let example = parse("examples/policy.toml", &repo_file("examples/policy.toml"));
     let shipped = parse("k8s/configmap-policy.yaml", &manifests().policy);
     for key in [
-        "version", "timezone", "contact", "defaults", "tenant", "casb", "group", "site", "egress",
-        "app", "policy", "firewall",
+        "version", "timezone", "contact", "defaults", "tenant", "casb", "group", "site", "app",
+        "policy", "firewall",
     ] {
         assert_eq!(
             example.get(key),
@@ -504,6 +504,17 @@ fn policy_configmap_holds_the_examples_controls() {
             "`{key}` differs between examples/policy.toml and k8s/configmap-policy.yaml"
         );
     }
+    // The same pools; on a single host the example binds the city's address
+    // (`source`), a pod cannot and names it as `seen_as` (the NAT translates).
+    let mut pools = example["egress"].as_array().unwrap().clone();
+    for pool in &mut pools {
+        let table = pool.as_table_mut().unwrap();
+        let address = table
+            .remove("source")
+            .expect("the example binds its source");
+        table.insert("seen_as".into(), address);
+    }
+    assert_eq!(Some(&toml::Value::Array(pools)), shipped.get("egress"));
     let mut rulesets = example["ruleset"].as_array().unwrap().clone();
     for rs in &mut rulesets {
         let rules = rs["rule"].as_array_mut().unwrap();
@@ -807,4 +818,48 @@ fn security_files_come_from_secrets_and_configmaps_and_feeds_from_a_writable_vol
             feed.url
         );
     }
+}
+
+/// The fixed-egress components fit the base: the NAT component patches the
+/// Deployment the base defines, the Cilium egress gateway selects the pods
+/// by their own labels and translates to the address the policy says the
+/// C4th / 百問繚乱 pool is seen as (the address `komugate doctor` expects).
+/// CI renders the base with both components and validates the result.
+#[test]
+fn fixed_egress_components_match_the_base() {
+    let m = manifests();
+    let deployment_name = yaml_values(&m.deployment, "name")[0].clone();
+    let nat = repo_file("k8s/components/fixed-egress-nat/kustomization.yaml");
+    assert!(nat.contains("kind: Component"));
+    assert_eq!(yaml_values(&nat, "kind")[1..], ["Deployment", "Deployment"]);
+    assert!(
+        yaml_values(&nat, "name")
+            .iter()
+            .all(|n| *n == deployment_name),
+        "the patch targets the base Deployment {deployment_name}"
+    );
+    assert_eq!(
+        yaml_values(&nat, "komugate.example/egress"),
+        ["fixed-ip"],
+        "nodeSelector"
+    );
+
+    let cilium = repo_file("k8s/components/fixed-egress-cilium/egress-gateway-policy.yaml");
+    let pod_label = yaml_values(&m.deployment, "app.kubernetes.io/name");
+    assert!(!pod_label.is_empty());
+    assert!(pod_label
+        .iter()
+        .all(|l| yaml_values(&cilium, "app.kubernetes.io/name") == [l.clone()]));
+    let policy: toml::Value = toml::from_str(&m.policy).unwrap();
+    let pool = &policy["egress"][0];
+    assert!(
+        pool.get("source").is_none(),
+        "a pod cannot bind the city's public address: the k8s policy uses seen_as"
+    );
+    assert_eq!(
+        yaml_values(&cilium, "egressIP"),
+        [pool["seen_as"].as_str().unwrap()]
+    );
+    let components = repo_file("k8s/components/fixed-egress-cilium/kustomization.yaml");
+    assert!(components.contains("resources:\n  - egress-gateway-policy.yaml"));
 }

@@ -11,6 +11,7 @@
 //! - [`console`]: an HTTP client with a cookie jar for the admin console
 //! - [`oidc_provider`]: a real OpenID provider (npm `oidc-provider`) over
 //!   HTTPS on loopback
+//! - [`smtp`]: a real SMTP server (aiosmtpd) requiring STARTTLS
 
 pub mod browser;
 pub mod console;
@@ -18,6 +19,7 @@ pub mod dns;
 pub mod gw;
 pub mod oidc_provider;
 pub mod raw;
+pub mod smtp;
 pub mod upstream;
 
 use std::future::Future;

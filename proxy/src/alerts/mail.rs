@@ -65,6 +65,16 @@ impl Mailer {
         }))
     }
 
+    /// Connects, says EHLO, starts TLS and logs in (when configured), then
+    /// quits: what a send would do, without a mail (`komugate doctor`).
+    pub async fn test_connection(&self) -> Result<(), String> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the server did not answer NOOP".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     pub async fn send(&self, msg: &Message) -> Result<(), String> {
         let mut mail = Mail::builder()
             .from(self.from.clone())

@@ -86,11 +86,13 @@ impl Feed {
 
 /// Every feed of the policy and configuration in force.
 pub fn feeds(gw: &Gateway) -> Vec<Feed> {
-    let mut out: Vec<Feed> = gw
-        .generation
-        .load()
-        .runtime
-        .policy
+    feeds_of(&gw.config, &gw.generation.load().runtime.policy)
+}
+
+/// The feeds of a configuration and its compiled policy (`komugate doctor`
+/// reads them without a running gateway).
+pub fn feeds_of(config: &Config, policy: &komugate_policy::Policy) -> Vec<Feed> {
+    let mut out: Vec<Feed> = policy
         .remote_sources()
         .iter()
         .map(|src| Feed {
@@ -98,7 +100,6 @@ pub fn feeds(gw: &Gateway) -> Vec<Feed> {
             src: src.clone(),
         })
         .collect();
-    let config = &gw.config;
     out.extend(
         config
             .ips

@@ -79,7 +79,8 @@ use state::{read_state, sibling, write_state, Persisted};
 pub use admin::admin;
 /// Archive unpacking with its size and path checks (also the fuzzing entry point).
 pub use archive::unpack;
-pub use feed::{feeds, Feed, FeedKind};
+pub use feed::{feeds, feeds_of, Feed, FeedKind};
+pub use state::last_accepted_check;
 
 /// Retry delay after a download error (bounded by `refresh`).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15 * 60);

@@ -41,6 +41,15 @@ pub(super) fn read_state(src: &Feed) -> Option<Persisted> {
     (p.url == src.url && src.path.exists()).then_some(p)
 }
 
+/// Unix seconds of the last accepted check of the list at `path` (any
+/// source), if it was ever updated by komugate.
+pub fn last_accepted_check(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(state_file(path)).ok()?;
+    serde_json::from_str::<Persisted>(&text)
+        .ok()
+        .map(|p| p.checked_unix)
+}
+
 pub(super) fn write_state(src: &Feed, p: &Persisted) {
     let file = state_file(&src.path);
     let result = serde_json::to_vec_pretty(p)

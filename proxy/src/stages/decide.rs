@@ -226,7 +226,7 @@ impl Runtime {
             },
             rule: d.rule,
             message: d.message,
-            egress_source: d.egress.as_ref().map(|e| e.source),
+            egress_source: d.egress.as_ref().and_then(|e| e.source),
             egress_name: d.egress.map(|e| e.pool),
             tunnel,
             categories: d.categories,

@@ -57,6 +57,7 @@ name = "教職員"
 
 [[group]]
 name = "テレワーク"
+aliases = ["telework"]
 
 [[site]]
 name = "豊科南小学校"
@@ -169,7 +170,17 @@ async fn get_from(gw: &TestGateway, source: &str, url: &str) -> RawResponse {
 /// GET through the mTLS listener as `device`, connecting from `source`.
 async fn device_get(gw: &TestGateway, device: &str, source: &str, url: &str) -> RawResponse {
     let cert = gw.tls().device(device, &[]);
-    let config = gw.tls().client_config(Some(&cert), &[b"http/1.1"]);
+    cert_get(gw, &cert, source, url).await
+}
+
+/// GET through the mTLS listener with the device certificate `cert`.
+async fn cert_get(
+    gw: &TestGateway,
+    cert: &komugate::pki::IssuedCert,
+    source: &str,
+    url: &str,
+) -> RawResponse {
+    let config = gw.tls().client_config(Some(cert), &[b"http/1.1"]);
     let socket = TcpSocket::new_v4().unwrap();
     socket
         .bind(SocketAddr::new(source.parse().unwrap(), 0))
@@ -299,6 +310,47 @@ async fn offsite_rules_apply_only_offsite_and_registry_groups_count() {
     assert_eq!(rec["user"], "tanaka");
     assert_eq!(rec["site"], "offsite");
     assert_eq!(rec["app"], "hyakumon");
+    gw.shutdown().await;
+}
+
+/// The registry is authoritative for groups: a certificate issued with
+/// `--group telework` (テレワーク's alias) gives nothing the registry does not,
+/// and removing テレワーク from a device's row takes the telework rule away at
+/// the next reload, with the same certificate still in use.
+#[tokio::test]
+async fn registry_groups_win_over_certificate_groups() {
+    let dir = write_policy("");
+    let upstream = HttpUpstream::start("127.0.0.1").await;
+    let gw = gateway_with(&dir.policy, false).await;
+    let hyakumon = format!("http://localhost.rebind.test:{}/", upstream.addr.port());
+    let t1 = gw.tls().device("T-1", &["telework"]);
+    let t2 = gw.tls().device("T-2", &["telework"]);
+    // T-2's row has no テレワーク: its certificate's group does not count.
+    let r = cert_get(&gw, &t2, "127.0.0.2", &hyakumon).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // T-1's row has テレワーク: allowed off-site.
+    assert_eq!(cert_get(&gw, &t1, "127.0.0.2", &hyakumon).await.status, 200);
+    // The personnel move: テレワーク removed from T-1's row, then a reload.
+    let registry = dir.policy.parent().unwrap().join("registry.csv");
+    std::fs::write(
+        &registry,
+        "device_id,user,groups\nT-1,tanaka,教職員\nT-2,suzuki,教職員\n",
+    )
+    .unwrap();
+    let reload = admin(&gw, "POST", "/admin/reload").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let r = cert_get(&gw, &t1, "127.0.0.2", &hyakumon).await;
+    assert_eq!(
+        r.status,
+        403,
+        "the same certificate, no telework: {}",
+        r.text()
+    );
+    let rec = gw
+        .access_record(|r| r["device"] == "T-1" && r["status"] == 403)
+        .await;
+    assert_eq!(rec["rule"], "百問繚乱 校外禁止");
+    assert_eq!(rec["groups"], serde_json::json!(["教職員"]));
     gw.shutdown().await;
 }
 

@@ -36,7 +36,8 @@ impl Scheme {
 pub struct Request<'a> {
     /// From the device certificate; `None` on the plain in-site listener.
     pub device: Option<&'a str>,
-    /// Groups carried in the device certificate (unioned with the registry's).
+    /// Groups carried in the device certificate (used only when the policy has
+    /// no `[registry]`; see [`Policy::device_groups`]).
     pub cert_groups: &'a [String],
     pub client_ip: IpAddr,
     /// `Some` = already established (site assertion); `None` = `policy.locate(client_ip)`.
@@ -241,7 +242,47 @@ impl Rule {
     }
 }
 
+/// A device's groups and user, as [`Policy::device_groups`] decides them.
+pub(crate) struct DeviceGroups {
+    pub groups: GroupBits,
+    pub user: Option<String>,
+    /// Certificate groups the policy does not define (shown, never matched).
+    pub extra: Vec<String>,
+}
+
 impl Policy {
+    /// The groups of a device. The registry is authoritative: when the
+    /// policy has a `[registry]`, the registry's row alone gives the groups
+    /// and the certificate's groups are ignored (a device missing from the
+    /// registry has no group), so a group removed from the CSV is gone at
+    /// the next reload whatever a two-year certificate says. Without a
+    /// `[registry]`, the certificate's groups are the only source.
+    pub(crate) fn device_groups(
+        &self,
+        device: Option<&str>,
+        cert_groups: &[String],
+    ) -> DeviceGroups {
+        let mut out = DeviceGroups {
+            groups: GroupBits::default(),
+            user: None,
+            extra: Vec::new(),
+        };
+        if self.registry.configured {
+            if let Some(e) = device.and_then(|d| self.registry.devices.get(d)) {
+                out.groups = e.groups;
+                out.user = Some(e.user.clone());
+            }
+            return out;
+        }
+        for g in cert_groups {
+            match self.group_index.get(g.as_str()) {
+                Some(i) => out.groups.insert(*i),
+                None => out.extra.push(g.clone()),
+            }
+        }
+        out
+    }
+
     /// The decision for one request. Pure; the same function backs the proxy,
     /// `komugate policy explain` and `/admin/explain`.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
@@ -258,21 +299,11 @@ impl Policy {
             },
         };
         let offsite = location == Location::Offsite;
-        let mut groups = GroupBits::default();
-        let mut user = None;
-        if let Some(dev) = req.device {
-            if let Some(e) = self.registry.devices.get(dev) {
-                groups = e.groups;
-                user = Some(e.user.clone());
-            }
-        }
-        let mut extra_groups: Vec<String> = Vec::new();
-        for g in req.cert_groups {
-            match self.group_index.get(g.as_str()) {
-                Some(i) => groups.insert(*i),
-                None => extra_groups.push(g.clone()),
-            }
-        }
+        let DeviceGroups {
+            groups,
+            user,
+            extra: extra_groups,
+        } = self.device_groups(req.device, req.cert_groups);
         // A CONNECT tunnel is an https URL with no path for the adblock
         // patterns that name a scheme.
         let url_scheme = match req.scheme {
@@ -546,17 +577,7 @@ impl Policy {
                 None => (None, true),
             },
         };
-        let mut groups = GroupBits::default();
-        if let Some(dev) = req.device {
-            if let Some(e) = self.registry.devices.get(dev) {
-                groups = e.groups;
-            }
-        }
-        for g in req.cert_groups {
-            if let Some(i) = self.group_index.get(g.as_str()) {
-                groups.insert(*i);
-            }
-        }
+        let groups = self.device_groups(req.device, req.cert_groups).groups;
         let dest_ip = req
             .dest_ip
             .or_else(|| host.parse::<IpAddr>().ok())

@@ -28,7 +28,10 @@ pub use eval::{
     Decision, Egress, FirewallRequest, FirewallVerdict, Location, Request, Scheme, FIREWALL_DECIDES,
 };
 pub use pattern::{HostPattern, PortRange, TimeWindow, Weekdays};
-pub use registry::{parse_registry_csv, GroupBits, MAX_GROUPS};
+pub use registry::{
+    decode_csv, diff_registry, encode_csv, parse_registry_csv, write_registry_csv, CsvEncoding,
+    DecodeError, GroupBits, RegistryChanges, RegistryRow, MAX_GROUPS,
+};
 pub use squidguard::import_squidguard;
 pub use wording::Wording;
 
@@ -587,6 +590,55 @@ impl Policy {
     /// Number of devices in the registry.
     pub fn device_count(&self) -> usize {
         self.registry.devices.len()
+    }
+
+    /// The registry CSV, when the policy has a `[registry]` (then it alone
+    /// gives devices their groups).
+    pub fn registry_path(&self) -> Option<&Path> {
+        self.registry.path.as_deref()
+    }
+
+    /// Every registry row, by device id.
+    pub fn registry_rows(&self) -> Vec<RegistryRow> {
+        self.rows_of(&self.registry)
+    }
+
+    fn rows_of(&self, registry: &registry::Registry) -> Vec<RegistryRow> {
+        let mut rows: Vec<RegistryRow> = registry
+            .devices
+            .iter()
+            .map(|(id, d)| RegistryRow {
+                device: id.clone(),
+                user: d.user.clone(),
+                groups: d
+                    .groups
+                    .iter()
+                    .map(|g| self.groups[g].name.clone())
+                    .collect(),
+                line: d.line,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.device.cmp(&b.device));
+        rows
+    }
+
+    /// Parses registry CSV text against this policy's groups (names and
+    /// aliases; rows get canonical names): every row by device id, or every
+    /// problem with its line. What an import is checked with before it is
+    /// written.
+    pub fn parse_registry_rows(
+        &self,
+        file: &Path,
+        text: &str,
+    ) -> Result<Vec<RegistryRow>, PolicyErrors> {
+        let names: Vec<String> = self.groups.iter().map(|g| g.name.clone()).collect();
+        let mut diags = Vec::new();
+        let reg = registry::parse_registry(file, text, &self.group_index, &names, &mut diags);
+        if !diags.is_empty() {
+            diags.sort_by_key(|d| (d.line, d.column));
+            return Err(PolicyErrors(diags));
+        }
+        Ok(self.rows_of(&reg))
     }
 
     /// The user and group names the registry gives a device.

@@ -180,11 +180,21 @@ fn hyakumon_offsite_only_for_telework() {
     );
     let d = p.evaluate(&req(Some("PC-B-0001"), HOME, "https://hyakumon.example/"));
     assert!(!d.is_blocked());
-    // telework group carried in the certificate only
+    // The registry is authoritative: a telework group carried in the
+    // certificate only counts for nothing, for a device missing from the
+    // registry and for one whose row no longer has テレワーク.
     let groups = vec!["telework".to_string()];
-    let mut r = req(Some("PC-UNKNOWN"), HOME, "https://hyakumon.example/");
-    r.cert_groups = &groups;
-    assert!(!p.evaluate(&r).is_blocked());
+    for device in ["PC-UNKNOWN", "PC-T-0001"] {
+        let mut r = req(Some(device), HOME, "https://hyakumon.example/");
+        r.cert_groups = &groups;
+        let d = p.evaluate(&r);
+        assert!(d.is_blocked(), "{device}: {}", d.explain());
+        assert!(
+            !d.groups.iter().any(|g| g == "テレワーク"),
+            "{:?}",
+            d.groups
+        );
+    }
     // at school, everyone
     assert!(!p
         .evaluate(&req(Some("PC-T-0001"), SCHOOL, "https://hyakumon.example/"))

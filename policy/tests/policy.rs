@@ -846,6 +846,26 @@ fn registry_csv_bom_quotes_and_bad_lines() {
     .eval(&p);
     assert_eq!(d.user.as_deref(), Some("sato, ken"));
     assert_eq!(d.groups, vec!["teachers", "admins"]);
+    // The registry is authoritative: groups in the certificate add nothing.
+    let d = R {
+        device: Some("PC-2"),
+        groups: vec!["teachers".into()],
+        ..r("x.example")
+    }
+    .eval(&p);
+    assert!(d.groups.is_empty(), "{:?}", d.groups);
+    // The same registry saved by Japanese Excel (CP932) loads the same.
+    let sjis = "device_id,user,groups\r\nPC-1,佐藤 健,teachers;admins\r\n";
+    std::fs::write(
+        dir.join("registry.csv"),
+        komugate_policy::encode_csv(sjis, komugate_policy::CsvEncoding::Cp932).unwrap(),
+    )
+    .unwrap();
+    let p = Policy::from_str(&text, &dir.join("p.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.device("PC-1"),
+        Some(("佐藤 健", vec!["teachers", "admins"]))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

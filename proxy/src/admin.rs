@@ -133,6 +133,7 @@ async fn admin_request(
             Err(r) => *r,
         },
         "/admin/reload" => reload(&gw, &req).await,
+        "/pki/device-ca.crl" => device_crl(&gw),
         "/admin/explain" => explain(&gw, &req),
         "/admin/lists" | "/admin/lists/update" => match authorize(&gw, &req) {
             Ok(_) => crate::list_update::admin(&gw, &req).await,
@@ -144,6 +145,28 @@ async fn admin_request(
             "not found: try /console/, /healthz or /metrics\n",
         ),
     }))
+}
+
+/// `GET /pki/device-ca.crl`: the device CA's revocation list (DER, signed
+/// on request from `[tls] revoked_serials`), for other relying parties
+/// and audits; the gateway itself reads the list directly at each reload.
+fn device_crl(gw: &Gateway) -> Response<Full<Bytes>> {
+    let (dir, list) = crate::pki_audit::gateway_pki(&gw.config);
+    match crate::pki::inventory::crl_der(&dir, &list) {
+        Ok(der) => {
+            let mut r = Response::new(Full::new(Bytes::from(der)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/pkix-crl"),
+            );
+            r
+        }
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("no CRL: {e:#}\n"),
+        ),
+    }
 }
 
 /// The name of the API token the request carries (`Authorization: Bearer

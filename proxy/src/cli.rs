@@ -144,6 +144,43 @@ enum PkiCommand {
         #[arg(long)]
         audit_log: Option<PathBuf>,
     },
+    /// Issue a certificate for every device of a CSV (a `device_id` column;
+    /// the registry CSV will do; UTF-8 or CP932) as a zip of DEVICE.pfx, all
+    /// under one generated password printed once.
+    IssueBulk {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CSV of devices.
+        csv: PathBuf,
+        /// The zip to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days (1 to 3650).
+        #[arg(long, default_value_t = crate::pki::DEFAULT_DEVICE_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::pki::MAX_DEVICE_DAYS)))]
+        days: u32,
+        /// The revoked-serials list (default: DIR/revoked-serials.txt).
+        #[arg(long)]
+        list: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+        /// Audit log to record this in (default: audit.log next to --dir).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+    /// List the device certificates issued from DIR: device, serial, expiry, revoked.
+    List {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Only valid certificates that expire within this many days.
+        #[arg(long)]
+        expiring_within: Option<u32>,
+        /// The revoked-serials list (default: DIR/revoked-serials.txt).
+        #[arg(long)]
+        list: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+    },
     /// Revoke a device certificate: add its serial to the revoked-serials list
     /// ([tls] revoked_serials) that the gateway applies at its next reload.
     Revoke {
@@ -165,6 +202,12 @@ enum PkiCommand {
         #[arg(long)]
         audit_log: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ListFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -354,6 +397,84 @@ fn run_pki(cmd: PkiCommand) -> Result<()> {
             );
             Ok(())
         }
+        PkiCommand::IssueBulk {
+            dir,
+            csv,
+            out,
+            days,
+            list,
+            force,
+            audit_log,
+        } => {
+            if out.exists() && !force {
+                anyhow::bail!(
+                    "{} already exists; pass --force to overwrite it",
+                    out.display()
+                );
+            }
+            let bytes =
+                std::fs::read(&csv).with_context(|| format!("cannot read {}", csv.display()))?;
+            let list = list.unwrap_or_else(|| crate::pki::inventory::default_revoked_list(&dir));
+            let bulk = crate::pki::delivery::issue_bulk(&dir, &list, &bytes, days)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", csv.display()))?;
+            let audit = crate::pki_audit::audit_log_path(&dir, audit_log);
+            crate::pki_audit::record_delivery(
+                &audit,
+                &crate::logs::audit::cli_actor(),
+                &bulk.records,
+                &out.display().to_string(),
+            )?;
+            std::fs::write(&out, &bulk.zip)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "{} device certificate(s) in {} (one DEVICE.pfx each)",
+                bulk.records.len(),
+                out.display()
+            );
+            println!(
+                "  password of every .pfx (shown once, not stored): {}",
+                bulk.password
+            );
+            Ok(())
+        }
+        PkiCommand::List {
+            dir,
+            expiring_within,
+            list,
+            format,
+        } => {
+            let list = list.unwrap_or_else(|| crate::pki::inventory::default_revoked_list(&dir));
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let records: Vec<_> = crate::pki::inventory::list(&dir, &list)?
+                .into_iter()
+                .filter(|r| expiring_within.is_none_or(|d| r.expiring_within(i64::from(d), now)))
+                .collect();
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+                ListFormat::Text => {
+                    println!("device\tserial\tnot_after\tstatus");
+                    for r in &records {
+                        let status = if r.revoked {
+                            "revoked"
+                        } else if r.expired(now) {
+                            "expired"
+                        } else {
+                            "valid"
+                        };
+                        println!(
+                            "{}\t{}\t{}\t{status}",
+                            r.device,
+                            r.serial,
+                            crate::record::rfc3339(
+                                std::time::UNIX_EPOCH
+                                    + std::time::Duration::from_secs(r.not_after.max(0) as u64)
+                            )
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
         PkiCommand::Revoke {
             dir,
             serial,
@@ -367,7 +488,7 @@ fn run_pki(cmd: PkiCommand) -> Result<()> {
                 (None, Some(c)) => crate::pki_audit::RevokeTarget::Cert(c),
                 (None, None) => anyhow::bail!("give --serial HEX or --cert FILE"),
             };
-            let list = list.unwrap_or_else(|| dir.join("revoked-serials.txt"));
+            let list = list.unwrap_or_else(|| crate::pki::inventory::default_revoked_list(&dir));
             let audit = crate::pki_audit::audit_log_path(&dir, audit_log);
             let (serial, new) = crate::pki_audit::revoke(
                 &list,

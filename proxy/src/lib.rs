@@ -26,7 +26,7 @@
 //!   counts of the logs, local or shared) and [`report`] (the monthly
 //!   report), [`ips`] (IPS rules and
 //!   threat-intel lists), [`beacon`] (site assertions), [`pac`],
-//!   [`list_update`], [`pki`], [`device_auth`], [`client`] (the laptop-side
+//!   [`list_update`], [`pki`], [`device_auth`], [`device_seen`], [`client`] (the laptop-side
 //!   `komugate client`), [`cli`] and the `cli_*` / `explain` commands
 
 pub mod access_log;
@@ -44,6 +44,7 @@ pub mod config;
 pub mod console;
 pub mod demo_origin;
 pub mod device_auth;
+pub mod device_seen;
 pub mod doctor;
 pub mod egress;
 pub mod explain;

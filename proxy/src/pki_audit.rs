@@ -20,6 +20,20 @@ pub fn audit_log_path(pki_dir: &Path, explicit: Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// The gateway's PKI directory (the one holding `[tls] device_ca`, whose
+/// key `device-ca.key` sits beside it) and its revoked-serials list (`[tls]
+/// revoked_serials`, else `revoked-serials.txt` in that directory).
+pub fn gateway_pki(config: &crate::config::Config) -> (PathBuf, PathBuf) {
+    let ca = config.data_path(&config.tls.device_ca);
+    let dir = ca.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let list = if config.tls.revoked_serials.is_empty() {
+        pki::inventory::default_revoked_list(&dir)
+    } else {
+        config.data_path(Path::new(&config.tls.revoked_serials))
+    };
+    (dir, list)
+}
+
 /// SHA-256 of the first certificate in a PEM file; None if there is none.
 pub fn cert_fingerprint(path: &Path) -> Option<String> {
     let certs = pki::load_certs(path).ok()?;
@@ -96,6 +110,37 @@ pub fn record_issue(
             detail,
         },
     )
+}
+
+/// The entries for certificates handed out as `.pfx` (one per
+/// certificate): `to` says where they went (a file, a console download).
+pub fn record_delivery(
+    audit: &Path,
+    actor: &str,
+    records: &[pki::inventory::CertRecord],
+    to: &str,
+) -> Result<()> {
+    let log = open(audit)?;
+    for r in records {
+        append(
+            &log,
+            AuditEvent::CaChange {
+                what: "device-cert".into(),
+                old_fingerprint: None,
+                new_fingerprint: None,
+                detail: format!(
+                    "device {:?} serial {} valid until {} issued by {actor} as PKCS#12 to {to}",
+                    r.device,
+                    r.serial,
+                    crate::record::rfc3339(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs(r.not_after.max(0) as u64)
+                    )
+                ),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// What to revoke: a serial number, or the certificate file it is taken from.

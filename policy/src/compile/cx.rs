@@ -235,22 +235,28 @@ impl<'t> Cx<'t> {
         }
     }
 
-    /// Reads an included file, reporting a missing one at `span`.
+    /// Reads an included UTF-8 file, reporting a missing one at `span`.
     pub(super) fn read(&mut self, rel: &str, span: &Span) -> Option<(PathBuf, String)> {
+        let (p, bytes) = self.read_bytes(rel, span)?;
+        match String::from_utf8(bytes) {
+            Ok(s) => Some((p, s)),
+            Err(e) => {
+                self.err(
+                    span,
+                    format!("`{rel}` is not valid UTF-8 ({})", e.utf8_error()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads an included file as bytes, reporting a missing one at `span`.
+    pub(super) fn read_bytes(&mut self, rel: &str, span: &Span) -> Option<(PathBuf, Vec<u8>)> {
         let p = self.path(rel);
         match std::fs::read(&p) {
             Ok(bytes) => {
                 self.files.push(p.clone());
-                match String::from_utf8(bytes) {
-                    Ok(s) => Some((p, s)),
-                    Err(e) => {
-                        self.err(
-                            span,
-                            format!("`{rel}` is not valid UTF-8 ({})", e.utf8_error()),
-                        );
-                        None
-                    }
-                }
+                Some((p, bytes))
             }
             Err(e) => {
                 self.err(span, format!("cannot read `{rel}` ({}): {e}", p.display()));

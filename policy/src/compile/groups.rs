@@ -7,7 +7,7 @@ use toml_edit::TableLike;
 
 use super::categories::{list_spec, ListSpec};
 use super::cx::Cx;
-use crate::registry::{parse_registry, Registry, MAX_GROUPS};
+use crate::registry::{decode_csv, parse_registry, Registry, MAX_GROUPS};
 use crate::Group;
 
 /// The groups, their names and aliases → index, and the per-group lists
@@ -77,11 +77,24 @@ pub(super) fn registry(cx: &mut Cx<'_>, root: &dyn TableLike, groups: &Groups) -
     let group_names: Vec<String> = groups.groups.iter().map(|g| g.name.clone()).collect();
     let mut registry = Registry::default();
     if let Some((t, tsp)) = cx.table(root, "registry") {
+        registry.configured = true;
         cx.keys(t, "[registry]", &["path"]);
         if let Some((p, sp)) = cx.req_str(t, "path", "[registry]", &tsp) {
-            if let Some((path, text)) = cx.read(&p, &sp) {
-                registry =
-                    parse_registry(&path, &text, &groups.index, &group_names, &mut cx.s.diags);
+            if let Some((path, bytes)) = cx.read_bytes(&p, &sp) {
+                match decode_csv(&bytes) {
+                    Ok((text, _)) => {
+                        registry = parse_registry(
+                            &path,
+                            &text,
+                            &groups.index,
+                            &group_names,
+                            &mut cx.s.diags,
+                        );
+                        registry.configured = true;
+                        registry.path = Some(path);
+                    }
+                    Err(e) => cx.err(&sp, format!("`{p}`: {e}")),
+                }
             }
         }
     }

@@ -64,6 +64,80 @@ pub async fn read_form(body: hyper::body::Incoming) -> Result<Params, String> {
     Ok(Params::parse(text))
 }
 
+/// A file sent with a `multipart/form-data` form.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The form field's name.
+    pub field: String,
+    pub filename: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Why an upload was not read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UploadError {
+    /// The body is larger than the page takes (`Content-Length` when given).
+    TooLarge(Option<u64>),
+    /// Not `multipart/form-data` with a boundary, or cut off.
+    Unreadable,
+}
+
+/// Reads a `multipart/form-data` body of at most `max` bytes: its text
+/// fields as [`Params`] (for the CSRF token), its files as [`Upload`]s.
+/// A `Content-Length` over `max` is refused before anything is read.
+pub async fn read_multipart(
+    headers: &HeaderMap,
+    body: hyper::body::Incoming,
+    max: usize,
+) -> Result<(Params, Vec<Upload>), UploadError> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        return Err(UploadError::Unreadable);
+    }
+    let boundary = crate::stages::casb::extract::param(content_type, "boundary")
+        .ok_or(UploadError::Unreadable)?;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(UploadError::TooLarge(declared));
+    }
+    let bytes = http_body_util::Limited::new(body, max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                UploadError::TooLarge(declared)
+            } else {
+                UploadError::Unreadable
+            }
+        })?
+        .to_bytes();
+    let mut params = Vec::new();
+    let mut files = Vec::new();
+    for part in crate::stages::casb::extract::multipart_parts(&bytes, boundary.as_bytes()) {
+        let field = part.name.unwrap_or_default();
+        match part.filename {
+            Some(filename) => files.push(Upload {
+                field,
+                filename,
+                bytes: part.data.to_vec(),
+            }),
+            None => params.push((field, String::from_utf8_lossy(part.data).into_owned())),
+        }
+    }
+    Ok((Params(params), files))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

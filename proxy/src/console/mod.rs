@@ -7,15 +7,17 @@
 //! - [`routes`]: which path is which page, the role each page needs, the
 //!   session and CSRF checks every request passes
 //! - [`respond`]: HTML, redirects, cookies and the security headers
-//! - [`templates`], [`text`]: the embedded minijinja templates and the
-//!   Japanese / English wording
+//! - [`templates`], [`text`], [`text_devices`]: the embedded minijinja
+//!   templates and the Japanese / English wording
 //! - [`assets`]: the vendored htmx and uPlot, the stylesheets, embedded
 //! - [`activity`]: this process's counters for the dashboard
 //! - [`accounts`]: local accounts (argon2id hashes in a file) and roles
 //! - [`auth`]: sessions (idle expiry), CSRF tokens, the sign-in rate limit
 //! - [`oidc_signin`]: sign-in through an OpenID provider (`[admin.oidc]`),
 //!   roles from a group claim
-//! - [`form`]: query strings, form bodies and cookies
+//! - [`form`]: query strings, form bodies, file uploads and cookies
+//! - [`pending`]: a registry import between preview and apply, a `.pfx`
+//!   between issue and download (per account, short-lived, taken once)
 //! - [`pages`]: one module per page
 //! - [`tls`]: TLS for the admin listener
 //! - [`cli`]: `komugate admin user add|passwd|remove|list`
@@ -28,10 +30,12 @@ pub mod cli;
 pub mod form;
 pub mod oidc_signin;
 pub mod pages;
+pub mod pending;
 pub mod respond;
 pub mod routes;
 pub mod templates;
 pub mod text;
+pub mod text_devices;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -59,6 +63,10 @@ pub struct Console {
     /// Sign-in through an OpenID provider, when `[admin.oidc]` is set.
     pub oidc: Option<oidc_signin::OidcSignIn>,
     pub oidc_metrics: crate::oidc::metrics::OidcMetrics,
+    /// Registry imports between their preview and "apply" (15 minutes).
+    pub registry_imports: pending::Pending<pages::devices::RegistryImport>,
+    /// Issued `.pfx` / zip files until downloaded (10 minutes, once).
+    pub downloads: pending::Pending<pages::certs::Download>,
 }
 
 impl Console {
@@ -83,6 +91,8 @@ impl Console {
                 .as_ref()
                 .map(|o| oidc_signin::OidcSignIn::new(config, o)),
             oidc_metrics: Default::default(),
+            registry_imports: pending::Pending::new(std::time::Duration::from_secs(15 * 60)),
+            downloads: pending::Pending::new(std::time::Duration::from_secs(10 * 60)),
         }
     }
 }

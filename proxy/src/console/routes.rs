@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use super::accounts::Role;
 use super::auth::{constant_time_eq, Origin, Session};
-use super::form::{cookie, read_form, Params};
+use super::form::{cookie, read_form, read_multipart, Params, UploadError};
 use super::pages::{self, Ctx};
 use super::respond::{self, Body};
 use super::text::{fill, Lang};
@@ -57,6 +57,9 @@ pub async fn handle(
     resp
 }
 
+/// Pages whose form is `multipart/form-data` (a file).
+const UPLOAD_PAGES: &[&str] = &["devices/import", "certs/bulk"];
+
 /// Which role a page needs; `None` for a path that is no page.
 fn required_role(method: &Method, page: &str) -> Option<Role> {
     Some(match (method.as_str(), page) {
@@ -65,6 +68,11 @@ fn required_role(method: &Method, page: &str) -> Option<Role> {
         }
         ("POST", "signout") => Role::Viewer,
         ("GET", "logs/export" | "explain") => Role::Operator,
+        ("GET", "devices" | "devices/export" | "certs" | "certs/download")
+        | ("POST", "devices/move" | "devices/import" | "devices/apply" | "certs/revoke") => {
+            Role::Operator
+        }
+        ("POST", "certs/issue" | "certs/bulk") => Role::Admin,
         ("GET", "audit") | ("POST", "audit/verify") => Role::Admin,
         _ => return None,
     })
@@ -137,8 +145,30 @@ async fn route(
             fill(lang, "err_forbidden", &[("role", role_name)]),
         );
     }
+    let mut files = Vec::new();
     let form = if method == Method::POST {
-        let form = match read_form(req.into_body()).await {
+        let read = if UPLOAD_PAGES.contains(&page) {
+            let max = if page == "certs/bulk" {
+                crate::pki::delivery::MAX_BULK_CSV_BYTES
+            } else {
+                pages::devices::MAX_REGISTRY_BYTES
+            };
+            let (parts, body) = req.into_parts();
+            match read_multipart(&parts.headers, body, max).await {
+                Ok((params, uploads)) => {
+                    files = uploads;
+                    Ok(params)
+                }
+                // Refused before the CSRF check: nothing was read, nothing done.
+                Err(UploadError::TooLarge(declared)) => {
+                    return pages::devices::too_large(&ctx, declared, max)
+                }
+                Err(UploadError::Unreadable) => Err("err_form_read".to_string()),
+            }
+        } else {
+            read_form(req.into_body()).await
+        };
+        let form = match read {
             Ok(f) => f,
             Err(key) => {
                 return ctx.error(
@@ -176,6 +206,22 @@ async fn route(
         "audit/verify" => {
             ctx.query = form.unwrap_or_default();
             pages::audit::verify(&ctx).await
+        }
+        "devices" => pages::devices::page(&ctx),
+        "devices/export" => pages::devices::export(&ctx),
+        "certs" => pages::certs::page(&ctx),
+        "certs/download" => pages::certs::download(&ctx),
+        "devices/move" | "devices/import" | "devices/apply" | "certs/issue" | "certs/bulk"
+        | "certs/revoke" => {
+            ctx.query = form.unwrap_or_default();
+            match page {
+                "devices/move" => pages::devices::move_groups(&ctx).await,
+                "devices/import" => pages::devices::import(&ctx, &files),
+                "devices/apply" => pages::devices::apply(&ctx).await,
+                "certs/issue" => pages::certs::issue(&ctx).await,
+                "certs/bulk" => pages::certs::bulk(&ctx, &files).await,
+                _ => pages::certs::revoke(&ctx).await,
+            }
         }
         _ => unreachable!("required_role lists every page"),
     }

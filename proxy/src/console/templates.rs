@@ -19,6 +19,13 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("audit.html", include_str!("templates/audit.html")),
     ("report.html", include_str!("templates/report.html")),
     ("continue.html", include_str!("templates/continue.html")),
+    ("devices.html", include_str!("templates/devices.html")),
+    (
+        "registry_preview.html",
+        include_str!("templates/registry_preview.html"),
+    ),
+    ("certs.html", include_str!("templates/certs.html")),
+    ("issued.html", include_str!("templates/issued.html")),
 ];
 
 fn env() -> &'static Environment<'static> {
@@ -100,6 +107,21 @@ mod tests {
                 }),
             ];
             let mut more = more.to_vec();
+            let row = serde_json::json!({"device": "<d>", "user": "u", "groups": "g", "line": 2});
+            more.push(serde_json::json!({
+                "q": "", "matching": 1, "shown_count": 1, "registry": "r.csv", "digest": "d",
+                "group_names": "a; b", "notice": "<n>", "token": "t", "encoding": "cp932",
+                "filename": "f.csv", "password": "p", "devices": ["a"], "count": 1,
+                "can_issue": true, "can_revoke": true, "default_days": 730,
+                "error": {"message": "<script>alert(1)</script>", "lines": ["l"]},
+                "rows": [{"device": "d", "user": "u", "groups": "g", "last_site": "s", "last_seen": "",
+                          "expiry": "2026-01-01", "expiring": true, "has_cert": true, "revoked": false, "time": "t",
+                          "action": "block", "n": 0, "host": "h"}],
+                "changes": {"added": [row], "moved": [{"before": row, "after": row}], "removed": [row],
+                            "unchanged": 1, "empty": false},
+                "expiring": [{"device": "d", "serial": "s", "not_after": "n", "revoked": false, "expired": false}],
+                "all": [{"device": "d", "serial": "s", "not_after": "n", "revoked": false, "expired": false}],
+            }));
             more.push(crate::report::html::values(&crate::report::tests::sample()));
             for m in more {
                 if let (Some(c), serde_json::Value::Object(m)) = (ctx.as_object_mut(), m) {

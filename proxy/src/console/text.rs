@@ -25,7 +25,8 @@ impl Lang {
     }
 }
 
-/// (key, Japanese, English)
+/// (key, Japanese, English); the device, certificate and unblock pages'
+/// wording is in `text_devices`.
 const TEXT: &[(&str, &str, &str)] = &[
     ("console", "管理コンソール", "admin console"),
     ("nav_dashboard", "状況", "Dashboard"),
@@ -188,6 +189,7 @@ const TEXT: &[(&str, &str, &str)] = &[
 /// The wording of `key` in `lang`; `None` for an unknown key.
 pub fn lookup(lang: Lang, key: &str) -> Option<&'static str> {
     TEXT.iter()
+        .chain(super::text_devices::TEXT)
         .find(|(k, _, _)| *k == key)
         .map(|(_, ja, en)| if lang == Lang::Ja { *ja } else { *en })
 }
@@ -208,10 +210,14 @@ mod tests {
 
     #[test]
     fn keys_are_unique_and_filled() {
-        for (i, (k, ja, en)) in TEXT.iter().enumerate() {
+        let all: Vec<_> = TEXT
+            .iter()
+            .chain(super::super::text_devices::TEXT)
+            .collect();
+        for (i, (k, ja, en)) in all.iter().enumerate() {
             assert!(!ja.is_empty() && !en.is_empty(), "{k}");
             assert!(
-                TEXT[i + 1..].iter().all(|(k2, _, _)| k2 != k),
+                all[i + 1..].iter().all(|(k2, _, _)| k2 != k),
                 "duplicate key {k}"
             );
         }

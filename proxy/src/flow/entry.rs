@@ -165,6 +165,7 @@ impl Entry {
             .with_label_values(&[self.kind.label(), record.decision])
             .inc();
         self.gw.alerts.observe(record);
+        self.gw.devices_seen.observe(record);
         self.gw.access_log.submit(std::mem::take(record));
     }
 }

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub alerts: crate::alerts::Alerts,
     /// Site assertions seen on connections (replay cache, asserted sites).
     pub sites: crate::beacon::SiteAssertions,
+    /// Each device's last record (time, site), for the console.
+    pub devices_seen: crate::device_seen::DevicesSeen,
     /// Cancelled on SIGTERM / Ctrl-C: listeners stop accepting.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so shutdown can wait for them.

@@ -149,6 +149,7 @@ pub async fn start(config: Config) -> Result<Running> {
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
         device_connections: Mutex::new(HashMap::new()),
+        devices_seen: Default::default(),
         config,
     });
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use time::{Duration, OffsetDateTime};
 
-use super::ca::{generate_ca, CaMaterial};
+use super::ca::{generate_ca, CaMaterial, IssuedCert};
 use super::files::{create_dir, same_file_name, with_suffix, write_file, CERT_MODE, KEY_MODE};
 use super::names::validate_name;
 use super::{BACKDATE, DEFAULT_SERVER_SANS, DEVICE_CA_CN, INSPECT_CA_CN, MAX_DEVICE_DAYS};
@@ -160,23 +160,14 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<bool> {
 }
 
 /// `komugate pki issue-device`: sign a device cert with the device CA in `dir` and write
-/// `PREFIX.pem` (leaf only) and `PREFIX.key`. Returns `(cert_path, key_path)`.
+/// `PREFIX.pem` (leaf only) and `PREFIX.key`; a copy of the certificate goes
+/// to the inventory (`DIR/issued/`). Returns `(cert_path, key_path)`.
 pub fn issue_device(
     dir: &Path,
     opts: &DeviceCertOptions,
     out_prefix: &Path,
     force: bool,
 ) -> Result<(PathBuf, PathBuf)> {
-    validate_name("device id", opts.device_id)?;
-    for g in opts.groups {
-        validate_name("group", g)?;
-    }
-    if opts.days == 0 || opts.days > MAX_DEVICE_DAYS {
-        bail!(
-            "--days must be between 1 and {MAX_DEVICE_DAYS}, got {}",
-            opts.days
-        );
-    }
     let cert_path = with_suffix(out_prefix, ".pem")?;
     let key_path = with_suffix(out_prefix, ".key")?;
 
@@ -199,6 +190,33 @@ pub fn issue_device(
             }
         }
     }
+    let (_, issued) = sign_device(dir, opts)?;
+    if let Some(parent) = cert_path.parent() {
+        if !parent.as_os_str().is_empty() {
+            create_dir(parent)?;
+        }
+    }
+    write_file(&key_path, issued.key_pem.as_bytes(), KEY_MODE, force)?;
+    write_file(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE, force)?;
+    super::inventory::record(dir, &issued.cert_pem)?;
+    tracing::info!(device = opts.device_id, groups = ?opts.groups, cert = %cert_path.display(), "issued device certificate");
+    Ok((cert_path, key_path))
+}
+
+/// Signs a device certificate with the device CA in `dir` (validity
+/// checked, clamped to the CA's life), in memory; returns the CA too.
+pub fn sign_device(dir: &Path, opts: &DeviceCertOptions) -> Result<(CaMaterial, IssuedCert)> {
+    validate_name("device id", opts.device_id)?;
+    for g in opts.groups {
+        validate_name("group", g)?;
+    }
+    if opts.days == 0 || opts.days > MAX_DEVICE_DAYS {
+        bail!(
+            "--days must be between 1 and {MAX_DEVICE_DAYS}, got {}",
+            opts.days
+        );
+    }
+    let paths = PkiPaths::new(dir);
     let ca = CaMaterial::load(&paths.device_ca_cert(), &paths.device_ca_key())?;
     let now = OffsetDateTime::now_utc();
     let mut not_after = now + Duration::days(i64::from(opts.days));
@@ -221,13 +239,5 @@ pub fn issue_device(
         );
     }
     let issued = ca.issue_device(opts.device_id, opts.groups, now - BACKDATE, not_after)?;
-    if let Some(parent) = cert_path.parent() {
-        if !parent.as_os_str().is_empty() {
-            create_dir(parent)?;
-        }
-    }
-    write_file(&key_path, issued.key_pem.as_bytes(), KEY_MODE, force)?;
-    write_file(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE, force)?;
-    tracing::info!(device = opts.device_id, groups = ?opts.groups, cert = %cert_path.display(), "issued device certificate");
-    Ok((cert_path, key_path))
+    Ok((ca, issued))
 }

@@ -23,6 +23,11 @@
 //! * device certs: 2 years by default, EKU clientAuth, `CN=<device id>`, SAN URI
 //!   `urn:komugate:device:<id>` plus one SAN URI `urn:komugate:group:<group>` per group.
 //!
+//! Every device certificate issued is also kept (certificate only) in `issued/<serial>.pem`
+//! ([`inventory`]): what `pki list` and the console show, with the revocations of
+//! `revoked-serials.txt`. [`delivery`] hands certificates out as PKCS#12 (`.pfx`, one or a
+//! zip of many) under a one-time password.
+//!
 //! `issue-device` writes `PREFIX.pem` containing the **leaf only** (the device CA cert is
 //! not appended: the gateway already has it as its trust anchor and the chain is one level
 //! deep), and `PREFIX.key`.
@@ -38,15 +43,18 @@
 //! missing directory is created with mode 0700. (On non-Unix platforms modes are not set.)
 
 mod ca;
+pub mod delivery;
 mod directory;
 mod files;
+pub mod inventory;
 mod names;
 mod pem;
+pub mod pfx;
 
 use time::Duration;
 
 pub use ca::{generate_ca, CaMaterial, IssuedCert};
-pub use directory::{ensure, init, issue_device, DeviceCertOptions, PkiPaths};
+pub use directory::{ensure, init, issue_device, sign_device, DeviceCertOptions, PkiPaths};
 pub use names::{parse_serial_hex, serial_to_hex, validate_name};
 pub use pem::{load_certs, load_private_key};
 

@@ -1,7 +1,9 @@
 //! One module per console page; [`Ctx`] is what every signed-in page gets.
 
 pub mod audit;
+pub mod certs;
 pub mod dashboard;
+pub mod devices;
 pub mod explain;
 pub mod logs;
 pub mod oidc;

@@ -140,14 +140,17 @@ pub fn param(header: &str, name: &str) -> Option<String> {
     None
 }
 
-struct Part<'a> {
-    filename: Option<String>,
-    content_type: String,
-    data: &'a [u8],
+/// One part of a multipart body (also the console's file uploads).
+pub(crate) struct Part<'a> {
+    /// The form field's `name`.
+    pub name: Option<String>,
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub data: &'a [u8],
 }
 
 /// The parts of a multipart body (the last one may be truncated).
-fn multipart_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<Part<'a>> {
+pub(crate) fn multipart_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<Part<'a>> {
     let mut delim = b"--".to_vec();
     delim.extend_from_slice(boundary);
     let finder = memchr::memmem::Finder::new(&delim);
@@ -174,6 +177,7 @@ fn multipart_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<Part<'a>> {
         };
         let head = String::from_utf8_lossy(&body[head_start..head_end]);
         let mut filename = None;
+        let mut name = None;
         let mut content_type = String::new();
         for line in head.lines() {
             let Some((k, v)) = line.split_once(':') else {
@@ -181,6 +185,7 @@ fn multipart_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<Part<'a>> {
             };
             if k.trim().eq_ignore_ascii_case("content-disposition") {
                 filename = param(v, "filename").or_else(|| param(v, "filename*"));
+                name = param(v, "name");
             } else if k.trim().eq_ignore_ascii_case("content-type") {
                 content_type = v.trim().to_string();
             }
@@ -198,6 +203,7 @@ fn multipart_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<Part<'a>> {
             None => (body.len(), None),
         };
         parts.push(Part {
+            name,
             filename,
             content_type,
             data: &body[data_start..data_end.max(data_start)],

@@ -82,9 +82,12 @@ pub enum UploadError {
     Unreadable,
 }
 
+/// Most bytes of a refused upload read (and dropped) before the connection
+/// is closed instead.
+const MAX_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Reads a `multipart/form-data` body of at most `max` bytes: its text
 /// fields as [`Params`] (for the CSRF token), its files as [`Upload`]s.
-/// A `Content-Length` over `max` is refused before anything is read.
 pub async fn read_multipart(
     headers: &HeaderMap,
     body: hyper::body::Incoming,
@@ -106,22 +109,27 @@ pub async fn read_multipart(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(UploadError::TooLarge(declared));
+    // An upload over the limit is read to its end (up to MAX_DRAIN_BYTES)
+    // and dropped, so the browser, still sending, gets the page saying why
+    // rather than a reset connection.
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| UploadError::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total <= max as u64 {
+            bytes.extend_from_slice(&data);
+        } else if total > MAX_DRAIN_BYTES {
+            break;
+        }
     }
-    let bytes = http_body_util::Limited::new(body, max)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                UploadError::TooLarge(declared)
-            } else {
-                UploadError::Unreadable
-            }
-        })?
-        .to_bytes();
+    if total > max as u64 {
+        return Err(UploadError::TooLarge(declared.or(Some(total))));
+    }
     let mut params = Vec::new();
     let mut files = Vec::new();
     for part in crate::stages::casb::extract::multipart_parts(&bytes, boundary.as_bytes()) {

@@ -8,13 +8,15 @@
 //! One chromium for the whole file; each page is saved as a PNG in
 //! `$KOMUGATE_SCREENSHOT_DIR` (default target/tmp/screenshots).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use calamine::Reader;
 use fantoccini::Locator;
 use komugate::console::accounts::Role;
-use komugate_tests::browser::{Browser, BrowserOptions};
+use komugate_tests::browser::{
+    click, downloaded, fill, password_sign_in, sign_out, text_of, wait_text, Browser,
+    BrowserOptions,
+};
 use komugate_tests::console::{write_accounts, SCHOOL_POLICY};
 use komugate_tests::gw::TestGateway;
 use komugate_tests::oidc_provider::{free_port, OidcProvider, ProviderSetup};
@@ -34,105 +36,6 @@ fn add_accounts(config: &komugate::config::Config) {
             ("見る人", Role::Viewer, VIEWER_PW),
         ],
     );
-}
-
-/// Polls `check` on the page's text until it holds (20 s at most).
-async fn wait_text(b: &Browser, what: &str, check: impl Fn(&str, &str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let url = b
-            .client
-            .current_url()
-            .await
-            .map(|u| u.to_string())
-            .unwrap_or_default();
-        let text = b.body_text().await;
-        if check(&url, &text) {
-            return text;
-        }
-        if Instant::now() > deadline {
-            let shot = b.shot(&format!("failed-{}", what.replace(' ', "-"))).await;
-            panic!(
-                "{what}: not reached; at {url} ({}):\n{text}",
-                shot.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn fill(b: &Browser, css: &str, text: &str) {
-    let e = b
-        .client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"));
-    e.clear().await.unwrap();
-    e.send_keys(text).await.unwrap();
-}
-
-async fn text_of(b: &Browser, css: &str) -> String {
-    b.client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
-}
-
-async fn click(b: &Browser, css: &str) {
-    b.client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn password_sign_in(b: &Browser, base: &str, user: &str, password: &str, shot: Option<&str>) {
-    b.client
-        .goto(&format!("{base}/console/signin"))
-        .await
-        .unwrap();
-    fill(b, "input[name=user]", user).await;
-    fill(b, "input[name=password]", password).await;
-    if let Some(name) = shot {
-        b.shot(name).await;
-    }
-    click(b, "form[action='/console/signin'] button[type=submit]").await;
-    wait_text(b, "dashboard after sign-in", |url, text| {
-        url.ends_with("/console/dashboard") && text.contains(user)
-    })
-    .await;
-}
-
-async fn sign_out(b: &Browser) {
-    click(b, "form[action='/console/signout'] button").await;
-    wait_text(b, "signed out", |url, _| url.contains("/console/signin")).await;
-}
-
-/// The one finished download in `dir` (20 s at most).
-async fn downloaded(dir: &Path, ext: &str) -> PathBuf {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == ext));
-        if let Some(p) = found {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no .{ext} download in {}",
-            dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

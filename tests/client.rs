@@ -155,15 +155,7 @@ action = "block"
             backoff_max_ms: 500,
             ..ClientConfig::default()
         };
-        let c = komugate::client::start(cfg).await.expect("client starts");
-        let link = c.link.clone();
-        komugate_tests::eventually(Duration::from_secs(5), || {
-            let up = link.is_up();
-            async move { up.then_some(()) }
-        })
-        .await
-        .expect("client connects to the gateway");
-        c
+        komugate_tests::gw::start_client(cfg).await
     }
 }
 

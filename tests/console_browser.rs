@@ -50,6 +50,7 @@ async fn the_console_in_a_real_browser() {
         accounts: serde_json::json!({
             "hanako": {"name": "山田 花子", "groups": ["komugate-admins"]},
         }),
+        ..Default::default()
     };
     let provider = OidcProvider::start(&setup).await;
     let upstream = HttpUpstream::start("127.0.0.1").await;

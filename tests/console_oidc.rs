@@ -7,20 +7,10 @@
 //! every step audited with the person's name. Forged tokens (signature,
 //! iss, aud, times, nonce, alg) are unit tests in proxy/src/oidc/verify.rs.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use komugate_tests::console::ConsoleClient;
 use komugate_tests::gw::TestGateway;
-use komugate_tests::oidc_provider::{free_port, OidcProvider, ProviderSetup, HOST};
+use komugate_tests::oidc_provider::{free_port, IdpClient, OidcProvider, ProviderSetup};
 use komugate_tests::within;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
 
 const CLIENT_ID: &str = "komugate-console";
 const CLIENT_SECRET: &str = "a-client-secret-for-tests-only-0123";
@@ -36,6 +26,7 @@ fn setup(admin_port: u16) -> ProviderSetup {
             "taro": {"name": "佐藤 太郎", "groups": ["komugate-viewers"]},
             "mallory": {"name": "Mallory", "groups": ["students"]},
         }),
+        ..Default::default()
     }
 }
 
@@ -52,98 +43,6 @@ async fn gateway_with_provider(
         c.admin.oidc = Some(provider.console_config(&setup, secret_file));
     })
     .await
-}
-
-/// A response read whole.
-struct Reply {
-    status: StatusCode,
-    location: Option<String>,
-    body: String,
-}
-
-/// The provider's side of a browser: HTTPS trusting the provider's CA, a
-/// cookie jar.
-struct IdpClient {
-    tls: Arc<rustls::ClientConfig>,
-    cookies: BTreeMap<String, String>,
-    origin: String,
-}
-
-impl IdpClient {
-    fn new(provider: &OidcProvider) -> IdpClient {
-        let ca = CertificateDer::from_pem_file(provider.ca_file()).unwrap();
-        IdpClient {
-            tls: komugate_tests::gw::client_config(ca, None, &[b"http/1.1"]),
-            cookies: BTreeMap::new(),
-            origin: provider.issuer.clone(),
-        }
-    }
-
-    async fn send(&mut self, url: &str, form: Option<&[(&str, &str)]>) -> Reply {
-        let path = url.strip_prefix(&self.origin).unwrap_or(url);
-        assert!(path.starts_with('/'), "a provider URL: {url}");
-        let mut req = match form {
-            None => Request::get(path).body(Full::new(Bytes::new())).unwrap(),
-            Some(f) => {
-                let body = f
-                    .iter()
-                    .map(|(k, v)| format!("{}={}", komugate::oidc::pct(k), komugate::oidc::pct(v)))
-                    .collect::<Vec<_>>()
-                    .join("&");
-                Request::post(path)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap()
-            }
-        };
-        let authority = self.origin.trim_start_matches("https://").to_string();
-        req.headers_mut().insert("host", authority.parse().unwrap());
-        if !self.cookies.is_empty() {
-            let c = self
-                .cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            req.headers_mut().insert("cookie", c.parse().unwrap());
-        }
-        let tcp = TcpStream::connect(&authority)
-            .await
-            .expect("connect to the provider");
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(ServerName::try_from(HOST).unwrap(), tcp)
-            .await
-            .expect("TLS with the provider");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let resp = sender.send_request(req).await.unwrap();
-        for line in resp.headers().get_all("set-cookie") {
-            let line = line.to_str().unwrap_or("");
-            if let Some((k, v)) = line.split(';').next().unwrap_or("").split_once('=') {
-                self.cookies.insert(k.trim().to_string(), v.to_string());
-            }
-        }
-        let status = resp.status();
-        let location = resp
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(|l| {
-                if l.starts_with('/') {
-                    format!("{}{l}", self.origin)
-                } else {
-                    l.to_string()
-                }
-            });
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            location,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
 }
 
 /// One person's browser: the console side and the provider side.
@@ -175,7 +74,7 @@ impl Person {
             binding.contains("HttpOnly") && binding.contains("SameSite=Lax"),
             "{binding}"
         );
-        let mut url = start.location().unwrap();
+        let url = start.location().unwrap();
         assert!(url.starts_with(&format!("{}/", self.idp.origin)), "{url}");
         for needle in [
             "code_challenge_method=S256",
@@ -186,38 +85,10 @@ impl Person {
             assert!(url.contains(needle), "{needle} in {url}");
         }
         let console = format!("http://127.0.0.1:{}", self.console.addr.port());
-        for _ in 0..12 {
-            if let Some(path) = url.strip_prefix(&console) {
-                return path.to_string();
-            }
-            let page = self.idp.send(&url, None).await;
-            if page.status.is_redirection() {
-                url = page.location.unwrap();
-                continue;
-            }
-            assert_eq!(page.status, 200, "{url}: {}", page.body);
-            let action = page
-                .body
-                .split("action=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or_else(|| panic!("a form on {url}: {}", page.body))
-                .to_string();
-            let form: Vec<(&str, &str)> = if page.body.contains("name=\"login\"") {
-                vec![("prompt", "login"), ("login", login), ("password", "any")]
-            } else {
-                vec![("prompt", "consent")]
-            };
-            let r = self.idp.send(&action, Some(&form)).await;
-            assert!(
-                r.status.is_redirection(),
-                "{action}: {} {}",
-                r.status,
-                r.body
-            );
-            url = r.location.unwrap();
-        }
-        panic!("the provider did not send back to the console");
+        let back = self.idp.walk(&url, login, &console, None).await;
+        back.strip_prefix(&console)
+            .expect("the provider sent back to the console")
+            .to_string()
     }
 
     /// Signs in all the way; the page the callback answers.

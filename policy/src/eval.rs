@@ -2,6 +2,7 @@
 
 use crate::pattern::local_day_minute;
 use crate::registry::GroupBits;
+use crate::subject::{Miss, PostureFailure, Subject};
 use crate::{Action, CasbHook, FirewallHook, Policy, Rule, TunnelMode};
 use crate::{SCHEME_CONNECT, SCHEME_HTTP, SCHEME_HTTPS};
 use std::borrow::Cow;
@@ -88,7 +89,14 @@ pub struct Decision {
     pub message: Option<String>,
     pub location: Location,
     pub device: Option<String>,
+    /// The registry's user of the device, or the signed-in user when there is one.
     pub user: Option<String>,
+    /// `user` is the OpenID Connect user signed in on the device.
+    pub signed_in: bool,
+    /// The signed-in user's groups from the provider.
+    pub user_groups: Vec<String>,
+    /// For a block: a rule that would have applied but for the device's posture.
+    pub posture_failure: Option<PostureFailure>,
     pub groups: Vec<String>,
     pub categories: Vec<String>,
     pub app: Option<String>,
@@ -286,6 +294,12 @@ impl Policy {
     /// The decision for one request. Pure; the same function backs the proxy,
     /// `komugate policy explain` and `/admin/explain`.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
+        self.evaluate_as(req, &Subject::default())
+    }
+
+    /// [`Policy::evaluate`] for a device with a signed-in user and / or a
+    /// posture report (`subject`).
+    pub fn evaluate_as(&self, req: &Request<'_>, subject: &Subject<'_>) -> Decision {
         let host = norm_host(req.host);
         let (site, location) = match &req.location {
             Some(Location::Site(name)) => (
@@ -397,13 +411,29 @@ impl Policy {
         if let Some(p) = policy {
             ctx.cats = ctx.cats.difference(p.ignore_categories);
         }
+        // The first rule whose conditions other than posture held but whose
+        // posture requirement failed: the block page says why.
+        let mut posture_miss: Option<PostureFailure> = None;
         if decided.is_none() {
             if let Some(p) = policy {
                 for &ri in &p.rules {
                     let r = &self.rules[ri];
-                    if r.decides && r.matches(&ctx) {
-                        decided = Some((r.action, r.name.clone(), Some(r)));
-                        break;
+                    if !(r.decides && r.matches(&ctx)) {
+                        continue;
+                    }
+                    match r.subject.check(subject) {
+                        Ok(()) => {
+                            decided = Some((r.action, r.name.clone(), Some(r)));
+                            break;
+                        }
+                        Err(Miss::Posture(ja, en)) => {
+                            posture_miss.get_or_insert(PostureFailure {
+                                rule: r.name.clone(),
+                                ja,
+                                en,
+                            });
+                        }
+                        Err(Miss::Subject) => {}
                     }
                 }
             }
@@ -415,7 +445,7 @@ impl Policy {
                 for &ri in &p.rules {
                     let r = &self.rules[ri];
                     if let Some(h) = &r.casb {
-                        if r.matches(&ctx) {
+                        if r.matches(&ctx) && r.subject.check(subject).is_ok() {
                             casb.get_or_insert_with(CasbHook::default).merge(h);
                         }
                     }
@@ -438,6 +468,9 @@ impl Policy {
                 .iter()
                 .position(|e| e.patterns.iter().any(|p| p.matches(&host)))
         });
+        // The signed-in user, when there is one, is who is at the device.
+        let signed_in = subject.user.is_some();
+        let user = subject.user.map(str::to_string).or(user);
         let mut group_names: Vec<String> =
             groups.iter().map(|g| self.groups[g].name.clone()).collect();
         group_names.extend(extra_groups);
@@ -480,6 +513,9 @@ impl Policy {
             location,
             device: req.device.map(str::to_string),
             user,
+            signed_in,
+            user_groups: subject.user_groups.to_vec(),
+            posture_failure: posture_miss.filter(|_| action == Action::Block),
             groups: group_names,
             categories,
             app: app_ref.map(|a| a.name.clone()),

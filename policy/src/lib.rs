@@ -18,6 +18,7 @@ mod eval;
 pub mod pattern;
 mod registry;
 mod squidguard;
+pub mod subject;
 pub mod wording;
 
 pub use casb::{CasbSettings, Dlp, DlpPattern, TenantRestriction};
@@ -33,6 +34,7 @@ pub use registry::{
     DecodeError, GroupBits, RegistryChanges, RegistryRow, MAX_GROUPS,
 };
 pub use squidguard::import_squidguard;
+pub use subject::{Posture, PostureFailure, Subject};
 pub use wording::Wording;
 
 use komugate_categories::{CategorySet, Matcher};
@@ -355,6 +357,8 @@ pub(crate) struct Rule {
     pub paths: Option<Vec<String>>,
     pub time: Option<TimeWindow>,
     pub days: Option<Weekdays>,
+    /// Conditions on the signed-in user and the device's posture.
+    pub subject: subject::SubjectConds,
     pub action: Action,
     pub message: Option<String>,
     pub tunnel: Option<TunnelMode>,

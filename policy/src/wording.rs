@@ -19,6 +19,10 @@ pub struct Wording {
     pub location: &'static str,
     pub device: &'static str,
     pub user: &'static str,
+    /// After the user's name when signed in through OpenID Connect.
+    pub signed_in: &'static str,
+    pub user_groups: &'static str,
+    pub posture: &'static str,
     pub groups: &'static str,
     pub categories: &'static str,
     pub app: &'static str,
@@ -56,6 +60,9 @@ pub static EN: Wording = Wording {
     location: "location:   ",
     device: "device:     ",
     user: "user:       ",
+    signed_in: " (signed in)",
+    user_groups: "user groups: ",
+    posture: "posture:    ",
     groups: "groups:     ",
     categories: "categories: ",
     app: "app:        ",
@@ -99,6 +106,9 @@ pub static JA: Wording = Wording {
     location: "場所:         ",
     device: "端末:         ",
     user: "利用者:       ",
+    signed_in: "（サインイン中）",
+    user_groups: "利用者グループ: ",
+    posture: "端末の状態:   ",
     groups: "グループ:     ",
     categories: "カテゴリ:     ",
     app: "アプリ:       ",
@@ -174,7 +184,13 @@ impl Wording {
         line(self.request, &d.request);
         line(self.location, &self.location(&d.location));
         line(self.device, d.device.as_deref().unwrap_or(self.none));
-        line(self.user, d.user.as_deref().unwrap_or(self.unknown));
+        match (&d.user, d.signed_in) {
+            (Some(u), true) => line(self.user, &format!("{u}{}", self.signed_in)),
+            (u, _) => line(self.user, u.as_deref().unwrap_or(self.unknown)),
+        }
+        if d.signed_in {
+            line(self.user_groups, &self.list(&d.user_groups));
+        }
         line(self.groups, &self.list(&d.groups));
         let categories: Vec<String> = d.categories.iter().map(|c| (self.category)(c)).collect();
         line(self.categories, &self.list(&categories));
@@ -195,6 +211,14 @@ impl Wording {
         );
         if let Some(m) = &d.message {
             line(self.message, m);
+        }
+        if let Some(p) = &d.posture_failure {
+            let why = if std::ptr::eq(self, &JA) {
+                &p.ja
+            } else {
+                &p.en
+            };
+            line(self.posture, &format!("{} ({})", why, p.rule));
         }
         match &d.egress {
             Some(e) => line(

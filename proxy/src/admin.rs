@@ -22,8 +22,11 @@ use crate::gateway::Gateway;
 use crate::listen::http::ServerLimits;
 
 pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener, tls: Option<TlsAcceptor>) {
-    let console = Arc::new(Console::new(&gw.config, tls.is_some()));
-    console.oidc_metrics.register(&gw.metrics.registry);
+    let mut console = Console::new(&gw.config, tls.is_some());
+    // One set of komugate_oidc_* counters for console and user sign-ins,
+    // registered with the gateway's users (crate::users).
+    console.oidc_metrics = gw.users.metrics.clone();
+    let console = Arc::new(console);
     loop {
         let (stream, peer) = tokio::select! {
             _ = gw.shutdown.cancelled() => return,

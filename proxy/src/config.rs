@@ -54,6 +54,10 @@ pub struct Config {
     /// `[doctor]`: what `komugate doctor` compares the deployment against.
     #[serde(default)]
     pub doctor: DoctorConfig,
+    /// `[users]`: users signed in on devices through OpenID Connect, and
+    /// the devices' posture reports (`crate::users`).
+    #[serde(default)]
+    pub users: UsersConfig,
 }
 
 /// `[doctor]`: expectations `komugate doctor` checks (see `crate::doctor`).
@@ -77,6 +81,87 @@ impl Default for DoctorConfig {
             expected_egress: Vec::new(),
             list_max_age_days: 8,
         }
+    }
+}
+
+/// `[users]`: who is at a device besides its certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersConfig {
+    /// `[users.oidc]`: the provider `komugate client` signs users in with.
+    pub oidc: Option<UserOidcConfig>,
+    /// A posture report older than this no longer counts (the client sends
+    /// one at link setup and every `posture_interval_secs`).
+    pub posture_max_age_secs: u64,
+    /// A posture report stamped further in the future than this is refused.
+    pub posture_max_future_secs: u64,
+}
+
+impl Default for UsersConfig {
+    fn default() -> UsersConfig {
+        UsersConfig {
+            oidc: None,
+            posture_max_age_secs: 900,
+            posture_max_future_secs: 60,
+        }
+    }
+}
+
+/// `[users.oidc]`: ID tokens from `komugate client` sign-ins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserOidcConfig {
+    /// The provider's issuer, exactly as its discovery document names it
+    /// (`https://login.microsoftonline.com/TENANT/v2.0`).
+    pub issuer: String,
+    /// The application (client) id `komugate client` signs in as (a
+    /// public client: no secret, redirect `http://127.0.0.1/callback`).
+    pub client_id: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim listing the user's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// The claims naming the user (policy `users`, logs), first present
+    /// one wins.
+    #[serde(default = "default_user_claims")]
+    pub user_claims: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for the provider's TLS, relative
+    /// to the data directory.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_clock_skew_secs")]
+    pub clock_skew_secs: u64,
+    #[serde(default = "default_jwks_refetch_secs")]
+    pub jwks_min_refetch_secs: u64,
+}
+
+fn default_user_claims() -> Vec<String> {
+    vec![
+        "preferred_username".into(),
+        "upn".into(),
+        "email".into(),
+        "sub".into(),
+    ]
+}
+
+impl UserOidcConfig {
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let at = |e: String| anyhow::anyhow!("{origin}: [users.oidc] {e}");
+        crate::oidc::check_url("issuer", &self.issuer).map_err(at)?;
+        if self.client_id.trim().is_empty() {
+            bail!("{origin}: [users.oidc] client_id is empty: set the application (client) id of the app registered for komugate client");
+        }
+        if !self.scopes.iter().any(|s| s == "openid") {
+            bail!("{origin}: [users.oidc] scopes must include \"openid\"");
+        }
+        if self.user_claims.is_empty() {
+            bail!("{origin}: [users.oidc] user_claims is empty: name at least one claim, e.g. [\"preferred_username\"]");
+        }
+        if self.clock_skew_secs > 600 {
+            bail!("{origin}: [users.oidc] clock_skew_secs = {} is more than 600; fix the clocks (NTP) instead", self.clock_skew_secs);
+        }
+        Ok(())
     }
 }
 
@@ -855,6 +940,12 @@ impl Config {
         }
         if let Some(o) = &self.admin.oidc {
             o.validate(origin)?;
+        }
+        if let Some(o) = &self.users.oidc {
+            o.validate(origin)?;
+        }
+        if self.users.posture_max_age_secs == 0 {
+            bail!("{origin}: [users] posture_max_age_secs must be at least 1");
         }
         for (name, token) in &self.admin.tokens {
             if token.trim().len() < 16 {

@@ -50,6 +50,7 @@ pub fn explain(
         path,
         scheme,
         location: None,
+        subject: Default::default(),
     };
     Ok(policy.evaluate(&policy_request(&req, SystemTime::now())))
 }

@@ -69,3 +69,4 @@ pub mod replay_body;
 pub mod report;
 pub mod request;
 pub mod stages;
+pub mod users;

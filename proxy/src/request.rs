@@ -41,6 +41,9 @@ pub struct ConnContext {
     pub listener: ListenerKind,
     pub client: SocketAddr,
     pub device: Option<DeviceIdentity>,
+    /// The device certificate (DER) of an mTLS connection: posture reports
+    /// are verified with its key.
+    pub device_cert: Option<std::sync::Arc<[u8]>>,
 }
 
 impl ConnContext {

@@ -248,3 +248,16 @@ pub async fn tls_connect(
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
 }
+
+/// Starts `komugate client` with `cfg` and waits (5 s) for its link to be up.
+pub async fn start_client(cfg: komugate::client::ClientConfig) -> komugate::client::RunningClient {
+    let c = komugate::client::start(cfg).await.expect("client starts");
+    let link = c.link.clone();
+    super::eventually(Duration::from_secs(5), || {
+        let up = link.is_up();
+        async move { up.then_some(()) }
+    })
+    .await
+    .expect("client connects to the gateway");
+    c
+}

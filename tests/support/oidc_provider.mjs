@@ -4,7 +4,9 @@
 //
 // Usage: node oidc_provider.mjs NODE_MODULES_DIR CONFIG_JSON
 // CONFIG_JSON: { host, port (0 = any), cert_file, key_file, client_id,
-//   client_secret, redirect_uri, accounts: { id: { claims... } } }
+//   client_secret, redirect_uri, accounts: { id: { claims... } },
+//   native_clients: [public client ids], id_token_ttl: { id: seconds },
+//   jwk_file: optional path of the signing key (JWK) to use or create }
 // Prints "ISSUER <url>" once listening. Signing keys (RSA, RS256) are
 // generated at every start under a fresh kid: a restart on the same port
 // is a key rotation.
@@ -20,13 +22,21 @@ const { default: Provider } = await import(
   pathToFileURL(path.join(modules, 'oidc-provider', 'lib', 'index.js')).href
 );
 
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-const jwk = {
-  ...privateKey.export({ format: 'jwk' }),
-  kid: `k-${crypto.randomBytes(6).toString('hex')}`,
-  alg: 'RS256',
-  use: 'sig',
-};
+// With jwk_file: the key in it (written there if the file does not exist
+// yet), so two providers can sign with the same key.
+let jwk;
+if (cfg.jwk_file && fs.existsSync(cfg.jwk_file)) {
+  jwk = JSON.parse(fs.readFileSync(cfg.jwk_file, 'utf8'));
+} else {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  jwk = {
+    ...privateKey.export({ format: 'jwk' }),
+    kid: `k-${crypto.randomBytes(6).toString('hex')}`,
+    alg: 'RS256',
+    use: 'sig',
+  };
+  if (cfg.jwk_file) fs.writeFileSync(cfg.jwk_file, JSON.stringify(jwk));
+}
 
 const server = https.createServer({
   cert: fs.readFileSync(cfg.cert_file),
@@ -42,7 +52,19 @@ server.listen(cfg.port || 0, cfg.host, () => {
       response_types: ['code'],
       grant_types: ['authorization_code'],
       token_endpoint_auth_method: 'client_secret_basic',
-    }],
+    }, ...(cfg.native_clients || []).map((id) => ({
+      // Like komugate client's app registration: public, loopback redirect.
+      client_id: id,
+      application_type: 'native',
+      redirect_uris: ['http://127.0.0.1/callback'],
+      response_types: ['code'],
+      grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
+      token_endpoint_auth_method: 'none',
+    }))],
+    features: { deviceFlow: { enabled: true } },
+    ttl: {
+      IdToken: (ctx) => (cfg.id_token_ttl || {})[ctx?.oidc?.account?.accountId] || 3600,
+    },
     jwks: { keys: [jwk] },
     // The console must send PKCE; the provider refuses it otherwise.
     pkce: { methods: ['S256'], required: () => true },

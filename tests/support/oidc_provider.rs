@@ -10,10 +10,20 @@
 //! 127.0.0.1, as the provider is in production: the browser applies its
 //! cross-site cookie rules to the callback.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 use komugate::config::OidcConfig;
 
@@ -29,13 +39,22 @@ pub fn free_port() -> u16 {
 }
 
 /// The client registered at the provider and the people it knows.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ProviderSetup {
     pub client_id: String,
     pub client_secret: String,
     pub redirect_uri: String,
     /// `{ "login name": { "name": …, "groups": […] } }`
     pub accounts: serde_json::Value,
+    /// Public native clients (no secret; redirect to
+    /// `http://127.0.0.1/callback` on any port; code and device-code
+    /// grants), like the app `komugate client` signs in as.
+    pub native_clients: Vec<String>,
+    /// ID-token lifetime in seconds by login name (default one hour).
+    pub id_token_ttl: serde_json::Value,
+    /// Sign with the key in this JWK file (created by the first provider
+    /// started with it): two issuers, one key.
+    pub jwk_file: Option<PathBuf>,
 }
 
 pub struct OidcProvider {
@@ -155,6 +174,9 @@ fn spawn(dir: &Path, setup: &ProviderSetup, port: u16) -> (Child, String, String
         "client_secret": setup.client_secret,
         "redirect_uri": setup.redirect_uri,
         "accounts": setup.accounts,
+        "native_clients": setup.native_clients,
+        "id_token_ttl": setup.id_token_ttl,
+        "jwk_file": setup.jwk_file,
     });
     let config_file = dir.join("provider.json");
     std::fs::write(&config_file, config.to_string()).expect("provider config");
@@ -187,5 +209,174 @@ fn spawn(dir: &Path, setup: &ProviderSetup, port: u16) -> (Child, String, String
             (child, issuer.to_string(), kid.to_string())
         }
         _ => panic!("oidc-provider did not start: {line:?}"),
+    }
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+/// The provider's side of a browser: HTTPS trusting the provider's CA, a
+/// cookie jar.
+pub struct IdpClient {
+    tls: Arc<rustls::ClientConfig>,
+    cookies: BTreeMap<String, String>,
+    pub origin: String,
+}
+
+impl IdpClient {
+    pub fn new(provider: &OidcProvider) -> IdpClient {
+        let ca = CertificateDer::from_pem_file(provider.ca_file()).unwrap();
+        IdpClient {
+            tls: crate::gw::client_config(ca, None, &[b"http/1.1"]),
+            cookies: BTreeMap::new(),
+            origin: provider.issuer.clone(),
+        }
+    }
+
+    pub async fn send(&mut self, url: &str, form: Option<&[(&str, &str)]>) -> Reply {
+        let path = url.strip_prefix(&self.origin).unwrap_or(url);
+        assert!(path.starts_with('/'), "a provider URL: {url}");
+        let mut req = match form {
+            None => Request::get(path).body(Full::new(Bytes::new())).unwrap(),
+            Some(f) => {
+                let body = f
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", komugate::oidc::pct(k), komugate::oidc::pct(v)))
+                    .collect::<Vec<_>>()
+                    .join("&");
+                Request::post(path)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap()
+            }
+        };
+        let authority = self.origin.trim_start_matches("https://").to_string();
+        req.headers_mut().insert("host", authority.parse().unwrap());
+        if !self.cookies.is_empty() {
+            let c = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req.headers_mut().insert("cookie", c.parse().unwrap());
+        }
+        let tcp = TcpStream::connect(&authority)
+            .await
+            .expect("connect to the provider");
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(ServerName::try_from(HOST).unwrap(), tcp)
+            .await
+            .expect("TLS with the provider");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.unwrap();
+        for line in resp.headers().get_all("set-cookie") {
+            let line = line.to_str().unwrap_or("");
+            if let Some((k, v)) = line.split(';').next().unwrap_or("").split_once('=') {
+                self.cookies.insert(k.trim().to_string(), v.to_string());
+            }
+        }
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(|l| {
+                if l.starts_with('/') {
+                    format!("{}{l}", self.origin)
+                } else {
+                    l.to_string()
+                }
+            });
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            location,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+    /// Follows `url` through the provider's pages like a browser: redirects,
+    /// the login form (as `login`, any password), the consent form, the
+    /// device-code forms (`user_code`), every hidden field posted back. Stops
+    /// at the first URL starting with `until` (returned), or at a page
+    /// without a form (the device flow's success page: its URL returned).
+    pub async fn walk(
+        &mut self,
+        start: &str,
+        login: &str,
+        until: &str,
+        user_code: Option<&str>,
+    ) -> String {
+        let mut url = start.to_string();
+        for _ in 0..16 {
+            if url.starts_with(until) {
+                return url;
+            }
+            let page = self.send(&url, None).await;
+            if page.status.is_redirection() {
+                url = page.location.unwrap();
+                continue;
+            }
+            assert_eq!(page.status, 200, "{url}: {}", page.body);
+            let mut body = page.body;
+            loop {
+                let Some(form) = body
+                    .split("<form")
+                    .nth(1)
+                    .map(|f| f.split("</form>").next().unwrap_or("").to_string())
+                else {
+                    return url;
+                };
+                let action = form
+                    .split("action=\"")
+                    .nth(1)
+                    .and_then(|s| s.split('"').next())
+                    .unwrap_or_else(|| panic!("a form action on {url}: {form}"))
+                    .to_string();
+                let mut fields: Vec<(String, String)> = Vec::new();
+                for input in form.split("<input").skip(1) {
+                    let attr = |name: &str| {
+                        input
+                            .split(&format!("{name}=\""))
+                            .nth(1)
+                            .and_then(|s| s.split('"').next())
+                            .map(str::to_string)
+                    };
+                    let Some(name) = attr("name") else { continue };
+                    let hidden = input.contains("type=\"hidden\"");
+                    match (name.as_str(), hidden) {
+                        (_, true) => fields.push((name, attr("value").unwrap_or_default())),
+                        ("login", false) => fields.push((name, login.to_string())),
+                        ("password", false) => fields.push((name, "any".into())),
+                        ("user_code", false) => fields.push((
+                            name,
+                            user_code
+                                .expect("a user code for the device flow")
+                                .to_string(),
+                        )),
+                        _ => {}
+                    }
+                }
+                let form: Vec<(&str, &str)> = fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let r = self.send(&action, Some(&form)).await;
+                if r.status.is_redirection() {
+                    url = r.location.unwrap();
+                    break;
+                }
+                assert_eq!(r.status, 200, "{action}: {}", r.body);
+                body = r.body;
+            }
+        }
+        panic!("the provider did not reach {until} from {start}");
     }
 }

@@ -168,6 +168,7 @@ pub(super) fn section(
                 paths: None,
                 time: c.time,
                 days: c.days,
+                subject: Default::default(),
                 action: if allow { Action::Allow } else { Action::Block },
                 message: None,
                 tunnel: None,

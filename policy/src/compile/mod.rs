@@ -36,7 +36,10 @@
 //!             my_number = true | keywords = [..] | regex = ".."
 //! [[rule]]    name, <conditions>, action, message, tunnel, egress, casb, firewall
 //!             (conditions include app, app_category, app_tenant = "own"|"other";
-//!             a rule with `casb` and no `action` only sets CASB controls)
+//!             a rule with `casb` and no `action` only sets CASB controls;
+//!             users, user_groups, signed_in = bool: the OpenID Connect user;
+//!             posture = { disk_encryption, firewall, os_updated_within_days,
+//!             os, min_os_version, min_client_version }: the device's report)
 //! [[ruleset]] name, [[ruleset.rule]] ...
 //! [[policy]]  name, groups = [..] (omit = everyone), rulesets = [..], default,
 //!             allow/deny = [entries], allow_files/deny_files = [paths],
@@ -67,6 +70,7 @@ mod policies;
 mod reachability;
 mod rules;
 mod sites;
+mod subject;
 mod tenant;
 
 use std::path::{Path, PathBuf};

@@ -75,6 +75,7 @@ fn has_conditions(r: &Rule) -> bool {
         || r.paths.is_some()
         || r.time.is_some()
         || r.days.is_some()
+        || !r.subject.is_empty()
 }
 
 /// Does `a` match every request `b` matches? (sound, not complete)
@@ -119,4 +120,6 @@ pub(super) fn covers(a: &Rule, b: &Rule) -> bool {
         })
         && dim(&a.time, &b.time, |a, b| a == b)
         && dim(&a.days, &b.days, |a, b| b.0 & !a.0 == 0)
+        // User and posture conditions: only identical ones are known to cover.
+        && (a.subject.is_empty() || a.subject == b.subject)
 }

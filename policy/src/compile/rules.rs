@@ -7,6 +7,7 @@ use toml_edit::TableLike;
 
 use super::conditions::{parse_conds, Conds, Names, COND_KEYS};
 use super::cx::{Cx, Span};
+use crate::subject::SubjectConds;
 use crate::*;
 
 const RULE_KEYS: &[&str] = &[
@@ -91,6 +92,7 @@ fn parse_rule(
 ) -> Option<(Rule, Span)> {
     let mut allowed: Vec<&str> = RULE_KEYS.to_vec();
     allowed.extend_from_slice(COND_KEYS);
+    allowed.extend_from_slice(super::subject::SUBJECT_KEYS);
     let name = cx.req_str(t, "name", "[[rule]]", tspan);
     let what = match &name {
         Some((n, _)) => format!("rule `{n}`"),
@@ -99,9 +101,14 @@ fn parse_rule(
     cx.keys(t, &what, &allowed);
     let mut c = Conds::default();
     parse_conds(cx, t, &what, n, &mut c);
+    let mut subject = SubjectConds::default();
+    super::subject::parse(cx, t, &what, &mut subject);
     if let Some((w, _)) = cx.table(t, "when") {
-        cx.keys(w, &format!("`when` of {what}"), COND_KEYS);
+        let mut when_keys = COND_KEYS.to_vec();
+        when_keys.extend_from_slice(super::subject::SUBJECT_KEYS);
+        cx.keys(w, &format!("`when` of {what}"), &when_keys);
         parse_conds(cx, w, &what, n, &mut c);
+        super::subject::parse(cx, w, &what, &mut subject);
     }
     let decides = t.contains_key("action") || !t.contains_key("casb");
     let action = if t.contains_key("action") {
@@ -169,6 +176,7 @@ fn parse_rule(
             paths: c.paths,
             time: c.time,
             days: c.days,
+            subject,
             action,
             message,
             tunnel,

@@ -17,6 +17,17 @@
 //! backoff_min_ms = 200                 # reconnect backoff (doubles, with jitter)
 //! backoff_max_ms = 15000
 //! beacon_refresh_secs = 60             # assertions are valid 5 min; refresh every minute
+//! sign_in = "browser"                  # sign the user in at start: "browser", "device" (code), "none"
+//! oidc_ca = ""                         # extra CA (PEM) for the OpenID provider's TLS
+//! posture = true                       # send signed posture reports
+//! posture_interval_secs = 300
+//! posture_file = ""                    # facts from device management (JSON), override the collected ones
+//! key_store = "pem"                    # "pem" (the key file) or "pkcs11" (a key in a token)
+//! [pkcs11]                             # with key_store = "pkcs11"
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token_label = "komugate"
+//! key_label = "device"
+//! pin_file = "C:/ProgramData/komugate/pin"   # the user PIN, one line
 //! ```
 
 use std::net::SocketAddr;
@@ -44,6 +55,32 @@ pub struct ClientConfig {
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
     pub beacon_refresh_secs: u64,
+    /// Sign the user in at start: `browser`, `device` or `none`.
+    pub sign_in: String,
+    /// Extra CA certificates (PEM) for the OpenID provider's TLS.
+    pub oidc_ca: PathBuf,
+    /// Send signed posture reports on the link.
+    pub posture: bool,
+    pub posture_interval_secs: u64,
+    /// Facts written by device management (JSON, the fields of a posture
+    /// report's facts); those present override the collected ones.
+    pub posture_file: PathBuf,
+    /// `pem` or `pkcs11`.
+    pub key_store: String,
+    pub pkcs11: Pkcs11Config,
+}
+
+/// `[pkcs11]`: the device key inside a PKCS#11 token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pkcs11Config {
+    /// The token's PKCS#11 module (shared library).
+    pub module: PathBuf,
+    pub token_label: String,
+    /// The private key object's label (CKA_LABEL).
+    pub key_label: String,
+    /// A file holding the user PIN (one line).
+    pub pin_file: PathBuf,
 }
 
 impl Default for ClientConfig {
@@ -64,6 +101,13 @@ impl Default for ClientConfig {
             backoff_min_ms: 200,
             backoff_max_ms: 15_000,
             beacon_refresh_secs: 60,
+            sign_in: "none".into(),
+            oidc_ca: PathBuf::new(),
+            posture: true,
+            posture_interval_secs: 300,
+            posture_file: PathBuf::new(),
+            key_store: "pem".into(),
+            pkcs11: Pkcs11Config::default(),
         }
     }
 }
@@ -101,6 +145,9 @@ pub struct ClientArgs {
     /// Site beacon URL (repeatable), e.g. http://10.20.0.5:8740/assertion.
     #[arg(long = "beacon")]
     pub beacons: Vec<String>,
+    /// Sign the user in at start: browser, device (code shown) or none.
+    #[arg(long)]
+    pub sign_in: Option<String>,
 }
 
 impl ClientConfig {
@@ -124,7 +171,14 @@ impl ClientConfig {
         let mut c = ClientConfig::parse(&text, &path.display().to_string())?;
         // Relative certificate paths are relative to the configuration file.
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.cert, &mut c.key, &mut c.ca] {
+        for p in [
+            &mut c.cert,
+            &mut c.key,
+            &mut c.ca,
+            &mut c.oidc_ca,
+            &mut c.posture_file,
+            &mut c.pkcs11.pin_file,
+        ] {
             if !p.as_os_str().is_empty() && p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -165,6 +219,9 @@ impl ClientConfig {
         if !a.beacons.is_empty() {
             c.beacons = a.beacons.clone();
         }
+        if let Some(v) = &a.sign_in {
+            c.sign_in = v.clone();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -177,14 +234,32 @@ impl ClientConfig {
         if host.is_empty() || port == 0 {
             bail!("--server {:?} is not HOST:PORT", self.server);
         }
-        for (flag, p) in [
-            ("--cert", &self.cert),
-            ("--key", &self.key),
-            ("--ca", &self.ca),
+        let key_in_file = match self.key_store.as_str() {
+            "pem" => true,
+            "pkcs11" => {
+                let p = &self.pkcs11;
+                if p.module.as_os_str().is_empty()
+                    || p.token_label.is_empty()
+                    || p.key_label.is_empty()
+                    || p.pin_file.as_os_str().is_empty()
+                {
+                    bail!("key_store = \"pkcs11\" needs [pkcs11] module, token_label, key_label and pin_file");
+                }
+                false
+            }
+            other => bail!("key_store = {other:?}: use \"pem\" or \"pkcs11\""),
+        };
+        for (flag, p, needed) in [
+            ("--cert", &self.cert, true),
+            ("--key", &self.key, key_in_file),
+            ("--ca", &self.ca, true),
         ] {
-            if p.as_os_str().is_empty() {
+            if needed && p.as_os_str().is_empty() {
                 bail!("{flag} is required (device certificate, its key, and the CA of the gateway's certificate)");
             }
+        }
+        if !matches!(self.sign_in.as_str(), "browser" | "device" | "none") {
+            bail!("--sign-in {:?}: use browser, device or none", self.sign_in);
         }
         for (flag, a) in [
             ("--http", &self.http),
@@ -217,6 +292,17 @@ impl ClientConfig {
         split_host_port(&self.server)
             .map(|(h, _)| h)
             .unwrap_or_default()
+    }
+
+    /// Where the device key is, for messages.
+    pub fn key_description(&self) -> String {
+        match self.key_store.as_str() {
+            "pkcs11" => format!(
+                "PKCS#11 key {:?} in token {:?}",
+                self.pkcs11.key_label, self.pkcs11.token_label
+            ),
+            _ => self.key.display().to_string(),
+        }
     }
 
     pub fn keepalive(&self) -> Duration {

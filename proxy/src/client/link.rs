@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ClientConfig;
+use super::signin::{ProviderInfo, UserToken};
 use crate::beacon::ASSERTION_HEADER;
 
 pub type LinkBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -67,14 +68,37 @@ pub struct Link {
     authority: String,
     /// The gateway's PAC file, as last fetched.
     pub(crate) gateway_pac: Mutex<Option<String>>,
+    /// The device key (TLS client authentication, posture reports).
+    key: Arc<dyn rustls::sign::SigningKey>,
+    device_cert: rustls_pki_types::CertificateDer<'static>,
+    /// The signed-in user's token, presented again on every new connection.
+    user: Mutex<Option<UserToken>>,
 }
 
 impl Link {
     pub fn new(cfg: ClientConfig) -> Result<Link> {
         let certs = crate::pki::load_certs(&cfg.cert).context("--cert")?;
-        let key = crate::pki::load_private_key(&cfg.key).context("--key")?;
+        let (key, hardware) = super::keystore::load(&cfg)?;
         let device = crate::device_auth::identity_from_cert(&certs[0])
             .with_context(|| format!("{}: not a device certificate", cfg.cert.display()))?;
+        let device_cert = certs[0].clone();
+        let certified = Arc::new(rustls::sign::CertifiedKey::new(certs, key.clone()));
+        let mismatch = |e: String| {
+            anyhow!(
+                "{} / {}: the device key does not match the certificate: {e}",
+                cfg.cert.display(),
+                cfg.key_description()
+            )
+        };
+        match certified.keys_match() {
+            Ok(()) => {}
+            // A token key does not export its public half: sign and verify.
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                crate::users::posture::key_matches_cert(&device_cert, key.as_ref())
+                    .map_err(mismatch)?
+            }
+            Err(e) => return Err(mismatch(e.to_string())),
+        }
         let mut roots = rustls::RootCertStore::empty();
         for ca in crate::pki::load_certs(&cfg.ca).context("--ca")? {
             roots
@@ -87,15 +111,13 @@ impl Link {
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow!("TLS setup: {e}"))?
         .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| {
-            anyhow!(
-                "{} / {}: the device key does not match the certificate: {e}",
-                cfg.cert.display(),
-                cfg.key.display()
-            )
-        })?;
+        .with_client_cert_resolver(Arc::new(super::keystore::DeviceCert(certified)));
         tls.alpn_protocols = vec![b"h2".to_vec()];
+        if hardware {
+            // Every connection signs with the token: a resumed session would
+            // let the link come back after the token is removed.
+            tls.resumption = rustls::client::Resumption::disabled();
+        }
         let authority = match cfg.server.rsplit_once(':') {
             Some((_, port)) => {
                 let name = cfg.tls_name();
@@ -117,6 +139,9 @@ impl Link {
             connects: AtomicU64::new(0),
             authority,
             gateway_pac: Mutex::new(None),
+            key,
+            device_cert,
+            user: Mutex::new(None),
             cfg,
         })
     }
@@ -275,8 +300,9 @@ impl Link {
                         self.cfg.server
                     );
                     let refresher = tokio::spawn(self.clone().refresh_loop());
+                    let identity = tokio::spawn(self.clone().after_connect());
                     tokio::select! {
-                        _ = shutdown.cancelled() => { refresher.abort(); return; }
+                        _ = shutdown.cancelled() => { refresher.abort(); identity.abort(); return; }
                         r = conn => {
                             let why = match r { Ok(()) => "closed by the gateway".to_string(), Err(e) => e.to_string() };
                             tracing::warn!("gateway connection lost: {why}; reconnecting");
@@ -284,6 +310,7 @@ impl Link {
                         }
                     }
                     refresher.abort();
+                    identity.abort();
                     *self.sender.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     // An assertion is bound to the connection it was first used on.
                     *self.assertion.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -354,6 +381,136 @@ impl Link {
         self.fetch_assertion().await;
         *self.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
         Ok(async move { done_rx.await.unwrap_or(Ok(())) })
+    }
+
+    /// What the gateway needs after every new connection: the user's token
+    /// again (the gateway may have restarted) and a posture report, then a
+    /// report every `posture_interval_secs`.
+    async fn after_connect(self: Arc<Self>) {
+        let held = self.user.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(t) = held {
+            if t.expires_at > crate::oidc::unix_now() {
+                if let Err(e) = self.present_token(t).await {
+                    tracing::warn!("the gateway refused the user's token again: {e:#}");
+                }
+            } else {
+                *self.user.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::warn!("the user's sign-in has expired: sign in again");
+            }
+        }
+        if !self.cfg.posture {
+            return;
+        }
+        let every = Duration::from_secs(self.cfg.posture_interval_secs.max(1));
+        loop {
+            if let Err(e) = self.send_posture().await {
+                tracing::warn!("posture report: {e:#}");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// The signed-in user's token, if any.
+    pub fn user_token(&self) -> Option<UserToken> {
+        self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The device certificate (DER).
+    pub fn device_cert(&self) -> &[u8] {
+        self.device_cert.as_ref()
+    }
+
+    /// A JSON request to the gateway's own endpoints on the link.
+    async fn gateway_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, serde_json::Value)> {
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let resp = self
+            .gateway_request(method, path, Some("application/json"), body)
+            .await
+            .map_err(|e| anyhow!("{path}: {e}"))?;
+        let status = resp.status();
+        let bytes = collect_limited(resp.into_body(), 256 * 1024).await?;
+        let v = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok((status, v))
+    }
+
+    /// Which provider and client id the gateway takes tokens from.
+    pub async fn provider_info(&self) -> Result<ProviderInfo> {
+        let (status, v) = self
+            .gateway_json(Method::GET, "/.komugate/user/config", None)
+            .await?;
+        if status != StatusCode::OK {
+            bail!(
+                "the gateway offers no user sign-in ({status}): {}",
+                v["message"].as_str().unwrap_or("")
+            );
+        }
+        serde_json::from_value(v).map_err(|e| anyhow!("the gateway's sign-in settings: {e}"))
+    }
+
+    /// Hands the user's ID token to the gateway; the user and groups it
+    /// accepted. The token is kept and presented again on reconnects.
+    pub async fn present_token(&self, token: UserToken) -> Result<serde_json::Value> {
+        let (status, v) = self
+            .gateway_json(
+                Method::POST,
+                "/.komugate/user/sign-in",
+                Some(serde_json::json!({"id_token": token.id_token, "binding_salt": token.binding_salt})),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            bail!(
+                "the gateway refused the sign-in ({}): {}",
+                v["reason"].as_str().unwrap_or("?"),
+                v["message"].as_str().unwrap_or("")
+            );
+        }
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        Ok(v)
+    }
+
+    /// Signs the user out at the gateway (and forgets the token).
+    pub async fn sign_out(&self) -> Result<()> {
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let (status, v) = self
+            .gateway_json(Method::POST, "/.komugate/user/sign-out", None)
+            .await?;
+        if status != StatusCode::OK {
+            bail!("sign-out refused ({status}): {v}");
+        }
+        Ok(())
+    }
+
+    /// Collects, signs and sends a posture report.
+    pub async fn send_posture(&self) -> Result<()> {
+        let facts = super::posture::collect(&self.cfg)?;
+        let report = crate::users::posture::Report {
+            device: self.device_id.clone(),
+            time: crate::oidc::unix_now(),
+            nonce: crate::oidc::b64url(&crate::oidc::random::<18>()),
+            facts,
+        };
+        let signed =
+            crate::users::posture::sign(&report, self.key.as_ref()).map_err(|e| anyhow!("{e}"))?;
+        let (status, v) = self
+            .gateway_json(
+                Method::POST,
+                "/.komugate/posture",
+                Some(serde_json::to_value(&signed)?),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            bail!(
+                "the gateway refused the posture report ({}): {}",
+                v["reason"].as_str().unwrap_or("?"),
+                v["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(())
     }
 
     async fn refresh_loop(self: Arc<Self>) {

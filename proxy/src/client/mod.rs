@@ -8,8 +8,12 @@
 //! ride along in a header (see [`crate::beacon`]).
 
 pub mod config;
+pub mod keystore;
 pub mod link;
 pub mod local;
+pub mod pkcs11;
+pub mod posture;
+pub mod signin;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,7 +116,31 @@ pub fn run_client(args: ClientArgs) -> Result<()> {
         for b in &cfg.beacons {
             println!("  site beacon  {b}");
         }
+        if cfg.sign_in != "none" {
+            let opener = signin::default_opener(cfg.sign_in == "browser");
+            match signin::sign_in(&running.link, &cfg, &opener).await {
+                Ok(v) => println!(
+                    "  signed in    {} ({})",
+                    v["user"].as_str().unwrap_or("?"),
+                    v["groups"]
+                        .as_array()
+                        .map(|g| g
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                ),
+                Err(e) => eprintln!("  sign-in failed: {e:#} (device-only rules apply)"),
+            }
+        }
         wait_for_signal().await;
+        // The next person at a shared desktop must not inherit the session.
+        if cfg.sign_in != "none" {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(3), running.link.sign_out())
+                    .await;
+        }
         running.shutdown();
         Ok(())
     })

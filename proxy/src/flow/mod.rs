@@ -91,6 +91,11 @@ pub async fn handle(
     // Identity: the connection's is in `conn`; a request may assert a site.
     gw.sites
         .observe(&gen.sites, conn.device.as_ref(), conn.client, req.headers());
+    if crate::users::endpoint::is_gateway_request(&conn, &req) {
+        return Ok(refusal::full(
+            crate::users::endpoint::handle(&gw, &conn, req).await,
+        ));
+    }
     if conn.listener == ListenerKind::Mtls && crate::pac::is_pac_request(&req) {
         return Ok(refusal::full(crate::pac::gateway_response(
             &gw.sites,
@@ -785,6 +790,21 @@ impl Flow {
     }
 
     fn evaluate(&self, kind: RequestKind, method: &str, target: &Target, path: &str) -> Decision {
+        // Who is at the device: the signed-in user and the posture, read
+        // per request (sign-out, expiry and posture changes apply at once).
+        let now = crate::oidc::unix_now();
+        let device = self.conn.device_id();
+        let session = device.and_then(|d| self.gw.users.current_at(d, now));
+        let posture = device.and_then(|d| self.gw.posture.current(d, now));
+        let subject = komugate_policy::Subject {
+            user: session.as_deref().map(|s| s.user.as_str()),
+            user_groups: session
+                .as_deref()
+                .map(|s| s.groups.as_slice())
+                .unwrap_or(&[]),
+            posture: posture.as_deref().map(|p| &p.facts),
+            now,
+        };
         self.gen.runtime.decide(&RequestInfo {
             listener: self.conn.listener,
             device: self.conn.device.as_ref(),
@@ -800,6 +820,7 @@ impl Flow {
                 target.scheme
             },
             location: self.location.clone(),
+            subject,
         })
     }
 

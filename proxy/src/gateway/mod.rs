@@ -46,6 +46,10 @@ pub struct Gateway {
     pub sites: crate::beacon::SiteAssertions,
     /// Each device's last record (time, site), for the console.
     pub devices_seen: crate::device_seen::DevicesSeen,
+    /// Users signed in on devices (`[users.oidc]`).
+    pub users: crate::users::Sessions,
+    /// Devices' posture reports.
+    pub posture: crate::users::posture::PostureStore,
     /// Cancelled on SIGTERM / Ctrl-C: listeners stop accepting.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so shutdown can wait for them.

@@ -128,11 +128,19 @@ pub async fn start(config: Config) -> Result<Running> {
         None
     };
     let sites = crate::beacon::SiteAssertions::new(&metrics.registry);
+    let users = crate::users::Sessions::new(&config, &metrics.registry)?;
+    let posture = crate::users::posture::PostureStore::new(
+        config.users.posture_max_age_secs,
+        config.users.posture_max_future_secs,
+        &metrics.registry,
+    );
     let (alerts, alerts_rx) = crate::alerts::Alerts::new(&config.alerts, &metrics.registry);
     let gateway = Arc::new(Gateway {
         alerts,
         device_auth,
         sites,
+        users,
+        posture,
         pools: UpstreamPools::new(
             egress.clone(),
             upstream_tls,

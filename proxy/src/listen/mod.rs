@@ -57,6 +57,7 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
                 listener: ListenerKind::Plain,
                 client,
                 device: None,
+                device_cert: None,
             });
             serve_connection(gw2, ctx, stream, false).await;
         });
@@ -177,6 +178,7 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, auth: Arc<Devic
                 listener: ListenerKind::Mtls,
                 client: peer,
                 device: Some(identity),
+                device_cert: device.chain.first().map(|c| c.as_ref().into()),
             });
             let serve = serve_connection(gw2.clone(), ctx, tls, h2);
             tokio::select! {

@@ -24,6 +24,9 @@ pub struct Metadata {
     pub jwks_uri: String,
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
+    /// RFC 8628 device authorization (sign-in on a device without a browser).
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
 }
 
 /// Fetches and checks `{issuer}/.well-known/openid-configuration`: its

@@ -43,6 +43,8 @@ pub struct RequestInfo<'a> {
     /// `Some(Site)` when a valid site assertion placed the device at a site
     /// (see `crate::beacon`); `None` = locate by the client address.
     pub location: Option<komugate_policy::Location>,
+    /// The user signed in on the device and its posture (`crate::users`).
+    pub subject: komugate_policy::Subject<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,7 +77,11 @@ pub struct Decision {
     /// Location (site name or `offsite`), user, groups and app when a policy decided.
     pub site: Option<String>,
     pub user: Option<String>,
+    /// `user` signed in through OpenID Connect on the device.
+    pub signed_in: bool,
     pub groups: Vec<String>,
+    /// For a block: the rule the device's posture kept from applying, and why.
+    pub posture_failure: Option<komugate_policy::PostureFailure>,
     pub app: Option<String>,
     /// Whom to contact, for the block page (from the policy's `[contact]`).
     pub contact: Option<String>,
@@ -90,9 +96,17 @@ impl Decision {
 
     /// The block this decision stands for (rule, message, categories).
     pub fn block(&self) -> Block {
+        // Out of posture: the block page says why, in Japanese first.
+        let message = match &self.posture_failure {
+            Some(p) => Some(format!(
+                "この端末の状態がルール「{}」の条件を満たしていません: {} / The device's posture does not meet rule {}: {}",
+                p.rule, p.ja, p.rule, p.en
+            )),
+            None => self.message.clone(),
+        };
         Block {
             rule: self.rule.clone(),
-            message: self.message.clone(),
+            message,
             category: (!self.categories.is_empty()).then(|| self.categories.join(", ")),
         }
     }
@@ -207,7 +221,7 @@ impl Runtime {
     pub fn decide(&self, req: &RequestInfo) -> Decision {
         let decision = self
             .policy
-            .evaluate(&policy_request(req, SystemTime::now()));
+            .evaluate_as(&policy_request(req, SystemTime::now()), &req.subject);
         self.from_policy(req, decision)
     }
 
@@ -236,7 +250,9 @@ impl Runtime {
                 komugate_policy::Location::Offsite => "offsite".to_string(),
             }),
             user: d.user,
+            signed_in: d.signed_in,
             groups: d.groups,
+            posture_failure: d.posture_failure,
             app: d.app,
             contact: self.contact.clone(),
             casb: d.casb,
@@ -384,6 +400,7 @@ mod tests {
             path: "/",
             scheme: "http",
             location: None,
+            subject: Default::default(),
         }
     }
 

@@ -1,0 +1,421 @@
+//! Users signed in on devices: `komugate client` signs the user in at a
+//! real OpenID provider (npm `oidc-provider` over HTTPS on 127.0.0.2, its
+//! own login and consent pages walked by an HTTP client) with the
+//! authorization code + PKCE through a loopback redirect, or the device
+//! code; the ID token goes to the gateway on the device's mTLS link. Policy
+//! rules match `users` and `user_groups`; a device without a user gets the
+//! device-only rules. A token replayed on another device, forged, for
+//! another audience or issuer, or expired is refused and counted; expiry
+//! and sign-out end the user's access at the next request. Token checks
+//! the provider cannot be made to fail (`nbf` in the future, `none` / HMAC
+//! algorithms) are unit tests in proxy/src/oidc/verify.rs.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use komugate::client::signin::{self, Opener, ProviderInfo, UserToken};
+use komugate::client::{ClientConfig, RunningClient};
+use komugate::config::UserOidcConfig;
+use komugate_tests::gw::TestGateway;
+use komugate_tests::oidc_provider::{IdpClient, OidcProvider, ProviderSetup};
+use komugate_tests::upstream::HttpUpstream;
+use komugate_tests::within;
+
+const APP: &str = "komugate-client";
+
+fn setup() -> ProviderSetup {
+    ProviderSetup {
+        client_id: "komugate-console".into(),
+        client_secret: "a-client-secret-for-tests-only-0123".into(),
+        redirect_uri: "http://127.0.0.1:1/console/oidc/callback".into(),
+        accounts: serde_json::json!({
+            "hanako": {"name": "山田 花子", "preferred_username": "hanako@board.test",
+                       "groups": ["teachers"]},
+            "jiro": {"name": "鈴木 次郎", "preferred_username": "jiro@board.test",
+                     "groups": ["staff"]},
+            "shorty": {"preferred_username": "shorty@board.test", "groups": ["teachers"]},
+        }),
+        native_clients: vec![APP.into(), "another-app".into()],
+        id_token_ttl: serde_json::json!({"shorty": 4}),
+        jwk_file: None,
+    }
+}
+
+/// The gateway, its provider and three origins: teachers' records (by
+/// user group), hanako's page (by user), an open page.
+struct World {
+    provider: OidcProvider,
+    jwk_file: Option<std::path::PathBuf>,
+    _keys: tempfile::TempDir,
+    gw: TestGateway,
+    records: HttpUpstream,
+    hanako_page: HttpUpstream,
+    open: HttpUpstream,
+}
+
+impl World {
+    async fn start() -> World {
+        let keys = tempfile::tempdir().unwrap();
+        let jwk_file = Some(keys.path().join("jwk.json"));
+        let provider = OidcProvider::start(&ProviderSetup {
+            jwk_file: jwk_file.clone(),
+            ..setup()
+        })
+        .await;
+        let records = HttpUpstream::start("127.0.0.1").await;
+        let hanako_page = HttpUpstream::start("127.0.0.1").await;
+        let open = HttpUpstream::start("127.0.0.1").await;
+        let policy = format!(
+            r#"
+[[rule]]
+name = "records for teachers"
+ports = [{records}]
+user_groups = ["teachers"]
+action = "allow"
+
+[[rule]]
+name = "records need a teacher"
+ports = [{records}]
+action = "block"
+message = "先生としてサインインしてください"
+
+[[rule]]
+name = "hanako's page"
+ports = [{hanako}]
+users = ["Hanako@board.test"]
+action = "allow"
+
+[[rule]]
+name = "not hanako"
+ports = [{hanako}]
+action = "block"
+"#,
+            records = records.addr.port(),
+            hanako = hanako_page.addr.port(),
+        );
+        let issuer = provider.issuer.clone();
+        let ca = provider.ca_file();
+        let gw = TestGateway::start(|c, _| {
+            std::fs::write(c.data.dir.join("policy.toml"), &policy).unwrap();
+            c.policy.file = "policy.toml".into();
+            c.users.oidc = Some(UserOidcConfig {
+                issuer,
+                client_id: APP.into(),
+                scopes: vec!["openid".into(), "profile".into()],
+                groups_claim: "groups".into(),
+                user_claims: vec!["preferred_username".into(), "sub".into()],
+                ca_file: Some(ca),
+                clock_skew_secs: 0,
+                jwks_min_refetch_secs: 1,
+            });
+        })
+        .await;
+        World {
+            provider,
+            jwk_file,
+            _keys: keys,
+            gw,
+            records,
+            hanako_page,
+            open,
+        }
+    }
+
+    fn client_config(&self, id: &str) -> ClientConfig {
+        let d = self.gw.tls().device(id, &[]);
+        let dir = self.gw.dir.path();
+        let cert = dir.join(format!("{id}.pem"));
+        let key = dir.join(format!("{id}.key"));
+        std::fs::write(&cert, &d.cert_pem).unwrap();
+        std::fs::write(&key, &d.key_pem).unwrap();
+        ClientConfig {
+            server: self.gw.mtls().to_string(),
+            server_name: "localhost".into(),
+            cert,
+            key,
+            ca: self.gw.pki.join("inspect-ca.pem"),
+            http: "127.0.0.1:0".into(),
+            socks: String::new(),
+            backoff_min_ms: 50,
+            backoff_max_ms: 500,
+            sign_in: "browser".into(),
+            oidc_ca: self.provider.ca_file(),
+            posture: false,
+            ..ClientConfig::default()
+        }
+    }
+
+    async fn client(&self, cfg: &ClientConfig) -> RunningClient {
+        komugate_tests::gw::start_client(cfg.clone()).await
+    }
+
+    fn refused(&self, reason: &str) -> f64 {
+        self.gw.metric(
+            "komugate_oidc_refused_total",
+            &[("use", "user"), ("reason", reason)],
+        )
+    }
+}
+
+/// What the client showed the person: the URL, and a code to type.
+type Shown = Arc<Mutex<Option<(String, Option<String>)>>>;
+
+/// An opener that hands the URL (and code) to the test.
+fn capturing_opener() -> (Opener, Shown) {
+    let shown: Shown = Default::default();
+    let s = shown.clone();
+    let opener: Opener = Arc::new(move |url: &str, code: Option<&str>| {
+        *s.lock().unwrap() = Some((url.to_string(), code.map(str::to_string)));
+    });
+    (opener, shown)
+}
+
+async fn shown_url(shown: &Mutex<Option<(String, Option<String>)>>) -> (String, Option<String>) {
+    komugate_tests::eventually(Duration::from_secs(10), || {
+        let v = shown.lock().unwrap().clone();
+        async move { v }
+    })
+    .await
+    .expect("the sign-in URL was shown")
+}
+
+/// The person's side of a browser sign-in: through the provider as
+/// `login`, then the browser follows the redirect to the loopback listener.
+async fn person_signs_in(provider: &OidcProvider, shown: Shown, login: &str) {
+    let (url, _) = shown_url(&shown).await;
+    let mut idp = IdpClient::new(provider);
+    let callback = idp.walk(&url, login, "http://127.0.0.1:", None).await;
+    let (status, body) = curl(&["--noproxy", "*", &callback]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("サインインしました"), "{body}");
+}
+
+/// `komugate client`'s browser sign-in as `login`: the gateway's answer.
+async fn browser_sign_in(
+    w: &World,
+    c: &RunningClient,
+    cfg: &ClientConfig,
+    login: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let (opener, shown) = capturing_opener();
+    let (r, ()) = tokio::join!(
+        signin::sign_in(&c.link, cfg, &opener),
+        person_signs_in(&w.provider, shown, login)
+    );
+    r
+}
+
+/// A token from `provider` for `client_id` through the browser flow,
+/// bound to `device` (not presented anywhere).
+async fn token_from(
+    provider: &OidcProvider,
+    client_id: &str,
+    device: &str,
+    login: &str,
+) -> UserToken {
+    let http = komugate::oidc::http::HttpClient::new(
+        Some(provider.ca_pem().as_bytes()),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let info = ProviderInfo {
+        issuer: provider.issuer.clone(),
+        client_id: client_id.into(),
+        scopes: vec!["openid".into(), "profile".into()],
+    };
+    let (opener, shown) = capturing_opener();
+    let (t, ()) = tokio::join!(
+        signin::browser_sign_in(&http, &info, device, &opener),
+        person_signs_in(provider, shown, login)
+    );
+    t.expect("a token from the provider")
+}
+
+/// curl (5 s limit): HTTP status and body.
+async fn curl(args: &[&str]) -> (u16, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs (apt-get install curl)");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A request to `origin` through the client's local proxy.
+async fn get(c: &RunningClient, origin: SocketAddr) -> (u16, String) {
+    let proxy = format!("http://{}", c.http.unwrap());
+    curl(&["-x", &proxy, &format!("http://{origin}/")]).await
+}
+
+fn present_err(r: anyhow::Result<serde_json::Value>) -> String {
+    format!("{:#}", r.expect_err("refused"))
+}
+
+#[tokio::test]
+async fn users_sign_in_bound_to_their_device() {
+    let w = World::start().await;
+    within("user sign-in on devices", async {
+        let cfg_a = w.client_config("PC-A");
+        let a = w.client(&cfg_a).await;
+
+        // No user on the device: device-only rules.
+        let (status, body) = get(&a, w.records.addr).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("先生としてサインインしてください"), "{body}");
+        assert_eq!(get(&a, w.open.addr).await.0, 200);
+
+        // Sign in through the browser: the teacher's rule applies.
+        let started = Instant::now();
+        let who = browser_sign_in(&w, &a, &cfg_a, "hanako").await.unwrap();
+        assert_eq!(who["user"], "hanako@board.test");
+        assert_eq!(who["groups"], serde_json::json!(["teachers"]));
+        let (status, body) = get(&a, w.records.addr).await;
+        assert_eq!(status, 200, "{body}");
+        println!(
+            "FIGURE sign-in (provider pages walked by the test) to the first allowed request: {} ms",
+            started.elapsed().as_millis()
+        );
+        assert_eq!(get(&a, w.hanako_page.addr).await.0, 200, "users match without case");
+        let rec = w
+            .gw
+            .access_record(|r| {
+                r["device"] == "PC-A"
+                    && r["decision"] == "allow"
+                    && r["rule"] == "records for teachers"
+            })
+            .await;
+        assert_eq!(rec["user"], "hanako@board.test", "{rec}");
+        assert_eq!(
+            w.gw.metric("komugate_oidc_accepted_total", &[("use", "user")]),
+            1.0
+        );
+        let token = a.link.user_token().expect("the client keeps the token");
+        assert!(!token.binding_salt.is_empty(), "the provider echoed the nonce");
+
+        // The same token on another device's link: refused, counted; that
+        // device stays without a user.
+        let cfg_b = w.client_config("PC-B");
+        let b = w.client(&cfg_b).await;
+        let e = present_err(b.link.present_token(token.clone()).await);
+        assert!(e.contains("other_device") && e.contains("another device"), "{e}");
+        let mut no_salt = token.clone();
+        no_salt.binding_salt.clear();
+        let e = present_err(b.link.present_token(no_salt).await);
+        assert!(e.contains("other_device"), "{e}");
+        assert_eq!(w.refused("other_device"), 2.0);
+        assert_eq!(get(&b, w.records.addr).await.0, 403);
+
+        // Forged: a claim changed after signing.
+        let parts: Vec<&str> = token.id_token.split('.').collect();
+        let mut claims: serde_json::Value = serde_json::from_slice(
+            &base64_decode(parts[1]),
+        )
+        .unwrap();
+        claims["groups"] = serde_json::json!(["teachers", "komugate-admins"]);
+        let forged = UserToken {
+            id_token: format!(
+                "{}.{}.{}",
+                parts[0],
+                komugate::oidc::b64url(claims.to_string().as_bytes()),
+                parts[2]
+            ),
+            ..token.clone()
+        };
+        let e = present_err(a.link.present_token(forged).await);
+        assert!(e.contains("signature"), "{e}");
+        // Garbage.
+        let junk = UserToken {
+            id_token: "not.a.token".into(),
+            ..token.clone()
+        };
+        let e = present_err(a.link.present_token(junk).await);
+        assert!(e.contains("malformed"), "{e}");
+
+        // For another application (audience) of the same provider.
+        let other_app = token_from(&w.provider, "another-app", "PC-A", "hanako").await;
+        let e = present_err(a.link.present_token(other_app).await);
+        assert!(e.contains("audience"), "{e}");
+
+        // From another provider (issuer) with the same client id and even
+        // the same signing key.
+        let stranger = OidcProvider::start(&ProviderSetup {
+            jwk_file: w.jwk_file.clone(),
+            ..setup()
+        })
+        .await;
+        let foreign = token_from(&stranger, APP, "PC-A", "hanako").await;
+        let e = present_err(a.link.present_token(foreign).await);
+        assert!(e.contains("issuer"), "{e}");
+        for reason in ["signature", "malformed", "audience", "issuer"] {
+            assert_eq!(w.refused(reason), 1.0, "{reason}");
+        }
+        // None of this disturbed hanako's session on PC-A.
+        assert_eq!(get(&a, w.records.addr).await.0, 200);
+
+        // Sign-out ends the user's access at the next request.
+        a.link.sign_out().await.unwrap();
+        assert_eq!(get(&a, w.records.addr).await.0, 403);
+        assert_eq!(
+            w.gw.metric("komugate_user_sessions_ended_total", &[("reason", "sign_out")]),
+            1.0
+        );
+
+        // Another user on the same (shared) device: jiro is no teacher.
+        let who = browser_sign_in(&w, &a, &cfg_a, "jiro").await.unwrap();
+        assert_eq!(who["user"], "jiro@board.test");
+        assert_eq!(get(&a, w.records.addr).await.0, 403);
+        assert_eq!(get(&a, w.hanako_page.addr).await.0, 403);
+
+        // A token that expires: access ends at exp, the token is refused after.
+        let who = browser_sign_in(&w, &a, &cfg_a, "shorty").await.unwrap();
+        let exp = who["expires_at"].as_u64().unwrap();
+        assert_eq!(get(&a, w.records.addr).await.0, 200);
+        let short = a.link.user_token().unwrap();
+        let wait = exp.saturating_sub(komugate::oidc::unix_now()) + 1;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        assert_eq!(get(&a, w.records.addr).await.0, 403, "expired at exp");
+        assert_eq!(
+            w.gw.metric("komugate_user_sessions_ended_total", &[("reason", "expired")]),
+            1.0
+        );
+        let e = present_err(a.link.present_token(short).await);
+        assert!(e.contains("expired"), "{e}");
+        assert_eq!(w.refused("expired"), 1.0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn device_code_sign_in_without_a_browser() {
+    let w = World::start().await;
+    within("device code sign-in", async {
+        let mut cfg = w.client_config("PC-K");
+        cfg.sign_in = "device".into();
+        let c = w.client(&cfg).await;
+        let (opener, shown) = capturing_opener();
+        let person = async {
+            let (url, code) = shown_url(&shown).await;
+            let code = code.expect("a user code to type");
+            let mut idp = IdpClient::new(&w.provider);
+            // The person opens the verification page elsewhere.
+            idp.walk(&url, "hanako", "http://never/", Some(&code)).await;
+        };
+        let (r, ()) = tokio::join!(signin::sign_in(&c.link, &cfg, &opener), person);
+        let who = r.expect("signed in with the device code");
+        assert_eq!(who["user"], "hanako@board.test");
+        assert_eq!(get(&c, w.hanako_page.addr).await.0, 200);
+        assert_eq!(get(&c, w.records.addr).await.0, 200);
+    })
+    .await;
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
+}

@@ -52,6 +52,7 @@ struct World {
     records: HttpUpstream,
     hanako_page: HttpUpstream,
     open: HttpUpstream,
+    c4th: HttpUpstream,
 }
 
 impl World {
@@ -66,6 +67,7 @@ impl World {
         let records = HttpUpstream::start("127.0.0.1").await;
         let hanako_page = HttpUpstream::start("127.0.0.1").await;
         let open = HttpUpstream::start("127.0.0.1").await;
+        let c4th = HttpUpstream::start("127.0.0.1").await;
         let policy = format!(
             r#"
 [[rule]]
@@ -90,9 +92,21 @@ action = "allow"
 name = "not hanako"
 ports = [{hanako}]
 action = "block"
+
+[[rule]]
+name = "C4th with posture"
+ports = [{c4th}]
+posture = {{ disk_encryption = true, os_updated_within_days = 30 }}
+action = "allow"
+
+[[rule]]
+name = "C4th otherwise"
+ports = [{c4th}]
+action = "block"
 "#,
             records = records.addr.port(),
             hanako = hanako_page.addr.port(),
+            c4th = c4th.addr.port(),
         );
         let issuer = provider.issuer.clone();
         let ca = provider.ca_file();
@@ -119,6 +133,7 @@ action = "block"
             records,
             hanako_page,
             open,
+            c4th,
         }
     }
 
@@ -418,4 +433,145 @@ fn base64_decode(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .unwrap()
+}
+
+/// Posture facts as device management would write them.
+fn write_facts(path: &std::path::Path, encrypted: bool, updated_days_ago: u64) {
+    let facts = serde_json::json!({
+        "disk_encryption": encrypted,
+        "last_os_update": komugate::oidc::unix_now() - updated_days_ago * 86_400,
+    });
+    std::fs::write(path, facts.to_string()).unwrap();
+}
+
+/// A report signed with `key`, as the client sends it.
+fn signed_report(key: &dyn rustls::sign::SigningKey, device: &str, time: u64) -> bytes::Bytes {
+    let report = komugate::users::posture::Report {
+        device: device.into(),
+        time,
+        nonce: komugate::oidc::b64url(&komugate::oidc::random::<18>()),
+        facts: komugate_policy::Posture {
+            os: "linux".into(),
+            disk_encryption: true,
+            last_os_update: time,
+            ..Default::default()
+        },
+    };
+    let signed = komugate::users::posture::sign(&report, key).unwrap();
+    bytes::Bytes::from(serde_json::to_vec(&signed).unwrap())
+}
+
+fn pem_key(path: &std::path::Path) -> Arc<dyn rustls::sign::SigningKey> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_file(path).unwrap();
+    rustls::crypto::ring::sign::any_supported_type(&der).unwrap()
+}
+
+#[tokio::test]
+async fn posture_reports_gate_rules() {
+    let w = World::start().await;
+    within("posture", async {
+        let mut cfg = w.client_config("PC-P");
+        let facts = w.gw.dir.path().join("facts.json");
+        write_facts(&facts, true, 3);
+        cfg.posture = true;
+        cfg.posture_interval_secs = 1;
+        cfg.posture_file = facts.clone();
+        let c = w.client(&cfg).await;
+        let ok = || {
+            w.gw.metric("komugate_posture_reports_total", &[("result", "ok")])
+        };
+        let reports_after = |n: f64| {
+            komugate_tests::eventually(Duration::from_secs(5), move || {
+                let v = ok();
+                async move { (v >= n).then_some(()) }
+            })
+        };
+        reports_after(1.0)
+            .await
+            .expect("a posture report at link setup");
+        assert_eq!(get(&c, w.c4th.addr).await.0, 200);
+
+        // BitLocker off: the next report takes the rule away, the block
+        // page says why in Japanese.
+        write_facts(&facts, false, 3);
+        let seen = ok();
+        reports_after(seen + 2.0)
+            .await
+            .expect("reports keep coming");
+        let (status, body) = get(&c, w.c4th.addr).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body.contains("ディスク暗号化") && body.contains("C4th with posture"),
+            "{body}"
+        );
+        // Updated 45 days ago.
+        write_facts(&facts, true, 45);
+        let seen = ok();
+        reports_after(seen + 2.0)
+            .await
+            .expect("reports keep coming");
+        let (status, body) = get(&c, w.c4th.addr).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("45 日前"), "{body}");
+
+        // Forged, old and replayed reports: refused with the reason, counted.
+        let post = |body: bytes::Bytes| {
+            let link = c.link.clone();
+            async move {
+                let resp = link
+                    .gateway_request(
+                        http::Method::POST,
+                        "/.komugate/posture",
+                        Some("application/json"),
+                        body,
+                    )
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let b = komugate::client::link::collect_limited(resp.into_body(), 65536)
+                    .await
+                    .unwrap();
+                (status, String::from_utf8_lossy(&b).into_owned())
+            }
+        };
+        let now = komugate::oidc::unix_now();
+        let own = pem_key(&cfg.key);
+        let other_cfg = w.client_config("PC-Q");
+        let other = pem_key(&other_cfg.key);
+        let (s, b) = post(signed_report(other.as_ref(), "PC-P", now)).await;
+        assert_eq!(s, 403);
+        assert!(b.contains("bad_signature"), "{b}");
+        let (_, b) = post(signed_report(own.as_ref(), "PC-P", now - 3600)).await;
+        assert!(b.contains("too_old"), "{b}");
+        let (_, b) = post(signed_report(own.as_ref(), "PC-P", now + 3600)).await;
+        assert!(b.contains("from_future"), "{b}");
+        let (_, b) = post(signed_report(own.as_ref(), "PC-Q", now)).await;
+        assert!(b.contains("wrong_device"), "{b}");
+        let once = signed_report(own.as_ref(), "PC-P", now);
+        assert_eq!(post(once.clone()).await.0, 200);
+        let (_, b) = post(once).await;
+        assert!(b.contains("replayed"), "{b}");
+        for reason in [
+            "bad_signature",
+            "too_old",
+            "from_future",
+            "wrong_device",
+            "replayed",
+        ] {
+            assert_eq!(
+                w.gw.metric("komugate_posture_reports_total", &[("result", reason)]),
+                1.0,
+                "{reason}"
+            );
+        }
+        // Back in posture: the rule applies again at the next report.
+        write_facts(&facts, true, 1);
+        let seen = ok();
+        reports_after(seen + 2.0)
+            .await
+            .expect("reports keep coming");
+        assert_eq!(get(&c, w.c4th.addr).await.0, 200);
+    })
+    .await;
 }

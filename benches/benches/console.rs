@@ -21,7 +21,6 @@
 //! KOMUGATE_CONSOLE_CLIENTS=8        concurrent proxy clients
 //! ```
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,8 +28,7 @@ use std::time::{Duration, Instant};
 use komugate::console::accounts::Role;
 use komugate::logs::layout;
 use komugate::logs::record::now_ms;
-use komugate::logs::writer;
-use komugate_benches::board::{access_record, gen, hour_weights, Rng};
+use komugate_benches::board::{access_record, gen, hour_weights, write_closed_hours, Rng};
 use komugate_tests::console::{write_accounts, ConsoleClient};
 use komugate_tests::gw::TestGateway;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -45,40 +43,6 @@ fn env_u64(k: &str, d: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
-}
-
-/// Closed hours `[from, to)` at board volume, compacted into `logs`.
-fn generate_hours(
-    logs: &Path,
-    staging: &Path,
-    from: i64,
-    to: i64,
-    per_day: u64,
-    rng: &mut Rng,
-) -> u64 {
-    let weights = hour_weights();
-    let mut line = Vec::with_capacity(1024);
-    let mut total = 0;
-    let mut t0 = from;
-    while t0 < to {
-        let h = (t0 / HOUR % 24) as usize;
-        let n = (per_day as f64 * weights[h]).round() as u64;
-        let path = staging.join(format!("{}.jsonl", layout::stamp(t0)));
-        let mut f =
-            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
-        for i in 0..n {
-            let r = gen(rng, t0 + (i as i64 * HOUR) / n as i64);
-            line.clear();
-            serde_json::to_writer(&mut line, &r).unwrap();
-            line.push(b'\n');
-            f.write_all(&line).unwrap();
-        }
-        drop(f);
-        writer::compact(logs, &path, 6).unwrap();
-        total += n;
-        t0 += HOUR;
-    }
-    total
 }
 
 /// The rest of the year: day folders of hard links to `src_day`'s files.
@@ -247,7 +211,7 @@ async fn main() {
     let mut rng = Rng(0x5eed);
     let closed = tokio::task::spawn_blocking({
         let (logs, staging) = (logs.clone(), staging.clone());
-        move || generate_hours(&logs, &staging, first, hour0, per_day, &mut rng)
+        move || write_closed_hours(&logs, &staging, first, hour0, per_day, &mut rng)
     })
     .await
     .unwrap();

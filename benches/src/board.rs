@@ -2,7 +2,12 @@
 //! schools, 30,000 hosts with Zipf popularity, 70 % CONNECT, 3 % blocks,
 //! a JST school-day shape over the hours.
 
+use std::io::Write;
+use std::path::Path;
+
+use komugate::logs::layout;
 use komugate::logs::record::{format_rfc3339_ms, LogRecord};
+use komugate::logs::writer;
 use komugate::record::AccessRecord;
 
 pub struct Rng(pub u64);
@@ -168,4 +173,42 @@ pub fn access_record(r: LogRecord) -> AccessRecord {
         app: (!r.app.is_empty()).then_some(r.app),
         ..Default::default()
     }
+}
+
+/// Closed hours `[from, to)` at board volume (`per_day` records a day in
+/// the school-day shape), written as JSON lines in `staging` and compacted
+/// into segments of `logs` by the production `writer::compact`. Returns
+/// the records written.
+pub fn write_closed_hours(
+    logs: &Path,
+    staging: &Path,
+    from: i64,
+    to: i64,
+    per_day: u64,
+    rng: &mut Rng,
+) -> u64 {
+    const HOUR: i64 = 3_600_000;
+    let weights = hour_weights();
+    let mut line = Vec::with_capacity(1024);
+    let mut total = 0;
+    let mut t0 = from;
+    while t0 < to {
+        let h = (t0 / HOUR % 24) as usize;
+        let n = (per_day as f64 * weights[h]).round() as u64;
+        let path = staging.join(format!("{}.jsonl", layout::stamp(t0)));
+        let mut f =
+            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
+        for i in 0..n {
+            let r = gen(rng, t0 + (i as i64 * HOUR) / n as i64);
+            line.clear();
+            serde_json::to_writer(&mut line, &r).unwrap();
+            line.push(b'\n');
+            f.write_all(&line).unwrap();
+        }
+        drop(f);
+        writer::compact(logs, &path, 6).unwrap();
+        total += n;
+        t0 += HOUR;
+    }
+    total
 }

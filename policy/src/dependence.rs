@@ -35,8 +35,9 @@ impl TimeProfile {
         for r in &policy.rules {
             if let Some(w) = r.time {
                 p.minutes.extend([w.start, w.end]);
-                p.days = true; // overnight windows look at the previous day
             }
+            // Without `days` a window applies every day (an overnight one
+            // too), so the weekday only matters when some rule names days.
             if r.days.is_some() {
                 p.days = true;
             }

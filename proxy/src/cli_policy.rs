@@ -61,6 +61,10 @@ pub enum PolicyCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Show what changes from OLD to NEW: the line diff, and with
+    /// --against-logs 7d which logged requests the change would newly block
+    /// or allow (how many, from how many devices, to which hosts).
+    Diff(crate::policy_edit::cli::DiffArgs),
     /// Convert a squidGuard.conf into a komugate policy (TOML on stdout or --out).
     ImportSquidguard {
         file: PathBuf,
@@ -166,6 +170,7 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             format,
             out,
         } => write_document(file, config, data, format, out),
+        PolicyCommand::Diff(args) => crate::policy_edit::cli::run(args),
         PolicyCommand::ImportSquidguard { file, out } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;

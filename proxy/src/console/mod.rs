@@ -7,7 +7,7 @@
 //! - [`routes`]: which path is which page, the role each page needs, the
 //!   session and CSRF checks every request passes
 //! - [`respond`]: HTML, redirects, cookies and the security headers
-//! - [`templates`], [`text`], [`text_devices`]: the embedded minijinja
+//! - [`templates`], [`text`], [`text_devices`], `text_policy`: the embedded minijinja
 //!   templates and the Japanese / English wording
 //! - [`assets`]: the vendored htmx and uPlot, the stylesheets, embedded
 //! - [`activity`]: this process's counters for the dashboard
@@ -18,7 +18,8 @@
 //! - [`form`]: query strings, form bodies, file uploads and cookies
 //! - [`pending`]: a registry import between preview and apply, a `.pfx`
 //!   between issue and download (per account, short-lived, taken once)
-//! - [`pages`]: one module per page
+//! - [`pages`]: one module per page (policy changes: `pages::policy`,
+//!   wording in `text_policy`)
 //! - [`tls`]: TLS for the admin listener
 //! - [`cli`]: `komugate admin user add|passwd|remove|list`
 
@@ -36,6 +37,7 @@ pub mod routes;
 pub mod templates;
 pub mod text;
 pub mod text_devices;
+mod text_policy;
 pub mod tls;
 
 use std::path::PathBuf;

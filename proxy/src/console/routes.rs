@@ -73,6 +73,9 @@ fn required_role(method: &Method, page: &str) -> Option<Role> {
             Role::Operator
         }
         ("POST", "certs/issue" | "certs/bulk") => Role::Admin,
+        ("GET", "policy") | ("POST", "policy/preview" | "policy/apply" | "policy/restore") => {
+            Role::Operator
+        }
         ("GET", "audit") | ("POST", "audit/verify") => Role::Admin,
         _ => return None,
     })
@@ -203,6 +206,15 @@ async fn route(
         "report" => pages::report::page(&ctx).await,
         "explain" => pages::explain::page(&ctx),
         "audit" => pages::audit::page(&ctx, None).await,
+        "policy" => pages::policy::page(&ctx).await,
+        "policy/preview" | "policy/apply" | "policy/restore" => {
+            ctx.query = form.unwrap_or_default();
+            match page {
+                "policy/preview" => pages::policy::preview(&ctx).await,
+                "policy/apply" => pages::policy::apply(&ctx).await,
+                _ => pages::policy::restore(&ctx).await,
+            }
+        }
         "audit/verify" => {
             ctx.query = form.unwrap_or_default();
             pages::audit::verify(&ctx).await

@@ -26,6 +26,15 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("certs.html", include_str!("templates/certs.html")),
     ("issued.html", include_str!("templates/issued.html")),
+    ("policy.html", include_str!("templates/policy.html")),
+    (
+        "policy_preview.html",
+        include_str!("templates/policy_preview.html"),
+    ),
+    (
+        "policy_done.html",
+        include_str!("templates/policy_done.html"),
+    ),
 ];
 
 fn env() -> &'static Environment<'static> {
@@ -121,6 +130,26 @@ mod tests {
                             "unchanged": 1, "empty": false},
                 "expiring": [{"device": "d", "serial": "s", "not_after": "n", "revoked": false, "expired": false}],
                 "all": [{"device": "d", "serial": "s", "not_after": "n", "revoked": false, "expired": false}],
+            }));
+            more.push(serde_json::json!({
+                "file": "/p.toml", "base": "0123", "scopes": [{"value": "global", "label": "<g>"}],
+                "lists": [{"scope": "global", "scope_label": "<l>", "kind": "allow",
+                    "entries": [{"entry": "<e>", "until": "2026-03-31", "note": "<n>", "expired": true}]}],
+                "sites": [{"name": "<s>", "cidrs": "10.0.0.0/8", "assertion": true, "beacon_key": "k"}],
+                "contact": {"name": "<c>", "phone": "", "email": "", "url": ""},
+                "policies": [{"name": "<p>", "categories": [{"category": "adult", "label": "アダルト", "blocked": true, "how": "<h>"}]}],
+                "versions": [{"id": "000001-x", "time": "t", "actor": "<a>", "summary": "<s>", "current": false}],
+                "days": 7, "failed": "site:<s>", "fv": {"name": "<x>", "cidrs": "<y>"},
+                "ferr": {"cidrs": "<script>alert(1)</script>"}, "problems": ["<script>alert(1)</script>"],
+                "c": {"summary": "<s>", "diff": [{"tag": "+", "text": "<script>alert(1)</script>"}, {"tag": "@", "text": "@@"}],
+                    "added": 1, "removed": 0, "days": 7, "since": "s", "records": 3, "evaluated": 2, "elapsed_ms": 1,
+                    "errors": ["<e>"],
+                    "blocked": {"requests": 1, "devices": 1, "anonymous": 1, "hosts": [{"host": "<h>", "requests": 1}],
+                        "rules": [{"old_rule": "a", "new_rule": "b", "requests": 1}],
+                        "samples": [{"time": "t", "device": "d", "method": "GET", "target": "<t>"}]},
+                    "allowed": {"requests": 0, "devices": 0, "hosts": [], "rules": [], "samples": []}},
+                "id": "i", "fields": [{"name": "op", "value": "<v>"}],
+                "ok": true, "summary": "<s>", "version": "v", "dry_run": "<d>", "diff": "<script>alert(1)</script>",
             }));
             more.push(crate::report::html::values(&crate::report::tests::sample()));
             for m in more {

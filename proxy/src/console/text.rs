@@ -190,6 +190,7 @@ const TEXT: &[(&str, &str, &str)] = &[
 pub fn lookup(lang: Lang, key: &str) -> Option<&'static str> {
     TEXT.iter()
         .chain(super::text_devices::TEXT)
+        .chain(super::text_policy::TEXT)
         .find(|(k, _, _)| *k == key)
         .map(|(_, ja, en)| if lang == Lang::Ja { *ja } else { *en })
 }
@@ -213,6 +214,7 @@ mod tests {
         let all: Vec<_> = TEXT
             .iter()
             .chain(super::super::text_devices::TEXT)
+            .chain(super::super::text_policy::TEXT)
             .collect();
         for (i, (k, ja, en)) in all.iter().enumerate() {
             assert!(!ja.is_empty() && !en.is_empty(), "{k}");

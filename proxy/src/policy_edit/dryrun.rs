@@ -569,23 +569,32 @@ impl<'p> Worker<'p> {
         })
     }
 
-    fn what(&mut self, method: &str, host: &str, rest: &str) -> u32 {
-        let target = crate::logs::segment::target_from_rest(rest, host);
-        let (scheme, port, path) = split_target(method, &target);
-        let path_matters = match self.path_matters.get(host) {
+    /// Whether the path of a request to `host` can change either decision.
+    fn path_matters(&mut self, host: &str) -> bool {
+        match self.path_matters.get(host) {
             Some(m) => *m,
             None => {
                 let m = self.old.path_matters(host) || self.new.path_matters(host);
                 self.path_matters.insert(host.to_string(), m);
                 m
             }
-        };
+        }
+    }
+
+    fn what(
+        &mut self,
+        method: &str,
+        host: &str,
+        scheme: Scheme,
+        port: u16,
+        path: Option<&str>,
+    ) -> u32 {
         let w = What {
             host: host.to_string(),
             scheme,
             port,
             method: self.methods_matter.then(|| method.to_string()),
-            path: path_matters.then(|| path.to_string()),
+            path: path.map(str::to_string),
         };
         let next = self.what_repr.len() as u32;
         if let Some(id) = self.whats.get(&w) {
@@ -647,7 +656,8 @@ impl<'p> Worker<'p> {
     fn rows<R: Rows>(&mut self, b: &R) {
         let mut subj: FxMap<(u32, u32), u32> = FxMap::default();
         let mut loc: FxMap<(u32, u32), u32> = FxMap::default();
-        let mut what: FxMap<(u32, u32, u32), u32> = FxMap::default();
+        let mut what: FxMap<(u32, u32, u64), u32> = FxMap::default();
+        let mut host_paths: FxMap<u32, bool> = FxMap::default();
         let mut minute = i64::MIN;
         let mut classes = (0, 0);
         for row in 0..b.len() {
@@ -674,20 +684,40 @@ impl<'p> Worker<'p> {
                     l
                 }
             };
-            let ids = (
+            // The request: by (host, scheme, port) unless the path matters
+            // for the host (then by the whole target), and the method only
+            // when a rule names methods.
+            let (m, h, rest_id) = (
                 b.id(Col::Method, row),
                 b.id(Col::Host, row),
                 b.id(Col::Rest, row),
             );
-            let w = match what.get(&ids) {
+            let method = b.value(Col::Method, m);
+            let host = b.value(Col::Host, h);
+            let pm = match host_paths.get(&h) {
+                Some(pm) => *pm,
+                None => {
+                    let pm = self.path_matters(host);
+                    host_paths.insert(h, pm);
+                    pm
+                }
+            };
+            let rest = b.value(Col::Rest, rest_id);
+            let (scheme, port, path) = split_rest(method, rest);
+            let local = (
+                if self.methods_matter { m } else { u32::MAX },
+                h,
+                if pm {
+                    (1u64 << 63) | rest_id as u64
+                } else {
+                    ((scheme as u64) << 16) | port as u64
+                },
+            );
+            let w = match what.get(&local) {
                 Some(w) => *w,
                 None => {
-                    let w = self.what(
-                        b.value(Col::Method, ids.0),
-                        b.value(Col::Host, ids.1),
-                        b.value(Col::Rest, ids.2),
-                    );
-                    what.insert(ids, w);
+                    let w = self.what(method, host, scheme, port, pm.then_some(path));
+                    what.insert(local, w);
                     w
                 }
             };
@@ -782,6 +812,36 @@ fn split_target<'t>(method: &str, target: &'t str) -> (Scheme, u16, &'t str) {
         }
         _ => default,
     };
+    (scheme, port, if path.is_empty() { "/" } else { path })
+}
+
+/// (scheme, port, path) of a segment's host-relative target (see
+/// `logs::segment`: `\u{2}:443` a tunnel, `\u{3}`/`\u{4}` + `[:port]/path`
+/// http / https), or of a whole target.
+fn split_rest<'t>(method: &str, rest: &'t str) -> (Scheme, u16, &'t str) {
+    let (scheme, tail) = match rest.as_bytes().first() {
+        Some(2) => {
+            let port = rest[1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(443);
+            return (Scheme::Connect, port, "");
+        }
+        Some(3) => (Scheme::Http, &rest[1..]),
+        Some(4) => (Scheme::Https, &rest[1..]),
+        _ => return split_target(method, rest),
+    };
+    let default = if scheme == Scheme::Https { 443 } else { 80 };
+    let (port, path) = match tail.strip_prefix(':') {
+        Some(p) => {
+            let end = p.find(['/', '?']).unwrap_or(p.len());
+            (p[..end].parse().unwrap_or(default), &p[end..])
+        }
+        None => (default, tail),
+    };
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return (Scheme::Connect, port, "");
+    }
     (scheme, port, if path.is_empty() { "/" } else { path })
 }
 
@@ -1097,6 +1157,13 @@ action = "block"
             split_target("GET", "http://example.com:8080"),
             (Scheme::Http, 8080, "/")
         );
+        assert_eq!(
+            split_rest("CONNECT", "\u{2}:8443"),
+            (Scheme::Connect, 8443, "")
+        );
+        assert_eq!(split_rest("GET", "\u{4}/a?b"), (Scheme::Https, 443, "/a?b"));
+        assert_eq!(split_rest("GET", "\u{3}:8080"), (Scheme::Http, 8080, "/"));
+        assert_eq!(split_rest("GET", "https://h/x"), (Scheme::Https, 443, "/x"));
         assert_eq!(client_ip_text("10.0.0.1:5000"), "10.0.0.1");
         assert_eq!(client_ip_text("[::1]:5000"), "::1");
         assert_eq!(client_ip_text("::1"), "::1");

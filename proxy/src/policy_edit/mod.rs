@@ -11,6 +11,7 @@
 //! - [`textdiff`]: the line diff shown before applying and audited after
 //! - [`dryrun`]: both policies over the last days' access logs
 //! - [`store`]: versions next to the file, apply with conflict detection
+//! - [`cli`]: `komugate policy diff OLD NEW --against-logs 7d`
 //!
 //! The steps, for a caller:
 //!
@@ -22,6 +23,7 @@
 //! gateway.reload(...)                                                   // then audit
 //! ```
 
+pub mod cli;
 pub mod dryrun;
 pub mod ops;
 pub mod store;
@@ -48,6 +50,8 @@ pub struct Prepared {
     pub policy: Policy,
     /// What the change does, in one line (English, for the audit log).
     pub summary: String,
+    /// The same in Japanese (the console's pages, the version list).
+    pub summary_ja: String,
 }
 
 /// Why a change cannot be prepared.
@@ -121,7 +125,12 @@ pub fn prepare(
         .map(Edit::summary)
         .collect::<Vec<_>>()
         .join("; ");
-    finish(store, token, old_text, doc.to_string(), summary)
+    let summary_ja = edits
+        .iter()
+        .map(Edit::summary_ja)
+        .collect::<Vec<_>>()
+        .join("、");
+    finish(store, token, old_text, doc.to_string(), summary, summary_ja)
 }
 
 /// Prepares replacing the current file (version `base`) with `new_text`
@@ -131,9 +140,10 @@ pub fn prepare_text(
     base: Option<&str>,
     new_text: String,
     summary: String,
+    summary_ja: String,
 ) -> Result<Prepared, PrepareError> {
     let (old_text, token) = current(store, base)?;
-    finish(store, token, old_text, new_text, summary)
+    finish(store, token, old_text, new_text, summary, summary_ja)
 }
 
 fn current(store: &PolicyStore, base: Option<&str>) -> Result<(String, String), PrepareError> {
@@ -155,6 +165,7 @@ fn finish(
     old_text: String,
     new_text: String,
     summary: String,
+    summary_ja: String,
 ) -> Result<Prepared, PrepareError> {
     if new_text == old_text {
         return Err(PrepareError::NoChange);
@@ -168,6 +179,7 @@ fn finish(
             diff,
             policy,
             summary,
+            summary_ja,
         }),
         Err(problems) => Err(PrepareError::Invalid { diff, problems }),
     }

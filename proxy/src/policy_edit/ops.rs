@@ -179,6 +179,60 @@ impl Edit {
         }
     }
 
+    /// The same line in Japanese, for the console's pages and version list.
+    pub fn summary_ja(&self) -> String {
+        let scope = |s: &ListScope| match s {
+            ListScope::Global => "全体".to_string(),
+            ListScope::Group(g) => format!("グループ「{g}」"),
+            ListScope::Policy(p) => format!("ポリシー「{p}」"),
+        };
+        let list = |k: &ListKind| match k {
+            ListKind::Allow => "許可リスト",
+            ListKind::Deny => "拒否リスト",
+        };
+        match self {
+            Edit::AddListEntry {
+                scope: s,
+                kind,
+                entry,
+                until,
+                ..
+            } => format!(
+                "{}の{}に {entry} を追加{}",
+                scope(s),
+                list(kind),
+                until
+                    .as_ref()
+                    .map(|u| format!("（{u} まで）"))
+                    .unwrap_or_default()
+            ),
+            Edit::RemoveListEntry {
+                scope: s,
+                kind,
+                entry,
+            } => format!("{}の{}から {entry} を削除", scope(s), list(kind)),
+            Edit::SetCategory {
+                policy,
+                category,
+                blocked,
+                ..
+            } => format!(
+                "ポリシー「{policy}」でカテゴリ {category} を{}",
+                if *blocked {
+                    "ブロック"
+                } else {
+                    "ブロックしない"
+                }
+            ),
+            Edit::UpsertSite { original, name, .. } => match original {
+                None => format!("拠点「{name}」を追加"),
+                Some(o) if o != name => format!("拠点「{o}」を変更（名前を「{name}」に）"),
+                Some(_) => format!("拠点「{name}」を変更"),
+            },
+            Edit::SetContact { .. } => "ブロック画面の問い合わせ先を変更".into(),
+        }
+    }
+
     /// Applies the edit to `doc`; on `Err` the document is unchanged.
     pub fn apply(&self, doc: &mut DocumentMut) -> Result<(), EditError> {
         let mut work = doc.clone();

@@ -39,6 +39,9 @@ pub struct VersionInfo {
     /// `console`, `restore`, `rollback`, `cli` or `on-disk`.
     pub kind: String,
     pub summary: String,
+    /// The summary in Japanese (empty for versions kept without one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub summary_ja: String,
     /// Token of the text it replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub based_on: Option<String>,
@@ -79,6 +82,7 @@ pub struct ChangeMeta {
     pub actor: String,
     pub kind: String,
     pub summary: String,
+    pub summary_ja: String,
 }
 
 /// A policy file with its versions directory.
@@ -163,6 +167,7 @@ impl PolicyStore {
                             actor: "on-disk".into(),
                             kind: "on-disk".into(),
                             summary: "the file as found on disk".into(),
+                            summary_ja: "ファイルにあった内容".into(),
                         },
                         None,
                     )
@@ -205,6 +210,7 @@ impl PolicyStore {
             actor: meta.actor.clone(),
             kind: meta.kind.clone(),
             summary: meta.summary.clone(),
+            summary_ja: meta.summary_ja.clone(),
             based_on,
         };
         crate::atomic_file::write(&self.dir.join(format!("{id}.toml")), text.as_bytes())?;
@@ -293,6 +299,7 @@ mod tests {
             actor: who.into(),
             kind: "console".into(),
             summary: format!("change by {who}"),
+            summary_ja: String::new(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod explain;
 pub mod logs;
 pub mod oidc;
+pub mod policy;
 pub mod report;
 pub mod signin;
 

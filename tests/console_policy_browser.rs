@@ -87,7 +87,10 @@ async fn policy_pages_in_a_real_browser() {
     fill(&b, "#add-entry input[name=entry]", "plain.test").await;
     fill(&b, "#add-entry input[name=note]", "授業に不要").await;
     click(&b, "#add-entry button[type=submit]").await;
-    wait_text(&b, "preview", |_, t| t.contains("過去のアクセスログでの試算")).await;
+    wait_text(&b, "preview", |_, t| {
+        t.contains("過去のアクセスログでの試算")
+    })
+    .await;
     assert_eq!(text_of(&b, "#dry-blocked .count").await, "2");
     assert_eq!(text_of(&b, "#dry-allowed .count").await, "0");
     let diff = text_of(&b, "#diff pre").await;

@@ -11,8 +11,9 @@ use crate::pattern::local_day_minute;
 use crate::registry::GroupBits;
 use crate::Policy;
 
-/// The requester as the policy sees it: the groups (registry ∪
-/// certificate) and, only when some rule names devices, the device.
+/// The requester as the policy sees it: the groups (the registry's, or
+/// without a `[registry]` the certificate's) and, only when some rule
+/// names devices, the device.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SubjectKey {
     groups: GroupBits,
@@ -77,17 +78,8 @@ impl Policy {
 
     /// The requester's key (see [`SubjectKey`]).
     pub fn subject_key(&self, device: Option<&str>, cert_groups: &[String]) -> SubjectKey {
-        let mut groups = GroupBits::default();
-        if let Some(e) = device.and_then(|d| self.registry.devices.get(d)) {
-            groups = e.groups;
-        }
-        for g in cert_groups {
-            if let Some(i) = self.group_index.get(g.as_str()) {
-                groups.insert(*i);
-            }
-        }
         SubjectKey {
-            groups,
+            groups: self.device_groups(device, cert_groups).groups,
             device: device
                 .filter(|_| self.rules_use_devices())
                 .map(str::to_string),

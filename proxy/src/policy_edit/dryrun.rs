@@ -16,10 +16,10 @@
 //! What the dry run cannot know (documented for the staff):
 //! - only what was logged: a tunnel that was not inspected has no paths,
 //!   so path rules and URL entries are decided on `host:port` alone;
-//! - both policies are given the groups the record carries (registry and
-//!   certificate at the time) plus the registry's current ones, and the
-//!   location the record's client address gives today (or the beacon site
-//!   it was logged with);
+//! - the groups are the registry's current ones (without a `[registry]`,
+//!   the groups the record carries, i.e. the certificate's), and the
+//!   location the one the record's client address gives today (or the
+//!   beacon site it was logged with);
 //! - time windows and expiry dates are evaluated at each record's time;
 //! - CASB (upload/download, DLP), IPS and firewall verdicts on non-web
 //!   flows are not re-evaluated: only the web decision (allow / block);

@@ -21,6 +21,9 @@
 //!   location the one the record's client address gives today (or the
 //!   beacon site it was logged with);
 //! - time windows and expiry dates are evaluated at each record's time;
+//! - rules on signed-in users and device posture (`users`, `user_groups`,
+//!   `signed_in`, posture) see no signed-in user: sessions are not logged
+//!   in a form the dry run can replay;
 //! - CASB (upload/download, DLP), IPS and firewall verdicts on non-web
 //!   flows are not re-evaluated: only the web decision (allow / block);
 //! - the baseline is the old policy's decision now, not the logged one

@@ -80,15 +80,19 @@ fn open_session(ctx: &Pkcs11, s: &Pkcs11Config, pin: &str) -> Result<(Session, O
     let session = ctx
         .open_ro_session(slot)
         .with_context(|| format!("opening a session with token {:?}", s.token_label))?;
-    session
-        .login(UserType::User, Some(&AuthPin::new(pin.to_string())))
-        .with_context(|| {
-            format!(
-                "logging in to token {:?} (is the PIN in {} right?)",
-                s.token_label,
-                s.pin_file.display()
-            )
-        })?;
+    match session.login(UserType::User, Some(&AuthPin::new(pin.to_string()))) {
+        // Login is per application: another session of this process did it.
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _))
+        | Ok(()) => Ok(()),
+        Err(e) => Err(e),
+    }
+    .with_context(|| {
+        format!(
+            "logging in to token {:?} (is the PIN in {} right?)",
+            s.token_label,
+            s.pin_file.display()
+        )
+    })?;
     let keys = session
         .find_objects(&[
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -143,8 +147,19 @@ impl Pkcs11Key {
         let pin = read_pin(&s.pin_file)?;
         let ctx = Pkcs11::new(&s.module)
             .with_context(|| format!("loading the PKCS#11 module {}", s.module.display()))?;
-        ctx.initialize(CInitializeArgs::OsThreads)
-            .with_context(|| format!("initialising the PKCS#11 module {}", s.module.display()))?;
+        match ctx.initialize(CInitializeArgs::OsThreads) {
+            // Another key of this process initialised the module already.
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                _,
+            ))
+            | Ok(()) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("initialising the PKCS#11 module {}", s.module.display())
+                })
+            }
+        }
         let (session, key) = open_session(&ctx, s, &pin)?;
         let kind = key_kind(&session, key)?;
         Ok(Pkcs11Key(Arc::new(Inner {

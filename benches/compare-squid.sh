@@ -10,9 +10,15 @@
 #
 # Usage:  benches/compare-squid.sh
 # Environment (defaults in brackets):
-#   SCENARIOS  which parts to run ["compare filtered morning idle"]; also: prefecture soak
+#   SCENARIOS  which parts to run ["compare keepalive filtered morning idle"]; also: prefecture soak
+#              (keepalive: inspected HTTPS in steady state, KA_REQUESTS GETs per
+#              tunnel, inner HTTP/1.1 and HTTP/2, Squid ssl-bump vs komugate)
 #   DUR        seconds per side-by-side workload [20]
 #   CLIENTS    concurrent clients per side-by-side workload [50]
+#   KA_CLIENTS concurrent keep-alive inspected sessions (keepalive) [8]
+#   KA_REQUESTS GETs of 1 KiB per inspected tunnel (keepalive) ["100 1000"]
+#   KA_INNER   inner protocols offered (keepalive) ["h1 h2"]; h2 = ALPN
+#              "h2, http/1.1" as a browser offers (Squid answers http/1.1)
 #   MORNING_DEVICES / MORNING_RAMP        [800 / 60]   this board
 #   PREF_DEVICES / PREF_RAMP              [8000 / 300] a prefecture
 #   IDLE_TUNNELS                          [50000] (over several komugate replicas if one process may not open enough files)
@@ -32,10 +38,13 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-COMMAND="$(for v in SCENARIOS DUR CLIENTS MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE SG_CHILDREN; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
-SCENARIOS="${SCENARIOS:-compare filtered morning idle}"
+COMMAND="$(for v in SCENARIOS DUR CLIENTS KA_CLIENTS KA_REQUESTS KA_INNER MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE SG_CHILDREN; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
+SCENARIOS="${SCENARIOS:-compare keepalive filtered morning idle}"
 DUR="${DUR:-20}"
 CLIENTS="${CLIENTS:-50}"
+KA_CLIENTS="${KA_CLIENTS:-8}"
+KA_REQUESTS="${KA_REQUESTS:-100 1000}"
+KA_INNER="${KA_INNER:-h1 h2}"
 MORNING_DEVICES="${MORNING_DEVICES:-800}"
 MORNING_RAMP="${MORNING_RAMP:-60}"
 PREF_DEVICES="${PREF_DEVICES:-8000}"
@@ -324,6 +333,36 @@ if has compare; then
     echo >>"$TABLES"
   else
     printf '#### Inspected HTTPS\n\nnot available yet (komugate [inspect]: %s, Squid ssl-bump: %s)\n\n' "$INSPECT" "$SSL_BUMP" >>"$TABLES"
+  fi
+fi
+
+# ---------------------------------------------------------------- keepalive
+# Inspected HTTPS in steady state: browsers and Office apps keep an inspected
+# session for many requests, so handshakes and certificate minting are
+# amortised and the per-request path (TLS records on both sides, the inner
+# HTTP server, the stages, the upstream client, the log) is what is measured.
+if has keepalive; then
+  if [ "$INSPECT" = 1 ] && [ "$SSL_BUMP" = 1 ]; then
+    { echo "### Inspected HTTPS in steady state: keep-alive sessions, Squid ssl-bump vs komugate inspect"
+      echo
+      echo "$KA_CLIENTS clients, $DUR s per workload, closed loop; each operation is a CONNECT to $M365 (the local origin) through the plain listener, TLS with the proxy's minted certificate (both proxies re-sign with the same inspection CA), then N keep-alive GETs of 1 KiB on that session. Inner HTTP/2: the client offers ALPN \`h2, http/1.1\` as a browser does and speaks what the proxy's session negotiates (Squid 5 does not speak HTTP/2, so its sessions are HTTP/1.1; the row \`tunnels with inner HTTP/2\` shows it). CPU µs per request = the proxy's CPU over the run ÷ requests completed."
+      echo; } >>"$TABLES"
+    KA=(--devices "$KA_CLIENTS" --duration "$DUR" --size 1024 --mix inspect=1)
+    for rpt in $KA_REQUESTS; do
+      for inner in $KA_INNER; do
+        flag=(); what="HTTP/1.1"
+        if [ "$inner" = h2 ]; then flag=(--inner-h2); what="HTTP/2 offered (ALPN h2, http/1.1)"; fi
+        name="inspect-ka$rpt-$inner"
+        log "Inspected keep-alive: $rpt GETs per tunnel, inner $what"
+        loadgen "$name-squid" "plain://$SQ_BUMP" "$SQ_PID" "${KA[@]}" --requests-per-tunnel "$rpt" "${flag[@]}"
+        loadgen "$name-komugate" "plain://$KG_PLAIN" "$KG_PID" "${KA[@]}" --requests-per-tunnel "$rpt" "${flag[@]}"
+        "$LG" compare --title "Inspected HTTPS keep-alive: CONNECT + TLS MITM + $rpt GETs of 1 KiB per tunnel, inner $what" \
+          --left "$OUT/$name-squid.json" --left-name "Squid ssl-bump" --right "$OUT/$name-komugate.json" --right-name "komugate inspect" >>"$TABLES"
+        echo >>"$TABLES"
+      done
+    done
+  else
+    printf '#### Inspected HTTPS keep-alive\n\nnot available (komugate [inspect]: %s, Squid ssl-bump: %s)\n\n' "$INSPECT" "$SSL_BUMP" >>"$TABLES"
   fi
 fi
 

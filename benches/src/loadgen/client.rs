@@ -135,6 +135,8 @@ pub struct RunConfig {
     pub size: usize,
     pub large: usize,
     pub requests_per_tunnel: u32,
+    /// Offer `h2, http/1.1` inside tunnels (else `http/1.1` only).
+    pub inner_h2: bool,
     pub inject_error_every: u64,
     pub op_timeout: Duration,
     pub proxy_pid: Option<u32>,
@@ -275,6 +277,15 @@ fn device_tls(cfg: &RunConfig, n: usize) -> Result<Vec<Arc<rustls::ClientConfig>
     Ok(out)
 }
 
+/// ALPN offered inside tunnels: a browser's `h2, http/1.1` with `inner_h2`.
+pub fn inner_alpn(inner_h2: bool) -> Vec<Vec<u8>> {
+    if inner_h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    }
+}
+
 fn is_h2(cfg: &RunConfig, i: usize) -> bool {
     matches!(cfg.proxy, ProxySpec::Mtls(_))
         && ((i as f64 + 0.5) / cfg.devices.max(1) as f64) <= cfg.h2_share
@@ -307,6 +318,9 @@ enum ProxySender {
     H1(http1::SendRequest<Full<Bytes>>),
     H2(http2::SendRequest<Full<Bytes>>),
 }
+
+/// The requests inside a tunnel: the same two kinds of sender.
+type InnerSender = ProxySender;
 
 impl ProxySender {
     async fn send(
@@ -588,21 +602,45 @@ impl Worker {
             Some((_, "443")) | None => server_name.to_string(),
             Some(_) => target.to_string(),
         };
-        let (mut s, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
-            .await
-            .map_err(|e| err("origin_http")(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        for _ in 0..self.shared.cfg.requests_per_tunnel.max(1) {
-            s.ready()
+        // Inner HTTP/2 when the proxy's minted session negotiated it (a
+        // proxy that does not speak HTTP/2 inside answers http/1.1).
+        let inner_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let (mut s, conn) = if inner_h2 {
+            rec.inner_h2_tunnels += 1;
+            let (s, conn) = http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(8 << 20)
+                .handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+                .await
+                .map_err(|e| err("origin_h2")(e.to_string()))?;
+            (
+                InnerSender::H2(s),
+                tokio::spawn(async move { drop(conn.await) }),
+            )
+        } else {
+            let (s, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
                 .await
                 .map_err(|e| err("origin_http")(e.to_string()))?;
-            let req = Request::builder()
-                .uri(path)
-                .header(http::header::HOST, host_header.as_str())
+            (
+                InnerSender::H1(s),
+                tokio::spawn(async move { drop(conn.await) }),
+            )
+        };
+        let uri = if inner_h2 {
+            format!("https://{host_header}{path}")
+        } else {
+            path.to_string()
+        };
+        for _ in 0..self.shared.cfg.requests_per_tunnel.max(1) {
+            let mut req = Request::builder().uri(uri.as_str());
+            if !inner_h2 {
+                req = req.header(http::header::HOST, host_header.as_str());
+            }
+            let req = req
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| err("config")(e.to_string()))?;
             let resp = s
-                .send_request(req)
+                .send(req)
                 .await
                 .map_err(|e| err("origin_http")(e.to_string()))?;
             let status = resp.status();
@@ -859,7 +897,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(&trust)?)
         .with_no_client_auth();
-    inner.alpn_protocols = vec![b"http/1.1".to_vec()];
+    inner.alpn_protocols = inner_alpn(cfg.inner_h2);
     let tls = match cfg.proxy {
         ProxySpec::Mtls(_) => {
             let t0 = Instant::now();

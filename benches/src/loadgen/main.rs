@@ -1,5 +1,6 @@
 //! komugate-loadgen: the school-morning load generator, its fast local
-//! origin, idle-tunnel memory measurement and the side-by-side table.
+//! origin, idle-tunnel memory measurement, inspected sessions (steady state
+//! for profiling, many held open for memory) and the side-by-side table.
 //!
 //! ```text
 //! komugate-loadgen origin --http 127.0.0.1:18080 --https 127.0.0.1:18443 --ca-out origin-ca.pem
@@ -8,6 +9,9 @@
 //! komugate-loadgen idle --proxy mtls://127.0.0.1:8443 --pki DIR --tunnels 10000 --proxy-pid PID \
 //!     [--replica mtls://127.0.0.1:8444,pid=PID2,tunnels=10000,targets=127.0.0.1:18090]
 //! komugate-loadgen compare --title T --left squid.json --right komugate.json
+//! komugate-loadgen steady --proxy 127.0.0.1:3128 --trust inspect-ca.pem [--inner-h2] \
+//!     --warmup 200 --requests 2000 --before CMD --after CMD     # one inspected session
+//! komugate-loadgen held --proxy 127.0.0.1:3128 --trust inspect-ca.pem --sessions 5000 --proxy-pid PID
 //! ```
 
 /// mimalloc, like the gateway: the load generator and origin share the
@@ -18,6 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod client;
 mod idle;
+mod inspected;
 mod origin;
 mod procstat;
 mod stats;
@@ -87,6 +92,51 @@ enum Cmd {
         #[arg(long)]
         replica: Vec<String>,
     },
+    /// One inspected session in steady state: W warm-up GETs, then N
+    /// measured GETs on the same keep-alive session (hooks around them).
+    Steady {
+        #[command(flatten)]
+        session: SessionArgs,
+        #[arg(long, default_value = "/bytes/1024")]
+        path: String,
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+        #[arg(long, default_value_t = 1000)]
+        requests: u64,
+        /// Shell command run just before the measured phase.
+        #[arg(long)]
+        before: Option<String>,
+        /// Shell command run just after the measured phase.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        proxy_pid: Option<u32>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Many inspected sessions open at once: proxy RSS per session, idle
+    /// and with one request in flight on each.
+    Held {
+        #[command(flatten)]
+        session: SessionArgs,
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Sessions being opened at the same time.
+        #[arg(long, default_value_t = 50)]
+        parallel: usize,
+        #[arg(long, default_value = "/bytes/1024")]
+        path: String,
+        /// The in-flight request of the busy phase (the origin delays it).
+        #[arg(long, default_value = "/bytes/1024?delay=5000")]
+        busy_path: String,
+        /// Seconds to wait with every session idle before the RSS sample.
+        #[arg(long, default_value_t = 2.0)]
+        settle: f64,
+        #[arg(long)]
+        proxy_pid: u32,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Markdown table of two reports side by side with the ratio right ÷ left.
     Compare {
         #[arg(long)]
@@ -100,6 +150,34 @@ enum Cmd {
         #[arg(long, default_value = "komugate")]
         right_name: String,
     },
+}
+
+/// An inspected session through a plain proxy listener.
+#[derive(Args, Clone)]
+struct SessionArgs {
+    /// The proxy's plain listener, IP:PORT.
+    #[arg(long)]
+    proxy: SocketAddr,
+    /// CONNECT target (an inspected name the proxy resolves to the origin).
+    #[arg(long, default_value = "outlook.office365.com:443")]
+    target: String,
+    /// Roots of the inner TLS (the inspection CA); repeatable.
+    #[arg(long, required = true)]
+    trust: Vec<PathBuf>,
+    /// Offer `h2, http/1.1` inside, as a browser does.
+    #[arg(long)]
+    inner_h2: bool,
+}
+
+impl SessionArgs {
+    fn spec(&self) -> inspected::SessionSpec {
+        inspected::SessionSpec {
+            proxy: self.proxy,
+            target: self.target.clone(),
+            trust: self.trust.clone(),
+            inner_h2: self.inner_h2,
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -173,6 +251,10 @@ struct RunArgs {
     large: usize,
     #[arg(long, default_value_t = 1)]
     requests_per_tunnel: u32,
+    /// Offer `h2, http/1.1` by ALPN inside tunnels, as a browser does, and
+    /// speak HTTP/2 there when the proxy's session negotiates it.
+    #[arg(long)]
+    inner_h2: bool,
     /// Make every Nth operation fetch /status/500 from the origin (fault injection).
     #[arg(long, default_value_t = 0)]
     inject_error_every: u64,
@@ -229,6 +311,7 @@ impl RunArgs {
             size: self.size,
             large: self.large,
             requests_per_tunnel: self.requests_per_tunnel,
+            inner_h2: self.inner_h2,
             inject_error_every: self.inject_error_every,
             op_timeout: Duration::from_secs_f64(self.op_timeout),
             proxy_pid: self.proxy_pid,
@@ -324,6 +407,50 @@ async fn main() -> Result<()> {
             }
             let r = idle::run(cfg, shards, per_conn, Duration::from_secs(hold)).await?;
             write_out(&common.json, &common.md, &r, &r.markdown())?;
+        }
+        Cmd::Steady {
+            session,
+            path,
+            warmup,
+            requests,
+            before,
+            after,
+            proxy_pid,
+            json,
+        } => {
+            let r = inspected::steady(
+                &session.spec(),
+                &path,
+                warmup,
+                requests,
+                &before,
+                &after,
+                proxy_pid,
+            )
+            .await?;
+            write_out(&json, &None, &r, &r.markdown())?;
+        }
+        Cmd::Held {
+            session,
+            sessions,
+            parallel,
+            path,
+            busy_path,
+            settle,
+            proxy_pid,
+            json,
+        } => {
+            let r = inspected::held(
+                &session.spec(),
+                proxy_pid,
+                sessions,
+                parallel,
+                &path,
+                &busy_path,
+                Duration::from_secs_f64(settle),
+            )
+            .await?;
+            write_out(&json, &None, &r, &r.markdown())?;
         }
         Cmd::Compare {
             title,

@@ -44,7 +44,6 @@ fn stat_fields(pid: u32) -> Option<Vec<u64>> {
 }
 
 /// utime + stime in clock ticks, from /proc/PID/stat (fields 14 and 15).
-#[allow(dead_code)] // one process only; the sampler measures the tree
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let f = stat_fields(pid)?;
     // f[0] is field 4 (ppid): utime (field 14) is index 10.

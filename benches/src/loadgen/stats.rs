@@ -49,6 +49,8 @@ pub struct Recorder {
     pub handshakes: u64,
     /// HTTP requests completed (a tunnel carrying 3 requests counts 3).
     pub requests: u64,
+    /// Tunnels whose inner session negotiated HTTP/2.
+    pub inner_h2_tunnels: u64,
 }
 
 impl Recorder {
@@ -72,6 +74,7 @@ impl Recorder {
         self.bytes_down += other.bytes_down;
         self.handshakes += other.handshakes;
         self.requests += other.requests;
+        self.inner_h2_tunnels += other.inner_h2_tunnels;
     }
 }
 
@@ -107,6 +110,9 @@ pub struct Report {
     pub bytes_per_second: f64,
     pub tls_handshakes: u64,
     pub tls_handshakes_per_second: f64,
+    /// Tunnels whose inner session negotiated HTTP/2.
+    #[serde(default)]
+    pub inner_h2_tunnels: u64,
     pub latency: Latency,
     pub per_kind: BTreeMap<String, KindReport>,
     pub proxy_usage: Option<ProxyUsage>,
@@ -154,6 +160,7 @@ impl Report {
             bytes_per_second: (rec.bytes_up + rec.bytes_down) as f64 / wall,
             tls_handshakes: rec.handshakes,
             tls_handshakes_per_second: rec.handshakes as f64 / wall,
+            inner_h2_tunnels: rec.inner_h2_tunnels,
             latency: Latency::of(&mut all),
             per_kind,
             proxy_usage: None,
@@ -315,6 +322,12 @@ pub fn compare_markdown(
             ru.peak_rss_kib as f64 / 1024.0,
             &f1,
         );
+    }
+    if left.inner_h2_tunnels + right.inner_h2_tunnels > 0 {
+        s.push_str(&format!(
+            "| tunnels with inner HTTP/2 | {} | {} | |\n",
+            left.inner_h2_tunnels, right.inner_h2_tunnels
+        ));
     }
     s.push_str(&format!(
         "| errors | {} | {} | |\n",

@@ -66,6 +66,7 @@ fn config(
         size: 1000,
         large: 100_000,
         requests_per_tunnel: 2,
+        inner_h2: false,
         inject_error_every: 0,
         op_timeout: Duration::from_secs(10),
         proxy_pid: None,
@@ -246,5 +247,98 @@ fn host_list_and_status_parsing() {
     );
     assert!(crate::client::parse_status_list("forbidden").is_err());
     assert!(crate::client::parse_status_list("").is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Inspected sessions: the gateway mints a certificate for the Microsoft
+/// 365 name (resolved to the origin by its DNS responder), the client
+/// offers `h2, http/1.1` or `http/1.1` inside and gets what it offered;
+/// keep-alive requests on one session, the workload's inner HTTP/2 count,
+/// and the steady-state and held-sessions modes of the profiling scripts.
+#[tokio::test]
+async fn inspected_sessions_speak_the_offered_inner_protocol() {
+    let dir = tempdir("inspect");
+    let ca = dir.join("origin-ca.pem");
+    let origin = start(OriginOptions {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        https: vec!["127.0.0.1:0".parse().unwrap()],
+        sans: vec!["outlook.office365.com".into()],
+        ca_out: Some(ca.clone()),
+        default_delay: Duration::ZERO,
+        dns: Some("127.0.0.1:0".parse().unwrap()),
+        cert_hosts: None,
+    })
+    .await
+    .expect("origin");
+    let text = komugate::config::DEFAULT_CONFIG
+        .replace(
+            "servers = []",
+            &format!("servers = [\"{}\"]", origin.dns.expect("dns")),
+        )
+        .replace(
+            "dir = \"./komugate-data\"",
+            &format!("dir = {:?}", dir.join("data").display().to_string()),
+        )
+        .replace("plain = \"127.0.0.1:3128\"", "plain = \"127.0.0.1:0\"")
+        .replace("mtls = \"127.0.0.1:8443\"", "mtls = \"\"")
+        .replace("admin = \"127.0.0.1:9090\"", "admin = \"\"")
+        .replace(
+            "\nupstream_ca = \"\"",
+            &format!("\nupstream_ca = {:?}", ca.display().to_string()),
+        )
+        .replace("\nhosts = []", "\nhosts = [\"*.office365.com\"]")
+        .replace(
+            "allowed_ports = [80, 443, 8080, 8081, 8443]",
+            "allowed_ports = []",
+        );
+    let config = komugate::config::Config::parse(&text, "test").expect("test config");
+    let gw = komugate::gateway::start::start(config)
+        .await
+        .expect("gateway starts");
+    let proxy = gw.addrs.plain.expect("plain listener");
+    let inspect_ca = dir.join("data/pki/inspect-ca.pem");
+    let target = format!("outlook.office365.com:{}", origin.https[0].port());
+
+    for inner_h2 in [false, true] {
+        let spec = crate::inspected::SessionSpec {
+            proxy,
+            target: target.clone(),
+            trust: vec![inspect_ca.clone()],
+            inner_h2,
+        };
+        let r = crate::inspected::steady(&spec, "/bytes/1000", 3, 20, &None, &None, None)
+            .await
+            .expect("steady session");
+        assert_eq!(r.inner_h2, inner_h2);
+        assert_eq!((r.requests, r.body_bytes), (20, 20_000));
+        // Only the inspection CA is trusted: the session is the gateway's.
+        let held = crate::inspected::held(
+            &spec,
+            std::process::id(),
+            4,
+            2,
+            "/bytes/10",
+            "/bytes/10?delay=200",
+            Duration::from_millis(50),
+        )
+        .await
+        .expect("held sessions");
+        assert_eq!(held.sessions_open, 4, "{:?}", held.errors);
+        assert!(held.errors.is_empty(), "{:?}", held.errors);
+        assert_eq!(held.inner_h2, inner_h2);
+
+        let mut cfg = config(proxy, &origin, inspect_ca.clone(), "inspect=1");
+        cfg.inspect_target = target.clone();
+        cfg.inner_h2 = inner_h2;
+        cfg.requests_per_tunnel = 5;
+        cfg.ops_per_device = Some(3);
+        cfg.size = 1024;
+        let r = crate::client::run(cfg).await.expect("run");
+        assert_eq!(r.errors_total, 0, "{:?}", r.errors);
+        assert_eq!(r.requests, 15);
+        assert_eq!(r.inner_h2_tunnels, if inner_h2 { 3 } else { 0 });
+    }
+
+    gw.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -52,8 +52,20 @@ impl GroupBits {
     pub fn is_subset(&self, o: &GroupBits) -> bool {
         (0..4).all(|i| self.0[i] & !o.0[i] == 0)
     }
+    /// The set indices, ascending: set bits only (testing all 256 bits was
+    /// ~1,800 instructions per decision with no group at all).
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..MAX_GROUPS).filter(move |i| self.contains(*i))
+        self.0.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(w * 64 + b)
+            })
+        })
     }
 }
 
@@ -503,6 +515,16 @@ pub fn parse_registry_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn group_bits_iterate_the_set_indices_in_order() {
+        let mut g = GroupBits::default();
+        assert_eq!(g.iter().count(), 0);
+        for i in [255, 0, 64, 63, 200, 1] {
+            g.insert(i);
+        }
+        assert_eq!(g.iter().collect::<Vec<_>>(), [0, 1, 63, 64, 200, 255]);
+    }
+
     #[test]
     fn csv_fields() {
         let f = split_csv(r#"a,"b,c","d""e",,f"#).unwrap();

@@ -44,9 +44,26 @@ pub struct ConnContext {
     /// The device certificate (DER) of an mTLS connection: posture reports
     /// are verified with its key.
     pub device_cert: Option<std::sync::Arc<[u8]>>,
+    /// `client` as the access record shows it, formatted once per connection.
+    pub client_text: String,
 }
 
 impl ConnContext {
+    pub fn new(
+        listener: ListenerKind,
+        client: SocketAddr,
+        device: Option<DeviceIdentity>,
+        device_cert: Option<std::sync::Arc<[u8]>>,
+    ) -> ConnContext {
+        ConnContext {
+            listener,
+            client,
+            device,
+            device_cert,
+            client_text: client.to_string(),
+        }
+    }
+
     pub fn device_id(&self) -> Option<&str> {
         self.device.as_ref().map(|d| d.device_id.as_str())
     }

@@ -61,7 +61,7 @@ impl Entry {
             listener: conn.listener.label(),
             device: conn.device_id().map(str::to_string),
             groups: conn.cert_groups().to_vec(),
-            client: conn.client.to_string(),
+            client: conn.client_text.clone(),
             method: method.to_string(),
             ..Default::default()
         });

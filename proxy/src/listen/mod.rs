@@ -53,12 +53,7 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
                 );
                 return;
             }
-            let ctx = Arc::new(ConnContext {
-                listener: ListenerKind::Plain,
-                client,
-                device: None,
-                device_cert: None,
-            });
+            let ctx = Arc::new(ConnContext::new(ListenerKind::Plain, client, None, None));
             serve_connection(gw2, ctx, stream, false).await;
         });
     }
@@ -174,12 +169,12 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, auth: Arc<Devic
                 );
                 return;
             };
-            let ctx = Arc::new(ConnContext {
-                listener: ListenerKind::Mtls,
-                client: peer,
-                device: Some(identity),
-                device_cert: device.chain.first().map(|c| c.as_ref().into()),
-            });
+            let ctx = Arc::new(ConnContext::new(
+                ListenerKind::Mtls,
+                peer,
+                Some(identity),
+                device.chain.first().map(|c| c.as_ref().into()),
+            ));
             let serve = serve_connection(gw2.clone(), ctx, tls, h2);
             tokio::select! {
                 _ = serve => {}

@@ -221,7 +221,7 @@ impl Runtime {
     pub fn decide(&self, req: &RequestInfo) -> Decision {
         let decision = self
             .policy
-            .evaluate_as(&policy_request(req, SystemTime::now()), &req.subject);
+            .decide_as(&policy_request(req, SystemTime::now()), &req.subject);
         self.from_policy(req, decision)
     }
 

@@ -71,14 +71,12 @@ impl Casb {
         host: &str,
         record: &mut AccessRecord,
     ) -> Result<Casb, Refusal> {
-        let policy = policy.cloned();
-        let app = decision
-            .app
-            .as_deref()
-            .and_then(|a| policy.as_ref()?.app(a).cloned());
+        // Borrowed from the caller's policy: cloning the app (patterns,
+        // endpoint lists) cost more than the rest of this step.
+        let app = decision.app.as_deref().and_then(|a| policy?.app(a));
         let mut note = CasbNote::default();
         let mut size_upload = false;
-        if let (Some(a), Some(p)) = (&app, &policy) {
+        if let (Some(a), Some(p)) = (app, policy) {
             note.tenant = Some(if a.is_own(host, p.tenants()) {
                 "own"
             } else {
@@ -91,8 +89,8 @@ impl Casb {
             metrics: metrics.clone(),
             category: (!decision.categories.is_empty()).then(|| decision.categories.join(", ")),
             hook: decision.casb.clone().unwrap_or_default(),
-            policy,
-            app: app.as_ref().map(|a| a.name.clone()),
+            policy: policy.cloned(),
+            app: app.map(|a| a.name.clone()),
             size_upload,
             host: host.to_string(),
             path: uri.path().to_string(),

@@ -309,6 +309,76 @@ async fn inspected_get_and_post_over_http1_and_http2() {
     gw.shutdown().await;
 }
 
+/// A tunnel keeps one upstream connection for all its requests (HTTP/1.1
+/// and HTTP/2 upstream, GETs and POSTs), and when it ends the connection
+/// waits for the next tunnel to the same origin, which uses it instead of
+/// a new handshake.
+#[tokio::test]
+async fn a_tunnel_keeps_one_upstream_connection_and_leaves_it_to_the_next() {
+    let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();
+    let gw = inspecting_gateway(&upstream_ca, |_| {}).await;
+    let pools = &gw.running.as_ref().expect("running").gateway.pools;
+    for (alpn, h2) in [
+        (&[b"http/1.1".as_slice()][..], false),
+        (&[b"h2".as_slice(), b"http/1.1".as_slice()][..], true),
+    ] {
+        let upstream = https_upstream(&upstream_ca, "plain.test", Validity::Good).await;
+        let authority = format!("plain.test:{}", upstream.addr.port());
+        let idle_before = pools.pinned_idle.len();
+        for tunnel_no in 1..=2 {
+            let tunnel = connect_tunnel(&gw, &authority).await;
+            let tls = tls_over(tunnel, "plain.test", trust_only(gw.tls().server_ca(), alpn))
+                .await
+                .unwrap();
+            let reqs = (0..12)
+                .map(|i| match i % 4 {
+                    3 => post(&authority, "/echo", h2, "posted body"),
+                    _ => get(&authority, &format!("/r{tunnel_no}-{i}"), h2),
+                })
+                .collect();
+            let answers = within("requests on one tunnel", send(tls, reqs)).await;
+            for (i, (status, _, body)) in answers.iter().enumerate() {
+                assert_eq!(*status, StatusCode::OK, "request {i}: {body}");
+                if i % 4 == 3 {
+                    assert_eq!(body, "posted body");
+                } else {
+                    assert_eq!(
+                        body,
+                        &format!(
+                            "secure /r{tunnel_no}-{i} via {}",
+                            if h2 { "h2" } else { "http/1.1" }
+                        )
+                    );
+                }
+            }
+            // The tunnel's record is written once it has ended and left its
+            // upstream connection for the next tunnel.
+            let want = tunnel_no;
+            let ended = komugate_tests::eventually(Duration::from_secs(3), || {
+                let n = std::fs::read_to_string(&gw.access_log)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("\"CONNECT\"") && l.contains(&authority))
+                    .count();
+                async move { (n >= want).then_some(()) }
+            })
+            .await;
+            assert!(ended.is_some(), "tunnel {tunnel_no} not logged as ended");
+            assert_eq!(
+                pools.pinned_idle.len(),
+                idle_before + 1,
+                "tunnel {tunnel_no}: idle pinned connections"
+            );
+        }
+        assert_eq!(
+            upstream.accepts(),
+            1,
+            "upstream connections for 2 tunnels × 12 requests"
+        );
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn invalid_upstream_certificates_yield_the_block_page() {
     let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();

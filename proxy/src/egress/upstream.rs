@@ -200,6 +200,8 @@ pub struct UpstreamPools {
     tls_h2: Arc<rustls::ClientConfig>,
     idle_per_host: usize,
     clients: Mutex<HashMap<(Option<IpAddr>, UpstreamAlpn), UpstreamClient>>,
+    /// Connections inspected tunnels pinned and left (`super::pinned`).
+    pub pinned_idle: Arc<super::pinned::IdleConns>,
 }
 
 impl UpstreamPools {
@@ -216,6 +218,25 @@ impl UpstreamPools {
             tls_h2: Arc::new(h2),
             idle_per_host,
             clients: Mutex::new(HashMap::new()),
+            pinned_idle: Arc::new(super::pinned::IdleConns::new(idle_per_host)),
+        }
+    }
+
+    /// A connector like the pools' for `source` and the `alpn` offer (for
+    /// connections an inspected tunnel pins).
+    pub fn connector(&self, source: Option<IpAddr>, alpn: UpstreamAlpn) -> EgressConnector {
+        EgressConnector {
+            egress: self.egress.clone(),
+            source,
+            tls: self.tls_connector(alpn),
+        }
+    }
+
+    fn tls_connector(&self, alpn: UpstreamAlpn) -> Option<tokio_rustls::TlsConnector> {
+        match alpn {
+            UpstreamAlpn::None => None,
+            UpstreamAlpn::Http1 => Some(tokio_rustls::TlsConnector::from(self.tls_h1.clone())),
+            UpstreamAlpn::H2AndHttp1 => Some(tokio_rustls::TlsConnector::from(self.tls_h2.clone())),
         }
     }
 
@@ -224,15 +245,7 @@ impl UpstreamPools {
         clients
             .entry((source, alpn))
             .or_insert_with(|| {
-                let tls = match alpn {
-                    UpstreamAlpn::None => None,
-                    UpstreamAlpn::Http1 => {
-                        Some(tokio_rustls::TlsConnector::from(self.tls_h1.clone()))
-                    }
-                    UpstreamAlpn::H2AndHttp1 => {
-                        Some(tokio_rustls::TlsConnector::from(self.tls_h2.clone()))
-                    }
-                };
+                let tls = self.tls_connector(alpn);
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())

@@ -47,8 +47,11 @@ use komugate_policy::Location;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::NonTlsAction;
+use crate::egress::pinned::{PinKey, PinnedError, TunnelUpstream};
 use crate::egress::tunnel::RelayStats;
-use crate::egress::upstream::{egress_error, tls_error, EgressInfo, UpstreamAlpn};
+use crate::egress::upstream::{
+    egress_error, tls_error, EgressInfo, UpstreamAlpn, UpstreamBody, UpstreamPools,
+};
 use crate::gateway::generation::Generation;
 use crate::gateway::Gateway;
 use crate::record::AccessRecord;
@@ -127,18 +130,20 @@ async fn forward(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> 
         }
     };
     flow.locate();
-    exchange(flow, req, target, UpstreamAlpn::None).await
+    exchange(flow, req, target, UpstreamAlpn::None, None).await
 }
 
 /// One HTTP request to `target`: a forwarded request, or one inside an
-/// inspected tunnel (location already set).
+/// inspected tunnel (location already set; `pinned`: the tunnel's upstream
+/// connection).
 async fn exchange(
     mut flow: Flow,
     req: Request<Incoming>,
     target: Target,
     alpn: UpstreamAlpn,
+    pinned: Option<&TunnelUpstream>,
 ) -> Response<ProxyBody> {
-    match exchange_stages(&mut flow, req, &target, alpn).await {
+    match exchange_stages(&mut flow, req, &target, alpn, pinned).await {
         Ok(resp) => resp,
         Err(refusal) => flow.refuse(refusal),
     }
@@ -149,6 +154,7 @@ async fn exchange_stages(
     mut req: Request<Incoming>,
     target: &Target,
     alpn: UpstreamAlpn,
+    pinned: Option<&TunnelUpstream>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let path = req
         .uri()
@@ -209,7 +215,6 @@ async fn exchange_stages(
     http::upstream_head(&mut parts, target, &flow.entry.record.target, websocket)?;
     let request_sent = Arc::new(tokio::sync::Notify::new());
     let body = http::counted_upload(body, flow.entry.count_up(), request_sent.clone());
-    let client = flow.gw.pools.client(decision.egress_source, alpn);
     let head_timeout =
         std::time::Duration::from_millis(flow.gw.config.egress.response_header_timeout_ms);
     // The upstream's clock starts once the whole request is sent: a slow
@@ -218,25 +223,36 @@ async fn exchange_stages(
         request_sent.notified().await;
         tokio::time::sleep(head_timeout).await;
     };
+    let send = upstream_request(
+        &flow.gw.pools,
+        pinned.filter(|_| !websocket),
+        decision.egress_source,
+        alpn,
+        target,
+        Request::from_parts(parts, body),
+    );
     let answer = tokio::select! {
-        answer = client.request(Request::from_parts(parts, body)) => answer,
+        answer = send => answer,
         () = head_deadline => return Err(Refusal::UpstreamTimeout(head_timeout.as_millis())),
     };
     let mut resp = match answer {
         Ok(resp) => resp,
-        Err(e) if client_body_failed.load(Ordering::Relaxed) || http::request_body_failed(&e) => {
+        Err(e)
+            if client_body_failed.load(Ordering::Relaxed)
+                || http::request_body_failed(e.as_error()) =>
+        {
             // Often nobody reads this answer; the record says what happened.
             let sent = flow.entry.bytes_up();
             flow.entry.fail(format!(
                 "reading the request body: the client aborted or malformed it after {sent} bytes: {}",
-                http::innermost(&e)
+                http::innermost(e.as_error())
             ));
             return Err(Refusal::bad_request(
                 "リクエスト本文の形式が不正です (chunked エンコーディングなど)。",
                 "The request body is malformed (e.g. its chunked encoding) or was cut off by the client.",
             ));
         }
-        Err(e) => return Err(upstream_refusal(&e)),
+        Err(e) => return Err(e.refusal()),
     };
     // CASB: files delivered to the laptop.
     casb.response(resp.headers(), &mut flow.entry.record)?;
@@ -277,14 +293,72 @@ async fn exchange_stages(
     ))
 }
 
-fn upstream_refusal(e: &hyper_util::client::legacy::Error) -> Refusal {
-    if let Some(tls) = tls_error(e) {
-        return Refusal::UpstreamCertificate(tls.clone());
+/// The upstream request: on the inspected tunnel's pinned connection when
+/// it can carry it, else through the shared pool.
+async fn upstream_request(
+    pools: &UpstreamPools,
+    pinned: Option<&TunnelUpstream>,
+    source: Option<std::net::IpAddr>,
+    alpn: UpstreamAlpn,
+    target: &Target,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, UpstreamFailure> {
+    let req = match pinned {
+        Some(tunnel) if alpn != UpstreamAlpn::None => {
+            let key = PinKey {
+                host: target.host.clone(),
+                port: target.port,
+                source,
+                alpn,
+            };
+            match tunnel
+                .send(key, || pools.connector(source, alpn), req)
+                .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err(PinnedError::Declined(req)) => req,
+                Err(PinnedError::Connect(e)) => return Err(UpstreamFailure::Connect(e)),
+                Err(PinnedError::Http(e)) => return Err(UpstreamFailure::Http(e)),
+            }
+        }
+        _ => req,
+    };
+    pools
+        .client(source, alpn)
+        .request(req)
+        .await
+        .map_err(UpstreamFailure::Pool)
+}
+
+/// Why the upstream request failed.
+enum UpstreamFailure {
+    /// The shared pool's client (connecting included).
+    Pool(hyper_util::client::legacy::Error),
+    /// Connecting a pinned connection (DNS, egress guard, TCP, TLS).
+    Connect(crate::egress::EgressError),
+    /// A pinned connection (handshake, request, response head).
+    Http(hyper::Error),
+}
+
+impl UpstreamFailure {
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            UpstreamFailure::Pool(e) => e,
+            UpstreamFailure::Connect(e) => e,
+            UpstreamFailure::Http(e) => e,
+        }
     }
-    if let Some(egress) = egress_error(e) {
-        return Refusal::Egress(egress.clone());
+
+    fn refusal(&self) -> Refusal {
+        let e = self.as_error();
+        if let Some(tls) = tls_error(e) {
+            return Refusal::UpstreamCertificate(tls.clone());
+        }
+        if let Some(egress) = egress_error(e) {
+            return Refusal::Egress(egress.clone());
+        }
+        Refusal::UpstreamFailed(e.to_string())
     }
-    Refusal::UpstreamFailed(e.to_string())
 }
 
 // ---------------------------------------------------------------- CONNECT
@@ -588,15 +662,19 @@ async fn inspected_tunnel<S>(
     } = flow;
     drop(gen);
     let (gw_svc, default_port) = (gw.clone(), dest.port);
+    // One upstream connection kept for the tunnel's requests.
+    let upstream = Arc::new(TunnelUpstream::new(gw.pools.pinned_idle.clone()));
     let handler = move |req: Request<Incoming>| {
-        let (gw, conn, name, blocked) = (
+        let (gw, conn, name, blocked, upstream) = (
             gw_svc.clone(),
             conn.clone(),
             name.clone(),
             blocked_by_sni.clone(),
+            upstream.clone(),
         );
         async move {
-            let resp = inner_request(gw, conn, req, &name, default_port, alpn, blocked).await;
+            let resp =
+                inner_request(gw, conn, req, &name, default_port, alpn, blocked, &upstream).await;
             Ok::<_, Infallible>(resp)
         }
     };
@@ -630,6 +708,7 @@ async fn inspected_tunnel<S>(
 }
 
 /// One request inside an inspected tunnel.
+#[allow(clippy::too_many_arguments)]
 async fn inner_request(
     gw: Arc<Gateway>,
     conn: Arc<ConnContext>,
@@ -638,6 +717,7 @@ async fn inner_request(
     default_port: u16,
     alpn: UpstreamAlpn,
     blocked_by_sni: Option<Block>,
+    upstream: &TunnelUpstream,
 ) -> Response<ProxyBody> {
     let gen = gw.current();
     let mut flow = Flow::new(gw, conn, gen, req.method().as_str(), Kind::Http);
@@ -650,7 +730,7 @@ async fn inner_request(
         return flow.refuse(Refusal::Blocked(block));
     }
     flow.locate();
-    exchange(flow, req, target, alpn).await
+    exchange(flow, req, target, alpn, Some(upstream)).await
 }
 
 /// A tunnel left uninspected after the peek: firewall, egress, relay (the

@@ -47,7 +47,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -q -p komugate -p komugate-benches --bin komugate --bin komugate-loadgen
 fi
 KG="${KG_BIN:-$TARGET/release/komugate}"
-LG="$TARGET/release/komugate-loadgen"
+LG="${LG_BIN:-$TARGET/release/komugate-loadgen}"
 mkdir -p "$OUT"
 W="$(mktemp -d /tmp/komugate-profile.XXXXXX)"
 PIDS=()

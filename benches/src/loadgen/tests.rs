@@ -291,8 +291,9 @@ async fn inspected_sessions_speak_the_offered_inner_protocol() {
             "allowed_ports = [80, 443, 8080, 8081, 8443]",
             "allowed_ports = []",
         );
-    let config = komugate::config::Config::parse(&text, "test").expect("test config");
-    let gw = komugate::gateway::start::start(config)
+    komugate::pki::ensure(&dir.join("data/pki"), &[]).expect("test PKI");
+    let gw_config = komugate::config::Config::parse(&text, "test").expect("test config");
+    let gw = komugate::gateway::start::start(gw_config)
         .await
         .expect("gateway starts");
     let proxy = gw.addrs.plain.expect("plain listener");

@@ -6,6 +6,7 @@ function that implements it: stages nest, so they do not sum), and the
 syscalls per request counted by strace -c over the same phase.
 
 Usage: callgrind_breakdown.py DUMP REQUESTS LABEL [STRACE_C_OUTPUT]
+       callgrind_breakdown.py --compare BEFORE_DUMP AFTER_DUMP REQUESTS LABEL
 """
 import re
 import subprocess
@@ -14,28 +15,28 @@ from collections import defaultdict
 
 # Stage -> regex on the demangled function name; the inclusive cost of the
 # most expensive matching function is reported (one frame, not a sum, so a
-# recursive or repeated match is never counted twice).
+# recursive or repeated match is never counted twice). Indented stages are
+# inside the one above them.
 STAGES = [
-    ("client TLS: read + decrypt (rustls server)", r"ConnectionCommon<rustls::server::server_conn::ServerConnectionData>>::process_new_packets"),
-    ("client TLS: encrypt + write (tokio-rustls server)", r"tokio_rustls::server::TlsStream<.*> as tokio::io::async_write::AsyncWrite>::poll_write$"),
-    ("upstream TLS: read + decrypt (rustls client)", r"ConnectionCommon<rustls::client::client_conn::ClientConnectionData>>::process_new_packets"),
-    ("upstream TLS: encrypt + write (tokio-rustls client)", r"tokio_rustls::client::TlsStream<.*> as tokio::io::async_write::AsyncWrite>::poll_write$"),
-    ("AES-GCM seal/open (ring, both sides)", r"^ring_core_.*aes_gcm|^ring_core_.*gcm_|aes_hw_ctr32|aesni_gcm"),
-    ("inner server: hyper HTTP/1.1 dispatcher", r"hyper::proto::h1::dispatch::Dispatcher<.*hyper::proto::h1::dispatch::Server<.*::poll_catch$"),
-    ("inner server: hyper HTTP/2 server connection", r"hyper::proto::h2::server::Server<.*> as core::future::future::Future>::poll$"),
-    ("inner request service (flow::inner_request)", r"komugate::flow::inner_request::\{\{closure\}\}$"),
-    ("  decision (policy Runtime::decide)", r"komugate::.*Runtime::decide$|komugate::flow::Flow::decide$"),
-    ("  CASB begin (app, tenant)", r"komugate::stages::casb::Casb::begin$"),
-    ("  IPS on the request", r"komugate::stages::ips::inspect_request::\{\{closure\}\}$"),
-    ("  CASB/DLP request body", r"komugate::stages::casb::Casb::request::\{\{closure\}\}$"),
-    ("  upstream head rewrite", r"komugate::flow::http::upstream_head$"),
-    ("  response head rewrite (flow::http::respond)", r"komugate::flow::http::respond$"),
-    ("upstream client (hyper-util legacy Client::request)", r"hyper_util::client::legacy::client::Client<.*>::send_request::\{\{closure\}\}$"),
-    ("upstream HTTP/1.1 client dispatcher", r"hyper::proto::h1::dispatch::Dispatcher<.*hyper::proto::h1::dispatch::Client<.*::poll_catch$"),
-    ("log: access record written (Entry::write)", r"komugate::flow::entry::Entry::write$"),
-    ("log: access log writer task", r"komugate::logs::writer::.*\{\{closure\}\}$|komugate::access_log::.*\{\{closure\}\}$"),
-    ("memory allocator (malloc/free/realloc)", r"^(mi_|_mi_|malloc$|free$|realloc$|__rust_alloc|__rust_dealloc|__rust_realloc)"),
-    ("memcpy/memmove", r"^__memcpy|^__memmove|^memcpy|^memmove"),
+    ("inner server: hyper HTTP/1.1 server connection (TLS, parse, stages, response)", r"^<hyper::server::conn::http1::UpgradeableConnection<I,S> as core::future::future::Future>::poll$"),
+    ("inner server: hyper HTTP/2 server connection (TLS, frames)", r"^<hyper::server::conn::http2::Connection<I,S,E> as core::future::future::Future>::poll$"),
+    ("inner server: HTTP/2 stream tasks (stages, response)", r"^<hyper::proto::h2::server::H2Stream<F,B> as core::future::future::Future>::poll$"),
+    ("  client TLS read + decrypt", r"^<tokio_rustls::server::TlsStream<IO> as tokio::io::async_read::AsyncRead>::poll_read$"),
+    ("  stages + upstream request (flow::exchange_stages)", r"^komugate::flow::exchange_stages::\{\{closure\}\}$"),
+    ("    decision (policy)", r"^komugate::stages::decide::Runtime::decide$"),
+    ("    CASB begin (app, tenant)", r"^komugate::stages::casb::Casb::begin$"),
+    ("    upstream head rewrite", r"^komugate::flow::http::upstream_head$"),
+    ("    upstream request: shared pool (hyper-util legacy client)", r"^hyper_util::client::legacy::client::Client<C,B>::send_request::\{\{closure\}\}$"),
+    ("  record and entry (flow::Flow::new)", r"^komugate::flow::Flow::new$"),
+    ("  response head rewrite", r"^komugate::flow::http::respond$"),
+    ("  log: record handed over (Entry drop: metrics, alerts, channel)", r"^<komugate::flow::entry::Entry as core::ops::drop::Drop>::drop$"),
+    ("upstream connection task: shared pool's (hyper h1 client)", r"^<hyper::client::conn::http1::upgrades::UpgradeableConnection<I,B> as core::future::future::Future>::poll$"),
+    ("upstream connection task: pinned (hyper h1 client)", r"^komugate::egress::pinned::connect::\{\{closure\}\}::\{\{closure\}\}$"),
+    ("  upstream TLS read + decrypt", r"^<tokio_rustls::client::TlsStream<IO> as tokio::io::async_read::AsyncRead>::poll_read$"),
+    ("log writer thread (JSON, segment file)", r"^komugate::logs::writer::Writer::run$"),
+    ("AES-GCM (ring, both sides, self cost)", r"^ring_core_.*aes|^ring_core_.*gcm_|^_aesni_ctr32_ghash"),
+    ("memory allocator (self cost)", r"^(mi_|_mi_|malloc$|free$|realloc$)"),
+    ("memcpy/memmove (self cost)", r"^__memcpy|^__memmove|^memcpy$|^memmove$"),
 ]
 
 CRATES = [
@@ -79,7 +80,35 @@ def annotate(dump, inclusive):
     return total, rows
 
 
+def stage_costs(dump):
+    total, excl = annotate(dump, False)
+    _, incl = annotate(dump, True)
+    out = []
+    for name, rx in STAGES:
+        if "self cost" in name:
+            ir = sum(ir for ir, fn in excl if re.search(rx, fn))
+        else:
+            ir = max([ir for ir, fn in incl if re.search(rx, fn)] or [0])
+        out.append((name, ir))
+    return total, out
+
+
+def compare(before, after, n, label):
+    tb, sb = stage_costs(before)
+    ta, sa = stage_costs(after)
+    print(f"\n| inner {label}: Ir per request | before | after | change |\n|---|---:|---:|---:|")
+    print(f"| **total** | **{tb / n:,.0f}** | **{ta / n:,.0f}** | {100 * (ta - tb) / tb:+.0f}% |")
+    for (name, b), (_, a) in zip(sb, sa):
+        if b == 0 and a == 0:
+            continue
+        change = f"{100 * (a - b) / b:+.0f}%" if b else "new"
+        print(f"| {name} | {b / n:,.0f} | {a / n:,.0f} | {change} |")
+
+
 def main():
+    if sys.argv[1] == "--compare":
+        compare(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        return
     dump, n, label = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     strace = sys.argv[4] if len(sys.argv) > 4 else ""
     total, excl = annotate(dump, False)
@@ -102,7 +131,7 @@ def main():
         matches = [(ir, fn) for ir, fn in incl if re.search(rx, fn)]
         if not matches:
             continue
-        if name.startswith(("memory allocator", "memcpy", "AES-GCM")):
+        if "self cost" in name:
             # Leaf functions: their self costs add up.
             ir = sum(ir for ir, fn in excl if re.search(rx, fn))
         else:

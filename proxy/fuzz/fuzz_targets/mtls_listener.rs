@@ -71,15 +71,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let gw = gateway().gateway.clone();
-    let ctx = Arc::new(ConnContext {
-        listener: ListenerKind::Mtls,
-        client: SocketAddr::from(([127, 0, 0, 1], 50_000)),
-        device: Some(DeviceIdentity {
+    let ctx = Arc::new(ConnContext::new(
+        ListenerKind::Mtls,
+        SocketAddr::from(([127, 0, 0, 1], 50_000)),
+        Some(DeviceIdentity {
             device_id: "fuzz-laptop".into(),
             cert_groups: vec!["teachers".into()],
             serial_hex: "01".into(),
         }),
-    });
+    ));
     let h2 = plan[0] & 1 == 1;
     let stream = ChunkedStream::new(input, &plan[1..]);
     runtime().block_on(async {

@@ -79,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             cert_groups: vec!["teachers".into()],
             serial_hex: "01".into(),
         }),
+        None,
     ));
     let h2 = plan[0] & 1 == 1;
     let stream = ChunkedStream::new(input, &plan[1..]);

@@ -69,4 +69,5 @@ pub mod replay_body;
 pub mod report;
 pub mod request;
 pub mod stages;
+pub mod unblock;
 pub mod users;

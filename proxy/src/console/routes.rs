@@ -76,6 +76,7 @@ fn required_role(method: &Method, page: &str) -> Option<Role> {
         ("GET", "policy") | ("POST", "policy/preview" | "policy/apply" | "policy/restore") => {
             Role::Operator
         }
+        ("GET", "unblock") | ("POST", "unblock/approve" | "unblock/reject") => Role::Operator,
         ("GET", "audit") | ("POST", "audit/verify") => Role::Admin,
         _ => return None,
     })
@@ -223,8 +224,9 @@ async fn route(
         "devices/export" => pages::devices::export(&ctx),
         "certs" => pages::certs::page(&ctx),
         "certs/download" => pages::certs::download(&ctx),
+        "unblock" => pages::unblock::page(&ctx),
         "devices/move" | "devices/import" | "devices/apply" | "certs/issue" | "certs/bulk"
-        | "certs/revoke" => {
+        | "certs/revoke" | "unblock/approve" | "unblock/reject" => {
             ctx.query = form.unwrap_or_default();
             match page {
                 "devices/move" => pages::devices::move_groups(&ctx).await,
@@ -232,6 +234,8 @@ async fn route(
                 "devices/apply" => pages::devices::apply(&ctx).await,
                 "certs/issue" => pages::certs::issue(&ctx).await,
                 "certs/bulk" => pages::certs::bulk(&ctx, &files).await,
+                "unblock/approve" => pages::unblock::approve(&ctx).await,
+                "unblock/reject" => pages::unblock::reject(&ctx),
                 _ => pages::certs::revoke(&ctx).await,
             }
         }

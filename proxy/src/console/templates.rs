@@ -35,6 +35,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         "policy_done.html",
         include_str!("templates/policy_done.html"),
     ),
+    ("unblock.html", include_str!("templates/unblock.html")),
 ];
 
 fn env() -> &'static Environment<'static> {
@@ -129,6 +130,10 @@ mod tests {
                 "changes": {"added": [row], "moved": [{"before": row, "after": row}], "removed": [row],
                             "unchanged": 1, "empty": false},
                 "expiring": [{"device": "d", "serial": "s", "not_after": "n", "revoked": false, "expired": false}],
+                "pending": [{"id": 1, "time": "t", "requester": "r", "host": "h", "url": "u", "reason": "<r>",
+                             "groups": ["g"], "state": "pending", "by": "", "message": ""}],
+                "decided": [{"id": 2, "time": "t", "requester": "r", "host": "h", "url": "u", "reason": "r",
+                             "groups": [], "state": "rejected", "by": "b", "message": "m"}],
                 "all": [{"device": "d", "serial": "s", "not_after": "n", "revoked": false, "expired": false}],
             }));
             more.push(serde_json::json!({

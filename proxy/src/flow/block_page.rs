@@ -19,6 +19,9 @@ pub struct BlockInfo<'a> {
     /// Already in the display zone ([`PageContext::now`]).
     pub time: &'a str,
     pub contact: Option<&'a str>,
+    /// The 「アクセス許可を申請」 part: the form, or the outcome of the
+    /// requester's last request for this host. `None`: not offered.
+    pub unblock: Option<crate::unblock::View>,
 }
 
 /// What every block page shows besides the refusal itself: whom to
@@ -28,6 +31,8 @@ pub struct PageContext {
     pub contact: Option<String>,
     pub zone: LocalZone,
     pub generation: u64,
+    /// Unblock requests, when the gateway takes them.
+    pub unblock: Option<std::sync::Arc<crate::unblock::UnblockRequests>>,
 }
 
 impl PageContext {
@@ -97,6 +102,23 @@ pub fn render(info: &BlockInfo) -> String {
         "Contact",
         info.contact.unwrap_or(DEFAULT_CONTACT),
     );
+    let unblock = match &info.unblock {
+        None => String::new(),
+        Some(crate::unblock::View::Form) => format!(
+            "<h2>アクセス許可を申請 <small lang=\"en\">Ask for access</small></h2>\n\
+<form method=\"post\" action=\"{path}\"><input type=\"hidden\" name=\"url\" value=\"{url}\">\n\
+<p><label>理由 (Reason)<br><textarea name=\"reason\" rows=\"3\" cols=\"60\" maxlength=\"{max}\" required></textarea></label></p>\n\
+<p><button type=\"submit\">アクセス許可を申請</button></p></form>\n",
+            path = crate::unblock::SUBMIT_PATH,
+            url = escape(info.target),
+            max = crate::unblock::MAX_REASON_CHARS
+        ),
+        Some(crate::unblock::View::Pending) => "<h2>アクセス許可を申請済みです</h2>\n<p id=\"unblock-pending\">担当者が確認しています。許可されるとこのページを開けるようになります。<br><small lang=\"en\">Your request is waiting for the ICT staff; once allowed, this page opens.</small></p>\n".to_string(),
+        Some(crate::unblock::View::Rejected(message)) => format!(
+            "<h2>アクセス許可の申請は認められませんでした</h2>\n<p id=\"unblock-rejected\">担当者からのメッセージ: {}<br><small lang=\"en\">Your request was not granted; the message above is from the ICT staff.</small></p>\n",
+            escape(message)
+        ),
+    };
     format!(
         "<!DOCTYPE html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>アクセスがブロックされました / Access blocked</title>\n\
 <style>body{{font-family:sans-serif;max-width:46em;margin:2em auto;padding:0 1em;line-height:1.6}}th{{text-align:left;padding-right:1em;vertical-align:top}}small{{color:#555}}</style></head>\n\
@@ -107,6 +129,7 @@ pub fn render(info: &BlockInfo) -> String {
 <li>連絡するときは、この画面の「アクセス先」「日時」「端末」を伝えてください (画面を撮影して送ると確実です)。</li>\n\
 <li>担当者が確認して許可すると、このページを開けるようになります。誤ってブロックされていると思うときも、同じ連絡先にお知らせください。</li>\n\
 </ol>\n\
+{unblock}\
 <h2 lang=\"en\">Access to this page was blocked</h2>\n<p lang=\"en\">The school board's security policy does not allow this request. \
 If you need this page for teaching or school work, ask the contact above for access and tell them the address, time and device shown here \
 (a photo of this screen is easiest). Once they allow it, the page opens. Tell them too if you think it was blocked by mistake.</p>\n\
@@ -177,6 +200,7 @@ mod tests {
             device: Some("laptop-001"),
             time: "2026-11-29T08:00:00Z",
             contact: None,
+            unblock: Some(crate::unblock::View::Form),
         });
         let ja = html.find("ブロックされました").unwrap();
         let next = html.find("次にすること").unwrap();
@@ -199,6 +223,7 @@ mod tests {
             "ギャンブル (gambling), フィッシング詐欺 (phishing), board-list"
         );
         let page = PageContext {
+            unblock: None,
             contact: Some("教育委員会 学校教育課 0263-00-0000".into()),
             zone: LocalZone::default(),
             generation: 1,
@@ -216,6 +241,7 @@ mod tests {
             device: None,
             time: "t",
             contact: None,
+            unblock: Some(crate::unblock::View::Form),
         });
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.headers()["komugate-rule"]

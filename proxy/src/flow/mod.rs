@@ -162,6 +162,12 @@ async fn exchange_stages(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
     flow.entry.record.target = format!("{}{path}", target.origin());
+    // The block page's access request, answered by the gateway itself.
+    if let Some(queue) = crate::unblock::submission(&flow.gw.unblock, &req) {
+        flow.entry.record.rule = "unblock-request".into();
+        flow.entry.record.decision = "allow";
+        return Ok(crate::unblock::submit(queue, &flow.conn, &target.host, req).await);
+    }
     // Decision.
     let decision = flow.decide(RequestKind::Http, req.method().as_str(), target, &path);
     if decision.is_blocked() {
@@ -966,6 +972,7 @@ impl Flow {
             None => (!config.contact.is_empty()).then(|| config.contact.clone()),
         };
         block_page::PageContext {
+            unblock: self.gw.unblock.clone(),
             contact,
             zone: config.time_zone.clone(),
             generation: self.gen.number(),

@@ -49,6 +49,13 @@ impl FirstRequest {
                 let (answered, close, shared) = (answered.clone(), close.clone(), shared.clone());
                 async move {
                     let (first, origin) = &*shared;
+                    if let Some(queue) = crate::unblock::submission(&first.page.unblock, &req) {
+                        let host = crate::unblock::host_of(origin);
+                        let resp = crate::unblock::submit(queue, &first.conn, &host, req).await;
+                        let _ = answered.set(resp.status().as_u16());
+                        close.cancel();
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let target = format!("{origin}{}", req.uri().path());
                     let mut resp = answer(&first.refusal, &first.conn, &target, &first.page);
                     if !h2 {
@@ -116,6 +123,12 @@ pub fn answer(
 ) -> Response<ProxyBody> {
     match refusal {
         Refusal::Blocked(block) => {
+            let unblock = page.unblock.as_ref().map(|q| {
+                q.view(
+                    &crate::unblock::requester(conn),
+                    &crate::unblock::host_of(target),
+                )
+            });
             let mut resp = block_page_for(
                 conn,
                 target,
@@ -124,6 +137,18 @@ pub fn answer(
                 block.category.as_deref(),
                 page,
             );
+            if let Some(view) = unblock {
+                resp = full(block_page::blocked_response(&BlockInfo {
+                    target,
+                    rule: &block.rule,
+                    message: block.message.as_deref(),
+                    category: block.category.as_deref(),
+                    device: conn.device_id(),
+                    time: &page.now(),
+                    contact: page.contact.as_deref(),
+                    unblock: Some(view),
+                }));
+            }
             resp.headers_mut().insert(
                 "komugate-policy-generation",
                 HeaderValue::from(page.generation),
@@ -183,6 +208,7 @@ fn block_page_for(
         device: conn.device_id(),
         time: &page.now(),
         contact: page.contact.as_deref(),
+        unblock: None,
     }))
 }
 

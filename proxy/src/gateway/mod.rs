@@ -44,6 +44,8 @@ pub struct Gateway {
     pub alerts: crate::alerts::Alerts,
     /// Site assertions seen on connections (replay cache, asserted sites).
     pub sites: crate::beacon::SiteAssertions,
+    /// Access requests from block pages, queued for the console.
+    pub unblock: Option<Arc<crate::unblock::UnblockRequests>>,
     /// Each device's last record (time, site), for the console.
     pub devices_seen: crate::device_seen::DevicesSeen,
     /// Users signed in on devices (`[users.oidc]`).

@@ -135,6 +135,12 @@ pub async fn start(config: Config) -> Result<Running> {
         &metrics.registry,
     );
     let (alerts, alerts_rx) = crate::alerts::Alerts::new(&config.alerts, &metrics.registry);
+    let unblock = Some(Arc::new(
+        crate::unblock::UnblockRequests::open(
+            config.data_path(std::path::Path::new(crate::unblock::QUEUE_FILE)),
+        )
+        .context("the unblock request queue")?,
+    ));
     let gateway = Arc::new(Gateway {
         alerts,
         device_auth,
@@ -158,6 +164,7 @@ pub async fn start(config: Config) -> Result<Running> {
         tasks: TaskTracker::new(),
         device_connections: Mutex::new(HashMap::new()),
         devices_seen: Default::default(),
+        unblock,
         config,
     });
 

@@ -10,6 +10,7 @@ pub mod oidc;
 pub mod policy;
 pub mod report;
 pub mod signin;
+pub mod unblock;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! from waiting on one mutex.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use crate::record::AccessRecord;
@@ -36,9 +36,7 @@ impl Default for DevicesSeen {
 
 impl DevicesSeen {
     fn shard(&self, device: &str) -> &Mutex<HashMap<String, Seen>> {
-        let mut h = self.hasher.build_hasher();
-        device.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(device) as usize % SHARDS]
     }
 
     pub fn observe(&self, record: &AccessRecord) {

@@ -27,6 +27,10 @@ pub async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Tl
     // registered with the gateway's users (crate::users).
     console.oidc_metrics = gw.users.metrics.clone();
     let console = Arc::new(console);
+    tokio::spawn(crate::console::pages::dashboard::warm_up(
+        console.aggregates.clone(),
+        console.offset_min,
+    ));
     loop {
         let (stream, peer) = tokio::select! {
             _ = gw.shutdown.cancelled() => return,

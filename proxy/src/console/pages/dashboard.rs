@@ -47,26 +47,73 @@ struct StoreFigures {
     active: Grouped,
 }
 
-async fn store_figures(ctx: &Ctx<'_>, now: i64) -> Result<StoreFigures, String> {
+/// The page's queries at `now`: the last 24 h by category, host and site,
+/// its total, and the devices active now.
+fn figure_queries(now: i64) -> Vec<GroupQuery> {
     let day_since = floor(now - DAY, HOUR);
     let until = floor(now, MINUTE) + MINUTE;
     let day = GroupQuery::total(day_since, until);
+    vec![
+        day.clone()
+            .by(&[Key::Category])
+            .blocked()
+            .top(Measure::Blocks, TOP + 1),
+        day.clone()
+            .by(&[Key::Host])
+            .blocked()
+            .top(Measure::Blocks, TOP),
+        day.clone().by(&[Key::Site]).with_devices(),
+        day.clone().with_devices(),
+        GroupQuery::total(now - ACTIVE_MS, until).with_devices(),
+    ]
+}
+
+/// The charts' ranges at `now` as (since, until, bucket width): 24 h by
+/// minute and 7 days by hour.
+fn chart_ranges(now: i64) -> [(i64, i64, i64); 2] {
+    [
+        (floor(now - DAY, HOUR), floor(now, MINUTE) + MINUTE, MINUTE),
+        (floor(now - 7 * DAY, HOUR), floor(now, HOUR) + HOUR, HOUR),
+    ]
+}
+
+fn chart_query((since, until, width): (i64, i64, i64), offset_ms: i64) -> GroupQuery {
+    GroupQuery::total(since, until).by(&[Key::Time {
+        width_ms: width,
+        offset_ms,
+    }])
+}
+
+/// Counts the dashboard's figures and charts once, in the background, when
+/// the console starts: a local store keeps each closed segment's counts,
+/// so the first person to open the dashboard finds the week counted
+/// (otherwise that first view reads every segment of the week).
+pub async fn warm_up(
+    aggregates: std::sync::Arc<dyn crate::aggregate::LogAggregates>,
+    offset_min: i32,
+) {
+    if aggregates.source().kind != "local" {
+        return;
+    }
+    let now = current_ms();
+    let offset_ms = offset_min as i64 * MINUTE;
+    let mut queries = figure_queries(now);
+    queries.extend(chart_ranges(now).map(|r| chart_query(r, offset_ms)));
+    let started = std::time::Instant::now();
+    match aggregates.grouped_many(queries).await {
+        Ok(_) => tracing::info!(
+            "dashboard counts ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => tracing::warn!("dashboard warm-up: {}", e.0),
+    }
+}
+
+async fn store_figures(ctx: &Ctx<'_>, now: i64) -> Result<StoreFigures, String> {
     let answers = ctx
         .console
         .aggregates
-        .grouped_many(vec![
-            day.clone()
-                .by(&[Key::Category])
-                .blocked()
-                .top(Measure::Blocks, TOP + 1),
-            day.clone()
-                .by(&[Key::Host])
-                .blocked()
-                .top(Measure::Blocks, TOP),
-            day.clone().by(&[Key::Site]).with_devices(),
-            day.clone().with_devices(),
-            GroupQuery::total(now - ACTIVE_MS, until).with_devices(),
-        ])
+        .grouped_many(figure_queries(now))
         .await
         .map_err(|e| e.0)?;
     let [cats, hosts, sites, day_total, active]: [Grouped; 5] = answers
@@ -187,19 +234,15 @@ pub async fn page(ctx: &Ctx<'_>) -> Response<Body> {
 /// Unix seconds, one array per series), every bucket present.
 pub async fn data(ctx: &Ctx<'_>) -> Response<Body> {
     let now = current_ms();
-    let day = (floor(now - DAY, HOUR), floor(now, MINUTE) + MINUTE, MINUTE);
-    let week = (floor(now - 7 * DAY, HOUR), floor(now, HOUR) + HOUR, HOUR);
+    let [day, week] = chart_ranges(now);
     let offset_ms = ctx.console.offset_min as i64 * MINUTE;
-    let q = |(since, until, width): (i64, i64, i64)| {
-        GroupQuery::total(since, until).by(&[Key::Time {
-            width_ms: width,
-            offset_ms,
-        }])
-    };
     let answers = ctx
         .console
         .aggregates
-        .grouped_many(vec![q(day), q(week)])
+        .grouped_many(vec![
+            chart_query(day, offset_ms),
+            chart_query(week, offset_ms),
+        ])
         .await;
     let answers = match answers {
         Ok(a) => a,

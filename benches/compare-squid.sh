@@ -10,7 +10,10 @@
 #
 # Usage:  benches/compare-squid.sh
 # Environment (defaults in brackets):
-#   SCENARIOS  which parts to run ["compare keepalive filtered morning idle"]; also: prefecture soak
+#   SCENARIOS  which parts to run ["compare keepalive bulk filtered morning idle"]; also: prefecture soak
+#              (bulk: one BULK_MIB download through CONNECT tunnels from nginx
+#              on 127.0.0.3, direct vs Squid vs komugate plain and mTLS
+#              listeners, and HTTP/2 CONNECT through `komugate client`)
 #              (keepalive: inspected HTTPS in steady state, KA_REQUESTS GETs per
 #              tunnel, inner HTTP/1.1 and HTTP/2, Squid ssl-bump vs komugate)
 #   DUR        seconds per side-by-side workload [20]
@@ -38,8 +41,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-COMMAND="$(for v in SCENARIOS DUR CLIENTS KA_CLIENTS KA_REQUESTS KA_INNER MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE SG_CHILDREN; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
-SCENARIOS="${SCENARIOS:-compare keepalive filtered morning idle}"
+COMMAND="$(for v in SCENARIOS BULK_MIB BULK_ROUNDS DUR CLIENTS KA_CLIENTS KA_REQUESTS KA_INNER MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE SG_CHILDREN; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
+SCENARIOS="${SCENARIOS:-compare keepalive bulk filtered morning idle}"
+BULK_MIB="${BULK_MIB:-512}"
+BULK_ROUNDS="${BULK_ROUNDS:-3}"
 DUR="${DUR:-20}"
 CLIENTS="${CLIENTS:-50}"
 KA_CLIENTS="${KA_CLIENTS:-8}"
@@ -73,6 +78,7 @@ need=()
 if ! command -v squid >/dev/null 2>&1; then need+=(squid-openssl); fi
 if ! command -v getconf >/dev/null 2>&1; then need+=(libc-bin); fi
 if has filtered && ! command -v squidGuard >/dev/null 2>&1; then need+=(squidguard); fi
+if has bulk && ! command -v nginx >/dev/null 2>&1; then need+=(nginx-light); fi
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -364,6 +370,94 @@ if has keepalive; then
   else
     printf '#### Inspected HTTPS keep-alive\n\nnot available (komugate [inspect]: %s, Squid ssl-bump: %s)\n\n' "$INSPECT" "$SSL_BUMP" >>"$TABLES"
   fi
+fi
+
+# ---------------------------------------------------------------- bulk
+# Bulk downloads through CONNECT tunnels (almost all staff traffic is HTTPS,
+# i.e. tunnels): nginx serves one file on 127.0.0.3; curl fetches it directly
+# and through each proxy's tunnel (plain HTTP inside, so the figure is the
+# proxy's relay, not TLS at the ends). HTTP/2 CONNECT is the laptop's real
+# path: curl → `komugate client` (local proxy) → one HTTP/2 connection over
+# mutual TLS → the gateway. Each figure is the median of BULK_ROUNDS
+# downloads; CPU is the proxy process's user + system time per GiB moved.
+if has bulk; then
+  BK="$W/bulk"
+  mkdir -p "$BK/www" "$BK/nginx"
+  BULK_ORIGIN=127.0.0.3:18090
+  head -c "$((BULK_MIB * 1024 * 1024))" /dev/zero >"$BK/www/big"
+  cat >"$BK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $BK/nginx/nginx.pid;
+error_log $BK/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  server { listen $BULK_ORIGIN; root $BK/www; }
+}
+EOF
+  nginx -c "$BK/nginx/nginx.conf" -p "$BK/nginx" >"$BK/nginx/stdout.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$BULK_ORIGIN"
+  KC_HTTP=127.0.0.1:23180
+  "$KG" client --server "$KG_MTLS" --server-name localhost --cert "$PKI/demo-device.pem" --key "$PKI/demo-device.key" \
+    --ca "$PKI/inspect-ca.pem" --http "$KC_HTTP" --socks "" --dns "" >"$BK/client.log" 2>&1 &
+  KC_PID=$!
+  PIDS+=($KC_PID)
+  wait_port "$KC_HTTP" || { tail -5 "$BK/client.log" >&2; exit 1; }
+  cpu_ticks() { # pid → user + system clock ticks so far
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+  }
+  bulk_row() { # label pids(comma-separated, "" = none) curl-args... → one table row
+    local label="$1" pids="$2"; shift 2
+    local rates=() cpus=() p t0 t1 out secs bytes
+    for _ in $(seq 1 "$BULK_ROUNDS"); do
+      t0=0; for p in ${pids//,/ }; do t0=$((t0 + $(cpu_ticks "$p"))); done
+      out="$(curl -s -o /dev/null -w '%{time_total} %{size_download}' "$@" "http://$BULK_ORIGIN/big")" \
+        || { echo "bulk: curl $* failed" >&2; return 1; }
+      t1=0; for p in ${pids//,/ }; do t1=$((t1 + $(cpu_ticks "$p"))); done
+      secs="${out% *}"; bytes="${out#* }"
+      [ "$bytes" = "$((BULK_MIB * 1024 * 1024))" ] || { echo "bulk $label: got $bytes bytes" >&2; return 1; }
+      rates+=("$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.2f", b / s / 1e9 }')")
+      cpus+=("$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v b="$bytes" 'BEGIN { printf "%.0f", t * 1000 / hz / (b / 1073741824) }')")
+    done
+    local rate cpu
+    rate="$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
+    cpu="$(printf '%s\n' "${cpus[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
+    [ -n "$pids" ] || cpu="–"
+    echo "$label|$rate|$(IFS=/; echo "${rates[*]}")|$cpu"
+  }
+  log "bulk: $BULK_MIB MiB through tunnels, $BULK_ROUNDS rounds each"
+  MTLS_CURL=(--proxy "https://localhost:${KG_MTLS##*:}" --connect-to "localhost:${KG_MTLS##*:}:$KG_MTLS"
+             --proxy-cacert "$PKI/inspect-ca.pem" --proxy-cert "$PKI/demo-device.pem" --proxy-key "$PKI/demo-device.key")
+  rows=(
+    "$(bulk_row "direct (no proxy)" "" --noproxy '*')"
+    "$(bulk_row "Squid, plain forward" "$SQ_PID" -x "http://$SQ_PLAIN")"
+    "$(bulk_row "komugate, plain forward" "$KG_PID" -x "http://$KG_PLAIN")"
+    "$(bulk_row "Squid, CONNECT tunnel (plain listener)" "$SQ_PID" -p -x "http://$SQ_PLAIN")"
+    "$(bulk_row "komugate, CONNECT tunnel (plain listener)" "$KG_PID" -p -x "http://$KG_PLAIN")"
+    "$(bulk_row "komugate, CONNECT tunnel (mTLS listener, HTTP/1.1)" "$KG_PID" -p "${MTLS_CURL[@]}")"
+    "$(bulk_row "komugate, HTTP/2 CONNECT via komugate client (gateway + client CPU)" "$KG_PID,$KC_PID" -p -x "http://$KC_HTTP")"
+  )
+  direct="$(echo "${rows[0]}" | cut -d'|' -f2)"
+  squid_tunnel="$(echo "${rows[3]}" | cut -d'|' -f2)"
+  squid_tunnel_cpu="$(echo "${rows[3]}" | cut -d'|' -f4)"
+  { echo "### Bulk download through tunnels ($BULK_MIB MiB from nginx on $BULK_ORIGIN, median of $BULK_ROUNDS)"
+    echo
+    echo "curl fetches one file of $BULK_MIB MiB over plain HTTP, directly and through each path (\`-p\`: a CONNECT tunnel). CPU = the proxy process's user + system time per GiB moved (HTTP/2 row: the gateway and \`komugate client\` together)."
+    echo
+    echo "| path | GB/s | rounds | × direct | × Squid's tunnel | proxy CPU ms per GiB | CPU × Squid's tunnel |"
+    echo "|---|---:|---|---:|---:|---:|---:|"
+    for r in "${rows[@]}"; do
+      IFS='|' read -r label rate all cpu <<<"$r"
+      xd="$(awk -v a="$rate" -v b="$direct" 'BEGIN { printf "%.2f", a / b }')"
+      xs="$(awk -v a="$rate" -v b="$squid_tunnel" 'BEGIN { printf "%.2f", a / b }')"
+      xc="–"; [ "$cpu" != "–" ] && xc="$(awk -v a="$cpu" -v b="$squid_tunnel_cpu" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "–" }')"
+      echo "| $label | $rate | $all | $xd | $xs | $cpu | $xc |"
+    done
+    echo; } >>"$TABLES"
 fi
 
 # ---------------------------------------------------------------- filtered

@@ -1250,3 +1250,83 @@ async fn client_closing_before_the_answer_is_logged() {
     );
     gw.shutdown().await;
 }
+
+/// Writes `data` and half-closes while reading everything that comes back.
+async fn send_and_read_to_end<S>(stream: S, data: &[u8]) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let send = async {
+        w.write_all(data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).await.unwrap();
+        all
+    };
+    tokio::join!(send, recv).1
+}
+
+/// Plain CONNECT tunnels (plain listener, plain upstream socket) are relayed
+/// with splice(2), bytes the client sent with its CONNECT head included;
+/// a tunnel on the mTLS listener goes through the buffered relay. Both
+/// deliver every byte both ways and count it.
+#[tokio::test]
+async fn tunnels_splice_plain_sockets_and_buffer_tls() {
+    within("tunnel relays", async {
+        let gw = TestGateway::start(|_, _| {}).await;
+        let echo = EchoServer::start().await;
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+
+        // Plain listener: the CONNECT head and the first tunnel bytes in one write.
+        let mut c = RawConn::connect(gw.plain()).await;
+        let mut first = connect_req(&echo.addr.to_string());
+        first.extend_from_slice(b"sent with the head;");
+        c.send(&first).await.unwrap();
+        assert_eq!(c.read_head().await.unwrap().status, 200);
+        let mut got = c.take_buffered();
+        got.extend_from_slice(&send_and_read_to_end(c.stream, &payload).await);
+        assert_eq!(&got[..19], b"sent with the head;");
+        assert!(
+            got[19..] == payload[..],
+            "echo through the spliced tunnel is intact"
+        );
+        let rec = gw.access_record(|r| r["method"] == "CONNECT").await;
+        let total = payload.len() as u64 + 19;
+        assert_eq!(rec["bytes_up"].as_u64(), Some(total), "{rec}");
+        assert_eq!(rec["bytes_down"].as_u64(), Some(total), "{rec}");
+        let counted = |relay: &'static str| {
+            let gw = &gw;
+            move || {
+                let n = gw.metric("komugate_tunnel_relays_total", &[("relay", relay)]);
+                async move { (n == 1.0).then_some(()) }
+            }
+        };
+        eventually(Duration::from_secs(5), counted("splice"))
+            .await
+            .expect("the plain tunnel was spliced");
+
+        // mTLS listener, HTTP/1.1 CONNECT inside TLS: buffered.
+        let pki = gw.tls();
+        let device = pki.device("laptop-relay", &["staff"]);
+        let tls = tls_connect(gw.mtls(), pki.client_config(Some(&device), &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let mut c = RawConn::new(tls);
+        c.send(&connect_req(&echo.addr.to_string())).await.unwrap();
+        assert_eq!(c.read_head().await.unwrap().status, 200);
+        let echoed = send_and_read_to_end(c.stream, &payload).await;
+        assert!(echoed == payload, "echo through the TLS tunnel is intact");
+        eventually(Duration::from_secs(5), counted("buffered"))
+            .await
+            .expect("the TLS tunnel went through the buffered relay");
+        assert_eq!(
+            gw.metric("komugate_tunnel_relays_total", &[("relay", "splice")]),
+            1.0
+        );
+        gw.shutdown().await;
+    })
+    .await
+}

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub dns_cache_misses: IntCounter,
     pub dns_lookup_seconds: Histogram,
     pub tunnels_open: IntGauge,
+    /// Finished tunnel relays by how the bytes moved: `splice` (two plain
+    /// sockets, kernel only) or `buffered`.
+    pub tunnel_relays: IntCounterVec,
     pub access_log_dropped: IntCounter,
     /// IPS rule matches by action (alert, drop).
     pub ips_events: IntCounterVec,
@@ -116,6 +119,14 @@ impl Metrics {
             .expect("metric"),
             tunnels_open: IntGauge::new("komugate_tunnels_open", "CONNECT tunnels currently open")
                 .expect("metric"),
+            tunnel_relays: IntCounterVec::new(
+                Opts::new(
+                    "komugate_tunnel_relays_total",
+                    "Finished CONNECT tunnel relays by relay kind (splice: plain sockets relayed inside the kernel; buffered)",
+                ),
+                &["relay"],
+            )
+            .expect("metric"),
             access_log_dropped: IntCounter::new(
                 "komugate_access_log_dropped_total",
                 "Access records dropped because the log writer could not keep up",
@@ -174,6 +185,7 @@ impl Metrics {
             Box::new(m.dns_cache_misses.clone()),
             Box::new(m.dns_lookup_seconds.clone()),
             Box::new(m.tunnels_open.clone()),
+            Box::new(m.tunnel_relays.clone()),
             Box::new(m.access_log_dropped.clone()),
             Box::new(m.ips_events.clone()),
             Box::new(m.threat_intel_blocks.clone()),

@@ -4,6 +4,8 @@
 //! happy-eyeballs style fallback across the resolved addresses.
 
 pub mod pinned;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod tunnel;
 pub mod upstream;
 

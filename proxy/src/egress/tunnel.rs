@@ -1,20 +1,32 @@
 //! Bidirectional relay for CONNECT tunnels: copies both ways, propagates a
 //! half-close (EOF on one side shuts down writing on the other), and closes
 //! the tunnel when neither side has sent anything for the idle timeout.
+//!
+//! One future polls both directions (no `tokio::io::split` and its lock).
+//! Each direction owns a buffer only while bytes flow: it is kept across
+//! short waits (a bulk download waits for the socket many times a second)
+//! and freed on the next tick without traffic, so the tens of thousands of
+//! idle tunnels a board has hold no buffer memory. Writes are flushed only
+//! when the reader has nothing more ready, so a TLS writer sends full
+//! records instead of one per read.
+//!
+//! Two plain TCP sockets are relayed with `splice(2)` instead
+//! ([`crate::egress::splice`]): the bytes never enter user space.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Relay buffer of one direction while bytes flow.
+/// Relay buffer of one direction while bytes flow; a read that fills it
+/// grows it once to [`BULK_BUF_SIZE`] (bulk transfers, fewer wake-ups).
 const BUF_SIZE: usize = 16 * 1024;
-/// Stack buffer a direction waits with while it holds no relay buffer.
-const PROBE_SIZE: usize = 4 * 1024;
+const BULK_BUF_SIZE: usize = 64 * 1024;
+/// How soon a buffer unused since the last tick is given back.
+pub(crate) const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
     /// Set by `Gateway::spawn_tracked`: cancelled when the shutdown drain
@@ -32,43 +44,55 @@ pub struct RelayStats {
     pub idle_timeout: bool,
     /// Closed by the gateway at shutdown (drain time over).
     pub cut: bool,
+    /// Relayed with splice(2) (both ends plain sockets).
+    pub spliced: bool,
 }
 
-/// Relays until both directions reached EOF, an I/O error, or idleness.
-/// Counters are updated live so a caller can report partial figures.
-pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> RelayStats
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let started = Instant::now();
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
-    let (mut client_r, mut client_w) = tokio::io::split(client);
-    let (mut upstream_r, mut upstream_w) = tokio::io::split(upstream);
-    let both = async {
-        tokio::join!(
-            copy_half(&mut client_r, &mut upstream_w, &up, &last_activity, started),
-            copy_half(
-                &mut upstream_r,
-                &mut client_w,
-                &down,
-                &last_activity,
-                started
-            ),
-        )
-    };
-    let watchdog = async {
-        let check_every = (idle / 4).max(Duration::from_millis(50));
-        loop {
-            tokio::time::sleep(check_every).await;
-            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-            if started.elapsed().saturating_sub(last) >= idle {
-                return;
-            }
+impl RelayStats {
+    /// The `relay` label of `komugate_tunnel_relays_total`.
+    pub fn relay_kind(&self) -> &'static str {
+        if self.spliced {
+            "splice"
+        } else {
+            "buffered"
         }
-    };
+    }
+}
+
+/// What one direction of a relay does when polled; implemented by the
+/// buffered copy below and by the splice copy.
+pub(crate) trait Half<R, W> {
+    /// Moves what it can from `reader` to `writer`; `Ready` once this
+    /// direction is finished (EOF passed on as a half-close, or an I/O error).
+    fn poll_copy(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W) -> Poll<()>;
+}
+
+/// What the driver asks of a direction between polls.
+pub(crate) trait HalfState {
+    /// Bytes moved so far.
+    fn bytes(&self) -> u64;
+    /// Whether bytes moved since the last call (and clears the mark).
+    fn take_activity(&mut self) -> bool;
+    /// Frees buffers (or pipes) when nothing is in flight. Returns whether
+    /// it still holds one.
+    fn release_idle(&mut self, used_since_last_tick: bool) -> bool;
+}
+
+/// Drives both directions until both are finished, the tunnel has been
+/// idle for `idle`, or the gateway's hard stop. The shared driver of the
+/// buffered and the splice relay.
+pub(crate) async fn drive<C, U, A, B>(
+    mut client: C,
+    mut upstream: U,
+    mut up: A,
+    mut down: B,
+    idle: Duration,
+) -> RelayStats
+where
+    A: Half<C, U> + HalfState,
+    B: Half<U, C> + HalfState,
+{
+    let check_every = (idle / 4).max(Duration::from_millis(50));
     let hard_stop = HARD_STOP.try_with(|t| t.clone()).ok();
     let stopped = async {
         match &hard_stop {
@@ -76,98 +100,208 @@ where
             None => std::future::pending().await,
         }
     };
-    // Pinned in place: select! on the futures by value would keep a second
-    // copy of each in the relay's state for the tunnel's whole life.
-    tokio::pin!(both, watchdog, stopped);
-    let (idle_timeout, cut) = tokio::select! {
-        _ = &mut both => (false, false),
-        _ = &mut watchdog => (true, false),
-        _ = &mut stopped => (false, true),
-    };
+    let tick = tokio::time::sleep(check_every.min(BUFFER_RELEASE));
+    tokio::pin!(stopped, tick);
+    let mut quiet_since = Instant::now();
+    let (mut up_done, mut down_done) = (false, false);
+    let (idle_timeout, cut) = std::future::poll_fn(|cx| {
+        if stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready((false, true));
+        }
+        up_done = up_done || up.poll_copy(cx, &mut client, &mut upstream).is_ready();
+        down_done = down_done || down.poll_copy(cx, &mut upstream, &mut client).is_ready();
+        if up_done && down_done {
+            return Poll::Ready((false, false));
+        }
+        while tick.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let (up_used, down_used) = (up.take_activity(), down.take_activity());
+            if up_used || down_used {
+                quiet_since = now;
+            } else if now.duration_since(quiet_since) >= idle {
+                return Poll::Ready((true, false));
+            }
+            let holding = up.release_idle(up_used) | down.release_idle(down_used);
+            let next = if holding {
+                check_every.min(BUFFER_RELEASE)
+            } else {
+                check_every
+            };
+            tick.as_mut().reset((now + next).into());
+        }
+        Poll::Pending
+    })
+    .await;
     RelayStats {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
+        up: up.bytes(),
+        down: down.bytes(),
         idle_timeout,
         cut,
+        spliced: false,
     }
 }
 
-async fn copy_half<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    counter: &AtomicU64,
-    last_activity: &AtomicU64,
-    started: Instant,
-) where
+/// Relays until both directions reached EOF, an I/O error, or idleness.
+pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    drive(
+        client,
+        upstream,
+        BufferedHalf::default(),
+        BufferedHalf::default(),
+        idle,
+    )
+    .await
+}
+
+/// A tunnel end that may be a plain TCP socket underneath (the plain
+/// listener's client connection).
+pub trait IntoTcp: Sized {
+    /// The socket and the bytes to replay before reading from it, or the
+    /// stream back when it is not a plain socket.
+    fn into_tcp(self) -> Result<(Vec<u8>, tokio::net::TcpStream), Self>;
+}
+
+/// Relays a client to an upstream socket: with `splice(2)` when the client
+/// is a plain socket too (Linux), else through buffers.
+pub async fn relay_to_tcp<C>(
+    client: C,
+    upstream: tokio::net::TcpStream,
+    idle: Duration,
+) -> RelayStats
+where
+    C: IntoTcp + AsyncRead + AsyncWrite + Unpin,
+{
+    #[cfg(target_os = "linux")]
+    let client = match client.into_tcp() {
+        Ok((prefix, tcp)) => return super::splice::relay(&prefix, tcp, upstream, idle).await,
+        Err(client) => client,
+    };
+    relay(client, upstream, idle).await
+}
+
+/// One direction of the buffered relay.
+#[derive(Default)]
+struct BufferedHalf {
+    /// Empty (no allocation) while the direction is idle.
+    buf: Vec<u8>,
+    /// Bytes `buf[pos..end]` are read and not yet written.
+    pos: usize,
+    end: usize,
+    read_done: bool,
+    unflushed: bool,
+    finished: bool,
+    bytes: u64,
+    active: bool,
+}
+
+impl<R, W> Half<R, W> for BufferedHalf
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = Vec::new();
-    loop {
-        let n = match std::future::poll_fn(|cx| poll_read_lazy(reader, cx, &mut buf)).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if writer.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-    // Half-close: tell the other side we are done sending, keep reading theirs.
-    let _ = writer.shutdown().await;
-}
-
-/// Reads what `reader` has ready into `buf` (replacing its contents) and
-/// returns how many bytes that is (0 = EOF). The relay buffer exists only
-/// while bytes flow: it is freed whenever the reader has nothing ready, and
-/// a direction without one waits on a stack buffer, so an idle tunnel holds
-/// no buffer memory (tens of thousands of idle tunnels are the normal case).
-fn poll_read_lazy<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    cx: &mut Context<'_>,
-    buf: &mut Vec<u8>,
-) -> Poll<io::Result<usize>> {
-    if buf.is_empty() {
-        let mut probe = [0u8; PROBE_SIZE];
-        let mut probe = ReadBuf::new(&mut probe);
-        ready!(Pin::new(&mut *reader).poll_read(cx, &mut probe))?;
-        let first = probe.filled().len();
-        if first == 0 {
-            return Poll::Ready(Ok(0));
-        }
-        buf.resize(BUF_SIZE, 0);
-        buf[..first].copy_from_slice(probe.filled());
-        if first < PROBE_SIZE {
-            return Poll::Ready(Ok(first));
-        }
-        // The probe was full: take what else is ready so writes stay large.
-        // EOF or an error here shows again on the next read.
-        let mut rest = ReadBuf::new(&mut buf[first..]);
-        let more = match Pin::new(&mut *reader).poll_read(cx, &mut rest) {
-            Poll::Ready(Ok(())) => rest.filled().len(),
-            _ => 0,
-        };
-        return Poll::Ready(Ok(first + more));
-    }
-    let mut rb = ReadBuf::new(buf);
-    match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-        Poll::Ready(result) => Poll::Ready(result.map(|()| rb.filled().len())),
-        Poll::Pending => {
-            // Nothing ready: give the buffer back until there is.
-            *buf = Vec::new();
-            Poll::Pending
+    fn poll_copy(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W) -> Poll<()> {
+        loop {
+            if self.finished {
+                return Poll::Ready(());
+            }
+            while self.pos < self.end {
+                match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.end]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.pos += n;
+                        self.bytes += n as u64;
+                        self.active = true;
+                        self.unflushed = true;
+                    }
+                    // The other side is gone: this direction is over (the
+                    // other may still deliver, e.g. a reply after a half-close).
+                    Poll::Ready(_) => return self.finish(),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.read_done {
+                // Half-close: the other side learns we are done sending.
+                return match Pin::new(&mut *writer).poll_shutdown(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => self.finish(),
+                };
+            }
+            match self.poll_fill(cx, reader) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.read_done = true,
+                Poll::Ready(Ok(n)) => (self.pos, self.end) = (0, n),
+                Poll::Pending => {
+                    // Nothing more to read for now: push out what the
+                    // writer holds (a TLS writer's last record).
+                    if self.unflushed {
+                        match Pin::new(&mut *writer).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.unflushed = false,
+                            Poll::Ready(Err(_)) => return self.finish(),
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
     }
 }
 
+impl HalfState for BufferedHalf {
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn take_activity(&mut self) -> bool {
+        std::mem::take(&mut self.active)
+    }
+
+    fn release_idle(&mut self, used_since_last_tick: bool) -> bool {
+        if !used_since_last_tick && self.pos == self.end {
+            self.buf = Vec::new();
+        }
+        self.buf.capacity() > 0
+    }
+}
+
+impl BufferedHalf {
+    /// Reads what `reader` has ready into the buffer (allocated on first
+    /// use, grown once when a read fills it). Returns the byte count, 0 at EOF.
+    fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<usize>> {
+        if self.buf.is_empty() {
+            // Zero-filled once per busy period, not per read.
+            self.buf.resize(BUF_SIZE, 0);
+        } else if self.end == self.buf.len() && self.buf.len() < BULK_BUF_SIZE {
+            self.buf.resize(BULK_BUF_SIZE, 0);
+        }
+        let mut rb = ReadBuf::new(&mut self.buf);
+        match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                (self.pos, self.end) = (0, 0);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Poll<()> {
+        self.finished = true;
+        self.buf = Vec::new();
+        (self.pos, self.end) = (0, 0);
+        Poll::Ready(())
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn half_close_still_delivers_the_reply() {
@@ -190,33 +324,84 @@ mod tests {
         assert_eq!((stats.up, stats.down, stats.idle_timeout), (8, 6, false));
     }
 
+    /// A writer that records how often it was flushed.
+    #[derive(Default)]
+    struct CountingWriter {
+        written: Vec<u8>,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for CountingWriter {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
     #[tokio::test]
     async fn buffer_exists_only_while_bytes_flow() {
-        let (mut app, mut side) = tokio::io::duplex(64 * 1024);
-        let mut buf = Vec::new();
+        let (mut app, mut side) = tokio::io::duplex(256 * 1024);
+        let mut sink = CountingWriter::default();
+        let mut half = BufferedHalf::default();
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        assert!(poll_read_lazy(&mut side, &mut cx, &mut buf).is_pending());
-        assert_eq!(buf.capacity(), 0, "no buffer while idle");
-        // More than the probe holds arrives at once: one read takes it all.
-        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        assert!(half.poll_copy(&mut cx, &mut side, &mut sink).is_pending());
+        assert!(!half.release_idle(false), "no buffer once idle");
+        assert_eq!(half.buf.capacity(), 0);
+        // A burst of many buffers' worth: copied in one poll, flushed once
+        // (when the reader ran dry), not once per read.
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         app.write_all(&data).await.unwrap();
-        let Poll::Ready(Ok(n)) = poll_read_lazy(&mut side, &mut cx, &mut buf) else {
-            panic!("data is ready")
-        };
-        assert_eq!(&buf[..n], &data[..]);
-        app.write_all(b"more").await.unwrap();
-        let Poll::Ready(Ok(n)) = poll_read_lazy(&mut side, &mut cx, &mut buf) else {
-            panic!("data is ready")
-        };
-        assert_eq!(&buf[..n], b"more");
-        assert!(poll_read_lazy(&mut side, &mut cx, &mut buf).is_pending());
-        assert_eq!(buf.capacity(), 0, "buffer freed when the reader runs dry");
+        assert!(half.poll_copy(&mut cx, &mut side, &mut sink).is_pending());
+        assert_eq!(sink.written, data);
+        assert_eq!(sink.flushes, 1);
+        assert_eq!(
+            half.buf.len(),
+            BULK_BUF_SIZE,
+            "a full read grows the buffer"
+        );
+        assert!(half.take_activity() && !half.take_activity());
+        // Kept across a short wait, freed on a tick without traffic.
+        assert!(half.release_idle(true));
+        assert!(!half.release_idle(false));
+        assert_eq!(half.buf.capacity(), 0);
         drop(app);
-        assert!(matches!(
-            poll_read_lazy(&mut side, &mut cx, &mut buf),
-            Poll::Ready(Ok(0))
-        ));
+        assert!(half.poll_copy(&mut cx, &mut side, &mut sink).is_ready());
+        assert_eq!(half.bytes(), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_holds_no_buffers() {
+        let (mut client_app, client_side) = tokio::io::duplex(1024);
+        let (upstream_side, mut upstream_app) = tokio::io::duplex(1024);
+        let mut up = BufferedHalf::default();
+        let mut down = BufferedHalf::default();
+        let (mut c, mut u) = (client_side, upstream_side);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        client_app.write_all(b"hello").await.unwrap();
+        assert!(up.poll_copy(&mut cx, &mut c, &mut u).is_pending());
+        assert!(down.poll_copy(&mut cx, &mut u, &mut c).is_pending());
+        let mut got = [0u8; 5];
+        upstream_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        // Both directions allocated while polled; the driver's ticks free them.
+        let used = up.take_activity();
+        assert!(used);
+        assert!(up.release_idle(used));
+        assert!(!up.release_idle(false));
+        assert!(!down.release_idle(false));
     }
 
     #[tokio::test]

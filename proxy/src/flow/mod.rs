@@ -34,6 +34,7 @@ pub mod block_page;
 pub mod entry;
 pub mod http;
 pub mod refusal;
+pub mod tunnel_client;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,7 @@ use crate::stages::inspect::rewind::Rewind;
 use crate::stages::inspect::{Inspector, Peek};
 use crate::stages::{casb, doh, firewall, inspect, ips};
 use entry::{Entry, Kind};
+use tunnel_client::TunnelClient;
 
 /// One request on its way through the stages.
 pub struct Flow {
@@ -407,7 +409,7 @@ async fn connect(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> 
     let gw = flow.gw.clone();
     gw.spawn_tracked(async move {
         let client = match on_upgrade.await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => TunnelClient::new(u),
             Err(e) => {
                 flow.entry.fail(format!("client upgrade failed: {e}"));
                 return;
@@ -484,10 +486,7 @@ async fn connect_stages(flow: &mut Flow, uri: &Uri) -> Result<Tunnel, Refusal> {
 }
 
 /// A plain tunnel: the relay, with IPS on the first bytes of each direction.
-async fn relay<C>(flow: Flow, client: C, upstream: tokio::net::TcpStream, port: u16)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+async fn relay(flow: Flow, client: TunnelClient, upstream: tokio::net::TcpStream, port: u16) {
     // The generation is not kept for the tunnel's life, only its IPS rules
     // (fields left out of a partial move would live until the relay ends).
     let Flow {
@@ -503,8 +502,16 @@ where
     drop(conn);
     gw.metrics.tunnels_open.inc();
     let idle = gw.config.limits.idle_timeout();
-    let (stats, ips_events) =
-        crate::ips::tunnel::relay(security, events, port, client, upstream, idle).await;
+    let (stats, ips_events) = if crate::ips::tunnel::inspects(&security) {
+        crate::ips::tunnel::relay(security, events, port, client, upstream, idle).await
+    } else {
+        let stats = crate::egress::tunnel::relay_to_tcp(client, upstream, idle).await;
+        (stats, Vec::new())
+    };
+    gw.metrics
+        .tunnel_relays
+        .with_label_values(&[stats.relay_kind()])
+        .inc();
     ips::apply_events(&mut entry.record, ips_events);
     gw.metrics.tunnels_open.dec();
     if stats.idle_timeout {
@@ -558,6 +565,7 @@ async fn blocked_tunnel<S>(
                 down: written.load(Ordering::Relaxed),
                 idle_timeout: false,
                 cut: false,
+                spliced: false,
             });
             status
         }
@@ -580,15 +588,13 @@ async fn blocked_tunnel<S>(
 }
 
 /// A tunnel marked for inspection, after the CONNECT was answered.
-async fn inspected_tunnel<S>(
+async fn inspected_tunnel(
     mut flow: Flow,
     inspector: Arc<Inspector>,
-    mut client: S,
+    mut client: TunnelClient,
     dest: Target,
     decision: Decision,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let timeout = flow.gw.config.limits.header_read_timeout();
     // TLS: the ClientHello (SNI, ALPN), read without consuming it.
     let peek = inspect::peek_client_hello(&mut client, timeout).await;
@@ -710,6 +716,7 @@ async fn inspected_tunnel<S>(
         down: accepted.written.load(Ordering::Relaxed),
         idle_timeout: false,
         cut,
+        spliced: false,
     });
 }
 
@@ -741,10 +748,7 @@ async fn inner_request(
 
 /// A tunnel left uninspected after the peek: firewall, egress, relay (the
 /// bytes already read from the client are replayed first).
-async fn bypass<S>(mut flow: Flow, client: S, dest: &Target, decision: &Decision)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn bypass(mut flow: Flow, client: Rewind<TunnelClient>, dest: &Target, decision: &Decision) {
     // Firewall: a bypassed tunnel is not inspected web traffic (the CONNECT
     // was already answered, so a deny closes the tunnel).
     if let Err(refusal) = flow.firewall(dest, &dest.authority(), false).await {
@@ -777,8 +781,12 @@ where
     drop((conn, gen));
     gw.metrics.tunnels_open.inc();
     let idle = gw.config.limits.idle_timeout();
-    let stats = crate::egress::tunnel::relay(client, upstream, idle).await;
+    let stats = crate::egress::tunnel::relay_to_tcp(client, upstream, idle).await;
     gw.metrics.tunnels_open.dec();
+    gw.metrics
+        .tunnel_relays
+        .with_label_values(&[stats.relay_kind()])
+        .inc();
     entry.tunnel_ended(stats);
 }
 

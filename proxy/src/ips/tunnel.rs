@@ -54,10 +54,10 @@ fn idx(d: Direction) -> usize {
 impl TunnelInspector {
     /// `None` when there is nothing to inspect in tunnels.
     pub fn new(sec: Arc<Security>, ctx: EventContext, port: u16) -> Option<Arc<TunnelInspector>> {
-        let sni = sec.engine.has_sni_rules() || sec.intel.has_domains();
-        if !sni && !sec.engine.has_stream_rules() {
+        if !inspects(&sec) {
             return None;
         }
+        let sni = sni_screened(&sec);
         Some(Arc::new(TunnelInspector {
             sec,
             ctx,
@@ -220,6 +220,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Inspected<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// Whether tunnel bytes are looked at at all under these rules (else a
+/// tunnel is relayed untouched, and may be spliced).
+pub fn inspects(sec: &Security) -> bool {
+    sni_screened(sec) || sec.engine.has_stream_rules()
+}
+
+fn sni_screened(sec: &Security) -> bool {
+    sec.engine.has_sni_rules() || sec.intel.has_domains()
 }
 
 /// Relays a CONNECT tunnel with inspection (or plainly when there is

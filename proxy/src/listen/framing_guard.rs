@@ -78,6 +78,13 @@ impl<S> FramingGuard<S> {
         &self.inner
     }
 
+    /// The stream, and the bytes read from it that hyper has not been given
+    /// yet (after a CONNECT: the first tunnel bytes).
+    pub fn into_parts(mut self) -> (S, Vec<u8>) {
+        self.out.drain(..self.out_pos);
+        (self.inner, self.out)
+    }
+
     /// Runs the framing state machine over newly read bytes, appending what
     /// hyper should see to `out`.
     fn feed(&mut self, mut data: &[u8]) {

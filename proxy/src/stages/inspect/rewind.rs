@@ -20,6 +20,12 @@ impl<S> Rewind<S> {
             inner,
         }
     }
+
+    /// The bytes not yet replayed, and the stream.
+    pub fn into_parts(mut self) -> (Vec<u8>, S) {
+        self.prefix.drain(..self.pos);
+        (self.prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

@@ -6,9 +6,12 @@
 //! rules match `users` and `user_groups`; a device without a user gets the
 //! device-only rules. A token replayed on another device, forged, for
 //! another audience or issuer, or expired is refused and counted; expiry
-//! and sign-out end the user's access at the next request. Token checks
-//! the provider cannot be made to fail (`nbf` in the future, `none` / HMAC
-//! algorithms) are unit tests in proxy/src/oidc/verify.rs.
+//! and sign-out end the user's access at the next request; the client
+//! renews the token silently with its refresh token; the provider's
+//! back-channel logout and `komugate client --sign-out` end the sign-in
+//! for good. Tokens the provider would not issue (`nbf` ahead, logout
+//! tokens replayed or forged) are signed with the provider's own key.
+//! `none` / HMAC algorithms are unit tests in proxy/src/oidc/verify.rs.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,14 +20,20 @@ use std::time::{Duration, Instant};
 use komugate::client::signin::{self, Opener, ProviderInfo, UserToken};
 use komugate::client::{ClientConfig, RunningClient};
 use komugate::config::UserOidcConfig;
+use komugate::console::accounts::Role;
+use komugate_tests::console::{write_accounts, ConsoleClient};
 use komugate_tests::gw::TestGateway;
-use komugate_tests::oidc_provider::{IdpClient, OidcProvider, ProviderSetup};
+use komugate_tests::oidc_provider::{free_port, IdpClient, OidcProvider, ProviderSetup};
 use komugate_tests::upstream::HttpUpstream;
 use komugate_tests::within;
 
 const APP: &str = "komugate-client";
+const ADMIN_TOKEN: &str = "test-admin-token";
+const OPERATOR_PW: &str = "operator-password-1";
 
-fn setup() -> ProviderSetup {
+/// The provider's setup; back-channel logout tokens go to the gateway's
+/// admin listener on `admin_port`.
+fn setup(admin_port: u16) -> ProviderSetup {
     ProviderSetup {
         client_id: "komugate-console".into(),
         client_secret: "a-client-secret-for-tests-only-0123".into(),
@@ -35,10 +44,15 @@ fn setup() -> ProviderSetup {
             "jiro": {"name": "鈴木 次郎", "preferred_username": "jiro@board.test",
                      "groups": ["staff"]},
             "shorty": {"preferred_username": "shorty@board.test", "groups": ["teachers"]},
+            "kana": {"preferred_username": "kana@board.test", "groups": ["teachers"]},
         }),
         native_clients: vec![APP.into(), "another-app".into()],
-        id_token_ttl: serde_json::json!({"shorty": 4}),
+        id_token_ttl: serde_json::json!({"shorty": 4, "kana": 6}),
         jwk_file: None,
+        backchannel_logout_uri: Some(format!(
+            "http://127.0.0.1:{admin_port}{}",
+            komugate::users::logout::PATH
+        )),
     }
 }
 
@@ -46,6 +60,7 @@ fn setup() -> ProviderSetup {
 /// user group), hanako's page (by user), an open page.
 struct World {
     provider: OidcProvider,
+    admin_port: u16,
     jwk_file: Option<std::path::PathBuf>,
     _keys: tempfile::TempDir,
     gw: TestGateway,
@@ -59,9 +74,10 @@ impl World {
     async fn start() -> World {
         let keys = tempfile::tempdir().unwrap();
         let jwk_file = Some(keys.path().join("jwk.json"));
+        let admin_port = free_port();
         let provider = OidcProvider::start(&ProviderSetup {
             jwk_file: jwk_file.clone(),
-            ..setup()
+            ..setup(admin_port)
         })
         .await;
         let records = HttpUpstream::start("127.0.0.1").await;
@@ -111,12 +127,15 @@ action = "block"
         let issuer = provider.issuer.clone();
         let ca = provider.ca_file();
         let gw = TestGateway::start(|c, _| {
+            c.listen.admin = format!("127.0.0.1:{admin_port}");
+            c.admin.token = ADMIN_TOKEN.into();
+            write_accounts(c, &[("op1", Role::Operator, OPERATOR_PW)]);
             std::fs::write(c.data.dir.join("policy.toml"), &policy).unwrap();
             c.policy.file = "policy.toml".into();
             c.users.oidc = Some(UserOidcConfig {
                 issuer,
                 client_id: APP.into(),
-                scopes: vec!["openid".into(), "profile".into()],
+                scopes: vec!["openid".into(), "profile".into(), "offline_access".into()],
                 groups_claim: "groups".into(),
                 user_claims: vec!["preferred_username".into(), "sub".into()],
                 ca_file: Some(ca),
@@ -127,6 +146,7 @@ action = "block"
         .await;
         World {
             provider,
+            admin_port,
             jwk_file,
             _keys: keys,
             gw,
@@ -171,6 +191,37 @@ action = "block"
             &[("use", "user"), ("reason", reason)],
         )
     }
+
+    fn logout_refused(&self, reason: &str) -> f64 {
+        self.gw.metric(
+            "komugate_oidc_refused_total",
+            &[("use", "logout"), ("reason", reason)],
+        )
+    }
+
+    fn sessions_ended(&self, reason: &str) -> f64 {
+        self.gw
+            .metric("komugate_user_sessions_ended_total", &[("reason", reason)])
+    }
+
+    /// A token the provider would not issue, signed with its own key.
+    fn sign(&self, claims: &serde_json::Value) -> String {
+        let file = self.jwk_file.as_ref().unwrap();
+        let der = std::fs::read(file.with_extension("json.der")).expect("the provider's key");
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some(self.provider.kid.clone());
+        jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).unwrap()
+    }
+
+    /// POSTs a logout token to the gateway as the provider does: status, body.
+    async fn post_logout(&self, token: &str) -> (u16, String) {
+        let url = format!(
+            "http://127.0.0.1:{}{}",
+            self.admin_port,
+            komugate::users::logout::PATH
+        );
+        curl(&["--data-urlencode", &format!("logout_token={token}"), &url]).await
+    }
 }
 
 /// What the client showed the person: the URL, and a code to type.
@@ -197,13 +248,15 @@ async fn shown_url(shown: &Mutex<Option<(String, Option<String>)>>) -> (String, 
 
 /// The person's side of a browser sign-in: through the provider as
 /// `login`, then the browser follows the redirect to the loopback listener.
-async fn person_signs_in(provider: &OidcProvider, shown: Shown, login: &str) {
+/// The browser (its provider session cookies) is returned.
+async fn person_signs_in(provider: &OidcProvider, shown: Shown, login: &str) -> IdpClient {
     let (url, _) = shown_url(&shown).await;
     let mut idp = IdpClient::new(provider);
     let callback = idp.walk(&url, login, "http://127.0.0.1:", None).await;
     let (status, body) = curl(&["--noproxy", "*", &callback]).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("サインインしました"), "{body}");
+    idp
 }
 
 /// `komugate client`'s browser sign-in as `login`: the gateway's answer.
@@ -213,12 +266,21 @@ async fn browser_sign_in(
     cfg: &ClientConfig,
     login: &str,
 ) -> anyhow::Result<serde_json::Value> {
+    browser_sign_in_keeping(w, c, cfg, login).await.0
+}
+
+/// [`browser_sign_in`], with the person's browser at the provider.
+async fn browser_sign_in_keeping(
+    w: &World,
+    c: &RunningClient,
+    cfg: &ClientConfig,
+    login: &str,
+) -> (anyhow::Result<serde_json::Value>, IdpClient) {
     let (opener, shown) = capturing_opener();
-    let (r, ()) = tokio::join!(
+    tokio::join!(
         signin::sign_in(&c.link, cfg, &opener),
         person_signs_in(&w.provider, shown, login)
-    );
-    r
+    )
 }
 
 /// A token from `provider` for `client_id` through the browser flow,
@@ -240,7 +302,7 @@ async fn token_from(
         scopes: vec!["openid".into(), "profile".into()],
     };
     let (opener, shown) = capturing_opener();
-    let (t, ()) = tokio::join!(
+    let (t, _) = tokio::join!(
         signin::browser_sign_in(&http, &info, device, &opener),
         person_signs_in(provider, shown, login)
     );
@@ -304,10 +366,13 @@ async fn users_sign_in_bound_to_their_device() {
             })
             .await;
         assert_eq!(rec["user"], "hanako@board.test", "{rec}");
+        assert_eq!(rec["signed_in"], true, "{rec}");
+        assert_eq!(rec["user_groups"], serde_json::json!(["teachers"]), "{rec}");
         assert_eq!(
             w.gw.metric("komugate_oidc_accepted_total", &[("use", "user")]),
             1.0
         );
+        explain_agrees_with_the_record(&w, &rec).await;
         let token = a.link.user_token().expect("the client keeps the token");
         assert!(!token.binding_salt.is_empty(), "the provider echoed the nonce");
 
@@ -359,7 +424,7 @@ async fn users_sign_in_bound_to_their_device() {
         // the same signing key.
         let stranger = OidcProvider::start(&ProviderSetup {
             jwk_file: w.jwk_file.clone(),
-            ..setup()
+            ..setup(w.admin_port)
         })
         .await;
         let foreign = token_from(&stranger, APP, "PC-A", "hanako").await;
@@ -385,8 +450,12 @@ async fn users_sign_in_bound_to_their_device() {
         assert_eq!(get(&a, w.records.addr).await.0, 403);
         assert_eq!(get(&a, w.hanako_page.addr).await.0, 403);
 
-        // A token that expires: access ends at exp, the token is refused after.
-        let who = browser_sign_in(&w, &a, &cfg_a, "shorty").await.unwrap();
+        // A token that expires (and cannot be renewed: no refresh token, as
+        // from a provider that issues none): access ends at exp, the
+        // token is refused after.
+        let mut short = token_from(&w.provider, APP, "PC-A", "shorty").await;
+        short.renewal = None;
+        let who = a.link.present_token(short).await.unwrap();
         let exp = who["expires_at"].as_u64().unwrap();
         assert_eq!(get(&a, w.records.addr).await.0, 200);
         let short = a.link.user_token().unwrap();
@@ -426,6 +495,90 @@ async fn device_code_sign_in_without_a_browser() {
         assert_eq!(get(&c, w.records.addr).await.0, 200);
     })
     .await;
+}
+
+/// `/admin/explain`, the console's explain form and the log record's link
+/// to it replay the record's decision with the signed-in user; without the
+/// user, the device-only rules decide.
+async fn explain_agrees_with_the_record(w: &World, rec: &serde_json::Value) {
+    let url = rec["target"].as_str().unwrap();
+    let q = |user: &str| {
+        let mut q = format!(
+            "device=PC-A&from=127.0.0.1&url={}",
+            komugate::oidc::pct(url)
+        );
+        if !user.is_empty() {
+            q.push_str(&format!(
+                "&user={}&user_groups=teachers",
+                komugate::oidc::pct(user)
+            ));
+        }
+        q
+    };
+    let admin = |query: String| async move {
+        let addr = format!("http://127.0.0.1:{}/admin/explain?{query}", w.admin_port);
+        let (status, body) =
+            curl(&["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}"), &addr]).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let v = admin(q("hanako@board.test")).await;
+    assert_eq!(v["decision"]["rule"], rec["rule"], "{v}");
+    assert_eq!(v["decision"]["signed_in"], true);
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.contains("hanako@board.test (signed in)") && text.contains("user groups: teachers"),
+        "{text}"
+    );
+    let v = admin(q("")).await;
+    assert_eq!(v["decision"]["rule"], "records need a teacher", "{v}");
+    assert_eq!(v["decision"]["signed_in"], false);
+    // A user without a device: refused with what to do.
+    let addr = format!(
+        "http://127.0.0.1:{}/admin/explain?user=x&from=127.0.0.1&url=http%3A%2F%2Fa.test%2F",
+        w.admin_port
+    );
+    let (status, body) =
+        curl(&["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}"), &addr]).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("name the device too"), "{body}");
+
+    // The console: the record's row links to explain with the user filled
+    // in, and the page shows the user as signed in, with their groups.
+    let admin_addr: SocketAddr = format!("127.0.0.1:{}", w.admin_port).parse().unwrap();
+    let mut c = ConsoleClient::plain(admin_addr);
+    assert_eq!(c.sign_in("op1", OPERATOR_PW).await.status, 303);
+    let p = c
+        .get("/console/logs?device=PC-A&user=hanako%40board.test")
+        .await;
+    assert_eq!(p.status, 200, "{}", p.text());
+    let html = p.text();
+    let link = html
+        .split("href=\"")
+        .map(|s| s.split('"').next().unwrap_or(""))
+        .find(|h| h.starts_with("/console/explain?") && h.contains("user=hanako"))
+        .unwrap_or_else(|| panic!("a link to explain with the user: {html}"))
+        .replace("&amp;", "&");
+    assert!(link.contains("user_groups=teachers"), "{link}");
+    let p = c.get(&link).await;
+    assert_eq!(p.status, 200, "{}", p.text());
+    let page = p.visible();
+    assert!(
+        page.contains("判定: 許可")
+            && page.contains("hanako@board.test（サインイン中）")
+            && page.contains("利用者のグループ")
+            && page.contains("records for teachers"),
+        "{page}"
+    );
+    // The same form with the user field emptied: the device-only rules.
+    let p = c.get(&format!("/console/explain?{}", q(""))).await;
+    let page = p.visible();
+    assert!(
+        page.contains("判定: ブロック")
+            && page.contains("サインインなし（端末だけのルール）")
+            && page.contains("records need a teacher"),
+        "{page}"
+    );
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -574,4 +727,202 @@ async fn posture_reports_gate_rules() {
         assert_eq!(get(&c, w.c4th.addr).await.0, 200);
     })
     .await;
+}
+
+/// The claims of a token.
+fn claims_of(token: &str) -> serde_json::Value {
+    serde_json::from_slice(&base64_decode(token.split('.').nth(1).unwrap())).unwrap()
+}
+
+#[tokio::test]
+async fn a_token_not_yet_valid_is_refused_at_the_gateway() {
+    let w = World::start().await;
+    within("nbf ahead", async {
+        let cfg = w.client_config("PC-N");
+        let c = w.client(&cfg).await;
+        // As the provider would sign it, bound to PC-N, but valid only in
+        // ten minutes (a provider whose clock runs ahead).
+        let now = komugate::oidc::unix_now();
+        let salt = "salt-for-nbf";
+        let token = UserToken {
+            id_token: w.sign(&serde_json::json!({
+                "iss": w.provider.issuer, "aud": APP, "sub": "hanako",
+                "preferred_username": "hanako@board.test", "groups": ["teachers"],
+                "iat": now, "nbf": now + 600, "exp": now + 3600,
+                "nonce": komugate::users::binding_nonce("PC-N", salt),
+            })),
+            binding_salt: salt.into(),
+            expires_at: now + 3600,
+            ..Default::default()
+        };
+        let e = present_err(c.link.present_token(token.clone()).await);
+        assert!(
+            e.contains("not_yet_valid") && e.contains("not valid for another"),
+            "{e}"
+        );
+        assert_eq!(w.refused("not_yet_valid"), 1.0);
+        assert_eq!(get(&c, w.records.addr).await.0, 403, "no session started");
+        // The same claims valid now: accepted (so only nbf was at fault).
+        let mut ok = claims_of(&token.id_token);
+        ok["nbf"] = serde_json::json!(now);
+        let who = c
+            .link
+            .present_token(UserToken {
+                id_token: w.sign(&ok),
+                ..token
+            })
+            .await
+            .unwrap();
+        assert_eq!(who["user"], "hanako@board.test");
+        assert_eq!(get(&c, w.records.addr).await.0, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn renewal_keeps_the_user_and_logout_or_sign_out_ends_it() {
+    let w = World::start().await;
+    // Longer than `within`'s 10 s: it waits out two token lifetimes (6 s).
+    let limit = Duration::from_secs(60);
+    let done = tokio::time::timeout(limit, async {
+        let cfg = w.client_config("PC-R");
+        let c = w.client(&cfg).await;
+
+        // kana's ID tokens live 6 s; the client renews them with the
+        // refresh token before they expire, so her access never lapses.
+        let (who, mut browser) = browser_sign_in_keeping(&w, &c, &cfg, "kana").await;
+        let who = who.unwrap();
+        assert_eq!(who["user"], "kana@board.test");
+        let first = c.link.user_token().unwrap();
+        assert!(
+            first.renewal.is_some(),
+            "a refresh token came with the code"
+        );
+        let until = Instant::now()
+            + Duration::from_secs(first.expires_at.saturating_sub(komugate::oidc::unix_now()) + 4);
+        while Instant::now() < until {
+            let (status, body) = get(&c, w.records.addr).await;
+            assert_eq!(status, 200, "not interrupted: {body}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let renewed = c.link.user_token().unwrap();
+        assert_ne!(renewed.id_token, first.id_token);
+        assert!(renewed.expires_at > first.expires_at);
+        assert_eq!(
+            claims_of(&renewed.id_token)["nonce"],
+            claims_of(&first.id_token)["nonce"]
+        );
+        assert!(w.sessions_ended("renewed") >= 1.0);
+        assert_eq!(w.sessions_ended("replaced"), 0.0);
+
+        // She signs out at the provider: it posts a logout token to the
+        // gateway, which ends her session on every connection at once.
+        let started = Instant::now();
+        browser.end_session(&renewed.id_token).await;
+        komugate_tests::eventually(Duration::from_secs(60), || async {
+            (get(&c, w.records.addr).await.0 == 403).then_some(())
+        })
+        .await
+        .expect("device-only rules within a minute of the logout");
+        println!(
+            "FIGURE back-channel logout to the device-only rules: {} ms",
+            started.elapsed().as_millis()
+        );
+        assert_eq!(
+            w.gw.metric("komugate_oidc_accepted_total", &[("use", "logout")]),
+            1.0
+        );
+        assert_eq!(w.sessions_ended("logout"), 1.0);
+        // Neither the client's copy of the token nor a renewal brings her
+        // back (the provider ended the refresh token with the session).
+        let e = present_err(c.link.present_token(renewed.clone()).await);
+        assert!(e.contains("signed_out"), "{e}");
+        tokio::time::sleep(Duration::from_secs(
+            renewed
+                .expires_at
+                .saturating_sub(komugate::oidc::unix_now())
+                + 1,
+        ))
+        .await;
+        assert_eq!(get(&c, w.records.addr).await.0, 403);
+        assert!(c.link.user_token().is_none(), "the client forgot the token");
+
+        // Bad logout tokens: refused with 400, counted, nothing ended.
+        let now = komugate::oidc::unix_now();
+        let logout = |jti: &str| {
+            serde_json::json!({
+                "iss": w.provider.issuer, "aud": APP, "sub": "nobody", "iat": now,
+                "jti": jti, "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+            })
+        };
+        let (status, body) = w.post_logout("junk").await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("invalid_request"), "{body}");
+        // An ID token is no logout token.
+        let (status, body) = w.post_logout(&renewed.id_token).await;
+        assert_eq!(status, 400);
+        assert!(body.contains("not a back-channel logout token"), "{body}");
+        // For another app; too old.
+        let mut other = logout("j-aud");
+        other["aud"] = serde_json::json!("another-app");
+        assert_eq!(w.post_logout(&w.sign(&other)).await.0, 400);
+        let mut old = logout("j-old");
+        old["iat"] = serde_json::json!(now - 3600);
+        assert_eq!(w.post_logout(&w.sign(&old)).await.0, 400);
+        // Forged: the claims changed after signing.
+        let good = w.sign(&logout("j-1"));
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut forged_claims = logout("j-1");
+        forged_claims["sub"] = serde_json::json!("kana");
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            komugate::oidc::b64url(forged_claims.to_string().as_bytes()),
+            parts[2]
+        );
+        assert_eq!(w.post_logout(&forged).await.0, 400);
+        // A good one is taken once; the same again is a replay.
+        assert_eq!(w.post_logout(&good).await.0, 200);
+        let (status, body) = w.post_logout(&good).await;
+        assert_eq!(status, 400);
+        assert!(body.contains("received before"), "{body}");
+        for reason in [
+            "malformed",
+            "not_logout_token",
+            "audience",
+            "too_old",
+            "signature",
+            "replayed",
+        ] {
+            assert_eq!(w.logout_refused(reason), 1.0, "{reason}");
+        }
+        assert_eq!(w.sessions_ended("logout"), 1.0, "nothing else ended");
+
+        // Signed in again (a new sign-in), then `komugate client
+        // --sign-out` from another process on the device: her access ends,
+        // and the running client's token and renewals are refused after.
+        let who = browser_sign_in(&w, &c, &cfg, "kana").await.unwrap();
+        assert_eq!(who["user"], "kana@board.test");
+        assert_eq!(get(&c, w.records.addr).await.0, 200);
+        let held = c.link.user_token().unwrap();
+        let (device, had) = komugate::client::sign_out_once(cfg.clone()).await.unwrap();
+        assert_eq!((device.as_str(), had), ("PC-R", true));
+        assert_eq!(get(&c, w.records.addr).await.0, 403);
+        assert_eq!(w.sessions_ended("sign_out"), 1.0);
+        // Past the renewal time of the held token: still out.
+        tokio::time::sleep(Duration::from_secs(
+            held.expires_at.saturating_sub(komugate::oidc::unix_now()) + 1,
+        ))
+        .await;
+        assert_eq!(get(&c, w.records.addr).await.0, 403);
+        assert!(w.refused("signed_out") >= 1.0, "the renewal was refused");
+        assert!(c.link.user_token().is_none());
+        let (_, had) = komugate::client::sign_out_once(cfg.clone()).await.unwrap();
+        assert!(!had, "nobody signed in any more");
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "renewal, logout and sign-out did not finish within {limit:?}"
+    );
 }

@@ -86,6 +86,9 @@ pub fn gen(rng: &mut Rng, t: i64) -> LogRecord {
         listener: if site == 18 { "mtls" } else { "plain" }.into(),
         device: format!("T-{dev:05}"),
         user: format!("u{:05}", dev),
+        // The registry's users: nobody signed in through OpenID Connect.
+        signed_in: false,
+        user_groups: Vec::new(),
         groups: vec![
             if dev % 10 == 0 { "office" } else { "teachers" }.into(),
             format!("school-{site:02}"),

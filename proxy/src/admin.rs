@@ -116,6 +116,10 @@ async fn admin_request(
     if path == "/console" || path.starts_with("/console/") {
         return Ok(crate::console::routes::handle(gw, console, req, peer).await);
     }
+    // Authenticated by the logout token's signature, not an admin token.
+    if path == crate::users::logout::PATH {
+        return Ok(boxed(crate::users::logout::handle(&gw.users, req).await));
+    }
     Ok(boxed(match path {
         "/healthz" => {
             if gw.shutdown.is_cancelled() {
@@ -251,8 +255,9 @@ async fn reload(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Byt
     }
 }
 
-/// `GET /admin/explain?device=ID&from=IP&url=URL[&method=M][&lang=ja]`: the
-/// decision the proxy would make, computed by the same function; `text` in
+/// `GET /admin/explain?device=ID[&user=NAME&user_groups=G1,G2]&from=IP&url=URL[&method=M][&lang=ja]`:
+/// the decision the proxy would make (with `user` signed in on the device,
+/// else the device-only rules), computed by the same function; `text` in
 /// the language asked for (English by default).
 fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if let Err(r) = authorize(gw, req) {
@@ -268,7 +273,7 @@ fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return text(
             StatusCode::BAD_REQUEST,
             "text/plain",
-            "usage: /admin/explain?device=ID&from=IP&url=URL[&method=GET]\n",
+            "usage: /admin/explain?device=ID[&user=NAME&user_groups=G1,G2]&from=IP&url=URL[&method=GET]\n",
         );
     };
     let Some(wording) = komugate_policy::Wording::for_lang(q("lang").unwrap_or("en")) else {
@@ -283,9 +288,14 @@ fn explain(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if runtime.builtin {
         return text(StatusCode::CONFLICT, "text/plain", "no policy file is configured ([policy] file); decisions come from the [decision] lists\n");
     }
-    match crate::explain::explain(
+    let user = crate::explain::SignedIn::from_text(
+        q("user").unwrap_or(""),
+        q("user_groups").unwrap_or(""),
+    );
+    match crate::explain::explain_as(
         &runtime.policy,
         q("device"),
+        user.as_ref(),
         from,
         url,
         q("method").unwrap_or("GET"),

@@ -24,6 +24,14 @@ pub enum PolicyCommand {
         /// Device id (as in its certificate); omit for an anonymous in-site client.
         #[arg(long)]
         device: Option<String>,
+        /// The user signed in on the device (OpenID Connect), as the logs
+        /// name them; omit for a device where nobody is signed in.
+        #[arg(long, requires = "device")]
+        user: Option<String>,
+        /// A group of the signed-in user (the token's group claim); repeat
+        /// for several.
+        #[arg(long = "user-group", requires = "user")]
+        user_groups: Vec<String>,
         /// Client address the request comes from (decides the location).
         #[arg(long)]
         from: String,
@@ -144,6 +152,8 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Explain {
             file,
             device,
+            user,
+            user_groups,
             from,
             url,
             method,
@@ -152,10 +162,18 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<ExitCode> {
             lang,
         } => {
             let policy = load(&file)?;
+            let user =
+                user.and_then(|u| crate::explain::SignedIn::from_text(&u, &user_groups.join(",")));
             // Its only errors are about --from, --url and --method.
-            let decision =
-                crate::explain::explain(&policy, device.as_deref(), &from, &url, &method)
-                    .map_err(|e| usage_error(format!("{e:#}")))?;
+            let decision = crate::explain::explain_as(
+                &policy,
+                device.as_deref(),
+                user.as_ref(),
+                &from,
+                &url,
+                &method,
+            )
+            .map_err(|e| usage_error(format!("{e:#}")))?;
             if json || format == ExplainFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&decision)?);
             } else {

@@ -117,7 +117,9 @@ pub struct UserOidcConfig {
     /// The application (client) id `komugate client` signs in as (a
     /// public client: no secret, redirect `http://127.0.0.1/callback`).
     pub client_id: String,
-    #[serde(default = "default_oidc_scopes")]
+    /// `offline_access` asks for a refresh token, with which the client
+    /// renews the ID token before it expires (silent renewal).
+    #[serde(default = "default_user_scopes")]
     pub scopes: Vec<String>,
     /// The claim listing the user's groups.
     #[serde(default = "default_groups_claim")]
@@ -785,6 +787,11 @@ pub struct OidcConfig {
 
 fn default_oidc_scopes() -> Vec<String> {
     vec!["openid".into(), "profile".into(), "email".into()]
+}
+fn default_user_scopes() -> Vec<String> {
+    let mut s = default_oidc_scopes();
+    s.push("offline_access".into());
+    s
 }
 fn default_groups_claim() -> String {
     "groups".into()

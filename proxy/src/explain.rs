@@ -1,7 +1,8 @@
-//! Explain: the decision the proxy would make for (device, client address,
-//! URL, method), computed by the same conversion and the same
-//! `Policy::evaluate` the data path uses. Shared by `komugate policy
-//! explain` and `GET /admin/explain`.
+//! Explain: the decision the proxy would make for (device, signed-in user
+//! and their groups, client address, URL, method), computed by the same
+//! conversion and the same `Policy::evaluate_as` the data path uses. Shared
+//! by `komugate policy explain`, `GET /admin/explain` and the console's
+//! "why was this blocked?" form.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
@@ -9,8 +10,43 @@ use std::time::SystemTime;
 use crate::device_auth::DeviceIdentity;
 use crate::stages::decide::{policy_request, ListenerKind, RequestInfo, RequestKind};
 
+/// A user signed in on the device (OpenID Connect), as explain takes it:
+/// the name the gateway logs and the groups from the token's group claim.
+#[derive(Debug, Clone, Default)]
+pub struct SignedIn {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl SignedIn {
+    /// From the forms' text: a user name (empty = nobody signed in) and
+    /// groups separated by commas or newlines. Control characters are
+    /// dropped, sizes bounded as the gateway bounds a token's claims.
+    pub fn from_text(user: &str, groups: &str) -> Option<SignedIn> {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .filter(|c| !c.is_control())
+                .take(256)
+                .collect::<String>()
+                .trim()
+                .to_string()
+        };
+        let user = clean(user);
+        if user.is_empty() {
+            return None;
+        }
+        let groups = groups
+            .split([',', '\n'])
+            .map(clean)
+            .filter(|g| !g.is_empty())
+            .take(500)
+            .collect();
+        Some(SignedIn { user, groups })
+    }
+}
+
 /// Evaluates `url` (`http://…`, `https://…`, or `host:port` for a CONNECT)
-/// as sent by `device` from `from`.
+/// as sent by `device` from `from`, with no user signed in on it.
 pub fn explain(
     policy: &komugate_policy::Policy,
     device: Option<&str>,
@@ -18,6 +54,24 @@ pub fn explain(
     url: &str,
     method: &str,
 ) -> anyhow::Result<komugate_policy::Decision> {
+    explain_as(policy, device, None, from, url, method)
+}
+
+/// [`explain`] with `user` signed in on the device (`None`: the device-only
+/// rules, as for a device where nobody is signed in).
+pub fn explain_as(
+    policy: &komugate_policy::Policy,
+    device: Option<&str>,
+    user: Option<&SignedIn>,
+    from: &str,
+    url: &str,
+    method: &str,
+) -> anyhow::Result<komugate_policy::Decision> {
+    if user.is_some() && device.is_none() {
+        anyhow::bail!(
+            "a user signs in on a device: name the device too (--device, or the device field)"
+        );
+    }
     let ip: IpAddr = from
         .parse()
         .map_err(|_| anyhow::anyhow!("--from {from:?} is not an IP address"))?;
@@ -52,7 +106,15 @@ pub fn explain(
         location: None,
         subject: Default::default(),
     };
-    Ok(policy.evaluate(&policy_request(&req, SystemTime::now())))
+    let subject = komugate_policy::Subject {
+        user: user.map(|u| u.user.as_str()),
+        user_groups: user.map(|u| u.groups.as_slice()).unwrap_or_default(),
+        // Posture is what the device reports at the time; explain decides
+        // without one (a posture rule says what it lacks).
+        posture: None,
+        now: crate::oidc::unix_now(),
+    };
+    Ok(policy.evaluate_as(&policy_request(&req, SystemTime::now()), &subject))
 }
 
 /// What explain evaluates, parsed the way the proxy parses a request line
@@ -144,5 +206,49 @@ mod tests {
         );
         assert!(parse_target("ftp://example.com/", "GET").is_err());
         assert!(parse_target("example.com/", "GET").is_err());
+    }
+
+    #[test]
+    fn a_signed_in_user_gets_the_users_rules() {
+        let policy = komugate_policy::Policy::from_str(
+            r#"
+version = 1
+[[rule]]
+name = "records for teachers"
+hosts = ["records.example"]
+user_groups = ["teachers"]
+action = "allow"
+
+[[rule]]
+name = "sign in first"
+hosts = ["records.example"]
+signed_in = false
+action = "block"
+"#,
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let url = "https://records.example/";
+        let teacher = SignedIn::from_text(" hanako@board.test ", "staff,\n teachers ,").unwrap();
+        assert_eq!(teacher.groups, ["staff", "teachers"]);
+        let d = explain_as(
+            &policy,
+            Some("PC-1"),
+            Some(&teacher),
+            "10.0.0.1",
+            url,
+            "GET",
+        )
+        .unwrap();
+        assert_eq!(d.rule, "records for teachers");
+        assert!(d.signed_in);
+        assert_eq!(d.user.as_deref(), Some("hanako@board.test"));
+        assert_eq!(d.user_groups, ["staff", "teachers"]);
+        let d = explain(&policy, Some("PC-1"), "10.0.0.1", url, "GET").unwrap();
+        assert_eq!((d.rule.as_str(), d.signed_in), ("sign in first", false));
+        // An empty user field is nobody signed in.
+        assert!(SignedIn::from_text(" ", "teachers").is_none());
+        let e = explain_as(&policy, None, Some(&teacher), "10.0.0.1", url, "GET").unwrap_err();
+        assert!(e.to_string().contains("name the device too"), "{e}");
     }
 }

@@ -28,9 +28,17 @@ pub struct AccessRecord {
     /// Local address of the upstream socket (the egress IP the upstream sees).
     pub egress: Option<String>,
     pub error: Option<String>,
-    /// Signed-in user, when known (filled by identity).
+    /// The device's user: the one signed in (OpenID Connect) when
+    /// `signed_in`, else the registry's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `user` signed in on the device, so explain can replay the decision
+    /// with the user's rules.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub signed_in: bool,
+    /// The signed-in user's groups (the token's group claim).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_groups: Vec<String>,
     /// Site name from location ("offsite" outside the sites).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,

@@ -6,7 +6,14 @@
 // CONFIG_JSON: { host, port (0 = any), cert_file, key_file, client_id,
 //   client_secret, redirect_uri, accounts: { id: { claims... } },
 //   native_clients: [public client ids], id_token_ttl: { id: seconds },
-//   jwk_file: optional path of the signing key (JWK) to use or create }
+//   jwk_file: optional path of the signing key (JWK) to use or create
+//   (its PKCS#1 DER form written beside it as JWK_FILE.der, for tests that
+//   sign tokens the provider would not issue),
+//   backchannel_logout_uri: optional, the native clients' back-channel
+//   logout URL (sessions required: logout tokens carry sid) }
+// Native clients may use refresh tokens: one is issued with every code
+// (like Entra ID for a public client asking offline_access), expiring
+// with the provider session.
 // Prints "ISSUER <url>" once listening. Signing keys (RSA, RS256) are
 // generated at every start under a fresh kid: a restart on the same port
 // is a key rotation.
@@ -35,7 +42,10 @@ if (cfg.jwk_file && fs.existsSync(cfg.jwk_file)) {
     alg: 'RS256',
     use: 'sig',
   };
-  if (cfg.jwk_file) fs.writeFileSync(cfg.jwk_file, JSON.stringify(jwk));
+  if (cfg.jwk_file) {
+    fs.writeFileSync(cfg.jwk_file, JSON.stringify(jwk));
+    fs.writeFileSync(`${cfg.jwk_file}.der`, privateKey.export({ type: 'pkcs1', format: 'der' }));
+  }
 }
 
 const server = https.createServer({
@@ -58,10 +68,18 @@ server.listen(cfg.port || 0, cfg.host, () => {
       application_type: 'native',
       redirect_uris: ['http://127.0.0.1/callback'],
       response_types: ['code'],
-      grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
+      grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
       token_endpoint_auth_method: 'none',
+      ...(cfg.backchannel_logout_uri ? {
+        backchannel_logout_uri: cfg.backchannel_logout_uri,
+        backchannel_logout_session_required: true,
+      } : {}),
     }))],
-    features: { deviceFlow: { enabled: true } },
+    features: {
+      deviceFlow: { enabled: true },
+      backchannelLogout: { enabled: true },
+    },
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
     ttl: {
       IdToken: (ctx) => (cfg.id_token_ttl || {})[ctx?.oidc?.account?.accountId] || 3600,
     },

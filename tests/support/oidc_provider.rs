@@ -53,8 +53,12 @@ pub struct ProviderSetup {
     /// ID-token lifetime in seconds by login name (default one hour).
     pub id_token_ttl: serde_json::Value,
     /// Sign with the key in this JWK file (created by the first provider
-    /// started with it): two issuers, one key.
+    /// started with it, with its PKCS#1 DER form in `<file>.der`): two
+    /// issuers, one key.
     pub jwk_file: Option<PathBuf>,
+    /// The native clients' back-channel logout URL (OpenID Connect
+    /// Back-Channel Logout 1.0), if any.
+    pub backchannel_logout_uri: Option<String>,
 }
 
 pub struct OidcProvider {
@@ -177,6 +181,7 @@ fn spawn(dir: &Path, setup: &ProviderSetup, port: u16) -> (Child, String, String
         "native_clients": setup.native_clients,
         "id_token_ttl": setup.id_token_ttl,
         "jwk_file": setup.jwk_file,
+        "backchannel_logout_uri": setup.backchannel_logout_uri,
     });
     let config_file = dir.join("provider.json");
     std::fs::write(&config_file, config.to_string()).expect("provider config");
@@ -302,6 +307,37 @@ impl IdpClient {
             body: String::from_utf8_lossy(&body).into_owned(),
         }
     }
+    /// Ends this browser's session at the provider (RP-initiated logout,
+    /// confirmed "yes, sign me out"): the provider then sends back-channel
+    /// logout tokens to the session's clients.
+    pub async fn end_session(&mut self, id_token: &str) {
+        let url = format!(
+            "{}/session/end?id_token_hint={}",
+            self.origin,
+            komugate::oidc::pct(id_token)
+        );
+        let page = self.send(&url, None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let attr = |name: &str| {
+            page.body
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or_else(|| panic!("no {name} on the logout page: {}", page.body))
+                .to_string()
+        };
+        let (action, xsrf) = (attr("action"), attr("value"));
+        let r = self
+            .send(&action, Some(&[("xsrf", &xsrf), ("logout", "yes")]))
+            .await;
+        assert!(
+            r.status.is_redirection() || r.status == 200,
+            "logout confirmation: {} {}",
+            r.status,
+            r.body
+        );
+    }
+
     /// Follows `url` through the provider's pages like a browser: redirects,
     /// the login form (as `login`, any password), the consent form, the
     /// device-code forms (`user_code`), every hidden field posted back. Stops

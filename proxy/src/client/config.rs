@@ -148,6 +148,10 @@ pub struct ClientArgs {
     /// Sign the user in at start: browser, device (code shown) or none.
     #[arg(long)]
     pub sign_in: Option<String>,
+    /// Sign the user out of this device at the gateway and exit (a running
+    /// client's sign-in ends too).
+    #[arg(long, conflicts_with = "sign_in")]
+    pub sign_out: bool,
 }
 
 impl ClientConfig {

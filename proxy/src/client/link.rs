@@ -73,6 +73,21 @@ pub struct Link {
     device_cert: rustls_pki_types::CertificateDer<'static>,
     /// The signed-in user's token, presented again on every new connection.
     user: Mutex<Option<UserToken>>,
+    /// Signalled when the user's token changes (renewal scheduling).
+    pub token_changed: Notify,
+}
+
+/// How the gateway took a user token.
+pub enum Presented {
+    /// The session the gateway started: user, groups, expiry.
+    Accepted(serde_json::Value),
+    /// The sign-in was ended (sign-out, logout at the provider); the token
+    /// is forgotten.
+    Ended(String),
+    Refused {
+        reason: String,
+        message: String,
+    },
 }
 
 impl Link {
@@ -142,12 +157,17 @@ impl Link {
             key,
             device_cert,
             user: Mutex::new(None),
+            token_changed: Notify::new(),
             cfg,
         })
     }
 
     pub fn device_id(&self) -> &str {
         &self.device_id
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
     }
 
     /// The current connection, or `None` (and a reconnect is triggered).
@@ -390,11 +410,18 @@ impl Link {
         let held = self.user.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(t) = held {
             if t.expires_at > crate::oidc::unix_now() {
-                if let Err(e) = self.present_token(t).await {
-                    tracing::warn!("the gateway refused the user's token again: {e:#}");
+                match self.present(t).await {
+                    Ok(Presented::Accepted(_)) => {}
+                    Ok(Presented::Ended(m)) => {
+                        tracing::warn!("the gateway ended the user's sign-in: {m}")
+                    }
+                    Ok(Presented::Refused { reason, message }) => tracing::warn!(
+                        "the gateway refused the user's token again ({reason}): {message}"
+                    ),
+                    Err(e) => tracing::warn!("presenting the user's token again: {e:#}"),
                 }
             } else {
-                *self.user.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.set_user(None);
                 tracing::warn!("the user's sign-in has expired: sign in again");
             }
         }
@@ -452,9 +479,39 @@ impl Link {
         serde_json::from_value(v).map_err(|e| anyhow!("the gateway's sign-in settings: {e}"))
     }
 
+    fn set_user(&self, token: Option<UserToken>) {
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = token;
+        self.token_changed.notify_one();
+    }
+
+    /// Stops renewing `held` (still the current token): the provider
+    /// refused, or it expired. The session ends at its `exp`.
+    pub fn drop_renewal(&self, held: &UserToken) {
+        let mut cur = self.user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cur.as_mut().filter(|t| t.id_token == held.id_token) {
+            t.renewal = None;
+        }
+        drop(cur);
+        self.token_changed.notify_one();
+    }
+
     /// Hands the user's ID token to the gateway; the user and groups it
     /// accepted. The token is kept and presented again on reconnects.
     pub async fn present_token(&self, token: UserToken) -> Result<serde_json::Value> {
+        match self.present(token).await? {
+            Presented::Accepted(v) => Ok(v),
+            Presented::Ended(message) => {
+                bail!("the gateway refused the sign-in (signed_out): {message}")
+            }
+            Presented::Refused { reason, message } => {
+                bail!("the gateway refused the sign-in ({reason}): {message}")
+            }
+        }
+    }
+
+    /// [`Link::present_token`], telling an ended sign-in (the token is
+    /// then forgotten) from other refusals.
+    pub async fn present(&self, token: UserToken) -> Result<Presented> {
         let (status, v) = self
             .gateway_json(
                 Method::POST,
@@ -462,27 +519,30 @@ impl Link {
                 Some(serde_json::json!({"id_token": token.id_token, "binding_salt": token.binding_salt})),
             )
             .await?;
-        if status != StatusCode::OK {
-            bail!(
-                "the gateway refused the sign-in ({}): {}",
-                v["reason"].as_str().unwrap_or("?"),
-                v["message"].as_str().unwrap_or("")
-            );
+        if status == StatusCode::OK {
+            self.set_user(Some(token));
+            return Ok(Presented::Accepted(v));
         }
-        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
-        Ok(v)
+        let reason = v["reason"].as_str().unwrap_or("?").to_string();
+        let message = v["message"].as_str().unwrap_or("").to_string();
+        if reason == "signed_out" {
+            self.set_user(None);
+            return Ok(Presented::Ended(message));
+        }
+        Ok(Presented::Refused { reason, message })
     }
 
-    /// Signs the user out at the gateway (and forgets the token).
-    pub async fn sign_out(&self) -> Result<()> {
-        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// Signs the user out at the gateway (and forgets the token): whether
+    /// a user was signed in on the device.
+    pub async fn sign_out(&self) -> Result<bool> {
+        self.set_user(None);
         let (status, v) = self
             .gateway_json(Method::POST, "/.komugate/user/sign-out", None)
             .await?;
         if status != StatusCode::OK {
             bail!("sign-out refused ({status}): {v}");
         }
-        Ok(())
+        Ok(v["signed_out"].as_bool().unwrap_or(false))
     }
 
     /// Collects, signs and sends a posture report.

@@ -13,6 +13,7 @@ pub mod link;
 pub mod local;
 pub mod pkcs11;
 pub mod posture;
+pub mod renew;
 pub mod signin;
 
 use std::net::SocketAddr;
@@ -87,7 +88,25 @@ pub async fn start(cfg: ClientConfig) -> Result<RunningClient> {
         tokio::spawn(local::serve_dns(link.clone(), s, shutdown.clone()));
     }
     tokio::spawn(link.clone().run(shutdown.clone()));
+    tokio::spawn(renew::run(link.clone(), shutdown.clone()));
     Ok(running)
+}
+
+/// `komugate client --sign-out`: connects as the device, ends the user's
+/// sign-in at the gateway (a running client's token and its renewals are
+/// refused after): the device id, and whether a user was signed in.
+pub async fn sign_out_once(cfg: ClientConfig) -> Result<(String, bool)> {
+    cfg.validate()?;
+    let link = Arc::new(Link::new(cfg.clone())?);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(link.clone().run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout() * 4;
+    while !link.is_up() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = link.sign_out().await;
+    shutdown.cancel();
+    Ok((link.device_id().to_string(), r?))
 }
 
 /// `komugate client`: runs until SIGTERM / Ctrl-C.
@@ -97,6 +116,17 @@ pub fn run_client(args: ClientArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if args.sign_out {
+        return rt.block_on(async move {
+            match sign_out_once(cfg).await? {
+                (device, true) => println!("サインアウトしました / signed out ({device})"),
+                (device, false) => println!(
+                    "サインインしている利用者はいませんでした / nobody was signed in ({device})"
+                ),
+            }
+            Ok(())
+        });
+    }
     rt.block_on(async move {
         let running = start(cfg.clone()).await?;
         println!(

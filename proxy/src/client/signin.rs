@@ -42,12 +42,36 @@ pub struct ProviderInfo {
 }
 
 /// An ID token for this device, with the salt that binds it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct UserToken {
     pub id_token: String,
     /// Empty when the provider did not echo the nonce (first-use binding).
     pub binding_salt: String,
     pub expires_at: u64,
+    /// The token's `iat`.
+    pub issued_at: u64,
+    /// How to renew it before it expires, if the provider gave a refresh token.
+    pub renewal: Option<Renewal>,
+}
+
+/// What renewing an ID token takes (see [`super::renew`]).
+#[derive(Clone, Default)]
+pub struct Renewal {
+    pub refresh_token: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// The sign-in's nonce: the renewed token must still carry it.
+    pub nonce: String,
+}
+
+impl std::fmt::Debug for Renewal {
+    // Never the refresh token itself (it is a credential).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewal")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Shows the person where to sign in: the URL, and for the device-code
@@ -95,15 +119,31 @@ fn claims_of(id_token: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// The token with its binding: the salt only if the provider echoed our nonce.
-fn bound(id_token: String, nonce: &str, salt: String) -> UserToken {
-    let claims = claims_of(&id_token);
+/// The token with its binding: the salt only if the provider echoed our
+/// nonce; with the refresh token, how to renew it.
+pub(crate) fn bound(tokens: Tokens, nonce: &str, salt: String, renew: (&str, &str)) -> UserToken {
+    let claims = claims_of(&tokens.id_token);
     let echoed = claims["nonce"].as_str() == Some(nonce);
+    let (token_endpoint, client_id) = renew;
     UserToken {
         expires_at: claims["exp"].as_u64().unwrap_or(0),
+        issued_at: claims["iat"].as_u64().unwrap_or(0),
         binding_salt: if echoed { salt } else { String::new() },
-        id_token,
+        id_token: tokens.id_token,
+        renewal: tokens.refresh_token.map(|refresh_token| Renewal {
+            refresh_token,
+            token_endpoint: token_endpoint.to_string(),
+            client_id: client_id.to_string(),
+            nonce: nonce.to_string(),
+        }),
     }
+}
+
+/// A token endpoint's answer: the ID token and, if the provider issues
+/// one (Entra ID with the `offline_access` scope), a refresh token.
+pub(crate) struct Tokens {
+    pub id_token: String,
+    pub refresh_token: Option<String>,
 }
 
 async fn metadata(http: &HttpClient, p: &ProviderInfo) -> Result<Metadata> {
@@ -112,7 +152,7 @@ async fn metadata(http: &HttpClient, p: &ProviderInfo) -> Result<Metadata> {
         .map_err(|e| anyhow!("the OpenID provider {} cannot be used: {e}", p.issuer))
 }
 
-fn id_token_from(reply_status: StatusCode, body: &[u8], endpoint: &str) -> Result<String> {
+pub(crate) fn tokens_from(reply_status: StatusCode, body: &[u8], endpoint: &str) -> Result<Tokens> {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     if !reply_status.is_success() {
         bail!(
@@ -121,8 +161,15 @@ fn id_token_from(reply_status: StatusCode, body: &[u8], endpoint: &str) -> Resul
             v["error_description"].as_str().unwrap_or("")
         );
     }
-    v["id_token"].as_str().map(str::to_string).ok_or_else(|| {
+    let id_token = v["id_token"].as_str().map(str::to_string).ok_or_else(|| {
         anyhow!("{endpoint}: the token response has no id_token (is the scope openid?)")
+    })?;
+    Ok(Tokens {
+        id_token,
+        refresh_token: v["refresh_token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
     })
 }
 
@@ -181,8 +228,13 @@ pub async fn browser_sign_in(
         )
         .await
         .map_err(|e| anyhow!("the code exchange failed: {e}"))?;
-    let id_token = id_token_from(reply.status, &reply.body, &m.token_endpoint)?;
-    Ok(bound(id_token, &nonce, salt))
+    let tokens = tokens_from(reply.status, &reply.body, &m.token_endpoint)?;
+    Ok(bound(
+        tokens,
+        &nonce,
+        salt,
+        (m.token_endpoint.as_str(), p.client_id.as_str()),
+    ))
 }
 
 /// Serves the loopback redirect until the callback with `state` arrives:
@@ -303,6 +355,16 @@ pub async fn sign_in(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let provider = link.provider_info().await?;
+    let http = provider_http(cfg)?;
+    let token = match cfg.sign_in.as_str() {
+        "device" => device_code_sign_in(&http, &provider, link.device_id(), opener).await?,
+        _ => browser_sign_in(&http, &provider, link.device_id(), opener).await?,
+    };
+    link.present_token(token).await
+}
+
+/// An HTTPS client for the provider (the system roots plus `oidc_ca`).
+pub fn provider_http(cfg: &super::ClientConfig) -> Result<HttpClient> {
     let ca = if cfg.oidc_ca.as_os_str().is_empty() {
         None
     } else {
@@ -311,13 +373,8 @@ pub async fn sign_in(
                 .with_context(|| format!("oidc_ca {}", cfg.oidc_ca.display()))?,
         )
     };
-    let http = HttpClient::new(ca.as_deref(), Duration::from_secs(15))
-        .map_err(|e| anyhow!("oidc_ca {}: {e}", cfg.oidc_ca.display()))?;
-    let token = match cfg.sign_in.as_str() {
-        "device" => device_code_sign_in(&http, &provider, link.device_id(), opener).await?,
-        _ => browser_sign_in(&http, &provider, link.device_id(), opener).await?,
-    };
-    link.present_token(token).await
+    HttpClient::new(ca.as_deref(), Duration::from_secs(15))
+        .map_err(|e| anyhow!("oidc_ca {}: {e}", cfg.oidc_ca.display()))
 }
 
 /// RFC 8628 device authorization grant.
@@ -402,15 +459,20 @@ pub async fn device_code_sign_in(
             .await
             .map_err(|e| anyhow!("polling the token endpoint: {e}"))?;
         if reply.status.is_success() {
-            let id_token = id_token_from(reply.status, &reply.body, &m.token_endpoint)?;
-            return Ok(bound(id_token, &nonce, salt));
+            let tokens = tokens_from(reply.status, &reply.body, &m.token_endpoint)?;
+            return Ok(bound(
+                tokens,
+                &nonce,
+                salt,
+                (m.token_endpoint.as_str(), p.client_id.as_str()),
+            ));
         }
         let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
         match v["error"].as_str() {
             Some("authorization_pending") => {}
             Some("slow_down") => interval += Duration::from_secs(5),
             _ => {
-                return Err(id_token_from(reply.status, &reply.body, &m.token_endpoint)
+                return Err(tokens_from(reply.status, &reply.body, &m.token_endpoint)
                     .err()
                     .unwrap_or_else(|| anyhow!("unexpected token endpoint answer")))
             }

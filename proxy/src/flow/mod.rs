@@ -1008,6 +1008,8 @@ fn note_decision(record: &mut AccessRecord, decision: &Decision) {
     record.rule = decision.rule.clone();
     record.site = decision.site.clone();
     record.user = decision.user.clone();
+    record.signed_in = decision.signed_in;
+    record.user_groups = decision.user_groups.clone();
     record.categories = decision.categories.clone();
     record.app = decision.app.clone();
     record.generation = decision.generation;

@@ -5,9 +5,10 @@
 //! uses rust_xlsxwriter's constant-memory worksheets.
 //!
 //! CSV and xlsx are read by people: times in the display zone (named in the
-//! first heading), categories by their Japanese labels. The last two
-//! columns keep the machine-readable values (UTC time, category ids) for
-//! scripts.
+//! first heading), categories by their Japanese labels. Two columns keep
+//! the machine-readable values (UTC time, category ids) for scripts; the
+//! last two say whether the user was signed in on the device (OpenID
+//! Connect, else the registry's user) and the signed-in user's groups.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ impl std::str::FromStr for OutputFormat {
 
 /// Column headers of table, CSV and xlsx output (Japanese + English so both
 /// the board's staff and the vendor can read them).
-pub const COLUMNS: [(&str, f64); 23] = [
+pub const COLUMNS: [(&str, f64); 25] = [
     ("日時 time", 20.0),
     ("端末 device", 14.0),
     ("利用者 user", 14.0),
@@ -69,6 +70,8 @@ pub const COLUMNS: [(&str, f64); 23] = [
     ("受付 listener", 8.0),
     ("日時UTC time_utc", 26.0),
     ("カテゴリID category_ids", 18.0),
+    ("サインイン signed_in", 10.0),
+    ("利用者グループ user_groups", 18.0),
 ];
 
 /// Index of the local time column (its heading names the zone).
@@ -89,7 +92,7 @@ fn category_labels_ja(ids: &[String]) -> String {
 }
 
 /// A record's cells, in [`COLUMNS`] order, times in `offset_min`.
-pub fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 23] {
+pub fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 25] {
     // "YYYY-MM-DD HH:MM:SS.mmm" in local time; the header names the offset.
     let t = format_with_offset(r.time_ms, offset_min, true).replace('T', " ");
     [
@@ -116,6 +119,8 @@ pub fn text_fields(r: &LogRecord, offset_min: i32) -> [String; 23] {
         r.listener.clone(),
         format_rfc3339_ms(r.time_ms),
         r.categories.join(","),
+        if r.signed_in { "はい yes" } else { "" }.to_string(),
+        r.user_groups.join(","),
     ]
 }
 

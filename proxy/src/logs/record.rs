@@ -29,6 +29,15 @@ pub struct LogRecord {
         skip_serializing_if = "String::is_empty"
     )]
     pub user: String,
+    /// `user` was signed in on the device (OpenID Connect), not the registry's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub signed_in: bool,
+    /// The signed-in user's groups (the token's group claim).
+    #[serde(
+        deserialize_with = "nullable_vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub user_groups: Vec<String>,
     #[serde(
         deserialize_with = "nullable_vec",
         skip_serializing_if = "Vec::is_empty"

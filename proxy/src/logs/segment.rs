@@ -23,7 +23,12 @@
 //! port      u16 LE per row (client source port)
 //! status    u16 LE per row
 //! bytes_up, bytes_down, duration_ms: one varint per row each
+//! 2 trailing string columns, as above: the signed-in user's groups
+//!     (joined) and `1` when the user was signed in (OpenID Connect)
 //! ```
+//!
+//! The trailing columns came later: a block that ends after the numbers
+//! (written before them) reads as records without a signed-in user.
 //!
 //! The string columns are dictionary-encoded per block ([`StrCol`]):
 //! devices, users, groups, sites, hosts, rules, categories repeat a great
@@ -81,6 +86,14 @@ pub enum StrCol {
     Error,
 }
 pub const STR_COLS: usize = 16;
+/// Trailing string columns, after the numeric ones (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum TailCol {
+    UserGroups = 0,
+    SignedIn,
+}
+pub const TAIL_COLS: usize = 2;
 
 /// Fields listed in the sidecar index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +280,7 @@ impl DictCol {
 pub struct SegmentWriter {
     out: BufWriter<File>,
     cols: Vec<DictCol>,
+    tail: Vec<DictCol>,
     time: Vec<i64>,
     port: Vec<u16>,
     status: Vec<u16>,
@@ -289,6 +303,7 @@ impl SegmentWriter {
         Ok(SegmentWriter {
             out,
             cols: (0..STR_COLS).map(|_| DictCol::default()).collect(),
+            tail: (0..TAIL_COLS).map(|_| DictCol::default()).collect(),
             time: Vec::new(),
             port: Vec::new(),
             status: Vec::new(),
@@ -358,6 +373,9 @@ impl SegmentWriter {
         self.col(StrCol::Ips, &r.ips, Some(IndexField::Ips));
         self.col(StrCol::Egress, &r.egress, None);
         self.col(StrCol::Error, &r.error, None);
+        let groups = r.user_groups.join(&SEP.to_string());
+        self.tail[TailCol::UserGroups as usize].push(&groups);
+        self.tail[TailCol::SignedIn as usize].push(if r.signed_in { "1" } else { "" });
         self.time.push(r.time_ms);
         self.port.push(port);
         self.status.push(r.status);
@@ -400,6 +418,9 @@ impl SegmentWriter {
                 put_varint(body, v);
             }
         }
+        for c in &self.tail {
+            c.encode(body);
+        }
         let frame = zstd::bulk::compress(body, self.level)?;
         let (min, max) = self
             .time
@@ -410,7 +431,7 @@ impl SegmentWriter {
         self.out.write_all(&min.to_le_bytes())?;
         self.out.write_all(&max.to_le_bytes())?;
         self.out.write_all(&frame)?;
-        for c in &mut self.cols {
+        for c in self.cols.iter_mut().chain(self.tail.iter_mut()) {
             c.clear();
         }
         self.time.clear();
@@ -560,12 +581,57 @@ impl Dict {
     pub fn row(&self, row: usize) -> &str {
         self.value(self.ids[row])
     }
+
+    /// One dictionary-encoded column of `n` rows.
+    fn decode(c: &mut Cur<'_>, n: usize) -> io::Result<Dict> {
+        let k = c.varint()? as usize;
+        let mut text = String::new();
+        let mut offs = Vec::with_capacity(k.min(n) + 1);
+        offs.push(0u32);
+        for _ in 0..k {
+            let len = c.varint()? as usize;
+            let s = std::str::from_utf8(c.bytes(len)?)
+                .map_err(|_| corrupt("dictionary value is not UTF-8"))?;
+            text.push_str(s);
+            offs.push(text.len() as u32);
+        }
+        let width = c.u8()? as usize;
+        if !matches!(width, 1 | 2 | 4) {
+            return Err(corrupt("id width"));
+        }
+        let raw = c.bytes(n * width)?;
+        let ids: Vec<u32> = match width {
+            1 => raw.iter().map(|&b| b as u32).collect(),
+            2 => raw
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+                .collect(),
+            _ => raw
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        };
+        if ids.iter().any(|&id| id as usize >= k) {
+            return Err(corrupt("id out of dictionary"));
+        }
+        Ok(Dict { text, offs, ids })
+    }
+
+    /// A column of `n` empty values (a block written before the column existed).
+    fn empty(n: usize) -> Dict {
+        Dict {
+            text: String::new(),
+            offs: vec![0, 0],
+            ids: vec![0; n],
+        }
+    }
 }
 
 /// A decoded block of records.
 pub struct Block {
     pub rows: usize,
     pub cols: Vec<Dict>,
+    pub tail: Vec<Dict>,
     pub time: Vec<i64>,
     pub port: Vec<u16>,
     pub status: Vec<u16>,
@@ -583,37 +649,7 @@ impl Block {
         }
         let mut cols = Vec::with_capacity(STR_COLS);
         for _ in 0..STR_COLS {
-            let k = c.varint()? as usize;
-            let mut text = String::new();
-            let mut offs = Vec::with_capacity(k.min(n) + 1);
-            offs.push(0u32);
-            for _ in 0..k {
-                let len = c.varint()? as usize;
-                let s = std::str::from_utf8(c.bytes(len)?)
-                    .map_err(|_| corrupt("dictionary value is not UTF-8"))?;
-                text.push_str(s);
-                offs.push(text.len() as u32);
-            }
-            let width = c.u8()? as usize;
-            if !matches!(width, 1 | 2 | 4) {
-                return Err(corrupt("id width"));
-            }
-            let raw = c.bytes(n * width)?;
-            let ids: Vec<u32> = match width {
-                1 => raw.iter().map(|&b| b as u32).collect(),
-                2 => raw
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
-                    .collect(),
-                _ => raw
-                    .chunks_exact(4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            };
-            if ids.iter().any(|&id| id as usize >= k) {
-                return Err(corrupt("id out of dictionary"));
-            }
-            cols.push(Dict { text, offs, ids });
+            cols.push(Dict::decode(&mut c, n)?);
         }
         let mut time = Vec::with_capacity(n);
         let mut prev = 0i64;
@@ -642,9 +678,18 @@ impl Block {
             }
         }
         let [up, down, dur] = nums;
+        let mut tail = Vec::with_capacity(TAIL_COLS);
+        for _ in 0..TAIL_COLS {
+            tail.push(if c.i < c.b.len() {
+                Dict::decode(&mut c, n)?
+            } else {
+                Dict::empty(n)
+            });
+        }
         Ok(Block {
             rows: n,
             cols,
+            tail,
             time,
             port,
             status,
@@ -676,6 +721,10 @@ impl Block {
                 v.split(SEP).map(str::to_string).collect()
             }
         };
+        let user_groups = match self.tail[TailCol::UserGroups as usize].row(row) {
+            "" => Vec::new(),
+            v => v.split(SEP).map(str::to_string).collect(),
+        };
         let ip = self.col(StrCol::ClientIp).row(row);
         let client = match self.port[row] {
             0 => ip.to_string(),
@@ -686,6 +735,8 @@ impl Block {
             listener: s(StrCol::Listener),
             device: s(StrCol::Device),
             user: s(StrCol::User),
+            signed_in: self.tail[TailCol::SignedIn as usize].row(row) == "1",
+            user_groups,
             groups: list(StrCol::Groups),
             site: s(StrCol::Site),
             client,
@@ -834,8 +885,38 @@ mod tests {
             bytes_down: i as u64 * 1000,
             duration_ms: 5,
             egress: "127.0.0.1:9".into(),
+            signed_in: i % 6 == 0,
+            user_groups: if i % 6 == 0 {
+                vec!["teachers".into(), format!("grade-{}", i % 4)]
+            } else {
+                vec![]
+            },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_block_written_before_the_user_columns_reads_without_a_signed_in_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("a.seg");
+        let mut w = SegmentWriter::create(&seg, 3).unwrap();
+        w.push(&rec(0)).unwrap();
+        w.finish().unwrap();
+        let raw = std::fs::read(&seg).unwrap();
+        let clen = u32::from_le_bytes(raw[8..12].try_into().unwrap()) as usize;
+        let body = zstd::bulk::decompress(&raw[32..32 + clen], 1 << 20).unwrap();
+        let got = Block::decode(&body).unwrap().record(0);
+        assert!(got.signed_in);
+        assert_eq!(got.user_groups, ["teachers", "grade-0"]);
+        // The same block without its trailing columns (one value each,
+        // one row: a dictionary count, the value's length and bytes, the
+        // id width, one id).
+        let tail = 2 * 4 + "teachers\u{1f}grade-0".len() + "1".len();
+        let old = Block::decode(&body[..body.len() - tail]).unwrap().record(0);
+        assert!(!old.signed_in);
+        assert!(old.user_groups.is_empty());
+        assert_eq!(old.device, got.device);
+        assert_eq!(old.duration_ms, got.duration_ms);
     }
 
     #[test]

@@ -205,6 +205,9 @@ impl From<Row> for LogRecord {
             listener: r.listener,
             device: r.device,
             user: r.user,
+            // The ClickHouse table has no columns for them (yet).
+            signed_in: false,
+            user_groups: Vec::new(),
             groups: r.groups,
             site: r.site,
             client: r.client,

@@ -8,6 +8,11 @@
 //! the client id (and `azp` is the client when there are several
 //! audiences); `exp`, `nbf` and `iat` hold within a bounded clock skew;
 //! `nonce` is the one this sign-in sent.
+//!
+//! Logout tokens (OpenID Connect Back-Channel Logout 1.0 §2.6) share the
+//! signature and issuer / audience checks; [`check_logout_claims`] adds
+//! theirs: the back-channel logout event, `sub` or `sid`, no `nonce`, a
+//! recent `iat`.
 
 use std::time::Duration;
 
@@ -42,12 +47,28 @@ pub enum Refusal {
     Signature,
     Issuer(String),
     Audience(String),
-    Expired { exp: u64, now: u64 },
-    NotYetValid { nbf: u64, now: u64 },
-    IssuedInFuture { iat: u64, now: u64 },
-    TooOld { iat: u64, now: u64 },
+    Expired {
+        exp: u64,
+        now: u64,
+    },
+    NotYetValid {
+        nbf: u64,
+        now: u64,
+    },
+    IssuedInFuture {
+        iat: u64,
+        now: u64,
+    },
+    TooOld {
+        iat: u64,
+        now: u64,
+    },
     Nonce,
     KeysUnavailable(String),
+    /// Not a logout token (no back-channel logout event, a nonce, no sub or sid).
+    NotLogout(String),
+    /// A logout token seen before (its `jti`).
+    Replayed,
 }
 
 impl Refusal {
@@ -66,6 +87,8 @@ impl Refusal {
             Refusal::TooOld { .. } => "too_old",
             Refusal::Nonce => "nonce",
             Refusal::KeysUnavailable(_) => "keys_unavailable",
+            Refusal::NotLogout(_) => "not_logout_token",
+            Refusal::Replayed => "replayed",
         }
     }
 }
@@ -97,6 +120,8 @@ impl std::fmt::Display for Refusal {
             }
             Refusal::Nonce => write!(f, "the nonce is not the one this sign-in sent"),
             Refusal::KeysUnavailable(e) => write!(f, "the provider's keys cannot be fetched: {e}"),
+            Refusal::NotLogout(m) => write!(f, "not a back-channel logout token: {m}"),
+            Refusal::Replayed => write!(f, "this logout token (jti) was received before"),
         }
     }
 }
@@ -118,6 +143,12 @@ pub struct Expect<'a> {
 
 /// Verifies `token` against `keys`; the claims if it is accepted.
 pub fn verify_with(token: &str, keys: &JwkSet, e: &Expect) -> Result<Claims, Refusal> {
+    check_claims(verify_signature(token, keys)?, e)
+}
+
+/// The claims of `token` if its algorithm is allowed and its signature
+/// verifies with a fitting key of `keys`; no claim is checked yet.
+pub fn verify_signature(token: &str, keys: &JwkSet) -> Result<Claims, Refusal> {
     let alg = header_alg(token)?;
     let header =
         jsonwebtoken::decode_header(token).map_err(|err| Refusal::Malformed(err.to_string()))?;
@@ -139,7 +170,7 @@ pub fn verify_with(token: &str, keys: &JwkSet, e: &Expect) -> Result<Claims, Ref
             _ => Refusal::Malformed(err.to_string()),
         }
     })?;
-    check_claims(data.claims, e)
+    Ok(data.claims)
 }
 
 /// The header's `alg`, refused unless allowed (read before anything else,
@@ -237,7 +268,9 @@ fn number(c: &Claims, name: &str) -> Result<Option<u64>, Refusal> {
     }
 }
 
-fn check_claims(c: Claims, e: &Expect) -> Result<Claims, Refusal> {
+/// `iss` is the issuer; `aud` holds the client (the authorized party when
+/// there are several audiences).
+fn check_issuer_audience(c: &Claims, e: &Expect) -> Result<(), Refusal> {
     let iss = c.get("iss").and_then(Value::as_str).unwrap_or_default();
     if iss != e.issuer {
         return Err(Refusal::Issuer(iss.chars().take(200).collect()));
@@ -255,6 +288,11 @@ fn check_claims(c: Claims, e: &Expect) -> Result<Claims, Refusal> {
             "{auds:?} with another authorized party"
         )));
     }
+    Ok(())
+}
+
+fn check_claims(c: Claims, e: &Expect) -> Result<Claims, Refusal> {
+    check_issuer_audience(&c, e)?;
     if c.get("sub")
         .and_then(Value::as_str)
         .is_none_or(str::is_empty)
@@ -290,6 +328,71 @@ fn check_claims(c: Claims, e: &Expect) -> Result<Claims, Refusal> {
     Ok(c)
 }
 
+/// The back-channel logout event a logout token must carry.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// What a valid logout token asks to end: the provider session `sid`, or
+/// every session of `sub` (both: that session of that user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logout {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: Option<String>,
+    pub iat: u64,
+}
+
+/// The checks of Back-Channel Logout 1.0 §2.6 after the signature:
+/// issuer and audience, `iat` within the skew and not older than
+/// `max_age_secs`, `exp` if present, the logout event, `sub` or `sid`, and
+/// no `nonce` (so an ID token can never pass as a logout token).
+pub fn check_logout_claims(c: &Claims, e: &Expect) -> Result<Logout, Refusal> {
+    check_issuer_audience(c, e)?;
+    let is_event = c
+        .get("events")
+        .and_then(Value::as_object)
+        .and_then(|ev| ev.get(BACKCHANNEL_LOGOUT_EVENT))
+        .is_some_and(Value::is_object);
+    if !is_event {
+        return Err(Refusal::NotLogout(format!(
+            "no {BACKCHANNEL_LOGOUT_EVENT} event"
+        )));
+    }
+    if c.contains_key("nonce") {
+        return Err(Refusal::NotLogout("it carries a nonce".into()));
+    }
+    let text = |name: &str| {
+        claim_str(c, name)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.chars().take(256).collect::<String>())
+    };
+    let (sub, sid) = (text("sub"), text("sid"));
+    if sub.is_none() && sid.is_none() {
+        return Err(Refusal::NotLogout("neither sub nor sid".into()));
+    }
+    let now = e.now;
+    let skew = e.skew_secs;
+    if let Some(exp) = number(c, "exp")? {
+        if now > exp.saturating_add(skew) {
+            return Err(Refusal::Expired { exp, now });
+        }
+    }
+    let iat = number(c, "iat")?.ok_or_else(|| Refusal::Malformed("no iat".into()))?;
+    if iat > now.saturating_add(skew) {
+        return Err(Refusal::IssuedInFuture { iat, now });
+    }
+    if let Some(max) = e.max_age_secs {
+        if now.saturating_sub(iat) > max.saturating_add(skew) {
+            return Err(Refusal::TooOld { iat, now });
+        }
+    }
+    Ok(Logout {
+        sub,
+        sid,
+        jti: text("jti"),
+        iat,
+    })
+}
+
 /// Verifies ID tokens of one provider for one client, with the provider's
 /// keys fetched as needed.
 pub struct IdTokenVerifier {
@@ -320,14 +423,35 @@ impl IdTokenVerifier {
             max_age_secs: self.max_age.map(|d| d.as_secs()),
             now,
         };
+        let claims = self.signed_claims(token).await?;
+        check_claims(claims, &e)
+    }
+
+    /// Verifies a back-channel logout token now: at most `max_age` old.
+    pub async fn verify_logout(&self, token: &str, max_age: Duration) -> Result<Logout, Refusal> {
+        let e = Expect {
+            issuer: &self.issuer,
+            audience: &self.audience,
+            nonce: None,
+            skew_secs: self.skew.as_secs(),
+            max_age_secs: Some(max_age.as_secs()),
+            now: super::unix_now(),
+        };
+        let claims = self.signed_claims(token).await?;
+        check_logout_claims(&claims, &e)
+    }
+
+    /// The claims of a token signed by one of the provider's keys: a key
+    /// not seen yet makes the set be fetched again (rate-limited).
+    async fn signed_claims(&self, token: &str) -> Result<Claims, Refusal> {
         let keys = self
             .keys
             .current()
             .await
             .map_err(Refusal::KeysUnavailable)?;
-        match verify_with(token, &keys, &e) {
+        match verify_signature(token, &keys) {
             Err(Refusal::UnknownKey(k)) => match self.keys.refetch().await {
-                Ok(Some(fresh)) => verify_with(token, &fresh, &e),
+                Ok(Some(fresh)) => verify_signature(token, &fresh),
                 Ok(None) => Err(Refusal::UnknownKey(k)),
                 Err(err) => Err(Refusal::KeysUnavailable(err)),
             },
@@ -512,6 +636,73 @@ mod tests {
         c.as_object_mut().unwrap().remove("nonce");
         let r = verify_with(&sign(&k, Algorithm::ES256, "k1", &c), &keys, &expect());
         assert_eq!(r, Err(Refusal::Nonce));
+    }
+
+    fn logout_claims() -> serde_json::Value {
+        serde_json::json!({
+            "iss": ISS, "aud": AUD, "sub": "u-1", "sid": "s-1", "iat": NOW - 2, "exp": NOW + 120,
+            "jti": "j-1", "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        })
+    }
+
+    #[test]
+    fn logout_tokens_are_checked_as_back_channel_logout_says() {
+        let (k, jwk) = ec_key("k1");
+        let keys = set(&[&jwk]);
+        let e = Expect {
+            nonce: None,
+            max_age_secs: Some(300),
+            ..expect()
+        };
+        let check = |c: &serde_json::Value| {
+            let t = sign(&k, Algorithm::ES256, "k1", c);
+            check_logout_claims(&verify_signature(&t, &keys)?, &e)
+        };
+        let l = check(&logout_claims()).unwrap();
+        assert_eq!(
+            (l.sub.as_deref(), l.sid.as_deref(), l.jti.as_deref()),
+            (Some("u-1"), Some("s-1"), Some("j-1"))
+        );
+        // sid alone, or sub alone, is enough.
+        let mut c = logout_claims();
+        c.as_object_mut().unwrap().remove("sub");
+        assert_eq!(check(&c).unwrap().sid.as_deref(), Some("s-1"));
+        let mut c = logout_claims();
+        c.as_object_mut().unwrap().remove("exp");
+        c.as_object_mut().unwrap().remove("sid");
+        assert_eq!(check(&c).unwrap().sub.as_deref(), Some("u-1"));
+        // An ID token (a nonce, no event) is no logout token.
+        assert_eq!(check(&claims()).unwrap_err().reason(), "not_logout_token");
+        for (field, value, reason) in [
+            ("nonce", serde_json::json!("n-1"), "not_logout_token"),
+            (
+                "events",
+                serde_json::json!({"other": {}}),
+                "not_logout_token",
+            ),
+            (
+                "events",
+                serde_json::json!({BACKCHANNEL_LOGOUT_EVENT: "yes"}),
+                "not_logout_token",
+            ),
+            ("aud", serde_json::json!("another-client"), "audience"),
+            ("iss", serde_json::json!("https://evil.test/"), "issuer"),
+            ("iat", serde_json::json!(NOW - 400), "too_old"),
+            ("iat", serde_json::json!(NOW + 61), "issued_in_future"),
+            ("exp", serde_json::json!(NOW - 61), "expired"),
+        ] {
+            let mut c = logout_claims();
+            c[field] = value;
+            assert_eq!(check(&c).unwrap_err().reason(), reason, "{field}");
+        }
+        let mut c = logout_claims();
+        c.as_object_mut().unwrap().remove("sub");
+        c.as_object_mut().unwrap().remove("sid");
+        assert_eq!(check(&c).unwrap_err().reason(), "not_logout_token");
+        // Signed by another key: refused before any claim is read.
+        let (other, _) = ec_key("k1");
+        let t = sign(&other, Algorithm::ES256, "k1", &logout_claims());
+        assert_eq!(verify_signature(&t, &keys), Err(Refusal::Signature));
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct Decision {
     pub user: Option<String>,
     /// `user` signed in through OpenID Connect on the device.
     pub signed_in: bool,
+    /// The signed-in user's groups (the token's group claim).
+    pub user_groups: Vec<String>,
     pub groups: Vec<String>,
     /// For a block: the rule the device's posture kept from applying, and why.
     pub posture_failure: Option<komugate_policy::PostureFailure>,
@@ -251,6 +253,7 @@ impl Runtime {
             }),
             user: d.user,
             signed_in: d.signed_in,
+            user_groups: d.user_groups,
             groups: d.groups,
             posture_failure: d.posture_failure,
             app: d.app,

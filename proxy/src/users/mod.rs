@@ -10,6 +10,17 @@
 //! not verified again per request). Sign-out, a newer sign-in or the
 //! token's expiry end the session at once.
 //!
+//! Renewal: the client renews the ID token with its refresh token before
+//! it expires and presents the new one; the provider keeps the sign-in's
+//! nonce, so the renewal replaces the session without a gap.
+//!
+//! Ending a sign-in: sign-out from the device, or the provider's
+//! back-channel logout ([`logout`]: a signed logout token naming the
+//! provider session `sid` or the user `sub`), removes the sessions at once
+//! (every connection of the device reads the map per request) and
+//! remembers the ended sign-in, so neither the client's copy of the token
+//! nor a renewal of it brings the user back: only a new sign-in does.
+//!
 //! Binding to the device: the client derives the authorization request's
 //! `nonce` from its device id and a random salt ([`binding_nonce`]) and
 //! sends the salt with the token. The gateway recomputes the nonce with
@@ -22,6 +33,7 @@
 //! [`posture`] holds the devices' signed posture reports.
 
 pub mod endpoint;
+pub mod logout;
 pub mod posture;
 
 use std::collections::HashMap;
@@ -54,13 +66,20 @@ pub fn binding_nonce(device_id: &str, salt: &str) -> String {
 }
 
 /// A user signed in on a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Session {
     pub user: String,
     pub groups: Vec<String>,
     /// The token's `exp`: the session ends then.
     pub expires_at: u64,
     pub signed_in_at: u64,
+    /// The token's `sub` and `sid` (the provider's session, when it names
+    /// one): what a back-channel logout names.
+    pub sub: String,
+    pub sid: Option<String>,
+    /// What ties the token to this sign-in: its nonce (kept by renewals),
+    /// or the token's digest when it has none.
+    pub binding: String,
 }
 
 /// Why a sign-in was refused.
@@ -76,6 +95,9 @@ pub enum SignInRefusal {
     Token(Refusal),
     /// The token is bound to another device (nonce, or first use elsewhere).
     OtherDevice,
+    /// The sign-in the token belongs to was ended (sign-out or the
+    /// provider's logout): the user must sign in again.
+    Ended,
 }
 
 impl SignInRefusal {
@@ -86,6 +108,7 @@ impl SignInRefusal {
             SignInRefusal::Provider(_) => "provider",
             SignInRefusal::Token(Refusal::Nonce) | SignInRefusal::OtherDevice => "other_device",
             SignInRefusal::Token(r) => r.reason(),
+            SignInRefusal::Ended => "signed_out",
         }
     }
 }
@@ -104,6 +127,10 @@ impl std::fmt::Display for SignInRefusal {
                 "the token was issued for a sign-in on another device; sign in on this device"
             ),
             SignInRefusal::Token(r) => write!(f, "the ID token was refused: {r}"),
+            SignInRefusal::Ended => write!(
+                f,
+                "this sign-in was ended (signed out, or logged out at the provider); sign in again"
+            ),
         }
     }
 }
@@ -120,6 +147,8 @@ pub struct Sessions {
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     /// Tokens without a nonce: SHA-256 of the token → (device, exp).
     first_use: std::sync::Mutex<HashMap<[u8; 32], (String, u64)>>,
+    /// Sign-ins ended by sign-out or logout, and logout tokens seen.
+    ended_sign_ins: std::sync::Mutex<logout::Ended>,
     pub metrics: OidcMetrics,
     ended: IntCounterVec,
     active: IntGauge,
@@ -151,7 +180,7 @@ impl Sessions {
         let ended = IntCounterVec::new(
             Opts::new(
                 "komugate_user_sessions_ended_total",
-                "User sessions on devices ended, by why (expired, sign_out, replaced)",
+                "User sessions on devices ended or renewed, by why (expired, sign_out, logout, replaced, renewed)",
             ),
             &["reason"],
         )
@@ -169,6 +198,7 @@ impl Sessions {
             provider: tokio::sync::OnceCell::new(),
             sessions: RwLock::new(HashMap::new()),
             first_use: std::sync::Mutex::new(HashMap::new()),
+            ended_sign_ins: Default::default(),
             metrics,
             ended,
             active,
@@ -261,6 +291,22 @@ impl Sessions {
             }
             self.bind_first_use(id_token, device_id, exp, now)?;
         }
+        let binding = match claim_str(&claims, "nonce") {
+            Some(n) => format!("nonce:{n}"),
+            None => format!("token:{}", b64url(&Sha256::digest(id_token.as_bytes()))),
+        };
+        let sub = claim_str(&claims, "sub").unwrap_or_default().to_string();
+        let sid = claim_str(&claims, "sid").map(str::to_string);
+        let iat = claims
+            .get("iat")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(now);
+        if self
+            .ended_lock()
+            .refuses(&binding, &sub, sid.as_deref(), iat, now)
+        {
+            return Err(SignInRefusal::Ended);
+        }
         let user = o
             .user_claims
             .iter()
@@ -287,10 +333,18 @@ impl Sessions {
             groups,
             expires_at: exp,
             signed_in_at: now,
+            sub,
+            sid,
+            binding,
         });
         let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-        if map.insert(device_id.to_string(), session.clone()).is_some() {
-            self.ended.with_label_values(&["replaced"]).inc();
+        match map.insert(device_id.to_string(), session.clone()) {
+            // The same sign-in renewed (the provider keeps its nonce).
+            Some(old) if old.binding == session.binding => {
+                self.ended.with_label_values(&["renewed"]).inc()
+            }
+            Some(_) => self.ended.with_label_values(&["replaced"]).inc(),
+            None => {}
         }
         self.active.set(map.len() as i64);
         Ok(session)
@@ -318,16 +372,25 @@ impl Sessions {
         }
     }
 
-    /// Ends the device's session; `true` if there was one.
+    /// Ends the device's session; `true` if there was one. The sign-in
+    /// stays ended: its token and renewals of it are refused after.
     pub fn sign_out(&self, device_id: &str) -> bool {
         let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         let had = map.remove(device_id);
         self.active.set(map.len() as i64);
+        drop(map);
         if let Some(s) = &had {
+            self.ended_lock().end_binding(&s.binding, unix_now());
             self.ended.with_label_values(&["sign_out"]).inc();
             tracing::info!(device = device_id, user = %s.user, "user signed out of the device");
         }
         had.is_some()
+    }
+
+    fn ended_lock(&self) -> std::sync::MutexGuard<'_, logout::Ended> {
+        self.ended_sign_ins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The user signed in on `device_id` now, if any: the per-request path
@@ -390,6 +453,7 @@ mod tests {
                 groups: vec!["teachers".into()],
                 expires_at: 1000,
                 signed_in_at: 900,
+                ..Default::default()
             },
         );
         assert_eq!(s.current_at("PC-1", 999).unwrap().user, "hanako");
@@ -404,6 +468,7 @@ mod tests {
                 groups: vec![],
                 expires_at: u64::MAX,
                 signed_in_at: 0,
+                ..Default::default()
             },
         );
         assert!(s.sign_out("PC-1"));

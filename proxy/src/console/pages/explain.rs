@@ -1,7 +1,9 @@
 //! "Why was this blocked?": the decision the proxy would make for a device
-//! (or none), a client address, a URL and a method, computed by the same
-//! function as the data path (`crate::explain`), shown in Japanese. Every
-//! record's detail view links here with its fields filled in.
+//! (or none), the user signed in on it (or none: the device-only rules)
+//! with their groups, a client address, a URL and a method, computed by
+//! the same function as the data path (`crate::explain`), shown in
+//! Japanese. Every record's detail view links here with its fields (the
+//! signed-in user and groups too) filled in.
 
 use http::{Response, StatusCode};
 
@@ -21,7 +23,8 @@ pub fn page(ctx: &Ctx) -> Response<Body> {
             .collect()
     };
     let f = serde_json::json!({
-        "device": clean("device", 256), "from": clean("from", 64),
+        "device": clean("device", 256), "user": clean("user", 256),
+        "user_groups": clean("user_groups", 4096), "from": clean("from", 64),
         "url": clean("url", MAX_URL_CHARS), "method": clean("method", 16),
     });
     let (Some(from), Some(url)) = (q.get("from"), q.get("url")) else {
@@ -49,17 +52,31 @@ pub fn page(ctx: &Ctx) -> Response<Body> {
         return fail(ctx.fill("err_explain_builtin", &[]));
     }
     let method = q.get("method").unwrap_or("GET");
+    let user = crate::explain::SignedIn::from_text(
+        q.get("user").unwrap_or(""),
+        q.get("user_groups").unwrap_or(""),
+    );
+    // An empty device field is no device, as an empty user field is no user.
+    let device = q.get("device").filter(|d| !d.trim().is_empty());
     let decision =
-        match crate::explain::explain(&runtime.policy, q.get("device"), from, url, method) {
+        match crate::explain::explain_as(&runtime.policy, device, user.as_ref(), from, url, method)
+        {
             Ok(d) => d,
             Err(e) => return fail(ctx.fill("err_explain", &[("detail", &e.to_string())])),
         };
+    let who = match (&decision.user, decision.signed_in) {
+        (Some(u), true) => format!("{u}{}", ctx.fill("signed_in_mark", &[])),
+        (Some(u), false) => format!("{u} / {}", ctx.fill("not_signed_in", &[])),
+        (None, _) => ctx.fill("not_signed_in", &[]),
+    };
     let d = serde_json::json!({
         "action": decision.action.to_string(),
         "request": decision.request,
         "location": location_text(ctx, &decision.location),
         "device": decision.device.clone().unwrap_or_default(),
-        "user": decision.user.clone().unwrap_or_default(),
+        "user": who,
+        "signed_in": decision.signed_in,
+        "user_groups": decision.user_groups.join(", "),
         "groups": decision.groups.join(", "),
         "policy": decision.policy.clone().unwrap_or_default(),
         "categories": decision.categories.join(", "),

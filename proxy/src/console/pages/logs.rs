@@ -370,20 +370,25 @@ pub async fn record_page(ctx: &Ctx<'_>) -> Response<Body> {
     )
 }
 
-/// The explain form's query string with a record's fields filled in.
+/// The explain form's query string with a record's fields filled in: the
+/// signed-in user and their groups too, so the user's rules apply.
 fn explain_query(r: &LogRecord) -> String {
     let client_ip = r
         .client
         .parse::<std::net::SocketAddr>()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| r.client.clone());
-    crate::console::form::Params(vec![
-        ("device".into(), r.device.clone()),
+    let mut params = vec![("device".into(), r.device.clone())];
+    if r.signed_in {
+        params.push(("user".into(), r.user.clone()));
+        params.push(("user_groups".into(), r.user_groups.join(",")));
+    }
+    params.extend([
         ("from".into(), client_ip),
         ("url".into(), r.target.clone()),
         ("method".into(), r.method.clone()),
-    ])
-    .to_query(&[])
+    ]);
+    crate::console::form::Params(params).to_query(&[])
 }
 
 /// Bytes written on a blocking thread, sent to the response body in chunks.

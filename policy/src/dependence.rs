@@ -9,7 +9,8 @@ use std::time::SystemTime;
 use crate::eval::unix_ms;
 use crate::pattern::local_day_minute;
 use crate::registry::GroupBits;
-use crate::Policy;
+use crate::{ListMasks, Policy, Scheme};
+use komugate_categories::CategorySet;
 
 /// The requester as the policy sees it: the groups (the registry's, or
 /// without a `[registry]` the certificate's) and, only when some rule
@@ -18,6 +19,20 @@ use crate::Policy;
 pub struct SubjectKey {
     groups: GroupBits,
     device: Option<String>,
+}
+
+/// What a decision reads of the request's host: its categories, its app
+/// (and whether the instance is the board's own), which rules' `hosts`
+/// patterns and which scoped list entries cover it. Two requests that
+/// differ only in hosts with equal keys are decided alike (same action,
+/// same rule), so a dry run evaluates one host per key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    cats: CategorySet,
+    app: Option<usize>,
+    app_own: bool,
+    rule_hosts: Vec<u32>,
+    scoped: Vec<u32>,
 }
 
 /// The times at which a policy's decisions can change: rule time windows
@@ -43,12 +58,9 @@ impl TimeProfile {
                 p.days = true;
             }
         }
-        let lists = [&policy.allow_global, &policy.deny_global]
-            .into_iter()
-            .chain(policy.group_lists.iter().flat_map(|(_, a, d)| [a, d]))
-            .chain(policy.policies.iter().flat_map(|g| [&g.allow, &g.deny]));
-        for l in lists {
+        for l in policy.lists() {
             p.expiries.extend(l.expiring.iter().map(|(t, _)| *t));
+            p.expiries.extend(l.scoped.iter().filter_map(|e| e.until));
         }
         p.minutes.sort_unstable();
         p.minutes.dedup();
@@ -59,9 +71,56 @@ impl TimeProfile {
 }
 
 impl Policy {
-    /// Whether some web rule names devices (`device`/`devices`).
+    /// Every allow and deny list, in a fixed order.
+    pub(crate) fn lists(&self) -> impl Iterator<Item = &ListMasks> {
+        [&self.allow_global, &self.deny_global]
+            .into_iter()
+            .chain(self.group_lists.iter().flat_map(|(_, a, d)| [a, d]))
+            .chain(self.policies.iter().flat_map(|g| [&g.allow, &g.deny]))
+    }
+
+    /// Whether some web rule or scoped list entry names devices
+    /// (`device`/`devices`): then the device itself, not only its groups,
+    /// can change a decision.
     pub fn rules_use_devices(&self) -> bool {
         self.rules.iter().any(|r| r.devices.is_some())
+            || self
+                .lists()
+                .any(|l| l.scoped.iter().any(|e| e.devices.is_some()))
+    }
+
+    /// What the policy sees of `host` in a request with `scheme` and `path`
+    /// (see [`HostKey`]).
+    pub fn host_key(&self, scheme: Scheme, host: &str, path: &str) -> HostKey {
+        let v = self.host_view(scheme, host, path);
+        let rule_hosts = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.hosts
+                    .as_ref()
+                    .is_some_and(|h| h.iter().any(|p| p.matches(&v.host)))
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        let scoped = match &v.list_host {
+            Some(h) => self
+                .lists()
+                .flat_map(|l| l.scoped.iter())
+                .enumerate()
+                .filter(|(_, e)| e.covers(h))
+                .map(|(i, _)| i as u32)
+                .collect(),
+            None => Vec::new(),
+        };
+        HostKey {
+            cats: v.cats,
+            app: v.app,
+            app_own: v.app_own,
+            rule_hosts,
+            scoped,
+        }
     }
 
     /// Whether some web rule names methods (`method`/`methods`).

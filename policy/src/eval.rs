@@ -3,7 +3,7 @@
 use crate::pattern::local_day_minute;
 use crate::registry::GroupBits;
 use crate::subject::{Miss, PostureFailure, Subject};
-use crate::{Action, CasbHook, FirewallHook, Policy, Rule, TunnelMode};
+use crate::{Action, CasbHook, FirewallHook, ListMasks, Policy, Rule, ScopedEntry, TunnelMode};
 use crate::{SCHEME_CONNECT, SCHEME_HTTP, SCHEME_HTTPS};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -147,6 +147,9 @@ struct Ctx<'a> {
     app_category: u16,
     app_own: bool,
     host: &'a str,
+    /// The host normalised like list entries, only when some list has
+    /// scoped entries ([`ScopedEntry`]).
+    list_host: Option<String>,
     port: u16,
     scheme: u8,
     method: &'a str,
@@ -169,12 +172,7 @@ impl Rule {
             }
         }
         if let Some(l) = &self.locations {
-            let ok = if c.offsite {
-                l.offsite
-            } else {
-                l.any_site || c.site.is_some_and(|i| l.sites.contains(&i))
-            };
-            if !ok {
+            if !l.admits(c.site, c.offsite) {
                 return false;
             }
         }
@@ -250,6 +248,78 @@ impl Rule {
     }
 }
 
+/// What the decision reads of a request's host (see [`Policy::host_view`]).
+pub(crate) struct HostView<'a> {
+    /// Lowercase, without brackets or a trailing dot.
+    pub host: Cow<'a, str>,
+    /// Normalised like list entries, only when some list has scoped entries.
+    pub list_host: Option<String>,
+    pub cats: komugate_categories::CategorySet,
+    pub app: Option<usize>,
+    pub app_own: bool,
+}
+
+impl Policy {
+    /// The host's categories (for `scheme` and `path`), app and the forms
+    /// the matchers take: the one place [`Policy::decide_as`] and
+    /// [`Policy::host_key`] read the host.
+    pub(crate) fn host_view<'a>(&self, scheme: Scheme, host: &'a str, path: &str) -> HostView<'a> {
+        let host = norm_host(host);
+        // A CONNECT tunnel is an https URL with no path for the adblock
+        // patterns that name a scheme.
+        let url_scheme = match scheme {
+            Scheme::Http => "http",
+            Scheme::Https | Scheme::Connect => "https",
+        };
+        let cats = self.matcher.lookup_request(url_scheme, &host, path);
+        let app = self
+            .apps
+            .iter()
+            .position(|a| a.patterns.iter().any(|p| p.matches(&host)));
+        let app_own = app.is_some_and(|i| self.apps[i].is_own(&host, &self.tenants));
+        let list_host = self
+            .scoped_lists
+            .then(|| komugate_categories::normalize_host(&host).ok())
+            .flatten();
+        HostView {
+            host,
+            list_host,
+            cats,
+            app,
+            app_own,
+        }
+    }
+}
+
+impl ListMasks {
+    /// Whether the request in `c` at `t_ms` is on the list.
+    #[inline]
+    fn hits(&self, c: &Ctx<'_>, t_ms: i64) -> bool {
+        c.cats.intersects(&self.permanent)
+            || self
+                .expiring
+                .iter()
+                .any(|(until, s)| t_ms < *until && c.cats.intersects(s))
+            || self.scoped.iter().any(|e| e.applies(c, t_ms))
+    }
+}
+
+impl ScopedEntry {
+    #[inline]
+    fn applies(&self, c: &Ctx<'_>, t_ms: i64) -> bool {
+        self.until.is_none_or(|u| t_ms < u)
+            && c.list_host.as_deref().is_some_and(|h| self.covers(h))
+            && self
+                .devices
+                .as_ref()
+                .is_none_or(|d| c.device.is_some_and(|dev| d.iter().any(|x| x == dev)))
+            && self
+                .locations
+                .as_ref()
+                .is_none_or(|l| l.admits(c.site, c.offsite))
+    }
+}
+
 /// A device's groups and user, as [`Policy::device_groups`] decides them.
 pub(crate) struct DeviceGroups {
     pub groups: GroupBits,
@@ -310,7 +380,6 @@ impl Policy {
     /// is empty): the data path never shows it, and formatting it was a
     /// third of the evaluation's cost.
     pub fn decide_as(&self, req: &Request<'_>, subject: &Subject<'_>) -> Decision {
-        let host = norm_host(req.host);
         let (site, location) = match &req.location {
             Some(Location::Site(name)) => (
                 self.site_index.get(name).copied(),
@@ -328,20 +397,15 @@ impl Policy {
             user,
             extra: extra_groups,
         } = self.device_groups(req.device, req.cert_groups);
-        // A CONNECT tunnel is an https URL with no path for the adblock
-        // patterns that name a scheme.
-        let url_scheme = match req.scheme {
-            Scheme::Http => "http",
-            Scheme::Https | Scheme::Connect => "https",
-        };
-        let cats = self.matcher.lookup_request(url_scheme, &host, req.path);
-        let app = self
-            .apps
-            .iter()
-            .position(|a| a.patterns.iter().any(|p| p.matches(&host)));
+        let HostView {
+            host,
+            list_host,
+            cats,
+            app,
+            app_own,
+        } = self.host_view(req.scheme, req.host, req.path);
         let (day, minute) = local_day_minute(req.time, self.tz_offset);
         let app_ref = app.map(|i| &self.apps[i]);
-        let app_own = app_ref.is_some_and(|a| a.is_own(&host, &self.tenants));
         let ctx = Ctx {
             device: req.device,
             groups,
@@ -354,6 +418,7 @@ impl Policy {
                 .unwrap_or(0),
             app_own,
             host: &host,
+            list_host,
             port: req.port,
             scheme: req.scheme.bit(),
             method: req.method,
@@ -370,12 +435,12 @@ impl Policy {
             .iter()
             .find(|p| p.groups.as_ref().is_none_or(|g| g.intersects(&groups)));
         let mut decided: Option<(Action, String, Option<&Rule>)> = None;
-        if self.deny_global.hits(&cats, t_ms) {
+        if self.deny_global.hits(&ctx, t_ms) {
             decided = Some((Action::Block, "deny-list".into(), None));
         }
         if decided.is_none() {
             for (g, _, deny) in &self.group_lists {
-                if groups.contains(*g) && deny.hits(&cats, t_ms) {
+                if groups.contains(*g) && deny.hits(&ctx, t_ms) {
                     decided = Some((
                         Action::Block,
                         format!("deny-list:{}", self.groups[*g].name),
@@ -386,7 +451,7 @@ impl Policy {
             }
         }
         if decided.is_none() {
-            if let Some(p) = policy.filter(|p| p.deny.hits(&cats, t_ms)) {
+            if let Some(p) = policy.filter(|p| p.deny.hits(&ctx, t_ms)) {
                 decided = Some((Action::Block, format!("policy-deny-list:{}", p.name), None));
             }
         }
@@ -401,12 +466,12 @@ impl Policy {
             decided = Some((Action::Allow, FIREWALL_DECIDES.into(), None));
         }
         if decided.is_none() {
-            let allowed = self.allow_global.hits(&cats, t_ms)
+            let allowed = self.allow_global.hits(&ctx, t_ms)
                 || self
                     .group_lists
                     .iter()
-                    .any(|(g, allow, _)| groups.contains(*g) && allow.hits(&cats, t_ms))
-                || policy.is_some_and(|p| p.allow.hits(&cats, t_ms));
+                    .any(|(g, allow, _)| groups.contains(*g) && allow.hits(&ctx, t_ms))
+                || policy.is_some_and(|p| p.allow.hits(&ctx, t_ms));
             if allowed {
                 decided = Some((Action::Allow, "allow-list".into(), None));
             }
@@ -644,6 +709,7 @@ impl Policy {
             app_category: 0,
             app_own: false,
             host: &host,
+            list_host: None,
             port: req.port,
             scheme: SCHEME_CONNECT,
             method: "",

@@ -23,7 +23,7 @@ pub mod wording;
 
 pub use casb::{CasbSettings, Dlp, DlpPattern, TenantRestriction};
 pub use compile::{builtin_apps, check, Summary};
-pub use dependence::SubjectKey;
+pub use dependence::{HostKey, SubjectKey};
 pub use diag::{Diagnostic, PolicyErrors};
 pub use eval::{
     Decision, Egress, FirewallRequest, FirewallVerdict, Location, Request, Scheme, FIREWALL_DECIDES,
@@ -330,6 +330,18 @@ pub(crate) struct LocSet {
     pub offsite: bool,
 }
 
+impl LocSet {
+    /// Whether a requester at `site` (or off-site) is in the set.
+    #[inline]
+    pub fn admits(&self, site: Option<usize>, offsite: bool) -> bool {
+        if offsite {
+            self.offsite
+        } else {
+            self.any_site || site.is_some_and(|i| self.sites.contains(&i))
+        }
+    }
+}
+
 pub(crate) const SCHEME_HTTP: u8 = 1;
 pub(crate) const SCHEME_HTTPS: u8 = 2;
 pub(crate) const SCHEME_CONNECT: u8 = 4;
@@ -391,24 +403,43 @@ pub(crate) struct FirewallSettings {
 /// Default `web_ports` of `[firewall]`.
 pub const FIREWALL_WEB_PORTS: &[u16] = &[80, 443, 8080, 8443];
 
-/// One allow or deny list as internal categories of the matcher: entries
-/// without `until` in `permanent`; entries with one grouped by date, each
-/// applying while the request's time is before its end (ms).
+/// One allow or deny list: the entries that apply to everyone as internal
+/// categories of the matcher (those without `until` in `permanent`, those
+/// with one grouped by date, each applying while the request's time is
+/// before its end, ms), and the entries scoped to some devices or
+/// locations in `scoped` (see [`ScopedEntry`]).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ListMasks {
     pub permanent: CategorySet,
     pub expiring: Vec<(i64, CategorySet)>,
+    pub scoped: Vec<ScopedEntry>,
 }
 
-impl ListMasks {
-    /// Whether a request with categories `cats` at `t_ms` is on the list.
+/// A list entry for some devices and / or locations only, e.g. an approved
+/// unblock request: `{ entry = "example.com", devices = ["PC-001"],
+/// until = "2026-03-31" }`. Domain entries only (the domain and its
+/// subdomains). Matched by host here rather than through the category
+/// matcher: one internal category per entry would soon use up the
+/// matcher's 256 categories, and the few such entries a board has are a
+/// short scan.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ScopedEntry {
+    /// Normalised (lowercase, punycode) domain.
+    pub domain: String,
+    /// End of the entry's last day (ms), when it has `until`.
+    pub until: Option<i64>,
+    pub devices: Option<Vec<String>>,
+    pub locations: Option<LocSet>,
+}
+
+impl ScopedEntry {
+    /// Whether the entry covers `host` (normalised like `domain`).
     #[inline]
-    pub fn hits(&self, cats: &CategorySet, t_ms: i64) -> bool {
-        cats.intersects(&self.permanent)
-            || self
-                .expiring
-                .iter()
-                .any(|(until, s)| t_ms < *until && cats.intersects(s))
+    pub fn covers(&self, host: &str) -> bool {
+        host.len() >= self.domain.len()
+            && host.ends_with(self.domain.as_str())
+            && (host.len() == self.domain.len()
+                || host.as_bytes()[host.len() - self.domain.len() - 1] == b'.')
     }
 }
 
@@ -458,6 +489,8 @@ pub struct Policy {
     pub(crate) deny_global: ListMasks,
     /// (group index, allow, deny)
     pub(crate) group_lists: Vec<(usize, ListMasks, ListMasks)>,
+    /// Some list has entries scoped to devices or locations.
+    pub(crate) scoped_lists: bool,
     pub(crate) source_files: Vec<PathBuf>,
     pub(crate) digest: String,
     pub(crate) import: ImportSummary,

@@ -10,6 +10,7 @@ use toml_edit::TableLike;
 
 use super::cx::{key_span, Cx, Span};
 use super::groups::Groups;
+use super::sites::Sites;
 use crate::diag::{suggest, Diagnostic};
 use crate::*;
 
@@ -33,6 +34,7 @@ pub(super) fn section(
     cx: &mut Cx<'_>,
     root: &dyn TableLike,
     groups: &Groups,
+    sites: &Sites,
 ) -> Option<Categories> {
     let mut builder = MatcherBuilder::new();
     let mut declared: HashSet<String> = HashSet::new();
@@ -281,8 +283,8 @@ pub(super) fn section(
             import.invalid_lines += rep.invalid_lines;
             import.sources.push(rep);
         }
-        global_allow = list_spec(cx, ct, "[categories]", "allow", "@allow".into());
-        global_deny = list_spec(cx, ct, "[categories]", "deny", "@deny".into());
+        global_allow = list_spec(cx, ct, "[categories]", "allow", "@allow".into(), sites);
+        global_deny = list_spec(cx, ct, "[categories]", "deny", "@deny".into(), sites);
     }
     for s in [&global_allow, &global_deny].into_iter().flatten() {
         add_lists(cx, &mut builder, s);
@@ -296,8 +298,8 @@ pub(super) fn section(
                 continue;
             };
             let what = format!("policy `{name}`");
-            let allow = list_spec(cx, t, &what, "allow", format!("@allow#{name}"));
-            let deny = list_spec(cx, t, &what, "deny", format!("@deny#{name}"));
+            let allow = list_spec(cx, t, &what, "allow", format!("@allow#{name}"), sites);
+            let deny = list_spec(cx, t, &what, "deny", format!("@deny#{name}"), sites);
             for s in [&allow, &deny].into_iter().flatten() {
                 add_lists(cx, &mut builder, s);
             }
@@ -388,6 +390,8 @@ pub(super) struct ListSpec {
     expiring: Vec<(String, Span, String)>,
     /// Distinct dates of `expiring` with the time (ms) each stops applying.
     until: Vec<(String, i64)>,
+    /// Entries with `devices` / `locations` (matched outside the matcher).
+    scoped: Vec<ScopedEntry>,
 }
 
 /// The internal category names and expiry times of one allow or deny list.
@@ -407,6 +411,7 @@ impl ListSpec {
                 .iter()
                 .map(|(date, ms)| (*ms, mask(&format!("{}~{date}", self.cat))))
                 .collect(),
+            scoped: self.scoped.clone(),
         }
     }
 }
@@ -450,12 +455,17 @@ pub(super) fn list_spec(
     what: &str,
     kind: &str,
     cat: String,
+    sites: &Sites,
 ) -> Option<ListSpec> {
-    let (entries, expiring) = list_entries(cx, t, kind, what);
+    let Entries {
+        plain: entries,
+        expiring,
+        scoped,
+    } = list_entries(cx, t, kind, what, sites);
     let files = cx
         .strs(t, &format!("{kind}_files"), what)
         .unwrap_or_default();
-    if entries.is_empty() && files.is_empty() && expiring.is_empty() {
+    if entries.is_empty() && files.is_empty() && expiring.is_empty() && scoped.is_empty() {
         return None;
     }
     let mut until: Vec<(String, i64)> = Vec::new();
@@ -474,34 +484,45 @@ pub(super) fn list_spec(
         files,
         expiring,
         until,
+        scoped,
     })
+}
+
+/// The entries of one allow or deny list, by kind.
+#[derive(Default)]
+struct Entries {
+    plain: Vec<(String, Span)>,
+    /// With their `until` date.
+    expiring: Vec<(String, Span, String)>,
+    scoped: Vec<ScopedEntry>,
 }
 
 /// The entries of an allow or deny list: strings, or inline tables
 /// `{ entry = "example.com", until = "2026-03-31", note = "…" }` whose
-/// entry applies through `until` (inclusive, in the policy's timezone).
-/// Returns (permanent entries, expiring entries with their date).
-#[allow(clippy::type_complexity)]
+/// entry applies through `until` (inclusive, in the policy's timezone),
+/// and, with `devices = [..]` and / or `locations = [..]` (the rule
+/// conditions of the same names), only for those devices / locations.
 fn list_entries(
     cx: &mut Cx<'_>,
     t: &dyn TableLike,
     kind: &str,
     what: &str,
-) -> (Vec<(String, Span)>, Vec<(String, Span, String)>) {
-    let (mut plain, mut expiring) = (Vec::new(), Vec::new());
+    sites: &Sites,
+) -> Entries {
+    let mut out = Entries::default();
     let Some(item) = t.get(kind) else {
-        return (plain, expiring);
+        return out;
     };
     if let Some(s) = item.as_str() {
-        plain.push((s.to_string(), item.span()));
-        return (plain, expiring);
+        out.plain.push((s.to_string(), item.span()));
+        return out;
     }
     let Some(arr) = item.as_array() else {
         cx.err(
             &item.span(),
             format!("`{kind}` in {what} must be an array of entries (strings, or {{ entry = \"…\", until = \"YYYY-MM-DD\" }})"),
         );
-        return (plain, expiring);
+        return out;
     };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -509,7 +530,7 @@ fn list_entries(
         .unwrap_or(0);
     for v in arr.iter() {
         if let Some(s) = v.as_str() {
-            plain.push((s.to_string(), v.span()));
+            out.plain.push((s.to_string(), v.span()));
             continue;
         }
         let Some(it) = v.as_inline_table() else {
@@ -520,7 +541,19 @@ fn list_entries(
             continue;
         };
         let ewhat = format!("an entry of `{kind}` in {what}");
-        cx.keys(it, &ewhat, &["entry", "until", "note"]);
+        cx.keys(
+            it,
+            &ewhat,
+            &[
+                "entry",
+                "until",
+                "note",
+                "device",
+                "devices",
+                "location",
+                "locations",
+            ],
+        );
         let entry = cx.req_str(it, "entry", &ewhat, &v.span());
         let _ = cx.str(it, "note", &ewhat);
         let until = match it.get("until") {
@@ -557,13 +590,71 @@ fn list_entries(
                 }
             }
         };
-        match (entry, until) {
-            (Some((e, sp)), Some(d)) => expiring.push((e, sp, d)),
-            (Some((e, sp)), None) if !it.contains_key("until") => plain.push((e, sp)),
-            _ => {}
+        let devices = cx.cond_strs(it, "device", "devices", &ewhat).map(|v| {
+            let mut ids = Vec::new();
+            for (d, sp) in v {
+                if d.trim().is_empty() {
+                    cx.err(&sp, format!("empty device id in {ewhat}"));
+                } else {
+                    ids.push(d);
+                }
+            }
+            ids
+        });
+        let locations = cx.cond_strs(it, "location", "locations", &ewhat).map(|v| {
+            let names: Vec<&str> = sites.sites.iter().map(|s| s.name.as_str()).collect();
+            super::conditions::locations(cx, v, &sites.index, &names)
+        });
+        let (Some((e, sp)), until) = (entry, until) else {
+            continue;
+        };
+        if it.contains_key("until") && until.is_none() {
+            continue;
+        }
+        if devices.is_none() && locations.is_none() {
+            match until {
+                Some(d) => out.expiring.push((e, sp, d)),
+                None => out.plain.push((e, sp)),
+            }
+            continue;
+        }
+        match scoped_domain(&e) {
+            Ok(domain) => out.scoped.push(ScopedEntry {
+                domain,
+                until: until.map(|d| {
+                    let day = crate::pattern::parse_date(&d).unwrap_or(0);
+                    crate::pattern::end_of_local_day_ms(day, cx.tz_offset)
+                }),
+                devices,
+                locations,
+            }),
+            Err(msg) => cx.err(&sp, format!("invalid entry `{e}` in {ewhat}: {msg}")),
         }
     }
-    (plain, expiring)
+    out
+}
+
+/// The normalised domain of an entry with `devices` / `locations`: a
+/// domain (`example.com`, `*.example.com` or `.example.com`: the domain
+/// and its subdomains), not a URL.
+fn scoped_domain(entry: &str) -> Result<String, String> {
+    let e = entry.trim();
+    let e = e
+        .strip_prefix("https://")
+        .or_else(|| e.strip_prefix("http://"))
+        .unwrap_or(e);
+    let e = e.strip_suffix('/').unwrap_or(e);
+    if e.contains('/') {
+        return Err("an entry with `devices` or `locations` must be a domain such as example.com (a URL with a path cannot be scoped; list it for everyone or use a [[rule]] with `devices` and `paths`)".into());
+    }
+    let d = e
+        .strip_prefix("*.")
+        .or_else(|| e.strip_prefix('.'))
+        .unwrap_or(e);
+    if d.contains('*') {
+        return Err("wildcards other than a leading `*.` are not allowed".into());
+    }
+    komugate_categories::normalize_host(d)
 }
 
 /// The download keys of a `[[categories.source]]` (None without `url`;

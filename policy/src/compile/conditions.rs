@@ -73,6 +73,36 @@ pub(super) struct Names<'a> {
     pub matcher: &'a komugate_categories::Matcher,
 }
 
+/// The locations named by a `location(s)` condition: site names,
+/// `any-site` or `offsite`; unknown names are reported.
+pub(super) fn locations(
+    cx: &mut Cx<'_>,
+    names: Vec<(String, super::cx::Span)>,
+    sites: &HashMap<String, usize>,
+    site_names: &[&str],
+) -> LocSet {
+    let mut l = LocSet::default();
+    let mut cands: Vec<&str> = vec!["any-site", "offsite"];
+    cands.extend(site_names.iter().copied());
+    for (s, sp) in names {
+        match s.as_str() {
+            "any-site" => l.any_site = true,
+            "offsite" => l.offsite = true,
+            _ => match sites.get(&s) {
+                Some(i) => l.sites.push(*i),
+                None => cx.err(
+                    &sp,
+                    format!(
+                        "unknown site `{s}` (locations are site names, `any-site` or `offsite`){}",
+                        suggest(&s, cands.iter().copied())
+                    ),
+                ),
+            },
+        }
+    }
+    l
+}
+
 pub(super) fn parse_conds(
     cx: &mut Cx<'_>,
     t: &dyn TableLike,
@@ -108,19 +138,7 @@ pub(super) fn parse_conds(
         );
     }
     if let Some(v) = cx.cond_strs(t, "location", "locations", what) {
-        let mut l = LocSet::default();
-        let mut cands: Vec<&str> = vec!["any-site", "offsite"];
-        cands.extend(n.site_names.iter().copied());
-        for (s, sp) in v {
-            match s.as_str() {
-                "any-site" => l.any_site = true,
-                "offsite" => l.offsite = true,
-                _ => match n.sites.get(&s) {
-                    Some(i) => l.sites.push(*i),
-                    None => cx.err(&sp, format!("unknown site `{s}` (locations are site names, `any-site` or `offsite`){}", suggest(&s, cands.iter().copied()))),
-                },
-            }
-        }
+        let l = locations(cx, v, n.sites, &n.site_names);
         set!(locations, "location", Some(l));
     }
     if let Some(v) = cx.cond_strs(t, "category", "categories", what) {

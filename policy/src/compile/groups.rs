@@ -7,6 +7,7 @@ use toml_edit::TableLike;
 
 use super::categories::{list_spec, ListSpec};
 use super::cx::Cx;
+use super::sites::Sites;
 use crate::registry::{decode_csv, parse_registry, Registry, MAX_GROUPS};
 use crate::Group;
 
@@ -18,7 +19,7 @@ pub(super) struct Groups {
     pub lists: Vec<(usize, Option<ListSpec>, Option<ListSpec>)>,
 }
 
-pub(super) fn section(cx: &mut Cx<'_>, root: &dyn TableLike) -> Groups {
+pub(super) fn section(cx: &mut Cx<'_>, root: &dyn TableLike, sites: &Sites) -> Groups {
     let mut groups: Vec<Group> = Vec::new();
     let mut group_index: HashMap<String, usize> = HashMap::new();
     let mut group_lists_spec: Vec<(usize, Option<ListSpec>, Option<ListSpec>)> = Vec::new();
@@ -59,8 +60,8 @@ pub(super) fn section(cx: &mut Cx<'_>, root: &dyn TableLike) -> Groups {
                 aliases.push(a);
             }
         }
-        let allow = list_spec(cx, t, &what, "allow", format!("@allow:{name}"));
-        let deny = list_spec(cx, t, &what, "deny", format!("@deny:{name}"));
+        let allow = list_spec(cx, t, &what, "allow", format!("@allow:{name}"), sites);
+        let deny = list_spec(cx, t, &what, "deny", format!("@deny:{name}"), sites);
         if allow.is_some() || deny.is_some() {
             group_lists_spec.push((i, allow, deny));
         }

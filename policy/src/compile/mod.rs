@@ -46,8 +46,10 @@
 //!             block_categories = [..] (blocked before its rules),
 //!             ignore_categories = [..] (its rules do not see them)
 //! list entries (in every allow/deny): "example.com" or
-//!             { entry = "example.com", until = "2026-03-31", note = ".." }
-//!             (applies through `until`, in `timezone`; no reload needed)
+//!             { entry = "example.com", until = "2026-03-31", note = "..",
+//!               devices = [..], locations = [..] }
+//!             (applies through `until`, in `timezone`; no reload needed;
+//!             with `devices` / `locations`, a domain for those requesters only)
 //! ```
 //!
 //! Evaluation order: deny lists (global, the user's groups', the user's
@@ -169,7 +171,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
     let tenants = tenant::section(&mut cx, root);
     let sites = sites::section(&mut cx, root);
     let pac = sites::pac(&mut cx, root);
-    let groups = groups::section(&mut cx, root);
+    let groups = groups::section(&mut cx, root, &sites);
     let registry = groups::registry(&mut cx, root, &groups);
     let (egress, egress_index) = egress::section(&mut cx, root);
     // [casb] (its catalog switch is needed before [[app]])
@@ -181,7 +183,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         &tenants,
     );
     let casb_settings = casb::section(&mut cx, casb_table, apps.catalog.as_ref(), &tenants);
-    let Some(cats) = categories::section(&mut cx, root, &groups) else {
+    let Some(cats) = categories::section(&mut cx, root, &groups, &sites) else {
         return Err(PolicyErrors(cx.s.diags));
     };
 
@@ -267,6 +269,11 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         },
     };
     let has_casb_rules = rules.rules.iter().any(|r| r.casb.is_some());
+    let scoped_lists = [&cats.allow_global, &cats.deny_global]
+        .into_iter()
+        .chain(cats.group_lists.iter().flat_map(|(_, a, d)| [a, d]))
+        .chain(policies.policies.iter().flat_map(|p| [&p.allow, &p.deny]))
+        .any(|l| !l.scoped.is_empty());
     let policy = Policy {
         file: file.to_path_buf(),
         tz_offset: header.tz_offset,
@@ -291,6 +298,7 @@ pub(crate) fn compile(text: &str, file: &Path) -> Result<(Policy, Summary), Poli
         allow_global: cats.allow_global,
         deny_global: cats.deny_global,
         group_lists: cats.group_lists,
+        scoped_lists,
         source_files: files,
         digest,
         import: cats.import,

@@ -88,8 +88,6 @@ pub const TEXT: &[(&str, &str, &str)] = &[
     ("unblock_reason", "申請理由", "Reason"),
     ("unblock_requester", "申請者（端末・アドレス）", "Requester (device or address)"),
     ("unblock_scope", "許可する範囲", "Allow for"),
-    ("unblock_scope_global", "全員", "everyone"),
-    ("unblock_scope_group", "グループ「{group}」", "group {group}"),
     ("unblock_until", "期限（空欄は無期限）", "Until (empty: no end)"),
     ("unblock_approve", "許可する（試算してから反映）", "Approve (dry run, then apply)"),
     ("unblock_reject", "却下する", "Reject"),
@@ -97,10 +95,10 @@ pub const TEXT: &[(&str, &str, &str)] = &[
     ("unblock_state", "結果", "Outcome"),
     ("unblock_state_approved", "許可", "approved"),
     ("unblock_state_rejected", "却下", "rejected"),
-    ("unblock_approved", "申請 {id} を許可し、{host} を許可リストに加えてポリシーを再読み込みしました。過去 7 日間のログでの試算: {dry_run}", "Approved request {id}: {host} added to the allow list and the policy reloaded. Dry run over the last 7 days: {dry_run}"),
+    ("unblock_approved", "申請 {id} を許可し、{host} を{scope}の許可リストに加えてポリシーを再読み込みしました。過去 7 日間のログでの試算: {dry_run}", "Approved request {id}: {host} added to the allow list of {scope} and the policy reloaded. Dry run over the last 7 days: {dry_run}"),
     ("unblock_rejected", "申請 {id} を却下しました。申請者には次にページを開いたときにメッセージが表示されます。", "Rejected request {id}; the requester sees the message the next time they open the page."),
     ("err_unblock_gone", "申請 {id} は見つからないか、既に処理されています（別の担当者が処理した可能性があります）。", "Request {id} does not exist or was already decided (perhaps by another operator)."),
-    ("err_unblock_scope", "許可する範囲を選んでください。", "Choose whom to allow it for."),
+    ("err_unblock_scope", "許可する範囲を一覧から選んでください（申請した端末、そのグループ、その拠点、または全体）。", "Choose whom to allow it for from the list (the requesting device, its groups, its site, or everyone)."),
     ("err_reload_after", "変更は保存しましたが、再読み込みに失敗しました: {detail}", "The change was saved but the reload failed: {detail}"),
 ];
 

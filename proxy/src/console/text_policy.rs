@@ -77,4 +77,7 @@ pub(super) const TEXT: &[(&str, &str, &str)] = &[
     ("err_policy_dryrun", "試算に失敗しました: {detail}", "The dry run failed: {detail}"),
     ("err_policy_expired", "この確認画面は期限切れか、既に適用済みです。ポリシー変更の画面からもう一度操作してください。", "This review has expired or was already applied; start again from the policy page."),
     ("err_policy_version", "その版は見つかりません: {detail}", "No such version: {detail}"),
+    ("err_policy_rolled_back", "変更後のポリシーを読み込めなかったため、元に戻しました。動作中のポリシーは変わっていません: {detail}", "The changed policy could not be loaded, so it was put back; the running policy is unchanged: {detail}"),
+    ("scope_device", "端末「{name}」", "Device {name}"),
+    ("scope_site", "拠点「{name}」", "Site {name}"),
 ];

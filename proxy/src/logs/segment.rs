@@ -617,6 +617,26 @@ impl Dict {
         Ok(Dict { text, offs, ids })
     }
 
+    /// Moves `c` past a column without decoding it; the column read back
+    /// has no entries and no ids.
+    fn skip(c: &mut Cur<'_>, n: usize) -> io::Result<Dict> {
+        let k = c.varint()? as usize;
+        for _ in 0..k {
+            let len = c.varint()? as usize;
+            c.bytes(len)?;
+        }
+        let width = c.u8()? as usize;
+        if !matches!(width, 1 | 2 | 4) {
+            return Err(corrupt("id width"));
+        }
+        c.bytes(n * width)?;
+        Ok(Dict {
+            text: String::new(),
+            offs: vec![0],
+            ids: Vec::new(),
+        })
+    }
+
     /// A column of `n` empty values (a block written before the column existed).
     fn empty(n: usize) -> Dict {
         Dict {
@@ -640,22 +660,83 @@ pub struct Block {
     pub dur: Vec<u64>,
 }
 
+/// Which parts of a block to decode: every string column, or some; the
+/// numeric columns after the time (port, status, bytes, duration) or not.
+#[derive(Clone, Copy, Debug)]
+pub struct Columns {
+    /// Bit `1 << StrCol as usize` for each string column decoded.
+    strings: u32,
+    numbers: bool,
+}
+
+impl Columns {
+    pub const ALL: Columns = Columns {
+        strings: (1 << STR_COLS) - 1,
+        numbers: true,
+    };
+
+    /// Only `cols` and the time.
+    pub const fn only(cols: &[StrCol]) -> Columns {
+        let mut strings = 0;
+        let mut i = 0;
+        while i < cols.len() {
+            strings |= 1 << cols[i] as usize;
+            i += 1;
+        }
+        Columns {
+            strings,
+            numbers: false,
+        }
+    }
+
+    fn has(&self, i: usize) -> bool {
+        self.strings & (1 << i) != 0
+    }
+}
+
 impl Block {
     pub fn decode(body: &[u8]) -> io::Result<Block> {
+        Self::decode_columns(body, Columns::ALL)
+    }
+
+    /// Decodes `wanted` (and the time). The other string columns are
+    /// skipped over unchecked and left empty (no entries, no ids), and
+    /// without `numbers` so are `port`, `status`, `up`, `down`, `dur` and
+    /// the trailing columns after them (`tail`: none at all):
+    /// a reader that needs a few columns of millions of records (the
+    /// policy dry run) spends nothing on the rest.
+    pub fn decode_columns(body: &[u8], wanted: Columns) -> io::Result<Block> {
         let mut c = Cur { b: body, i: 0 };
         let n = c.varint()? as usize;
         if n > BLOCK_ROWS * 16 {
             return Err(corrupt("block too large"));
         }
         let mut cols = Vec::with_capacity(STR_COLS);
-        for _ in 0..STR_COLS {
-            cols.push(Dict::decode(&mut c, n)?);
+        for col in 0..STR_COLS {
+            cols.push(if wanted.has(col) {
+                Dict::decode(&mut c, n)?
+            } else {
+                Dict::skip(&mut c, n)?
+            });
         }
         let mut time = Vec::with_capacity(n);
         let mut prev = 0i64;
         for _ in 0..n {
             prev = prev.wrapping_add(unzigzag(c.varint()?));
             time.push(prev);
+        }
+        if !wanted.numbers {
+            return Ok(Block {
+                rows: n,
+                cols,
+                tail: Vec::new(),
+                time,
+                port: Vec::new(),
+                status: Vec::new(),
+                up: Vec::new(),
+                down: Vec::new(),
+                dur: Vec::new(),
+            });
         }
         let port = c
             .bytes(n * 2)?
@@ -814,6 +895,12 @@ impl SegmentReader {
     }
 
     pub fn read_block(&mut self, h: &BlockHeader) -> io::Result<Block> {
+        self.read_block_columns(h, Columns::ALL)
+    }
+
+    /// [`SegmentReader::read_block`] decoding only `wanted` (see
+    /// [`Block::decode_columns`]).
+    pub fn read_block_columns(&mut self, h: &BlockHeader, wanted: Columns) -> io::Result<Block> {
         self.frame.resize(h.clen as usize, 0);
         self.r
             .read_exact(&mut self.frame)
@@ -822,7 +909,7 @@ impl SegmentReader {
             .saturating_mul(512)
             .clamp(1 << 16, 256 << 20);
         let body = zstd::bulk::decompress(&self.frame, cap)?;
-        let b = Block::decode(&body)?;
+        let b = Block::decode_columns(&body, wanted)?;
         if b.rows != h.rows as usize {
             return Err(corrupt("row count mismatch"));
         }
@@ -893,6 +980,32 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    /// Decoding some columns gives those columns as a full decode does.
+    #[test]
+    fn decodes_only_the_wanted_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("a.seg");
+        let mut w = SegmentWriter::create(&seg, 3).unwrap();
+        for i in 0..1000 {
+            w.push(&rec(i)).unwrap();
+        }
+        w.finish().unwrap();
+        let wanted = [StrCol::Device, StrCol::Host, StrCol::TargetRest];
+        let mut r = SegmentReader::open(&seg).unwrap();
+        let h = r.next_header().unwrap().unwrap();
+        let some = r.read_block_columns(&h, Columns::only(&wanted)).unwrap();
+        let mut r = SegmentReader::open(&seg).unwrap();
+        let h = r.next_header().unwrap().unwrap();
+        let all = r.read_block(&h).unwrap();
+        assert_eq!((some.rows, &some.time), (all.rows, &all.time));
+        for row in 0..all.rows {
+            for c in wanted {
+                assert_eq!(some.col(c).row(row), all.col(c).row(row));
+            }
+        }
+        assert!(some.col(StrCol::Rule).is_empty() && some.up.is_empty());
     }
 
     #[test]

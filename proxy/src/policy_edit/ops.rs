@@ -32,35 +32,98 @@ impl ListKind {
     }
 }
 
-/// Whose list: the board-wide `[categories]`, a `[[group]]`'s or a `[[policy]]`'s.
+/// Whose list: the board-wide `[categories]`, a `[[group]]`'s or a
+/// `[[policy]]`'s; or one device's or one site's, which are entries of
+/// the board-wide list with a `devices = ["<id>"]` / `locations =
+/// ["<site>"]` condition.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "scope", content = "name", rename_all = "lowercase")]
 pub enum ListScope {
     Global,
     Group(String),
     Policy(String),
+    Device(String),
+    Site(String),
 }
 
 impl ListScope {
-    /// `global`, `group:<name>` or `policy:<name>` (form values).
+    /// `global`, `group:<name>`, `policy:<name>`, `device:<id>` or
+    /// `site:<name>` (form values).
     pub fn parse(s: &str) -> Option<ListScope> {
         if s == "global" {
             return Some(ListScope::Global);
         }
-        if let Some(g) = s.strip_prefix("group:").filter(|g| !g.is_empty()) {
-            return Some(ListScope::Group(g.to_string()));
+        let (kind, name) = s.split_once(':').filter(|(_, n)| !n.is_empty())?;
+        let name = name.to_string();
+        match kind {
+            "group" => Some(ListScope::Group(name)),
+            "policy" => Some(ListScope::Policy(name)),
+            "device" => Some(ListScope::Device(name)),
+            "site" => Some(ListScope::Site(name)),
+            _ => None,
         }
-        s.strip_prefix("policy:")
-            .filter(|p| !p.is_empty())
-            .map(|p| ListScope::Policy(p.to_string()))
     }
     pub fn as_form(&self) -> String {
         match self {
             ListScope::Global => "global".into(),
             ListScope::Group(g) => format!("group:{g}"),
             ListScope::Policy(p) => format!("policy:{p}"),
+            ListScope::Device(d) => format!("device:{d}"),
+            ListScope::Site(s) => format!("site:{s}"),
         }
     }
+
+    /// The scope whose table holds this scope's entries.
+    fn owner(&self) -> ListScope {
+        match self {
+            ListScope::Device(_) | ListScope::Site(_) => ListScope::Global,
+            s => s.clone(),
+        }
+    }
+
+    /// The entry condition the scope writes (`devices` or `locations`
+    /// with one value), if any.
+    fn condition(&self) -> Option<(&'static str, &str)> {
+        match self {
+            ListScope::Device(d) => Some(("devices", d)),
+            ListScope::Site(s) => Some(("locations", s)),
+            _ => None,
+        }
+    }
+
+    /// The scope of a list element found in the list of `self` (the
+    /// board-wide list's elements may name one device or one site);
+    /// `None` for an element with another condition, written by hand.
+    pub fn of_element(&self, v: &Value) -> Option<ListScope> {
+        let (devices, locations) = element_conditions(v);
+        match (devices.as_slice(), locations.as_slice()) {
+            ([], []) => Some(self.clone()),
+            ([d], []) if *self == ListScope::Global => Some(ListScope::Device(d.clone())),
+            ([], [s]) if *self == ListScope::Global => Some(ListScope::Site(s.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The `device(s)` and `location(s)` values of a list element.
+fn element_conditions(v: &Value) -> (Vec<String>, Vec<String>) {
+    let Some(t) = v.as_inline_table() else {
+        return (Vec::new(), Vec::new());
+    };
+    let values = |singular: &str, plural: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for k in [singular, plural] {
+            match t.get(k) {
+                Some(Value::String(s)) => out.push(s.value().clone()),
+                Some(Value::Array(a)) => {
+                    out.extend(a.iter().filter_map(|x| x.as_str()).map(str::to_string))
+                }
+                _ => {}
+            }
+        }
+        out
+    };
+    (values("device", "devices"), values("location", "locations"))
 }
 
 /// One change an administrator asks for.
@@ -139,6 +202,8 @@ impl Edit {
             ListScope::Global => "board-wide".to_string(),
             ListScope::Group(g) => format!("group {g}"),
             ListScope::Policy(p) => format!("policy {p}"),
+            ListScope::Device(d) => format!("device {d}"),
+            ListScope::Site(s) => format!("site {s}"),
         };
         match self {
             Edit::AddListEntry {
@@ -185,6 +250,8 @@ impl Edit {
             ListScope::Global => "全体".to_string(),
             ListScope::Group(g) => format!("グループ「{g}」"),
             ListScope::Policy(p) => format!("ポリシー「{p}」"),
+            ListScope::Device(d) => format!("端末「{d}」"),
+            ListScope::Site(s) => format!("拠点「{s}」"),
         };
         let list = |k: &ListKind| match k {
             ListKind::Allow => "許可リスト",
@@ -297,6 +364,33 @@ fn named_table<'d>(doc: &'d mut DocumentMut, array: &str, wanted: &str) -> Optio
 /// The table holding the list of `scope`, created for the board-wide one.
 fn list_table<'d>(doc: &'d mut DocumentMut, scope: &ListScope) -> Result<&'d mut Table, EditError> {
     match scope {
+        ListScope::Site(s) => {
+            let known = doc
+                .get("site")
+                .and_then(|a| a.as_array_of_tables())
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|t| t.get("name").and_then(|n| n.as_str()) == Some(s.as_str()))
+                });
+            if !known {
+                return Err(EditError::new(
+                    "scope",
+                    format!("拠点「{s}」はポリシーにありません（拠点の一覧を確認してください）。"),
+                    format!("there is no site `{s}` in the policy"),
+                ));
+            }
+            list_table(doc, &ListScope::Global)
+        }
+        ListScope::Device(d) => {
+            if d.trim().is_empty() || d.chars().any(char::is_control) {
+                return Err(EditError::new(
+                    "scope",
+                    "端末 ID が空か、使えない文字を含んでいます。",
+                    "the device id is empty or holds control characters",
+                ));
+            }
+            list_table(doc, &ListScope::Global)
+        }
         ListScope::Global => {
             if doc.get("categories").is_none() {
                 doc.insert("categories", Item::Table(Table::new()));
@@ -326,6 +420,12 @@ fn list_table<'d>(doc: &'d mut DocumentMut, scope: &ListScope) -> Result<&'d mut
             )
         }),
     }
+}
+
+/// Whether the list element `v` is `entry` for exactly `scope` (a
+/// device's entry is not the board-wide one of the same domain).
+fn is_entry(v: &Value, entry: &str, scope: &ListScope) -> bool {
+    entry_of(v) == Some(entry) && scope.owner().of_element(v).as_ref() == Some(scope)
 }
 
 /// The entry text of an array element: `"x"` or `{ entry = "x", … }`.
@@ -407,20 +507,31 @@ fn add_entry(
             ));
         }
     }
+    if scope.condition().is_some() && entry.contains('/') {
+        return Err(EditError::new(
+            "entry",
+            format!("端末・拠点ごとの許可はドメイン単位です。「{entry}」ではなく example.com のようにドメインを入力してください。"),
+            format!("an entry for one device or site is a domain (example.com), not `{entry}`"),
+        ));
+    }
     let t = list_table(doc, scope)?;
     let a = array_mut(t, kind.key(), "entry")?;
-    if a.iter().any(|v| entry_of(v) == Some(entry)) {
+    if a.iter().any(|v| is_entry(v, entry, scope)) {
         return Err(EditError::new(
             "entry",
             format!("「{entry}」は既にこのリストにあります。"),
             format!("`{entry}` is already on this list"),
         ));
     }
-    let v: Value = match (until, note.map(str::trim).filter(|n| !n.is_empty())) {
-        (None, None) => entry.into(),
-        (u, n) => {
+    let note = note.map(str::trim).filter(|n| !n.is_empty());
+    let v: Value = match (until, note, scope.condition()) {
+        (None, None, None) => entry.into(),
+        (u, n, cond) => {
             let mut it = InlineTable::new();
             it.insert("entry", entry.into());
+            if let Some((key, value)) = cond {
+                it.insert(key, Value::Array(string_array(&[value.to_string()])));
+            }
             if let Some(u) = u {
                 it.insert("until", u.into());
             }
@@ -469,13 +580,14 @@ fn remove_entry(
     };
     let Some(a) = t.get_mut(kind.key()).and_then(|i| i.as_array_mut()) else {
         // A lone string value.
-        if t.get(kind.key()).and_then(|i| i.as_str()) == Some(entry) {
+        if scope.condition().is_none() && t.get(kind.key()).and_then(|i| i.as_str()) == Some(entry)
+        {
             t.remove(kind.key());
             return Ok(());
         }
         return Err(missing());
     };
-    let Some(i) = a.iter().position(|v| entry_of(v) == Some(entry)) else {
+    let Some(i) = a.iter().position(|v| is_entry(v, entry, scope)) else {
         return Err(missing());
     };
     a.remove(i);
@@ -672,9 +784,11 @@ fn rename_in_value(v: &mut Value, is_loc: bool, old: &str, new: &str) {
             *n.decor_mut() = decor;
             *s = n;
         }
-        Value::Array(a) if is_loc => {
+        // A location list's names, or the inline tables in any array (list
+        // entries with `locations`).
+        Value::Array(a) => {
             for e in a.iter_mut() {
-                rename_in_value(e, true, old, new);
+                rename_in_value(e, is_loc, old, new);
             }
         }
         Value::InlineTable(it) => {
@@ -868,6 +982,83 @@ rulesets = ["rs"]
         })
         .unwrap_err();
         assert_eq!(e.field, "until");
+    }
+
+    /// Entries for one device or one site are entries of the board-wide
+    /// list with a condition; each is its own entry (added, refused as a
+    /// duplicate and removed without touching the others of the domain).
+    #[test]
+    fn device_and_site_entries() {
+        let add = |scope: ListScope, until: Option<&str>| Edit::AddListEntry {
+            scope,
+            kind: ListKind::Allow,
+            entry: "games.example".into(),
+            until: until.map(str::to_string),
+            note: None,
+        };
+        let mut d: DocumentMut = DOC.parse().unwrap();
+        add(ListScope::Device("PC-1".into()), Some("2026-03-31"))
+            .apply(&mut d)
+            .unwrap();
+        add(ListScope::Device("PC-2".into()), None)
+            .apply(&mut d)
+            .unwrap();
+        add(ListScope::Site("A 小学校".into()), None)
+            .apply(&mut d)
+            .unwrap();
+        add(ListScope::Global, None).apply(&mut d).unwrap();
+        let out = d.to_string();
+        assert!(
+            out.contains("    { entry = \"games.example\", devices = [\"PC-1\"], until = \"2026-03-31\" },\n    { entry = \"games.example\", devices = [\"PC-2\"] },\n    { entry = \"games.example\", locations = [\"A 小学校\"] },\n    \"games.example\",\n]"),
+            "{out}"
+        );
+        let e = add(ListScope::Device("PC-1".into()), None)
+            .apply(&mut d)
+            .unwrap_err();
+        assert_eq!(e.field, "entry");
+        let e = add(ListScope::Site("Z 小学校".into()), None)
+            .apply(&mut d)
+            .unwrap_err();
+        assert_eq!(e.field, "scope");
+        let e = Edit::AddListEntry {
+            scope: ListScope::Device("PC-3".into()),
+            kind: ListKind::Allow,
+            entry: "games.example/path".into(),
+            until: None,
+            note: None,
+        }
+        .apply(&mut d)
+        .unwrap_err();
+        assert_eq!(e.field, "entry");
+        Edit::RemoveListEntry {
+            scope: ListScope::Device("PC-1".into()),
+            kind: ListKind::Allow,
+            entry: "games.example".into(),
+        }
+        .apply(&mut d)
+        .unwrap();
+        let out = d.to_string();
+        assert!(!out.contains("PC-1"), "{out}");
+        assert!(
+            out.contains("PC-2") && out.contains("\"games.example\",\n"),
+            "{out}"
+        );
+        // Renaming the site renames it in the entry's condition.
+        Edit::UpsertSite {
+            original: Some("A 小学校".into()),
+            name: "A 小".into(),
+            cidrs: vec!["203.0.113.0/29".into()],
+            beacon_key: None,
+            assertion: false,
+        }
+        .apply(&mut d)
+        .unwrap();
+        assert!(d.to_string().contains("locations = [\"A 小\"]"), "{d}");
+        assert_eq!(
+            ListScope::parse("site:A 小"),
+            Some(ListScope::Site("A 小".into()))
+        );
+        assert_eq!(ListScope::parse("device:"), None);
     }
 
     #[test]

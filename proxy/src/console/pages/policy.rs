@@ -58,7 +58,7 @@ fn pending() -> &'static Mutex<HashMap<String, Pending>> {
 }
 
 /// The policy file and its store, or the page saying there is none.
-fn store(ctx: &Ctx) -> Result<PolicyStore, Box<Response<Body>>> {
+pub(crate) fn store(ctx: &Ctx) -> Result<PolicyStore, Box<Response<Body>>> {
     match crate::stages::decide::policy_path(&ctx.gw.config) {
         Some(p) if !ctx.gw.current().runtime.builtin => Ok(PolicyStore::for_policy(&p)),
         _ => Err(Box::new(ctx.error(
@@ -114,6 +114,10 @@ fn overview(
         scopes.push(serde_json::json!({"value": format!("policy:{p}"),
             "label": ctx.fill("scope_policy", &[("name", &p)])}));
     }
+    for site in policy.sites() {
+        scopes.push(serde_json::json!({"value": format!("site:{}", site.name),
+            "label": ctx.fill("scope_site", &[("name", &site.name)])}));
+    }
     let versions: Vec<serde_json::Value> = store
         .list()
         .unwrap_or_default()
@@ -147,11 +151,13 @@ fn overview(
     ctx.page_with_status(status, "policy.html", values)
 }
 
-fn scope_label(ctx: &Ctx, scope: &ListScope) -> String {
+pub(crate) fn scope_label(ctx: &Ctx, scope: &ListScope) -> String {
     match scope {
         ListScope::Global => ctx.t("scope_global").to_string(),
         ListScope::Group(g) => ctx.fill("scope_group", &[("name", g)]),
         ListScope::Policy(p) => ctx.fill("scope_policy", &[("name", p)]),
+        ListScope::Device(d) => ctx.fill("scope_device", &[("name", d)]),
+        ListScope::Site(s) => ctx.fill("scope_site", &[("name", s)]),
     }
 }
 
@@ -174,8 +180,10 @@ fn lists_view(ctx: &Ctx, doc: &DocumentMut) -> Vec<serde_json::Value> {
         }
     }
     let today = crate::logs::record::now_ms();
-    let mut out = Vec::new();
-    for (scope, t) in tables {
+    // One table per (scope, kind): the board-wide list's entries for one
+    // device or one site are shown (and removed) as that device's or site's.
+    let mut out: Vec<(ListScope, ListKind, Vec<serde_json::Value>)> = Vec::new();
+    for (owner, t) in tables {
         for kind in [ListKind::Allow, ListKind::Deny] {
             let Some(item) = t.get(kind.key()) else {
                 continue;
@@ -184,36 +192,49 @@ fn lists_view(ctx: &Ctx, doc: &DocumentMut) -> Vec<serde_json::Value> {
                 Some(a) => a.iter().collect(),
                 None => item.as_value().into_iter().collect(),
             };
-            let entries: Vec<serde_json::Value> = values
-                .iter()
-                .filter_map(|v| {
-                    let (entry, until, note) = match v {
-                        toml_edit::Value::String(s) => (s.value().clone(), None, None),
-                        toml_edit::Value::InlineTable(it) => (
-                            it.get("entry")?.as_str()?.to_string(),
+            for v in values {
+                let (entry, until, note) = match v {
+                    toml_edit::Value::String(s) => (s.value().clone(), None, None),
+                    toml_edit::Value::InlineTable(it) => {
+                        let Some(e) = it.get("entry").and_then(|e| e.as_str()) else {
+                            continue;
+                        };
+                        (
+                            e.to_string(),
                             it.get("until").and_then(|u| u.as_str()).map(str::to_string),
                             it.get("note").and_then(|u| u.as_str()).map(str::to_string),
-                        ),
-                        _ => return None,
-                    };
-                    // Past its day (in UTC+9 at the latest): shown as expired.
-                    let expired = until
-                        .as_deref()
-                        .and_then(|u| komugate_policy::pattern::parse_date(u).ok())
-                        .is_some_and(|d| (d + 1) * 86_400_000 - 9 * 3_600_000 <= today);
-                    Some(serde_json::json!({"entry": entry, "until": until, "note": note, "expired": expired}))
-                })
-                .collect();
-            if entries.is_empty() {
-                continue;
+                        )
+                    }
+                    _ => continue,
+                };
+                // Past its day (in UTC+9 at the latest): shown as expired.
+                let expired = until
+                    .as_deref()
+                    .and_then(|u| komugate_policy::pattern::parse_date(u).ok())
+                    .is_some_and(|d| (d + 1) * 86_400_000 - 9 * 3_600_000 <= today);
+                // An entry with a hand-written condition (several devices,
+                // a device and a site …) is shown with its list, not removable here.
+                let (scope, removable) = match owner.of_element(v) {
+                    Some(s) => (s, true),
+                    None => (owner.clone(), false),
+                };
+                let x = serde_json::json!({"entry": entry, "until": until, "note": note,
+                    "expired": expired, "removable": removable});
+                match out.iter_mut().find(|(s, k, _)| *s == scope && *k == kind) {
+                    Some((_, _, entries)) => entries.push(x),
+                    None => out.push((scope, kind, vec![x])),
+                }
             }
-            out.push(serde_json::json!({
-                "scope": scope.as_form(), "scope_label": scope_label(ctx, &scope),
-                "kind": kind.key(), "entries": entries,
-            }));
         }
     }
-    out
+    out.into_iter()
+        .map(|(scope, kind, entries)| {
+            serde_json::json!({
+                "scope": scope.as_form(), "scope_label": scope_label(ctx, &scope),
+                "kind": kind.key(), "entries": entries,
+            })
+        })
+        .collect()
 }
 
 fn sites_view(doc: &DocumentMut) -> Vec<serde_json::Value> {
@@ -583,7 +604,7 @@ fn conflict_page(ctx: &Ctx) -> Response<Body> {
 }
 
 /// The dry run on a blocking thread, one search slot.
-async fn run_dry(
+pub(crate) async fn run_dry(
     ctx: &Ctx<'_>,
     running: Arc<Policy>,
     new: Policy,
@@ -761,20 +782,69 @@ pub async fn restore(ctx: &Ctx<'_>) -> Response<Body> {
 }
 
 /// A change ready to write: what, on which version, its diff and dry run.
-struct Change {
-    /// `apply` or `restore` (audit), `console` or `restore` (version kind).
-    action: &'static str,
-    kind: &'static str,
-    base: String,
-    new_text: String,
-    summary: String,
-    summary_ja: String,
-    diff: String,
-    dry_run: String,
+pub(crate) struct Change {
+    /// `apply`, `restore`, `unblock-approve` … (audit), and the version's
+    /// kind (`console`, `restore`, `unblock` …).
+    pub action: &'static str,
+    pub kind: &'static str,
+    pub base: String,
+    pub new_text: String,
+    pub summary: String,
+    pub summary_ja: String,
+    pub diff: String,
+    pub dry_run: String,
 }
 
-/// Writes, reloads (rolling back on failure) and audits a change.
-async fn commit(ctx: &Ctx<'_>, store: &PolicyStore, change: Change) -> Response<Body> {
+/// What [`commit_change`] wrote.
+pub(crate) struct Committed {
+    pub version_id: String,
+    pub generation: u64,
+}
+
+/// Why [`commit_change`] did not apply a change.
+pub(crate) enum CommitError {
+    /// No audit log: a change cannot be recorded, so none is made.
+    NoAudit,
+    /// The file is no longer the version the change was made on.
+    Conflict,
+    /// The file could not be written; nothing changed.
+    Write(String),
+    /// Written, but the gateway could not load it: the previous text is
+    /// back and reloaded.
+    Reload(String),
+    /// Applied, but the audit entry could not be written.
+    Audit(String),
+}
+
+impl CommitError {
+    /// The status and the message (in the page's language) to show.
+    pub(crate) fn message(&self, ctx: &Ctx) -> (StatusCode, String) {
+        match self {
+            CommitError::NoAudit => (
+                StatusCode::CONFLICT,
+                ctx.fill("err_audit", &[("detail", "[log] audit_log")]),
+            ),
+            CommitError::Conflict => (StatusCode::CONFLICT, ctx.t("err_policy_conflict").into()),
+            CommitError::Write(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ctx.fill("err_policy_write", &[("detail", e)]),
+            ),
+            CommitError::Reload(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ctx.fill("err_policy_rolled_back", &[("detail", e)]),
+            ),
+            CommitError::Audit(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.clone()),
+        }
+    }
+}
+
+/// Writes, reloads (rolling back on failure) and audits a change: the one
+/// way a console page changes the policy file.
+pub(crate) async fn commit_change(
+    ctx: &Ctx<'_>,
+    store: &PolicyStore,
+    change: &Change,
+) -> Result<Committed, CommitError> {
     let Change {
         action,
         kind,
@@ -786,11 +856,7 @@ async fn commit(ctx: &Ctx<'_>, store: &PolicyStore, change: Change) -> Response<
         dry_run,
     } = change;
     if ctx.gw.access_log.audit().is_none() {
-        return ctx.error(
-            StatusCode::CONFLICT,
-            "title_error",
-            ctx.fill("err_audit", &[("detail", "[log] audit_log")]),
-        );
+        return Err(CommitError::NoAudit);
     }
     let actor = ctx.actor();
     let mut diff_audit = diff.clone();
@@ -818,7 +884,7 @@ async fn commit(ctx: &Ctx<'_>, store: &PolicyStore, change: Change) -> Response<
     };
     let meta = ChangeMeta {
         actor: actor.clone(),
-        kind: kind.into(),
+        kind: (*kind).into(),
         summary: summary.clone(),
         summary_ja: summary_ja.clone(),
     };
@@ -832,40 +898,29 @@ async fn commit(ctx: &Ctx<'_>, store: &PolicyStore, change: Change) -> Response<
     let applied = match applied {
         Ok(a) => a,
         Err(e) => {
-            let conflict = matches!(e, ApplyError::Conflict { .. });
             let _ = ctx.audit(event(Some(e.to_string()), "", "", action));
-            return if conflict {
-                conflict_page(ctx)
-            } else {
-                ctx.error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "title_error",
-                    ctx.fill("err_policy_write", &[("detail", &e.to_string())]),
-                )
-            };
+            return Err(match e {
+                ApplyError::Conflict { .. } => CommitError::Conflict,
+                e => CommitError::Write(e.to_string()),
+            });
         }
     };
-    match ctx
-        .gw
-        .reload(ReloadSource::Console {
-            actor: actor.clone(),
-        })
-        .await
-    {
+    let source = || ReloadSource::Console {
+        actor: actor.clone(),
+    };
+    match ctx.gw.reload(source()).await {
         Ok(r) => {
-            if let Err(e) = ctx.audit(event(
+            ctx.audit(event(
                 None,
                 &applied.version.token,
                 &applied.version.id,
                 action,
-            )) {
-                return ctx.error(StatusCode::INTERNAL_SERVER_ERROR, "title_error", e);
-            }
-            ctx.page(
-                "policy_done.html",
-                serde_json::json!({"ok": true, "summary": if ctx.lang == Lang::Ja { &summary_ja } else { &summary }, "version": applied.version.id,
-                    "generation": r.generation, "dry_run": dry_run, "diff": diff}),
-            )
+            ))
+            .map_err(CommitError::Audit)?;
+            Ok(Committed {
+                version_id: applied.version.id,
+                generation: r.generation,
+            })
         }
         Err(reload_error) => {
             // Put the previous text back so the file and the running policy agree.
@@ -881,23 +936,40 @@ async fn commit(ctx: &Ctx<'_>, store: &PolicyStore, change: Change) -> Response<
                 applied.previous_text.clone(),
             );
             let _ = tokio::task::spawn_blocking(move || s.apply(&token, &text, &meta)).await;
-            let _ = ctx
-                .gw
-                .reload(ReloadSource::Console {
-                    actor: actor.clone(),
-                })
-                .await;
+            let _ = ctx.gw.reload(source()).await;
             let _ = ctx.audit(event(
                 Some(reload_error.clone()),
                 &applied.version.token,
                 &applied.version.id,
                 "rollback",
             ));
-            ctx.page_with_status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_done.html",
-                serde_json::json!({"ok": false, "summary": summary, "error": reload_error, "diff": diff}),
-            )
+            Err(CommitError::Reload(reload_error))
+        }
+    }
+}
+
+/// Commits a change from the policy page and shows the outcome.
+async fn commit(ctx: &Ctx<'_>, store: &PolicyStore, change: Change) -> Response<Body> {
+    let summary = if ctx.lang == Lang::Ja {
+        &change.summary_ja
+    } else {
+        &change.summary
+    };
+    match commit_change(ctx, store, &change).await {
+        Ok(c) => ctx.page(
+            "policy_done.html",
+            serde_json::json!({"ok": true, "summary": summary, "version": c.version_id,
+                "generation": c.generation, "dry_run": change.dry_run, "diff": change.diff}),
+        ),
+        Err(CommitError::Conflict) => conflict_page(ctx),
+        Err(CommitError::Reload(error)) => ctx.page_with_status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "policy_done.html",
+            serde_json::json!({"ok": false, "summary": change.summary, "error": error, "diff": change.diff}),
+        ),
+        Err(e) => {
+            let (status, message) = e.message(ctx);
+            ctx.error(status, "title_error", message)
         }
     }
 }

@@ -1,15 +1,18 @@
 //! Access requests from block pages: the queue, approving one (an allow
-//! entry for the requested host, for the requester's group or everyone,
-//! optionally until a date: through `policy_edit` — edit, validate, dry run
-//! over the last 7 days' logs, versioned apply, reload, audit) or rejecting
-//! it with a message the requester sees on the block page.
+//! entry for the requested host, for the requester's device, one of its
+//! groups, its site or everyone, optionally until a date: through the
+//! policy page's path — edit, validate, dry run over the last 7 days'
+//! logs, versioned apply, reload with rollback, audit) or rejecting it
+//! with a message the requester sees on the block page.
 
 use http::{Response, StatusCode};
+use komugate_policy::{Location, Policy};
 
+use super::policy::{self as policy_page, Change};
 use super::Ctx;
 use crate::console::respond::Body;
-use crate::logs::audit::{AuditEvent, ReloadSource};
-use crate::policy_edit::{self, ChangeMeta, Edit, ListKind, ListScope, PolicyStore, PrepareError};
+use crate::logs::audit::AuditEvent;
+use crate::policy_edit::{self, Edit, ListKind, ListScope, PrepareError};
 use crate::unblock::{Status, UnblockRequest};
 
 /// Days of logs the approval's dry run reads.
@@ -40,6 +43,10 @@ fn page_with(
             .and_then(|d| policy.device(d))
             .map(|(_, g)| g.into_iter().map(str::to_string).collect())
             .unwrap_or_default();
+        let scopes: Vec<serde_json::Value> = scopes_of(ctx, policy, r)
+            .iter()
+            .map(|s| serde_json::json!({"value": s.as_form(), "label": policy_page::scope_label(ctx, s)}))
+            .collect();
         let (state, by, message) = match &r.status {
             Status::Pending => ("pending", String::new(), String::new()),
             Status::Approved {
@@ -51,7 +58,10 @@ fn page_with(
                 "approved",
                 by.clone(),
                 format!(
-                    "{entry} ({scope}{})",
+                    "{entry} ({}{})",
+                    ListScope::parse(scope)
+                        .map(|s| policy_page::scope_label(ctx, &s))
+                        .unwrap_or_else(|| scope.clone()),
                     until
                         .as_deref()
                         .map(|u| format!(", 〜{u}"))
@@ -63,7 +73,7 @@ fn page_with(
         serde_json::json!({
             "id": r.id, "time": ctx.local_time(r.time_ms), "requester": r.requester,
             "host": r.host, "url": r.url, "reason": r.reason, "groups": groups,
-            "state": state, "by": by, "message": message,
+            "state": state, "by": by, "message": message, "scopes": scopes,
         })
     };
     let pending: Vec<_> = requests
@@ -139,22 +149,68 @@ fn decided(ctx: &Ctx, id: u64, status: Status, notice: String) -> Response<Body>
     }
 }
 
-/// `POST /console/unblock/approve` (`id`, `scope` = `global` or
-/// `group:NAME`, optional `until` = YYYY-MM-DD).
+/// The scopes an approval of `r` may take, narrowest first: the
+/// requester's device, its groups (the registry's), its site, everyone.
+fn scopes_of(ctx: &Ctx, policy: &Policy, r: &UnblockRequest) -> Vec<ListScope> {
+    let mut out = Vec::new();
+    if let Some(d) = &r.device {
+        out.push(ListScope::Device(d.clone()));
+        if let Some((_, groups)) = policy.device(d) {
+            out.extend(groups.into_iter().map(|g| ListScope::Group(g.to_string())));
+        }
+    }
+    if let Some(site) = requester_site(ctx, policy, r) {
+        out.push(ListScope::Site(site));
+    }
+    out.push(ListScope::Global);
+    out
+}
+
+/// The site the requester was at: the one its address belongs to, else
+/// (a site recognised by beacon assertion) the device's last seen site.
+fn requester_site(ctx: &Ctx, policy: &Policy, r: &UnblockRequest) -> Option<String> {
+    let by_address = r
+        .client
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| policy.locate(ip));
+    if let Some(Location::Site(s)) = by_address {
+        return Some(s);
+    }
+    let seen = r
+        .device
+        .as_deref()
+        .and_then(|d| ctx.gw.devices_seen.get(d))?;
+    seen.site
+        .filter(|s| policy.sites().iter().any(|x| &x.name == s))
+}
+
+/// `POST /console/unblock/approve` (`id`, `scope` = `device:ID`,
+/// `group:NAME`, `site:NAME` or `global`, one the request offers;
+/// optional `until` = YYYY-MM-DD): the allow entry goes through the policy
+/// page's path (edit, validation, dry run, versioned apply, reload with
+/// rollback, audit).
 pub async fn approve(ctx: &Ctx<'_>) -> Response<Body> {
     let r = match request_of(ctx) {
         Ok(r) => r,
         Err(e) => return page_with(ctx, StatusCode::CONFLICT, None, Some(e)),
     };
     let fail = |status: StatusCode, e: String| page_with(ctx, status, None, Some(e));
-    let generation = ctx.gw.current();
-    if generation.runtime.builtin {
-        return fail(StatusCode::CONFLICT, ctx.fill("err_explain_builtin", &[]));
-    }
-    let Some(scope) = ctx.query.get("scope").and_then(ListScope::parse) else {
+    let store = match policy_page::store(ctx) {
+        Ok(s) => s,
+        Err(resp) => return *resp,
+    };
+    let running = ctx.gw.current().runtime.policy.clone();
+    let scope = ctx.query.get("scope").and_then(ListScope::parse);
+    let Some(scope) = scope.filter(|s| scopes_of(ctx, &running, &r).contains(s)) else {
         return fail(StatusCode::BAD_REQUEST, ctx.fill("err_unblock_scope", &[]));
     };
-    let until = ctx.query.get("until").map(str::to_string);
+    let until = ctx
+        .query
+        .get("until")
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string);
     let edit = Edit::AddListEntry {
         scope: scope.clone(),
         kind: ListKind::Allow,
@@ -162,7 +218,6 @@ pub async fn approve(ctx: &Ctx<'_>) -> Response<Body> {
         until: until.clone(),
         note: Some(format!("unblock request {} by {}", r.id, r.requester)),
     };
-    let store = PolicyStore::for_policy(std::path::Path::new(&ctx.gw.config.policy.file));
     let prepared = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || policy_edit::prepare(&store, None, &[edit]))
@@ -179,14 +234,6 @@ pub async fn approve(ctx: &Ctx<'_>) -> Response<Body> {
         }
         Err(e) => return fail(StatusCode::CONFLICT, e.to_string()),
     };
-    // The dry run: what the new allow entry changes in the last 7 days.
-    let log_dir = ctx
-        .gw
-        .config
-        .data_path(&ctx.gw.config.log.access_log)
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_default();
     let policy_edit::Prepared {
         base,
         new_text,
@@ -196,66 +243,24 @@ pub async fn approve(ctx: &Ctx<'_>) -> Response<Body> {
         summary_ja,
         ..
     } = prepared;
-    let old = generation.runtime.policy.clone();
-    let dry = tokio::task::spawn_blocking(move || {
-        policy_edit::dry_run(
-            &old,
-            &new,
-            &log_dir,
-            &policy_edit::DryRunOptions::last_days(DRY_RUN_DAYS),
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
-    let dry_summary = match &dry {
-        Ok(d) => d.summary(),
-        Err(e) => format!("dry run failed: {e}"),
+    // What the new allow entry changes in the last days' logs.
+    let dry = match policy_page::run_dry(ctx, running, new, DRY_RUN_DAYS).await {
+        Ok(d) => d,
+        Err(resp) => return *resp,
     };
-    let meta = ChangeMeta {
-        actor: ctx.actor(),
-        kind: "unblock".into(),
-        summary: summary.clone(),
-        summary_ja,
-    };
-    let applied = match store.apply(&base, &new_text, &meta) {
-        Ok(a) => a,
-        Err(e) => return fail(StatusCode::CONFLICT, e.to_string()),
-    };
-    let reloaded = ctx
-        .gw
-        .reload(ReloadSource::Console { actor: ctx.actor() })
-        .await;
-    let error = reloaded
-        .as_ref()
-        .err()
-        .map(|e| e.lines().next().unwrap_or("").to_string());
-    if error.is_some() {
-        // The running policy stayed; the file goes back to what it was.
-        if let Err(e) = crate::atomic_file::write(store.file(), applied.previous_text.as_bytes()) {
-            tracing::error!("console: cannot restore {}: {e}", store.file().display());
-        }
-    }
-    let audit = ctx.audit(AuditEvent::PolicyChange {
-        actor: ctx.actor(),
-        via: "console".into(),
-        action: "unblock-approve".into(),
+    let change = Change {
+        action: "unblock-approve",
+        kind: "unblock",
+        base,
+        new_text,
         summary: format!("{summary} (unblock request {}: {})", r.id, r.reason),
-        base_version: base.clone(),
-        new_version: applied.version.token.clone(),
-        version_id: applied.version.id.clone(),
+        summary_ja: format!("{summary_ja}（許可申請 {}）", r.id),
         diff: diff.unified("before", "after"),
-        dry_run: dry_summary.clone(),
-        error: error.clone(),
-    });
-    if let Some(e) = error {
-        return fail(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ctx.fill("err_reload_after", &[("detail", &e)]),
-        );
-    }
-    if let Err(e) = audit {
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, e);
+        dry_run: dry.summary(),
+    };
+    if let Err(e) = policy_page::commit_change(ctx, &store, &change).await {
+        let (status, message) = e.message(ctx);
+        return fail(status, message);
     }
     let status = Status::Approved {
         by: ctx.session.user.clone(),
@@ -268,7 +273,8 @@ pub async fn approve(ctx: &Ctx<'_>) -> Response<Body> {
         &[
             ("id", &r.id.to_string()),
             ("host", &r.host),
-            ("dry_run", &dry_summary),
+            ("scope", &policy_page::scope_label(ctx, &scope)),
+            ("dry_run", &change.dry_run),
         ],
     );
     decided(ctx, r.id, status, notice)

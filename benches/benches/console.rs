@@ -174,6 +174,21 @@ async fn timed(c: &mut ConsoleClient, path: &str, n: usize) -> (f64, f64, f64, u
     (first, rest[rest.len() / 2], rest[rest.len() - 1], bytes)
 }
 
+/// Bytes of the files under `dir` (not following links; hard links counted
+/// once per name, so call it before the year is linked).
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        n += if p.is_dir() {
+            dir_bytes(&p)
+        } else {
+            e.metadata().map(|m| m.len()).unwrap_or(0)
+        };
+    }
+    n
+}
+
 fn load_avg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -223,6 +238,12 @@ async fn main() {
         "generated and compacted {closed} records of closed hours in {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    let stored = dir_bytes(&logs.join(layout::SEGMENTS));
+    println!(
+        "stored: {:.1} bytes/record (segments + indexes, {:.0} MB)",
+        stored as f64 / closed as f64,
+        stored as f64 / 1e6
+    );
     let linked = link_year(
         &logs,
         &komugate::logs::record::utc_day(first + DAY),
@@ -268,6 +289,29 @@ async fn main() {
     let search = format!("/console/logs?since={}&host=h12345.site*", &day_since[..16]);
     let s = timed(&mut c, &search, 11).await;
     println!("one-day search page (host=h12345.site*): first {:.0} ms, then median {:.0} ms, max {:.0} ms", s.0, s.1, s.2);
+    // The same search in the library, for what it read.
+    let q = komugate::logs::Query {
+        since_ms: Some(now - DAY),
+        host: Some(komugate::logs::Glob::new("h12345.site*")),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let mut hits = 0;
+    let st = komugate::logs::search(&logs, &q, |_| {
+        hits += 1;
+        Ok(true)
+    })
+    .unwrap();
+    println!(
+        "  (library, whole day: {:.0} ms, {hits} hits; segments {} of which {} skipped by index; blocks read {}, skipped by index {}, by time {}; live files {})",
+        t.elapsed().as_secs_f64() * 1000.0,
+        st.segments_total,
+        st.segments_skipped_by_index,
+        st.blocks_read,
+        st.blocks_skipped_by_index,
+        st.blocks_skipped,
+        st.live_files
+    );
     let s2 = timed(
         &mut c,
         &format!("/console/logs?since={}&action=block", &day_since[..16]),

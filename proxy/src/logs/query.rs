@@ -104,27 +104,79 @@ impl Query {
 
     /// Can the segment behind this index contain a match?
     pub fn may_match_index(&self, idx: &SegmentIndex) -> bool {
+        self.plan(idx).is_some()
+    }
+
+    /// What the index says about this query: `None` when no record of the
+    /// segment can match, else which values to look for in each block.
+    pub fn plan(&self, idx: &SegmentIndex) -> Option<IndexPlan> {
         if idx.count == 0 || !self.time_overlaps(idx.min_ms, idx.max_ms) {
-            return false;
+            return None;
         }
-        for (want, _, field, _) in self.exact_fields() {
-            if let Some(w) = want {
-                if !idx.any(field, |v| v == w.as_bytes()) {
-                    return false;
+        let mut wanted = Vec::new();
+        let mut want = |field: IndexField, positions: Vec<u32>| {
+            if positions.is_empty() {
+                return false;
+            }
+            wanted.push((field, positions));
+            true
+        };
+        for (w, _, field, _) in self.exact_fields() {
+            if let Some(w) = w {
+                if !want(field, idx.positions(field, |v| v == w.as_bytes())) {
+                    return None;
                 }
             }
         }
         if let Some(ips) = &self.ips {
-            if !idx.any(IndexField::Ips, |v| ips_match(v, ips)) {
-                return false;
+            if !want(
+                IndexField::Ips,
+                idx.positions(IndexField::Ips, |v| ips_match(v, ips)),
+            ) {
+                return None;
             }
         }
         if let Some(g) = &self.host {
-            if !idx.any(IndexField::Host, |v| g.matches(v)) {
-                return false;
+            if !want(
+                IndexField::Host,
+                idx.positions(IndexField::Host, |v| g.matches(v)),
+            ) {
+                return None;
             }
         }
-        true
+        Some(IndexPlan { wanted })
+    }
+
+    /// What a JSON line must contain to be worth parsing (see [`LineFilter`]).
+    pub fn line_filter(&self) -> LineFilter {
+        let mut values: Vec<&str> = self
+            .exact_fields()
+            .into_iter()
+            .filter_map(|(w, ..)| w.map(String::as_str))
+            .collect();
+        values.extend(self.ips.as_deref());
+        values.extend(self.url_contains.as_deref());
+        let verbatim = values
+            .into_iter()
+            .filter(|v| json_verbatim(v))
+            .map(|v| memchr::memmem::Finder::new(v.as_bytes()).into_owned())
+            .collect();
+        // The longest literal run of the (lower-case) host pattern.
+        let host_text = self.host.as_ref().and_then(|g| {
+            let text: &[u8] = match g {
+                Glob::Exact(e) => e.as_bytes(),
+                Glob::Suffix(s) => s.as_bytes(),
+                Glob::Any(p) => p
+                    .split(|&b| b == b'*' || b == b'?')
+                    .max_by_key(|run| run.len())
+                    .unwrap_or_default(),
+            };
+            std::str::from_utf8(text).ok().filter(|t| json_verbatim(t))
+        });
+        LineFilter {
+            verbatim,
+            folded: host_text.map(|t| memchr::memmem::Finder::new(t.as_bytes()).into_owned()),
+        }
     }
 
     pub fn matches(&self, r: &LogRecord) -> bool {
@@ -224,6 +276,57 @@ impl Query {
             out.push(row);
         }
         out
+    }
+}
+
+/// A test on a JSON line before it is parsed (parsing is most of the cost
+/// of reading the live file): text that every matching record's line
+/// contains. serde_json writes strings verbatim except `"`, `\` and
+/// control characters, so a value without those appears as it is; the host
+/// is compared without ASCII case (the target keeps the host's case).
+/// Values that would be escaped are not tested.
+#[derive(Debug, Clone, Default)]
+pub struct LineFilter {
+    verbatim: Vec<memchr::memmem::Finder<'static>>,
+    folded: Option<memchr::memmem::Finder<'static>>,
+}
+
+fn json_verbatim(s: &str) -> bool {
+    !s.is_empty() && !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+impl LineFilter {
+    /// False only if no record on this line can match the query.
+    pub fn may_match(&self, line: &[u8], scratch: &mut Vec<u8>) -> bool {
+        if !self.verbatim.iter().all(|f| f.find(line).is_some()) {
+            return false;
+        }
+        match &self.folded {
+            None => true,
+            Some(f) => {
+                scratch.clear();
+                scratch.extend(line.iter().map(u8::to_ascii_lowercase));
+                f.find(scratch).is_some()
+            }
+        }
+    }
+}
+
+/// The values a query needs, as positions in one segment's index, to
+/// pass over blocks that hold none of them (see [`SegmentIndex::block_may_hold`]).
+#[derive(Debug, Clone)]
+pub struct IndexPlan {
+    wanted: Vec<(IndexField, Vec<u32>)>,
+}
+
+impl IndexPlan {
+    /// Can block number `block` (with `rows` rows) hold a match? Each
+    /// filtered field must have one of its wanted values in the block; the
+    /// rows themselves are checked after decompression.
+    pub fn may_match_block(&self, idx: &SegmentIndex, block: usize, rows: u32) -> bool {
+        self.wanted
+            .iter()
+            .all(|(field, positions)| idx.block_may_hold(block, rows, *field, positions))
     }
 }
 
@@ -353,5 +456,91 @@ mod tests {
         assert!(parse_time("-7y", now, 540).is_err());
         assert_eq!(parse_offset("+09:00"), Ok(540));
         assert!(parse_offset("9").is_err());
+    }
+
+    /// Property: a line the filter turns away never holds a match, over
+    /// values JSON escapes, non-ASCII values, host case and every glob shape.
+    #[test]
+    fn line_filter_never_turns_away_a_match() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut below = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        const HOSTS: [&str; 5] = [
+            "Www.Example.JP",
+            "a.b.ed.jp",
+            "cdn.x-y.com",
+            "例え.jp",
+            "q\"uote.jp",
+        ];
+        const DEVICES: [&str; 4] = ["T-0001", "教員PC-3", "tab\\x", "T-0002"];
+        let (mut turned_away, mut matched) = (0, 0);
+        let mut scratch = Vec::new();
+        for _ in 0..3000 {
+            let host = HOSTS[below(5) as usize];
+            let r = LogRecord {
+                time_ms: 1_700_000_000_000,
+                device: DEVICES[below(4) as usize].into(),
+                groups: vec!["teachers".into(), format!("school-{}", below(3))],
+                target: match below(3) {
+                    0 => format!("{host}:443"),
+                    1 => format!("https://{host}/p?q=\"{}\"", below(9)),
+                    _ => format!("http://{host}/x"),
+                },
+                // The data path leaves the host empty for some records.
+                host: if below(2) == 0 {
+                    String::new()
+                } else {
+                    host.to_ascii_lowercase()
+                },
+                action: ["allow", "block"][below(2) as usize].into(),
+                ips: ["", "2001", "2001,3005"][below(3) as usize].into(),
+                ..Default::default()
+            };
+            let line = serde_json::to_vec(&r).unwrap();
+            let parsed = LogRecord::from_json_line(&line).unwrap();
+            let other = HOSTS[below(5) as usize].to_ascii_lowercase();
+            let cut = 1 + below(other.len() as u64 - 1) as usize;
+            let floor = |mut i: usize| {
+                while !other.is_char_boundary(i) {
+                    i -= 1;
+                }
+                i
+            };
+            let pattern = match below(5) {
+                0 => other.clone(),
+                1 => format!("*{}", &other[other.find('.').unwrap()..]),
+                2 => format!("{}*", &other[..floor(cut)]),
+                3 => format!("*{}*", &other[floor(cut / 2)..floor(cut)]),
+                _ => format!("?{}", &other[other.chars().next().unwrap().len_utf8()..]),
+            };
+            let q = Query {
+                host: Some(Glob::new(&pattern)),
+                device: (below(2) == 0).then(|| DEVICES[below(4) as usize].to_string()),
+                group: (below(3) == 0).then(|| format!("school-{}", below(4))),
+                ips: (below(4) == 0).then(|| "3005".to_string()),
+                url_contains: (below(4) == 0)
+                    .then(|| ["q=\"1", "/x", "/p"][below(3) as usize].to_string()),
+                ..Query::default()
+            };
+            let admitted = q.line_filter().may_match(&line, &mut scratch);
+            if q.matches(&parsed) {
+                matched += 1;
+                assert!(
+                    admitted,
+                    "{pattern} {q:?} {}",
+                    String::from_utf8_lossy(&line)
+                );
+            } else if !admitted {
+                turned_away += 1;
+            }
+        }
+        assert!(
+            matched > 50 && turned_away > 500,
+            "{matched} matched, {turned_away} turned away"
+        );
     }
 }

@@ -38,7 +38,7 @@
 //! and `https://host/path` becomes `"\x04/path"`, so CONNECT targets share
 //! one dictionary entry. Groups and categories are joined with U+001F.
 //!
-//! # Index format (`KGIDX\0\x01\n`)
+//! # Index format (`KGIDX\0\x02\n`; version 1 is still read)
 //!
 //! `magic`, then one zstd frame: varint record count, zigzag varint min and
 //! max time (ms), then for each [`IndexField`] (device, user, group, site,
@@ -48,10 +48,25 @@
 //! match. Values are scanned in place (no allocation per value), so checking
 //! 8,760 indexes (a year of hours) is quick.
 //!
+//! Version 2 adds which of those values each block holds, so a search for a
+//! value present in the hour (a rare host) decompresses only its blocks:
+//!
+//! ```text
+//! varint block count
+//! per block: varint rows, then per field one set of positions in the
+//!     field's sorted list: u8 0 + varint count + varint deltas (sorted), or
+//!     u8 1 + a bitmap of ceil(values / 8) bytes — whichever is shorter
+//! ```
+//!
+//! The sets hold positions, not patterns, so any filter the segment-level
+//! list can answer (exact values, host globs of every shape) is answered per
+//! block the same way. A version-1 index (no block sets) admits every block
+//! of a segment it admits: logs written before version 2 read as before.
+//!
 //! Both files are written to a `.tmp` name, fsynced and renamed, index
 //! first: a `.seg` that exists is complete.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
@@ -59,9 +74,17 @@ use std::path::Path;
 use super::record::{host_of, LogRecord};
 
 pub const SEG_MAGIC: &[u8; 8] = b"KGSEG\0\x01\n";
-pub const IDX_MAGIC: &[u8; 8] = b"KGIDX\0\x01\n";
-/// Rows per block: bounds reader memory and lets blocks be skipped by time.
-pub const BLOCK_ROWS: usize = 65_536;
+/// The index version written now (with per-block value sets).
+pub const IDX_MAGIC: &[u8; 8] = b"KGIDX\0\x02\n";
+/// The first index version (segment-level value lists only), still read.
+pub const IDX_MAGIC_V1: &[u8; 8] = b"KGIDX\0\x01\n";
+/// Rows per block: bounds reader memory and lets blocks be skipped by time
+/// and by the index's block sets. Small enough that a rare value costs a
+/// few milliseconds of decompression (segments of index version 1 have
+/// 65,536-row blocks), large enough for per-block dictionaries to pay.
+pub const BLOCK_ROWS: usize = 16_384;
+/// The most rows a block may claim when read (any writer's block size).
+const MAX_BLOCK_ROWS: usize = 1 << 20;
 const SEP: char = '\u{1f}';
 
 /// The dictionary-encoded string columns of a block.
@@ -111,6 +134,25 @@ pub enum IndexField {
     Ips,
 }
 pub const INDEX_FIELDS: usize = 10;
+
+/// The string column each [`IndexField`] lists, in `IndexField` order;
+/// `true` for columns holding several values joined with U+001F.
+const INDEXED: [(StrCol, bool); INDEX_FIELDS] = [
+    (StrCol::Device, false),
+    (StrCol::User, false),
+    (StrCol::Groups, true),
+    (StrCol::Site, false),
+    (StrCol::Host, false),
+    (StrCol::Rule, false),
+    (StrCol::Categories, true),
+    (StrCol::App, false),
+    (StrCol::Action, false),
+    (StrCol::Ips, false),
+];
+
+/// Block set encodings (see the module docs).
+const SET_LIST: u8 = 0;
+const SET_BITMAP: u8 = 1;
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -237,18 +279,15 @@ struct DictCol {
 }
 
 impl DictCol {
-    /// Returns (id, newly added).
-    fn push(&mut self, v: &str) -> bool {
+    fn push(&mut self, v: &str) {
         if let Some(&id) = self.map.get(v) {
             self.ids.push(id);
-            false
         } else {
             let id = self.values.len() as u32;
             let b: Box<str> = v.into();
             self.map.insert(b.clone(), id);
             self.values.push(b);
             self.ids.push(id);
-            true
         }
     }
     fn encode(&self, out: &mut Vec<u8>) {
@@ -276,6 +315,45 @@ impl DictCol {
     }
 }
 
+/// The distinct values of one indexed field in a whole segment, numbered
+/// in first-seen order (sorted only when the index is written).
+#[derive(Default)]
+struct FieldValues {
+    map: HashMap<Box<str>, u32>,
+    values: Vec<Box<str>>,
+}
+
+impl FieldValues {
+    fn id(&mut self, v: &str) -> u32 {
+        if let Some(&id) = self.map.get(v) {
+            return id;
+        }
+        let id = self.values.len() as u32;
+        let b: Box<str> = v.into();
+        self.map.insert(b.clone(), id);
+        self.values.push(b);
+        id
+    }
+
+    /// Position of each first-seen id in the sorted list, and the sorted ids.
+    fn ranks(&self) -> (Vec<u32>, Vec<u32>) {
+        let mut order: Vec<u32> = (0..self.values.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| self.values[a as usize].cmp(&self.values[b as usize]));
+        let mut rank = vec![0u32; order.len()];
+        for (pos, &id) in order.iter().enumerate() {
+            rank[id as usize] = pos as u32;
+        }
+        (rank, order)
+    }
+}
+
+/// What one written block holds, for the index: rows, and per field the
+/// first-seen ids of its values (sorted, distinct).
+struct BlockValues {
+    rows: u32,
+    ids: Vec<Vec<u32>>,
+}
+
 /// Builds one segment file.
 pub struct SegmentWriter {
     out: BufWriter<File>,
@@ -287,13 +365,15 @@ pub struct SegmentWriter {
     up: Vec<u64>,
     down: Vec<u64>,
     dur: Vec<u64>,
-    index: [BTreeSet<String>; INDEX_FIELDS],
+    index: Vec<FieldValues>,
+    blocks: Vec<BlockValues>,
     count: u64,
     min_ms: i64,
     max_ms: i64,
     level: i32,
     body: Vec<u8>,
     scratch: String,
+    block_rows: usize,
 }
 
 impl SegmentWriter {
@@ -310,27 +390,30 @@ impl SegmentWriter {
             up: Vec::new(),
             down: Vec::new(),
             dur: Vec::new(),
-            index: Default::default(),
+            index: (0..INDEX_FIELDS).map(|_| FieldValues::default()).collect(),
+            blocks: Vec::new(),
             count: 0,
             min_ms: i64::MAX,
             max_ms: i64::MIN,
             level: zstd_level,
             body: Vec::new(),
             scratch: String::new(),
+            block_rows: BLOCK_ROWS,
         })
     }
 
-    fn col(&mut self, c: StrCol, v: &str, field: Option<IndexField>) {
-        if self.cols[c as usize].push(v) && !v.is_empty() {
-            if let Some(f) = field {
-                if !self.index[f as usize].contains(v) {
-                    self.index[f as usize].insert(v.to_string());
-                }
-            }
-        }
+    /// Smaller blocks, so tests cover many blocks with few records.
+    #[cfg(test)]
+    pub(crate) fn with_block_rows(mut self, rows: usize) -> SegmentWriter {
+        self.block_rows = rows.max(1);
+        self
     }
 
-    fn joined(&mut self, c: StrCol, vs: &[String], field: IndexField) {
+    fn col(&mut self, c: StrCol, v: &str) {
+        self.cols[c as usize].push(v);
+    }
+
+    fn joined(&mut self, c: StrCol, vs: &[String]) {
         let mut s = std::mem::take(&mut self.scratch);
         s.clear();
         for (i, v) in vs.iter().enumerate() {
@@ -339,13 +422,7 @@ impl SegmentWriter {
             }
             s.push_str(v);
         }
-        if self.cols[c as usize].push(&s) {
-            for v in vs {
-                if !v.is_empty() && !self.index[field as usize].contains(v.as_str()) {
-                    self.index[field as usize].insert(v.clone());
-                }
-            }
-        }
+        self.cols[c as usize].push(&s);
         self.scratch = s;
     }
 
@@ -355,24 +432,24 @@ impl SegmentWriter {
         } else {
             r.host.clone()
         };
-        self.col(StrCol::Listener, &r.listener, None);
-        self.col(StrCol::Device, &r.device, Some(IndexField::Device));
-        self.col(StrCol::User, &r.user, Some(IndexField::User));
-        self.joined(StrCol::Groups, &r.groups, IndexField::Group);
-        self.col(StrCol::Site, &r.site, Some(IndexField::Site));
+        self.col(StrCol::Listener, &r.listener);
+        self.col(StrCol::Device, &r.device);
+        self.col(StrCol::User, &r.user);
+        self.joined(StrCol::Groups, &r.groups);
+        self.col(StrCol::Site, &r.site);
         let (ip, port) = split_client(&r.client);
-        self.col(StrCol::ClientIp, ip, None);
-        self.col(StrCol::Method, &r.method, None);
-        self.col(StrCol::Host, &host, Some(IndexField::Host));
+        self.col(StrCol::ClientIp, ip);
+        self.col(StrCol::Method, &r.method);
+        self.col(StrCol::Host, &host);
         let rest = target_rest(&r.target, &host);
-        self.col(StrCol::TargetRest, &rest, None);
-        self.col(StrCol::Action, &r.action, Some(IndexField::Action));
-        self.col(StrCol::Rule, &r.rule, Some(IndexField::Rule));
-        self.joined(StrCol::Categories, &r.categories, IndexField::Category);
-        self.col(StrCol::App, &r.app, Some(IndexField::App));
-        self.col(StrCol::Ips, &r.ips, Some(IndexField::Ips));
-        self.col(StrCol::Egress, &r.egress, None);
-        self.col(StrCol::Error, &r.error, None);
+        self.col(StrCol::TargetRest, &rest);
+        self.col(StrCol::Action, &r.action);
+        self.col(StrCol::Rule, &r.rule);
+        self.joined(StrCol::Categories, &r.categories);
+        self.col(StrCol::App, &r.app);
+        self.col(StrCol::Ips, &r.ips);
+        self.col(StrCol::Egress, &r.egress);
+        self.col(StrCol::Error, &r.error);
         let groups = r.user_groups.join(&SEP.to_string());
         self.tail[TailCol::UserGroups as usize].push(&groups);
         self.tail[TailCol::SignedIn as usize].push(if r.signed_in { "1" } else { "" });
@@ -385,7 +462,7 @@ impl SegmentWriter {
         self.count += 1;
         self.min_ms = self.min_ms.min(r.time_ms);
         self.max_ms = self.max_ms.max(r.time_ms);
-        if self.time.len() >= BLOCK_ROWS {
+        if self.time.len() >= self.block_rows {
             self.flush_block()?;
         }
         Ok(())
@@ -431,6 +508,7 @@ impl SegmentWriter {
         self.out.write_all(&min.to_le_bytes())?;
         self.out.write_all(&max.to_le_bytes())?;
         self.out.write_all(&frame)?;
+        self.note_block_values(n as u32);
         for c in self.cols.iter_mut().chain(self.tail.iter_mut()) {
             c.clear();
         }
@@ -441,6 +519,27 @@ impl SegmentWriter {
         self.down.clear();
         self.dur.clear();
         Ok(())
+    }
+
+    /// Records which indexed values the block just written holds. The
+    /// block's dictionaries list each value once, so this costs one lookup
+    /// per distinct value, not per row.
+    fn note_block_values(&mut self, rows: u32) {
+        let mut ids = Vec::with_capacity(INDEX_FIELDS);
+        for (field, &(col, multi)) in self.index.iter_mut().zip(INDEXED.iter()) {
+            let mut set = Vec::new();
+            for v in &self.cols[col as usize].values {
+                if multi {
+                    set.extend(v.split(SEP).filter(|x| !x.is_empty()).map(|x| field.id(x)));
+                } else if !v.is_empty() {
+                    set.push(field.id(v));
+                }
+            }
+            set.sort_unstable();
+            set.dedup();
+            ids.push(set);
+        }
+        self.blocks.push(BlockValues { rows, ids });
     }
 
     pub fn count(&self) -> u64 {
@@ -462,17 +561,74 @@ impl SegmentWriter {
         put_varint(&mut body, zigzag(min));
         put_varint(&mut body, zigzag(max));
         put_varint(&mut body, INDEX_FIELDS as u64);
-        for set in &self.index {
-            put_varint(&mut body, set.len() as u64);
-            for v in set {
+        let mut ranks = Vec::with_capacity(INDEX_FIELDS);
+        for field in &self.index {
+            let (rank, order) = field.ranks();
+            put_varint(&mut body, order.len() as u64);
+            for id in order {
+                let v = &field.values[id as usize];
                 put_varint(&mut body, v.len() as u64);
                 body.extend_from_slice(v.as_bytes());
+            }
+            ranks.push(rank);
+        }
+        put_varint(&mut body, self.blocks.len() as u64);
+        let mut positions = Vec::new();
+        for block in &self.blocks {
+            put_varint(&mut body, block.rows as u64);
+            for (ids, rank) in block.ids.iter().zip(&ranks) {
+                positions.clear();
+                positions.extend(ids.iter().map(|&id| rank[id as usize]));
+                positions.sort_unstable();
+                encode_set(&mut body, &positions, rank.len());
             }
         }
         let mut out = IDX_MAGIC.to_vec();
         out.extend_from_slice(&zstd::bulk::compress(&body, 3)?);
         Ok(out)
     }
+}
+
+/// Writes a sorted set of positions among `universe` values, as a delta
+/// list or a bitmap, whichever is shorter.
+fn encode_set(out: &mut Vec<u8>, positions: &[u32], universe: usize) {
+    let mut list = Vec::with_capacity(positions.len() + 4);
+    put_varint(&mut list, positions.len() as u64);
+    let mut prev = 0u32;
+    for &p in positions {
+        put_varint(&mut list, (p - prev) as u64);
+        prev = p;
+    }
+    let bitmap_len = universe.div_ceil(8);
+    if list.len() <= bitmap_len {
+        out.push(SET_LIST);
+        out.extend_from_slice(&list);
+    } else {
+        out.push(SET_BITMAP);
+        let start = out.len();
+        out.resize(start + bitmap_len, 0);
+        for &p in positions {
+            out[start + p as usize / 8] |= 1 << (p % 8);
+        }
+    }
+}
+
+/// Where one block's set of one field sits in the index buffer.
+#[derive(Debug, Clone, Copy)]
+enum BlockSet {
+    /// Not described (a field this reader does not know about): admits all.
+    Unknown,
+    /// `count` delta-coded positions from `start`.
+    List { start: usize, count: usize },
+    /// A bitmap of the field's values from `start`.
+    Bitmap { start: usize, len: usize },
+}
+
+/// One block as the index describes it.
+#[derive(Debug, Clone)]
+struct BlockEntry {
+    rows: u32,
+    sets: [BlockSet; INDEX_FIELDS],
 }
 
 /// A decoded sidecar index; values are scanned in place.
@@ -482,6 +638,8 @@ pub struct SegmentIndex {
     pub min_ms: i64,
     pub max_ms: i64,
     fields: [(usize, usize, usize); INDEX_FIELDS],
+    /// Per-block value sets; `None` for a version-1 index.
+    blocks: Option<Vec<BlockEntry>>,
 }
 
 impl SegmentIndex {
@@ -491,28 +649,34 @@ impl SegmentIndex {
     }
 
     pub fn decode(raw: &[u8]) -> io::Result<SegmentIndex> {
-        if raw.len() < 8 || &raw[..8] != IDX_MAGIC {
-            return Err(corrupt("index magic"));
-        }
+        let with_blocks = match raw.get(..8) {
+            Some(m) if m == IDX_MAGIC => true,
+            Some(m) if m == IDX_MAGIC_V1 => false,
+            _ => return Err(corrupt("index magic")),
+        };
         let buf = zstd::stream::decode_all(&raw[8..])?;
-        let (count, min_ms, max_ms, fields) = SegmentIndex::parse(&buf)?;
-        Ok(SegmentIndex {
-            count,
-            min_ms,
-            max_ms,
-            fields,
-            buf,
-        })
+        let mut idx = SegmentIndex {
+            buf: Vec::new(),
+            count: 0,
+            min_ms: 0,
+            max_ms: 0,
+            fields: [(0, 0, 0); INDEX_FIELDS],
+            blocks: None,
+        };
+        idx.parse(&buf, with_blocks)?;
+        idx.buf = buf;
+        Ok(idx)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn parse(buf: &[u8]) -> io::Result<(u64, i64, i64, [(usize, usize, usize); INDEX_FIELDS])> {
+    /// Reads the header and value lists (and the block sets of version 2),
+    /// checking every length so later reads stay in bounds.
+    fn parse(&mut self, buf: &[u8], with_blocks: bool) -> io::Result<()> {
         let mut c = Cur { b: buf, i: 0 };
-        let count = c.varint()?;
-        let min_ms = unzigzag(c.varint()?);
-        let max_ms = unzigzag(c.varint()?);
+        self.count = c.varint()?;
+        self.min_ms = unzigzag(c.varint()?);
+        self.max_ms = unzigzag(c.varint()?);
         let nfields = c.varint()? as usize;
-        let mut fields = [(0, 0, 0); INDEX_FIELDS];
+        let mut sizes = Vec::with_capacity(nfields.min(64));
         for k in 0..nfields {
             let n = c.varint()? as usize;
             let start = c.i;
@@ -521,11 +685,125 @@ impl SegmentIndex {
                 c.bytes(len)?;
             }
             // Fields a newer writer added are skipped, not an error.
-            if let Some(slot) = fields.get_mut(k) {
+            if let Some(slot) = self.fields.get_mut(k) {
                 *slot = (start, c.i, n);
             }
+            sizes.push(n);
         }
-        Ok((count, min_ms, max_ms, fields))
+        if !with_blocks {
+            return Ok(());
+        }
+        let nblocks = c.varint()? as usize;
+        if nblocks as u64 > self.count {
+            return Err(corrupt("more index blocks than records"));
+        }
+        let mut blocks = Vec::with_capacity(nblocks);
+        for _ in 0..nblocks {
+            let rows = u32::try_from(c.varint()?).map_err(|_| corrupt("block rows"))?;
+            let mut sets = [BlockSet::Unknown; INDEX_FIELDS];
+            for (k, &n) in sizes.iter().enumerate() {
+                let set = match c.u8()? {
+                    SET_LIST => {
+                        let count = c.varint()? as usize;
+                        let start = c.i;
+                        let mut p = 0u64;
+                        for i in 0..count {
+                            let d = c.varint()?;
+                            if i > 0 && d == 0 {
+                                return Err(corrupt("index block set not increasing"));
+                            }
+                            p = p.saturating_add(d);
+                            if p >= n as u64 {
+                                return Err(corrupt("index block set out of range"));
+                            }
+                        }
+                        BlockSet::List { start, count }
+                    }
+                    SET_BITMAP => {
+                        let start = c.i;
+                        let len = n.div_ceil(8);
+                        c.bytes(len)?;
+                        BlockSet::Bitmap { start, len }
+                    }
+                    _ => return Err(corrupt("index block set kind")),
+                };
+                if let Some(slot) = sets.get_mut(k) {
+                    *slot = set;
+                }
+            }
+            blocks.push(BlockEntry { rows, sets });
+        }
+        self.blocks = Some(blocks);
+        Ok(())
+    }
+
+    /// Number of blocks the index describes (`None`: a version-1 index).
+    pub fn block_count(&self) -> Option<usize> {
+        self.blocks.as_ref().map(Vec::len)
+    }
+
+    /// Positions (in the field's sorted list) of the values satisfying
+    /// `pred`, ascending.
+    pub fn positions(&self, field: IndexField, mut pred: impl FnMut(&[u8]) -> bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut pos = 0u32;
+        self.any(field, |v| {
+            if pred(v) {
+                out.push(pos);
+            }
+            pos += 1;
+            false
+        });
+        out
+    }
+
+    /// Can block number `block` of the segment (which has `rows` rows)
+    /// hold a value of `field` at one of `positions` (ascending)? True
+    /// whenever the index cannot tell: a version-1 index, a block it does
+    /// not describe, or a row count that disagrees with the segment.
+    pub fn block_may_hold(
+        &self,
+        block: usize,
+        rows: u32,
+        field: IndexField,
+        positions: &[u32],
+    ) -> bool {
+        let Some(entry) = self.blocks.as_ref().and_then(|b| b.get(block)) else {
+            return true;
+        };
+        if entry.rows != rows {
+            return true;
+        }
+        match entry.sets[field as usize] {
+            BlockSet::Unknown => true,
+            BlockSet::Bitmap { start, len } => {
+                let bits = &self.buf[start..start + len];
+                positions.iter().any(|&p| {
+                    bits.get(p as usize / 8)
+                        .is_some_and(|b| b & (1 << (p % 8)) != 0)
+                })
+            }
+            BlockSet::List { start, count } => {
+                // Both ascending: one merge pass.
+                let mut c = Cur {
+                    b: &self.buf,
+                    i: start,
+                };
+                let mut want = positions.iter().peekable();
+                let mut p = 0u64;
+                for _ in 0..count {
+                    let Ok(d) = c.varint() else { return true };
+                    p += d;
+                    while want.next_if(|&&w| (w as u64) < p).is_some() {}
+                    match want.peek() {
+                        None => return false,
+                        Some(&&w) if w as u64 == p => return true,
+                        Some(_) => {}
+                    }
+                }
+                false
+            }
+        }
     }
 
     /// True if any listed value of `field` satisfies `pred`.
@@ -708,7 +986,7 @@ impl Block {
     pub fn decode_columns(body: &[u8], wanted: Columns) -> io::Result<Block> {
         let mut c = Cur { b: body, i: 0 };
         let n = c.varint()? as usize;
-        if n > BLOCK_ROWS * 16 {
+        if n > MAX_BLOCK_ROWS {
             return Err(corrupt("block too large"));
         }
         let mut cols = Vec::with_capacity(STR_COLS);
@@ -1097,5 +1375,156 @@ mod tests {
         }
         assert!(Block::decode(&[5, 0xff, 0xff]).is_err());
         assert!(SegmentIndex::decode(b"KGIDX\0\x01\nxx").is_err());
+    }
+
+    /// xorshift: reproducible random cases without a crate.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
+        fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+            &v[self.below(v.len() as u64) as usize]
+        }
+    }
+
+    fn random_host(rng: &mut Rng) -> String {
+        const LABELS: [&str; 9] = ["a", "b", "ab", "www", "h1", "h12", "Mail", "cdn", "x-y"];
+        const SUFFIXES: [&str; 5] = ["example.jp", "example.com", "ed.jp", "jp", "EXAMPLE.jp"];
+        let mut h = String::new();
+        for _ in 0..1 + rng.below(3) {
+            h.push_str(*rng.pick(&LABELS[..]));
+            h.push('.');
+        }
+        h.push_str(*rng.pick(&SUFFIXES[..]));
+        h
+    }
+
+    /// Patterns of every shape derived from a host, some matching nothing.
+    fn random_glob(rng: &mut Rng, host: &str) -> String {
+        let h = host.to_ascii_lowercase();
+        let cut = 1 + rng.below(h.len() as u64 - 1) as usize;
+        match rng.below(7) {
+            0 => host.to_string(),
+            1 => match h.find('.') {
+                Some(i) => format!("*{}", &h[i..]),
+                None => h,
+            },
+            2 => format!("*{}", &h[cut..]),
+            3 => format!("{}*", &h[..cut]),
+            4 => format!("*{}*", &h[cut / 2..cut]),
+            5 => {
+                let mut b = h.into_bytes();
+                b[cut] = b'?';
+                String::from_utf8(b).unwrap()
+            }
+            _ => format!("{}*.nowhere", &h[..cut]),
+        }
+    }
+
+    /// Property: the per-block sets never exclude a block holding a match,
+    /// and for a single filter exclude every other block (they are exact).
+    #[test]
+    fn block_sets_admit_exactly_the_blocks_with_a_match() {
+        use crate::logs::query::{Glob, Query};
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut lists, mut bitmaps) = (0, 0);
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..60 {
+            let pool: Vec<String> = (0..2 + rng.below(60))
+                .map(|_| random_host(&mut rng))
+                .collect();
+            let block_rows = 1 + rng.below(50) as usize;
+            let seg = dir.path().join(format!("{round}.seg"));
+            let mut w = SegmentWriter::create(&seg, 1)
+                .unwrap()
+                .with_block_rows(block_rows);
+            let n = 1 + rng.below(600) as i64;
+            // Hosts drift through the pool, so blocks hold different sets.
+            let mut at = 0usize;
+            for i in 0..n {
+                let mut r = rec(i);
+                at = (at + rng.below(3) as usize) % pool.len();
+                r.host = pool[(at + rng.below(4) as usize) % pool.len()].clone();
+                r.groups = vec![format!("g{}", rng.below(6))];
+                w.push(&r).unwrap();
+            }
+            let idx = SegmentIndex::decode(&w.finish().unwrap()).unwrap();
+            for b in idx.blocks.as_ref().unwrap() {
+                match b.sets[IndexField::Host as usize] {
+                    BlockSet::List { .. } => lists += 1,
+                    BlockSet::Bitmap { .. } => bitmaps += 1,
+                    BlockSet::Unknown => panic!("host set missing"),
+                }
+            }
+            let mut r = SegmentReader::open(&seg).unwrap();
+            let mut blocks = Vec::new();
+            while let Some(h) = r.next_header().unwrap() {
+                blocks.push(r.read_block(&h).unwrap());
+            }
+            assert_eq!(idx.block_count(), Some(blocks.len()));
+            for _ in 0..12 {
+                let host = rng.pick(&pool).clone();
+                let pattern = random_glob(&mut rng, &host);
+                let group = (rng.below(2) == 0).then(|| format!("g{}", rng.below(7)));
+                let q = Query {
+                    host: Some(Glob::new(&pattern)),
+                    group: group.clone(),
+                    ..Query::default()
+                };
+                let plan = q.plan(&idx);
+                for (k, b) in blocks.iter().enumerate() {
+                    let holds = !q.matching_rows(b).is_empty();
+                    let admitted = plan
+                        .as_ref()
+                        .is_some_and(|p| p.may_match_block(&idx, k, b.rows as u32));
+                    assert!(
+                        !holds || admitted,
+                        "round {round}: {pattern} {group:?} block {k} has a match"
+                    );
+                    if group.is_none() {
+                        assert_eq!(admitted, holds, "round {round}: {pattern} block {k}");
+                    }
+                }
+            }
+        }
+        assert!(
+            lists > 0 && bitmaps > 0,
+            "both encodings ({lists}, {bitmaps})"
+        );
+    }
+
+    /// An index that does not describe the segment's blocks (another row
+    /// count, more blocks than it lists) admits them rather than guess.
+    #[test]
+    fn block_sets_that_do_not_fit_the_segment_admit_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("a.seg");
+        let mut w = SegmentWriter::create(&seg, 1).unwrap().with_block_rows(10);
+        for i in 0..30 {
+            let mut r = rec(i);
+            r.host = if i == 3 {
+                "rare.jp".into()
+            } else {
+                "common.jp".into()
+            };
+            w.push(&r).unwrap();
+        }
+        let idx = SegmentIndex::decode(&w.finish().unwrap()).unwrap();
+        let rare = idx.positions(IndexField::Host, |v| v == b"rare.jp");
+        assert_eq!(rare.len(), 1);
+        assert!(idx.block_may_hold(0, 10, IndexField::Host, &rare));
+        assert!(!idx.block_may_hold(1, 10, IndexField::Host, &rare));
+        assert!(
+            idx.block_may_hold(1, 11, IndexField::Host, &rare),
+            "row count differs"
+        );
+        assert!(
+            idx.block_may_hold(3, 10, IndexField::Host, &rare),
+            "block not listed"
+        );
     }
 }

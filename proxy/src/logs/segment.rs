@@ -1396,10 +1396,12 @@ mod tests {
         const SUFFIXES: [&str; 5] = ["example.jp", "example.com", "ed.jp", "jp", "EXAMPLE.jp"];
         let mut h = String::new();
         for _ in 0..1 + rng.below(3) {
-            h.push_str(*rng.pick(&LABELS[..]));
+            let label: &&str = rng.pick(&LABELS);
+            h.push_str(label);
             h.push('.');
         }
-        h.push_str(*rng.pick(&SUFFIXES[..]));
+        let suffix: &&str = rng.pick(&SUFFIXES);
+        h.push_str(suffix);
         h
     }
 

@@ -10,7 +10,8 @@
 #
 # Usage:  benches/compare-squid.sh
 # Environment (defaults in brackets):
-#   SCENARIOS  which parts to run ["compare keepalive bulk filtered morning idle"]; also: prefecture soak
+#   SCENARIOS  which parts to run ["compare keepalive bulk filtered morning idle"]; also: prefecture soak,
+#              inspect (only the handshake-heavy inspected workload of compare: 4 GETs per tunnel)
 #              (bulk: one BULK_MIB download through CONNECT tunnels from nginx
 #              on 127.0.0.3, direct vs Squid vs komugate plain and mTLS
 #              listeners, and HTTP/2 CONNECT through `komugate client`)
@@ -330,7 +331,13 @@ if has compare; then
   side_by_side "CONNECT (bypassed HTTPS): new tunnel + TLS handshake + one 4 KiB GET per operation" connect "${SB[@]}" --mix connect=1
   side_by_side "Morning mix: http 5 : CONNECT 3 : blocked 1" mix "${SB[@]}" --mix http=5,connect=3,blocked=1
   side_by_side "Large bodies: 10 MiB down and 10 MiB up (4 clients)" large --devices 4 --duration "$DUR" --mix download=1,upload=1
+fi
+
+# The handshake-heavy inspected workload (a new tunnel, two TLS handshakes
+# and 4 GETs per tunnel): part of `compare`, or alone as `inspect`.
+if has compare || has inspect; then
   if [ "$INSPECT" = 1 ] && [ "$SSL_BUMP" = 1 ]; then
+    SB=(--devices "$CLIENTS" --duration "$DUR" --size 4096)
     log "Inspected HTTPS"
     loadgen inspect-squid "plain://$SQ_BUMP" "$SQ_PID" "${SB[@]}" --mix inspect=1 --requests-per-tunnel 4
     loadgen inspect-komugate "plain://$KG_PLAIN" "$KG_PID" "${SB[@]}" --mix inspect=1 --requests-per-tunnel 4

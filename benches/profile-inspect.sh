@@ -22,15 +22,17 @@
 # Prints one breakdown per inner protocol (Ir per request: total, by crate
 # (self cost), by stage (inclusive cost of the stage's function)) and
 # writes it to $OUT/breakdown-<inner>.md.
+# Origin, config and clean-up: benches/inspect-common.sh (shared with inspect-memory.sh).
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
+ORIGIN_HTTPS=127.0.0.1:19443
+ORIGIN_DNS=127.0.0.1:19353
+KG_PLAIN=127.0.0.1:19128
+source "$(dirname "$0")/inspect-common.sh"
 N="${N:-2000}"
 WARMUP="${WARMUP:-200}"
 INNER="${INNER:-h1 h2}"
 SIZE="${SIZE:-1024}"
 POLICY="${POLICY:-}"
-TARGET="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 OUT="${OUT:-$TARGET/profile-inspect}"
 if [ -z "${STRACE:-}" ]; then command -v strace >/dev/null && STRACE=1 || STRACE=0; fi
 
@@ -41,55 +43,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-
-# The release profile keeps line tables (Cargo.toml: [profile.release] debug = 1).
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release -q -p komugate -p komugate-benches --bin komugate --bin komugate-loadgen
-fi
-KG="${KG_BIN:-$TARGET/release/komugate}"
-LG="${LG_BIN:-$TARGET/release/komugate-loadgen}"
+build_release
 mkdir -p "$OUT"
-W="$(mktemp -d /tmp/komugate-profile.XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-wait_port() { # host:port [tries]
-  for _ in $(seq 1 "${2:-600}"); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
-set_key() { # file section key value: replace `key = ...` inside [section]
-  awk -v s="[$2]" -v k="$3" -v v="$4" '
-    /^\[/ { cur=$0 }
-    cur==s && $0 ~ "^"k" *=" { print k" = "v; next }
-    { print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
-}
-
-ORIGIN_HTTPS=127.0.0.1:19443
-ORIGIN_DNS=127.0.0.1:19353
-KG_PLAIN=127.0.0.1:19128
-M365=outlook.office365.com
-"$LG" origin --https "$ORIGIN_HTTPS" --san "$M365" --dns "$ORIGIN_DNS" --ca-out "$W/origin-ca.pem" >"$W/origin.log" 2>&1 &
-PIDS+=($!)
-wait_port "$ORIGIN_HTTPS"
-
-KCONF="$W/komugate.toml"
-"$KG" config default >"$KCONF"
-set_key "$KCONF" listen plain "\"$KG_PLAIN\""
-set_key "$KCONF" listen mtls '""'
-set_key "$KCONF" listen admin '""'
-set_key "$KCONF" dns servers "[\"$ORIGIN_DNS\"]"
-set_key "$KCONF" decision allowed_ports "[]"
-set_key "$KCONF" limits idle_timeout_secs 3600
-set_key "$KCONF" inspect upstream_ca "\"$W/origin-ca.pem\""
-set_key "$KCONF" inspect hosts "[\"*.office365.com\"]"
+start_origin
+write_config
 [ -n "$POLICY" ] && set_key "$KCONF" policy file "\"$(realpath "$POLICY")\""
 "$KG" config check "$KCONF" >/dev/null
 

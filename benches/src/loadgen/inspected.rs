@@ -262,10 +262,14 @@ pub struct HeldReport {
     pub sessions_open: usize,
     pub errors: std::collections::BTreeMap<String, u64>,
     pub rss_before_kib: u64,
-    /// Every session open, idle (one request answered on each).
+    /// Every session open, just idle (one request answered on each, 2 s ago).
+    pub rss_fresh_kib: u64,
+    /// Every session open and quiet for `settle_secs`.
     pub rss_idle_kib: u64,
+    pub settle_secs: f64,
     /// Peak with one request in flight on every session (the origin delays its answer).
     pub rss_busy_kib: u64,
+    pub kib_per_fresh_session: f64,
     pub kib_per_idle_session: f64,
     pub kib_per_busy_session: f64,
     pub command: String,
@@ -276,16 +280,21 @@ impl HeldReport {
         let mib = |k: u64| k as f64 / 1024.0;
         format!(
             "| inspected sessions open (inner {}) | {} of {} |\n\
-             | proxy RSS before / idle / busy | {:.1} / {:.1} / {:.1} MiB |\n\
-             | RSS per idle inspected session | {:.1} KiB |\n\
+             | proxy RSS before / just idle / quiet {:.0} s / busy | {:.1} / {:.1} / {:.1} / {:.1} MiB |\n\
+             | RSS per inspected session just idle (2 s) | {:.1} KiB |\n\
+             | RSS per inspected session quiet {:.0} s | {:.1} KiB |\n\
              | RSS per busy inspected session (one request in flight) | {:.1} KiB |\n\
              | errors | {:?} |\n",
             if self.inner_h2 { "HTTP/2" } else { "HTTP/1.1" },
             self.sessions_open,
             self.sessions_requested,
+            self.settle_secs,
             mib(self.rss_before_kib),
+            mib(self.rss_fresh_kib),
             mib(self.rss_idle_kib),
             mib(self.rss_busy_kib),
+            self.kib_per_fresh_session,
+            self.settle_secs,
             self.kib_per_idle_session,
             self.kib_per_busy_session,
             self.errors
@@ -294,8 +303,10 @@ impl HeldReport {
 }
 
 /// `sessions` inspected sessions, opened `parallel` at a time, each with one
-/// GET of `path`; proxy RSS when all are idle (after `settle`), then its
-/// peak while every session has a GET of `busy_path` in flight.
+/// GET of `path`; proxy RSS when all are just idle (2 s) and when they have
+/// been quiet for `settle` (the gateway closes a quiet session's upstream
+/// connection after its upstream idle timeout), then its peak while every
+/// session has a GET of `busy_path` in flight.
 #[allow(clippy::too_many_arguments)]
 pub async fn held(
     spec: &SessionSpec,
@@ -329,7 +340,10 @@ pub async fn held(
         }
     }
     let inner_h2 = open.first().map(|s| s.h2).unwrap_or(false);
-    tokio::time::sleep(settle).await;
+    let fresh = settle.min(Duration::from_secs(2));
+    tokio::time::sleep(fresh).await;
+    let rss_fresh = procstat::rss_kib(pid).context("the proxy exited")?;
+    tokio::time::sleep(settle - fresh).await;
     let rss_idle = procstat::rss_kib(pid).context("the proxy exited")?;
     // Busy: one slow request in flight on every session; RSS sampled until
     // they are all answered, the peak kept.
@@ -371,8 +385,11 @@ pub async fn held(
         sessions_open: n,
         errors,
         rss_before_kib: rss_before,
+        rss_fresh_kib: rss_fresh,
         rss_idle_kib: rss_idle,
+        settle_secs: settle.as_secs_f64(),
         rss_busy_kib: rss_busy,
+        kib_per_fresh_session: per(rss_fresh),
         kib_per_idle_session: per(rss_idle),
         kib_per_busy_session: per(rss_busy),
         command: std::env::args().collect::<Vec<_>>().join(" "),

@@ -129,7 +129,8 @@ enum Cmd {
         /// The in-flight request of the busy phase (the origin delays it).
         #[arg(long, default_value = "/bytes/1024?delay=5000")]
         busy_path: String,
-        /// Seconds to wait with every session idle before the RSS sample.
+        /// Seconds every session stays quiet before the idle RSS sample
+        /// (another sample is taken 2 s in).
         #[arg(long, default_value_t = 2.0)]
         settle: f64,
         #[arg(long)]

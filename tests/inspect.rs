@@ -26,12 +26,17 @@ use tokio::net::{TcpListener, TcpStream};
 struct HttpsUpstream {
     addr: SocketAddr,
     accepts: Arc<AtomicUsize>,
+    /// Connections accepted and not yet closed.
+    open: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpsUpstream {
     fn accepts(&self) -> usize {
         self.accepts.load(Ordering::SeqCst)
+    }
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
@@ -80,15 +85,25 @@ async fn https_upstream(ca: &CaMaterial, name: &str, validity: Validity) -> Http
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepts = Arc::new(AtomicUsize::new(0));
-    let accepts2 = accepts.clone();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (accepts2, open2) = (accepts.clone(), open.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             accepts2.fetch_add(1, Ordering::SeqCst);
+            open2.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
+            let open = open2.clone();
             tokio::spawn(async move {
+                struct Closed(Arc<AtomicUsize>);
+                impl Drop for Closed {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _closed = Closed(open);
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
@@ -112,6 +127,7 @@ async fn https_upstream(ca: &CaMaterial, name: &str, validity: Validity) -> Http
     HttpsUpstream {
         addr,
         accepts,
+        open,
         task,
     }
 }
@@ -171,43 +187,58 @@ async fn tls_over(
         .await
 }
 
-/// Sends requests over an established TLS stream (h1 or h2 by ALPN).
+/// A client connection over an established TLS stream (h1 or h2 by ALPN).
+enum InnerClient {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl InnerClient {
+    async fn over(tls: tokio_rustls::client::TlsStream<TcpStream>) -> InnerClient {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            InnerClient::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            InnerClient::H1(sender)
+        }
+    }
+
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, String) {
+        let resp = match self {
+            InnerClient::H1(sender) => {
+                sender.ready().await.unwrap();
+                sender.send_request(req).await.unwrap()
+            }
+            InnerClient::H2(sender) => sender.send_request(req).await.unwrap(),
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).to_string(),
+        )
+    }
+}
+
+/// Sends requests one after the other over an established TLS stream.
 async fn send(
     tls: tokio_rustls::client::TlsStream<TcpStream>,
     reqs: Vec<Request<Full<Bytes>>>,
 ) -> Vec<(StatusCode, http::HeaderMap, String)> {
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mut client = InnerClient::over(tls).await;
     let mut out = Vec::new();
-    if h2 {
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        for req in reqs {
-            let resp = sender.send_request(req).await.unwrap();
-            let (parts, body) = resp.into_parts();
-            out.push((
-                parts.status,
-                parts.headers,
-                String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).to_string(),
-            ));
-        }
-    } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        for req in reqs {
-            sender.ready().await.unwrap();
-            let resp = sender.send_request(req).await.unwrap();
-            let (parts, body) = resp.into_parts();
-            out.push((
-                parts.status,
-                parts.headers,
-                String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).to_string(),
-            ));
-        }
+    for req in reqs {
+        out.push(client.send(req).await);
     }
     out
 }
@@ -375,6 +406,74 @@ async fn a_tunnel_keeps_one_upstream_connection_and_leaves_it_to_the_next() {
             1,
             "upstream connections for 2 tunnels × 12 requests"
         );
+    }
+    gw.shutdown().await;
+}
+
+/// A session the client keeps open but quiet gives its upstream connection
+/// up after `[limits] upstream_idle_secs`; its next request connects again.
+#[tokio::test]
+async fn a_quiet_tunnel_closes_its_upstream_connection() {
+    let upstream_ca = komugate::pki::generate_ca("inspect-test upstream CA").unwrap();
+    let gw = inspecting_gateway(&upstream_ca, |c| c.limits.upstream_idle_secs = 1).await;
+    let pools = &gw.running.as_ref().expect("running").gateway.pools;
+    for (alpn, h2) in [
+        (&[b"http/1.1".as_slice()][..], false),
+        (&[b"h2".as_slice(), b"http/1.1".as_slice()][..], true),
+    ] {
+        let upstream = https_upstream(&upstream_ca, "plain.test", Validity::Good).await;
+        let authority = format!("plain.test:{}", upstream.addr.port());
+        let tunnel = connect_tunnel(&gw, &authority).await;
+        let tls = tls_over(tunnel, "plain.test", trust_only(gw.tls().server_ca(), alpn))
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (go, mut wait) = tokio::sync::mpsc::channel::<()>(1);
+        let auth = authority.clone();
+        // One client connection: a request, a quiet pause, a request.
+        let client = tokio::spawn(async move {
+            let mut client = InnerClient::over(tls).await;
+            for path in ["/before", "/after"] {
+                tx.send(client.send(get(&auth, path, h2)).await)
+                    .await
+                    .unwrap();
+                if wait.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+        let first = within("first request", rx.recv()).await.unwrap();
+        assert_eq!(first.0, StatusCode::OK, "{}", first.2);
+        assert_eq!((upstream.accepts(), upstream.open()), (1, 1));
+        let idle_before = pools.pinned_idle.len();
+        let closed = komugate_tests::eventually(Duration::from_secs(5), || {
+            let open = upstream.open();
+            async move { (open == 0).then_some(()) }
+        })
+        .await;
+        assert!(
+            closed.is_some(),
+            "h2 {h2}: the quiet session still holds its upstream connection"
+        );
+        assert_eq!(
+            pools.pinned_idle.len(),
+            idle_before,
+            "closed, not left idle"
+        );
+        go.send(()).await.unwrap();
+        let second = within("request after the pause", rx.recv()).await.unwrap();
+        assert_eq!(second.0, StatusCode::OK, "{}", second.2);
+        assert_eq!(
+            second.2,
+            format!("secure /after via {}", if h2 { "h2" } else { "http/1.1" })
+        );
+        assert_eq!(
+            upstream.accepts(),
+            2,
+            "h2 {h2}: the next request connects again"
+        );
+        drop(go);
+        client.await.unwrap();
     }
     gw.shutdown().await;
 }

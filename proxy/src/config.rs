@@ -622,6 +622,9 @@ pub struct Limits {
     pub drain_secs: u64,
     /// Idle keep-alive connections kept per upstream host (and egress address).
     pub upstream_idle_per_host: usize,
+    /// An upstream connection that carried nothing for this long is closed:
+    /// an idle one in the pools, and the one a quiet inspected session keeps.
+    pub upstream_idle_secs: u64,
 }
 
 impl Default for Limits {
@@ -635,6 +638,7 @@ impl Default for Limits {
             max_streams_per_connection: 256,
             drain_secs: 30,
             upstream_idle_per_host: 1024,
+            upstream_idle_secs: 60,
         }
     }
 }
@@ -645,6 +649,9 @@ impl Limits {
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn upstream_idle(&self) -> Duration {
+        Duration::from_secs(self.upstream_idle_secs.max(1))
     }
 }
 

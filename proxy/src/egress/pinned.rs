@@ -12,6 +12,12 @@
 //! as before: a request while the pinned HTTP/1.1 connection is busy (HTTP/2
 //! clients multiplex), a request to another origin on the same tunnel, a
 //! WebSocket upgrade, a request the upstream closed the connection under.
+//!
+//! A pinned connection that carried nothing for the upstream idle timeout
+//! (`[limits] upstream_idle_secs`, as the pools' idle ones) is closed while
+//! the tunnel stays open ([`TunnelUpstream::close_when_idle`]): browsers keep
+//! quiet sessions for minutes, and each would otherwise hold an upstream TLS
+//! connection. The session's next request connects again.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,9 +32,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::upstream::{EgressConnector, EgressInfo, EgressStream, UpstreamAlpn, UpstreamBody};
 use super::EgressError;
-
-/// Idle pinned connections older than this are closed, as the shared pool's.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which connections can carry a request: same origin, egress and ALPN offer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,7 +50,8 @@ enum Sender {
 struct Conn {
     sender: Sender,
     info: EgressInfo,
-    idle_since: Instant,
+    /// When a request was last handed to it (or it was left idle).
+    last_used: Instant,
 }
 
 impl Conn {
@@ -69,13 +73,16 @@ impl Conn {
 pub struct IdleConns {
     conns: Mutex<HashMap<PinKey, Vec<Conn>>>,
     per_key: usize,
+    /// Unused this long, a connection is closed (idle here or pinned).
+    idle_timeout: Duration,
 }
 
 impl IdleConns {
-    pub fn new(per_key: usize) -> IdleConns {
+    pub fn new(per_key: usize, idle_timeout: Duration) -> IdleConns {
         IdleConns {
             conns: Mutex::new(HashMap::new()),
             per_key,
+            idle_timeout,
         }
     }
 
@@ -84,7 +91,7 @@ impl IdleConns {
         let list = conns.get_mut(key)?;
         let mut found = None;
         while let Some(c) = list.pop() {
-            if c.is_ready() && c.idle_since.elapsed() < IDLE_TIMEOUT {
+            if c.is_ready() && c.last_used.elapsed() < self.idle_timeout {
                 found = Some(c);
                 break;
             }
@@ -99,10 +106,10 @@ impl IdleConns {
         if !conn.is_ready() || self.per_key == 0 {
             return;
         }
-        conn.idle_since = Instant::now();
+        conn.last_used = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let list = conns.entry(key).or_default();
-        list.retain(|c| !c.is_closed() && c.idle_since.elapsed() < IDLE_TIMEOUT);
+        list.retain(|c| !c.is_closed() && c.last_used.elapsed() < self.idle_timeout);
         if list.len() < self.per_key {
             list.push(conn);
         }
@@ -169,6 +176,7 @@ impl TunnelUpstream {
             None => connect(&key, connector()).await?,
         };
         let info = conn.info;
+        conn.last_used = Instant::now();
         // The request is handed to the connection now; the connection is
         // pinned again before the answer is awaited (an HTTP/1.1 one stays
         // busy until the response body is read; the next request checks).
@@ -202,6 +210,34 @@ impl TunnelUpstream {
             // Another request pinned a connection meanwhile: this one idles.
             drop(slot);
             self.idle.put(key, conn);
+        }
+    }
+}
+
+impl TunnelUpstream {
+    /// Runs for the tunnel's life: closes the pinned connection once it has
+    /// carried nothing for the idle timeout (not while an HTTP/1.1 answer is
+    /// still being read from it), freeing its TLS session and buffers while
+    /// the client keeps the session open.
+    pub async fn close_when_idle(&self) -> std::convert::Infallible {
+        let timeout = self.idle.idle_timeout;
+        let mut wait = timeout;
+        loop {
+            tokio::time::sleep(wait).await;
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            wait = match slot.as_ref() {
+                Some((_, c)) if c.is_ready() || c.is_closed() => {
+                    match timeout.checked_sub(c.last_used.elapsed()) {
+                        Some(left) if !left.is_zero() && !c.is_closed() => left,
+                        _ => {
+                            *slot = None;
+                            timeout
+                        }
+                    }
+                }
+                // Busy (an answer in flight) or nothing pinned: look again later.
+                _ => timeout,
+            };
         }
     }
 }
@@ -264,7 +300,7 @@ async fn connect(key: &PinKey, mut connector: EgressConnector) -> Result<Conn, P
     Ok(Conn {
         sender,
         info,
-        idle_since: Instant::now(),
+        last_used: Instant::now(),
     })
 }
 

@@ -199,6 +199,7 @@ pub struct UpstreamPools {
     tls_h1: Arc<rustls::ClientConfig>,
     tls_h2: Arc<rustls::ClientConfig>,
     idle_per_host: usize,
+    idle_timeout: Duration,
     clients: Mutex<HashMap<(Option<IpAddr>, UpstreamAlpn), UpstreamClient>>,
     /// Connections inspected tunnels pinned and left (`super::pinned`).
     pub pinned_idle: Arc<super::pinned::IdleConns>,
@@ -206,8 +207,14 @@ pub struct UpstreamPools {
 
 impl UpstreamPools {
     /// `tls` is the verifying client config (roots, no ALPN); ALPN variants are derived from it.
-    /// `idle_per_host`: idle keep-alive connections kept per upstream host.
-    pub fn new(egress: Arc<Egress>, tls: rustls::ClientConfig, idle_per_host: usize) -> Self {
+    /// `idle_per_host`: idle keep-alive connections kept per upstream host;
+    /// `idle_timeout`: a connection unused this long is closed.
+    pub fn new(
+        egress: Arc<Egress>,
+        tls: rustls::ClientConfig,
+        idle_per_host: usize,
+        idle_timeout: Duration,
+    ) -> Self {
         let mut h1 = tls.clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut h2 = tls;
@@ -217,8 +224,9 @@ impl UpstreamPools {
             tls_h1: Arc::new(h1),
             tls_h2: Arc::new(h2),
             idle_per_host,
+            idle_timeout,
             clients: Mutex::new(HashMap::new()),
-            pinned_idle: Arc::new(super::pinned::IdleConns::new(idle_per_host)),
+            pinned_idle: Arc::new(super::pinned::IdleConns::new(idle_per_host, idle_timeout)),
         }
     }
 
@@ -249,7 +257,7 @@ impl UpstreamPools {
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_idle_timeout(self.idle_timeout)
                     .pool_max_idle_per_host(self.idle_per_host)
                     .set_host(false)
                     .build(EgressConnector {

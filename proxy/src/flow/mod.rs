@@ -674,8 +674,10 @@ async fn inspected_tunnel(
     } = flow;
     drop(gen);
     let (gw_svc, default_port) = (gw.clone(), dest.port);
-    // One upstream connection kept for the tunnel's requests.
+    // One upstream connection kept for the tunnel's requests (closed while
+    // the session is quiet).
     let upstream = Arc::new(TunnelUpstream::new(gw.pools.pinned_idle.clone()));
+    let pinned = upstream.clone();
     let handler = move |req: Request<Incoming>| {
         let (gw, conn, name, blocked, upstream) = (
             gw_svc.clone(),
@@ -702,6 +704,7 @@ async fn inspected_tunnel(
         .try_with(|t| t.clone())
         .unwrap_or_default();
     let cut = tokio::select! {
+        biased;
         result = serve => {
             if let Err(e) = result {
                 tracing::debug!("inspected tunnel to {}: {e}", dest.host);
@@ -709,7 +712,11 @@ async fn inspected_tunnel(
             false
         }
         _ = hard_stop.cancelled() => true,
+        never = pinned.close_when_idle() => match never {},
     };
+    // The connection goes to the idle list before the record says the
+    // tunnel ended.
+    drop(pinned);
     entry.record.rule = format!("{} (inspected)", entry.record.rule);
     entry.tunnel_ended(RelayStats {
         up: accepted.read.load(Ordering::Relaxed),

@@ -151,6 +151,7 @@ pub async fn start(config: Config) -> Result<Running> {
             egress.clone(),
             upstream_tls,
             config.limits.upstream_idle_per_host,
+            config.limits.upstream_idle(),
         ),
         inspector,
         egress,

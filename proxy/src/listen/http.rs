@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::coalesce::Coalesce;
 use super::framing_guard::FramingGuard;
 use crate::config::Limits;
 
@@ -86,7 +87,9 @@ where
             .max_header_list_size((limits.max_header_bytes as u32).max(16 * 1024))
             .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
             .keep_alive_timeout(std::time::Duration::from_secs(20));
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        // HTTP/2 writes a frame header and a large payload as two pieces:
+        // one write, so over TLS one record (`Coalesce`).
+        let conn = builder.serve_connection(TokioIo::new(Coalesce::new(stream)), service);
         tokio::pin!(conn);
         tokio::select! {
             result = conn.as_mut() => result,

@@ -4,6 +4,7 @@
 //! limits and graceful shutdown. Each admitted connection is served by
 //! [`http::serve`] with [`crate::flow::handle`] for every request.
 
+pub mod coalesce;
 pub mod framing_guard;
 pub mod http;
 pub mod proxy_protocol;

@@ -132,10 +132,15 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let engine = &sec.engine;
+    let rules = engine.has_http_request_rules() || engine.has_request_body_rules();
+    if sec.intel.is_empty() && !rules {
+        // Nothing to check: skip the target copy (every inspected request).
+        return Ok(());
+    }
     let target = record.target.clone();
     check_destination(sec, resolver, metrics, conn, host, &target, record).await?;
-    let engine = &sec.engine;
-    if !engine.has_http_request_rules() && !engine.has_request_body_rules() {
+    if !rules {
         return Ok(());
     }
     let req = HttpRequestBuffers::new(method, uri, headers, host, port);

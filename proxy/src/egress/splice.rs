@@ -24,6 +24,9 @@ use super::tunnel::{drive, Half, HalfState, RelayStats};
 
 /// Most bytes one splice call asks for (the pipe's capacity bounds it).
 const SPLICE_CHUNK: usize = 1 << 20;
+/// Pipe capacity asked for while bytes flow (the default 64 KiB means a
+/// syscall pair per 64 KiB; the kernel caps it at fs.pipe-max-size).
+const PIPE_SIZE: usize = 512 * 1024;
 
 /// Relays `client` and `upstream` until both directions are finished, the
 /// tunnel is idle for `idle`, or the gateway's hard stop. `client_prefix`:
@@ -121,6 +124,8 @@ impl SpliceHalf {
                 Some((_, pipe_in)) => pipe_in,
                 None => {
                     let pipe = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+                    // Best effort: a smaller pipe only means more syscalls.
+                    let _ = rustix::pipe::fcntl_setpipe_size(&pipe.1, PIPE_SIZE);
                     &self.pipe.insert(pipe).1
                 }
             };

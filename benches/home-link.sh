@@ -55,6 +55,7 @@ NET=kghl-net
 GW_IP=10.77.0.1
 LAPTOP_IP=10.77.0.2
 W="$(mktemp -d /tmp/komugate-homelink.XXXXXX)"
+chmod 755 "$W"   # nginx's workers read the files as an unprivileged user
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -140,11 +141,15 @@ burst_urls >"$W/burst.curl"
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 bulk() { # curl-args... → seconds
-  in_laptop curl -sf -o /dev/null -w '%{time_total}' "$@" "http://h1.home.test/big"
+  local out
+  out="$(in_laptop curl -s -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$@" "http://h1.home.test/big")"
+  [ "${out% *}" = "200 $((BULK_MIB * 1024 * 1024))" ] || { echo "bulk download ($*): $out" >&2; return 1; }
+  echo "${out##* }"
 }
 burst() { # curl-args... → seconds for all 60 fetches
-  local t0; t0="$(now)"
-  in_laptop curl -sf --parallel --parallel-max 6 -K "$W/burst.curl" "$@" >/dev/null
+  local t0 ok; t0="$(now)"
+  ok="$(in_laptop curl -s --parallel --parallel-max 6 -K "$W/burst.curl" -w '%{http_code}\n' "$@" | grep -c '^200$' || true)"
+  [ "$ok" = 60 ] || { echo "page burst ($*): $ok of 60 fetches answered 200" >&2; return 1; }
   elapsed "$t0" "$(now)"
 }
 mixed() { # curl-args... → burst seconds while a bulk download runs
@@ -177,6 +182,7 @@ for profile in $PROFILES; do
   for _ in $(seq 1 100); do in_laptop curl -sf -o /dev/null "${VIA[@]}" http://h1.home.test/small1 && break; sleep 0.2; done
   log "$profile: $what"
   d_bulk="$(measure bulk "${DIRECT[@]}")"; k_bulk="$(measure bulk "${VIA[@]}")"
+  # Download rates for the table (MB/s from the median seconds).
   d_burst="$(measure burst "${DIRECT[@]}")"; k_burst="$(measure burst "${VIA[@]}")"
   d_mixed="$(measure mixed "${DIRECT[@]}")"; k_mixed="$(measure mixed "${VIA[@]}")"
   kill -TERM "$EMU_PID"; wait "$EMU_PID" 2>/dev/null || true

@@ -100,7 +100,12 @@ fn sign_in_to_first_allowed_request() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         const APP: &str = "komugate-client";
+        // The provider always has one confidential client (the console's);
+        // the app signs in as a native client beside it.
         let provider = OidcProvider::start(&ProviderSetup {
+            client_id: "komugate-console".into(),
+            client_secret: "a-client-secret-for-benches-only-01".into(),
+            redirect_uri: "http://127.0.0.1:1/console/oidc/callback".into(),
             accounts: serde_json::json!({
                 "hanako": {"preferred_username": "hanako@board.test", "groups": ["teachers"]},
             }),

@@ -58,6 +58,7 @@ pub mod local_time;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
+pub mod multiplexed_socket;
 pub mod oidc;
 pub mod pac;
 pub mod pki;

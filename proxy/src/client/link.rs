@@ -372,7 +372,7 @@ impl Link {
                 )
             })?
             .with_context(|| format!("TCP connect to {}", self.cfg.server))?;
-        let _ = tcp.set_nodelay(true);
+        crate::multiplexed_socket::tune(&tcp);
         let name = ServerName::try_from(self.cfg.tls_name())
             .map_err(|e| anyhow!("server name {:?}: {e}", self.cfg.tls_name()))?;
         let tls = tokio::time::timeout(timeout, tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp))

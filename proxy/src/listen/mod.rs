@@ -108,7 +108,7 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, auth: Arc<Devic
                 Err(e) => { tracing::warn!("mtls listener accept: {e}"); continue; }
             },
         };
-        let _ = stream.set_nodelay(true);
+        crate::multiplexed_socket::tune(&stream);
         let gw2 = gw.clone();
         // The config of the moment: a reload swaps in a new one (new session cache).
         let acceptor = TlsAcceptor::from(auth.server_config());

@@ -17,7 +17,8 @@ W="$(mktemp -d /tmp/komugate-ab.XXXXXX)"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
 wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
-set_key() { awk -v s="[$2]" -v k="$3" -v v="$4" '/^\[/ { cur=$0 } cur==s && $0 ~ "^"k" *=" { print k" = "v; next } { print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"; }
+# shellcheck source=benches/config-edit.sh
+. "$(dirname "$0")/config-edit.sh"
 
 "$LG" origin --http 127.0.0.1:18080 --https 127.0.0.1:18443 --san outlook.office365.com \
   --dns 127.0.0.1:15353 --ca-out "$W/origin-ca.pem" >"$W/origin.log" 2>&1 &

@@ -225,12 +225,8 @@ wait_port "$ORIGIN_HTTPS"
 
 # ---------------------------------------------------------------- komugate
 log "komugate"
-set_key() { # file section key value: replace `key = ...` inside [section]
-  awk -v s="[$2]" -v k="$3" -v v="$4" '
-    /^\[/ { cur=$0 }
-    cur==s && $0 ~ "^"k" *=" { print k" = "v; next }
-    { print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
-}
+# shellcheck source=benches/config-edit.sh
+. "$ROOT/benches/config-edit.sh"
 KCONF="$W/komugate.toml"
 "$KG" config default >"$KCONF"
 set_key "$KCONF" listen plain "\"$KG_PLAIN\""

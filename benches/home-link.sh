@@ -107,12 +107,8 @@ PIDS+=($!)
 # Every name resolves to the network side's loopback, where nginx listens too.
 in_net "$LG" origin --http 127.0.0.1:18080 --dns 127.0.0.1:53 >"$W/origin.log" 2>&1 &
 PIDS+=($!)
-set_key() { # file section key value
-  awk -v s="[$2]" -v k="$3" -v v="$4" '
-    /^\[/ { cur=$0 }
-    cur==s && $0 ~ "^"k" *=" { print k" = "v; next }
-    { print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
-}
+# shellcheck source=benches/config-edit.sh
+. "$ROOT/benches/config-edit.sh"
 KCONF="$W/komugate.toml"
 "$KG" config default >"$KCONF"
 set_key "$KCONF" listen mtls "\"$GW_IP:8443\""
@@ -208,7 +204,7 @@ done
 SECTION="$W/section.md"
 { echo "## A laptop at home (emulated link)"
   echo
-  echo "\`$COMMAND\` — $(date -u +%Y-%m-%d), komugate $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores. Two network namespaces joined by \`komugate-linkemu\` (user-space packet emulator between two TUN devices: half the RTT each way, random loss, pacing at the link rate behind a 50 ms drop-tail queue). Direct: curl to nginx over the link. komugate: curl → \`komugate client\` (CONNECT) → one HTTP/2 connection over mutual TLS across the link → the gateway → nginx on the network side. Medians of $BULK_ROUNDS rounds."
+  echo "\`$COMMAND\` — $(date -u +%Y-%m-%d), komugate $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores. Two network namespaces joined by \`komugate-linkemu\` (user-space packet emulator between two TUN devices: half the RTT each way, random loss, pacing at the link rate behind a 50 ms drop-tail queue). Direct: curl to nginx over the link. komugate: curl → \`komugate client\` (CONNECT) → one HTTP/2 connection over mutual TLS across the link → the gateway → nginx on the network side. Medians of $BULK_ROUNDS rounds. The machine's load during the run: $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min). Tuning from these figures: the gateway's mTLS connections and the client's link keep their unsent queue short (\`TCP_NOTSENT_LOWAT\` 128 KiB, \`proxy/src/multiplexed_socket.rs\`); before that, the burst during a download took 1.97× direct's time on the home profile (one round at 49a64f8: 1.94 s against 0.99 s) because the page's answers queued behind megabytes of the download in the socket. hyper's HTTP/2 windows (client: 2 MiB per stream, 5 MiB per connection) already exceed both links' bandwidth-delay products and were left as they are."
   echo
   cat "$TABLES"; } >"$SECTION"
 if [ "$WRITE_RESULTS" = 1 ]; then

@@ -45,12 +45,8 @@ wait_port() { # host:port [tries of 0.1 s]
   echo "nothing listens on $1" >&2; return 1
 }
 
-set_key() { # file section key value: replace `key = ...` inside [section]
-  awk -v s="[$2]" -v k="$3" -v v="$4" '
-    /^\[/ { cur=$0 }
-    cur==s && $0 ~ "^"k" *=" { print k" = "v; next }
-    { print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
-}
+# shellcheck source=benches/config-edit.sh
+. "$ROOT/benches/config-edit.sh"
 
 start_origin() {
   "$LG" origin --https "$ORIGIN_HTTPS" --san "$M365" --dns "$ORIGIN_DNS" --ca-out "$W/origin-ca.pem" >"$W/origin.log" 2>&1 &

@@ -38,6 +38,7 @@
 #                  ["8 startup=4 idle=2 concurrency=0"]
 #   WRITE_RESULTS  1 = rewrite "## Load test" in benches/RESULTS.md [1]
 #   KEEP_TMP       1 = keep the temp dir (configs, logs, JSON) [0]
+#   PORT_SHIFT     added to every port the run uses (side-by-side runs) [0]
 #   SKIP_BUILD     1 = use the release binaries already in the target dir [0]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -115,14 +116,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ORIGIN_HTTP=127.0.0.1:18080
-ORIGIN_HTTPS=127.0.0.1:18443
-ORIGIN_DNS=127.0.0.1:15353
-KG_PLAIN=127.0.0.1:23128
-KG_MTLS=127.0.0.1:28443
-KG_ADMIN=127.0.0.1:29090
-SQ_PLAIN=127.0.0.1:33128
-SQ_BUMP=127.0.0.1:33129
+# PORT_SHIFT moves every port of the run, so a second run (another
+# worktree's) can go side by side with this one.
+P=${PORT_SHIFT:-0}
+ORIGIN_HTTP=127.0.0.1:$((18080 + P))
+ORIGIN_HTTPS=127.0.0.1:$((18443 + P))
+ORIGIN_DNS=127.0.0.1:$((15353 + P))
+KG_PLAIN=127.0.0.1:$((23128 + P))
+KG_MTLS=127.0.0.1:$((28443 + P))
+KG_ADMIN=127.0.0.1:$((29090 + P))
+SQ_PLAIN=127.0.0.1:$((33128 + P))
+SQ_BUMP=127.0.0.1:$((33129 + P))
 M365=outlook.office365.com
 
 wait_port() { # host:port
@@ -132,6 +136,21 @@ wait_port() { # host:port
   done
   echo "nothing listens on $1" >&2; return 1
 }
+
+# Every port must be free before the run: a second benchmark (or a stray
+# process) on the same port would answer for the one under test and turn
+# its figures into errors or someone else's numbers.
+require_free_ports() { # host:port...
+  local busy=()
+  for hp in "$@"; do
+    if (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null; then busy+=("$hp"); fi
+  done
+  [ ${#busy[@]} -eq 0 ] && return 0
+  echo "compare-squid.sh: already in use: ${busy[*]} (another benchmark running? see: ss -ltnp | grep -E '${busy[*]// /|}'); stop it and run again" >&2
+  exit 1
+}
+require_free_ports "$ORIGIN_HTTP" 127.0.0.1:$((18081 + P)) 127.0.0.1:$((18082 + P)) 127.0.0.1:$((18083 + P)) "$ORIGIN_HTTPS" \
+  "$KG_PLAIN" "$KG_MTLS" "$KG_ADMIN" "$SQ_PLAIN" "$SQ_BUMP"
 
 # ---------------------------------------------------------------- filtered: lists
 # The UT1 categories both filters block, the host names of the workload, and
@@ -218,7 +237,7 @@ if has filtered; then
 fi
 
 log "origin"
-"$LG" origin --http "$ORIGIN_HTTP" --http 127.0.0.1:18081 --http 127.0.0.1:18082 --http 127.0.0.1:18083 \
+"$LG" origin --http "$ORIGIN_HTTP" --http 127.0.0.1:$((18081 + P)) --http 127.0.0.1:$((18082 + P)) --http 127.0.0.1:$((18083 + P)) \
   --https "$ORIGIN_HTTPS" --san "$M365" --dns "$ORIGIN_DNS" --ca-out "$W/origin-ca.pem" "${ORIGIN_EXTRA[@]}" >"$W/origin.log" 2>&1 &
 PIDS+=($!)
 wait_port "$ORIGIN_HTTPS"
@@ -232,6 +251,7 @@ KCONF="$W/komugate.toml"
 set_key "$KCONF" listen plain "\"$KG_PLAIN\""
 set_key "$KCONF" listen mtls "\"$KG_MTLS\""
 set_key "$KCONF" listen admin "\"$KG_ADMIN\""
+set_key "$KCONF" data demo_origin '""'
 set_key "$KCONF" dns servers "[\"$ORIGIN_DNS\"]"
 set_key "$KCONF" decision allowed_ports "[]"
 set_key "$KCONF" limits idle_timeout_secs 3600
@@ -246,6 +266,7 @@ KG_PID=$!
 PIDS+=($KG_PID)
 wait_port "$KG_MTLS"
 wait_port "$KG_PLAIN"
+kill -0 "$KG_PID" 2>/dev/null || { echo "komugate exited at start; last lines of $W/komugate.log:" >&2; tail -5 "$W/komugate.log" >&2; exit 1; }
 PKI="$W/kg/pki"
 
 # ---------------------------------------------------------------- squid
@@ -386,7 +407,7 @@ fi
 if has bulk; then
   BK="$W/bulk"
   mkdir -p "$BK/www" "$BK/nginx"
-  BULK_ORIGIN=127.0.0.3:18090
+  BULK_ORIGIN=127.0.0.3:$((18090 + P))
   head -c "$((BULK_MIB * 1024 * 1024))" /dev/zero >"$BK/www/big"
   cat >"$BK/nginx/nginx.conf" <<EOF
 daemon off;
@@ -404,7 +425,7 @@ EOF
   nginx -c "$BK/nginx/nginx.conf" -p "$BK/nginx" >"$BK/nginx/stdout.log" 2>&1 &
   PIDS+=($!)
   wait_port "$BULK_ORIGIN"
-  KC_HTTP=127.0.0.1:23180
+  KC_HTTP=127.0.0.1:$((23180 + P))
   "$KG" client --server "$KG_MTLS" --server-name localhost --cert "$PKI/demo-device.pem" --key "$PKI/demo-device.key" \
     --ca "$PKI/inspect-ca.pem" --http "$KC_HTTP" --socks "" --dns "" >"$BK/client.log" 2>&1 &
   KC_PID=$!
@@ -469,8 +490,8 @@ fi
 # own port, komugate with a policy file (category rule for everyone) on its
 # own port; the unfiltered instances above keep their simple lists.
 if has filtered; then
-  KGF_PLAIN=127.0.0.1:24128
-  SQF_PLAIN=127.0.0.1:31328  # below the ephemeral port range (32768+), like KGF_PLAIN
+  KGF_PLAIN=127.0.0.1:$((24128 + P))
+  SQF_PLAIN=127.0.0.1:$((31328 + P))  # below the ephemeral port range (32768+), like KGF_PLAIN
   log "filtered: komugate with the UT1 policy"
   KGF="$W/kgf"
   mkdir -p "$KGF"

@@ -57,27 +57,10 @@ LAPTOP_IP=10.77.0.2
 W="$(mktemp -d /tmp/komugate-homelink.XXXXXX)"
 chmod 755 "$W"   # nginx's workers read the files as an unprivileged user
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  ip netns del "$LAPTOP" 2>/dev/null || true
-  ip netns del "$NET" 2>/dev/null || true
-  [ "${KEEP_TMP:-0}" = 1 ] && echo "kept $W" >&2 || rm -rf "$W"
-}
-trap cleanup EXIT
-in_laptop() { ip netns exec "$LAPTOP" "$@"; }
-in_net() { ip netns exec "$NET" "$@"; }
-wait_port() { # netns host:port
-  for _ in $(seq 1 300); do
-    if ip netns exec "$1" bash -c "exec 3<>/dev/tcp/${2%:*}/${2##*:}" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $2 in $1" >&2; return 1
-}
+# shellcheck source=benches/netns-common.sh
+. "$ROOT/benches/netns-common.sh"
 
 log "namespaces $LAPTOP and $NET, TUN devices, link emulator"
-for ns in "$LAPTOP" "$NET"; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; ip -n "$ns" link set lo up; done
 ip -n "$LAPTOP" tuntap add dev emu0 mode tun
 ip -n "$NET" tuntap add dev emu1 mode tun
 ip -n "$LAPTOP" addr add "$LAPTOP_IP" peer "$GW_IP" dev emu0

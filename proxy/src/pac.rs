@@ -135,6 +135,48 @@ function FindProxyForURL(url, host) {{
     )
 }
 
+/// The networks a PAC file made by [`generate`] sends `DIRECT` (its IPv4
+/// networks and IPv6 addresses), read back from the text: `komugate
+/// client --tun` routes them around the TUN device, so full-device mode
+/// and the browser's PAC keep the same split. Host names in the list have
+/// no route and are carried through the gateway in full-device mode.
+pub fn direct_networks(pac: &str) -> Vec<IpNet> {
+    let list = |var: &str| -> Option<String> {
+        let head = format!("\nvar {var} = [");
+        let start = pac.find(&head)? + head.len();
+        let end = start + pac[start..].find("];")?;
+        Some(pac[start..end].to_string())
+    };
+    let mut nets = Vec::new();
+    if let Some(v4) = list("KOMUGATE_DIRECT_NETS4") {
+        for pair in v4.split(']') {
+            let mut nums = pair
+                .trim_start_matches([',', ' ', '['])
+                .split(',')
+                .map(|x| x.trim().parse::<u64>());
+            if let (Some(Ok(net)), Some(Ok(size))) = (nums.next(), nums.next()) {
+                let prefix = 32 - size.max(1).ilog2().min(32);
+                if let (Ok(net), true) = (u32::try_from(net), size.is_power_of_two()) {
+                    if let Ok(n) = ipnet::Ipv4Net::new(net.into(), prefix as u8) {
+                        nets.push(IpNet::V4(n));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(v6) = list("KOMUGATE_DIRECT_IPS6") {
+        for ip in v6.split(',').filter_map(|x| {
+            x.trim()
+                .trim_matches('"')
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+        }) {
+            nets.push(IpNet::from(IpAddr::V6(ip)));
+        }
+    }
+    nets
+}
+
 /// The DIRECT list for a requester at `site` (or off-site).
 pub fn direct_list(dir: &SiteDirectory, site: Option<&str>) -> Vec<String> {
     let mut list = dir.pac_direct.clone();
@@ -273,6 +315,26 @@ fn located_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_networks_read_back_what_generate_wrote() {
+        let text = generate(
+            &[
+                "10.0.0.0/8".into(),
+                "192.168.1.20".into(),
+                "*.school.local".into(),
+                "2001:db8::5".into(),
+            ],
+            "PROXY 127.0.0.1:3128",
+            "t",
+        );
+        let nets: Vec<String> = direct_networks(&text)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.20/32", "2001:db8::5/128"]);
+        assert!(direct_networks("function FindProxyForURL() {}").is_empty());
+    }
 
     #[test]
     fn generated_text_has_the_lists() {

@@ -33,6 +33,19 @@ pub async fn start(origin: &str, records: &[(&str, Ipv4Addr)]) -> DnsServer {
 
 /// Serves several zones from one server: (origin, A records) each.
 pub async fn start_zones(zones: &[(&str, &[(&str, Ipv4Addr)])]) -> DnsServer {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS UDP");
+    let addr = udp.local_addr().unwrap();
+    // Same port for TCP (truncated answers); fine if the port is taken.
+    let tcp = TcpListener::bind(addr).await.ok();
+    serve_zones(udp, tcp, zones)
+}
+
+/// Serves `zones` on sockets bound elsewhere (another address or namespace).
+pub fn serve_zones(
+    udp: UdpSocket,
+    tcp: Option<TcpListener>,
+    zones: &[(&str, &[(&str, Ipv4Addr)])],
+) -> DnsServer {
     let mut catalog = Catalog::new();
     for (origin, records) in zones {
         let origin_name = Name::from_str(origin).expect("zone origin");
@@ -57,10 +70,7 @@ pub async fn start_zones(zones: &[(&str, &[(&str, Ipv4Addr)])]) -> DnsServer {
         catalog.upsert(LowerName::new(&origin_name), vec![Arc::new(authority)]);
     }
 
-    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS UDP");
     let addr = udp.local_addr().unwrap();
-    // Same port for TCP (truncated answers); fine if the port is taken.
-    let tcp = TcpListener::bind(addr).await.ok();
     let mut server = ServerFuture::new(catalog);
     server.register_socket(udp);
     if let Some(tcp) = tcp {

@@ -7,6 +7,7 @@
 //! - [`gw`]: a gateway in a tempdir, mTLS client helpers, access log and
 //!   metrics readers
 //! - [`raw`]: raw HTTP/1.1 over TCP
+//! - [`netns`]: Linux network namespaces for the full-device (TUN) tests
 //! - [`browser`]: headless chromium over WebDriver, trusting test CAs
 //! - [`console`]: an HTTP client with a cookie jar for the admin console
 //! - [`oidc_provider`]: a real OpenID provider (npm `oidc-provider`) over
@@ -17,6 +18,7 @@ pub mod browser;
 pub mod console;
 pub mod dns;
 pub mod gw;
+pub mod netns;
 pub mod oidc_provider;
 pub mod raw;
 pub mod smtp;

@@ -48,6 +48,11 @@ pub struct HttpUpstream {
 impl HttpUpstream {
     pub async fn start(ip: &str) -> HttpUpstream {
         let listener = TcpListener::bind((ip, 0)).await.expect("bind upstream");
+        HttpUpstream::serve(listener)
+    }
+
+    /// Serves on a listener bound elsewhere (e.g. in another network namespace).
+    pub fn serve(listener: TcpListener) -> HttpUpstream {
         let addr = listener.local_addr().unwrap();
         let seen: SeenLog = Default::default();
         let accepts = Arc::new(AtomicUsize::new(0));

@@ -23,6 +23,13 @@
 //! posture_interval_secs = 300
 //! posture_file = ""                    # facts from device management (JSON), override the collected ones
 //! key_store = "pem"                    # "pem" (the key file) or "pkcs11" (a key in a token)
+//! [tun]                                # full-device mode (Linux; docs/client-tun.md)
+//! enabled = false                      # also --tun
+//! name = "komugate0"
+//! address = "198.18.0.1"               # the device's address (/30)
+//! mtu = 1500
+//! captive_portal_hosts = ["detectportal.firefox.com", "connectivitycheck.gstatic.com", "www.msftconnecttest.com", "captive.apple.com"]
+//! captive_portal_secs = 300            # direct while the gateway is unreachable, this long
 //! [pkcs11]                             # with key_store = "pkcs11"
 //! module = "/usr/lib/softhsm/libsofthsm2.so"
 //! token_label = "komugate"
@@ -68,6 +75,8 @@ pub struct ClientConfig {
     /// `pem` or `pkcs11`.
     pub key_store: String,
     pub pkcs11: Pkcs11Config,
+    /// Full-device mode (`[tun]`, `--tun`).
+    pub tun: TunConfig,
 }
 
 /// `[pkcs11]`: the device key inside a PKCS#11 token.
@@ -108,6 +117,45 @@ impl Default for ClientConfig {
             posture_file: PathBuf::new(),
             key_store: "pem".into(),
             pkcs11: Pkcs11Config::default(),
+            tun: TunConfig::default(),
+        }
+    }
+}
+
+/// `[tun]` in the client configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunConfig {
+    /// Full-device mode (also `--tun`).
+    pub enabled: bool,
+    /// Interface name.
+    pub name: String,
+    /// The device's address (a /30 around it is the device's network).
+    pub address: std::net::Ipv4Addr,
+    pub mtu: u16,
+    /// Host names whose DNS questions and HTTP(S) go direct while the link
+    /// is down, for `captive_portal_secs` (hotel and café Wi-Fi sign-in).
+    pub captive_portal_hosts: Vec<String>,
+    pub captive_portal_secs: u64,
+}
+
+impl Default for TunConfig {
+    fn default() -> Self {
+        TunConfig {
+            enabled: false,
+            name: "komugate0".into(),
+            // RFC 2544 benchmarking range: not used on real networks.
+            address: std::net::Ipv4Addr::new(198, 18, 0, 1),
+            mtu: 1500,
+            captive_portal_hosts: [
+                "detectportal.firefox.com",
+                "connectivitycheck.gstatic.com",
+                "www.msftconnecttest.com",
+                "captive.apple.com",
+            ]
+            .map(String::from)
+            .to_vec(),
+            captive_portal_secs: 300,
         }
     }
 }
@@ -152,6 +200,10 @@ pub struct ClientArgs {
     /// client's sign-in ends too).
     #[arg(long, conflicts_with = "sign_in")]
     pub sign_out: bool,
+    /// Full-device mode: a TUN device carries all of the device's traffic
+    /// through the gateway, failing closed while it is unreachable (root).
+    #[arg(long)]
+    pub tun: bool,
 }
 
 impl ClientConfig {
@@ -225,6 +277,9 @@ impl ClientConfig {
         }
         if let Some(v) = &a.sign_in {
             c.sign_in = v.clone();
+        }
+        if a.tun {
+            c.tun.enabled = true;
         }
         c.validate()?;
         Ok(c)

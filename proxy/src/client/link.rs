@@ -75,6 +75,9 @@ pub struct Link {
     user: Mutex<Option<UserToken>>,
     /// Signalled when the user's token changes (renewal scheduling).
     pub token_changed: Notify,
+    /// Full-device mode's counters, for the local status page.
+    #[cfg(target_os = "linux")]
+    pub(crate) tun_stats: std::sync::OnceLock<Arc<super::tun::Stats>>,
 }
 
 /// How the gateway took a user token.
@@ -158,6 +161,8 @@ impl Link {
             device_cert,
             user: Mutex::new(None),
             token_changed: Notify::new(),
+            #[cfg(target_os = "linux")]
+            tun_stats: std::sync::OnceLock::new(),
             cfg,
         })
     }
@@ -184,6 +189,12 @@ impl Link {
                 None
             }
         }
+    }
+
+    /// Someone needs the link (traffic while it is down): reconnect soon
+    /// instead of at the full backoff.
+    pub fn demand(&self) {
+        self.wake.notify_one();
     }
 
     pub fn is_up(&self) -> bool {

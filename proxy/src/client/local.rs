@@ -110,6 +110,9 @@ async fn http_request(
         if req.uri().path() == "/proxy.pac" || req.uri().path() == "/wpad.dat" {
             return Ok(boxed(crate::pac::response(local_pac(&link, &pac_proxy))));
         }
+        if req.uri().path() == STATUS_PATH {
+            return Ok(status(&link));
+        }
         return Ok(error_page(
             StatusCode::BAD_REQUEST,
             "これは komugate のローカルプロキシです。PAC: /proxy.pac",
@@ -169,6 +172,29 @@ async fn http_connect(link: Arc<Link>, req: Request<Incoming>) -> Response<LinkB
         }
         Err(e) => stream_error_response(e),
     }
+}
+
+/// The client's state for people and tests on the device: the link and,
+/// in full-device mode, the TUN counters (drops by reason, refusals).
+pub const STATUS_PATH: &str = "/.komugate/client/status";
+
+fn status(link: &Link) -> Response<LinkBody> {
+    #[allow(unused_mut)]
+    let mut v = serde_json::json!({
+        "device": link.device_id(),
+        "link_up": link.is_up(),
+        "connects": link.connects.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    #[cfg(target_os = "linux")]
+    if let Some(s) = link.tun_stats.get() {
+        v["tun"] = s.json();
+    }
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    boxed(r)
 }
 
 /// The client's PAC: the gateway's (same DIRECT lists, for this device's
@@ -373,7 +399,7 @@ pub async fn serve_dns(link: Arc<Link>, socket: UdpSocket, shutdown: Cancellatio
 }
 
 /// RFC 8484 POST `/dns-query` on the gateway connection.
-async fn doh(link: &Link, query: Bytes) -> Result<Bytes, String> {
+pub(crate) async fn doh(link: &Link, query: Bytes) -> Result<Bytes, String> {
     // RFC 8484 §4.1: use ID 0 on the wire for cacheability; restore it in the answer.
     let id = [query[0], query[1]];
     let mut q = query.to_vec();

@@ -15,6 +15,8 @@ pub mod pkcs11;
 pub mod posture;
 pub mod renew;
 pub mod signin;
+#[cfg(target_os = "linux")]
+pub mod tun;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +34,9 @@ pub struct RunningClient {
     pub socks: Option<SocketAddr>,
     pub dns: Option<SocketAddr>,
     pub link: Arc<Link>,
+    /// Full-device mode's device (`--tun`); dropping it removes its routes.
+    #[cfg(target_os = "linux")]
+    pub tun: Option<tun::Tun>,
     shutdown: CancellationToken,
 }
 
@@ -57,6 +62,8 @@ pub async fn start(cfg: ClientConfig) -> Result<RunningClient> {
         socks: None,
         dns: None,
         link: link.clone(),
+        #[cfg(target_os = "linux")]
+        tun: None,
         shutdown: shutdown.clone(),
     };
     if let Some(addr) = crate::config::Config::listen_addr(&cfg.http) {
@@ -86,6 +93,16 @@ pub async fn start(cfg: ClientConfig) -> Result<RunningClient> {
         )?;
         running.dns = Some(s.local_addr()?);
         tokio::spawn(local::serve_dns(link.clone(), s, shutdown.clone()));
+    }
+    if cfg.tun.enabled {
+        #[cfg(target_os = "linux")]
+        {
+            let t = tun::start(link.clone(), &cfg.tun, shutdown.clone()).await?;
+            let _ = link.tun_stats.set(t.stats.clone());
+            running.tun = Some(t);
+        }
+        #[cfg(not(target_os = "linux"))]
+        anyhow::bail!("--tun (full-device mode) is not available on this platform yet: use the local proxy (--http / --socks)");
     }
     tokio::spawn(link.clone().run(shutdown.clone()));
     tokio::spawn(renew::run(link.clone(), shutdown.clone()));
@@ -142,6 +159,13 @@ pub fn run_client(args: ClientArgs) -> Result<()> {
         }
         if let Some(a) = running.dns {
             println!("  DNS          {a} (udp) → gateway DoH");
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(t) = &running.tun {
+            println!(
+                "  full device  {} (all traffic; fails closed while the gateway is unreachable)",
+                t.name
+            );
         }
         for b in &cfg.beacons {
             println!("  site beacon  {b}");

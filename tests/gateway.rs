@@ -11,8 +11,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use komugate::config::FixedEgress;
-use komugate_tests::gw::{tls_connect, TestGateway};
+use komugate_tests::gw::{city_fixed_egress, tls_connect, TestGateway};
 use komugate_tests::raw::{self, RawConn};
 use komugate_tests::upstream::{EchoServer, HttpUpstream, TlsUpstream};
 use komugate_tests::{eventually, within};
@@ -397,11 +396,7 @@ async fn c05_device_identity_refusals_by_reason_and_access_record() {
 async fn c06_fixed_egress_source_for_listed_hosts_only() {
     within("check 6", async {
         let gw = TestGateway::start(|c, _| {
-            c.egress.fixed = vec![FixedEgress {
-                name: "city-fixed-ip".into(),
-                hosts: vec!["*.c4th.test".into()],
-                source: "127.0.0.2".parse().unwrap(),
-            }];
+            c.egress.fixed = vec![city_fixed_egress()];
         })
         .await;
         let up = HttpUpstream::start("127.0.0.1").await;

@@ -1,6 +1,6 @@
 //! Evaluation: one pure function from a request context to a [`Decision`].
 
-use crate::pattern::local_day_minute;
+use crate::pattern::{local_day_minute, PortRange};
 use crate::registry::GroupBits;
 use crate::subject::{Miss, PostureFailure, Subject};
 use crate::{Action, CasbHook, FirewallHook, ListMasks, Policy, Rule, ScopedEntry, TunnelMode};
@@ -644,8 +644,40 @@ pub struct FirewallRequest<'a> {
     /// unless `host` is itself an address literal).
     pub dest_ip: Option<IpAddr>,
     pub port: u16,
+    /// A TCP tunnel (CONNECT) or a UDP flow (CONNECT-UDP).
+    pub protocol: Protocol,
     pub time: std::time::SystemTime,
 }
+
+/// The transport of a non-web flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// UDP ports of DNS (53) and DNS over TLS/QUIC (853): refused for UDP
+/// flows unless a rule with `protocol = "udp"` allows them. Devices resolve
+/// through the gateway's DoH, where names are filtered and logged.
+pub const UDP_DNS_PORTS: &[u16] = &[53, 853];
+
+/// Rule named when a UDP flow to a DNS port is refused by default.
+pub const UDP_DNS_RULE: &str = "firewall-udp-dns";
+
+/// Rule named when a UDP flow to a web port (QUIC, HTTP/3) is refused by
+/// default: browsers then fall back to TCP, where inspection and the
+/// category filter apply.
+pub const UDP_QUIC_RULE: &str = "firewall-udp-quic";
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FirewallVerdict {
@@ -672,17 +704,28 @@ impl Policy {
     }
 
     /// The firewall verdict for one non-web flow. Pure. First matching
-    /// `[[firewall.rule]]` wins; otherwise a web port is allowed (left to the
-    /// web policy) and any other port gets `[firewall] default`. Without a
+    /// `[[firewall.rule]]` of the flow's protocol (or of any protocol)
+    /// wins; otherwise a TCP flow to a web port is allowed (left to the web
+    /// policy) and any other flow gets `[firewall] default`. Without a
     /// `[firewall]` section everything is allowed (rule `"firewall-off"`).
+    ///
+    /// UDP flows to DNS ports ([`UDP_DNS_PORTS`]) and to web ports (QUIC)
+    /// are refused ([`UDP_DNS_RULE`], [`UDP_QUIC_RULE`]), with or without a
+    /// `[firewall]`, unless a rule that says `protocol = "udp"` allows them:
+    /// allow rules for any protocol are passed over for those flows, so
+    /// they do not open them by accident.
     pub fn firewall(&self, req: &FirewallRequest<'_>) -> FirewallVerdict {
+        let web_ports = self.firewall.as_ref().map(|fw| fw.web_ports.as_slice());
+        let udp_default = (req.protocol == Protocol::Udp)
+            .then(|| udp_refusal(req.port, web_ports))
+            .flatten();
         let Some(fw) = &self.firewall else {
-            return FirewallVerdict {
+            return udp_default.unwrap_or(FirewallVerdict {
                 allow: true,
                 rule: "firewall-off".into(),
                 rule_origin: None,
                 log: false,
-            };
+            });
         };
         let host = norm_host(req.host);
         let (site, offsite) = match &req.location {
@@ -718,10 +761,18 @@ impl Policy {
             minute,
         };
         for r in &fw.rules {
+            if r.protocol.is_some_and(|p| p != req.protocol) {
+                continue;
+            }
             if let Some(nets) = &r.cidrs {
                 if !dest_ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
                     continue;
                 }
+            }
+            // Only an explicit UDP rule opens DNS or QUIC over UDP: an
+            // allow for any protocol is passed over for those flows.
+            if udp_default.is_some() && r.allow && r.protocol != Some(Protocol::Udp) {
+                continue;
             }
             if r.cond.matches(&ctx) {
                 return FirewallVerdict {
@@ -732,7 +783,10 @@ impl Policy {
                 };
             }
         }
-        if fw.web_ports.iter().any(|r| r.contains(req.port)) {
+        if let Some(refused) = udp_default {
+            return refused;
+        }
+        if req.protocol == Protocol::Tcp && fw.web_ports.iter().any(|r| r.contains(req.port)) {
             return FirewallVerdict {
                 allow: true,
                 rule: "firewall-web".into(),
@@ -747,4 +801,27 @@ impl Policy {
             log: fw.default_log,
         }
     }
+}
+
+/// The default refusal of a UDP flow to `port`, if any: DNS ports, and web
+/// ports (`[firewall] web_ports`; the default web ports when `web_ports`
+/// is `None`, without a `[firewall]`). Always logged.
+fn udp_refusal(port: u16, web_ports: Option<&[PortRange]>) -> Option<FirewallVerdict> {
+    let web = match web_ports {
+        Some(ports) => ports.iter().any(|r| r.contains(port)),
+        None => crate::FIREWALL_WEB_PORTS.contains(&port),
+    };
+    let rule = if UDP_DNS_PORTS.contains(&port) {
+        UDP_DNS_RULE
+    } else if web {
+        UDP_QUIC_RULE
+    } else {
+        return None;
+    };
+    Some(FirewallVerdict {
+        allow: false,
+        rule: rule.into(),
+        rule_origin: None,
+        log: true,
+    })
 }

@@ -26,7 +26,8 @@ pub use compile::{builtin_apps, check, Summary};
 pub use dependence::{HostKey, SubjectKey};
 pub use diag::{Diagnostic, PolicyErrors};
 pub use eval::{
-    Decision, Egress, FirewallRequest, FirewallVerdict, Location, Request, Scheme, FIREWALL_DECIDES,
+    Decision, Egress, FirewallRequest, FirewallVerdict, Location, Protocol, Request, Scheme,
+    FIREWALL_DECIDES, UDP_DNS_PORTS, UDP_DNS_RULE, UDP_QUIC_RULE,
 };
 pub use pattern::{HostPattern, PortRange, TimeWindow, Weekdays};
 pub use registry::{
@@ -387,6 +388,8 @@ pub(crate) struct Rule {
 pub(crate) struct FirewallRule {
     pub cond: Rule,
     pub cidrs: Option<Vec<ipnet::IpNet>>,
+    /// `protocol = "tcp"` / `"udp"`; `None` = any (absent or `"any"`).
+    pub protocol: Option<Protocol>,
     pub allow: bool,
     pub log: bool,
 }

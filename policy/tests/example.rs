@@ -484,6 +484,7 @@ fn example_firewall_keeps_non_web_ports_closed() {
             host: dest,
             dest_ip: dest.parse().ok(),
             port,
+            protocol: komugate_policy::Protocol::Tcp,
             time: at,
         })
     };

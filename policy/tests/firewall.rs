@@ -71,6 +71,7 @@ struct F {
     host: &'static str,
     dest: Option<&'static str>,
     port: u16,
+    protocol: Protocol,
     time: SystemTime,
 }
 
@@ -82,6 +83,7 @@ impl Default for F {
             host: "example.test",
             dest: None,
             port: 22,
+            protocol: Protocol::Tcp,
             time: jst(0, 10, 0),
         }
     }
@@ -96,6 +98,7 @@ fn fw(p: &Policy, f: F) -> FirewallVerdict {
         host: f.host,
         dest_ip: f.dest.map(|d| d.parse::<IpAddr>().unwrap()),
         port: f.port,
+        protocol: f.protocol,
         time: f.time,
     })
 }
@@ -232,6 +235,7 @@ fn location_and_time() {
         host: "x",
         dest_ip: None,
         port: 3390,
+        protocol: Protocol::Tcp,
         time: jst(0, 9, 0),
     });
     assert!(v.allow);
@@ -268,7 +272,7 @@ name = "a"
 cidrs = ["10.0.0.0/33", "nope"]
 groups = ["studnets"]
 location = "schol"
-protocol = "udp"
+protocol = "icmp"
 ports = ["9-1"]
 action = "permit"
 colour = "red"
@@ -293,7 +297,8 @@ categories = ["adult"]
     has("unknown group `studnets`");
     has("did you mean `students`");
     has("unknown site `schol`");
-    has("protocol `udp`");
+    has("protocol `icmp`");
+    has("only TCP and UDP flows");
     has("invalid action `permit`");
     has("unknown key `colour` in firewall rule `a`");
     has("invalid protocol `tcpp`");
@@ -314,4 +319,146 @@ categories = ["adult"]
     assert!(errors(&format!("firewall = 1\n{BASE}"))
         .iter()
         .any(|x| x.contains("`firewall` must be a table")));
+}
+
+/// UDP flows (CONNECT-UDP): DNS and QUIC refused by default, other ports
+/// per the rules; a rule for any protocol does not open DNS or QUIC.
+#[test]
+fn udp_defaults_and_rules() {
+    let udp = |p: &Policy, port: u16, dest: Option<&'static str>| {
+        fw(
+            p,
+            F {
+                port,
+                dest,
+                protocol: Protocol::Udp,
+                ..Default::default()
+            },
+        )
+    };
+    // Without a [firewall]: DNS and QUIC refused, the rest allowed like TCP.
+    let p = load(BASE);
+    assert_eq!(udp(&p, 53, None).rule, UDP_DNS_RULE);
+    assert!(!udp(&p, 53, None).allow);
+    assert_eq!(udp(&p, 853, None).rule, UDP_DNS_RULE);
+    assert_eq!(udp(&p, 443, None).rule, UDP_QUIC_RULE);
+    assert!(!udp(&p, 443, None).allow);
+    assert!(udp(&p, 3478, None).allow);
+    assert!(
+        fw(
+            &p,
+            F {
+                port: 53,
+                ..Default::default()
+            }
+        )
+        .allow,
+        "TCP 53 is not refused"
+    );
+
+    let rules = r#"
+[firewall]
+default = "deny"
+web_ports = [443, 8443]
+
+[[firewall.rule]]
+name = "media-any"
+ports = ["3478-3481", 443, 53]
+action = "allow"
+
+[[firewall.rule]]
+name = "tcp-only-9000"
+ports = [9000]
+protocol = "tcp"
+action = "allow"
+
+[[firewall.rule]]
+name = "school-dns"
+cidrs = ["10.0.0.53"]
+ports = [53]
+protocol = "udp"
+action = "allow"
+
+[[firewall.rule]]
+name = "no-udp-lan"
+cidrs = ["10.0.0.0/8"]
+protocol = "udp"
+action = "deny"
+"#;
+    let p = load(&format!("{BASE}{rules}"));
+    assert_eq!(udp(&p, 3479, None).rule, "media-any");
+    assert!(udp(&p, 3479, None).allow);
+    // A rule for any protocol matches, but does not open QUIC or DNS.
+    assert_eq!(udp(&p, 443, None).rule, UDP_QUIC_RULE);
+    assert_eq!(udp(&p, 53, Some("8.8.8.8")).rule, UDP_DNS_RULE);
+    // ... while TCP to 443 is that rule's.
+    assert_eq!(
+        fw(
+            &p,
+            F {
+                port: 443,
+                ..Default::default()
+            }
+        )
+        .rule,
+        "media-any"
+    );
+    // An explicit UDP rule does open DNS to the school's resolver.
+    let v = udp(&p, 53, Some("10.0.0.53"));
+    assert!(v.allow && v.rule == "school-dns", "{v:?}");
+    // A TCP rule does not match UDP; the default decides.
+    assert_eq!(udp(&p, 9000, None).rule, "firewall-default");
+    assert!(
+        fw(
+            &p,
+            F {
+                port: 9000,
+                ..Default::default()
+            }
+        )
+        .allow
+    );
+    // A UDP deny rule does not touch TCP.
+    assert_eq!(udp(&p, 5000, Some("10.1.1.1")).rule, "no-udp-lan");
+    assert_eq!(
+        fw(
+            &p,
+            F {
+                port: 5000,
+                dest: Some("10.1.1.1"),
+                ..Default::default()
+            }
+        )
+        .rule,
+        "firewall-default"
+    );
+    // A UDP flow to the other web port is QUIC too; 80 is not a web port here.
+    assert_eq!(udp(&p, 8443, None).rule, UDP_QUIC_RULE);
+    assert_eq!(udp(&p, 80, None).rule, "firewall-default");
+}
+
+#[test]
+fn protocol_values_and_positions() {
+    let text = format!(
+        "{BASE}\n[firewall]\n\n[[firewall.rule]]\nname = \"x\"\nprotocol = \"upd\"\naction = \"allow\"\n"
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("invalid protocol `upd`"), "{e:?}");
+    assert!(e[0].contains("did you mean `udp`"), "{e:?}");
+    // file:line:column of the value.
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("protocol"))
+        .unwrap();
+    assert!(
+        e[0].starts_with(&format!("/nonexistent/p.toml:{line}:12:")),
+        "{e:?}"
+    );
+    for ok in ["tcp", "udp", "any", "UDP"] {
+        let text = format!(
+            "{BASE}\n[firewall]\n\n[[firewall.rule]]\nname = \"x\"\nprotocol = \"{ok}\"\naction = \"allow\"\n"
+        );
+        assert!(errors(&text).is_empty(), "{ok}");
+    }
 }

@@ -45,6 +45,9 @@ pub struct Config {
     /// `[doh]`: DNS over HTTPS on the mTLS listener.
     #[serde(default)]
     pub doh: DohConfig,
+    /// `[udp]`: UDP flows (CONNECT-UDP) on the mTLS listener.
+    #[serde(default)]
+    pub udp: UdpConfig,
     /// `[block_page]`: what the block page shows and where.
     #[serde(default)]
     pub block_page: BlockPageConfig,
@@ -417,6 +420,61 @@ impl Default for DohConfig {
             blocked_answer: "nxdomain".into(),
             blocked_ttl: 60,
         }
+    }
+}
+
+/// `[udp]`: UDP flows devices open with CONNECT-UDP (RFC 9298) on the
+/// mTLS listener; per-device limits, so one device cannot flood the
+/// gateway's sockets or its upstream link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpConfig {
+    /// Accept CONNECT-UDP at all.
+    pub enabled: bool,
+    /// UDP flows one device may hold open at once; more are refused (429).
+    pub max_flows_per_device: usize,
+    /// Datagrams per second one device may send and receive, all its flows
+    /// together (token bucket); datagrams over it are dropped and counted.
+    pub datagrams_per_second: u32,
+    /// Datagrams a device may send in a burst above that rate.
+    pub datagram_burst: u32,
+    /// Largest UDP payload carried (bytes, at most 65527); larger datagrams
+    /// are dropped and counted.
+    pub max_datagram_bytes: usize,
+    /// A flow with no datagram either way for this long is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            enabled: true,
+            max_flows_per_device: 64,
+            datagrams_per_second: 2000,
+            datagram_burst: 4000,
+            max_datagram_bytes: 16384,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl UdpConfig {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max_datagram_bytes == 0 || self.max_datagram_bytes > masque::MAX_UDP_PAYLOAD {
+            return Err(format!(
+                "[udp] max_datagram_bytes = {} must be from 1 to {} (the largest UDP payload)",
+                self.max_datagram_bytes,
+                masque::MAX_UDP_PAYLOAD
+            ));
+        }
+        if self.datagrams_per_second == 0 || self.datagram_burst == 0 {
+            return Err("[udp] datagrams_per_second and datagram_burst must be at least 1; set enabled = false to refuse UDP".into());
+        }
+        Ok(())
     }
 }
 
@@ -895,6 +953,9 @@ impl Config {
             .blocked_answer()
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         self.alerts
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        self.udp
             .validate()
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         for (name, addr) in [

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub casb: CasbMetrics,
     /// `komugate_category_list_lines` (see `crate::list_import_report`).
     pub list_imports: crate::list_import_report::ListImportMetrics,
+    /// `komugate_udp_*` (CONNECT-UDP flows, see `crate::flow::udp`).
+    pub udp: UdpMetrics,
 }
 
 impl Metrics {
@@ -168,9 +170,11 @@ impl Metrics {
             .expect("metric"),
             casb: CasbMetrics::new(),
             list_imports: crate::list_import_report::ListImportMetrics::new(),
+            udp: UdpMetrics::new(),
             registry,
         };
         m.casb.register(&m.registry);
+        m.udp.register(&m.registry);
         m.list_imports.register(&m.registry);
         let r = &m.registry;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -274,5 +278,74 @@ impl CasbMetrics {
 impl Default for CasbMetrics {
     fn default() -> Self {
         CasbMetrics::new()
+    }
+}
+
+/// UDP flows (CONNECT-UDP) and their datagrams.
+pub struct UdpMetrics {
+    /// Flows by outcome: `allow` (relayed), `block` (policy, firewall,
+    /// guard), `limited` (over the device's flow limit), `error`.
+    pub flows: IntCounterVec,
+    pub flows_open: IntGauge,
+    /// Datagrams relayed, by direction (`up` device to origin, `down`).
+    pub datagrams: IntCounterVec,
+    /// Datagrams dropped, by reason: `rate` (device's datagram rate),
+    /// `oversized`, `unknown_context`, `send_error` (the origin's socket
+    /// refused it); and capsules skipped (`unknown_capsule`).
+    pub dropped: IntCounterVec,
+    /// Flows ended on a malformed capsule stream.
+    pub malformed: IntCounter,
+}
+
+impl UdpMetrics {
+    pub fn new() -> UdpMetrics {
+        UdpMetrics {
+            flows: IntCounterVec::new(
+                Opts::new("komugate_udp_flows_total", "CONNECT-UDP flows by outcome"),
+                &["result"],
+            )
+            .expect("metric"),
+            flows_open: IntGauge::new("komugate_udp_flows_open", "UDP flows currently open")
+                .expect("metric"),
+            datagrams: IntCounterVec::new(
+                Opts::new(
+                    "komugate_udp_datagrams_total",
+                    "UDP datagrams relayed, by direction",
+                ),
+                &["direction"],
+            )
+            .expect("metric"),
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "komugate_udp_datagrams_dropped_total",
+                    "UDP datagrams and capsules dropped, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("metric"),
+            malformed: IntCounter::new(
+                "komugate_udp_malformed_streams_total",
+                "UDP flows ended because the device sent a malformed capsule stream",
+            )
+            .expect("metric"),
+        }
+    }
+
+    pub fn register(&self, r: &Registry) {
+        for c in [
+            Box::new(self.flows.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.flows_open.clone()),
+            Box::new(self.datagrams.clone()),
+            Box::new(self.dropped.clone()),
+            Box::new(self.malformed.clone()),
+        ] {
+            let _ = r.register(c);
+        }
+    }
+}
+
+impl Default for UdpMetrics {
+    fn default() -> Self {
+        UdpMetrics::new()
     }
 }

@@ -14,9 +14,10 @@ pub struct AccessRecord {
     pub device: Option<String>,
     pub groups: Vec<String>,
     pub client: String,
-    /// `CONNECT` for tunnels, otherwise the HTTP method.
+    /// `CONNECT` for tunnels, `CONNECT-UDP` for UDP flows, otherwise the
+    /// HTTP method.
     pub method: String,
-    /// Full URL for forwarded requests, `host:port` for tunnels.
+    /// Full URL for forwarded requests, `host:port` for tunnels and UDP flows.
     pub target: String,
     /// `allow`, `block` or `error`.
     pub decision: &'static str,
@@ -28,6 +29,19 @@ pub struct AccessRecord {
     /// Local address of the upstream socket (the egress IP the upstream sees).
     pub egress: Option<String>,
     pub error: Option<String>,
+    /// `udp` for UDP flows (CONNECT-UDP); absent for TCP and HTTP. For a
+    /// UDP flow `bytes_up` / `bytes_down` count UDP payload bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    /// UDP flows: datagrams relayed device to origin, and back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub packets_up: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub packets_down: u64,
+    /// UDP flows: datagrams dropped (over the device's rate or the size
+    /// limit, unknown context, refused by the origin's socket).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub packets_dropped: u64,
     /// The device's user: the one signed in (OpenID Connect) when
     /// `signed_in`, else the registry's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -131,6 +131,13 @@ pub enum Refusal {
     UpstreamTimeout(u128),
     /// The upstream did not answer properly: 502.
     UpstreamFailed(String),
+    /// Over a per-device limit (`rule` names it): 429, the request is
+    /// refused, the connection stays.
+    Limited {
+        rule: String,
+        ja: String,
+        en: String,
+    },
 }
 
 /// A block: the rule that decided and what the user is told.

@@ -25,6 +25,16 @@ pub const DNS_RECORDS: &[(&str, Ipv4Addr)] = &[
     ("blocked.test.", Ipv4Addr::new(127, 0, 0, 1)),
 ];
 
+/// `[[egress.fixed]]` for `*.c4th.test` from 127.0.0.2 (the city's fixed
+/// IP in the tests; `www.c4th.test` resolves to 127.0.0.1).
+pub fn city_fixed_egress() -> komugate::config::FixedEgress {
+    komugate::config::FixedEgress {
+        name: "city-fixed-ip".into(),
+        hosts: vec!["*.c4th.test".into()],
+        source: "127.0.0.2".parse().unwrap(),
+    }
+}
+
 pub struct TestGateway {
     pub running: Option<Running>,
     pub addrs: BoundAddrs,

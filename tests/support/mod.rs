@@ -13,6 +13,7 @@
 //! - [`oidc_provider`]: a real OpenID provider (npm `oidc-provider`) over
 //!   HTTPS on loopback
 //! - [`smtp`]: a real SMTP server (aiosmtpd) requiring STARTTLS
+//! - [`udp`]: a CONNECT-UDP client over HTTP/2 and a UDP echo origin
 
 pub mod browser;
 pub mod console;
@@ -22,6 +23,7 @@ pub mod netns;
 pub mod oidc_provider;
 pub mod raw;
 pub mod smtp;
+pub mod udp;
 pub mod upstream;
 
 use std::future::Future;

@@ -1,5 +1,5 @@
 //! `[firewall]` and `[[firewall.rule]]`: which non-web ports devices may
-//! reach through tunnels.
+//! reach through tunnels, and which UDP flows (CONNECT-UDP) they may open.
 
 use toml_edit::TableLike;
 
@@ -96,22 +96,31 @@ pub(super) fn section(
             }
             None => None,
         };
-        if let Some((p, sp)) = cx.str(t, "protocol", &what) {
-            match p.to_ascii_lowercase().as_str() {
-                "tcp" | "any" => {}
-                "udp" | "icmp" | "sctp" => cx.err(
-                    &sp,
-                    format!("protocol `{p}` in {what} is not carried by komugate (only TCP flows are tunnelled); use \"tcp\" or \"any\""),
-                ),
-                _ => cx.err(
-                    &sp,
-                    format!(
-                        "invalid protocol `{p}` in {what} (use \"tcp\" or \"any\"){}",
-                        suggest(&p, ["tcp", "any"])
-                    ),
-                ),
-            }
-        }
+        let protocol = match cx.str(t, "protocol", &what) {
+            None => None,
+            Some((p, sp)) => match p.to_ascii_lowercase().as_str() {
+                "tcp" => Some(Protocol::Tcp),
+                "udp" => Some(Protocol::Udp),
+                "any" => None,
+                "icmp" | "sctp" => {
+                    cx.err(
+                        &sp,
+                        format!("protocol `{p}` in {what} is not carried by komugate (only TCP and UDP flows are); use \"tcp\", \"udp\" or \"any\""),
+                    );
+                    None
+                }
+                _ => {
+                    cx.err(
+                        &sp,
+                        format!(
+                            "invalid protocol `{p}` in {what} (use \"tcp\", \"udp\" or \"any\"){}",
+                            suggest(&p, ["tcp", "udp", "any"])
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         let allow = if t.contains_key("action") {
             match cx.str(t, "action", &what) {
                 Some((a, sp)) => match a.as_str() {
@@ -178,6 +187,7 @@ pub(super) fn section(
                 decides: true,
             },
             cidrs,
+            protocol,
             allow,
             log,
         });
@@ -225,7 +235,8 @@ fn fw_covers(a: &FirewallRule, b: &FirewallRule) -> bool {
                 .any(|m| m.contains(&n.network()) && m.prefix_len() <= n.prefix_len())
         }),
     };
-    cidrs && covers(&a.cond, &b.cond)
+    let protocol = a.protocol.is_none() || a.protocol == b.protocol;
+    cidrs && protocol && covers(&a.cond, &b.cond)
 }
 
 /// Warns at every `[[rule]]` that can only match CONNECTs to non-web

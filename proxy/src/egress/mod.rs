@@ -7,6 +7,7 @@ pub mod pinned;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tunnel;
+pub mod udp;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -494,6 +495,25 @@ impl Egress {
         })
     }
 
+    /// Resolves `host` and checks every address against the gateway's own
+    /// listeners and the destination guard. Refuses if ANY answer is
+    /// forbidden: a name that resolves to both a public and an internal
+    /// address is a rebinding attempt.
+    pub async fn resolve_allowed(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Arc<Vec<IpAddr>>, EgressError> {
+        let addrs = self.resolver.resolve(host).await?;
+        for addr in addrs.iter() {
+            if let Some(own) = self.own_listeners.get() {
+                own.check(*addr, port)?;
+            }
+            self.guard.check(*addr)?;
+        }
+        Ok(addrs)
+    }
+
     /// Resolves `host`, checks every address against the guard, and connects
     /// (bound to `source` when given). Returns the stream and the local
     /// address actually used.
@@ -503,15 +523,7 @@ impl Egress {
         port: u16,
         source: Option<IpAddr>,
     ) -> Result<TcpStream, EgressError> {
-        let addrs = self.resolver.resolve(host).await?;
-        // Refuse if ANY answer is forbidden: a name that resolves to both a
-        // public and an internal address is a rebinding attempt.
-        for addr in addrs.iter() {
-            if let Some(own) = self.own_listeners.get() {
-                own.check(*addr, port)?;
-            }
-            self.guard.check(*addr)?;
-        }
+        let addrs = self.resolve_allowed(host, port).await?;
         let candidates = order_for_happy_eyeballs(&addrs, source);
         if candidates.is_empty() {
             return Err(EgressError::Connect {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::egress::tunnel::RelayStats;
+use crate::egress::udp::UdpStats;
 use crate::gateway::Gateway;
 use crate::record::{rfc3339, AccessRecord};
 use crate::request::ConnContext;
@@ -25,6 +26,8 @@ pub enum Kind {
     Http,
     Connect,
     Doh,
+    /// A UDP flow (CONNECT-UDP).
+    Udp,
 }
 
 impl Kind {
@@ -33,6 +36,7 @@ impl Kind {
             Kind::Http => "http",
             Kind::Connect => "connect",
             Kind::Doh => "doh",
+            Kind::Udp => "udp",
         }
     }
 }
@@ -117,6 +121,35 @@ impl Entry {
         }
         self.record.bytes_up = stats.up;
         self.down = stats.down;
+    }
+
+    /// The end of a UDP flow: payload bytes, datagrams, drops, and why it
+    /// ended when that was not the device closing it or the idle timeout.
+    pub fn udp_ended(&mut self, stats: &UdpStats) {
+        let record = &mut self.record;
+        record.bytes_up = stats.bytes_up;
+        self.down = stats.bytes_down;
+        record.packets_up = stats.packets_up;
+        record.packets_down = stats.packets_down;
+        record.packets_dropped = stats.dropped_rate
+            + stats.dropped_oversized
+            + stats.dropped_unknown
+            + stats.send_errors;
+        let error = if let Some(e) = &stats.malformed {
+            Some(format!(
+                "malformed capsule stream from the device: {e}; the flow was closed"
+            ))
+        } else if stats.cut {
+            Some("closed by the gateway: shutdown drain time over".to_string())
+        } else {
+            stats
+                .client_error
+                .as_ref()
+                .map(|e| format!("device stream: {e}"))
+        };
+        if error.is_some() {
+            record.error = error;
+        }
     }
 
     fn write(&mut self) {

@@ -29,12 +29,16 @@
 //!   relay) or a minted certificate and [`exchange`] for every inner request
 //! - DoH ([`doh_query`]): IPS (name), location, decision, egress (resolve) with
 //!   IPS on the answers, log
+//! - CONNECT-UDP ([`udp::connect_udp`]): identity (mTLS devices only), the
+//!   device's flow limit, location, decision, IPS (destination), firewall,
+//!   egress (one UDP socket) and the datagram relay, log
 
 pub mod block_page;
 pub mod entry;
 pub mod http;
 pub mod refusal;
 pub mod tunnel_client;
+pub mod udp;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +48,7 @@ use ::http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use komugate_policy::Location;
+use komugate_policy::{Location, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::NonTlsAction;
@@ -82,14 +86,20 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let gen = gw.current();
-    let kind = if req.method() == Method::CONNECT {
+    let kind = if udp::is_connect_udp(&req) {
+        Kind::Udp
+    } else if req.method() == Method::CONNECT {
         Kind::Connect
     } else if doh::is_doh(&conn, &req) {
         Kind::Doh
     } else {
         Kind::Http
     };
-    if let Some(refusal) = http::framing_error(&req) {
+    let refusal = http::framing_error(&req).or_else(|| match udp::extended_protocol(&req) {
+        Some(p) if kind != Kind::Udp => Some(udp::unsupported_protocol(p)),
+        _ => None,
+    });
+    if let Some(refusal) = refusal {
         let flow = Flow::new(gw, conn, gen, req.method().as_str(), kind);
         return Ok(flow.refuse(refusal));
     }
@@ -113,6 +123,7 @@ pub async fn handle(
     Ok(match kind {
         Kind::Doh => doh_query(Flow::new(gw, conn, gen, "DNS", kind), req).await,
         Kind::Connect => connect(Flow::new(gw, conn, gen, "CONNECT", kind), req).await,
+        Kind::Udp => udp::connect_udp(Flow::new(gw, conn, gen, udp::METHOD, kind), req).await,
         Kind::Http => {
             let flow = Flow::new(gw, conn, gen, req.method().as_str(), kind);
             forward(flow, req).await
@@ -451,22 +462,14 @@ async fn connect_stages(flow: &mut Flow, uri: &Uri) -> Result<Tunnel, Refusal> {
         return Err(Refusal::Blocked(decision.block()));
     }
     // IPS: threat intel on the host and its addresses.
-    ips::check_destination(
-        &flow.gen.security,
-        &flow.gw.egress.resolver,
-        &flow.gw.metrics,
-        &flow.conn,
-        &target.host,
-        &shown,
-        &mut flow.entry.record,
-    )
-    .await?;
+    flow.check_destination(&target.host, &shown).await?;
     // Firewall: every tunnel that will not be inspected as web traffic.
     let inspector = match decision.tunnel {
         TunnelMode::Inspect => flow.gw.inspector.clone(),
         TunnelMode::Bypass => None,
     };
-    flow.firewall(&target, &shown, inspector.is_some()).await?;
+    flow.firewall(&target, &shown, Protocol::Tcp, inspector.is_some())
+        .await?;
     if let Some(inspector) = inspector {
         return Ok(Tunnel::Inspect {
             target,
@@ -758,7 +761,10 @@ async fn inner_request(
 async fn bypass(mut flow: Flow, client: Rewind<TunnelClient>, dest: &Target, decision: &Decision) {
     // Firewall: a bypassed tunnel is not inspected web traffic (the CONNECT
     // was already answered, so a deny closes the tunnel).
-    if let Err(refusal) = flow.firewall(dest, &dest.authority(), false).await {
+    if let Err(refusal) = flow
+        .firewall(dest, &dest.authority(), Protocol::Tcp, false)
+        .await
+    {
         flow.close(refusal, Some("closed by the non-web firewall"));
         return;
     }
@@ -925,12 +931,27 @@ impl Flow {
         })
     }
 
-    /// Firewall, with the location of this flow (off when the policy has
-    /// no `[firewall]`).
+    /// IPS: threat intel on `host` and its addresses (`shown` in events).
+    async fn check_destination(&mut self, host: &str, shown: &str) -> Result<(), Refusal> {
+        ips::check_destination(
+            &self.gen.security,
+            &self.gw.egress.resolver,
+            &self.gw.metrics,
+            &self.conn,
+            host,
+            shown,
+            &mut self.entry.record,
+        )
+        .await
+    }
+
+    /// Firewall, with the location of this flow (for TCP, off when the
+    /// policy has no `[firewall]`).
     async fn firewall(
         &mut self,
         target: &Target,
         shown: &str,
+        protocol: Protocol,
         web_inspected: bool,
     ) -> Result<(), Refusal> {
         firewall::check(
@@ -940,6 +961,7 @@ impl Flow {
             self.location.as_ref(),
             &target.host,
             target.port,
+            protocol,
             web_inspected,
             shown,
             &mut self.entry.record,

@@ -110,6 +110,11 @@ pub fn note(record: &mut AccessRecord, refusal: &Refusal) {
         Refusal::UpstreamFailed(e) => {
             record.error = Some(format!("upstream: {e}"));
         }
+        Refusal::Limited { rule, en, .. } => {
+            record.decision = "block";
+            record.rule = rule.clone();
+            record.error = Some(en.clone());
+        }
     }
 }
 
@@ -187,6 +192,11 @@ pub fn answer(
             StatusCode::BAD_GATEWAY,
             "接続先のサーバーから正しい応答がありませんでした。",
             &format!("The upstream server did not answer properly: {e}"),
+        )),
+        Refusal::Limited { ja, en, .. } => full(block_page::error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            ja,
+            en,
         )),
     }
 }

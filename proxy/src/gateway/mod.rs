@@ -60,6 +60,8 @@ pub struct Gateway {
     /// tunnels are closed.
     pub hard_stop: CancellationToken,
     device_connections: Mutex<HashMap<String, usize>>,
+    /// Each device's UDP flows and datagram budget (`[udp]`).
+    pub udp_limits: Arc<crate::stages::udp_limits::UdpLimits>,
 }
 
 impl Gateway {

@@ -164,6 +164,7 @@ pub async fn start(config: Config) -> Result<Running> {
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
         device_connections: Mutex::new(HashMap::new()),
+        udp_limits: Arc::new(crate::stages::udp_limits::UdpLimits::new(&config.udp)),
         devices_seen: Default::default(),
         unblock,
         config,

@@ -30,6 +30,9 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_streams: u32,
+    /// HTTP/2 extended CONNECT (RFC 8441 `SETTINGS_ENABLE_CONNECT_PROTOCOL`),
+    /// for CONNECT-UDP: on the proxy listeners only.
+    pub extended_connect: bool,
 }
 
 impl From<&Limits> for ServerLimits {
@@ -39,6 +42,7 @@ impl From<&Limits> for ServerLimits {
             max_headers: l.max_headers,
             max_header_bytes: l.max_header_bytes,
             max_streams: l.max_streams_per_connection,
+            extended_connect: false,
         }
     }
 }
@@ -87,6 +91,9 @@ where
             .max_header_list_size((limits.max_header_bytes as u32).max(16 * 1024))
             .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
             .keep_alive_timeout(std::time::Duration::from_secs(20));
+        if limits.extended_connect {
+            builder.enable_connect_protocol();
+        }
         // HTTP/2 writes a frame header and a large payload as two pieces:
         // one write, so over TLS one record (`Coalesce`).
         let conn = builder.serve_connection(TokioIo::new(Coalesce::new(stream)), service);

@@ -234,13 +234,15 @@ where
 {
     let _open = OpenConnection::new(&gw, ctx.listener.label());
     let (gw_svc, ctx_svc) = (gw.clone(), ctx.clone());
-    let result = http::serve(
-        (&gw.config.limits).into(),
-        stream,
-        h2,
-        Some(&gw.shutdown),
-        move |req| crate::flow::handle(gw_svc.clone(), ctx_svc.clone(), req),
-    )
+    // Extended CONNECT on both proxy listeners: the mTLS one carries
+    // CONNECT-UDP, the plain one answers it with a clear refusal.
+    let limits = http::ServerLimits {
+        extended_connect: true,
+        ..(&gw.config.limits).into()
+    };
+    let result = http::serve(limits, stream, h2, Some(&gw.shutdown), move |req| {
+        crate::flow::handle(gw_svc.clone(), ctx_svc.clone(), req)
+    })
     .await;
     log_conn_end(&ctx, result);
 }

@@ -2,18 +2,22 @@
 //!
 //! Applies to every CONNECT tunnel that will not be inspected as web traffic:
 //! CONNECT to non-web ports, SOCKS flows from `komugate client` (HTTP/2
-//! CONNECT streams) and bypassed tunnels. The verdict itself is the pure
+//! CONNECT streams) and bypassed tunnels; and to every UDP flow
+//! (CONNECT-UDP, `flow::udp`). The verdict itself is the pure
 //! [`komugate_policy::Policy::firewall`]; this module resolves the
 //! destination, checks every address (deny if any is denied), and turns a
 //! deny into a [`Refusal`].
 //!
 //! Without a policy file, or with a policy that has no `[firewall]` section,
-//! the firewall is off.
+//! the firewall is off for TCP; UDP flows to DNS and web (QUIC) ports are
+//! refused all the same (see [`Policy::firewall`]).
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use komugate_policy::{FirewallRequest, FirewallVerdict, Location, Policy};
+use komugate_policy::{
+    FirewallRequest, FirewallVerdict, Location, Policy, Protocol, UDP_DNS_RULE, UDP_QUIC_RULE,
+};
 
 use crate::egress::Resolver;
 use crate::record::AccessRecord;
@@ -26,7 +30,7 @@ pub const DEFAULT_RULE: &str = "firewall-default";
 /// (the flow's location: an asserted site, or `None` = by address).
 ///
 /// `web_inspected`: the tunnel will be inspected as web traffic (then a web
-/// port is left to the web policy and the firewall is skipped).
+/// port is left to the web policy and the firewall is skipped; never for UDP).
 /// `Ok(None)`: the firewall is off or does not apply. `Ok(Some(v))`: allowed;
 /// `record.rule` is set to the firewall rule when one matched. `Err`: denied
 /// by the rule in the refusal.
@@ -38,11 +42,13 @@ pub async fn check(
     location: Option<&Location>,
     host: &str,
     port: u16,
+    protocol: Protocol,
     web_inspected: bool,
     target: &str,
     record: &mut AccessRecord,
 ) -> Result<Option<FirewallVerdict>, Refusal> {
-    if !policy.has_firewall() || (web_inspected && policy.is_web_port(port)) {
+    let tcp = protocol == Protocol::Tcp;
+    if tcp && (!policy.has_firewall() || (web_inspected && policy.is_web_port(port))) {
         return Ok(None);
     }
     // Resolve names so CIDR rules see the real destination; a failed lookup
@@ -62,10 +68,11 @@ pub async fn check(
             host,
             dest_ip,
             port,
+            protocol,
             time: now,
         });
         if !v.allow {
-            return Err(deny(conn, &v, target, dest_ip));
+            return Err(deny(conn, &v, target, dest_ip, protocol));
         }
         allowed.get_or_insert(v);
     }
@@ -80,13 +87,20 @@ pub async fn check(
             device = ?conn.device_id(),
             client = %conn.client,
             dest = target,
+            protocol = protocol.label(),
             "firewall allow"
         );
     }
     Ok(Some(v))
 }
 
-fn deny(conn: &ConnContext, v: &FirewallVerdict, target: &str, dest_ip: Option<IpAddr>) -> Refusal {
+fn deny(
+    conn: &ConnContext,
+    v: &FirewallVerdict,
+    target: &str,
+    dest_ip: Option<IpAddr>,
+    protocol: Protocol,
+) -> Refusal {
     if v.log {
         tracing::warn!(
             target: "komugate::firewall",
@@ -95,12 +109,23 @@ fn deny(conn: &ConnContext, v: &FirewallVerdict, target: &str, dest_ip: Option<I
             client = %conn.client,
             dest = target,
             dest_ip = ?dest_ip,
+            protocol = protocol.label(),
             "firewall deny"
         );
     }
-    Refusal::blocked(
-        v.rule.clone(),
-        "ファイアウォールの設定により、この宛先・ポートへの通信は許可されていません。 / \
-         This destination or port is not allowed by the firewall.",
-    )
+    let message = match v.rule.as_str() {
+        UDP_DNS_RULE => {
+            "DNS はゲートウェイの DNS over HTTPS (DoH) を通してのみ使えます。直接の DNS 通信 (UDP 53/853) は許可されていません。 / \
+             DNS goes only through the gateway's DNS over HTTPS; direct DNS over UDP (ports 53 and 853) is not allowed."
+        }
+        UDP_QUIC_RULE => {
+            "QUIC (HTTP/3, UDP) は使えません。ブラウザーは自動的に通常の HTTPS (TCP) で接続し直します。 / \
+             QUIC (HTTP/3 over UDP) is not allowed; browsers fall back to HTTPS over TCP, where the web filter applies."
+        }
+        _ => {
+            "ファイアウォールの設定により、この宛先・ポートへの通信は許可されていません。 / \
+             This destination or port is not allowed by the firewall."
+        }
+    };
+    Refusal::blocked(v.rule.clone(), message)
 }

@@ -18,3 +18,4 @@ pub mod doh;
 pub mod firewall;
 pub mod inspect;
 pub mod ips;
+pub mod udp_limits;

@@ -25,6 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// grows it once to [`BULK_BUF_SIZE`] (bulk transfers, fewer wake-ups).
 const BUF_SIZE: usize = 16 * 1024;
 const BULK_BUF_SIZE: usize = 64 * 1024;
+/// Stack space for the first read of a busy period (see
+/// `BufferedHalf::poll_first_fill`); at most the buffer it moves into.
+const PROBE_SIZE: usize = BUF_SIZE;
 /// How soon a buffer unused since the last tick is given back.
 pub(crate) const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
@@ -267,22 +270,51 @@ impl HalfState for BufferedHalf {
 }
 
 impl BufferedHalf {
-    /// Reads what `reader` has ready into the buffer (allocated on first
-    /// use, grown once when a read fills it). Returns the byte count, 0 at EOF.
+    /// Reads what `reader` has ready into the buffer (allocated when the
+    /// first bytes arrive, grown once when a read fills it). Returns the
+    /// byte count, 0 at EOF.
     fn poll_fill<R: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
     ) -> Poll<io::Result<usize>> {
         if self.buf.is_empty() {
-            // Zero-filled once per busy period, not per read.
-            self.buf.resize(BUF_SIZE, 0);
-        } else if self.end == self.buf.len() && self.buf.len() < BULK_BUF_SIZE {
+            return self.poll_first_fill(cx, reader);
+        }
+        if self.end == self.buf.len() && self.buf.len() < BULK_BUF_SIZE {
             self.buf.resize(BULK_BUF_SIZE, 0);
         }
         let mut rb = ReadBuf::new(&mut self.buf);
         match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                (self.pos, self.end) = (0, 0);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The first read of a busy period goes to the stack: a tunnel that
+    /// has nothing to read (every new tunnel, every idle one woken by the
+    /// other direction) allocates nothing, and only bytes that do arrive
+    /// get a buffer (zero-filled once per busy period, not per read).
+    fn poll_first_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<usize>> {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); PROBE_SIZE];
+        let mut rb = ReadBuf::uninit(&mut probe);
+        match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n > 0 {
+                    self.buf.resize(BUF_SIZE, 0);
+                    self.buf[..n].copy_from_slice(rb.filled());
+                }
+                Poll::Ready(Ok(n))
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 (self.pos, self.end) = (0, 0);
@@ -356,9 +388,10 @@ mod tests {
         let mut half = BufferedHalf::default();
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
+        // Nothing to read (a new or idle tunnel): nothing allocated.
         assert!(half.poll_copy(&mut cx, &mut side, &mut sink).is_pending());
-        assert!(!half.release_idle(false), "no buffer once idle");
-        assert_eq!(half.buf.capacity(), 0);
+        assert_eq!(half.buf.capacity(), 0, "no bytes arrived, no buffer");
+        assert!(!half.release_idle(false));
         // A burst of many buffers' worth: copied in one poll, flushed once
         // (when the reader ran dry), not once per read.
         let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();

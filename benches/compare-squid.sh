@@ -40,10 +40,12 @@
 #   KEEP_TMP       1 = keep the temp dir (configs, logs, JSON) [0]
 #   PORT_SHIFT     added to every port the run uses (side-by-side runs) [0]
 #   SKIP_BUILD     1 = use the release binaries already in the target dir [0]
+#   UPSTREAM_IDLE_TOTAL  komugate [limits] upstream_idle_total, the cap on idle
+#                  pooled upstream connections [unset: the default, derived from memory]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-COMMAND="$(for v in SCENARIOS BULK_MIB BULK_ROUNDS DUR CLIENTS KA_CLIENTS KA_REQUESTS KA_INNER MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE SG_CHILDREN; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
+COMMAND="$(for v in SCENARIOS BULK_MIB BULK_ROUNDS DUR CLIENTS KA_CLIENTS KA_REQUESTS KA_INNER MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE SG_CHILDREN UPSTREAM_IDLE_TOTAL MIMALLOC_PURGE_DELAY MALLOC_ARENA_MAX; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
 SCENARIOS="${SCENARIOS:-compare keepalive bulk filtered morning idle}"
 BULK_MIB="${BULK_MIB:-512}"
 BULK_ROUNDS="${BULK_ROUNDS:-3}"
@@ -255,6 +257,7 @@ set_key "$KCONF" data demo_origin '""'
 set_key "$KCONF" dns servers "[\"$ORIGIN_DNS\"]"
 set_key "$KCONF" decision allowed_ports "[]"
 set_key "$KCONF" limits idle_timeout_secs 3600
+if [ -n "${UPSTREAM_IDLE_TOTAL:-}" ]; then set_key "$KCONF" limits upstream_idle_total "$UPSTREAM_IDLE_TOTAL"; fi
 set_key "$KCONF" limits max_streams_per_connection 256
 set_key "$KCONF" inspect upstream_ca "\"$W/origin-ca.pem\""
 set_key "$KCONF" inspect hosts "[\"*.office365.com\"]"

@@ -680,6 +680,9 @@ pub struct Limits {
     pub drain_secs: u64,
     /// Idle keep-alive connections kept per upstream host (and egress address).
     pub upstream_idle_per_host: usize,
+    /// Idle keep-alive connections kept across all upstream hosts; 0 =
+    /// derived from the memory limit (`egress::idle_cap::default_cap`).
+    pub upstream_idle_total: usize,
     /// An upstream connection that carried nothing for this long is closed:
     /// an idle one in the pools, and the one a quiet inspected session keeps.
     pub upstream_idle_secs: u64,
@@ -696,6 +699,7 @@ impl Default for Limits {
             max_streams_per_connection: 256,
             drain_secs: 30,
             upstream_idle_per_host: 1024,
+            upstream_idle_total: 0,
             upstream_idle_secs: 60,
         }
     }
@@ -707,6 +711,13 @@ impl Limits {
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+    /// The cap on idle pooled upstream connections across all hosts.
+    pub fn upstream_idle_total(&self) -> usize {
+        match self.upstream_idle_total {
+            0 => crate::egress::idle_cap::default_cap(),
+            n => n,
+        }
     }
     pub fn upstream_idle(&self) -> Duration {
         Duration::from_secs(self.upstream_idle_secs.max(1))

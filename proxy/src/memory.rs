@@ -4,11 +4,19 @@
 ///
 /// Policy builds and list imports allocate hundreds of MiB of temporaries
 /// on a blocking-pool thread that then sits idle. mimalloc (the binary's
-/// global allocator) returns freed pages lazily, on that same thread's
-/// later allocations, so without this the gateway kept ~75 MiB of dead
-/// import memory resident after loading the UT1 categories. Harmless when
-/// another allocator is in use (tests): mimalloc's own heap is then empty.
+/// default global allocator) returns freed pages lazily, on that same
+/// thread's later allocations, so without this the gateway kept ~75 MiB of
+/// dead import memory resident after loading the UT1 categories. Both
+/// allocators are asked, as the binary may be built with glibc malloc
+/// (`KOMUGATE_ALLOCATOR=glibc`, see main.rs) and tests use it: the unused
+/// one has nothing to give back.
 pub fn release_thread_cache() {
     // SAFETY: mi_collect only walks and trims the calling thread's heap.
     unsafe { libmimalloc_sys::mi_collect(true) }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory at the top of the heap
+    // and of each arena to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

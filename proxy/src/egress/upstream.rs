@@ -16,10 +16,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::egress::idle_cap::{IdleCap, Slot, Tracked};
 use crate::egress::{Egress, EgressError};
 
 pub type UpstreamBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
-pub type UpstreamClient = Client<EgressConnector, UpstreamBody>;
+pub type UpstreamClient = Client<PooledConnector, UpstreamBody>;
 
 /// Local and remote address of the upstream socket; the legacy client puts
 /// it into each response's extensions.
@@ -181,6 +182,49 @@ impl tower_service::Service<Uri> for EgressConnector {
     }
 }
 
+/// The pools' connector: an [`EgressConnector`] whose HTTP/1.1
+/// connections count against the global cap on idle connections
+/// ([`IdleCap`]).
+#[derive(Clone)]
+pub struct PooledConnector {
+    connector: EgressConnector,
+    cap: Arc<IdleCap>,
+    /// Egress source and ALPN offer: part of the host a connection is for.
+    pool: Arc<str>,
+}
+
+impl tower_service::Service<Uri> for PooledConnector {
+    type Response = Tracked<EgressStream>;
+    type Error = EgressError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, EgressError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        // The same key as hyper-util's pool (scheme and authority) within
+        // this client's pool.
+        let host: Arc<str> = format!(
+            "{}://{}@{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority().map(|a| a.as_str()).unwrap_or_default(),
+            self.pool
+        )
+        .into();
+        let connecting = self.connector.call(uri);
+        let cap = self.cap.clone();
+        Box::pin(async move {
+            let stream = connecting.await?;
+            // HTTP/2 multiplexes every request to a host over one
+            // connection: nothing to cap.
+            let h2 = matches!(stream, EgressStream::Tls { h2: true, .. });
+            let slot: Option<Arc<Slot>> = (!h2).then(|| cap.slot(host));
+            Ok(Tracked::new(stream, slot))
+        })
+    }
+}
+
 /// Which application protocols to offer an HTTPS upstream: the same ones
 /// the client offered us (ALPN mirroring).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,6 +244,8 @@ pub struct UpstreamPools {
     tls_h2: Arc<rustls::ClientConfig>,
     idle_per_host: usize,
     idle_timeout: Duration,
+    /// The cap on idle pooled connections, across all the clients.
+    pub idle_cap: Arc<IdleCap>,
     clients: Mutex<HashMap<(Option<IpAddr>, UpstreamAlpn), UpstreamClient>>,
     /// Connections inspected tunnels pinned and left (`super::pinned`).
     pub pinned_idle: Arc<super::pinned::IdleConns>,
@@ -208,12 +254,14 @@ pub struct UpstreamPools {
 impl UpstreamPools {
     /// `tls` is the verifying client config (roots, no ALPN); ALPN variants are derived from it.
     /// `idle_per_host`: idle keep-alive connections kept per upstream host;
-    /// `idle_timeout`: a connection unused this long is closed.
+    /// `idle_timeout`: a connection unused this long is closed;
+    /// `idle_cap`: idle connections kept across all hosts.
     pub fn new(
         egress: Arc<Egress>,
         tls: rustls::ClientConfig,
         idle_per_host: usize,
         idle_timeout: Duration,
+        idle_cap: Arc<IdleCap>,
     ) -> Self {
         let mut h1 = tls.clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -225,6 +273,7 @@ impl UpstreamPools {
             tls_h2: Arc::new(h2),
             idle_per_host,
             idle_timeout,
+            idle_cap,
             clients: Mutex::new(HashMap::new()),
             pinned_idle: Arc::new(super::pinned::IdleConns::new(idle_per_host, idle_timeout)),
         }
@@ -260,10 +309,18 @@ impl UpstreamPools {
                     .pool_idle_timeout(self.idle_timeout)
                     .pool_max_idle_per_host(self.idle_per_host)
                     .set_host(false)
-                    .build(EgressConnector {
-                        egress: self.egress.clone(),
-                        source,
-                        tls,
+                    .build(PooledConnector {
+                        connector: EgressConnector {
+                            egress: self.egress.clone(),
+                            source,
+                            tls,
+                        },
+                        cap: self.idle_cap.clone(),
+                        pool: format!(
+                            "{}/{alpn:?}",
+                            source.map(|s| s.to_string()).unwrap_or_default()
+                        )
+                        .into(),
                     })
             })
             .clone()

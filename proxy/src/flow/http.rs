@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::entry::Entry;
+use crate::egress::idle_cap::ResponseDone;
 use crate::egress::upstream::UpstreamBody;
 use crate::request::{ProxyBody, Refusal, Target};
 
@@ -256,6 +257,7 @@ pub fn respond(resp: Response<Incoming>, entry: Entry, complete: bool) -> Respon
         entry,
         complete: AtomicBool::new(complete),
         upstream_error: None,
+        _pooled: ResponseDone::take(&mut parts.extensions),
     }
     .boxed();
     Response::from_parts(parts, body)
@@ -364,6 +366,8 @@ struct Logged<B> {
     complete: AtomicBool,
     /// The upstream broke off the response body (reset, bad framing).
     upstream_error: Option<String>,
+    /// Dropped after `inner`: the pooled connection is idle again.
+    _pooled: Option<ResponseDone>,
 }
 
 impl<B> Drop for Logged<B> {

@@ -13,7 +13,7 @@
 # Direct: curl to nginx over the veth. SOCKS5: curl --socks5-hostname to the
 # client (CONNECT streams on its one mTLS HTTP/2 link). TUN: plain curl, the
 # TUN device and the user-space stack in front of the same link.
-# UDP through CONNECT-UDP is not measured until the client carries it.
+# UDP packets/s and latency through CONNECT-UDP: not measured by this script yet.
 #
 # Usage: benches/tun-client.sh
 #   BULK_MIB [200]  REQS [1000]  FLOWS [1000]  ROUNDS [3]
@@ -200,5 +200,5 @@ median (rounds).
 
 TUN counters after the run: \`$t_status\`
 
-UDP packets/s and added latency through CONNECT-UDP: not measured (the client does not carry UDP other than DNS yet).
+UDP packets/s and added latency through CONNECT-UDP: not measured by this script yet.
 EOF

@@ -4,7 +4,7 @@
 //! gateway listens; the origins live in an "internet" namespace that only
 //! the gateway (on the host) can reach. Applications in the laptop use no
 //! proxy settings at all: plain curl, a DNS query to a hard-coded resolver,
-//! raw packets.
+//! a UDP echo exchange (CONNECT-UDP), raw packets.
 //!
 //! Needs root and /dev/net/tun (CI has both); skipped with a message
 //! otherwise. What is not tested here (Windows, IPv6 uplinks): docs/client-tun.md.
@@ -24,6 +24,8 @@ use komugate_tests::upstream::HttpUpstream;
 const DEVICE: &str = "laptop-tun";
 /// The captive-portal window in this test (the default is 300 s).
 const CAPTIVE_SECS: u64 = 4;
+/// What the gateway's resolver answers for whoami.test (the hotel's says otherwise).
+const WHOAMI: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
 
 /// `komugate client --tun` in the laptop namespace; killed on drop.
 struct Client {
@@ -194,6 +196,36 @@ async fn laptop_routes(lab: &Lab) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A UDP echo origin that remembers who sent to it.
+struct UdpEcho {
+    peers: std::sync::Arc<std::sync::Mutex<Vec<IpAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UdpEcho {
+    fn serve(socket: tokio::net::UdpSocket) -> UdpEcho {
+        let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+                seen.lock().unwrap().push(peer.ip());
+                let _ = socket.send_to(&buf[..n], peer).await;
+            }
+        });
+        UdpEcho { peers, task }
+    }
+    fn peers(&self) -> Vec<IpAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn komugate_exe() -> PathBuf {
     let exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/komugate");
     assert!(
@@ -221,7 +253,7 @@ async fn full_device_mode_carries_everything_through_the_gateway_and_fails_close
         &[
             ("origin.test.", origin_ip),
             ("blocked.test.", origin_ip),
-            ("whoami.test.", origin_ip),
+            ("whoami.test.", WHOAMI),
             ("captive.test.", hotel),
         ],
     )
@@ -252,6 +284,13 @@ async fn full_device_mode_carries_everything_through_the_gateway_and_fails_close
         l
     });
     let origin = HttpUpstream::serve(tokio::net::TcpListener::from_std(origin_listener).unwrap());
+    let echo_socket = lab.within(&lab.internet, || {
+        let s =
+            std::net::UdpSocket::bind((origin_ip, 7)).expect("UDP echo in the internet namespace");
+        s.set_nonblocking(true).unwrap();
+        s
+    });
+    let echo = UdpEcho::serve(tokio::net::UdpSocket::from_std(echo_socket).unwrap());
 
     // Without the client the laptop has no path to the origin.
     let (code, _, _) = curl(&lab, &format!("http://{origin_ip}/")).await;
@@ -263,7 +302,8 @@ async fn full_device_mode_carries_everything_through_the_gateway_and_fails_close
     std::fs::write(
         &policy,
         format!(
-            "[pac]\ndirect = [\"{printers}\"]\n\n[[rule]]\nname = \"no blocked.test\"\nhosts = [\"blocked.test\"]\naction = \"block\"\n"
+            "[pac]\ndirect = [\"{printers}\"]\n\n[[rule]]\nname = \"no blocked.test\"\nhosts = [\"blocked.test\"]\naction = \"block\"\n\n\
+             [firewall]\ndefault = \"allow\"\n\n[[firewall.rule]]\nname = \"no udp 9999\"\nports = [9999]\nprotocol = \"udp\"\naction = \"block\"\n"
         ),
     )
     .unwrap();
@@ -374,7 +414,7 @@ captive_portal_secs = {CAPTIVE_SECS}
     let answer = dns_query(&lab, SocketAddr::from((hotel, 53)), "whoami.test.").unwrap();
     assert_eq!(
         answer,
-        vec![origin_ip],
+        vec![WHOAMI],
         "answered by the gateway's resolver, not the hotel's"
     );
     gw.access_record(|r| {
@@ -384,13 +424,27 @@ captive_portal_secs = {CAPTIVE_SECS}
     })
     .await;
 
-    // 3. Other UDP is not carried yet: refused at once (QUIC falls back to TCP).
+    // 3. Other UDP rides CONNECT-UDP: the echo answers and sees the gateway;
+    // a port the firewall denies is refused at once (ICMP), not timed out.
+    let answer = udp_exchange(&lab, SocketAddr::from((origin_ip, 7)))
+        .unwrap_or_else(|e| panic!("UDP echo: {e}\n{}", client.log()));
+    assert_eq!(answer, b"ping");
+    assert_eq!(echo.peers(), vec![IpAddr::V4(lab.internet_host())]);
+    // (An allowed flow's record is written when it ends; the refusal's at once.)
     let started = Instant::now();
     let err = udp_exchange(&lab, SocketAddr::from((origin_ip, 9999))).unwrap_err();
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "refused, not timed out: {err}"
     );
+    let rec = gw
+        .access_record(|r| r["method"] == "CONNECT-UDP" && r["target"] == "origin.test:9999")
+        .await;
+    assert_eq!(
+        (rec["decision"].as_str(), rec["rule"].as_str()),
+        (Some("block"), Some("no udp 9999"))
+    );
+    assert_eq!(rec["device"], DEVICE);
 
     // 4. Bad packets are dropped and counted; the link stays up.
     let before = status(&lab).await;
@@ -440,7 +494,12 @@ captive_portal_secs = {CAPTIVE_SECS}
         code, 6,
         "names do not resolve (SERVFAIL) while the gateway is away"
     );
-    assert!(udp_exchange(&lab, SocketAddr::from((origin_ip, 9999))).is_err());
+    assert!(udp_exchange(&lab, SocketAddr::from((origin_ip, 7))).is_err());
+    assert_eq!(
+        echo.peers().len(),
+        1,
+        "nothing reached the echo while the gateway was away"
+    );
 
     // ... except the captive-portal check host, directly, for the window.
     let (code, status_code, body) = curl(&lab, "http://captive.test/portal").await;

@@ -230,15 +230,34 @@ impl Link {
 
     /// Opens a CONNECT stream to `authority` (host:port).
     pub async fn tunnel(&self, authority: &str) -> Result<Upgraded, StreamError> {
-        let mut req = Request::builder()
+        let req = Request::builder()
             .method(Method::CONNECT)
             .uri(authority)
-            .body(
-                Empty::<Bytes>::new()
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
+            .body(empty_body())
             .map_err(|e| StreamError::Failed(format!("bad CONNECT target {authority:?}: {e}")))?;
+        self.open_stream(req).await
+    }
+
+    /// Opens a CONNECT-UDP flow (RFC 9298) to `host:port`: HTTP/2 extended
+    /// CONNECT, then a capsule stream each way (one DATAGRAM per UDP payload).
+    pub async fn connect_udp(&self, host: &str, port: u16) -> Result<Upgraded, StreamError> {
+        let uri = format!("https://{}{}", self.authority, masque::udp_path(host, port));
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(uri)
+            .header(
+                masque::CAPSULE_PROTOCOL_HEADER,
+                masque::CAPSULE_PROTOCOL_VALUE,
+            )
+            .body(empty_body())
+            .map_err(|e| StreamError::Failed(format!("bad CONNECT-UDP target {host:?}: {e}")))?;
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static(masque::PROTOCOL));
+        self.open_stream(req).await
+    }
+
+    /// Sends a CONNECT (plain or extended) and takes the stream on a 200.
+    async fn open_stream(&self, mut req: Request<LinkBody>) -> Result<Upgraded, StreamError> {
         self.decorate(&mut req);
         let resp = self.send(req).await?;
         if resp.status() != StatusCode::OK {
@@ -671,6 +690,12 @@ async fn fetch_token(url: &str, device: &str) -> Result<String> {
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| anyhow!("no answer within {limit:?}"))?
+}
+
+fn empty_body() -> LinkBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Reads a body up to `max` bytes.

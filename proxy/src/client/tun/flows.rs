@@ -1,7 +1,9 @@
 //! What the stack's flows become: TCP to a CONNECT stream on the link
 //! (by the name the address was looked up under, so the gateway's policy
 //! sees host names), DNS (UDP or TCP, port 53, to any address) to the
-//! gateway's DoH, and — inside the captive-portal window — direct.
+//! gateway's DoH, other UDP to a CONNECT-UDP flow (RFC 9298, one per
+//! 5-tuple, ended after `UDP_IDLE` without datagrams), and — inside the
+//! captive-portal window — direct.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,11 +14,14 @@ use hyper_util::rt::TokioIo;
 use ipstack::{IpStackTcpStream, IpStackUdpStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Shared, Stat};
+use super::{packet, Shared, Stat};
+use crate::client::link::StreamError;
 use crate::client::local;
 
 /// Idle limit of a carried TCP flow (as for the local proxy's tunnels).
 pub(super) const TCP_IDLE: Duration = Duration::from_secs(600);
+/// A UDP flow with no datagram either way for this long ends.
+pub(super) const UDP_IDLE: Duration = Duration::from_secs(60);
 /// A DNS-over-TCP connection with no query for this long is closed.
 const DNS_TCP_IDLE: Duration = Duration::from_secs(30);
 
@@ -138,4 +143,83 @@ async fn answer(s: &Shared, query: Bytes, dst: SocketAddr) -> Option<Bytes> {
     }
     s.count(Stat::RefusedLinkDown);
     Some(local::servfail(&query))
+}
+
+/// UDP other than DNS: a CONNECT-UDP flow on the link, each datagram one
+/// DATAGRAM capsule. A refusal (the gateway's firewall, or a gateway
+/// without CONNECT-UDP) reaches the application as an ICMP error.
+pub async fn udp(s: Arc<Shared>, mut flow: IpStackUdpStream) {
+    let (app, dst) = (flow.local_addr(), flow.peer_addr());
+    let host = match s.names.name_of(dst.ip()) {
+        Some(name) => name,
+        None => dst.ip().to_string(),
+    };
+    let stream = match s.link.connect_udp(&host, dst.port()).await {
+        Ok(u) => u,
+        Err(e) => {
+            if let StreamError::Refused { status, .. } = &e {
+                if matches!(status.as_u16(), 404 | 405 | 501) {
+                    s.connect_udp_unsupported();
+                }
+            }
+            s.count(Stat::UdpRefused);
+            tracing::info!("TUN: UDP {host}:{}: {e}", dst.port());
+            if let Some(icmp) = packet::udp_refusal(app, dst) {
+                let _ = s.to_device.send(icmp);
+            }
+            return;
+        }
+    };
+    s.count(Stat::UdpFlows);
+    let (mut from_gw, mut to_gw) = tokio::io::split(TokioIo::new(stream));
+    let mut decoder = masque::CapsuleDecoder::default();
+    let mut datagram = vec![0u8; masque::MAX_UDP_PAYLOAD];
+    let mut wire = vec![0u8; 16 * 1024];
+    let mut capsule = Vec::with_capacity(masque::MAX_UDP_PAYLOAD + 16);
+    loop {
+        tokio::select! {
+            // The stack ends the flow (0 or an error) after UDP_IDLE without packets.
+            r = flow.read(&mut datagram) => {
+                let Ok(n @ 1..) = r else { break };
+                capsule.clear();
+                masque::encode_datagram(&datagram[..n], &mut capsule);
+                if to_gw.write_all(&capsule).await.is_err() {
+                    break;
+                }
+            }
+            r = from_gw.read(&mut wire) => {
+                let Ok(n @ 1..) = r else { break };
+                decoder.push(&wire[..n]);
+                if !deliver(&s, &mut decoder, &mut flow).await {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to_gw.shutdown().await;
+}
+
+/// Writes the complete datagrams in `decoder` to the application; false
+/// when the flow must end (malformed capsules: the gateway is not speaking
+/// RFC 9297, or the application's side is gone).
+async fn deliver(
+    s: &Shared,
+    decoder: &mut masque::CapsuleDecoder,
+    flow: &mut IpStackUdpStream,
+) -> bool {
+    loop {
+        match decoder.next_payload() {
+            Ok(Some(p)) => {
+                if flow.write_all(&p).await.is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                s.count(Stat::Malformed);
+                tracing::info!("TUN: CONNECT-UDP from the gateway: {e}");
+                return false;
+            }
+        }
+    }
 }

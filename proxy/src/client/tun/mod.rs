@@ -6,6 +6,7 @@
 //! ```text
 //! TUN device ─▶ pump ─ packet::inspect ─┬─ pass ─▶ ipstack ─▶ flows::tcp      → CONNECT name:port on the link
 //!     ▲                                 │                    flows::dns_udp  → DoH on the link
+//!     │                                 │                    flows::udp      → CONNECT-UDP (RFC 9298) on the link
 //!     │                                 ├─ drop + count (bad checksum, fragment, malformed, not carried)
 //!     └── writer ◀── RST / ICMP ◀───────┴─ reply (link down: fail closed; UDP not carried)
 //! ```
@@ -49,11 +50,13 @@ pub enum Stat {
     UdpNotCarried,
     TcpFlows,
     TcpRefused,
+    UdpFlows,
+    UdpRefused,
     DnsQueries,
     CaptiveDirect,
 }
 
-const STATS: [(Stat, &str); 11] = [
+const STATS: [(Stat, &str); 13] = [
     (Stat::PacketsIn, "packets_in"),
     (Stat::Malformed, "dropped_malformed"),
     (Stat::BadChecksum, "dropped_bad_checksum"),
@@ -63,6 +66,8 @@ const STATS: [(Stat, &str); 11] = [
     (Stat::UdpNotCarried, "refused_udp_not_carried"),
     (Stat::TcpFlows, "tcp_flows"),
     (Stat::TcpRefused, "tcp_refused"),
+    (Stat::UdpFlows, "udp_flows"),
+    (Stat::UdpRefused, "udp_refused"),
     (Stat::DnsQueries, "dns_queries"),
     (Stat::CaptiveDirect, "captive_direct"),
 ];
@@ -89,9 +94,23 @@ struct Shared {
     names: names::Names,
     captive: captive::Captive,
     stats: Arc<Stats>,
+    /// ICMP errors for refused UDP flows go to the device this way.
+    to_device: mpsc::UnboundedSender<Vec<u8>>,
+    /// The link connection (`Link::connects`) whose gateway has no
+    /// CONNECT-UDP (u64::MAX: none known).
+    no_connect_udp: AtomicU64,
 }
 
 impl Shared {
+    /// The gateway of the current connection does not carry CONNECT-UDP:
+    /// refuse UDP in the pump until the next connection.
+    fn connect_udp_unsupported(&self) {
+        self.no_connect_udp.store(
+            self.link.connects.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
     /// The captive-portal window, brought up to date with the link first
     /// (the follower notices a change only every 250 ms).
     fn captive(&self) -> &captive::Captive {
@@ -112,9 +131,9 @@ impl packet::Gate for Shared {
         self.captive().direct(dst)
     }
     fn udp_carried(&self) -> bool {
-        // CONNECT-UDP on the link is not there yet: refused at once, so
-        // QUIC falls back to TCP (which the gateway inspects) without waiting.
-        false
+        // A gateway without CONNECT-UDP: refused at once, so QUIC falls
+        // back to TCP (which the gateway inspects) without waiting.
+        self.no_connect_udp.load(Ordering::Relaxed) != self.link.connects.load(Ordering::Relaxed)
     }
 }
 
@@ -149,6 +168,7 @@ pub async fn start(link: Arc<Link>, cfg: &TunConfig, shutdown: CancellationToken
         routes.uplink().dev
     );
     let stats = Arc::new(Stats::default());
+    let (to_device, device_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         captive: captive::Captive::new(
             &cfg.captive_portal_hosts,
@@ -158,10 +178,11 @@ pub async fn start(link: Arc<Link>, cfg: &TunConfig, shutdown: CancellationToken
         link,
         names: names::Names::default(),
         stats: stats.clone(),
+        to_device: to_device.clone(),
+        no_connect_udp: AtomicU64::new(u64::MAX),
     });
     let routes = Arc::new(Mutex::new(routes));
 
-    let (to_device, device_rx) = mpsc::unbounded_channel();
     let (to_stack, from_pump) = mpsc::channel(1024);
     let mut stack_cfg = ipstack::IpStackConfig::default();
     stack_cfg
@@ -175,6 +196,7 @@ pub async fn start(link: Arc<Link>, cfg: &TunConfig, shutdown: CancellationToken
     // one window per scheduling round; 128 KiB only while bytes flow.
     tcp.max_unacked_bytes = 128 * 1024;
     stack_cfg.with_tcp_config(tcp);
+    stack_cfg.udp_timeout(flows::UDP_IDLE);
     let stack = ipstack::IpStack::new(
         stack_cfg,
         device::StackPort {
@@ -255,7 +277,9 @@ async fn accept(s: Arc<Shared>, mut stack: ipstack::IpStack) {
             ipstack::IpStackStream::Udp(u) if u.peer_addr().port() == packet::DNS_PORT => {
                 tokio::spawn(flows::dns_udp(s.clone(), u));
             }
-            // Other UDP is refused by the pump before the stack sees it.
+            ipstack::IpStackStream::Udp(u) => {
+                tokio::spawn(flows::udp(s.clone(), u));
+            }
             _ => s.count(Stat::NotCarried),
         }
     }

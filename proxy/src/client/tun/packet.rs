@@ -243,6 +243,25 @@ fn udp(p: &Parsed<'_>, gate: &impl Gate) -> Verdict {
     }
 }
 
+/// The ICMP error that refuses a UDP flow from `app` to `dst` after the
+/// stack took it (the gateway refused the CONNECT-UDP): it quotes the
+/// headers the application's socket is matched by.
+pub fn udp_refusal(app: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
+    let mut quoted = Vec::new();
+    match (app.ip(), dst.ip()) {
+        (IpAddr::V4(a), IpAddr::V4(d)) => PacketBuilder::ipv4(a.octets(), d.octets(), 64)
+            .udp(app.port(), dst.port())
+            .write(&mut quoted, &[])
+            .ok()?,
+        (IpAddr::V6(a), IpAddr::V6(d)) => PacketBuilder::ipv6(a.octets(), d.octets(), 64)
+            .udp(app.port(), dst.port())
+            .write(&mut quoted, &[])
+            .ok()?,
+        _ => return None,
+    }
+    icmp_prohibited(&parse(&quoted).ok()?)
+}
+
 /// ICMP destination unreachable, administratively prohibited, quoting
 /// the packet's IP header and first 8 bytes (RFC 792; RFC 4443 allows
 /// more, but the start is what the sender's stack matches on).
@@ -479,6 +498,16 @@ mod tests {
             inspect(&syn4([192, 0, 2, 9], 81), &captive),
             Verdict::Reply(..)
         ));
+
+        // A refusal after the fact quotes what the application sent.
+        let r = udp_refusal(
+            "10.0.0.2:40000".parse().unwrap(),
+            "192.0.2.1:9".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!((r[20], r[21]), (3, 13));
+        assert_eq!(&r[28 + 12..28 + 20], &[10, 0, 0, 2, 192, 0, 2, 1]);
+        assert_eq!(&r[28 + 20..28 + 24], &[0x9c, 0x40, 0, 9]);
 
         // Up, but no CONNECT-UDP: refused so QUIC falls back to TCP at once.
         let no_udp = G {

@@ -155,7 +155,7 @@ flows() { # socks-or-empty → "KiB per 1,000 flows|CPU ms per 1,000 flows"
   sleep 1
   before="$(proc_mem_cpu "$CLIENT_PID")"
   rm -f "$fifo"; mkfifo "$fifo"
-  in_laptop bash -c "ulimit -n 65536; exec python3 \"\$@\"" _ "$W/hold.py" "$FLOWS" "$ORIGIN_IP:80" $1 <"$fifo" >"$W/hold.out" &
+  in_laptop bash -c "ulimit -n 65536; exec python3 \"\$@\"" _ "$W/hold.py" "$FLOWS" "$ORIGIN_IP:80" ${1:-} <"$fifo" >"$W/hold.out" &
   hold=$!
   exec 7>"$fifo"
   for _ in $(seq 1 600); do grep -q up "$W/hold.out" 2>/dev/null && break; sleep 0.1; done

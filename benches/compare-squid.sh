@@ -34,6 +34,8 @@
 #   FILTER_HOSTS   allowed host names in the workload [2000]
 #   FILTER_BLOCKED host names drawn from the blocked categories [1500]
 #   BLOCKED_SHARE  share of operations addressed to a blocked name [0.05]
+#   FILTER_ROUNDS  rounds of the filter's control (komugate without and with
+#                  the policy, 1 and FILTER_HOSTS hosts, alternating) [3]
 #   SG_CHILDREN    Squid url_rewrite_children for squidGuard
 #                  ["8 startup=4 idle=2 concurrency=0"]
 #   WRITE_RESULTS  1 = rewrite "## Load test" in benches/RESULTS.md [1]
@@ -45,7 +47,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-COMMAND="$(for v in SCENARIOS BULK_MIB BULK_ROUNDS DUR CLIENTS KA_CLIENTS KA_REQUESTS KA_INNER MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE SG_CHILDREN UPSTREAM_IDLE_TOTAL MIMALLOC_PURGE_DELAY MALLOC_ARENA_MAX; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
+COMMAND="$(for v in SCENARIOS BULK_MIB BULK_ROUNDS DUR CLIENTS KA_CLIENTS KA_REQUESTS KA_INNER MORNING_DEVICES MORNING_RAMP PREF_DEVICES PREF_RAMP IDLE_TUNNELS SOAK_MINUTES UT1_DIR FILTER_CATEGORIES FILTER_HOSTS FILTER_BLOCKED BLOCKED_SHARE FILTER_ROUNDS SG_CHILDREN UPSTREAM_IDLE_TOTAL MIMALLOC_PURGE_DELAY MALLOC_ARENA_MAX; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "benches/compare-squid.sh")"
 SCENARIOS="${SCENARIOS:-compare keepalive bulk filtered morning idle}"
 BULK_MIB="${BULK_MIB:-512}"
 BULK_ROUNDS="${BULK_ROUNDS:-3}"
@@ -65,6 +67,7 @@ FILTER_CATEGORIES="${FILTER_CATEGORIES:-adult gambling malware phishing}"
 FILTER_HOSTS="${FILTER_HOSTS:-2000}"
 FILTER_BLOCKED="${FILTER_BLOCKED:-1500}"
 BLOCKED_SHARE="${BLOCKED_SHARE:-0.05}"
+FILTER_ROUNDS="${FILTER_ROUNDS:-3}"
 SG_CHILDREN="${SG_CHILDREN:-8 startup=4 idle=2 concurrency=0}"
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 log() { printf '\n=== %s\n' "$*" >&2; }
@@ -82,6 +85,7 @@ need=()
 if ! command -v squid >/dev/null 2>&1; then need+=(squid-openssl); fi
 if ! command -v getconf >/dev/null 2>&1; then need+=(libc-bin); fi
 if has filtered && ! command -v squidGuard >/dev/null 2>&1; then need+=(squidguard); fi
+if has filtered && ! command -v jq >/dev/null 2>&1; then need+=(jq); fi
 if has bulk && ! command -v nginx >/dev/null 2>&1; then need+=(nginx-light); fi
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
@@ -524,6 +528,7 @@ EOF
   set_key "$KFCONF" listen plain "\"$KGF_PLAIN\""
   set_key "$KFCONF" listen mtls '""'
   set_key "$KFCONF" listen admin '""'
+  set_key "$KFCONF" data demo_origin '""'  # the unfiltered instance has it
   set_key "$KFCONF" policy file "\"$KGF/policy.toml\""
   grep -q "^file = \"$KGF/policy.toml\"" "$KFCONF" || { echo "could not set [policy] file in $KFCONF (has the embedded default config changed?)" >&2; exit 1; }
   "$KG" config check "$KFCONF" >"$KGF/config-check.log" 2>&1 \
@@ -609,6 +614,46 @@ EOF
   } >>"$TABLES"
   pair "Filtered plain HTTP forward (UT1 categories), 4 KiB responses, keep-alive" filtered-forward "${FB[@]}" --mix http=1
   pair "Filtered CONNECT (UT1 categories): new tunnel + TLS handshake + one 4 KiB GET per allowed operation" filtered-connect "${FB[@]}" --mix connect=1
+
+  # Control: what the filter itself costs. The filtered forward above
+  # differs from the unfiltered side-by-side forward in two ways: the
+  # filter, and N_ALLOWED upstream host names (as many pooled upstream
+  # connections, DNS answers, ...) instead of one origin. komugate without a
+  # policy (the instance of the side-by-side tables) and the filtered one
+  # take the same workloads, alternating, FILTER_ROUNDS times: one origin,
+  # and the N_ALLOWED allowed names (no blocked share: the unfiltered
+  # gateway would pass those).
+  log "filtered: control, komugate without and with the UT1 policy, 1 and $N_ALLOWED hosts, $FILTER_ROUNDS rounds"
+  CB=(--devices "$CLIENTS" --duration "$DUR" --size 4096 --mix http=1)
+  cpu_us() { jq -r '.proxy_usage.cpu_seconds * 1e6 / .requests' "$OUT/$1.json"; }
+  rps() { jq -r '.requests_per_second' "$OUT/$1.json"; }
+  CTRL="$OUT/control.tsv"
+  : >"$CTRL"
+  for r in $(seq 1 "$FILTER_ROUNDS"); do
+    loadgen "ctl-unf1-$r" "plain://$KG_PLAIN" "$KG_PID" "${CB[@]}"
+    loadgen "ctl-filt1-$r" "plain://$KGF_PLAIN" "$KGF_PID" "${CB[@]}"
+    loadgen "ctl-unfN-$r" "plain://$KG_PLAIN" "$KG_PID" "${CB[@]}" --hosts "$FL/hosts.txt"
+    loadgen "ctl-filtN-$r" "plain://$KGF_PLAIN" "$KGF_PID" "${CB[@]}" --hosts "$FL/hosts.txt"
+    alive "$KGF_PID" "komugate (filtered)" "$KGF/komugate.log"
+    printf '%s' "$r" >>"$CTRL"
+    for n in unf1 filt1 unfN filtN; do printf '\t%s\t%s' "$(cpu_us "ctl-$n-$r")" "$(rps "ctl-$n-$r")" >>"$CTRL"; done
+    echo >>"$CTRL"
+  done
+  {
+    echo "#### Control: the filter's own cost (komugate without and with the UT1 policy, the same workloads)"
+    echo
+    echo "Plain HTTP forward, 4 KiB responses, keep-alive, $CLIENTS clients, $DUR s per run, the four runs of a round back to back, $FILTER_ROUNDS rounds. \"1 host\": the one local origin of the side-by-side tables; \"$N_ALLOWED hosts\": the filtered workload's allowed names (no blocked share). Cells: proxy CPU µs per request (requests/s)."
+    echo
+    echo "| round | unfiltered, 1 host | filtered, 1 host | unfiltered, $N_ALLOWED hosts | filtered, $N_ALLOWED hosts |"
+    echo "|---|---:|---:|---:|---:|"
+    awk -F'\t' '{ printf "| %s | %.1f (%.0f) | %.1f (%.0f) | %.1f (%.0f) | %.1f (%.0f) |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }' "$CTRL"
+    med() { cut -f"$1" "$CTRL" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+    m1="$(med 2)"; m2="$(med 4)"; m3="$(med 6)"; m4="$(med 8)"
+    printf '| median | %.1f | %.1f | %.1f | %.1f |\n' "$m1" "$m2" "$m3" "$m4"
+    echo
+    awk -v n="$N_ALLOWED" -v a="$m1" -v b="$m2" -v c="$m3" -v d="$m4" 'BEGIN { printf "Filtered ÷ unfiltered, CPU per request: %.2f with 1 host, %.2f with %s hosts; %s hosts ÷ 1 host, unfiltered: %.2f.\n", b / a, d / c, n, n, c / a }'
+    echo
+  } >>"$TABLES"
 fi
 
 MIX_MORNING="http=40,connect=30,blocked=10,download=1,upload=1"

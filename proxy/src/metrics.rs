@@ -1,5 +1,7 @@
 //! Prometheus metrics, all named `komugate_*`, served on the admin listener.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -36,6 +38,59 @@ pub struct Metrics {
     pub list_imports: crate::list_import_report::ListImportMetrics,
     /// `komugate_udp_*` (CONNECT-UDP flows, see `crate::flow::udp`).
     pub udp: UdpMetrics,
+    /// Label handles of the counters every request touches.
+    pub per_request: PerRequestCounters,
+}
+
+/// The label handles of the counters every request updates, looked up
+/// once each: `with_label_values` hashes the labels and takes the vector's
+/// lock on every call. Created on first use, so `/metrics` shows a series
+/// only once it has counted something, as before.
+#[derive(Default)]
+pub struct PerRequestCounters {
+    bytes_up: OnceLock<IntCounter>,
+    bytes_down: OnceLock<IntCounter>,
+    /// `requests_total` for the common (kind, decision) pairs, indexed by
+    /// [`PerRequestCounters::slot`].
+    requests: [OnceLock<IntCounter>; 4],
+}
+
+impl PerRequestCounters {
+    fn slot(kind: &str, decision: &str) -> Option<usize> {
+        match (kind, decision) {
+            ("http", "allow") => Some(0),
+            ("http", "block") => Some(1),
+            ("connect", "allow") => Some(2),
+            ("connect", "block") => Some(3),
+            _ => None,
+        }
+    }
+}
+
+impl Metrics {
+    /// `bytes_total{direction="up"}` and `{direction="down"}`.
+    pub fn bytes_up_down(&self) -> (&IntCounter, &IntCounter) {
+        let c = &self.per_request;
+        (
+            c.bytes_up
+                .get_or_init(|| self.bytes_total.with_label_values(&["up"])),
+            c.bytes_down
+                .get_or_init(|| self.bytes_total.with_label_values(&["down"])),
+        )
+    }
+
+    /// Counts one request in `requests_total{kind, decision}`.
+    pub fn count_request(&self, kind: &str, decision: &str) {
+        match PerRequestCounters::slot(kind, decision) {
+            Some(i) => self.per_request.requests[i]
+                .get_or_init(|| self.requests_total.with_label_values(&[kind, decision]))
+                .inc(),
+            None => self
+                .requests_total
+                .with_label_values(&[kind, decision])
+                .inc(),
+        }
+    }
 }
 
 impl Metrics {
@@ -171,6 +226,7 @@ impl Metrics {
             casb: CasbMetrics::new(),
             list_imports: crate::list_import_report::ListImportMetrics::new(),
             udp: UdpMetrics::new(),
+            per_request: PerRequestCounters::default(),
             registry,
         };
         m.casb.register(&m.registry);

@@ -195,6 +195,14 @@ impl Report {
         s.push_str(&format!("| errors | {} |\n", errors_text(self)));
         if let Some(u) = &self.proxy_usage {
             s.push_str(&format!("| proxy CPU seconds | {:.2} |\n", u.cpu_seconds));
+            // The figure that does not depend on how many cores the load
+            // generator takes; the same definition as the side-by-side tables.
+            if self.requests > 0 {
+                s.push_str(&format!(
+                    "| proxy CPU µs per request | {:.1} |\n",
+                    u.cpu_seconds * 1e6 / self.requests as f64
+                ));
+            }
             s.push_str(&format!(
                 "| proxy peak RSS | {:.1} MiB |\n",
                 u.peak_rss_kib as f64 / 1024.0

@@ -1,7 +1,8 @@
-//! Relay between two plain TCP sockets with `splice(2)` (Linux): each
-//! direction moves bytes socket → pipe → socket inside the kernel, so a
-//! bulk download through a CONNECT tunnel costs no copies into user space
-//! and no user-space buffer.
+//! Relay between two plain TCP sockets with `splice(2)` (Linux): past its
+//! first [`SPLICE_AFTER`] bytes (buffered: short tunnels would pay more for
+//! the pipe than for the copies) each direction moves bytes socket → pipe
+//! → socket inside the kernel, so a bulk download through a CONNECT tunnel
+//! costs no copies into user space and no user-space buffer.
 //!
 //! Chosen over the `tokio-splice` crate because the relay must keep what
 //! the buffered relay guarantees: half-close, live idle timeout, the
@@ -20,8 +21,15 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-use super::tunnel::{drive, Half, HalfState, RelayStats};
+use super::tunnel::{drive, BufferedHalf, Half, HalfState, RelayStats};
 
+/// Bytes a direction moves through the buffered relay before it switches
+/// to a pipe. Most tunnels (a TLS handshake and a page or an API call) end
+/// below this, and for them a pipe costs more than it saves: pipe2, fcntl,
+/// two closes and a splice that finds nothing per read, against one copy
+/// in and out of a 16 KiB buffer. A bulk transfer passes it in
+/// milliseconds and then runs spliced.
+const SPLICE_AFTER: u64 = 64 * 1024;
 /// Most bytes one splice call asks for (the pipe's capacity bounds it).
 const SPLICE_CHUNK: usize = 1 << 20;
 /// Pipe capacity asked for while bytes flow (the default 64 KiB means a
@@ -51,13 +59,16 @@ pub async fn relay(
     )
     .await;
     stats.up += client_prefix.len() as u64;
-    stats.spliced = true;
     stats
 }
 
-/// One direction: reader socket → pipe → writer socket.
+/// One direction: reader socket → buffer → writer socket for the first
+/// [`SPLICE_AFTER`] bytes, then reader socket → pipe → writer socket.
 #[derive(Default)]
 struct SpliceHalf {
+    /// The buffered start; `None` once the direction is spliced.
+    start: Option<BufferedHalf>,
+    spliced: bool,
     /// (read end, write end); `None` while the direction is idle.
     pipe: Option<(OwnedFd, OwnedFd)>,
     /// Bytes sitting in the pipe, read and not yet written.
@@ -75,6 +86,20 @@ impl Half<TcpStream, TcpStream> for SpliceHalf {
         reader: &mut TcpStream,
         writer: &mut TcpStream,
     ) -> Poll<()> {
+        if !self.spliced {
+            let start = self.start.get_or_insert_with(BufferedHalf::default);
+            let done = start.poll_copy(cx, reader, writer);
+            if done.is_ready() || start.bytes() < SPLICE_AFTER || !start.drained() {
+                return done;
+            }
+            // Bulk: the buffer is empty and the reader has nothing ready
+            // (poll_copy returned Pending on the read); the splice loop
+            // below waits for the next readable event.
+            self.bytes = start.bytes();
+            self.active |= start.take_activity();
+            self.start = None;
+            self.spliced = true;
+        }
         loop {
             if self.finished {
                 return Poll::Ready(());
@@ -100,18 +125,29 @@ impl Half<TcpStream, TcpStream> for SpliceHalf {
 
 impl HalfState for SpliceHalf {
     fn bytes(&self) -> u64 {
-        self.bytes
+        match &self.start {
+            Some(start) => start.bytes(),
+            None => self.bytes,
+        }
     }
 
     fn take_activity(&mut self) -> bool {
-        std::mem::take(&mut self.active)
+        let started = self.start.as_mut().is_some_and(|s| s.take_activity());
+        std::mem::take(&mut self.active) | started
     }
 
     fn release_idle(&mut self, used_since_last_tick: bool) -> bool {
+        if let Some(start) = &mut self.start {
+            return start.release_idle(used_since_last_tick);
+        }
         if !used_since_last_tick && self.in_pipe == 0 {
             self.pipe = None;
         }
         self.pipe.is_some()
+    }
+
+    fn spliced(&self) -> bool {
+        self.spliced
     }
 }
 
@@ -274,28 +310,48 @@ mod tests {
         assert_eq!((stats.up, stats.down), (8, 6));
     }
 
+    /// Sends `data` from the client app (`s[0]`) and polls `up` (client
+    /// side `s[1]` → upstream side `s[2]`) until all of it reached the
+    /// upstream app (`s[3]`); readiness arrives asynchronously.
+    async fn through(up: &mut SpliceHalf, s: &mut [TcpStream; 4], data: Vec<u8>) {
+        let want = up.bytes() + data.len() as u64;
+        let mut got = vec![0u8; data.len()];
+        let [client_app, client_side, upstream_side, upstream_app] = s;
+        let send = client_app.write_all(&data);
+        let recv = upstream_app.read_exact(&mut got);
+        let pump = async {
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while up.bytes() < want && std::time::Instant::now() < deadline {
+                let _ = up.poll_copy(&mut cx, client_side, upstream_side);
+                tokio::task::yield_now().await;
+            }
+        };
+        let (sent, (), read) = tokio::join!(send, pump, recv);
+        sent.unwrap();
+        read.unwrap();
+        assert!(got == data, "bytes arrive intact");
+    }
+
     #[tokio::test]
-    async fn an_idle_tunnel_gives_its_pipes_back_and_times_out() {
-        let (mut client_app, mut client_side) = pair().await;
-        let (mut upstream_side, mut upstream_app) = pair().await;
+    async fn short_transfers_stay_buffered_and_an_idle_tunnel_gives_its_pipes_back() {
+        let (client_app, client_side) = pair().await;
+        let (upstream_side, upstream_app) = pair().await;
         let mut up = SpliceHalf::default();
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        client_app.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 4];
-        // Poll until the bytes have gone through (readiness arrives async).
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while up.bytes() < 4 && std::time::Instant::now() < deadline {
-            let _ = up.poll_copy(&mut cx, &mut client_side, &mut upstream_side);
-            tokio::task::yield_now().await;
-        }
-        upstream_app.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
+        let mut sockets = [client_app, client_side, upstream_side, upstream_app];
+        through(&mut up, &mut sockets, b"ping".to_vec()).await;
+        assert!(up.pipe.is_none() && !up.spliced(), "a few bytes: no pipe");
+        through(&mut up, &mut sockets, vec![7u8; SPLICE_AFTER as usize]).await;
+        through(&mut up, &mut sockets, b"bulk".to_vec()).await;
+        assert!(up.spliced(), "past SPLICE_AFTER the direction is spliced");
         assert!(up.pipe.is_some(), "a pipe while bytes flow");
+        assert_eq!(up.bytes(), SPLICE_AFTER + 8);
         let used = up.take_activity();
         assert!(up.release_idle(used), "kept across a short wait");
         assert!(!up.release_idle(false), "closed on a tick without traffic");
 
+        let [_client_app, client_side, upstream_side, _upstream_app] = sockets;
         let stats = tokio::time::timeout(
             Duration::from_secs(5),
             relay(b"", client_side, upstream_side, Duration::from_millis(200)),

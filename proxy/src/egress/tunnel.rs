@@ -79,6 +79,10 @@ pub(crate) trait HalfState {
     /// Frees buffers (or pipes) when nothing is in flight. Returns whether
     /// it still holds one.
     fn release_idle(&mut self, used_since_last_tick: bool) -> bool;
+    /// Whether bytes of this direction went through splice(2).
+    fn spliced(&self) -> bool {
+        false
+    }
 }
 
 /// Drives both directions until both are finished, the tunnel has been
@@ -140,7 +144,7 @@ where
         down: down.bytes(),
         idle_timeout,
         cut,
-        spliced: false,
+        spliced: up.spliced() || down.spliced(),
     }
 }
 
@@ -188,7 +192,7 @@ where
 
 /// One direction of the buffered relay.
 #[derive(Default)]
-struct BufferedHalf {
+pub(crate) struct BufferedHalf {
     /// Empty (no allocation) while the direction is idle.
     buf: Vec<u8>,
     /// Bytes `buf[pos..end]` are read and not yet written.
@@ -270,6 +274,11 @@ impl HalfState for BufferedHalf {
 }
 
 impl BufferedHalf {
+    /// Nothing read and not yet written, and the reader not at its end.
+    pub(crate) fn drained(&self) -> bool {
+        self.pos == self.end && !self.read_done && !self.finished
+    }
+
     /// Reads what `reader` has ready into the buffer (allocated when the
     /// first bytes arrive, grown once when a read fills it). Returns the
     /// byte count, 0 at EOF.

@@ -179,24 +179,16 @@ impl Entry {
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         let metrics = &self.gw.metrics;
         if self.kind != Kind::Doh {
-            metrics
-                .bytes_total
-                .with_label_values(&["up"])
-                .inc_by(record.bytes_up);
-            metrics
-                .bytes_total
-                .with_label_values(&["down"])
-                .inc_by(record.bytes_down);
+            let (up, down) = metrics.bytes_up_down();
+            up.inc_by(record.bytes_up);
+            down.inc_by(record.bytes_down);
         } else {
             metrics
                 .doh_queries
                 .with_label_values(&[record.decision])
                 .inc();
         }
-        metrics
-            .requests_total
-            .with_label_values(&[self.kind.label(), record.decision])
-            .inc();
+        metrics.count_request(self.kind.label(), record.decision);
         self.gw.alerts.observe(record);
         self.gw.devices_seen.observe(record);
         self.gw.access_log.submit(std::mem::take(record));

@@ -172,9 +172,9 @@ async fn exchange_stages(
     let path = req
         .uri()
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
-    flow.entry.record.target = format!("{}{path}", target.origin());
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    flow.entry.record.target = target.origin_with(path);
     // The block page's access request, answered by the gateway itself.
     if let Some(queue) = crate::unblock::submission(&flow.gw.unblock, &req) {
         flow.entry.record.rule = "unblock-request".into();
@@ -182,7 +182,7 @@ async fn exchange_stages(
         return Ok(crate::unblock::submit(queue, &flow.conn, &target.host, req).await);
     }
     // Decision.
-    let decision = flow.decide(RequestKind::Http, req.method().as_str(), target, &path);
+    let decision = flow.decide(RequestKind::Http, req.method().as_str(), target, path);
     if decision.is_blocked() {
         return Err(Refusal::Blocked(decision.block()));
     }

@@ -528,7 +528,6 @@ EOF
   set_key "$KFCONF" listen plain "\"$KGF_PLAIN\""
   set_key "$KFCONF" listen mtls '""'
   set_key "$KFCONF" listen admin '""'
-  set_key "$KFCONF" data demo_origin '""'  # the unfiltered instance has it
   set_key "$KFCONF" policy file "\"$KGF/policy.toml\""
   grep -q "^file = \"$KGF/policy.toml\"" "$KFCONF" || { echo "could not set [policy] file in $KFCONF (has the embedded default config changed?)" >&2; exit 1; }
   "$KG" config check "$KFCONF" >"$KGF/config-check.log" 2>&1 \

@@ -33,11 +33,24 @@ pub async fn start(origin: &str, records: &[(&str, Ipv4Addr)]) -> DnsServer {
 
 /// Serves several zones from one server: (origin, A records) each.
 pub async fn start_zones(zones: &[(&str, &[(&str, Ipv4Addr)])]) -> DnsServer {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS UDP");
-    let addr = udp.local_addr().unwrap();
-    // Same port for TCP (truncated answers); fine if the port is taken.
-    let tcp = TcpListener::bind(addr).await.ok();
-    serve_zones(udp, tcp, zones)
+    let (udp, tcp) = bind_udp_and_tcp().await;
+    serve_zones(udp, Some(tcp), zones)
+}
+
+/// A UDP socket and a TCP listener on one free port of 127.0.0.1 (DNS over
+/// TCP follows a truncated UDP answer to the same port). The kernel picks
+/// the UDP port; another test may hold that number for TCP, so a few
+/// ports are tried.
+async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener) {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS UDP");
+        match TcpListener::bind(udp.local_addr().unwrap()).await {
+            Ok(tcp) => return (udp, tcp),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("bind DNS TCP on the UDP port: {e}"),
+        }
+    }
+    panic!("no port of 127.0.0.1 free for both DNS UDP and TCP after 50 tries");
 }
 
 /// Serves `zones` on sockets bound elsewhere (another address or namespace).
@@ -105,11 +118,9 @@ impl Drop for FaultDns {
 
 impl FaultDns {
     pub async fn start() -> FaultDns {
-        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS UDP"));
+        let (udp, tcp) = bind_udp_and_tcp().await;
+        let udp = Arc::new(udp);
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr)
-            .await
-            .expect("bind DNS TCP on the UDP port");
         let seen: Arc<std::sync::Mutex<Vec<(String, &'static str)>>> = Default::default();
         let seen_udp = seen.clone();
         let udp_task = tokio::spawn(async move {

@@ -85,11 +85,9 @@ http {
   server { listen $GW_IP:80; listen 127.0.0.1:80; root $W/www; }
 }
 EOF
-in_net nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" >"$W/nginx/stdout.log" 2>&1 &
-PIDS+=($!)
+spawn_in "$NET" nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" >"$W/nginx/stdout.log" 2>&1
 # Every name resolves to the network side's loopback, where nginx listens too.
-in_net "$LG" origin --http 127.0.0.1:18080 --dns 127.0.0.1:53 >"$W/origin.log" 2>&1 &
-PIDS+=($!)
+spawn_in "$NET" "$LG" origin --http 127.0.0.1:18080 --dns 127.0.0.1:53 >"$W/origin.log" 2>&1
 # shellcheck source=benches/config-edit.sh
 . "$ROOT/benches/config-edit.sh"
 KCONF="$W/komugate.toml"
@@ -100,16 +98,14 @@ set_key "$KCONF" listen admin "\"127.0.0.1:9090\""
 set_key "$KCONF" dns servers "[\"127.0.0.1:53\"]"
 set_key "$KCONF" limits idle_timeout_secs 3600
 "$KG" config check "$KCONF" >/dev/null
-in_net "$KG" serve --config "$KCONF" --data "$W/kg" >"$W/komugate.log" 2>&1 &
-PIDS+=($!)
+spawn_in "$NET" "$KG" serve --config "$KCONF" --data "$W/kg" >"$W/komugate.log" 2>&1
 wait_port "$NET" "127.0.0.1:80"
 wait_port "$NET" "$GW_IP:8443" || { tail -5 "$W/komugate.log" >&2; exit 1; }
 PKI="$W/kg/pki"
 
 log "laptop side: komugate client"
-in_laptop "$KG" client --server "$GW_IP:8443" --server-name localhost --cert "$PKI/demo-device.pem" \
-  --key "$PKI/demo-device.key" --ca "$PKI/inspect-ca.pem" --http 127.0.0.1:3129 --socks "" --dns "" >"$W/client.log" 2>&1 &
-PIDS+=($!)
+spawn_in "$LAPTOP" "$KG" client --server "$GW_IP:8443" --server-name localhost --cert "$PKI/demo-device.pem" \
+  --key "$PKI/demo-device.key" --ca "$PKI/inspect-ca.pem" --http 127.0.0.1:3129 --socks "" --dns "" >"$W/client.log" 2>&1
 
 HOSTS=(h1 h2 h3 h4 h5 h6)
 DIRECT=(--noproxy '*')

@@ -14,6 +14,20 @@ netns_cleanup() {
 trap netns_cleanup EXIT
 in_laptop() { ip netns exec "$LAPTOP" "$@"; }
 in_net() { ip netns exec "$NET" "$@"; }
+# Starts a long-running command in namespace NS in the background (the
+# caller's redirections apply) and records its pid in PIDS and SPAWNED.
+# `in_net CMD &` would record the pid of a subshell: killing that leaves
+# the command running (and holding its ports) after the bench.
+spawn_in() { # ns cmd...
+  local ns=$1
+  shift
+  ip netns exec "$ns" "$@" &
+  SPAWNED=$!
+  PIDS+=("$SPAWNED")
+}
+# Raises the open-file limit as far as this process may (the hard limit
+# without CAP_SYS_RESOURCE) for commands run with `bash -c`.
+RAISE_NOFILE='ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"'
 wait_port() { # netns host:port
   for _ in $(seq 1 300); do
     if ip netns exec "$1" bash -c "exec 3<>/dev/tcp/${2%:*}/${2##*:}" 2>/dev/null; then return 0; fi

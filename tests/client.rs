@@ -362,6 +362,78 @@ async fn gateway_down_fails_fast_then_recovers() {
     assert_eq!(code, 200);
 }
 
+/// A SOCKS5 CONNECT to `dst` through the client: the reply code and the
+/// connection (kept open by the caller to hold the flow).
+async fn socks_flow(socks: SocketAddr, dst: SocketAddr) -> (u8, TcpStream) {
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    let SocketAddr::V4(v4) = dst else {
+        panic!("IPv4 only")
+    };
+    let mut req = vec![5, 1, 0, 5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut r = [0u8; 12];
+    s.read_exact(&mut r).await.unwrap();
+    assert_eq!(&r[..2], &[5, 0], "greeting");
+    (r[3], s)
+}
+
+/// All of a laptop's flows share its one link (full-device mode holds
+/// hundreds), so the mTLS listener takes `max_streams_per_device_link`
+/// streams per connection, not the plain listener's
+/// `max_streams_per_connection` (a flow past that used to wait for a free
+/// stream and fail after 13 s as a SOCKS "general failure"). Past the
+/// device-link limit a new flow waits for one to end.
+#[tokio::test]
+async fn a_device_link_holds_more_flows_than_a_plain_connection() {
+    let mut gw = Gw::start().await;
+    gw.down().await;
+    gw.config.limits.max_streams_per_connection = 8;
+    gw.config.limits.max_streams_per_device_link = 24;
+    gw.up().await;
+    // An origin that holds every connection until the client closes its
+    // side, so each flow keeps its stream until the application ends it.
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dst = origin.local_addr().unwrap();
+    let held_by_origin = tokio::spawn(async move {
+        while let Ok((mut s, _)) = origin.accept().await {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+            });
+        }
+    });
+    let c = gw.client("PC-0003", vec![], false).await;
+    let socks = c.socks.unwrap();
+
+    let mut flows = Vec::new();
+    for i in 0..24 {
+        let (code, s) = socks_flow(socks, dst).await;
+        assert_eq!(code, 0, "flow {i} of 24 on one device link");
+        flows.push(s);
+    }
+    // The 25th waits for a free stream, and opens when one flow ends.
+    let mut next = tokio::spawn(socks_flow(socks, dst));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), &mut next)
+            .await
+            .is_err(),
+        "a flow past max_streams_per_device_link must wait"
+    );
+    drop(flows.pop());
+    let (code, _s) = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("the waiting flow opens once a stream is free")
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        gw.metric("komugate_connections_total", &[("listener", "mtls")]),
+        1.0
+    );
+    held_by_origin.abort();
+}
+
 // ---------------------------------------------------------------- PAC
 
 /// Evaluates `FindProxyForURL(url, host)` in a JavaScript engine.

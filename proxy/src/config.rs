@@ -677,6 +677,10 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     pub max_connections_per_device: usize,
     pub max_streams_per_connection: u32,
+    /// HTTP/2 streams per connection on the mTLS listener. A device link
+    /// carries every flow of the device (`komugate client`, full-device
+    /// mode), so this is the device's concurrent flow budget on one link.
+    pub max_streams_per_device_link: u32,
     pub drain_secs: u64,
     /// Idle keep-alive connections kept per upstream host (and egress address).
     pub upstream_idle_per_host: usize,
@@ -697,6 +701,7 @@ impl Default for Limits {
             idle_timeout_secs: 300,
             max_connections_per_device: 256,
             max_streams_per_connection: 256,
+            max_streams_per_device_link: 4096,
             drain_secs: 30,
             upstream_idle_per_host: 1024,
             upstream_idle_total: 0,
@@ -1049,6 +1054,20 @@ impl Config {
         }
         if self.limits.max_header_bytes < 8192 {
             bail!("{origin}: [limits] max_header_bytes must be at least 8192");
+        }
+        for (key, v) in [
+            (
+                "max_streams_per_connection",
+                self.limits.max_streams_per_connection,
+            ),
+            (
+                "max_streams_per_device_link",
+                self.limits.max_streams_per_device_link,
+            ),
+        ] {
+            if v == 0 {
+                bail!("{origin}: [limits] {key} = 0 would refuse every request on HTTP/2: set at least 1 (default 256 / 4096)");
+            }
         }
         Ok(())
     }

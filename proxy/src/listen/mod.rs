@@ -236,10 +236,14 @@ where
     let (gw_svc, ctx_svc) = (gw.clone(), ctx.clone());
     // Extended CONNECT on both proxy listeners: the mTLS one carries
     // CONNECT-UDP, the plain one answers it with a clear refusal.
-    let limits = http::ServerLimits {
+    let mut limits = http::ServerLimits {
         extended_connect: true,
         ..(&gw.config.limits).into()
     };
+    if ctx.listener == crate::request::ListenerKind::Mtls {
+        // A device link multiplexes all of the device's flows.
+        limits.max_streams = gw.config.limits.max_streams_per_device_link;
+    }
     let result = http::serve(limits, stream, h2, Some(&gw.shutdown), move |req| {
         crate::flow::handle(gw_svc.clone(), ctx_svc.clone(), req)
     })

@@ -12,16 +12,17 @@
 //! thousands of idle tunnels hold no pipes and no extra descriptors. The
 //! syscalls come from `rustix` (safe wrappers, already in the tree).
 
+use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
-use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
-use super::tunnel::{drive, BufferedHalf, Half, HalfState, RelayStats};
+use super::tunnel::{BufferedHalf, Half, HalfState, Relay, RelayStats};
 
 /// Bytes a direction moves through the buffered relay before it switches
 /// to a pipe. Most tunnels (a TLS handshake and a page or an API call) end
@@ -39,27 +40,19 @@ const PIPE_SIZE: usize = 512 * 1024;
 /// Relays `client` and `upstream` until both directions are finished, the
 /// tunnel is idle for `idle`, or the gateway's hard stop. `client_prefix`:
 /// bytes already read from the client (after the CONNECT head), sent
-/// upstream first. Falls back to the buffered relay when pipes cannot be
-/// created (descriptor limit).
-pub async fn relay(
-    client_prefix: &[u8],
+/// upstream first. A direction whose pipe cannot be created when it turns
+/// bulk (descriptor limit) stays buffered.
+pub fn relay(
+    client_prefix: Vec<u8>,
     client: TcpStream,
-    mut upstream: TcpStream,
+    upstream: TcpStream,
     idle: Duration,
-) -> RelayStats {
-    if !client_prefix.is_empty() && upstream.write_all(client_prefix).await.is_err() {
-        return RelayStats::default();
-    }
-    let mut stats = drive(
-        client,
-        upstream,
-        SpliceHalf::default(),
-        SpliceHalf::default(),
-        idle,
-    )
-    .await;
-    stats.up += client_prefix.len() as u64;
-    stats
+) -> impl Future<Output = RelayStats> {
+    let up = SpliceHalf {
+        start: (!client_prefix.is_empty()).then(|| BufferedHalf::with_pending(client_prefix)),
+        ..SpliceHalf::default()
+    };
+    Relay::new(client, upstream, up, SpliceHalf::default(), idle)
 }
 
 /// One direction: reader socket → buffer → writer socket for the first
@@ -68,6 +61,8 @@ pub async fn relay(
 struct SpliceHalf {
     /// The buffered start; `None` once the direction is spliced.
     start: Option<BufferedHalf>,
+    /// No pipe could be had when the direction turned bulk: buffered to the end.
+    buffered_only: bool,
     spliced: bool,
     /// (read end, write end); `None` while the direction is idle.
     pipe: Option<(OwnedFd, OwnedFd)>,
@@ -89,8 +84,19 @@ impl Half<TcpStream, TcpStream> for SpliceHalf {
         if !self.spliced {
             let start = self.start.get_or_insert_with(BufferedHalf::default);
             let done = start.poll_copy(cx, reader, writer);
-            if done.is_ready() || start.bytes() < SPLICE_AFTER || !start.drained() {
+            if self.buffered_only
+                || done.is_ready()
+                || start.bytes() < SPLICE_AFTER
+                || !start.drained()
+            {
                 return done;
+            }
+            match open_pipe() {
+                Ok(pipe) => self.pipe = Some(pipe),
+                Err(_) => {
+                    self.buffered_only = true;
+                    return done;
+                }
             }
             // Bulk: the buffer is empty and the reader has nothing ready
             // (poll_copy returned Pending on the read); the splice loop
@@ -151,6 +157,14 @@ impl HalfState for SpliceHalf {
     }
 }
 
+/// A non-blocking pipe, as large as the kernel allows up to [`PIPE_SIZE`].
+fn open_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let pipe = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    // Best effort: a smaller pipe only means more syscalls.
+    let _ = rustix::pipe::fcntl_setpipe_size(&pipe.1, PIPE_SIZE);
+    Ok(pipe)
+}
+
 impl SpliceHalf {
     /// Socket → pipe: how many bytes moved (0 at EOF).
     fn poll_fill(&mut self, cx: &mut Context<'_>, reader: &TcpStream) -> Poll<io::Result<usize>> {
@@ -158,12 +172,7 @@ impl SpliceHalf {
             ready!(reader.poll_read_ready(cx))?;
             let pipe_in = match &self.pipe {
                 Some((_, pipe_in)) => pipe_in,
-                None => {
-                    let pipe = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-                    // Best effort: a smaller pipe only means more syscalls.
-                    let _ = rustix::pipe::fcntl_setpipe_size(&pipe.1, PIPE_SIZE);
-                    &self.pipe.insert(pipe).1
-                }
+                None => &self.pipe.insert(open_pipe()?).1,
             };
             let moved = reader.try_io(Interest::READABLE, || {
                 rustix::pipe::splice(
@@ -227,7 +236,7 @@ impl SpliceHalf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A connected pair of loopback sockets.
@@ -244,7 +253,7 @@ mod tests {
         let (upstream_side, mut upstream_app) = pair().await;
         let relay = tokio::spawn(async move {
             relay(
-                b"early ",
+                b"early ".to_vec(),
                 client_side,
                 upstream_side,
                 Duration::from_secs(5),
@@ -291,7 +300,7 @@ mod tests {
         let (mut client_app, client_side) = pair().await;
         let (upstream_side, mut upstream_app) = pair().await;
         let relay = tokio::spawn(relay(
-            b"",
+            Vec::new(),
             client_side,
             upstream_side,
             Duration::from_secs(5),
@@ -354,7 +363,12 @@ mod tests {
         let [_client_app, client_side, upstream_side, _upstream_app] = sockets;
         let stats = tokio::time::timeout(
             Duration::from_secs(5),
-            relay(b"", client_side, upstream_side, Duration::from_millis(200)),
+            relay(
+                Vec::new(),
+                client_side,
+                upstream_side,
+                Duration::from_millis(200),
+            ),
         )
         .await
         .expect("the relay ends on idleness");

@@ -5,6 +5,7 @@
 //! refuses the bytes that matched and closes both sides of the tunnel.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::engine::Direction;
@@ -234,31 +237,31 @@ fn sni_screened(sec: &Security) -> bool {
 
 /// Relays a CONNECT tunnel with inspection (or plainly when there is
 /// nothing to inspect). Returns the relay figures and the IPS events.
-pub async fn relay<C, U>(
+/// A plain function returning the relay (not an `async fn`): the open
+/// tunnel holds only the relay and the inspector, not the arguments too.
+pub fn relay<C, U>(
     sec: Arc<Security>,
     ctx: EventContext,
     port: u16,
     client: C,
     upstream: U,
     idle: Duration,
-) -> (RelayStats, Vec<IpsEvent>)
+) -> impl Future<Output = (RelayStats, Vec<IpsEvent>)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     match TunnelInspector::new(sec, ctx, port) {
-        None => (
-            crate::egress::tunnel::relay(client, upstream, idle).await,
-            Vec::new(),
+        None => Either::Left(
+            crate::egress::tunnel::relay(client, upstream, idle).map(|stats| (stats, Vec::new())),
         ),
         Some(insp) => {
-            let stats = crate::egress::tunnel::relay(
+            let relaying = crate::egress::tunnel::relay(
                 insp.wrap(client, Direction::ToServer),
                 insp.wrap(upstream, Direction::ToClient),
                 idle,
-            )
-            .await;
-            (stats, insp.events())
+            );
+            Either::Right(relaying.map(move |stats| (stats, insp.events())))
         }
     }
 }

@@ -24,6 +24,7 @@
 # Usage: benches/tun-client.sh
 #   BULK_MIB [200]  REQS [1000]  FLOWS [1000]  ROUNDS [3]
 #   PINGS [2000]  UDP_WINDOW [32]  UDP_SECS [5]  UDP_SIZE [200]  UDP_FLOWS [1000]
+#   TUN_MTU  the TUN device's MTU ([tun] mtu in a client config file) [the client's default]
 #   SKIP_BUILD 1 = use the release binary already built [0]
 #   KEEP_TMP 1 = keep the work directory (nginx, gateway and client logs)
 set -euo pipefail
@@ -38,6 +39,7 @@ UDP_WINDOW="${UDP_WINDOW:-32}"
 UDP_SECS="${UDP_SECS:-5}"
 UDP_SIZE="${UDP_SIZE:-200}"
 UDP_FLOWS="${UDP_FLOWS:-1000}"
+TUN_MTU="${TUN_MTU:-}"
 UDP_PORT=7007
 log() { printf '\n=== %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "tun-client.sh creates network namespaces and a TUN device: run it as root" >&2; exit 1; }
@@ -210,7 +212,12 @@ s_bulk="$(measure bulk --socks5-hostname 127.0.0.1:1080)"; s_rate="$(measure rat
 s_flows="$(flows 127.0.0.1:1080)"
 stop_client
 log "full-device mode (--tun)"
-start_client --tun
+TUN_ARGS=(--tun)
+if [ -n "$TUN_MTU" ]; then
+  printf '[tun]\nmtu = %s\n' "$TUN_MTU" >"$W/client.toml"
+  TUN_ARGS+=(--config "$W/client.toml")
+fi
+start_client "${TUN_ARGS[@]}"
 t_bulk="$(measure bulk)"; t_rate="$(measure rate)"
 t_flows="$(flows)"
 t_udp="$(udp_all)"
@@ -231,7 +238,7 @@ cat <<EOF
 
 ## Full-device mode (komugate client --tun)
 
-Command: \`BULK_MIB=$BULK_MIB REQS=$REQS FLOWS=$FLOWS ROUNDS=$ROUNDS PINGS=$PINGS UDP_WINDOW=$UDP_WINDOW UDP_SECS=$UDP_SECS UDP_SIZE=$UDP_SIZE UDP_FLOWS=$UDP_FLOWS benches/tun-client.sh\`
+Command: \`${TUN_MTU:+TUN_MTU=$TUN_MTU }BULK_MIB=$BULK_MIB REQS=$REQS FLOWS=$FLOWS ROUNDS=$ROUNDS PINGS=$PINGS UDP_WINDOW=$UDP_WINDOW UDP_SECS=$UDP_SECS UDP_SIZE=$UDP_SIZE UDP_FLOWS=$UDP_FLOWS benches/tun-client.sh\`
 ($(date -u +%Y-%m-%d), $(nproc) cores, load average at the end $LOAD — the machine was shared).
 Laptop and net namespaces joined by a veth pair; nginx and \`komugate serve\` in the net namespace;
 median (rounds).

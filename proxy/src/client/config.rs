@@ -27,7 +27,7 @@
 //! enabled = false                      # also --tun
 //! name = "komugate0"
 //! address = "198.18.0.1"               # the device's address (/30)
-//! mtu = 1500
+//! mtu = 9000                           # local only: the flows end in komugate's own stack
 //! captive_portal_hosts = ["detectportal.firefox.com", "connectivitycheck.gstatic.com", "www.msftconnecttest.com", "captive.apple.com"]
 //! captive_portal_secs = 300            # direct while the gateway is unreachable, this long
 //! [pkcs11]                             # with key_store = "pkcs11"
@@ -146,7 +146,12 @@ impl Default for TunConfig {
             name: "komugate0".into(),
             // RFC 2544 benchmarking range: not used on real networks.
             address: std::net::Ipv4Addr::new(198, 18, 0, 1),
-            mtu: 1500,
+            // The device's packets never reach a wire: TCP ends in the
+            // user-space stack and UDP payloads ride CONNECT-UDP, so the
+            // MTU only sets the packet size on the device. 9000 instead of
+            // 1500: a download crosses the device in a sixth of the packets
+            // (benches/RESULTS.md, full-device mode: 1.75x the throughput).
+            mtu: 9000,
             captive_portal_hosts: [
                 "detectportal.firefox.com",
                 "connectivitycheck.gstatic.com",

@@ -99,6 +99,9 @@ struct Shared {
     /// The link connection (`Link::connects`) whose gateway has no
     /// CONNECT-UDP (u64::MAX: none known).
     no_connect_udp: AtomicU64,
+    /// The device's MTU: no packet from the device is larger (fragments
+    /// are dropped), which bounds a UDP flow's buffers.
+    mtu: usize,
 }
 
 impl Shared {
@@ -180,6 +183,7 @@ pub async fn start(link: Arc<Link>, cfg: &TunConfig, shutdown: CancellationToken
         stats: stats.clone(),
         to_device: to_device.clone(),
         no_connect_udp: AtomicU64::new(u64::MAX),
+        mtu: cfg.mtu.into(),
     });
     let routes = Arc::new(Mutex::new(routes));
 

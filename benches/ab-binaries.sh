@@ -8,7 +8,9 @@
 #   benches/ab-binaries.sh BEFORE_BIN AFTER_BIN [LOADGEN_BIN]
 #
 # Environment: ROUNDS [4], DUR seconds per run [8], CLIENTS [50],
-#   ONLY one workload, e.g. ONLY="forward --mix http=1" [forward, connect, inspect]
+#   ONLY one workload, e.g. ONLY="forward --mix http=1" [forward, connect, inspect],
+#   TOGETHER=1 drives both gateways at the same time in each round (CLIENTS
+#   each), so a burst of load from elsewhere hits both runs alike.
 # Prints per-round requests/s and proxy CPU µs per request, then medians.
 set -euo pipefail
 A_BIN=$1; B_BIN=$2; LG=${3:-target/release/komugate-loadgen}
@@ -43,6 +45,7 @@ for r in $(seq "$ROUNDS"); do
   for wl in "${WL[@]}"; do
     read -r -a args <<<"$wl"; name=${args[0]}; args=("${args[@]:1}")
     if [ $((r % 2)) = 0 ]; then order="B A"; else order="A B"; fi
+    LGP=()
     for side in $order; do
       if [ "$side" = A ]; then px=127.0.0.1:23128; else px=127.0.0.1:24128; fi
       "$LG" run --label "$name-$side-$r" --proxy "plain://$px" --proxy-pid "$(cat "$W/$side.pid")" \
@@ -50,8 +53,10 @@ for r in $(seq "$ROUNDS"); do
         --origin-http 127.0.0.1:18080 --origin-https 127.0.0.1:18443 \
         --inspect-target outlook.office365.com:18443 --pki "$W/$side/pki" \
         --json "$W/$name-$side-$r.json" --devices "$CLIENTS" --duration "$DUR" --size 4096 "${args[@]}" \
-        >/dev/null 2>"$W/$name-$side-$r.err"
+        >/dev/null 2>"$W/$name-$side-$r.err" &
+      if [ "${TOGETHER:-0}" = 1 ]; then LGP+=($!); else wait $!; fi
     done
+    [ ${#LGP[@]} = 0 ] || wait "${LGP[@]}"
   done
 done
 python3 - "$W" <<'PY'

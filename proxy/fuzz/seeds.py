@@ -278,4 +278,34 @@ except ImportError:
 for name in ["get-keepalive", "connect", "chunked-trailers"]:
     put("mtls_listener", f"h1-{name}", bytes([0, 255, 255]) + HEADS[name])
 put("mtls_listener", "h1-connect-loopback", bytes([0, 255, 255]) + b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+
+# ------------------------------------------------------------ CONNECT-UDP capsules
+def varint(v):
+    """RFC 9000 variable-length integer."""
+    for prefix, length in ((0, 1), (1, 2), (2, 4), (3, 8)):
+        if v < 1 << (8 * length - 2):
+            return (v | prefix << (8 * length - 2)).to_bytes(length, "big")
+    raise ValueError(v)
+
+
+def capsule(ctype, value):
+    return varint(ctype) + varint(len(value)) + value
+
+
+def datagram(payload, context=0):
+    return capsule(0, varint(context) + payload)
+
+
+CAPSULES = {
+    "datagrams": datagram(b"\x12\x34" + b"q" * 40) + datagram(b"") + datagram(b"x" * 1400),
+    "unknown-type-between": datagram(b"a") + capsule(0x2F, b"skip me" * 10) + datagram(b"b"),
+    "unknown-context": datagram(b"dropped", context=2) + datagram(b"kept"),
+    "oversized": datagram(b"o" * 3000) + datagram(b"small"),
+    "long-varints": bytes([0x40, 0x00, 0x80, 0, 0, 5, 0]) + b"abcd" + datagram(b"z"),
+    "no-context": capsule(0, b""),
+    "truncated": datagram(b"t" * 100)[:60],
+}
+for name, wire in CAPSULES.items():
+    # limit 2048 (little-endian u16), then the chunking plan
+    put("capsule_decoder", name, bytes([0, 8, 0, 6, 255, 1]) + wire)
 print("seeds written to", CORPUS)

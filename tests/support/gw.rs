@@ -254,6 +254,10 @@ pub async fn tls_connect(
     config: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
+    // As komugate's own client does (multiplexed_socket.rs): without it an
+    // HTTP/2 frame written while a small earlier one (a WINDOW_UPDATE) is
+    // unacknowledged waits for the peer's delayed ACK, ~40 ms.
+    tcp.set_nodelay(true)?;
     tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await

@@ -420,37 +420,6 @@ mod tests {
         }
     }
 
-    /// Decodes `input` pushed in chunks of `plan[i] + 1` bytes (one push
-    /// when `plan` is empty), checking the decoder's bounds after every
-    /// drain: payloads within the limit, at most one header and one
-    /// DATAGRAM within the limit buffered. The payloads, and whether the
-    /// stream was well-formed. (The same checks as the capsule_decoder fuzz
-    /// target.)
-    fn decode_checked(input: &[u8], plan: &[u8], max: usize) -> (Vec<Bytes>, bool) {
-        let mut dec = CapsuleDecoder::new(max);
-        let (mut out, mut pos, mut step) = (Vec::new(), 0, 0);
-        while pos < input.len() {
-            let n = plan
-                .get(step % plan.len().max(1))
-                .map_or(input.len(), |b| *b as usize + 1)
-                .min(input.len() - pos);
-            dec.push(&input[pos..pos + n]);
-            (pos, step) = (pos + n, step + 1);
-            loop {
-                match dec.next_payload() {
-                    Ok(Some(p)) => {
-                        assert!(p.len() < max.max(1), "{} bytes over {max}", p.len());
-                        out.push(p);
-                    }
-                    Ok(None) => break,
-                    Err(_) => return (out, false),
-                }
-            }
-            assert!(dec.buffered() <= max + 16, "{} buffered", dec.buffered());
-        }
-        (out, dec.finish().is_ok())
-    }
-
     /// Arbitrary bytes (capsule-like: small types and lengths, DATAGRAMs
     /// with odd context IDs, cut anywhere) under small limits: the outcome
     /// does not depend on the chunking, memory stays bounded, and what
@@ -480,8 +449,8 @@ mod tests {
             input.truncate(rng.below(input.len() as u64 + 1) as usize);
             let max = rng.below(100) as usize;
             let plan: Vec<u8> = (0..rng.below(4)).map(|_| rng.below(16) as u8).collect();
-            let (chunked, chunked_ok) = decode_checked(&input, &plan, max);
-            let (whole, whole_ok) = decode_checked(&input, &[], max);
+            let (chunked, chunked_ok) = crate::checked::decode_checked(&input, &plan, max);
+            let (whole, whole_ok) = crate::checked::decode_checked(&input, &[], max);
             assert_eq!(
                 (&chunked, chunked_ok),
                 (&whole, whole_ok),
@@ -491,7 +460,10 @@ mod tests {
             for p in &whole {
                 encode_datagram(p, &mut wire);
             }
-            assert_eq!(decode_checked(&wire, &[], max), (whole, true));
+            assert_eq!(
+                crate::checked::decode_checked(&wire, &[], max),
+                (whole, true)
+            );
         }
     }
 }

@@ -49,6 +49,8 @@
 //! ```
 
 mod capsule;
+#[cfg(any(test, feature = "checked"))]
+pub mod checked;
 mod path;
 pub mod varint;
 

@@ -3,6 +3,7 @@
 //! TCP connects bound to the decision's source address, with a
 //! happy-eyeballs style fallback across the resolved addresses.
 
+pub mod h1pool;
 pub mod idle_cap;
 pub mod pinned;
 #[cfg(target_os = "linux")]

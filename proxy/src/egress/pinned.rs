@@ -20,27 +20,22 @@
 //! connection. The session's next request connects again.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::upstream::{EgressConnector, EgressInfo, EgressStream, UpstreamAlpn, UpstreamBody};
+use super::upstream::{
+    origin_form, EgressConnector, EgressInfo, EgressStream, OriginKey, UpstreamBody,
+};
 use super::EgressError;
 
-/// Which connections can carry a request: same origin, egress and ALPN offer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PinKey {
-    pub host: String,
-    pub port: u16,
-    pub source: Option<IpAddr>,
-    pub alpn: UpstreamAlpn,
-}
+/// Which connections can carry a request (the shared pools' key).
+pub type PinKey = OriginKey;
 
 enum Sender {
     H1(http1::SendRequest<UpstreamBody>),
@@ -253,22 +248,11 @@ impl Drop for TunnelUpstream {
 
 /// A new upstream connection for `key`: connect (egress guard, TLS with
 /// the ALPN offer of `key`), then the HTTP handshake the ALPN chose.
-async fn connect(key: &PinKey, mut connector: EgressConnector) -> Result<Conn, PinnedError> {
-    use tower_service::Service as _;
-    let uri: Uri = format!(
-        "https://{}:{}",
-        crate::request::bracket(&key.host),
-        key.port
-    )
-    .parse()
-    .map_err(|e| {
-        PinnedError::Connect(EgressError::Connect {
-            host: key.host.clone(),
-            port: key.port,
-            reason: format!("invalid upstream address: {e}"),
-        })
-    })?;
-    let stream = connector.call(uri).await.map_err(PinnedError::Connect)?;
+async fn connect(key: &PinKey, connector: EgressConnector) -> Result<Conn, PinnedError> {
+    let stream = connector
+        .connect_to(&key.host, key.port, true)
+        .await
+        .map_err(PinnedError::Connect)?;
     let (info, h2) = match &stream {
         EgressStream::Tls { info, h2, .. } => (*info, *h2),
         EgressStream::Plain { info, .. } => (*info, false),
@@ -302,13 +286,4 @@ async fn connect(key: &PinKey, mut connector: EgressConnector) -> Result<Conn, P
         info,
         last_used: Instant::now(),
     })
-}
-
-/// `https://host/path?q` → `/path?q`, else `/` (HTTP/1.1 sends the origin
-/// form, as the shared pool's client does).
-fn origin_form(uri: &mut Uri) {
-    *uri = match uri.path_and_query() {
-        Some(pq) if pq.as_str() != "/" => Uri::from(pq.clone()),
-        _ => Uri::default(),
-    };
 }

@@ -16,11 +16,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::egress::idle_cap::{IdleCap, Slot, Tracked};
+use crate::egress::h1pool::{Driver, H1Pool, SendError};
+use crate::egress::idle_cap::IdleMetrics;
 use crate::egress::{Egress, EgressError};
 
 pub type UpstreamBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
-pub type UpstreamClient = Client<PooledConnector, UpstreamBody>;
+pub type UpstreamClient = Client<EgressConnector, UpstreamBody>;
 
 /// Local and remote address of the upstream socket; the legacy client puts
 /// it into each response's extensions.
@@ -44,6 +45,14 @@ pub enum EgressStream {
         info: EgressInfo,
         h2: bool,
     },
+}
+
+impl EgressStream {
+    pub fn info(&self) -> EgressInfo {
+        match self {
+            EgressStream::Plain { info, .. } | EgressStream::Tls { info, .. } => *info,
+        }
+    }
 }
 
 impl Connection for EgressStream {
@@ -119,115 +128,99 @@ impl tower_service::Service<Uri> for EgressConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let egress = self.egress.clone();
-        let source = self.source;
-        let tls = self.tls.clone();
+        let connector = self.clone();
         Box::pin(async move {
             let host = uri
                 .host()
                 .unwrap_or_default()
                 .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
+                .trim_end_matches(']');
             let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let stream = egress.connect(&host, port, source).await?;
-            let info = EgressInfo {
-                local: stream.local_addr().map_err(|e| EgressError::Connect {
-                    host: host.clone(),
-                    port,
-                    reason: e.to_string(),
-                })?,
-                remote: stream.peer_addr().map_err(|e| EgressError::Connect {
-                    host: host.clone(),
-                    port,
-                    reason: e.to_string(),
-                })?,
-            };
-            if !https {
-                return Ok(EgressStream::Plain {
-                    io: TokioIo::new(stream),
-                    info,
-                });
-            }
-            let Some(tls) = tls else {
-                return Err(EgressError::Connect {
-                    host,
-                    port,
-                    reason: "https upstream without a TLS configuration".into(),
-                });
-            };
-            let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
-                EgressError::Connect {
-                    host: host.clone(),
-                    port,
-                    reason: format!("invalid server name: {e}"),
-                }
-            })?;
-            let tls_stream = tls
-                .connect(name, stream)
-                .await
-                .map_err(|e| EgressError::Tls {
-                    host: host.clone(),
-                    port,
-                    error: e,
-                })?;
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            Ok(EgressStream::Tls {
-                io: Box::new(TokioIo::new(tls_stream)),
+            connector.connect_to(host, port, https).await
+        })
+    }
+}
+
+impl EgressConnector {
+    /// Connects to `host:port` (a name or a bare IP address) through the
+    /// egress guard, bound to the source address; with `https`, a strictly
+    /// verified TLS handshake offering this connector's ALPN protocols.
+    pub async fn connect_to(
+        &self,
+        host: &str,
+        port: u16,
+        https: bool,
+    ) -> Result<EgressStream, EgressError> {
+        let stream = self.egress.connect(host, port, self.source).await?;
+        let address_error = |e: std::io::Error| EgressError::Connect {
+            host: host.to_string(),
+            port,
+            reason: e.to_string(),
+        };
+        let info = EgressInfo {
+            local: stream.local_addr().map_err(address_error)?,
+            remote: stream.peer_addr().map_err(address_error)?,
+        };
+        if !https {
+            return Ok(EgressStream::Plain {
+                io: TokioIo::new(stream),
                 info,
-                h2,
-            })
+            });
+        }
+        let Some(tls) = &self.tls else {
+            return Err(EgressError::Connect {
+                host: host.to_string(),
+                port,
+                reason: "https upstream without a TLS configuration".into(),
+            });
+        };
+        let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+            EgressError::Connect {
+                host: host.to_string(),
+                port,
+                reason: format!("invalid server name: {e}"),
+            }
+        })?;
+        let tls_stream = tls
+            .connect(name, stream)
+            .await
+            .map_err(|e| EgressError::Tls {
+                host: host.to_string(),
+                port,
+                error: e,
+            })?;
+        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok(EgressStream::Tls {
+            io: Box::new(TokioIo::new(tls_stream)),
+            info,
+            h2,
         })
     }
 }
 
-/// The pools' connector: an [`EgressConnector`] whose HTTP/1.1
-/// connections count against the global cap on idle connections
-/// ([`IdleCap`]).
-#[derive(Clone)]
-pub struct PooledConnector {
-    connector: EgressConnector,
-    cap: Arc<IdleCap>,
-    /// Egress source and ALPN offer: part of the host a connection is for.
-    pool: Arc<str>,
+/// Which connections can carry a request: same origin, egress source and
+/// ALPN offer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OriginKey {
+    pub host: String,
+    pub port: u16,
+    pub source: Option<IpAddr>,
+    pub alpn: UpstreamAlpn,
 }
 
-impl tower_service::Service<Uri> for PooledConnector {
-    type Response = Tracked<EgressStream>;
-    type Error = EgressError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, EgressError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        // The same key as hyper-util's pool (scheme and authority) within
-        // this client's pool.
-        let host: Arc<str> = format!(
-            "{}://{}@{}",
-            uri.scheme_str().unwrap_or("http"),
-            uri.authority().map(|a| a.as_str()).unwrap_or_default(),
-            self.pool
-        )
-        .into();
-        let connecting = self.connector.call(uri);
-        let cap = self.cap.clone();
-        Box::pin(async move {
-            let stream = connecting.await?;
-            // HTTP/2 multiplexes every request to a host over one
-            // connection: nothing to cap.
-            let h2 = matches!(stream, EgressStream::Tls { h2: true, .. });
-            let slot: Option<Arc<Slot>> = (!h2).then(|| cap.slot(host));
-            Ok(Tracked::new(stream, slot))
-        })
-    }
+/// `http://host/path?q` → `/path?q`, else `/`: HTTP/1.1 sends the origin
+/// form (the host is in the Host header).
+pub fn origin_form(uri: &mut Uri) {
+    *uri = match uri.path_and_query() {
+        Some(pq) if pq.as_str() != "/" => Uri::from(pq.clone()),
+        _ => Uri::default(),
+    };
 }
 
 /// Which application protocols to offer an HTTPS upstream: the same ones
 /// the client offered us (ALPN mirroring).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum UpstreamAlpn {
     /// Plain HTTP upstream.
     None,
@@ -244,8 +237,11 @@ pub struct UpstreamPools {
     tls_h2: Arc<rustls::ClientConfig>,
     idle_per_host: usize,
     idle_timeout: Duration,
-    /// The cap on idle pooled connections, across all the clients.
-    pub idle_cap: Arc<IdleCap>,
+    /// HTTP/1.1 connections (plain HTTP, and HTTPS offered HTTP/1.1 only),
+    /// kept as bare sockets under the global cap on idle connections.
+    pub h1: Arc<H1Pool>,
+    /// HTTPS upstreams offered HTTP/2 (one connection carries every
+    /// request to a host) and WebSocket upgrades.
     clients: Mutex<HashMap<(Option<IpAddr>, UpstreamAlpn), UpstreamClient>>,
     /// Connections inspected tunnels pinned and left (`super::pinned`).
     pub pinned_idle: Arc<super::pinned::IdleConns>,
@@ -255,13 +251,14 @@ impl UpstreamPools {
     /// `tls` is the verifying client config (roots, no ALPN); ALPN variants are derived from it.
     /// `idle_per_host`: idle keep-alive connections kept per upstream host;
     /// `idle_timeout`: a connection unused this long is closed;
-    /// `idle_cap`: idle connections kept across all hosts.
+    /// `idle_total`: idle HTTP/1.1 connections kept across all hosts.
     pub fn new(
         egress: Arc<Egress>,
         tls: rustls::ClientConfig,
         idle_per_host: usize,
         idle_timeout: Duration,
-        idle_cap: Arc<IdleCap>,
+        idle_total: usize,
+        metrics: IdleMetrics,
     ) -> Self {
         let mut h1 = tls.clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -273,7 +270,7 @@ impl UpstreamPools {
             tls_h2: Arc::new(h2),
             idle_per_host,
             idle_timeout,
-            idle_cap,
+            h1: H1Pool::new(idle_total, idle_per_host, idle_timeout, metrics),
             clients: Mutex::new(HashMap::new()),
             pinned_idle: Arc::new(super::pinned::IdleConns::new(idle_per_host, idle_timeout)),
         }
@@ -309,21 +306,27 @@ impl UpstreamPools {
                     .pool_idle_timeout(self.idle_timeout)
                     .pool_max_idle_per_host(self.idle_per_host)
                     .set_host(false)
-                    .build(PooledConnector {
-                        connector: EgressConnector {
-                            egress: self.egress.clone(),
-                            source,
-                            tls,
-                        },
-                        cap: self.idle_cap.clone(),
-                        pool: format!(
-                            "{}/{alpn:?}",
-                            source.map(|s| s.to_string()).unwrap_or_default()
-                        )
-                        .into(),
+                    .build(EgressConnector {
+                        egress: self.egress.clone(),
+                        source,
+                        tls,
                     })
             })
             .clone()
+    }
+
+    /// Sends an HTTP/1.1 request to `key`'s origin through [`H1Pool`]; the
+    /// [`Driver`] must be polled while the response body is relayed and
+    /// dropped after it.
+    pub async fn send_h1(
+        &self,
+        key: OriginKey,
+        req: http::Request<UpstreamBody>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Driver), SendError> {
+        let (source, alpn) = (key.source, key.alpn);
+        self.h1
+            .send(key, || self.connector(source, alpn), req)
+            .await
     }
 }
 

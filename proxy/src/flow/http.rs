@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::entry::Entry;
-use crate::egress::idle_cap::ResponseDone;
+use crate::egress::h1pool::Driver;
 use crate::egress::upstream::UpstreamBody;
 use crate::request::{ProxyBody, Refusal, Target};
 
@@ -247,8 +247,14 @@ pub fn upstream_head(
 
 /// The response stage: hop-by-hop headers out, `Via` in, and the record
 /// carried by the body until its last byte (or until the client goes away).
+/// `driver`: the upstream connection, polled with the body (HTTP/1.1 pool).
 /// `complete`: there is nothing to relay (HEAD, 204, 304).
-pub fn respond(resp: Response<Incoming>, entry: Entry, complete: bool) -> Response<ProxyBody> {
+pub fn respond(
+    resp: Response<Incoming>,
+    driver: Option<Driver>,
+    entry: Entry,
+    complete: bool,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     add_via(&mut parts.headers, Version::HTTP_11);
@@ -257,7 +263,7 @@ pub fn respond(resp: Response<Incoming>, entry: Entry, complete: bool) -> Respon
         entry,
         complete: AtomicBool::new(complete),
         upstream_error: None,
-        _pooled: ResponseDone::take(&mut parts.extensions),
+        driver,
     }
     .boxed();
     Response::from_parts(parts, body)
@@ -366,8 +372,10 @@ struct Logged<B> {
     complete: AtomicBool,
     /// The upstream broke off the response body (reset, bad framing).
     upstream_error: Option<String>,
-    /// Dropped after `inner`: the pooled connection is idle again.
-    _pooled: Option<ResponseDone>,
+    /// The HTTP/1.1 upstream connection, which reads the body for `inner`.
+    /// Dropped after `inner`: back to the pool if the body was read to its
+    /// end.
+    driver: Option<Driver>,
 }
 
 impl<B> Drop for Logged<B> {
@@ -399,7 +407,14 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if poll.is_pending() {
+            // Nothing buffered: let the connection read more, then look again.
+            if let Some(driver) = &mut self.driver {
+                driver.drive(cx);
+                poll = Pin::new(&mut self.inner).poll_frame(cx);
+            }
+        }
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

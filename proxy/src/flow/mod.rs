@@ -56,6 +56,7 @@ use komugate_policy::{Location, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::NonTlsAction;
+use crate::egress::h1pool::{Driver, SendError};
 use crate::egress::pinned::{PinKey, PinnedError, TunnelUpstream};
 use crate::egress::tunnel::RelayStats;
 use crate::egress::upstream::{
@@ -248,7 +249,8 @@ async fn exchange_stages(
     };
     let send = upstream_request(
         &flow.gw.pools,
-        pinned.filter(|_| !websocket),
+        pinned,
+        websocket,
         decision.egress_source,
         alpn,
         target,
@@ -258,8 +260,8 @@ async fn exchange_stages(
         answer = send => answer,
         () = head_deadline => return Err(Refusal::UpstreamTimeout(head_timeout.as_millis())),
     };
-    let mut resp = match answer {
-        Ok(resp) => resp,
+    let (mut resp, driver) = match answer {
+        Ok(answer) => answer,
         Err(e)
             if client_body_failed.load(Ordering::Relaxed)
                 || http::request_body_failed(e.as_error()) =>
@@ -311,34 +313,39 @@ async fn exchange_stages(
         hyper::body::Body::is_end_stream(resp.body()) || flow.entry.record.method == "HEAD";
     Ok(http::respond(
         resp,
+        driver,
         flow.entry.hand_over(),
         nothing_to_relay,
     ))
 }
 
 /// The upstream request: on the inspected tunnel's pinned connection when
-/// it can carry it, else through the shared pool.
+/// it can carry it, else through the shared pools: HTTP/1.1 (plain HTTP,
+/// HTTPS offered HTTP/1.1 only) through the pool this task drives (the
+/// [`Driver`] goes with the response body), HTTPS offered HTTP/2 and
+/// WebSocket upgrades through hyper-util's client.
 async fn upstream_request(
     pools: &UpstreamPools,
     pinned: Option<&TunnelUpstream>,
+    upgrade: bool,
     source: Option<std::net::IpAddr>,
     alpn: UpstreamAlpn,
     target: &Target,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, UpstreamFailure> {
+) -> Result<(Response<Incoming>, Option<Driver>), UpstreamFailure> {
+    let key = PinKey {
+        host: target.host.clone(),
+        port: target.port,
+        source,
+        alpn,
+    };
     let req = match pinned {
-        Some(tunnel) if alpn != UpstreamAlpn::None => {
-            let key = PinKey {
-                host: target.host.clone(),
-                port: target.port,
-                source,
-                alpn,
-            };
+        Some(tunnel) if alpn != UpstreamAlpn::None && !upgrade => {
             match tunnel
-                .send(key, || pools.connector(source, alpn), req)
+                .send(key.clone(), || pools.connector(source, alpn), req)
                 .await
             {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, None)),
                 Err(PinnedError::Declined(req)) => req,
                 Err(PinnedError::Connect(e)) => return Err(UpstreamFailure::Connect(e)),
                 Err(PinnedError::Http(e)) => return Err(UpstreamFailure::Http(e)),
@@ -346,20 +353,30 @@ async fn upstream_request(
         }
         _ => req,
     };
-    pools
+    if alpn != UpstreamAlpn::H2AndHttp1 && !upgrade {
+        return match pools.send_h1(key, req).await {
+            Ok((resp, driver)) => Ok((resp, Some(driver))),
+            Err(SendError::Connect(e)) => Err(UpstreamFailure::Connect(e)),
+            Err(SendError::Http(e)) => Err(UpstreamFailure::Http(e)),
+        };
+    }
+    let resp = pools
         .client(source, alpn)
         .request(req)
         .await
-        .map_err(UpstreamFailure::Pool)
+        .map_err(UpstreamFailure::Pool)?;
+    Ok((resp, None))
 }
 
 /// Why the upstream request failed.
 enum UpstreamFailure {
     /// The shared pool's client (connecting included).
     Pool(hyper_util::client::legacy::Error),
-    /// Connecting a pinned connection (DNS, egress guard, TCP, TLS).
+    /// Connecting a pinned or HTTP/1.1-pool connection (DNS, egress guard,
+    /// TCP, TLS).
     Connect(crate::egress::EgressError),
-    /// A pinned connection (handshake, request, response head).
+    /// A pinned or HTTP/1.1-pool connection (handshake, request, response
+    /// head).
     Http(hyper::Error),
 }
 

@@ -152,10 +152,8 @@ pub async fn start(config: Config) -> Result<Running> {
             upstream_tls,
             config.limits.upstream_idle_per_host,
             config.limits.upstream_idle(),
-            crate::egress::idle_cap::IdleCap::new(
-                config.limits.upstream_idle_total(),
-                crate::egress::idle_cap::IdleMetrics::new(&metrics.registry),
-            ),
+            config.limits.upstream_idle_total(),
+            crate::egress::idle_cap::IdleMetrics::new(&metrics.registry),
         ),
         inspector,
         egress,

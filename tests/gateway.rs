@@ -1325,3 +1325,67 @@ async fn tunnels_splice_plain_sockets_and_buffer_tls() {
     })
     .await
 }
+
+/// The plain listener reads a connection's first CONNECT itself
+/// (`listen::first_connect`) and leaves the rest to hyper as before: a
+/// refused CONNECT is answered by hyper, which serves the next request on
+/// the same connection; a CONNECT hyper must read (`Connection: close`)
+/// still tunnels. Both 200s carry the same headers.
+#[tokio::test]
+async fn first_connect_and_what_it_leaves_to_hyper() {
+    within("first CONNECT", async {
+        let gw = TestGateway::start(|_, _| {}).await;
+        let echo = EchoServer::start().await;
+        let up = HttpUpstream::start("127.0.0.1").await;
+
+        // Refused, then a forward request on the same connection.
+        let mut c = RawConn::connect(gw.plain()).await;
+        c.send(&connect_req("www.gambling.test:443")).await.unwrap();
+        let r = c.read_response(false).await.unwrap();
+        assert_eq!(r.status, 403, "{r:?}");
+        assert_eq!(r.header("komugate-rule").as_deref(), Some("blocked-hosts"));
+        c.send(&get(
+            &format!("http://127.0.0.1:{}/after", up.addr.port()),
+            "",
+        ))
+        .await
+        .unwrap();
+        let r = c.read_response(false).await.unwrap();
+        assert_eq!(
+            r.status, 200,
+            "the connection goes on after the refusal: {r:?}"
+        );
+        let rec = gw
+            .access_record(|r| r["target"] == "www.gambling.test:443")
+            .await;
+        assert_eq!(
+            (rec["decision"].as_str(), rec["status"].as_u64()),
+            (Some("block"), Some(403))
+        );
+
+        // Taken here, and left to hyper: both tunnel, with the same head.
+        let mut heads = Vec::new();
+        for extra in ["", "Connection: keep-alive, close\r\n"] {
+            let target = echo.addr.to_string();
+            let mut c = RawConn::connect(gw.plain()).await;
+            let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n");
+            c.send(head.as_bytes()).await.unwrap();
+            let r = c.read_head().await.unwrap();
+            assert_eq!(r.status, 200, "{extra:?}: {r:?}");
+            assert!(r.header("date").is_some(), "{extra:?}: {r:?}");
+            heads.push(
+                r.head
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| l.split(':').next().unwrap().to_ascii_lowercase())
+                    .collect::<Vec<_>>(),
+            );
+            let echoed = send_and_read_to_end(c.stream, b"through the tunnel").await;
+            assert_eq!(echoed, b"through the tunnel", "{extra:?}");
+        }
+        assert_eq!(heads[0], heads[1], "the 200 written here is hyper's");
+        assert_eq!(echo.accepts(), 2);
+        gw.shutdown().await;
+    })
+    .await
+}

@@ -91,26 +91,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let gen = gw.current();
-    let kind = if udp::is_connect_udp(&req) {
-        Kind::Udp
-    } else if req.method() == Method::CONNECT {
-        Kind::Connect
-    } else if doh::is_doh(&conn, &req) {
-        Kind::Doh
-    } else {
-        Kind::Http
-    };
-    let refusal = http::framing_error(&req).or_else(|| match udp::extended_protocol(&req) {
-        Some(p) if kind != Kind::Udp => Some(udp::unsupported_protocol(p)),
-        _ => None,
-    });
-    if let Some(refusal) = refusal {
-        let flow = Flow::new(gw, conn, gen, req.method().as_str(), kind);
-        return Ok(flow.refuse(refusal));
+    let kind = kind_of(&conn, &req);
+    if let Some(resp) = screen(&gw, &conn, &gen, kind, &req) {
+        return Ok(resp);
     }
-    // Identity: the connection's is in `conn`; a request may assert a site.
-    gw.sites
-        .observe(&gen.sites, conn.device.as_ref(), conn.client, req.headers());
     if crate::users::endpoint::is_gateway_request(&conn, &req) {
         return Ok(refusal::full(
             crate::users::endpoint::handle(&gw, &conn, req).await,
@@ -134,6 +118,100 @@ pub async fn handle(
             forward(flow, req).await
         }
     })
+}
+
+/// [`handle`], except that the first request gets `prepared` when it is
+/// given: the answer [`first_connect`] already decided for the CONNECT
+/// hyper reads again.
+pub async fn handle_prepared(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnContext>,
+    req: Request<Incoming>,
+    prepared: Option<Response<ProxyBody>>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    match prepared {
+        Some(resp) if req.method() == Method::CONNECT => Ok(resp),
+        _ => handle(gw, conn, req).await,
+    }
+}
+
+/// What kind of traffic a request is.
+fn kind_of<B>(conn: &ConnContext, req: &Request<B>) -> Kind {
+    if udp::is_connect_udp(req) {
+        Kind::Udp
+    } else if req.method() == Method::CONNECT {
+        Kind::Connect
+    } else if doh::is_doh(conn, req) {
+        Kind::Doh
+    } else {
+        Kind::Http
+    }
+}
+
+/// What every request passes before its kind's stages: the framing
+/// guard's marks and extended CONNECT protocols we do not speak (answered
+/// here), then the site a request may assert (identity).
+fn screen<B>(
+    gw: &Arc<Gateway>,
+    conn: &Arc<ConnContext>,
+    gen: &Arc<Generation>,
+    kind: Kind,
+    req: &Request<B>,
+) -> Option<Response<ProxyBody>> {
+    let refusal = http::framing_error(req).or_else(|| match udp::extended_protocol(req) {
+        Some(p) if kind != Kind::Udp => Some(udp::unsupported_protocol(p)),
+        _ => None,
+    });
+    if let Some(refusal) = refusal {
+        let flow = Flow::new(
+            gw.clone(),
+            conn.clone(),
+            gen.clone(),
+            req.method().as_str(),
+            kind,
+        );
+        return Some(flow.refuse(refusal));
+    }
+    // Identity: the connection's is in `conn`; a request may assert a site.
+    gw.sites
+        .observe(&gen.sites, conn.device.as_ref(), conn.client, req.headers());
+    None
+}
+
+/// What became of a CONNECT read without hyper ([`first_connect`]).
+pub enum FirstConnect {
+    /// Answer 200, then run the tunnel.
+    Tunnel(OpenTunnel),
+    /// Answer this (a refusal), through hyper.
+    Answer(Response<ProxyBody>),
+    /// Not decided here: hyper reads the request and [`handle`] serves it.
+    Hyper,
+}
+
+/// The first request of a plain-listener connection when it is a CONNECT
+/// (`crate::listen::first_connect` parsed its head instead of hyper): the
+/// same checks and stages as [`handle`] gives it, up to the answer.
+pub async fn first_connect(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnContext>,
+    req: &Request<()>,
+) -> FirstConnect {
+    let gen = gw.current();
+    let kind = kind_of(&conn, req);
+    if kind != Kind::Connect
+        || crate::users::endpoint::is_gateway_request(&conn, req)
+        || (conn.listener == ListenerKind::Mtls && crate::pac::is_pac_request(req))
+    {
+        return FirstConnect::Hyper;
+    }
+    if let Some(resp) = screen(&gw, &conn, &gen, kind, req) {
+        return FirstConnect::Answer(resp);
+    }
+    let flow = Flow::new(gw, conn, gen, "CONNECT", kind);
+    match open_tunnel(flow, req.uri()).await {
+        Ok(open) => FirstConnect::Tunnel(open),
+        Err(resp) => FirstConnect::Answer(resp),
+    }
 }
 
 // ---------------------------------------------------------------- forward
@@ -423,10 +501,40 @@ enum Tunnel {
 }
 
 /// A CONNECT tunnel (HTTP/1.1, or an HTTP/2 CONNECT stream).
-async fn connect(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> {
-    let tunnel = match connect_stages(&mut flow, req.uri()).await {
+async fn connect(flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> {
+    let open = match open_tunnel(flow, req.uri()).await {
+        Ok(open) => open,
+        Err(resp) => return resp,
+    };
+    // Only the upgrade handle goes into the tunnel task, not the request: a
+    // moved-in request would keep its slot in the task for the tunnel's life.
+    let on_upgrade = hyper::upgrade::on(req);
+    let gw = open.flow.gw.clone();
+    gw.spawn_tracked(tunnel_task(open.flow, open.tunnel, on_upgrade));
+    Response::new(http::empty())
+}
+
+/// A CONNECT that will be answered with 200: what its tunnel needs once
+/// the client's stream is there.
+pub struct OpenTunnel {
+    flow: Flow,
+    tunnel: Tunnel,
+}
+
+impl OpenTunnel {
+    /// The tunnel over `client` (the 200 is out), or the record of why
+    /// there is no client stream.
+    pub fn run(self, client: Result<TunnelClient, String>) -> impl Future<Output = ()> + Send {
+        after_upgrade(self.flow, self.tunnel, client)
+    }
+}
+
+/// The CONNECT's stages up to its answer: the tunnel to open, or the
+/// refusal's answer (the record notes either).
+async fn open_tunnel(mut flow: Flow, uri: &Uri) -> Result<OpenTunnel, Response<ProxyBody>> {
+    let tunnel = match connect_stages(&mut flow, uri).await {
         Ok(t) => t,
-        Err(refusal) => return flow.refuse(refusal),
+        Err(refusal) => return Err(flow.refuse(refusal)),
     };
     if let Tunnel::BlockPage { block, .. } = &tunnel {
         // The status is the block page's, once it is served.
@@ -435,12 +543,7 @@ async fn connect(mut flow: Flow, req: Request<Incoming>) -> Response<ProxyBody> 
         flow.entry.record.decision = "allow";
         flow.entry.record.status = 200;
     }
-    // Only the upgrade handle goes into the tunnel task, not the request: a
-    // moved-in request would keep its slot in the task for the tunnel's life.
-    let on_upgrade = hyper::upgrade::on(req);
-    let gw = flow.gw.clone();
-    gw.spawn_tracked(tunnel_task(flow, tunnel, on_upgrade));
-    Response::new(http::empty())
+    Ok(OpenTunnel { flow, tunnel })
 }
 
 /// The life of one CONNECT tunnel after the 200: the client's bytes, then
@@ -458,7 +561,12 @@ fn tunnel_task(
     tunnel: Tunnel,
     on_upgrade: hyper::upgrade::OnUpgrade,
 ) -> impl Future<Output = ()> + Send {
-    on_upgrade.then(move |upgraded| after_upgrade(flow, tunnel, upgraded))
+    on_upgrade.then(move |upgraded| {
+        let client = upgraded
+            .map(TunnelClient::new)
+            .map_err(|e| format!("client upgrade failed: {e}"));
+        after_upgrade(flow, tunnel, client)
+    })
 }
 
 /// A rare tunnel step, boxed (see `tunnel_task`).
@@ -467,12 +575,12 @@ type BoxedStep = Pin<Box<dyn Future<Output = ()> + Send>>;
 fn after_upgrade(
     mut flow: Flow,
     tunnel: Tunnel,
-    upgraded: hyper::Result<hyper::upgrade::Upgraded>,
+    client: Result<TunnelClient, String>,
 ) -> Either<impl Future<Output = ()> + Send, BoxedStep> {
-    let client = match upgraded {
-        Ok(u) => TunnelClient::new(u),
+    let client = match client {
+        Ok(client) => client,
         Err(e) => {
-            flow.entry.fail(format!("client upgrade failed: {e}"));
+            flow.entry.fail(e);
             return Either::Right(Box::pin(std::future::ready(())));
         }
     };

@@ -74,6 +74,14 @@ impl<S> FramingGuard<S> {
         }
     }
 
+    /// A guard over `inner` that has read `already` from it (given to
+    /// hyper first, through the same state machine).
+    pub fn with_read(inner: S, max_head: usize, already: &[u8]) -> Self {
+        let mut guard = FramingGuard::new(inner, max_head);
+        guard.feed(already);
+        guard
+    }
+
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
@@ -302,7 +310,8 @@ impl<S> FramingGuard<S> {
     }
 }
 
-fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+/// The end of the head in `buf` (after its empty line), searching from `from`.
+pub(crate) fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let from = from.min(buf.len());
     if let Some(i) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
         return Some(from + i + 4);

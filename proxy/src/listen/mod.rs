@@ -2,18 +2,24 @@
 //! the plain listener, device certificates on the mTLS one: the identity
 //! stage), protocol selection (HTTP/1.1 or HTTP/2 by ALPN), connection
 //! limits and graceful shutdown. Each admitted connection is served by
-//! [`http::serve`] with [`crate::flow::handle`] for every request.
+//! [`http::serve`] with [`crate::flow::handle`] for every request; on the
+//! plain listener a first request that is a CONNECT is read and answered
+//! without hyper ([`first_connect`]).
 
 pub mod coalesce;
+pub mod first_connect;
 pub mod framing_guard;
 pub mod http;
 pub mod proxy_protocol;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::device_auth::DeviceAuth;
@@ -31,33 +37,50 @@ pub async fn serve_plain(gw: Arc<Gateway>, listener: TcpListener) {
             },
         };
         let _ = stream.set_nodelay(true);
-        let gw2 = gw.clone();
-        gw.spawn_tracked(async move {
-            let mut stream = stream;
-            let Some(client) = client_address(&gw2, "plain", &mut stream, peer).await else {
-                return;
-            };
-            let client_ip = client.ip().to_canonical();
-            if !gw2
-                .config
-                .listen
-                .plain_clients
-                .iter()
-                .any(|net| net.contains(&client_ip))
-            {
-                gw2.metrics
-                    .connections_refused
-                    .with_label_values(&["plain", "client_not_allowed"])
-                    .inc();
-                tracing::info!(
-                    "plain listener: refused {client} (via {peer}): not in [listen] plain_clients"
-                );
-                return;
-            }
-            let ctx = Arc::new(ConnContext::new(ListenerKind::Plain, client, None, None));
-            serve_connection(gw2, ctx, stream, false).await;
-        });
+        gw.spawn_tracked(plain_connection(gw.clone(), stream, peer));
     }
+}
+
+/// One plain-listener connection: admission, then [`first_connect::serve`].
+/// An open tunnel holds this future for its whole life, so admission is a
+/// step of its own (see `first_connect::serve`).
+fn plain_connection(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    admit_plain(gw, stream, peer).then(|admitted| match admitted {
+        Some((gw, ctx, stream)) => Either::Left(first_connect::serve(gw, ctx, stream)),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// The plain listener's admission: the client address (PROXY header) and
+/// `[listen] plain_clients`.
+async fn admit_plain(
+    gw: Arc<Gateway>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Arc<Gateway>, Arc<ConnContext>, TcpStream)> {
+    let client = client_address(&gw, "plain", &mut stream, peer).await?;
+    if !listed(&gw.config.listen.plain_clients, client) {
+        gw.metrics
+            .connections_refused
+            .with_label_values(&["plain", "client_not_allowed"])
+            .inc();
+        tracing::info!(
+            "plain listener: refused {client} (via {peer}): not in [listen] plain_clients"
+        );
+        return None;
+    }
+    let ctx = Arc::new(ConnContext::new(ListenerKind::Plain, client, None, None));
+    Some((gw, ctx, stream))
+}
+
+/// Whether `addr` is in one of `nets` (an IPv4-mapped IPv6 address as IPv4).
+fn listed(nets: &[ipnet::IpNet], addr: SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    nets.iter().any(|net| net.contains(&ip))
 }
 
 /// The client address: the TCP peer, or, when the peer is a load balancer in
@@ -69,19 +92,13 @@ async fn client_address(
     stream: &mut tokio::net::TcpStream,
     peer: SocketAddr,
 ) -> Option<SocketAddr> {
-    let peer_ip = peer.ip().to_canonical();
-    if !gw
-        .config
-        .listen
-        .proxy_protocol_from
-        .iter()
-        .any(|net| net.contains(&peer_ip))
-    {
+    if !listed(&gw.config.listen.proxy_protocol_from, peer) {
         return Some(peer);
     }
-    match crate::listen::proxy_protocol::read_header(stream, gw.config.limits.header_read_timeout())
-        .await
-    {
+    // Boxed: a plain connection's task lives as long as its tunnel.
+    let header =
+        crate::listen::proxy_protocol::read_header(stream, gw.config.limits.header_read_timeout());
+    match Box::pin(header).await {
         Ok(header) => Some(header.client(peer)),
         Err(e) => {
             gw.metrics
@@ -195,6 +212,8 @@ pub async fn serve_mtls(gw: Arc<Gateway>, listener: TcpListener, auth: Arc<Devic
     }
 }
 
+/// Counts a client connection in `connections_total` and, while it lives,
+/// in `connections_open`.
 struct OpenConnection<'a> {
     gw: &'a Gateway,
     listener: &'static str,
@@ -234,6 +253,19 @@ where
 {
     let _open = OpenConnection::new(&gw, ctx.listener.label());
     let (gw_svc, ctx_svc) = (gw.clone(), ctx.clone());
+    let result = http::serve(
+        server_limits(&gw, &ctx),
+        stream,
+        h2,
+        Some(&gw.shutdown),
+        move |req| crate::flow::handle(gw_svc.clone(), ctx_svc.clone(), req),
+    )
+    .await;
+    log_conn_end(&ctx, result);
+}
+
+/// The server limits of a proxy listener's connection.
+fn server_limits(gw: &Gateway, ctx: &ConnContext) -> http::ServerLimits {
     // Extended CONNECT on both proxy listeners: the mTLS one carries
     // CONNECT-UDP, the plain one answers it with a clear refusal.
     let mut limits = http::ServerLimits {
@@ -244,11 +276,7 @@ where
         // A device link multiplexes all of the device's flows.
         limits.max_streams = gw.config.limits.max_streams_per_device_link;
     }
-    let result = http::serve(limits, stream, h2, Some(&gw.shutdown), move |req| {
-        crate::flow::handle(gw_svc.clone(), ctx_svc.clone(), req)
-    })
-    .await;
-    log_conn_end(&ctx, result);
+    limits
 }
 
 fn log_conn_end(ctx: &ConnContext, result: Result<(), hyper::Error>) {

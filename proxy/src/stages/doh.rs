@@ -39,7 +39,7 @@ const MAX_MESSAGE: usize = 65535;
 /// Whether a request on the proxy listeners is a DoH request to the
 /// gateway itself (origin-form `/dns-query`, or an `https://` h2 request
 /// with that path, on the mTLS listener).
-pub fn is_doh(conn: &ConnContext, req: &Request<Incoming>) -> bool {
+pub fn is_doh<B>(conn: &ConnContext, req: &Request<B>) -> bool {
     conn.listener == ListenerKind::Mtls
         && req.method() != Method::CONNECT
         && req.uri().path() == PATH

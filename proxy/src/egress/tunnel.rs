@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 #[cfg(target_os = "linux")]
@@ -238,6 +238,16 @@ where
     relay(client, upstream, idle)
 }
 
+/// What a read of one direction came to.
+enum Read {
+    /// `n` bytes wait in the buffer (0: the reader's EOF).
+    Buffered(usize),
+    /// Everything read was written at once (no buffer).
+    Passed,
+    /// The writer failed: the other side is gone.
+    WriterGone,
+}
+
 /// One direction of the buffered relay.
 #[derive(Default)]
 pub(crate) struct BufferedHalf {
@@ -284,9 +294,16 @@ where
                     Poll::Ready(_) => self.finish(),
                 };
             }
-            match self.poll_fill(cx, reader) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.read_done = true,
-                Poll::Ready(Ok(n)) => (self.pos, self.end) = (0, n),
+            let read = if self.buf.is_empty() {
+                self.poll_first_fill(cx, reader, writer)
+            } else {
+                self.poll_fill(cx, reader).map_ok(Read::Buffered)
+            };
+            match read {
+                Poll::Ready(Ok(Read::Buffered(0))) | Poll::Ready(Err(_)) => self.read_done = true,
+                Poll::Ready(Ok(Read::Buffered(n))) => (self.pos, self.end) = (0, n),
+                Poll::Ready(Ok(Read::Passed)) => {}
+                Poll::Ready(Ok(Read::WriterGone)) => return self.finish(),
                 Poll::Pending => {
                     // Nothing more to read for now: push out what the
                     // writer holds (a TLS writer's last record).
@@ -337,17 +354,13 @@ impl BufferedHalf {
         self.pos == self.end && !self.read_done && !self.finished
     }
 
-    /// Reads what `reader` has ready into the buffer (allocated when the
-    /// first bytes arrive, grown once when a read fills it). Returns the
-    /// byte count, 0 at EOF.
+    /// Reads what `reader` has ready into the buffer (grown once when a
+    /// read fills it). Returns the byte count, 0 at EOF.
     fn poll_fill<R: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
     ) -> Poll<io::Result<usize>> {
-        if self.buf.is_empty() {
-            return self.poll_first_fill(cx, reader);
-        }
         if self.end == self.buf.len() && self.buf.len() < BULK_BUF_SIZE {
             // (A buffer smaller than BUF_SIZE held bytes `with_pending`.)
             let grown = if self.buf.len() < BUF_SIZE {
@@ -368,32 +381,53 @@ impl BufferedHalf {
         }
     }
 
-    /// The first read of a busy period goes to the stack: a tunnel that
-    /// has nothing to read (every new tunnel, every idle one woken by the
-    /// other direction) allocates nothing, and only bytes that do arrive
-    /// get a buffer (zero-filled once per busy period, not per read).
-    fn poll_first_fill<R: AsyncRead + Unpin>(
+    /// With no buffer, a read goes to the stack and is written from there:
+    /// a tunnel that has nothing to read (every new tunnel, every idle one
+    /// woken by the other direction) allocates nothing, and neither does
+    /// the short back-and-forth of a TLS handshake and a page, whose reads
+    /// the writer takes at once. Only bytes the writer does not take, or a
+    /// read that fills the stack buffer (bulk: reads grow past it), get a
+    /// buffer (zero-filled once per busy period, not per read).
+    fn poll_first_fill<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
-    ) -> Poll<io::Result<usize>> {
+        writer: &mut W,
+    ) -> Poll<io::Result<Read>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); PROBE_SIZE];
         let mut rb = ReadBuf::uninit(&mut probe);
-        match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                if n > 0 {
-                    self.buf.resize(BUF_SIZE, 0);
-                    self.buf[..n].copy_from_slice(rb.filled());
+        if let Err(e) = ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb)) {
+            return Poll::Ready(Err(e));
+        }
+        let data = rb.filled();
+        let mut passed = 0;
+        if data.len() < PROBE_SIZE {
+            while passed < data.len() {
+                match Pin::new(&mut *writer).poll_write(cx, &data[passed..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        passed += n;
+                        self.bytes += n as u64;
+                        self.active = true;
+                        self.unflushed = true;
+                    }
+                    Poll::Ready(_) => return Poll::Ready(Ok(Read::WriterGone)),
+                    Poll::Pending => break,
                 }
-                Poll::Ready(Ok(n))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                (self.pos, self.end) = (0, 0);
-                Poll::Pending
+            if passed == data.len() && passed > 0 {
+                return Poll::Ready(Ok(Read::Passed));
             }
         }
+        let rest = &data[passed..];
+        if !rest.is_empty() {
+            self.buf.resize(BUF_SIZE, 0);
+            self.buf[..rest.len()].copy_from_slice(rest);
+        }
+        Poll::Ready(Ok(Read::Buffered(rest.len())))
     }
 
     fn finish(&mut self) -> Poll<()> {
@@ -498,10 +532,14 @@ mod tests {
         assert_eq!(half.bytes(), data.len() as u64);
     }
 
+    /// A short exchange the writer takes at once needs no buffer (a TLS
+    /// handshake and a page through a new tunnel allocate none); bytes the
+    /// writer cannot take yet are buffered until a tick without traffic.
     #[tokio::test]
     async fn an_idle_relay_holds_no_buffers() {
         let (mut client_app, client_side) = tokio::io::duplex(1024);
-        let (upstream_side, mut upstream_app) = tokio::io::duplex(1024);
+        // The upstream side takes 8 bytes at a time.
+        let (upstream_side, mut upstream_app) = tokio::io::duplex(8);
         let mut up = BufferedHalf::default();
         let mut down = BufferedHalf::default();
         let (mut c, mut u) = (client_side, upstream_side);
@@ -513,10 +551,29 @@ mod tests {
         let mut got = [0u8; 5];
         upstream_app.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello");
-        // Both directions allocated while polled; the driver's ticks free them.
         let used = up.take_activity();
-        assert!(used);
-        assert!(up.release_idle(used));
+        assert!(used, "bytes moved");
+        assert!(!up.release_idle(used), "written from the stack: no buffer");
+        // More than the writer takes: the rest waits in a buffer.
+        client_app.write_all(b"twenty bytes, please").await.unwrap();
+        assert!(up.poll_copy(&mut cx, &mut c, &mut u).is_pending());
+        let used = up.take_activity();
+        assert!(up.release_idle(used), "the rest is buffered");
+        let mut got = [0u8; 20];
+        let pump = async {
+            loop {
+                let _ = up.poll_copy(&mut cx, &mut c, &mut u);
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::select! {
+            read = upstream_app.read_exact(&mut got) => { read.unwrap(); }
+            () = pump => unreachable!(),
+        }
+        assert_eq!(&got, b"twenty bytes, please");
+        assert_eq!(up.bytes(), 25);
+        // The driver's ticks free what is left.
+        assert!(up.release_idle(true), "kept across a short wait");
         assert!(!up.release_idle(false));
         assert!(!down.release_idle(false));
     }

@@ -170,8 +170,9 @@ pub fn parse_connect(
     max_head: usize,
     max_headers: usize,
 ) -> Option<(Request<()>, usize)> {
-    // Empty lines before a request: the guard's and hyper's business.
-    if buf.first().is_none_or(|b| *b == b'\r' || *b == b'\n') {
+    // Other methods (a forward request opening a keep-alive connection)
+    // and empty lines before a request: hyper's business, unparsed here.
+    if !buf.starts_with(b"CONNECT ") {
         return None;
     }
     let mut slots = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];

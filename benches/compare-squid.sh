@@ -441,24 +441,35 @@ EOF
   cpu_ticks() { # pid → user + system clock ticks so far
     awk '{ print $14 + $15 }' "/proc/$1/stat"
   }
+  machine_ticks() { # whole machine: busy clock ticks so far (user nice system irq softirq steal)
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+  }
+  median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
   bulk_row() { # label pids(comma-separated, "" = none) curl-args... → one table row
     local label="$1" pids="$2"; shift 2
-    local rates=() cpus=() p t0 t1 out secs bytes
+    local rates=() cpus=() busy=() machine=() p t0 t1 m0 m1 out secs bytes hz
+    hz="$(getconf CLK_TCK)"
     for _ in $(seq 1 "$BULK_ROUNDS"); do
       t0=0; for p in ${pids//,/ }; do t0=$((t0 + $(cpu_ticks "$p"))); done
+      m0="$(machine_ticks)"
       out="$(curl -s -o /dev/null -w '%{time_total} %{size_download}' "$@" "http://$BULK_ORIGIN/big")" \
         || { echo "bulk: curl $* failed" >&2; return 1; }
+      m1="$(machine_ticks)"
       t1=0; for p in ${pids//,/ }; do t1=$((t1 + $(cpu_ticks "$p"))); done
       secs="${out% *}"; bytes="${out#* }"
       [ "$bytes" = "$((BULK_MIB * 1024 * 1024))" ] || { echo "bulk $label: got $bytes bytes" >&2; return 1; }
       rates+=("$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.2f", b / s / 1e9 }')")
-      cpus+=("$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v b="$bytes" 'BEGIN { printf "%.0f", t * 1000 / hz / (b / 1073741824) }')")
+      cpus+=("$(awk -v t="$((t1 - t0))" -v hz="$hz" -v b="$bytes" 'BEGIN { printf "%.0f", t * 1000 / hz / (b / 1073741824) }')")
+      # The whole machine's busy time (curl, nginx and the proxy, plus
+      # anything else running): whether the cores, not the proxy, set the rate.
+      busy+=("$(awk -v t="$((m1 - m0))" -v hz="$hz" -v s="$secs" 'BEGIN { printf "%.2f", t / hz / s }')")
+      machine+=("$(awk -v t="$((m1 - m0))" -v hz="$hz" -v b="$bytes" 'BEGIN { printf "%.0f", t * 1000 / hz / (b / 1073741824) }')")
     done
     local rate cpu
-    rate="$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
-    cpu="$(printf '%s\n' "${cpus[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
+    rate="$(printf '%s\n' "${rates[@]}" | median)"
+    cpu="$(printf '%s\n' "${cpus[@]}" | median)"
     [ -n "$pids" ] || cpu="–"
-    echo "$label|$rate|$(IFS=/; echo "${rates[*]}")|$cpu"
+    echo "$label|$rate|$(IFS=/; echo "${rates[*]}")|$cpu|$(printf '%s\n' "${busy[@]}" | median)|$(printf '%s\n' "${machine[@]}" | median)"
   }
   log "bulk: $BULK_MIB MiB through tunnels, $BULK_ROUNDS rounds each"
   MTLS_CURL=(--proxy "https://localhost:${KG_MTLS##*:}" --connect-to "localhost:${KG_MTLS##*:}:$KG_MTLS"
@@ -477,16 +488,16 @@ EOF
   squid_tunnel_cpu="$(echo "${rows[3]}" | cut -d'|' -f4)"
   { echo "### Bulk download through tunnels ($BULK_MIB MiB from nginx on $BULK_ORIGIN, median of $BULK_ROUNDS)"
     echo
-    echo "curl fetches one file of $BULK_MIB MiB over plain HTTP, directly and through each path (\`-p\`: a CONNECT tunnel). CPU = the proxy process's user + system time per GiB moved (HTTP/2 row: the gateway and \`komugate client\` together)."
+    echo "curl fetches one file of $BULK_MIB MiB over plain HTTP, directly and through each path (\`-p\`: a CONNECT tunnel). CPU = the proxy process's user + system time per GiB moved (HTTP/2 row: the gateway and \`komugate client\` together). Machine: all $(nproc) cores' busy time during the download (curl, nginx, the proxy and anything else), as cores busy on average and as CPU per GiB; when direct already keeps the cores busy, a proxied path's rate is set by what the cores have left, and the proxy's own CPU per GiB is the comparable figure."
     echo
-    echo "| path | GB/s | rounds | × direct | × Squid's tunnel | proxy CPU ms per GiB | CPU × Squid's tunnel |"
-    echo "|---|---:|---|---:|---:|---:|---:|"
+    echo "| path | GB/s | rounds | × direct | × Squid's tunnel | proxy CPU ms per GiB | CPU × Squid's tunnel | machine: cores busy | machine CPU ms per GiB |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
     for r in "${rows[@]}"; do
-      IFS='|' read -r label rate all cpu <<<"$r"
+      IFS='|' read -r label rate all cpu busy machine <<<"$r"
       xd="$(awk -v a="$rate" -v b="$direct" 'BEGIN { printf "%.2f", a / b }')"
       xs="$(awk -v a="$rate" -v b="$squid_tunnel" 'BEGIN { printf "%.2f", a / b }')"
       xc="–"; [ "$cpu" != "–" ] && xc="$(awk -v a="$cpu" -v b="$squid_tunnel_cpu" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "–" }')"
-      echo "| $label | $rate | $all | $xd | $xs | $cpu | $xc |"
+      echo "| $label | $rate | $all | $xd | $xs | $cpu | $xc | $busy | $machine |"
     done
     echo; } >>"$TABLES"
 fi

@@ -26,9 +26,12 @@ use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Relay buffer of one direction while bytes flow; a read that fills it
-/// grows it once to [`BULK_BUF_SIZE`] (bulk transfers, fewer wake-ups).
+/// grows it fourfold, up to [`BULK_BUF_SIZE`]: a bulk transfer then moves
+/// 256 KiB per wake-up. Against 64 KiB that cut the mTLS listener's CPU per
+/// GiB by a fifth and its context switches by two thirds (benches/RESULTS.md,
+/// "bulk"); the buffer is freed when the transfer pauses, as before.
 const BUF_SIZE: usize = 16 * 1024;
-const BULK_BUF_SIZE: usize = 64 * 1024;
+const BULK_BUF_SIZE: usize = 256 * 1024;
 /// Stack space for the first read of a busy period (see
 /// `BufferedHalf::poll_first_fill`); at most the buffer it moves into.
 const PROBE_SIZE: usize = BUF_SIZE;
@@ -354,8 +357,8 @@ impl BufferedHalf {
         self.pos == self.end && !self.read_done && !self.finished
     }
 
-    /// Reads what `reader` has ready into the buffer (grown once when a
-    /// read fills it). Returns the byte count, 0 at EOF.
+    /// Reads what `reader` has ready into the buffer (grown when a read
+    /// fills it). Returns the byte count, 0 at EOF.
     fn poll_fill<R: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
@@ -366,7 +369,7 @@ impl BufferedHalf {
             let grown = if self.buf.len() < BUF_SIZE {
                 BUF_SIZE
             } else {
-                BULK_BUF_SIZE
+                (self.buf.len() * 4).min(BULK_BUF_SIZE)
             };
             self.buf.resize(grown, 0);
         }

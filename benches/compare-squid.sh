@@ -252,6 +252,8 @@ wait_port "$ORIGIN_HTTPS"
 log "komugate"
 # shellcheck source=benches/config-edit.sh
 . "$ROOT/benches/config-edit.sh"
+# shellcheck source=benches/nginx-static.sh
+. "$ROOT/benches/nginx-static.sh"
 KCONF="$W/komugate.toml"
 "$KG" config default >"$KCONF"
 set_key "$KCONF" listen plain "\"$KG_PLAIN\""
@@ -321,7 +323,9 @@ chown -R proxy:proxy "$SQ" 2>/dev/null || true
 squid -N -f "$SQ/squid.conf" >"$SQ/stdout.log" 2>&1 &
 SQ_PID=$!
 PIDS+=($SQ_PID)
-wait_port "$SQ_PLAIN"
+# Another Squid still running (or still stopping) with the default service
+# name keeps this one from starting: say so instead of just "nothing listens".
+(wait_port "$SQ_PLAIN") || { echo "squid did not start; its cache.log ends with:" >&2; tail -5 "$SQ/cache.log" >&2; exit 1; }
 
 # ---------------------------------------------------------------- workloads
 OUT="$W/out"
@@ -416,19 +420,7 @@ if has bulk; then
   mkdir -p "$BK/www" "$BK/nginx"
   BULK_ORIGIN=127.0.0.3:$((18090 + P))
   head -c "$((BULK_MIB * 1024 * 1024))" /dev/zero >"$BK/www/big"
-  cat >"$BK/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $BK/nginx/nginx.pid;
-error_log $BK/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  server { listen $BULK_ORIGIN; root $BK/www; }
-}
-EOF
+  write_nginx_conf "$BK/nginx" "$BK/www" "$BULK_ORIGIN"
   nginx -c "$BK/nginx/nginx.conf" -p "$BK/nginx" >"$BK/nginx/stdout.log" 2>&1 &
   PIDS+=($!)
   wait_port "$BULK_ORIGIN"

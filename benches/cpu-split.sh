@@ -27,7 +27,11 @@ HAVE_PERF=0; perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && HAVE
 
 W="$(mktemp -d /tmp/komugate-cpusplit.XXXXXX)"; chmod 755 "$W"; chown proxy "$W" 2>/dev/null || true
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$W"' EXIT
+# Wait for Squid to be gone: a second Squid with the same service name
+# started right after (compare-squid.sh) would not come up.
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+      for p in "${PIDS[@]}"; do for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+      rm -rf "$W"' EXIT
 wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return; sleep 0.1; done; echo "cpu-split: nothing listens on $1" >&2; exit 1; }
 refuse_busy() { for port in "$@"; do if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   echo "cpu-split: 127.0.0.1:$port is already in use: stop what holds it or set PORT_BASE" >&2; exit 1; fi; done; }

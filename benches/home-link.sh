@@ -72,19 +72,9 @@ log "network side: nginx, DNS, komugate"
 mkdir -p "$W/www" "$W/nginx"
 head -c "$((BULK_MIB * 1024 * 1024))" /dev/zero >"$W/www/big"
 for i in $(seq 1 10); do head -c 20480 /dev/zero >"$W/www/small$i"; done
-cat >"$W/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $W/nginx/nginx.pid;
-error_log $W/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  keepalive_requests 100000;
-  server { listen $GW_IP:80; listen 127.0.0.1:80; root $W/www; }
-}
-EOF
+# shellcheck source=benches/nginx-static.sh
+. "$ROOT/benches/nginx-static.sh"
+write_nginx_conf "$W/nginx" "$W/www" "$GW_IP:80" 127.0.0.1:80
 spawn_in "$NET" nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" >"$W/nginx/stdout.log" 2>&1
 # Every name resolves to the network side's loopback, where nginx listens too.
 spawn_in "$NET" "$LG" origin --http 127.0.0.1:18080 --dns 127.0.0.1:53 >"$W/origin.log" 2>&1

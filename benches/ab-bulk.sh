@@ -27,8 +27,8 @@ trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"
 wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return; sleep 0.1; done; echo "ab-bulk: nothing listens on $1" >&2; exit 1; }
 # shellcheck source=benches/config-edit.sh
 . benches/config-edit.sh
-# shellcheck source=benches/nginx-static.sh
-. benches/nginx-static.sh
+# shellcheck source=benches/reference-servers.sh
+. benches/reference-servers.sh
 
 ORIGIN=127.0.0.3:$((P + 190))
 mkdir -p "$W/www" "$W/nginx"

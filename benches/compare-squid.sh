@@ -252,8 +252,8 @@ wait_port "$ORIGIN_HTTPS"
 log "komugate"
 # shellcheck source=benches/config-edit.sh
 . "$ROOT/benches/config-edit.sh"
-# shellcheck source=benches/nginx-static.sh
-. "$ROOT/benches/nginx-static.sh"
+# shellcheck source=benches/reference-servers.sh
+. "$ROOT/benches/reference-servers.sh"
 KCONF="$W/komugate.toml"
 "$KG" config default >"$KCONF"
 set_key "$KCONF" listen plain "\"$KG_PLAIN\""
@@ -284,28 +284,8 @@ SQ="$W/squid"
 mkdir -p "$SQ"
 printf '127.0.0.1 %s\n' "$M365" >"$SQ/hosts"
 cat "$PKI/inspect-ca.pem" "$PKI/inspect-ca.key" >"$SQ/bump.pem"
-cat >"$SQ/squid.conf" <<EOF
-# Squid as a school IT vendor would deploy it: forward proxy + CONNECT,
-# no disk cache (a proxy, not a cache, like komugate), access log on.
-http_port $SQ_PLAIN
-workers 1
-pid_filename $SQ/squid.pid
-cache_log $SQ/cache.log
-access_log stdio:$SQ/access.log
-coredump_dir $SQ
-cache deny all
-cache_mem 64 MB
-pinger_enable off
-max_filedescriptors $FD_LIMIT
-shutdown_lifetime 1 seconds
-hosts_file $SQ/hosts
-dns_nameservers 127.0.0.1
-acl blocked dstdomain blocked.example
-http_access deny blocked
-acl loopback src 127.0.0.0/8
-http_access allow loopback
-http_access deny all
-EOF
+write_squid_conf "$SQ" "$SQ_PLAIN" "$FD_LIMIT" "acl blocked dstdomain blocked.example
+http_access deny blocked"
 if [ "$SSL_BUMP" = 1 ]; then
   /usr/lib/squid/security_file_certgen -c -s "$SQ/ssl_db" -M 16MB >/dev/null
   cat >>"$SQ/squid.conf" <<EOF
@@ -323,8 +303,8 @@ chown -R proxy:proxy "$SQ" 2>/dev/null || true
 squid -N -f "$SQ/squid.conf" >"$SQ/stdout.log" 2>&1 &
 SQ_PID=$!
 PIDS+=($SQ_PID)
-# Another Squid still running (or still stopping) with the default service
-# name keeps this one from starting: say so instead of just "nothing listens".
+# Squid's own reason (a port taken by another run's sockets, another Squid
+# with the same service name still stopping) is in its cache.log.
 (wait_port "$SQ_PLAIN") || { echo "squid did not start; its cache.log ends with:" >&2; tail -5 "$SQ/cache.log" >&2; exit 1; }
 
 # ---------------------------------------------------------------- workloads
@@ -548,29 +528,10 @@ EOF
   # Squid resolves the workload's names from a hosts file (komugate asks the
   # origin's DNS responder, which answers 127.0.0.1 for every name).
   { printf '127.0.0.1 %s\n' "$M365"; sed 's/^/127.0.0.1 /' "$FL/hosts.txt" "$FL/blocked.txt"; } >"$SQF/hosts"
-  cat >"$SQF/squid.conf" <<EOF
-# Squid + squidGuard as a school IT vendor deploys URL filtering: forward
-# proxy + CONNECT, no disk cache, access log on, every request (CONNECT
-# included) checked by squidGuard; blocked ones get squidGuard's 302 redirect.
-http_port $SQF_PLAIN
-workers 1
-pid_filename $SQF/squid.pid
-cache_log $SQF/cache.log
-access_log stdio:$SQF/access.log
-coredump_dir $SQF
-cache deny all
-cache_mem 64 MB
-pinger_enable off
-max_filedescriptors $FD_LIMIT
-shutdown_lifetime 1 seconds
-hosts_file $SQF/hosts
-dns_nameservers 127.0.0.1
-url_rewrite_program /usr/bin/squidGuard -c $SGD/squidGuard.conf
-url_rewrite_children $SG_CHILDREN
-acl loopback src 127.0.0.0/8
-http_access allow loopback
-http_access deny all
-EOF
+  # Every request (CONNECT included) is checked by squidGuard; blocked ones
+  # get squidGuard's 302 redirect.
+  write_squid_conf "$SQF" "$SQF_PLAIN" "$FD_LIMIT" "url_rewrite_program /usr/bin/squidGuard -c $SGD/squidGuard.conf
+url_rewrite_children $SG_CHILDREN"
   chown -R proxy:proxy "$SQF" "$FL" 2>/dev/null || true
   squid -k parse -f "$SQF/squid.conf" >"$SQF/parse.log" 2>&1 \
     || { echo "squid -k parse $SQF/squid.conf failed:" >&2; grep -iE 'error|fatal|bungled' "$SQF/parse.log" >&2; exit 1; }

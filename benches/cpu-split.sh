@@ -13,14 +13,15 @@
 #
 # Environment: ROUNDS [3], DUR seconds per run [10], CLIENTS [50],
 #   KOMUGATE [target/release/komugate], LOADGEN [target/release/komugate-loadgen],
-#   PORT_BASE [41000] (uses PORT_BASE..PORT_BASE+9 on 127.0.0.1).
+#   PORT_BASE [26000] (uses PORT_BASE..PORT_BASE+6 on 127.0.0.1; below Linux's
+#   ephemeral range, where a previous run's client sockets can hold a port).
 # Needs squid; perf (linux-perf) for the system-call counts, else "–".
 # Prints per-round figures, then a Markdown table of medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}; CLIENTS=${CLIENTS:-50}
 KG=${KOMUGATE:-target/release/komugate}; LG=${LOADGEN:-target/release/komugate-loadgen}
-P=${PORT_BASE:-41000}
+P=${PORT_BASE:-26000}
 for bin in "$KG" "$LG"; do [ -x "$bin" ] || { echo "cpu-split: $bin is missing: cargo build --release -p komugate -p komugate-benches" >&2; exit 1; }; done
 command -v squid >/dev/null || { echo "cpu-split: squid is not installed (apt-get install squid)" >&2; exit 1; }
 HAVE_PERF=0; perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && HAVE_PERF=1
@@ -37,6 +38,8 @@ refuse_busy() { for port in "$@"; do if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/
   echo "cpu-split: 127.0.0.1:$port is already in use: stop what holds it or set PORT_BASE" >&2; exit 1; fi; done; }
 # shellcheck source=benches/config-edit.sh
 . benches/config-edit.sh
+# shellcheck source=benches/reference-servers.sh
+. benches/reference-servers.sh
 ORIGIN_HTTP=127.0.0.1:$P; ORIGIN_HTTPS=127.0.0.1:$((P + 1)); DNS=127.0.0.1:$((P + 2))
 SQ=127.0.0.1:$((P + 3)); KGP=127.0.0.1:$((P + 4))
 refuse_busy "$P" $((P + 1)) $((P + 2)) $((P + 3)) $((P + 4)) $((P + 5)) $((P + 6))
@@ -44,25 +47,8 @@ refuse_busy "$P" $((P + 1)) $((P + 2)) $((P + 3)) $((P + 4)) $((P + 5)) $((P + 6
 "$LG" origin --http "$ORIGIN_HTTP" --https "$ORIGIN_HTTPS" --dns "$DNS" --ca-out "$W/origin-ca.pem" >"$W/origin.log" 2>&1 &
 PIDS+=($!); wait_port "$ORIGIN_HTTPS"
 
-cat >"$W/squid.conf" <<EOF
-# As in compare-squid.sh: forward proxy + CONNECT, no cache, access log on.
-http_port $SQ
-workers 1
-pid_filename $W/squid.pid
-cache_log $W/cache.log
-access_log stdio:$W/access.log
-coredump_dir $W
-cache deny all
-cache_mem 64 MB
-pinger_enable off
-max_filedescriptors 20000
-shutdown_lifetime 1 seconds
-dns_nameservers ${DNS%:*}
-acl loopback src 127.0.0.0/8
-http_access allow loopback
-http_access deny all
-EOF
-# Squid's resolver asks port 53; the origin's names are IP literals here.
+write_squid_conf "$W" "$SQ" 20000
+# The origin's names are IP literals here: Squid resolves nothing.
 squid -N -f "$W/squid.conf" >"$W/squid.out" 2>&1 &
 SQ_PID=$!; PIDS+=("$SQ_PID")
 

@@ -72,8 +72,8 @@ log "network side: nginx, DNS, komugate"
 mkdir -p "$W/www" "$W/nginx"
 head -c "$((BULK_MIB * 1024 * 1024))" /dev/zero >"$W/www/big"
 for i in $(seq 1 10); do head -c 20480 /dev/zero >"$W/www/small$i"; done
-# shellcheck source=benches/nginx-static.sh
-. "$ROOT/benches/nginx-static.sh"
+# shellcheck source=benches/reference-servers.sh
+. "$ROOT/benches/reference-servers.sh"
 write_nginx_conf "$W/nginx" "$W/www" "$GW_IP:80" 127.0.0.1:80
 spawn_in "$NET" nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" >"$W/nginx/stdout.log" 2>&1
 # Every name resolves to the network side's loopback, where nginx listens too.

@@ -131,8 +131,10 @@ ORIGIN_DNS=127.0.0.1:$((15353 + P))
 KG_PLAIN=127.0.0.1:$((23128 + P))
 KG_MTLS=127.0.0.1:$((28443 + P))
 KG_ADMIN=127.0.0.1:$((29090 + P))
-SQ_PLAIN=127.0.0.1:$((33128 + P))
-SQ_BUMP=127.0.0.1:$((33129 + P))
+# Every listener sits below the ephemeral range (32768-60999): a client
+# socket of a run that just ended can hold a port up there.
+SQ_PLAIN=127.0.0.1:$((31128 + P))
+SQ_BUMP=127.0.0.1:$((31129 + P))
 M365=outlook.office365.com
 
 wait_port() { # host:port
@@ -303,8 +305,8 @@ chown -R proxy:proxy "$SQ" 2>/dev/null || true
 squid -N -f "$SQ/squid.conf" >"$SQ/stdout.log" 2>&1 &
 SQ_PID=$!
 PIDS+=($SQ_PID)
-# Squid's own reason (a port taken by another run's sockets, another Squid
-# with the same service name still stopping) is in its cache.log.
+# Squid's own reason (a port taken by another Squid with the same service
+# name still stopping) is in its cache.log.
 (wait_port "$SQ_PLAIN") || { echo "squid did not start; its cache.log ends with:" >&2; tail -5 "$SQ/cache.log" >&2; exit 1; }
 
 # ---------------------------------------------------------------- workloads

@@ -18,7 +18,8 @@ ROUNDS=${ROUNDS:-4}; DUR=${DUR:-8}; CLIENTS=${CLIENTS:-50}
 W="$(mktemp -d /tmp/komugate-ab.XXXXXX)"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
-wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
+# shellcheck source=benches/ports.sh
+. "$(dirname "$0")/ports.sh"
 # shellcheck source=benches/config-edit.sh
 . "$(dirname "$0")/config-edit.sh"
 

@@ -24,7 +24,8 @@ for tool in nginx curl; do command -v $tool >/dev/null || { echo "ab-bulk: $tool
 W="$(mktemp -d /tmp/komugate-abbulk.XXXXXX)"; chmod 755 "$W" # nginx's worker reads the file
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
-wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return; sleep 0.1; done; echo "ab-bulk: nothing listens on $1" >&2; exit 1; }
+# shellcheck source=benches/ports.sh
+. benches/ports.sh
 # shellcheck source=benches/config-edit.sh
 . benches/config-edit.sh
 # shellcheck source=benches/reference-servers.sh

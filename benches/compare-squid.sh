@@ -137,26 +137,8 @@ SQ_PLAIN=127.0.0.1:$((31128 + P))
 SQ_BUMP=127.0.0.1:$((31129 + P))
 M365=outlook.office365.com
 
-wait_port() { # host:port
-  for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
-
-# Every port must be free before the run: a second benchmark (or a stray
-# process) on the same port would answer for the one under test and turn
-# its figures into errors or someone else's numbers.
-require_free_ports() { # host:port...
-  local busy=()
-  for hp in "$@"; do
-    if (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null; then busy+=("$hp"); fi
-  done
-  [ ${#busy[@]} -eq 0 ] && return 0
-  echo "compare-squid.sh: already in use: ${busy[*]} (another benchmark running? see: ss -ltnp | grep -E '${busy[*]// /|}'); stop it and run again" >&2
-  exit 1
-}
+# shellcheck source=benches/ports.sh
+. "$ROOT/benches/ports.sh"
 require_free_ports "$ORIGIN_HTTP" 127.0.0.1:$((18081 + P)) 127.0.0.1:$((18082 + P)) 127.0.0.1:$((18083 + P)) "$ORIGIN_HTTPS" \
   "$KG_PLAIN" "$KG_MTLS" "$KG_ADMIN" "$SQ_PLAIN" "$SQ_BUMP"
 

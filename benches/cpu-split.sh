@@ -33,16 +33,15 @@ PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
       for p in "${PIDS[@]}"; do for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
       rm -rf "$W"' EXIT
-wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return; sleep 0.1; done; echo "cpu-split: nothing listens on $1" >&2; exit 1; }
-refuse_busy() { for port in "$@"; do if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-  echo "cpu-split: 127.0.0.1:$port is already in use: stop what holds it or set PORT_BASE" >&2; exit 1; fi; done; }
+# shellcheck source=benches/ports.sh
+. benches/ports.sh
 # shellcheck source=benches/config-edit.sh
 . benches/config-edit.sh
 # shellcheck source=benches/reference-servers.sh
 . benches/reference-servers.sh
 ORIGIN_HTTP=127.0.0.1:$P; ORIGIN_HTTPS=127.0.0.1:$((P + 1)); DNS=127.0.0.1:$((P + 2))
 SQ=127.0.0.1:$((P + 3)); KGP=127.0.0.1:$((P + 4))
-refuse_busy "$P" $((P + 1)) $((P + 2)) $((P + 3)) $((P + 4)) $((P + 5)) $((P + 6))
+require_free_ports $(for i in $(seq 0 6); do echo "127.0.0.1:$((P + i))"; done)
 
 "$LG" origin --http "$ORIGIN_HTTP" --https "$ORIGIN_HTTPS" --dns "$DNS" --ca-out "$W/origin-ca.pem" >"$W/origin.log" 2>&1 &
 PIDS+=($!); wait_port "$ORIGIN_HTTPS"
@@ -84,8 +83,7 @@ for r in $(seq "$ROUNDS"); do
         kill -INT "$PERF_PID"; wait "$PERF_PID" || true
         sc=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$W/perf"); cs=$(awk -F, '/context-switches/ {print $1}' "$W/perf")
       fi
-      ops=$(python3 -c "import json,sys; d=json.load(open('$W/run.json')); print(d['operations_ok'])")
-      errs=$(python3 -c "import json,sys; d=json.load(open('$W/run.json')); print(d['errors_total'])")
+      read -r ops errs < <(python3 -c "import json; d=json.load(open('$W/run.json')); print(d['operations_ok'], d['errors_total'])")
       [ "$errs" = 0 ] || echo "cpu-split: $name through $side had $errs errors (see the load generator's JSON)" >&2
       user_us=$(python3 -c "print(($u1 - $u0) / $HZ * 1e6 / $ops)")
       sys_us=$(python3 -c "print(($s1 - $s0) / $HZ * 1e6 / $ops)")

@@ -37,13 +37,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() { # host:port [tries of 0.1 s]
-  for _ in $(seq 1 "${2:-600}"); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
+# shellcheck source=benches/ports.sh
+. "$ROOT/benches/ports.sh"
 
 # shellcheck source=benches/config-edit.sh
 . "$ROOT/benches/config-edit.sh"

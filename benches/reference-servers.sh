@@ -30,8 +30,8 @@ EOC
 # log on, names from DIR/hosts and a resolver on 127.0.0.1, loopback
 # clients only. A missing DIR/hosts is written with localhost in it: with
 # an empty one, Squid's CONNECTs to 127.0.0.1 cost five times the user CPU
-# (measured with cpu-split.sh; presumably a name lookup nobody answers). RULES (lines: a URL rewriter, deny
-# rules) go before the final allow/deny.
+# (measured with cpu-split.sh; presumably a name lookup nobody answers).
+# RULES (lines: a URL rewriter, deny rules) go before the final allow/deny.
 write_squid_conf() {
   local dir=$1 addr=$2 fd_limit=$3 rules=${4:-}
   [ -e "$dir/hosts" ] || echo "127.0.0.1 localhost" >"$dir/hosts"
